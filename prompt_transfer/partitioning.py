@@ -1,0 +1,91 @@
+"""Mesh, logical axis names and rules, and sharded placement of parameter trees.
+
+Logical axis names are T5X's, so a T5X user's `logical_axis_rules` carry over. Every parameter of
+the network is annotated with them (`flax.linen.with_logical_partitioning`); the rules map them
+onto the physical mesh axes `data` and `model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# Logical axes (T5X names). Defined once; modules import these constants.
+BATCH = "batch"
+LENGTH = "length"
+EMBED = "embed"
+MLP = "mlp"
+HEADS = "heads"
+KV = "kv"
+JOINED_KV = "joined_kv"
+VOCAB = "vocab"
+RELPOS_BUCKETS = "relpos_buckets"
+PROMPT = "prompt"
+PROMPT_EMBED = "prompt_embed"
+
+# Physical mesh axes.
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+AxisRules = Sequence[tuple[str, str | None]]
+
+
+def standard_logical_axis_rules() -> list[tuple[str, str | None]]:
+    """T5X's default rules (1-D parameter and activation partitioning) plus the prompt's.
+
+    The prompt is tiny ([P, E]) and replicated by default: sharding it would add a collective to
+    every step for no memory saving.
+    """
+    return [
+        (BATCH, DATA_AXIS),
+        (VOCAB, MODEL_AXIS),
+        (EMBED, None),
+        (MLP, MODEL_AXIS),
+        (HEADS, MODEL_AXIS),
+        (KV, None),
+        (JOINED_KV, MODEL_AXIS),
+        (RELPOS_BUCKETS, None),
+        (LENGTH, None),
+        (PROMPT, None),
+        (PROMPT_EMBED, None),
+    ]
+
+
+def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (`data`, `model`) mesh over all devices, `num_partitions` of them along `model`.
+
+    Built with `Mesh(...)` rather than `jax.make_mesh`, whose default Explicit axis types do not
+    accept logical sharding constraints.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    if len(devices) % num_partitions:
+        raise ValueError(
+            f"num_partitions={num_partitions} does not divide the {len(devices)} devices; "
+            "choose a divisor of the device count."
+        )
+    grid = np.asarray(devices).reshape(len(devices) // num_partitions, num_partitions)
+    return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+def logical_partition_specs(boxed_tree) -> dict:
+    """PartitionSpecs of logical axis names for a tree of `nn.LogicallyPartitioned` leaves."""
+    return nn.get_partition_spec(boxed_tree)
+
+
+def mesh_shardings(logical_specs, mesh: Mesh, rules: AxisRules | None = None):
+    """NamedShardings on `mesh` for a tree of logical PartitionSpecs."""
+    rules = standard_logical_axis_rules() if rules is None else rules
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Batch-major arrays ([B, ...]) split along `data`."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS, *([None] * (ndim - 1))))

@@ -1,0 +1,32 @@
+"""Test set-up: quiet TensorFlow, 8 simulated CPU devices, paths to the shared anchors."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Must be set before jax initialises its backend: sharding tests use an 8-device CPU mesh.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ANCHORS = Path(
+    os.environ.get("PROMPT_TRANSFER_ANCHORS", Path(__file__).resolve().parents[2] / "shared" / "anchors")
+)
+TINY_CHECKPOINT = ANCHORS / "t5x_checkpoints" / "test_t5_1_1_tiny" / "checkpoint_3"
+T5_VOCAB = ANCHORS / "t5_vocab" / "sentencepiece.model"
+RELEASED_PROMPTS = ANCHORS / "released_prompts"
+
+
+@pytest.fixture(scope="session")
+def anchors() -> Path:
+    """The shared real-world artifacts; missing anchors fail under CI and skip elsewhere."""
+    if not ANCHORS.exists():
+        message = f"shared anchors not found at {ANCHORS} (set PROMPT_TRANSFER_ANCHORS)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return ANCHORS
