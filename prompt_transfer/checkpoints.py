@@ -278,9 +278,8 @@ def restore_params(path: str | os.PathLike, abstract_params, mesh: Mesh | None =
         one = SingleDeviceSharding(jax.devices()[0])
         shardings = {n: one for n in expected}
     else:
-        specs = partitioning.logical_partition_specs(abstract_params)
         shardings = traverse_util.flatten_dict(
-            partitioning.mesh_shardings(specs, mesh, rules), sep="/")
+            partitioning.param_shardings(abstract_params, mesh, rules), sep="/")
     expected_shapes = {n: x.shape for n, x in expected.items()}
     if fmt == "legacy":
         sources, _ = _legacy_sources(ckpt_dir)

@@ -82,6 +82,28 @@ def mesh_shardings(logical_specs, mesh: Mesh, rules: AxisRules | None = None):
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
+def _divisible_spec(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
+    """Drop mesh axes that do not divide their dimension (e.g. 2 heads over 4 devices)."""
+    entries = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        ways = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+        entries.append(axes if dim % ways == 0 else None)
+    return PartitionSpec(*entries)
+
+
+def param_shardings(abstract_params, mesh: Mesh, rules: AxisRules | None = None):
+    """NamedShardings for a boxed parameter tree (`nn.LogicallyPartitioned` leaves).
+
+    A dimension too small to split over its mesh axes is replicated instead of failing, so
+    tiny test models and odd head counts still place on any mesh.
+    """
+    shardings = mesh_shardings(logical_partition_specs(abstract_params), mesh, rules)
+    return jax.tree.map(
+        lambda s, x: NamedSharding(mesh, _divisible_spec(s.spec, x.shape, mesh)),
+        shardings, nn.unbox(abstract_params))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

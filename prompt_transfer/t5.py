@@ -175,12 +175,13 @@ class MultiHeadDotProductAttention(nn.Module):
     float32_logits: bool = True
 
     @nn.compact
-    def __call__(self, inputs_q, inputs_kv, bias, deterministic: bool,
+    def __call__(self, inputs_q, inputs_kv, bias, deterministic: bool, decode: bool = False,
                  decode_position: jax.Array | None = None):
         """inputs_q: [B, Lq, E], inputs_kv: [B, Lk, E], bias: broadcastable to [B, H, Lq, Lk].
 
-        With `decode_position` (self-attention while decoding, Lq == 1) the step's key and value
-        are written into the `cache` collection at that position and attention runs over the cache.
+        With `decode` (self-attention while decoding) the keys and values live in the `cache`
+        collection: a first full-length call sizes it; a call with `decode_position` (Lq == 1)
+        writes the step's key and value there and attends over the whole cache.
         """
         hd = self.num_heads * self.head_dim
         init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
@@ -192,11 +193,10 @@ class MultiHeadDotProductAttention(nn.Module):
         k = proj("key", init, inputs_kv).reshape(b, -1, self.num_heads, self.head_dim)
         v = proj("value", init, inputs_kv).reshape(b, -1, self.num_heads, self.head_dim)
 
-        if decode_position is not None:
-            filled = self.has_variable("cache", "cached_key")
+        if decode:
             cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
             cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
-            if filled:  # a real step; the first call only sizes the cache
+            if decode_position is not None:
                 at = (0, decode_position, 0, 0)
                 k = cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, at)
                 v = cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, at)
@@ -259,14 +259,15 @@ class DecoderLayer(nn.Module):
     config: T5Config
 
     @nn.compact
-    def __call__(self, y, encoded, self_bias, cross_bias, deterministic, decode_position=None):
+    def __call__(self, y, encoded, self_bias, cross_bias, deterministic, decode=False,
+                 decode_position=None):
         cfg, dt = self.config, _dtype(self.config)
         drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         attention = lambda name: MultiHeadDotProductAttention(
             cfg.num_heads, cfg.head_dim, dt, cfg.dropout_rate, cfg.float32_attention_logits,
             name=name)
         h = LayerNorm(cfg.layer_norm_epsilon, dt, name="pre_self_attention_layer_norm")(y)
-        h = attention("self_attention")(h, h, self_bias, deterministic, decode_position)
+        h = attention("self_attention")(h, h, self_bias, deterministic, decode, decode_position)
         y = y + drop(h, deterministic=deterministic)
         h = LayerNorm(cfg.layer_norm_epsilon, dt, name="pre_cross_attention_layer_norm")(y)
         h = attention("encoder_decoder_attention")(h, encoded, cross_bias, deterministic)
@@ -344,7 +345,7 @@ class Decoder(nn.Module):
         y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
         for i in range(cfg.num_decoder_layers):
             y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias,
-                                                      deterministic, decode_position)
+                                                      deterministic, decode, decode_position)
         y = LayerNorm(cfg.layer_norm_epsilon, _dtype(cfg), name="decoder_norm")(y)
         y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
         if cfg.logits_via_embedding:
