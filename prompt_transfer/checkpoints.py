@@ -55,16 +55,18 @@ def is_remote(path: str) -> bool:
 
 def _exists(path: str) -> bool:
     if is_remote(path):
-        import tensorflow as tf
+        from prompt_transfer.tf_import import import_tensorflow
 
+        tf = import_tensorflow()
         return tf.io.gfile.exists(path)
     return os.path.exists(path)
 
 
 def _read_bytes(path: str) -> bytes:
     if is_remote(path):
-        import tensorflow as tf
+        from prompt_transfer.tf_import import import_tensorflow
 
+        tf = import_tensorflow()
         with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()
     with open(path, "rb") as f:
@@ -73,8 +75,9 @@ def _read_bytes(path: str) -> bytes:
 
 def _listdir(path: str) -> list[str]:
     if is_remote(path):
-        import tensorflow as tf
+        from prompt_transfer.tf_import import import_tensorflow
 
+        tf = import_tensorflow()
         return [p.rstrip("/") for p in tf.io.gfile.listdir(path)]
     return os.listdir(path)
 
@@ -102,7 +105,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str]:
         return f"{path}/state", "orbax"  # T5X's orbax layout: checkpoint_N/state/
     if _is_orbax_dir(path):
         return path, "orbax"
-    steps = sorted((int(m.group(1)), n) for n in names if (m := re.fullmatch(r"checkpoint_(\d+)", n)))
+    steps = sorted(
+        (int(m.group(1)), n) for n in names if (m := re.fullmatch(r"checkpoint_(\d+)", n))
+    )
     if steps:
         return resolve_checkpoint(f"{path}/{steps[-1][1]}")
     raise CheckpointError(
@@ -119,7 +124,7 @@ def _absolute_kvstore(kvstore: dict, ckpt_dir: str) -> dict:
     """T5X stores kvstore paths relative to the checkpoint directory (driver "gfile")."""
     rel = kvstore["path"]
     if is_remote(ckpt_dir):
-        bucket, _, prefix = ckpt_dir[len("gs://"):].partition("/")
+        bucket, _, prefix = ckpt_dir[len("gs://") :].partition("/")
         return {"driver": "gcs", "bucket": bucket, "path": f"{prefix}/{rel}".lstrip("/")}
     if kvstore.get("driver") in ("file", "gfile") and not os.path.isabs(rel):
         return {"driver": "file", "path": os.path.join(ckpt_dir, rel)}
@@ -138,8 +143,9 @@ def _ts_source(name: str, spec: dict, ckpt_dir: str) -> ParamSource:
         try:
             return np.asarray(store[index].read().result())
         except Exception as e:
-            raise CheckpointError(f"cannot read parameter {name} from {where} "
-                                  f"(missing or truncated chunk?): {e}") from e
+            raise CheckpointError(
+                f"cannot read parameter {name} from {where} (missing or truncated chunk?): {e}"
+            ) from e
 
     return ParamSource(tuple(store.shape), np.dtype(store.dtype.numpy_dtype), read)
 
@@ -168,8 +174,10 @@ def _legacy_sources(ckpt_dir: str) -> tuple[dict[str, ParamSource], int | None]:
     target = state["optimizer"]["target"]
     is_spec = lambda x: isinstance(x, dict) and "kvstore" in x and "driver" in x
     flat = traverse_util.flatten_dict(target, sep="/", is_leaf=lambda _, x: is_spec(x))
-    sources = {name: _ts_source(name, leaf, ckpt_dir) if is_spec(leaf) else _inline_source(leaf)
-               for name, leaf in flat.items()}
+    sources = {
+        name: _ts_source(name, leaf, ckpt_dir) if is_spec(leaf) else _inline_source(leaf)
+        for name, leaf in flat.items()
+    }
     step = state["optimizer"].get("state", {}).get("step")
     return sources, None if step is None else int(step)
 
@@ -197,16 +205,21 @@ def _restore_orbax(ckpt_dir, names, shardings, dtype) -> dict:
     import orbax.checkpoint as ocp
 
     meta, prefix = _orbax_metadata(ckpt_dir)
-    restore_args = {n: ocp.ArrayRestoreArgs(sharding=shardings[n], dtype=dtype,
-                                            global_shape=tuple(meta[n].shape)) for n in names}
+    restore_args = {
+        n: ocp.ArrayRestoreArgs(
+            sharding=shardings[n], dtype=dtype, global_shape=tuple(meta[n].shape)
+        )
+        for n in names
+    }
     item = traverse_util.unflatten_dict({n: np.zeros(()) for n in names}, sep="/")
     args = traverse_util.unflatten_dict(restore_args, sep="/")
     if prefix:
         item, args = {prefix: item}, {prefix: args}
     try:
         restored = ocp.PyTreeCheckpointer().restore(
-            ckpt_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
-                                                   partial_restore=True))
+            ckpt_dir,
+            args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
+        )
     except Exception as e:
         raise CheckpointError(f"cannot restore orbax checkpoint {ckpt_dir}: {e}") from e
     return restored[prefix] if prefix else restored
@@ -230,19 +243,25 @@ def describe(path: str | os.PathLike) -> tuple[list[tuple[str, tuple[int, ...], 
 
 
 def _check_fits(found: dict[str, tuple], expected: dict[str, tuple], where: str, strict: bool):
-    missing = sorted(set(expected) - set(found))
-    if missing:
-        raise CheckpointError(f"checkpoint {where} lacks parameter {missing[0]}"
-                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    for name, shape in expected.items():
-        if tuple(found[name]) != tuple(shape):
+    """Shapes first (the most telling mismatch), then missing, then unexpected names."""
+    for name in sorted(set(expected) & set(found)):
+        if tuple(found[name]) != tuple(expected[name]):
             raise CheckpointError(
                 f"parameter {name} in {where} has shape {tuple(found[name])} but the configured "
-                f"model expects {tuple(shape)}; check the model size gin file")
+                f"model expects {tuple(expected[name])}; check the model size gin file"
+            )
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {where} lacks parameter {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     extra = sorted(set(found) - set(expected))
     if strict and extra:
-        raise CheckpointError(f"checkpoint {where} has parameter {extra[0]} that the configured "
-                              "model lacks; check the model size gin file")
+        raise CheckpointError(
+            f"checkpoint {where} has parameter {extra[0]} that the configured "
+            "model lacks; check the model size gin file"
+        )
 
 
 def _sliced_array(source: ParamSource, sharding, dtype) -> jax.Array:
@@ -257,8 +276,14 @@ def _sliced_array(source: ParamSource, sharding, dtype) -> jax.Array:
     return jax.make_array_from_callback(source.shape, sharding, fetch)
 
 
-def restore_params(path: str | os.PathLike, abstract_params, mesh: Mesh | None = None,
-                   rules=None, dtype=np.float32, strict: bool = True) -> dict:
+def restore_params(
+    path: str | os.PathLike,
+    abstract_params,
+    mesh: Mesh | None = None,
+    rules=None,
+    dtype=np.float32,
+    strict: bool = True,
+) -> dict:
     """Restore a checkpoint's parameters into arrays sharded per the logical axis rules.
 
     Args:
@@ -279,7 +304,8 @@ def restore_params(path: str | os.PathLike, abstract_params, mesh: Mesh | None =
         shardings = {n: one for n in expected}
     else:
         shardings = traverse_util.flatten_dict(
-            partitioning.param_shardings(abstract_params, mesh, rules), sep="/")
+            partitioning.param_shardings(abstract_params, mesh, rules), sep="/"
+        )
     expected_shapes = {n: x.shape for n, x in expected.items()}
     if fmt == "legacy":
         sources, _ = _legacy_sources(ckpt_dir)
@@ -318,19 +344,31 @@ def save_legacy_checkpoint(params: dict, directory: str | os.PathLike, step: int
                 target[name] = array
                 continue
             rel = "target." + name.replace("/", ".")
-            metadata = {"chunks": _chunks(array.shape, array.dtype.itemsize),
-                        "compressor": {"id": "gzip", "level": 1},
-                        "dtype": array.dtype.str, "shape": list(array.shape)}
-            spec = {"driver": "zarr", "kvstore": {"driver": "gfile", "path": rel},
-                    "metadata": metadata}
-            store = ts.open({**spec, "kvstore": {"driver": "file", "path": str(tmp / rel)}},
-                            create=True, open=False).result()
+            metadata = {
+                "chunks": _chunks(array.shape, array.dtype.itemsize),
+                "compressor": {"id": "gzip", "level": 1},
+                "dtype": array.dtype.str,
+                "shape": list(array.shape),
+            }
+            spec = {
+                "driver": "zarr",
+                "kvstore": {"driver": "gfile", "path": rel},
+                "metadata": metadata,
+            }
+            store = ts.open(
+                {**spec, "kvstore": {"driver": "file", "path": str(tmp / rel)}},
+                create=True,
+                open=False,
+            ).result()
             store.write(array).result()
             target[name] = spec
-        state = {"version": LEGACY_VERSION,
-                 "optimizer": {"target": traverse_util.unflatten_dict(target, sep="/"),
-                               "state": {"step": np.asarray(step, np.int32),
-                                         "param_states": {}}}}
+        state = {
+            "version": LEGACY_VERSION,
+            "optimizer": {
+                "target": traverse_util.unflatten_dict(target, sep="/"),
+                "state": {"step": np.asarray(step, np.int32), "param_states": {}},
+            },
+        }
         (tmp / INDEX_FILE).write_bytes(serialization.msgpack_serialize(state))
         os.replace(tmp, final)
     except BaseException:

@@ -19,9 +19,16 @@ NEG_INF = -1.0e7
 _CACHED = ("cached_key", "cached_value")
 
 
-def temperature_sample(step_fn: StepFn, cache: dict, batch_size: int, max_length: int,
-                       rng: jax.Array | None = None, temperature: float = 0.0, topk: int = 0,
-                       eos_id: int = 1) -> jax.Array:
+def temperature_sample(
+    step_fn: StepFn,
+    cache: dict,
+    batch_size: int,
+    max_length: int,
+    rng: jax.Array | None = None,
+    temperature: float = 0.0,
+    topk: int = 0,
+    eos_id: int = 1,
+) -> jax.Array:
     """Decoded tokens [B, max_length]; `temperature=0` is greedy (argmax) decoding.
 
     With `topk > 0`, sampling is restricted to the k most likely tokens of each step.
@@ -48,15 +55,23 @@ def temperature_sample(step_fn: StepFn, cache: dict, batch_size: int, max_length
         i, _, _, _, done, _ = state
         return (i < max_length) & ~jnp.all(done)
 
-    init = (jnp.int32(0), jnp.zeros((batch_size,), jnp.int32), cache,
-            jnp.zeros((batch_size, max_length), jnp.int32), jnp.zeros((batch_size,), bool), rng)
+    init = (
+        jnp.int32(0),
+        jnp.zeros((batch_size,), jnp.int32),
+        cache,
+        jnp.zeros((batch_size, max_length), jnp.int32),
+        jnp.zeros((batch_size,), bool),
+        rng,
+    )
     return jax.lax.while_loop(cond, body, init)[3]
 
 
-def greedy(step_fn: StepFn, cache: dict, batch_size: int, max_length: int,
-           eos_id: int = 1) -> jax.Array:
-    return temperature_sample(step_fn, cache, batch_size, max_length, temperature=0.0,
-                              eos_id=eos_id)
+def greedy(
+    step_fn: StepFn, cache: dict, batch_size: int, max_length: int, eos_id: int = 1
+) -> jax.Array:
+    return temperature_sample(
+        step_fn, cache, batch_size, max_length, temperature=0.0, eos_id=eos_id
+    )
 
 
 def _gather_beams(cache: dict, beam_index: jax.Array, batch_size: int, beam_size: int) -> dict:
@@ -65,12 +80,14 @@ def _gather_beams(cache: dict, beam_index: jax.Array, batch_size: int, beam_size
 
     def gather(x):
         x = x.reshape(batch_size, beam_size, *x.shape[1:])
-        x = jnp.take_along_axis(x, beam_index.reshape(batch_size, beam_size,
-                                                      *([1] * (x.ndim - 2))), axis=1)
+        x = jnp.take_along_axis(
+            x, beam_index.reshape(batch_size, beam_size, *([1] * (x.ndim - 2))), axis=1
+        )
         return x.reshape(batch_size * beam_size, *x.shape[2:])
 
     return traverse_util.unflatten_dict(
-        {k: gather(v) if k[-1] in _CACHED else v for k, v in flat.items()})
+        {k: gather(v) if k[-1] in _CACHED else v for k, v in flat.items()}
+    )
 
 
 def brevity_penalty(length: jax.Array, alpha: float) -> jax.Array:
@@ -78,8 +95,15 @@ def brevity_penalty(length: jax.Array, alpha: float) -> jax.Array:
     return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
 
 
-def beam_search(step_fn: StepFn, cache: dict, batch_size: int, beam_size: int, max_length: int,
-                alpha: float = 0.6, eos_id: int = 1) -> tuple[jax.Array, jax.Array]:
+def beam_search(
+    step_fn: StepFn,
+    cache: dict,
+    batch_size: int,
+    beam_size: int,
+    max_length: int,
+    alpha: float = 0.6,
+    eos_id: int = 1,
+) -> tuple[jax.Array, jax.Array]:
     """(tokens [B, K, max_length], scores [B, K]) sorted best first.
 
     `cache` and `step_fn` work on B*K rows (each input repeated K times, beam-major within a
@@ -96,11 +120,13 @@ def beam_search(step_fn: StepFn, cache: dict, batch_size: int, beam_size: int, m
         lp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, beam_size, vocab)
         pad_only = jnp.full((vocab,), NEG_INF).at[0].set(0.0)
         lp = jnp.where(done[..., None], pad_only, lp)
-        scores, flat_index = jax.lax.top_k((log_probs[..., None] + lp).reshape(batch_size, -1),
-                                           beam_size)  # [B, K]
+        scores, flat_index = jax.lax.top_k(
+            (log_probs[..., None] + lp).reshape(batch_size, -1), beam_size
+        )  # [B, K]
         beam, token = flat_index // vocab, (flat_index % vocab).astype(jnp.int32)
-        take = lambda x: jnp.take_along_axis(x, beam.reshape(*beam.shape, *([1] * (x.ndim - 2))),
-                                             axis=1)
+        take = lambda x: jnp.take_along_axis(
+            x, beam.reshape(*beam.shape, *([1] * (x.ndim - 2))), axis=1
+        )
         seqs = take(seqs).at[:, :, i].set(token)
         was_done = take(done)
         lengths = take(lengths) + (~was_done).astype(jnp.int32)
@@ -113,11 +139,18 @@ def beam_search(step_fn: StepFn, cache: dict, batch_size: int, beam_size: int, m
         return (i < max_length) & ~jnp.all(done)
 
     first_only = jnp.full((batch_size, beam_size), NEG_INF).at[:, 0].set(0.0)
-    init = (jnp.int32(0), jnp.zeros((batch_size, beam_size, max_length), jnp.int32), first_only,
-            jnp.zeros((batch_size, beam_size), bool), jnp.zeros((batch_size, beam_size), jnp.int32),
-            cache)
+    init = (
+        jnp.int32(0),
+        jnp.zeros((batch_size, beam_size, max_length), jnp.int32),
+        first_only,
+        jnp.zeros((batch_size, beam_size), bool),
+        jnp.zeros((batch_size, beam_size), jnp.int32),
+        cache,
+    )
     _, seqs, log_probs, _, lengths, _ = jax.lax.while_loop(cond, body, init)
     scores = log_probs / brevity_penalty(lengths, alpha)
     order = jnp.argsort(-scores, axis=1)
-    return (jnp.take_along_axis(seqs, order[..., None], axis=1),
-            jnp.take_along_axis(scores, order, axis=1))
+    return (
+        jnp.take_along_axis(seqs, order[..., None], axis=1),
+        jnp.take_along_axis(scores, order, axis=1),
+    )

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import gin
 from gin import config_parser
-
 from prompt_transfer.t5 import T5Config
 
 GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
@@ -41,7 +40,9 @@ def find(name: str | Path) -> Path:
             return path
     known = [str(p.relative_to(GIN_DIR).with_suffix("")) for p in GIN_DIR.rglob("*.gin")]
     close = difflib.get_close_matches(str(name).removesuffix(".gin"), known, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(known))}"
+    hint = (
+        f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(known))}"
+    )
     raise GinFileError(f"gin file {name!r} not found{hint}")
 
 
@@ -50,8 +51,9 @@ def size_file(size: str) -> Path:
     if Path(size).suffix == ".gin" and Path(size).is_file():
         return Path(size)
     if size not in available_sizes():
-        raise GinFileError(f"unknown model size {size!r}; choose one of: "
-                           + ", ".join(available_sizes()))
+        raise GinFileError(
+            f"unknown model size {size!r}; choose one of: " + ", ".join(available_sizes())
+        )
     return GIN_DIR / "models" / f"{size}.gin"
 
 
@@ -83,8 +85,10 @@ def read_model_config(size: str, overrides: dict | None = None) -> T5Config:
     known = {f.name for f in dataclasses.fields(T5Config)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise GinFileError(f"{path} binds unknown T5Config field {unknown[0]}; "
-                           f"fields are: {', '.join(sorted(known))}")
+        raise GinFileError(
+            f"{path} binds unknown T5Config field {unknown[0]}; "
+            f"fields are: {', '.join(sorted(known))}"
+        )
     return T5Config(**{k: _resolve(v, macros) for k, v in fields.items()})
 
 

@@ -32,8 +32,10 @@ def config_from_hf(hf: dict) -> T5Config:
     act = proj.split("-")[-1]
     act = "gelu_new" if proj == "gated-gelu" else act
     if act not in _HF_ACTIVATIONS:
-        raise HFCheckpointError(f"config.json feed_forward_proj={proj!r} is not supported; "
-                                f"use one of relu, gated-gelu, gated-silu, gelu")
+        raise HFCheckpointError(
+            f"config.json feed_forward_proj={proj!r} is not supported; "
+            f"use one of relu, gated-gelu, gated-silu, gelu"
+        )
     acts = (_HF_ACTIVATIONS[act], "linear") if gated else (_HF_ACTIVATIONS[act],)
     return T5Config(
         vocab_size=hf["vocab_size"],
@@ -65,8 +67,11 @@ def read_hf_state(directory: str | Path) -> dict[str, np.ndarray]:
         from safetensors.numpy import load_file
 
         index = d / "model.safetensors.index.json"
-        files = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
-                 if index.exists() else ["model.safetensors"])
+        files = (
+            sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            if index.exists()
+            else ["model.safetensors"]
+        )
         state = {}
         for f in files:
             if not (d / f).exists():
@@ -89,7 +94,8 @@ def read_hf_state(directory: str | Path) -> dict[str, np.ndarray]:
             raise HFCheckpointError(f"cannot read {d / 'pytorch_model.bin'}: {e}") from e
         return {k: v.float().numpy() for k, v in state.items()}
     raise HFCheckpointError(
-        f"no model.safetensors or pytorch_model.bin in {d}; point at a HF T5 model directory")
+        f"no model.safetensors or pytorch_model.bin in {d}; point at a HF T5 model directory"
+    )
 
 
 def _linear(state, name):
@@ -100,8 +106,10 @@ def _linear(state, name):
 
 
 def _attention(state, prefix):
-    return {n: {"kernel": _linear(state, f"{prefix}.{hf}.weight")}
-            for n, hf in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))}
+    return {
+        n: {"kernel": _linear(state, f"{prefix}.{hf}.weight")}
+        for n, hf in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))
+    }
 
 
 def _mlp(state, prefix, gated):

@@ -38,13 +38,18 @@ class EncoderDecoderModel:
     eos_id: int = 1
 
     # -- training ------------------------------------------------------------------------------
-    def loss(self, params, batch: dict, dropout_rng: jax.Array | None = None,
-             z_loss: float = 1e-4) -> tuple[jax.Array, dict]:
+    def loss(
+        self, params, batch: dict, dropout_rng: jax.Array | None = None, z_loss: float = 1e-4
+    ) -> tuple[jax.Array, dict]:
         """Token-mean cross entropy (plus T5X's z-loss) and metrics for one batch."""
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-        logits = self.module.apply({"params": params}, batch["encoder_input_tokens"],
-                                   batch["decoder_input_tokens"],
-                                   enable_dropout=dropout_rng is not None, rngs=rngs)
+        logits = self.module.apply(
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            enable_dropout=dropout_rng is not None,
+            rngs=rngs,
+        )
         targets = batch["decoder_target_tokens"]
         weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))
         nll = -token_log_likelihoods(logits, targets)
@@ -53,76 +58,130 @@ class EncoderDecoderModel:
         tokens = jnp.maximum(weights.sum(), 1.0)
         loss = (per_token * weights).sum() / tokens
         correct = (jnp.argmax(logits, -1) == targets) * weights
-        return loss, {"cross_entropy": (nll * weights).sum() / tokens,
-                      "token_accuracy": correct.sum() / tokens, "tokens": weights.sum()}
+        return loss, {
+            "cross_entropy": (nll * weights).sum() / tokens,
+            "token_accuracy": correct.sum() / tokens,
+            "tokens": weights.sum(),
+        }
 
     # -- scoring -------------------------------------------------------------------------------
-    def score(self, params, encoder_input_tokens: jax.Array,
-              decoder_target_tokens: jax.Array) -> jax.Array:
+    def score(
+        self, params, encoder_input_tokens: jax.Array, decoder_target_tokens: jax.Array
+    ) -> jax.Array:
         """Log-likelihood of each target sequence given its input: [B, L], [B, T] -> [B]."""
-        logits = self.module.apply({"params": params}, encoder_input_tokens,
-                                   shift_right(decoder_target_tokens))
+        logits = self.module.apply(
+            {"params": params}, encoder_input_tokens, shift_right(decoder_target_tokens)
+        )
         ll = token_log_likelihoods(logits, decoder_target_tokens)
         return (ll * (decoder_target_tokens > 0)).sum(-1)
 
-    def rank_classify(self, params, encoder_input_tokens: jax.Array,
-                      candidates: jax.Array) -> jax.Array:
+    def rank_classify(
+        self, params, encoder_input_tokens: jax.Array, candidates: jax.Array
+    ) -> jax.Array:
         """Log-likelihood of every candidate target for every input: [B, L], [C, T] -> [B, C].
 
         The encoder runs once per input; the candidates are scored against the shared encoding.
         """
-        encoded, mask = self.module.apply({"params": params}, encoder_input_tokens,
-                                          method=T5.encode)
+        encoded, mask = self.module.apply(
+            {"params": params}, encoder_input_tokens, method=T5.encode
+        )
         b, c = encoder_input_tokens.shape[0], candidates.shape[0]
         rep = lambda x: jnp.repeat(x, c, axis=0)  # [B*C, ...], candidate-major within an input
         targets = jnp.tile(candidates, (b, 1))
-        logits = self.module.apply({"params": params}, rep(encoded), rep(mask),
-                                   shift_right(targets), method=T5.decode)
+        logits = self.module.apply(
+            {"params": params}, rep(encoded), rep(mask), shift_right(targets), method=T5.decode
+        )
         ll = (token_log_likelihoods(logits, targets) * (targets > 0)).sum(-1)
         return ll.reshape(b, c)
 
     # -- decoding ------------------------------------------------------------------------------
     def _init_cache(self, params, encoded, mask, max_length):
         shapes = jax.eval_shape(
-            lambda: self.module.apply({"params": params}, encoded, mask,
-                                      jnp.zeros((encoded.shape[0], max_length), jnp.int32),
-                                      decode=True, method=T5.decode, mutable=["cache"])[1])
+            lambda: self.module.apply(
+                {"params": params},
+                encoded,
+                mask,
+                jnp.zeros((encoded.shape[0], max_length), jnp.int32),
+                decode=True,
+                method=T5.decode,
+                mutable=["cache"],
+            )[1]
+        )
         flat = traverse_util.flatten_dict(shapes["cache"])
         return traverse_util.unflatten_dict(
-            {k: jnp.arange(v.shape[0], dtype=v.dtype) if k[-1] == "slots"
-             else jnp.zeros(v.shape, v.dtype) for k, v in flat.items()})
+            {
+                k: jnp.arange(v.shape[0], dtype=v.dtype)
+                if k[-1] == "slots"
+                else jnp.zeros(v.shape, v.dtype)
+                for k, v in flat.items()
+            }
+        )
 
     def _step_fn(self, params, encoded, mask):
         def step(tokens, cache):
             logits, variables = self.module.apply(
-                {"params": params, "cache": cache}, encoded, mask, tokens, decode=True,
-                method=T5.decode, mutable=["cache"])
+                {"params": params, "cache": cache},
+                encoded,
+                mask,
+                tokens,
+                decode=True,
+                method=T5.decode,
+                mutable=["cache"],
+            )
             return logits[:, -1], variables["cache"]
 
         return step
 
     @functools.partial(jax.jit, static_argnames=("self", "max_length", "temperature", "topk"))
-    def predict(self, params, encoder_input_tokens: jax.Array, max_length: int,
-                temperature: float = 0.0, topk: int = 0, rng: jax.Array | None = None):
+    def predict(
+        self,
+        params,
+        encoder_input_tokens: jax.Array,
+        max_length: int,
+        temperature: float = 0.0,
+        topk: int = 0,
+        rng: jax.Array | None = None,
+    ):
         """Greedy (temperature 0) or sampled decoding: [B, L] -> tokens [B, max_length]."""
-        encoded, mask = self.module.apply({"params": params}, encoder_input_tokens,
-                                          method=T5.encode)
+        encoded, mask = self.module.apply(
+            {"params": params}, encoder_input_tokens, method=T5.encode
+        )
         cache = self._init_cache(params, encoded, mask, max_length)
-        return decoding.temperature_sample(self._step_fn(params, encoded, mask), cache,
-                                           encoder_input_tokens.shape[0], max_length, rng,
-                                           temperature, topk, self.eos_id)
+        return decoding.temperature_sample(
+            self._step_fn(params, encoded, mask),
+            cache,
+            encoder_input_tokens.shape[0],
+            max_length,
+            rng,
+            temperature,
+            topk,
+            self.eos_id,
+        )
 
     @functools.partial(jax.jit, static_argnames=("self", "max_length", "beam_size", "alpha"))
-    def predict_beam(self, params, encoder_input_tokens: jax.Array, max_length: int,
-                     beam_size: int = 4, alpha: float = 0.6):
+    def predict_beam(
+        self,
+        params,
+        encoder_input_tokens: jax.Array,
+        max_length: int,
+        beam_size: int = 4,
+        alpha: float = 0.6,
+    ):
         """Beam search: [B, L] -> (tokens [B, K, max_length], scores [B, K]), best first."""
-        encoded, mask = self.module.apply({"params": params}, encoder_input_tokens,
-                                          method=T5.encode)
+        encoded, mask = self.module.apply(
+            {"params": params}, encoder_input_tokens, method=T5.encode
+        )
         encoded, mask = (jnp.repeat(x, beam_size, axis=0) for x in (encoded, mask))
         cache = self._init_cache(params, encoded, mask, max_length)
-        return decoding.beam_search(self._step_fn(params, encoded, mask), cache,
-                                    encoder_input_tokens.shape[0], beam_size, max_length, alpha,
-                                    self.eos_id)
+        return decoding.beam_search(
+            self._step_fn(params, encoded, mask),
+            cache,
+            encoder_input_tokens.shape[0],
+            beam_size,
+            max_length,
+            alpha,
+            self.eos_id,
+        )
 
 
 def strip_after_eos(tokens: np.ndarray, eos_id: int = 1) -> list[list[int]]:

@@ -101,7 +101,9 @@ def param_shardings(abstract_params, mesh: Mesh, rules: AxisRules | None = None)
     shardings = mesh_shardings(logical_partition_specs(abstract_params), mesh, rules)
     return jax.tree.map(
         lambda s, x: NamedSharding(mesh, _divisible_spec(s.spec, x.shape, mesh)),
-        shardings, nn.unbox(abstract_params))
+        shardings,
+        nn.unbox(abstract_params),
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

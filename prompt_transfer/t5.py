@@ -60,7 +60,8 @@ class T5Config:
         unknown = [a for a in self.mlp_activations if a not in _ACTIVATIONS]
         if unknown:
             raise ValueError(
-                f"T5Config.mlp_activations has unknown {unknown}; choose from {sorted(_ACTIVATIONS)}"
+                f"T5Config.mlp_activations has unknown {unknown}; "
+                f"choose from {sorted(_ACTIVATIONS)}"
             )
 
 
@@ -83,8 +84,9 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features),
-                        self.kernel_axes)
+        kernel = _param(
+            self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.kernel_axes
+        )
         return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
@@ -96,8 +98,13 @@ class Embed(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        self.embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
-                                (self.num_embeddings, self.features), (pt.VOCAB, pt.EMBED))
+        self.embedding = _param(
+            self,
+            "embedding",
+            nn.initializers.normal(stddev=1.0),
+            (self.num_embeddings, self.features),
+            (pt.VOCAB, pt.EMBED),
+        )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """tokens: [B, L] int -> [B, L, E]."""
@@ -122,8 +129,9 @@ class LayerNorm(nn.Module):
         return (y * scale).astype(self.dtype)
 
 
-def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
-                             max_distance: int):
+def relative_position_bucket(
+    relative_position, bidirectional: bool, num_buckets: int, max_distance: int
+):
     """T5's bucketing of key-minus-query offsets: exact for small ones, log-spaced beyond."""
     n = -relative_position
     ret = jnp.zeros_like(n)
@@ -153,11 +161,16 @@ class RelativePositionBiases(nn.Module):
     @nn.compact
     def __call__(self, q_pos: jax.Array, k_pos: jax.Array, bidirectional: bool) -> jax.Array:
         """q_pos: [Lq], k_pos: [Lk] int positions -> bias [1, H, Lq, Lk]."""
-        buckets = relative_position_bucket(k_pos[None, :] - q_pos[:, None], bidirectional,
-                                           self.num_buckets, self.max_distance)
-        table = _param(self, "rel_embedding",
-                       nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
-                       (self.num_heads, self.num_buckets), (pt.HEADS, pt.RELPOS_BUCKETS))
+        buckets = relative_position_bucket(
+            k_pos[None, :] - q_pos[:, None], bidirectional, self.num_buckets, self.max_distance
+        )
+        table = _param(
+            self,
+            "rel_embedding",
+            nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+            (self.num_heads, self.num_buckets),
+            (pt.HEADS, pt.RELPOS_BUCKETS),
+        )
         return jnp.take(table, buckets, axis=1)[None].astype(self.dtype)  # [1, H, Lq, Lk]
 
 
@@ -175,8 +188,15 @@ class MultiHeadDotProductAttention(nn.Module):
     float32_logits: bool = True
 
     @nn.compact
-    def __call__(self, inputs_q, inputs_kv, bias, deterministic: bool, decode: bool = False,
-                 decode_position: jax.Array | None = None):
+    def __call__(
+        self,
+        inputs_q,
+        inputs_kv,
+        bias,
+        deterministic: bool,
+        decode: bool = False,
+        decode_position: jax.Array | None = None,
+    ):
         """inputs_q: [B, Lq, E], inputs_kv: [B, Lk, E], bias: broadcastable to [B, H, Lq, Lk].
 
         With `decode` (self-attention while decoding) the keys and values live in the `cache`
@@ -186,8 +206,9 @@ class MultiHeadDotProductAttention(nn.Module):
         hd = self.num_heads * self.head_dim
         init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
         query_init = lambda *a: init(*a) / math.sqrt(self.head_dim)
-        proj = lambda name, kinit, x: Dense(hd, (pt.EMBED, pt.JOINED_KV), self.dtype, kinit,
-                                            name=name)(x)
+        proj = lambda name, kinit, x: Dense(
+            hd, (pt.EMBED, pt.JOINED_KV), self.dtype, kinit, name=name
+        )(x)
         b = inputs_q.shape[0]
         q = proj("query", query_init, inputs_q).reshape(b, -1, self.num_heads, self.head_dim)
         k = proj("key", init, inputs_kv).reshape(b, -1, self.num_heads, self.head_dim)
@@ -206,12 +227,14 @@ class MultiHeadDotProductAttention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) + bias.astype(q.dtype)  # [B, H, Lq, Lk]
         weights = jax.nn.softmax(logits).astype(self.dtype)
         if not deterministic and self.dropout_rate > 0:
-            keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.dropout_rate,
-                                        weights.shape)
+            keep = jax.random.bernoulli(
+                self.make_rng("dropout"), 1 - self.dropout_rate, weights.shape
+            )
             weights = weights * keep / (1 - self.dropout_rate)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))  # [B, Lq, H, D]
-        return Dense(inputs_q.shape[-1], (pt.JOINED_KV, pt.EMBED), self.dtype, init,
-                     name="out")(out.reshape(b, -1, hd))
+        return Dense(inputs_q.shape[-1], (pt.JOINED_KV, pt.EMBED), self.dtype, init, name="out")(
+            out.reshape(b, -1, hd)
+        )
 
 
 class MlpBlock(nn.Module):
@@ -226,8 +249,9 @@ class MlpBlock(nn.Module):
         h = 1.0
         for i, act in enumerate(self.activations):
             name = f"wi_{i}" if len(self.activations) > 1 else "wi"
-            h = h * _ACTIVATIONS[act](Dense(self.intermediate_dim, (pt.EMBED, pt.MLP), self.dtype,
-                                            name=name)(x))
+            h = h * _ACTIVATIONS[act](
+                Dense(self.intermediate_dim, (pt.EMBED, pt.MLP), self.dtype, name=name)(x)
+            )
         h = _constrain(h, (pt.BATCH, pt.LENGTH, pt.MLP))
         h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
         return Dense(x.shape[-1], (pt.MLP, pt.EMBED), self.dtype, name="wo")(h)
@@ -245,13 +269,19 @@ class EncoderLayer(nn.Module):
         cfg, dt = self.config, _dtype(self.config)
         drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         h = LayerNorm(cfg.layer_norm_epsilon, dt, name="pre_attention_layer_norm")(x)
-        h = MultiHeadDotProductAttention(cfg.num_heads, cfg.head_dim, dt, cfg.dropout_rate,
-                                         cfg.float32_attention_logits, name="attention")(
-            h, h, bias, deterministic)
+        h = MultiHeadDotProductAttention(
+            cfg.num_heads,
+            cfg.head_dim,
+            dt,
+            cfg.dropout_rate,
+            cfg.float32_attention_logits,
+            name="attention",
+        )(h, h, bias, deterministic)
         x = x + drop(h, deterministic=deterministic)
         h = LayerNorm(cfg.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
         h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, dt, cfg.dropout_rate, name="mlp")(
-            h, deterministic)
+            h, deterministic
+        )
         return _constrain(x + drop(h, deterministic=deterministic), (pt.BATCH, pt.LENGTH, pt.EMBED))
 
 
@@ -259,13 +289,19 @@ class DecoderLayer(nn.Module):
     config: T5Config
 
     @nn.compact
-    def __call__(self, y, encoded, self_bias, cross_bias, deterministic, decode=False,
-                 decode_position=None):
+    def __call__(
+        self, y, encoded, self_bias, cross_bias, deterministic, decode=False, decode_position=None
+    ):
         cfg, dt = self.config, _dtype(self.config)
         drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         attention = lambda name: MultiHeadDotProductAttention(
-            cfg.num_heads, cfg.head_dim, dt, cfg.dropout_rate, cfg.float32_attention_logits,
-            name=name)
+            cfg.num_heads,
+            cfg.head_dim,
+            dt,
+            cfg.dropout_rate,
+            cfg.float32_attention_logits,
+            name=name,
+        )
         h = LayerNorm(cfg.layer_norm_epsilon, dt, name="pre_self_attention_layer_norm")(y)
         h = attention("self_attention")(h, h, self_bias, deterministic, decode, decode_position)
         y = y + drop(h, deterministic=deterministic)
@@ -274,14 +310,19 @@ class DecoderLayer(nn.Module):
         y = y + drop(h, deterministic=deterministic)
         h = LayerNorm(cfg.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(y)
         h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, dt, cfg.dropout_rate, name="mlp")(
-            h, deterministic)
+            h, deterministic
+        )
         return _constrain(y + drop(h, deterministic=deterministic), (pt.BATCH, pt.LENGTH, pt.EMBED))
 
 
 def _relpos(cfg: T5Config) -> RelativePositionBiases:
-    return RelativePositionBiases(cfg.relative_attention_num_buckets,
-                                  cfg.relative_attention_max_distance, cfg.num_heads,
-                                  _dtype(cfg), name="relpos_bias")
+    return RelativePositionBiases(
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+        cfg.num_heads,
+        _dtype(cfg),
+        name="relpos_bias",
+    )
 
 
 class Encoder(nn.Module):
@@ -316,8 +357,9 @@ class Decoder(nn.Module):
     shared_embedding: Embed
 
     @nn.compact
-    def __call__(self, encoded, encoder_mask, decoder_input_tokens, deterministic: bool,
-                 decode: bool = False):
+    def __call__(
+        self, encoded, encoder_mask, decoder_input_tokens, deterministic: bool, decode: bool = False
+    ):
         """encoded: [B, L, E], encoder_mask: [B, L], decoder_input_tokens: [B, T] -> [B, T, V].
 
         With `decode=True` the first call (full length T) sizes the `cache` collection; each later
@@ -328,8 +370,9 @@ class Decoder(nn.Module):
         if decode:
             stepping = self.has_variable("cache", "position")
             position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
-            slots = self.variable("cache", "slots",
-                                  lambda: jnp.arange(decoder_input_tokens.shape[1]))
+            slots = self.variable(
+                "cache", "slots", lambda: jnp.arange(decoder_input_tokens.shape[1])
+            )
             if stepping:
                 decode_position = position.value
                 position.value = decode_position + 1
@@ -337,24 +380,30 @@ class Decoder(nn.Module):
             q_pos = k_pos = jnp.arange(decoder_input_tokens.shape[1])
         else:
             q_pos, k_pos = decode_position[None], slots.value
-        self_bias = (_relpos(cfg)(q_pos, k_pos, bidirectional=False)
-                     + mask_to_bias(k_pos[None, None, None, :] <= q_pos[None, None, :, None]))
+        self_bias = _relpos(cfg)(q_pos, k_pos, bidirectional=False) + mask_to_bias(
+            k_pos[None, None, None, :] <= q_pos[None, None, :, None]
+        )
         cross_bias = mask_to_bias(encoder_mask[:, None, None, :])
 
         y = self.shared_embedding(decoder_input_tokens)
         y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
         for i in range(cfg.num_decoder_layers):
-            y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias,
-                                                      deterministic, decode, decode_position)
+            y = DecoderLayer(cfg, name=f"layers_{i}")(
+                y, encoded, self_bias, cross_bias, deterministic, decode, decode_position
+            )
         y = LayerNorm(cfg.layer_norm_epsilon, _dtype(cfg), name="decoder_norm")(y)
         y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
         if cfg.logits_via_embedding:
             # T5 1.0 ties the output projection to the embedding and rescales by 1/sqrt(E).
             logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1]).astype(jnp.float32)
         else:
-            logits = Dense(cfg.vocab_size, (pt.EMBED, pt.VOCAB), jnp.float32,
-                           nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-                           name="logits_dense")(y)
+            logits = Dense(
+                cfg.vocab_size,
+                (pt.EMBED, pt.VOCAB),
+                jnp.float32,
+                nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+                name="logits_dense",
+            )(y)
         return _constrain(logits, (pt.BATCH, pt.LENGTH, pt.VOCAB))
 
 
@@ -377,8 +426,14 @@ class T5(nn.Module):
         """[B, L] -> (encoded [B, L', E], encoder_mask [B, L'])."""
         return self.encoder(encoder_input_tokens, not enable_dropout, self.embed_hook)
 
-    def decode(self, encoded, encoder_mask, decoder_input_tokens, enable_dropout: bool = False,
-               decode: bool = False):
+    def decode(
+        self,
+        encoded,
+        encoder_mask,
+        decoder_input_tokens,
+        enable_dropout: bool = False,
+        decode: bool = False,
+    ):
         return self.decoder(encoded, encoder_mask, decoder_input_tokens, not enable_dropout, decode)
 
     def __call__(self, encoder_input_tokens, decoder_input_tokens, enable_dropout: bool = False):

@@ -30,20 +30,29 @@ def _read_zarr_independently(directory: Path) -> np.ndarray:
     out = np.zeros(shape, dtype)
     grid = [range(-(-s // c)) for s, c in zip(shape, chunks, strict=True)]
     for idx in np.ndindex(*[len(g) for g in grid]):
-        chunk = np.frombuffer(gzip.decompress((directory / ".".join(map(str, idx))).read_bytes()),
-                              dtype).reshape(chunks)
-        region = tuple(slice(i * c, min((i + 1) * c, s))
-                       for i, c, s in zip(idx, chunks, shape, strict=True))
+        chunk = np.frombuffer(
+            gzip.decompress((directory / ".".join(map(str, idx))).read_bytes()), dtype
+        ).reshape(chunks)
+        region = tuple(
+            slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, chunks, shape, strict=True)
+        )
         out[region] = chunk[tuple(slice(0, r.stop - r.start) for r in region)]
     return out
 
 
 def _reference_values(ckpt: Path) -> dict:
     raw = serialization.msgpack_restore((ckpt / "checkpoint").read_bytes())
-    flat = traverse_util.flatten_dict(raw["optimizer"]["target"], sep="/",
-                                      is_leaf=lambda _, x: isinstance(x, dict) and "kvstore" in x)
-    return {name: _read_zarr_independently(ckpt / leaf["kvstore"]["path"])
-            if isinstance(leaf, dict) else np.asarray(leaf) for name, leaf in flat.items()}
+    flat = traverse_util.flatten_dict(
+        raw["optimizer"]["target"],
+        sep="/",
+        is_leaf=lambda _, x: isinstance(x, dict) and "kvstore" in x,
+    )
+    return {
+        name: _read_zarr_independently(ckpt / leaf["kvstore"]["path"])
+        if isinstance(leaf, dict)
+        else np.asarray(leaf)
+        for name, leaf in flat.items()
+    }
 
 
 def test_anchor_checkpoint_loads_exactly_and_runs(anchors, tiny):
@@ -56,8 +65,9 @@ def test_anchor_checkpoint_loads_exactly_and_runs(anchors, tiny):
         np.testing.assert_array_equal(np.asarray(restored[name]), value, err_msg=name)
     assert t5.param_count(params) == sum(v.size for v in reference.values())
     # The checkpoint's own embedding, not a fresh init: it is trained, so rows differ from N(0,1).
-    logits = module.apply({"params": params}, jnp.asarray([[37, 8, 59, 1, 0]]),
-                          jnp.asarray([[0, 2163, 1]]))
+    logits = module.apply(
+        {"params": params}, jnp.asarray([[37, 8, 59, 1, 0]]), jnp.asarray([[0, 2163, 1]])
+    )
     assert logits.shape == (1, 3, 32128) and np.isfinite(np.asarray(logits)).all()
 
 
@@ -98,16 +108,27 @@ def test_restore_casts_dtype(anchors, tiny):
     reference = _reference_values(TINY_CHECKPOINT)
     kernel = params["decoder"]["logits_dense"]["kernel"]
     assert kernel.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(kernel),
-                                  reference["decoder/logits_dense/kernel"].astype(jnp.bfloat16))
+    np.testing.assert_array_equal(
+        np.asarray(kernel), reference["decoder/logits_dense/kernel"].astype(jnp.bfloat16)
+    )
 
 
 def test_wrong_size_names_parameter_and_both_shapes(anchors):
-    small = t5.T5(t5.T5Config(emb_dim=8, num_heads=2, head_dim=2, mlp_dim=8,
-                              num_encoder_layers=2, num_decoder_layers=2,
-                              relative_attention_num_buckets=4))
-    with pytest.raises(checkpoints.CheckpointError,
-                       match=r"decoder/decoder_norm/scale .* shape \(4,\) .* expects \(8,\)"):
+    small = t5.T5(
+        t5.T5Config(
+            emb_dim=8,
+            num_heads=2,
+            head_dim=2,
+            mlp_dim=8,
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            relative_attention_num_buckets=4,
+        )
+    )
+    with pytest.raises(
+        checkpoints.CheckpointError,
+        match=r"decoder/decoder_norm/scale .* shape \(4,\) .* expects \(8,\)",
+    ):
         checkpoints.restore_params(TINY_CHECKPOINT, t5.abstract_params(small))
 
 
@@ -120,7 +141,9 @@ def test_missing_and_truncated_files_are_named(anchors, tiny, tmp_path):
     shutil.copytree(TINY_CHECKPOINT, ckpt)
     index = (ckpt / "checkpoint").read_bytes()
     (ckpt / "checkpoint").write_bytes(index[: len(index) // 2])
-    with pytest.raises(checkpoints.CheckpointError, match=r"index .*checkpoint_3/checkpoint is truncated"):
+    with pytest.raises(
+        checkpoints.CheckpointError, match=r"index .*checkpoint_3/checkpoint is truncated"
+    ):
         checkpoints.restore_params(ckpt, abstract)
 
     (ckpt / "checkpoint").write_bytes(index)
@@ -143,28 +166,32 @@ def test_model_directory_resolves_to_latest_step(anchors, tmp_path):
 def test_legacy_writer_round_trips_in_t5x_layout(anchors, tiny, tmp_path):
     _, abstract = tiny
     params = checkpoints.restore_params(TINY_CHECKPOINT, abstract)
-    out = checkpoints.save_legacy_checkpoint(jax.tree.map(np.asarray, params),
-                                             tmp_path / "checkpoint_7", step=7)
+    out = checkpoints.save_legacy_checkpoint(
+        jax.tree.map(np.asarray, params), tmp_path / "checkpoint_7", step=7
+    )
     index = serialization.msgpack_restore((out / "checkpoint").read_bytes())
     assert index["version"] == 3 and int(index["optimizer"]["state"]["step"]) == 7
     spec = index["optimizer"]["target"]["token_embedder"]["embedding"]
     assert spec["kvstore"] == {"driver": "gfile", "path": "target.token_embedder.embedding"}
     again = checkpoints.restore_params(out, abstract)
     for name, value in _reference_values(TINY_CHECKPOINT).items():
-        np.testing.assert_array_equal(np.asarray(traverse_util.flatten_dict(again, sep="/")[name]),
-                                      value)
+        np.testing.assert_array_equal(
+            np.asarray(traverse_util.flatten_dict(again, sep="/")[name]), value
+        )
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_7"]  # no temporary left
 
 
 def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="Object"):  # fails after the zarr arrays were written
-        checkpoints.save_legacy_checkpoint({"a": {"kernel": np.ones((2, 2))}, "b": object()},
-                                           tmp_path / "checkpoint_1")
+        checkpoints.save_legacy_checkpoint(
+            {"a": {"kernel": np.ones((2, 2))}, "b": object()}, tmp_path / "checkpoint_1"
+        )
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "checkpoint_2").mkdir()
     with pytest.raises(checkpoints.CheckpointError, match="already exists"):
-        checkpoints.save_legacy_checkpoint({"a": {"kernel": np.ones((2, 2))}},
-                                           tmp_path / "checkpoint_2")
+        checkpoints.save_legacy_checkpoint(
+            {"a": {"kernel": np.ones((2, 2))}}, tmp_path / "checkpoint_2"
+        )
 
 
 def test_orbax_checkpoint_in_t5x_layout_restores_sharded(anchors, tiny, tmp_path):
@@ -174,20 +201,28 @@ def test_orbax_checkpoint_in_t5x_layout_restores_sharded(anchors, tiny, tmp_path
     params = checkpoints.restore_params(TINY_CHECKPOINT, abstract)
     ocp.PyTreeCheckpointer().save(
         tmp_path / "checkpoint_3" / "state",
-        {"target": params, "state": {"step": np.asarray(3, np.int32)}})
+        {"target": params, "state": {"step": np.asarray(3, np.int32)}},
+    )
     mesh = partitioning.make_mesh(num_partitions=2)
-    restored = checkpoints.restore_params(tmp_path / "checkpoint_3", abstract, mesh=mesh,
-                                          dtype=jnp.bfloat16)
+    restored = checkpoints.restore_params(
+        tmp_path / "checkpoint_3", abstract, mesh=mesh, dtype=jnp.bfloat16
+    )
     emb = restored["token_embedder"]["embedding"]
     assert emb.sharding.spec == PartitionSpec("model", None) and emb.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(emb),
-                                  np.asarray(params["token_embedder"]["embedding"], jnp.bfloat16))
+    np.testing.assert_array_equal(
+        np.asarray(emb), np.asarray(params["token_embedder"]["embedding"], jnp.bfloat16)
+    )
     rows, _ = checkpoints.describe(tmp_path / "checkpoint_3")
     assert ("decoder/logits_dense/kernel", (4, 32128), "float32") in rows
 
 
 def test_gcs_paths_map_to_tensorstore_gcs_driver():
-    kv = checkpoints._absolute_kvstore({"driver": "gfile", "path": "target.encoder.x.kernel"},
-                                       "gs://bucket/models/t5/checkpoint_100")
-    assert kv == {"driver": "gcs", "bucket": "bucket",
-                  "path": "models/t5/checkpoint_100/target.encoder.x.kernel"}
+    kv = checkpoints._absolute_kvstore(
+        {"driver": "gfile", "path": "target.encoder.x.kernel"},
+        "gs://bucket/models/t5/checkpoint_100",
+    )
+    assert kv == {
+        "driver": "gcs",
+        "bucket": "bucket",
+        "path": "models/t5/checkpoint_100/target.encoder.x.kernel",
+    }

@@ -10,9 +10,17 @@ import pytest
 from prompt_transfer.models import EncoderDecoderModel, shift_right, token_log_likelihoods
 from prompt_transfer.t5 import T5, T5Config
 
-CONFIG = T5Config(vocab_size=40, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
-                  num_encoder_layers=2, num_decoder_layers=3, relative_attention_num_buckets=8,
-                  relative_attention_max_distance=16)
+CONFIG = T5Config(
+    vocab_size=40,
+    emb_dim=16,
+    num_heads=2,
+    head_dim=8,
+    mlp_dim=32,
+    num_encoder_layers=2,
+    num_decoder_layers=3,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +55,15 @@ def test_greedy_with_cache_equals_stepwise_argmax(setup):
     reference = _stepwise_argmax(module, params, inputs, 9)
     for got, want in zip(cached, reference, strict=True):
         assert _until_eos(got) == _until_eos(want)
-        assert not got[len(_until_eos(got)):].any()  # padding after EOS
+        assert not got[len(_until_eos(got)) :].any()  # padding after EOS
 
 
 def test_sampling_topk1_is_greedy_and_seeded(setup):
     _, model, params, inputs = setup
     greedy = model.predict(params, inputs, max_length=6)
     np.testing.assert_array_equal(
-        model.predict(params, inputs, max_length=6, temperature=1.0, topk=1), greedy)
+        model.predict(params, inputs, max_length=6, temperature=1.0, topk=1), greedy
+    )
     a = model.predict(params, inputs, max_length=6, temperature=2.0, rng=jax.random.PRNGKey(5))
     b = model.predict(params, inputs, max_length=6, temperature=2.0, rng=jax.random.PRNGKey(5))
     c = model.predict(params, inputs, max_length=6, temperature=2.0, rng=jax.random.PRNGKey(6))
@@ -72,19 +81,29 @@ def _sequence_log_prob(module, params, inputs, seq):
 
 def test_exhaustive_beam_finds_the_most_likely_sequence(setup):
     """With K = V^(T-1) beams the search is exact: compare with brute force over all sequences."""
-    cfg = T5Config(vocab_size=5, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16,
-                   num_encoder_layers=1, num_decoder_layers=2, relative_attention_num_buckets=4,
-                   relative_attention_max_distance=8)
+    cfg = T5Config(
+        vocab_size=5,
+        emb_dim=8,
+        num_heads=2,
+        head_dim=4,
+        mlp_dim=16,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        relative_attention_num_buckets=4,
+        relative_attention_max_distance=8,
+    )
     module = T5(cfg)
     inputs = jnp.asarray([[2, 3, 4, 2]])
     params = module.init(jax.random.PRNGKey(3), inputs, inputs)["params"]
-    tokens, scores = EncoderDecoderModel(module).predict_beam(params, inputs, max_length=3,
-                                                              beam_size=25, alpha=0.0)
+    tokens, scores = EncoderDecoderModel(module).predict_beam(
+        params, inputs, max_length=3, beam_size=25, alpha=0.0
+    )
     # Every distinct output: stop at the first EOS, pad after it.
     outputs = sorted({tuple(_until_eos(s)) for s in itertools.product(range(5), repeat=3)})
     padded = jnp.asarray([list(o) + [0] * (3 - len(o)) for o in outputs])
-    logits = module.apply({"params": params}, jnp.tile(inputs, (len(outputs), 1)),
-                          shift_right(padded))
+    logits = module.apply(
+        {"params": params}, jnp.tile(inputs, (len(outputs), 1)), shift_right(padded)
+    )
     ll = np.asarray(token_log_likelihoods(logits, padded))
     best = {o: ll[i, : len(o)].sum() for i, o in enumerate(outputs)}
     want = max(best.values())

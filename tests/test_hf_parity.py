@@ -14,22 +14,38 @@ from prompt_transfer.t5 import T5  # noqa: E402
 
 CONFIGS = {
     # T5 1.1 / LM-adapted / flan-t5: gated-GELU, untied, no output rescaling.
-    "t5_1_1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                   num_layers=2, num_decoder_layers=2),
+    "t5_1_1": dict(
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        num_layers=2,
+        num_decoder_layers=2,
+    ),
     # T5 1.0: ReLU, output projection tied to the embedding and rescaled by 1/sqrt(d_model).
-    "t5_1_0": dict(feed_forward_proj="relu", tie_word_embeddings=True,
-                   num_layers=2, num_decoder_layers=2),
+    "t5_1_0": dict(
+        feed_forward_proj="relu", tie_word_embeddings=True, num_layers=2, num_decoder_layers=2
+    ),
     # Unequal depth.
-    "t5_1_1_deep_encoder": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                                num_layers=3, num_decoder_layers=1),
+    "t5_1_1_deep_encoder": dict(
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        num_layers=3,
+        num_decoder_layers=1,
+    ),
 }
 
 
 def _hf_model(tmp_path, name, fmt):
-    cfg = transformers.T5Config(vocab_size=96, d_model=16, d_kv=4, d_ff=24, num_heads=4,
-                                relative_attention_num_buckets=8,
-                                relative_attention_max_distance=20, dropout_rate=0.0,
-                                **CONFIGS[name])
+    cfg = transformers.T5Config(
+        vocab_size=96,
+        d_model=16,
+        d_kv=4,
+        d_ff=24,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
+        dropout_rate=0.0,
+        **CONFIGS[name],
+    )
     torch.manual_seed(0)
     model = transformers.T5ForConditionalGeneration(cfg).eval()
     if not CONFIGS[name]["tie_word_embeddings"]:
@@ -65,15 +81,20 @@ def test_logits_match_transformers(tmp_path, name, fmt):
     inputs[1, 7:] = 0  # padding on one row
     targets = rng.integers(2, 96, size=(3, 6))
     with torch.no_grad():
-        expected = model(input_ids=torch.tensor(inputs), attention_mask=torch.tensor(inputs > 0),
-                         decoder_input_ids=torch.tensor(targets)).logits.numpy()
+        expected = model(
+            input_ids=torch.tensor(inputs),
+            attention_mask=torch.tensor(inputs > 0),
+            decoder_input_ids=torch.tensor(targets),
+        ).logits.numpy()
 
     config, params = hf_t5.load_hf_t5(tmp_path)
     assert config.logits_via_embedding == (name == "t5_1_0")
     assert config.num_encoder_layers == CONFIGS[name]["num_layers"]
     assert config.num_decoder_layers == CONFIGS[name]["num_decoder_layers"]
     ours = T5(config).apply({"params": params}, jnp.asarray(inputs), jnp.asarray(targets))
-    np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        np.asarray(ours), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()
+    )
 
 
 def test_missing_weight_is_named(tmp_path):
@@ -83,5 +104,7 @@ def test_missing_weight_is_named(tmp_path):
     state = load_file(str(tmp_path / "model.safetensors"))
     del state["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
     save_file(state, str(tmp_path / "model.safetensors"))
-    with pytest.raises(hf_t5.HFCheckpointError, match=r"encoder\.block\.1\.layer\.1\.DenseReluDense\.wo"):
+    with pytest.raises(
+        hf_t5.HFCheckpointError, match=r"encoder\.block\.1\.layer\.1\.DenseReluDense\.wo"
+    ):
         hf_t5.load_hf_t5(tmp_path)

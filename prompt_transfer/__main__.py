@@ -1,0 +1,5 @@
+import sys
+
+from prompt_transfer.cli import main
+
+sys.exit(main())

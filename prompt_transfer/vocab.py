@@ -1,0 +1,34 @@
+"""SeqIO SentencePiece vocabulary with T5's id layout.
+
+pad 0, eos 1, unk 2; the 32,000 pieces of cc_all.32000.100extra plus 100 sentinel ids
+(`<extra_id_0>` is 32099, counting down), 32,100 ids in all; T5 models pad the embedding table
+to 32,128 rows for TPU-friendly shapes.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+EXTRA_IDS = 100
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+
+
+class VocabularyError(ValueError):
+    pass
+
+
+def get_vocabulary(path: str | os.PathLike | None = None, extra_ids: int = EXTRA_IDS):
+    """A `seqio.SentencePieceVocabulary` (T5's standard one by default, or any local file)."""
+    from prompt_transfer.tf_import import import_seqio
+
+    seqio = import_seqio()
+    path = str(path or DEFAULT_VOCAB_PATH)
+    if not path.startswith("gs://") and not os.path.isfile(path):
+        raise VocabularyError(f"SentencePiece model not found: {path}")
+    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def sentinel_id(vocabulary, index: int) -> int:
+    """Id of `<extra_id_{index}>`: sentinels count down from the top of the vocabulary."""
+    return vocabulary.vocab_size - 1 - index

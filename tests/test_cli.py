@@ -1,0 +1,145 @@
+"""The console script end to end: checkpoint-info, convert (HF -> T5X + gin), score, errors."""
+
+import json
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import T5_VOCAB, TINY_CHECKPOINT
+from prompt_transfer import checkpoints, cli, gin_files, t5
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A small flan-t5-like HF checkpoint (gated-GELU, untied) in a local directory."""
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("hf")
+    cfg = transformers.T5Config(
+        vocab_size=32128,
+        d_model=8,
+        d_kv=4,
+        d_ff=12,
+        num_heads=2,
+        num_layers=2,
+        num_decoder_layers=1,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(cfg).eval()
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(cfg.vocab_size, cfg.d_model))
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    state["lm_head.weight"] = model.lm_head.weight.detach().clone()
+    save_file(state, str(d / "model.safetensors"))
+    config = {k: v for k, v in cfg.to_dict().items() if k != "scale_decoder_outputs"}
+    (d / "config.json").write_text(json.dumps(dict(config, tie_word_embeddings=False)))
+    return d, model
+
+
+def test_checkpoint_info_prints_tree_and_count(anchors, capsys):
+    assert cli.main(["checkpoint-info", str(TINY_CHECKPOINT)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("token_embedder/embedding") and "(32128, 4)" in line for line in out)
+    assert out[-1] == "52 parameters, 257,856 values, step 3"
+
+
+def test_convert_writes_t5x_checkpoint_and_size_gin(hf_dir, tmp_path, capsys):
+    directory, model = hf_dir
+    out = tmp_path / "converted"
+    assert cli.main(["convert", "--hf", str(directory), "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_0", "model.gin"]
+    config = gin_files.read_model_config(str(out / "model.gin"))
+    assert (config.num_encoder_layers, config.num_decoder_layers, config.emb_dim) == (2, 1, 8)
+    module = t5.T5(config)
+    params = checkpoints.restore_params(out, t5.abstract_params(module))
+    inputs, targets = np.array([[5, 9, 44, 1]]), np.array([[0, 17, 3]])
+    with torch.no_grad():
+        expected = model(
+            input_ids=torch.tensor(inputs), decoder_input_ids=torch.tensor(targets)
+        ).logits.numpy()
+    ours = module.apply({"params": params}, jnp.asarray(inputs), jnp.asarray(targets))
+    np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_score_reads_model_gin_beside_checkpoint(anchors, hf_dir, tmp_path, capsys):
+    out = tmp_path / "converted"
+    cli.main(["convert", "--hf", str(hf_dir[0]), "--output", str(out)])
+    capsys.readouterr()
+    assert (
+        cli.main(
+            [
+                "score",
+                "--checkpoint",
+                str(out / "checkpoint_0"),
+                "--vocab",
+                str(T5_VOCAB),
+                "--inputs",
+                "is this good?",
+                "--targets",
+                "yes",
+                "no",
+            ]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and sum("*" in line for line in lines) == 1
+    assert all(float(line.split()[0]) < 0 for line in lines)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["checkpoint-info", "/definitely/missing"], r"checkpoint not found: /definitely/missing"),
+        (
+            [
+                "score",
+                "--checkpoint",
+                str(TINY_CHECKPOINT),
+                "--size",
+                "huge",
+                "--inputs",
+                "a",
+                "--targets",
+                "b",
+            ],
+            r"unknown model size 'huge'; choose one of: base, large, small, tiny",
+        ),
+        (
+            [
+                "score",
+                "--checkpoint",
+                str(TINY_CHECKPOINT),
+                "--size",
+                "base",
+                "--inputs",
+                "a",
+                "--targets",
+                "b",
+            ],
+            r"decoder/decoder_norm/scale in \S+ has shape \(4,\) "
+            r"but the configured model expects \(768,\)",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(anchors, capsys, argv, message):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err)
+    assert err.count("\n") == 1
+
+
+def test_convert_failure_writes_nothing(tmp_path, capsys):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    assert (
+        cli.main(["convert", "--hf", str(tmp_path / "hf"), "--output", str(tmp_path / "out")]) == 2
+    )
+    assert "no model.safetensors or pytorch_model.bin" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
