@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gin
 from gin import config_parser
+
 from prompt_transfer.t5 import T5Config
 
 GIN_DIR = Path(__file__).resolve().parent.parent / "gin"

@@ -37,8 +37,12 @@ def test_unknown_size_lists_sizes():
 
 def test_every_parameter_has_t5x_logical_axes():
     boxed = t5.abstract_params(t5.T5(gin_files.read_model_config("tiny")))
-    specs = {name: tuple(spec) for name, spec in traverse_util.flatten_dict(
-        partitioning.logical_partition_specs(boxed), sep="/").items()}
+    specs = {
+        name: tuple(spec)
+        for name, spec in traverse_util.flatten_dict(
+            partitioning.logical_partition_specs(boxed), sep="/"
+        ).items()
+    }
     assert specs["token_embedder/embedding"] == ("vocab", "embed")
     assert specs["decoder/layers_0/self_attention/out/kernel"] == ("joined_kv", "embed")
     assert specs["encoder/layers_1/mlp/wo/kernel"] == ("mlp", "embed")
@@ -47,9 +51,18 @@ def test_every_parameter_has_t5x_logical_axes():
     assert all(len(s) >= 1 and all(a is not None for a in s) for s in specs.values())
 
 
-CONFIG = t5.T5Config(vocab_size=50, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
-                     num_encoder_layers=2, num_decoder_layers=1, relative_attention_num_buckets=8,
-                     relative_attention_max_distance=16, dropout_rate=0.3)
+CONFIG = t5.T5Config(
+    vocab_size=50,
+    emb_dim=16,
+    num_heads=2,
+    head_dim=8,
+    mlp_dim=24,
+    num_encoder_layers=2,
+    num_decoder_layers=1,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+    dropout_rate=0.3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +87,11 @@ def test_encode_then_decode_equals_call(net):
 def test_padding_does_not_change_valid_positions(net):
     module, params, inputs, targets = net
     padded = jnp.pad(inputs, ((0, 0), (0, 4)))
-    np.testing.assert_allclose(module.apply({"params": params}, padded, targets),
-                               module.apply({"params": params}, inputs, targets), atol=1e-5)
+    np.testing.assert_allclose(
+        module.apply({"params": params}, padded, targets),
+        module.apply({"params": params}, inputs, targets),
+        atol=1e-5,
+    )
 
 
 def test_bfloat16_activations_keep_float32_params_and_logits(net):
@@ -91,15 +107,26 @@ def test_bfloat16_activations_keep_float32_params_and_logits(net):
 def test_dropout_only_when_enabled(net):
     module, params, inputs, targets = net
     quiet = module.apply({"params": params}, inputs, targets)
-    noisy = module.apply({"params": params}, inputs, targets, enable_dropout=True,
-                         rngs={"dropout": jax.random.PRNGKey(1)})
+    noisy = module.apply(
+        {"params": params},
+        inputs,
+        targets,
+        enable_dropout=True,
+        rngs={"dropout": jax.random.PRNGKey(1)},
+    )
     assert not np.allclose(quiet, noisy)
     np.testing.assert_array_equal(quiet, module.apply({"params": params}, inputs, targets))
 
 
 def test_t5_1_0_style_has_no_logits_dense_and_rescales():
-    cfg = t5.T5Config(**{**CONFIG.__dict__, "mlp_activations": ("relu",),
-                         "logits_via_embedding": True, "dropout_rate": 0.0})
+    cfg = t5.T5Config(
+        **{
+            **CONFIG.__dict__,
+            "mlp_activations": ("relu",),
+            "logits_via_embedding": True,
+            "dropout_rate": 0.0,
+        }
+    )
     module = t5.T5(cfg)
     inputs, targets = jnp.asarray([[3, 4, 1]]), jnp.asarray([[0, 5]])
     params = nn.unbox(module.init(jax.random.PRNGKey(0), inputs, targets)["params"])
@@ -107,8 +134,14 @@ def test_t5_1_0_style_has_no_logits_dense_and_rescales():
     # Tied logits: decoder output dotted with the embedding table, divided by sqrt(E).
     encoded, mask = module.apply({"params": params}, inputs, method=t5.T5.encode)
     logits = module.apply({"params": params}, encoded, mask, targets, method=t5.T5.decode)
-    hidden = module.apply({"params": params}, encoded, mask, targets, method=t5.T5.decode,
-                          capture_intermediates=lambda m, _: m.name == "decoder_norm")[1]
+    hidden = module.apply(
+        {"params": params},
+        encoded,
+        mask,
+        targets,
+        method=t5.T5.decode,
+        capture_intermediates=lambda m, _: m.name == "decoder_norm",
+    )[1]
     y = jax.tree.leaves(hidden["intermediates"])[0]
     np.testing.assert_allclose(logits, y @ params["token_embedder"]["embedding"].T / 4.0, rtol=1e-5)
 
