@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from prompt_transfer import decoding
+from prompt_transfer import decoding, prompts
 from prompt_transfer.t5 import T5
 
 
@@ -32,10 +32,50 @@ def token_log_likelihoods(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoderModel:
-    """The T5 module plus the functions training, evaluation and inference call."""
+    """The T5 module plus the functions training, evaluation and inference call.
+
+    `params` is the whole tree: the network's, plus the soft prompt at `encoder/prompt/prompt`
+    when there is one. Every verb also takes `prompt`, a per-example [B, P, E] override that
+    lets one batch carry examples of several tasks, each with its own prompt.
+    """
 
     module: T5
     eos_id: int = 1
+
+    def _encode(self, params, encoder_input_tokens, prompt=None, enable_dropout=False, rngs=None):
+        network, own = prompts.split_prompt(params)
+        prompt = own if prompt is None else prompt
+        encoded, mask = self.module.apply(
+            {"params": network},
+            encoder_input_tokens,
+            enable_dropout,
+            prompt,
+            method=T5.encode,
+            rngs=rngs or {},
+        )
+        return network, encoded, mask
+
+    def _logits(
+        self,
+        params,
+        encoder_input_tokens,
+        decoder_input_tokens,
+        prompt=None,
+        enable_dropout=False,
+        rngs=None,
+    ):
+        network, encoded, mask = self._encode(
+            params, encoder_input_tokens, prompt, enable_dropout, rngs
+        )
+        return self.module.apply(
+            {"params": network},
+            encoded,
+            mask,
+            decoder_input_tokens,
+            enable_dropout,
+            method=T5.decode,
+            rngs=rngs or {},
+        )
 
     # -- training ------------------------------------------------------------------------------
     def loss(
@@ -43,12 +83,13 @@ class EncoderDecoderModel:
     ) -> tuple[jax.Array, dict]:
         """Token-mean cross entropy (plus T5X's z-loss) and metrics for one batch."""
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-        logits = self.module.apply(
-            {"params": params},
+        logits = self._logits(
+            params,
             batch["encoder_input_tokens"],
             batch["decoder_input_tokens"],
-            enable_dropout=dropout_rng is not None,
-            rngs=rngs,
+            batch.get("prompt"),
+            dropout_rng is not None,
+            rngs,
         )
         targets = batch["decoder_target_tokens"]
         weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))
@@ -65,62 +106,55 @@ class EncoderDecoderModel:
         }
 
     # -- scoring -------------------------------------------------------------------------------
-    def score(
-        self, params, encoder_input_tokens: jax.Array, decoder_target_tokens: jax.Array
-    ) -> jax.Array:
+    def score(self, params, encoder_input_tokens, decoder_target_tokens, prompt=None):
         """Log-likelihood of each target sequence given its input: [B, L], [B, T] -> [B]."""
-        logits = self.module.apply(
-            {"params": params}, encoder_input_tokens, shift_right(decoder_target_tokens)
+        logits = self._logits(
+            params, encoder_input_tokens, shift_right(decoder_target_tokens), prompt
         )
         ll = token_log_likelihoods(logits, decoder_target_tokens)
         return (ll * (decoder_target_tokens > 0)).sum(-1)
 
-    def rank_classify(
-        self, params, encoder_input_tokens: jax.Array, candidates: jax.Array
-    ) -> jax.Array:
+    def rank_classify(self, params, encoder_input_tokens, candidates, prompt=None):
         """Log-likelihood of every candidate target for every input: [B, L], [C, T] -> [B, C].
 
         The encoder runs once per input; the candidates are scored against the shared encoding.
         """
-        encoded, mask = self.module.apply(
-            {"params": params}, encoder_input_tokens, method=T5.encode
-        )
+        network, encoded, mask = self._encode(params, encoder_input_tokens, prompt)
         b, c = encoder_input_tokens.shape[0], candidates.shape[0]
         rep = lambda x: jnp.repeat(x, c, axis=0)  # [B*C, ...], candidate-major within an input
         targets = jnp.tile(candidates, (b, 1))
         logits = self.module.apply(
-            {"params": params}, rep(encoded), rep(mask), shift_right(targets), method=T5.decode
+            {"params": network}, rep(encoded), rep(mask), shift_right(targets), method=T5.decode
         )
         ll = (token_log_likelihoods(logits, targets) * (targets > 0)).sum(-1)
         return ll.reshape(b, c)
 
     # -- decoding ------------------------------------------------------------------------------
-    def _init_cache(self, params, encoded, mask, max_length):
+    def _init_cache(self, network, encoded, mask, max_length):
+        decoder_inputs = jnp.zeros((encoded.shape[0], max_length), jnp.int32)
         shapes = jax.eval_shape(
             lambda: self.module.apply(
-                {"params": params},
+                {"params": network},
                 encoded,
                 mask,
-                jnp.zeros((encoded.shape[0], max_length), jnp.int32),
+                decoder_inputs,
                 decode=True,
                 method=T5.decode,
                 mutable=["cache"],
             )[1]
         )
         flat = traverse_util.flatten_dict(shapes["cache"])
-        return traverse_util.unflatten_dict(
-            {
-                k: jnp.arange(v.shape[0], dtype=v.dtype)
-                if k[-1] == "slots"
-                else jnp.zeros(v.shape, v.dtype)
-                for k, v in flat.items()
-            }
+        fill = lambda k, v: (
+            jnp.arange(v.shape[0], dtype=v.dtype)
+            if k[-1] == "slots"
+            else jnp.zeros(v.shape, v.dtype)
         )
+        return traverse_util.unflatten_dict({k: fill(k, v) for k, v in flat.items()})
 
-    def _step_fn(self, params, encoded, mask):
+    def _step_fn(self, network, encoded, mask):
         def step(tokens, cache):
             logits, variables = self.module.apply(
-                {"params": params, "cache": cache},
+                {"params": network, "cache": cache},
                 encoded,
                 mask,
                 tokens,
@@ -141,14 +175,13 @@ class EncoderDecoderModel:
         temperature: float = 0.0,
         topk: int = 0,
         rng: jax.Array | None = None,
+        prompt=None,
     ):
         """Greedy (temperature 0) or sampled decoding: [B, L] -> tokens [B, max_length]."""
-        encoded, mask = self.module.apply(
-            {"params": params}, encoder_input_tokens, method=T5.encode
-        )
-        cache = self._init_cache(params, encoded, mask, max_length)
+        network, encoded, mask = self._encode(params, encoder_input_tokens, prompt)
+        cache = self._init_cache(network, encoded, mask, max_length)
         return decoding.temperature_sample(
-            self._step_fn(params, encoded, mask),
+            self._step_fn(network, encoded, mask),
             cache,
             encoder_input_tokens.shape[0],
             max_length,
@@ -166,15 +199,14 @@ class EncoderDecoderModel:
         max_length: int,
         beam_size: int = 4,
         alpha: float = 0.6,
+        prompt=None,
     ):
         """Beam search: [B, L] -> (tokens [B, K, max_length], scores [B, K]), best first."""
-        encoded, mask = self.module.apply(
-            {"params": params}, encoder_input_tokens, method=T5.encode
-        )
+        network, encoded, mask = self._encode(params, encoder_input_tokens, prompt)
         encoded, mask = (jnp.repeat(x, beam_size, axis=0) for x in (encoded, mask))
-        cache = self._init_cache(params, encoded, mask, max_length)
+        cache = self._init_cache(network, encoded, mask, max_length)
         return decoding.beam_search(
-            self._step_fn(params, encoded, mask),
+            self._step_fn(network, encoded, mask),
             cache,
             encoder_input_tokens.shape[0],
             beam_size,

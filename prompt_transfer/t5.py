@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_transfer import partitioning as pt
+from prompt_transfer import prompts
 
 NEG_INF = -1e10  # T5X's mask value: large but finite so fully-masked rows stay NaN-free.
 
@@ -326,22 +327,22 @@ def _relpos(cfg: T5Config) -> RelativePositionBiases:
 
 
 class Encoder(nn.Module):
-    """Embeds tokens, lets `embed_hook` join extra positions (a prompt), runs the stack."""
+    """Embeds tokens, joins the soft prompt (if any) to them, runs the stack."""
 
     config: T5Config
     shared_embedding: Embed
 
     @nn.compact
-    def __call__(self, tokens, deterministic: bool, embed_hook=None):
-        """tokens: [B, L] -> (encoded [B, L', E], mask [B, L'] bool); L' = L plus joined positions.
+    def __call__(self, tokens, deterministic: bool, prompt=None, prompt_position: str = "prefix"):
+        """tokens: [B, L], prompt: [P, E] or per-example [B, P, E].
 
-        `embed_hook(module, x [B, L, E], mask [B, L]) -> (x, mask)` runs inside this module's scope,
-        so parameters it creates live under `encoder/` (T5X prompt tuning's `encoder/prompt/...`).
+        Returns (encoded [B, L', E], mask [B, L'] bool), L' = P + L: the mask covers the prompt,
+        so the encoder self-attention and the encoder-decoder attention both see it.
         """
         cfg = self.config
         x, mask = self.shared_embedding(tokens), tokens > 0
-        if embed_hook is not None:
-            x, mask = embed_hook(self, x, mask)
+        if prompt is not None:
+            x, mask = prompts.join_prompt(x, mask, prompt.astype(x.dtype), prompt_position)
         x = _constrain(x, (pt.BATCH, pt.LENGTH, pt.EMBED))
         pos = jnp.arange(x.shape[1])
         bias = _relpos(cfg)(pos, pos, bidirectional=True) + mask_to_bias(mask[:, None, None, :])
@@ -410,11 +411,12 @@ class Decoder(nn.Module):
 class T5(nn.Module):
     """The encoder-decoder. `encode` and `decode` are usable separately (`apply(method=...)`).
 
-    `embed_hook` (see `Encoder`) is how a soft prompt joins the encoder input.
+    A soft prompt is an input, not a parameter of this module: the frozen network's tree stays
+    exactly T5X's, and a batch may carry one prompt per example (mixed-task inference).
     """
 
     config: T5Config
-    embed_hook: Callable | None = None
+    prompt_position: str = "prefix"
 
     def setup(self):
         cfg = self.config
@@ -422,9 +424,9 @@ class T5(nn.Module):
         self.encoder = Encoder(cfg, self.token_embedder)
         self.decoder = Decoder(cfg, self.token_embedder)
 
-    def encode(self, encoder_input_tokens, enable_dropout: bool = False):
-        """[B, L] -> (encoded [B, L', E], encoder_mask [B, L'])."""
-        return self.encoder(encoder_input_tokens, not enable_dropout, self.embed_hook)
+    def encode(self, encoder_input_tokens, enable_dropout: bool = False, prompt=None):
+        """[B, L], prompt [P, E] | [B, P, E] | None -> (encoded [B, L', E], mask [B, L'])."""
+        return self.encoder(encoder_input_tokens, not enable_dropout, prompt, self.prompt_position)
 
     def decode(
         self,
@@ -436,9 +438,11 @@ class T5(nn.Module):
     ):
         return self.decoder(encoded, encoder_mask, decoder_input_tokens, not enable_dropout, decode)
 
-    def __call__(self, encoder_input_tokens, decoder_input_tokens, enable_dropout: bool = False):
+    def __call__(
+        self, encoder_input_tokens, decoder_input_tokens, enable_dropout: bool = False, prompt=None
+    ):
         """[B, L], [B, T] -> logits [B, T, V] (float32)."""
-        encoded, mask = self.encode(encoder_input_tokens, enable_dropout)
+        encoded, mask = self.encode(encoder_input_tokens, enable_dropout, prompt)
         return self.decode(encoded, mask, decoder_input_tokens, enable_dropout)
 
 

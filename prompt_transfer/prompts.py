@@ -1,0 +1,206 @@
+"""Soft prompts: how a prompt joins the encoder input, and how it is initialised.
+
+A prompt is a [P, E] float32 matrix stored at `encoder/prompt/prompt` of the parameter tree (the
+path T5X prompt tuning uses) with logical axes (`prompt`, `prompt_embed`), replicated by
+default. The frozen T5 takes it as an input to `encode` (see `t5.Encoder`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_transfer import partitioning as pt
+
+PROMPT_PATH = "encoder/prompt/prompt"
+PROMPT_AXES = (pt.PROMPT, pt.PROMPT_EMBED)
+POSITIONS = ("prefix", "suffix")
+INIT_METHODS = ("random_uniform", "sampled_vocab", "class_labels", "text", "file")
+FIRST_REGULAR_ID = 3  # after pad 0, eos 1, unk 2
+
+
+class PromptError(ValueError):
+    pass
+
+
+def join_prompt(x: jax.Array, mask: jax.Array, prompt: jax.Array, position: str = "prefix"):
+    """Join a prompt to embedded inputs.
+
+    Args:
+      x: [B, L, E] embedded input tokens (right-padded).
+      mask: [B, L] bool, True at real tokens.
+      prompt: [P, E] shared by the batch, or [B, P, E] one per example.
+      position: "prefix" (before the input) or "suffix" (right after each row's last real token,
+        so prompt positions stay contiguous with the text for the relative position biases).
+
+    Returns:
+      ([B, P + L, E], [B, P + L]) with the prompt positions unmasked.
+    """
+    b, length = mask.shape
+    if prompt.ndim == 2:
+        prompt = jnp.broadcast_to(prompt[None], (b, *prompt.shape))
+    p = prompt.shape[1]
+    ones = jnp.ones((b, p), bool)
+    if position == "prefix":
+        return jnp.concatenate([prompt, x], 1), jnp.concatenate([ones, mask], 1)
+    if position != "suffix":
+        raise PromptError(f"prompt position {position!r} is unknown; choose one of {POSITIONS}")
+    joined, joined_mask = jnp.concatenate([x, prompt], 1), jnp.concatenate([mask, ones], 1)
+    n = mask.sum(1, keepdims=True)  # [B, 1] real tokens per row
+    j = jnp.arange(length + p)[None]  # output positions
+    src = jnp.where(j < n, j, jnp.where(j < n + p, length + j - n, j - p))  # [B, L + P]
+    return (
+        jnp.take_along_axis(joined, src[..., None], axis=1),
+        jnp.take_along_axis(joined_mask, src, axis=1),
+    )
+
+
+def abstract_prompt(length: int, dim: int) -> nn.LogicallyPartitioned:
+    """Shape, dtype and logical axes of a [P, E] prompt, for sharding and checkpoint templates."""
+    return nn.LogicallyPartitioned(jax.ShapeDtypeStruct((length, dim), jnp.float32), PROMPT_AXES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisers. Each returns a [P, E] float32 NumPy array.
+
+
+def random_uniform(rng: np.random.Generator, length: int, dim: int, scale: float = 0.5):
+    """U(-scale, scale), the SPoT / Lester et al. random baseline (scale 0.5)."""
+    return rng.uniform(-scale, scale, (length, dim)).astype(np.float32)
+
+
+def sampled_vocab(
+    rng: np.random.Generator, embedding: np.ndarray, length: int, population: int = 5000
+):
+    """Embeddings of tokens drawn from the `population` most frequent ones (SPoT: 5,000).
+
+    SentencePiece orders pieces by score, so low ids are the frequent ones; the special ids
+    (pad, eos, unk) are skipped.
+    """
+    population = min(population, embedding.shape[0] - FIRST_REGULAR_ID)
+    ids = FIRST_REGULAR_ID + rng.choice(population, size=length, replace=population < length)
+    return np.asarray(embedding[ids], np.float32)
+
+
+def class_labels(
+    rng: np.random.Generator,
+    embedding: np.ndarray,
+    length: int,
+    label_ids: list[list[int]],
+    population: int = 5000,
+):
+    """The first positions hold the label strings' embeddings (multi-piece labels averaged);
+    the rest are sampled from the vocabulary."""
+    if len(label_ids) > length:
+        raise PromptError(f"{len(label_ids)} class labels do not fit a prompt of length {length}")
+    prompt = sampled_vocab(rng, embedding, length, population)
+    for i, ids in enumerate(label_ids):
+        prompt[i] = np.asarray(embedding[list(ids)], np.float32).mean(0)
+    return prompt
+
+
+def from_text(
+    rng: np.random.Generator,
+    embedding: np.ndarray,
+    length: int,
+    text_ids: list[int],
+    population: int = 5000,
+):
+    """The text's token embeddings first (truncated to P), the rest sampled from the vocabulary."""
+    prompt = sampled_vocab(rng, embedding, length, population)
+    ids = list(text_ids)[:length]
+    prompt[: len(ids)] = np.asarray(embedding[ids], np.float32)
+    return prompt
+
+
+def from_file(path: str | os.PathLike, length: int, dim: int) -> np.ndarray:
+    """A prompt saved as `.npy`; its shape must be exactly [P, E]."""
+    if not os.path.isfile(path):
+        raise PromptError(f"prompt file not found: {path}")
+    try:
+        prompt = np.load(path)
+    except ValueError as e:
+        raise PromptError(f"prompt file {path} is not a readable .npy array: {e}") from e
+    if prompt.shape != (length, dim):
+        raise PromptError(
+            f"prompt file {path} has shape {prompt.shape} but the run expects "
+            f"({length}, {dim}) (PROMPT_LENGTH x model width)"
+        )
+    if not np.isfinite(prompt).all():
+        raise PromptError(f"prompt file {path} holds NaN or inf values")
+    return prompt.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptInit:
+    """How a run's prompt starts (bound by gin/prompts/*.gin).
+
+    `method` is one of INIT_METHODS; `labels` are the class label strings (class_labels), `text`
+    the string (text), `file` a `.npy` path (file).
+    """
+
+    method: str = "random_uniform"
+    scale: float = 0.5
+    vocab_population: int = 5000
+    labels: tuple[str, ...] = ()
+    text: str = ""
+    file: str = ""
+
+    def __post_init__(self):
+        if self.method not in INIT_METHODS:
+            raise PromptError(
+                f"prompt init method {self.method!r} is unknown; "
+                f"choose one of {', '.join(INIT_METHODS)}"
+            )
+
+
+def initial_prompt(
+    init: PromptInit, length: int, embedding: np.ndarray, seed: int = 0, encode=None
+) -> np.ndarray:
+    """The starting [P, E] prompt for `init`.
+
+    Args:
+      init: the method and its settings.
+      length: P.
+      embedding: [V, E] the frozen model's token embedding table.
+      seed: makes the draw reproducible.
+      encode: text -> token ids (the vocabulary's `encode`), needed by class_labels and text.
+    """
+    rng = np.random.default_rng(seed)
+    dim = embedding.shape[1]
+    embedding = np.asarray(embedding)
+    if init.method == "random_uniform":
+        return random_uniform(rng, length, dim, init.scale)
+    if init.method == "sampled_vocab":
+        return sampled_vocab(rng, embedding, length, init.vocab_population)
+    if init.method == "file":
+        return from_file(init.file, length, dim)
+    if encode is None:
+        raise PromptError(f"prompt init {init.method!r} needs a vocabulary to tokenize text")
+    if init.method == "class_labels":
+        if not init.labels:
+            raise PromptError("prompt init 'class_labels' needs PromptInit.labels")
+        return class_labels(
+            rng, embedding, length, [encode(label) for label in init.labels], init.vocab_population
+        )
+    return from_text(rng, embedding, length, encode(init.text), init.vocab_population)
+
+
+def split_prompt(params: dict) -> tuple[dict, jax.Array | None]:
+    """(the frozen network's tree, the prompt at `encoder/prompt/prompt` or None)."""
+    encoder = params.get("encoder", {})
+    if "prompt" not in encoder:
+        return params, None
+    encoder = dict(encoder)
+    prompt = encoder.pop("prompt")["prompt"]
+    return {**params, "encoder": encoder}, prompt
+
+
+def with_prompt(params: dict, prompt) -> dict:
+    """`params` with `prompt` placed at `encoder/prompt/prompt`."""
+    return {**params, "encoder": {**params["encoder"], "prompt": {"prompt": prompt}}}
