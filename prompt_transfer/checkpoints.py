@@ -194,7 +194,8 @@ def _orbax_metadata(ckpt_dir: str) -> tuple[dict, str]:
         tree = ocp.PyTreeCheckpointer().metadata(ckpt_dir).item_metadata.tree
     except Exception as e:
         raise CheckpointError(f"cannot read orbax metadata of {ckpt_dir}: {e}") from e
-    for prefix in ("target", "params"):
+    # T5X writes "target"; this project's trainer writes "trainable" (model tuning, pretraining).
+    for prefix in ("target", "params", "trainable"):
         if isinstance(tree, dict) and prefix in tree:
             flat = traverse_util.flatten_dict(tree[prefix], sep="/")
             return flat, prefix

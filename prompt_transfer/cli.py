@@ -8,6 +8,7 @@ prompt-transfer score --checkpoint PATH --inputs TEXT... --targets TEXT...
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -108,6 +109,25 @@ def cmd_score(args) -> None:
             print(f"{scores[i, j]:10.4f} {mark} {text!r} -> {target!r}")
 
 
+def cmd_train(args) -> None:
+    from prompt_transfer import train
+
+    summary = train.main(args.gin_args)
+    print(json.dumps(summary))
+
+
+def cmd_eval(args) -> None:
+    from prompt_transfer import eval as eval_lib
+
+    print(json.dumps(eval_lib.main(args.gin_args), indent=1))
+
+
+def cmd_infer(args) -> None:
+    from prompt_transfer import infer
+
+    print(f"wrote {infer.main(args.gin_args)}")
+
+
 def _pad(rows: list[list[int]]):
     import numpy as np
 
@@ -137,11 +157,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", nargs="+", required=True)
     p.add_argument("--targets", nargs="+", required=True)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "train",
+        help="train (prompt tuning, model tuning) from gin files",
+        description="Arguments as T5X's: --gin_file=NAME (found in gin/), "
+        "--gin.MACRO=VALUE, --gin_bindings=..., plus --overwrite / --resume.",
+    )
+    p.set_defaults(func=cmd_train, takes_gin=True)
+
+    for name, func, text in (
+        ("eval", cmd_eval, "evaluate a trained run on a task split"),
+        ("infer", cmd_infer, "write a trained run's predictions (JSONL)"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=text,
+            description="Same gin files as the run, plus "
+            "--gin.EVAL_SPLIT, --gin.CHECKPOINT ('latest'/'best'), "
+            "--gin.INFER_INPUT_FILE.",
+        )
+        p.set_defaults(func=func, takes_gin=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_gin", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.gin_args = rest
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # SeqIO's advisory warnings drown progress
     if os.environ.get("PROMPT_TRANSFER_DISTRIBUTED"):  # multi-host (TPU pod): join the others
         import jax
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 from pathlib import Path
 
 import gin
@@ -119,3 +120,100 @@ def model_gin_text(config: T5Config, title: str) -> str:
             value = repr(value)
         lines.append(f"  {field.name} = {value}")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points: `--gin_file=...` and `--gin.MACRO=value`, T5X style.
+
+
+@dataclasses.dataclass
+class Launch:
+    """What a command line asked for: gin files, bindings, and plain flags."""
+
+    files: list[str]
+    bindings: list[str]
+    flags: dict[str, bool]
+
+
+def _binding(name: str, value: str) -> str:
+    """`NAME = value`; a bare path or word that is not a gin literal is taken as a string, so
+    `--gin.MODEL_DIR=/tmp/run` works as well as T5X's `--gin.MODEL_DIR="'/tmp/run'"`."""
+    text = f"{name} = {value}"
+    try:
+        list(config_parser.ConfigParser(text, gin.config.ParserDelegate(True)))
+        return text
+    except SyntaxError:
+        return f"{name} = {value!r}"
+
+
+def parse_command_line(argv: list[str], flags: tuple[str, ...] = ()) -> Launch:
+    """Split argv into gin files (`--gin_file`), bindings (`--gin.X=`, `--gin_bindings`), and
+    boolean `flags` (`--overwrite`)."""
+    launch = Launch([], [], {f: False for f in flags})
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        key, has_value, value = arg.partition("=")
+        if key in ("--gin_file", "--gin_bindings") and not has_value:
+            if not args:
+                raise GinFileError(f"{key} needs a value")
+            value = args.pop(0)
+        if key == "--gin_file":
+            launch.files.append(value)
+        elif key == "--gin_bindings":
+            launch.bindings.append(value)
+        elif key.startswith("--gin.") and has_value:
+            launch.bindings.append(_binding(key[len("--gin.") :], value))
+        elif key.startswith("--") and key[2:] in flags and not has_value:
+            launch.flags[key[2:]] = True
+        else:
+            known = ", ".join(
+                ["--gin_file", "--gin.NAME=VALUE", "--gin_bindings"] + [f"--{f}" for f in flags]
+            )
+            raise GinFileError(f"unknown argument {arg!r}; expected {known}")
+    if not launch.files:
+        raise GinFileError(
+            "no --gin_file given; pass an experiment, e.g. "
+            "--gin_file=experiments/prompt_tuning_tiny"
+        )
+    return launch
+
+
+def _is_required(value) -> bool:
+    return isinstance(value, gin.config.ConfigurableReference) and str(value) == "%gin.REQUIRED"
+
+
+def configure(files: list[str], bindings: list[str]) -> str:
+    """Parse gin files (found by name) and bindings; check required macros before anything
+    compiles. Returns the config text (written to MODEL_DIR/config.gin)."""
+    gin.clear_config()
+    gin.add_config_file_search_path(str(GIN_DIR))
+    # Gin tries each include relative to the working directory first and logs an error for
+    # every miss before it looks in gin/; those misses are expected, so keep them quiet.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        gin.parse_config_files_and_bindings([str(find(f)) for f in files], bindings)
+    except (ValueError, SyntaxError, ImportError, OSError) as e:
+        raise GinFileError(f"gin config does not parse: {e}".splitlines()[0]) from e
+    finally:
+        root.setLevel(level)
+    missing = sorted(
+        scope
+        for (scope, selector), args in gin.config._CONFIG.items()
+        if selector.endswith("gin.macro") and _is_required(args.get("value"))
+    )
+    if missing:
+        raise GinFileError(
+            "required gin macro(s) not set: "
+            + ", ".join(missing)
+            + "; pass "
+            + " ".join(f"--gin.{m}=..." for m in missing)
+        )
+    return gin.config_str()
+
+
+def configured(fn):
+    """The gin-configured version of a library function (dynamic registration)."""
+    return gin.get_configurable(fn)

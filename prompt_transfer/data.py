@@ -1,0 +1,109 @@
+"""Batches from SeqIO tasks and mixtures, in a deterministic, resumable order.
+
+The training stream is `task.get_dataset(shuffle, seed, num_epochs=None)` through SeqIO's
+encoder-decoder feature converter, batched with `drop_remainder`. Its order depends only on the
+seed, so a run resumed at batch position N skips N batches and sees exactly the batches an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from prompt_transfer.tf_import import import_seqio, import_tensorflow
+
+
+class TaskError(ValueError):
+    pass
+
+
+def registered_names() -> list[str]:
+    seqio = import_seqio()
+    return sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+
+
+def get_task(name: str):
+    """The registered SeqIO task or mixture; an unknown name lists the closest ones."""
+    seqio = import_seqio()
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError:
+        close = difflib.get_close_matches(name, registered_names(), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise TaskError(f"unknown SeqIO task or mixture {name!r}{hint}") from None
+
+
+def feature_converter():
+    seqio = import_seqio()
+    return seqio.EncDecFeatureConverter(pack=False)
+
+
+def batched_dataset(
+    name: str,
+    split: str,
+    feature_lengths: Mapping[str, int],
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    shard_index: int = 0,
+    num_shards: int = 1,
+):
+    """A tf.data.Dataset of model-feature batches (encoder_input_tokens, decoder_*)."""
+    seqio = import_seqio()
+    task = get_task(name)
+    if split not in task.splits:
+        raise TaskError(f"task {name!r} has no split {split!r}; it has {sorted(task.splits)}")
+    ds = task.get_dataset(
+        dict(feature_lengths),
+        split=split,
+        shuffle=shuffle,
+        seed=seed,
+        num_epochs=num_epochs,
+        use_cached=False,
+        shard_info=seqio.ShardInfo(shard_index, num_shards),
+    )
+    ds = feature_converter()(ds, dict(feature_lengths))
+    return ds.batch(batch_size, drop_remainder=num_epochs is None)
+
+
+@dataclasses.dataclass
+class BatchStream:
+    """An endless iterator of NumPy batches that knows its position (batches consumed)."""
+
+    name: str
+    feature_lengths: Mapping[str, int]
+    batch_size: int
+    seed: int
+    position: int = 0
+    split: str = "train"
+    shard_index: int = 0
+    num_shards: int = 1
+
+    def __post_init__(self):
+        tf = import_tensorflow()
+        ds = batched_dataset(
+            self.name,
+            self.split,
+            self.feature_lengths,
+            self.batch_size,
+            self.seed,
+            shard_index=self.shard_index,
+            num_shards=self.num_shards,
+        )
+        options = tf.data.Options()
+        options.deterministic = True
+        ds = ds.with_options(options).skip(self.position).prefetch(2)
+        self._iterator: Iterator = ds.as_numpy_iterator()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._iterator)
+        self.position += 1
+        return batch

@@ -1,0 +1,112 @@
+"""Evaluation through SeqIO's Evaluator: rank classification or decoding, then task metrics.
+
+For a classification task (one with label strings, see `registry`), the "prediction" handed to
+SeqIO is the label whose token sequence the model scores highest (rank classification); for a
+generative task it is the greedy decode. SeqIO then detokenizes, postprocesses and applies the
+task's metric functions, so a task's metrics are the same whichever way it is evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_transfer import data, registry
+from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.tf_import import import_seqio
+
+
+def _padded(rows: list[list[int]]) -> np.ndarray:
+    out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _pad_batch(x: np.ndarray, size: int) -> np.ndarray:
+    return np.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
+class TaskEvaluator:
+    """Evaluates parameter trees on every task of a task or mixture, one SeqIO Evaluator each."""
+
+    def __init__(
+        self,
+        model: EncoderDecoderModel,
+        name: str,
+        split: str,
+        feature_lengths: Mapping[str, int],
+        batch_size: int,
+    ):
+        seqio = import_seqio()
+        self.model, self.batch_size = model, batch_size
+        self.max_decode_length = int(feature_lengths["targets"])
+        self.evaluators, self.candidates = {}, {}
+        for task_name, labels in registry.mixture_labels(name).items():
+            task = seqio.get_mixture_or_task(task_name)
+            if split not in task.splits:
+                raise data.TaskError(
+                    f"task {task_name!r} has no split {split!r} to evaluate on; "
+                    f"it has {sorted(task.splits)}"
+                )
+            self.evaluators[task_name] = seqio.Evaluator(
+                task_name,
+                data.feature_converter(),
+                eval_split=split,
+                sequence_length=dict(feature_lengths),
+                logger_cls=(),
+            )
+            if labels:
+                vocab = task.output_features["targets"].vocabulary
+                self.candidates[task_name] = [vocab.encode(label) for label in labels]
+        self._rank = jax.jit(model.rank_classify)
+        self._decode = jax.jit(model.predict, static_argnames=("max_length",))
+
+    def _predict_fn(self, params, task_name: str, prompt=None):
+        candidates = self.candidates.get(task_name)
+        eos = self.model.eos_id
+        candidate_ids = (
+            None if candidates is None else jnp.asarray(_padded([c + [eos] for c in candidates]))
+        )
+
+        def predict(ds) -> list[tuple[int, list[int]]]:
+            outputs = []
+            for index, features in ds.batch(self.batch_size).as_numpy_iterator():
+                n = len(index)
+                tokens = jnp.asarray(_pad_batch(features["encoder_input_tokens"], self.batch_size))
+                if candidate_ids is not None:
+                    best = np.asarray(
+                        jnp.argmax(self._rank(params, tokens, candidate_ids, prompt), -1)
+                    )[:n]
+                    rows = [candidates[b] for b in best]
+                else:
+                    decoded = np.asarray(
+                        self._decode(
+                            params, tokens, max_length=self.max_decode_length, prompt=prompt
+                        )
+                    )[:n]
+                    rows = [list(r) for r in decoded]
+                outputs.extend(zip(index.tolist(), rows, strict=True))
+            return outputs
+
+        return predict
+
+    def evaluate(self, params, step: int | None = None) -> dict[str, dict[str, float]]:
+        """{task name: {metric: value}} for `params` (network + prompt)."""
+        results = {}
+        for task_name, evaluator in self.evaluators.items():
+            future, _ = evaluator.evaluate(
+                compute_metrics=True, step=step, predict_fn=self._predict_fn(params, task_name)
+            )
+            results[task_name] = {k: float(v) for k, v in future.result()[task_name].items()}
+        return results
+
+
+def main_metric(results: Mapping[str, Mapping[str, float]]) -> tuple[str, float]:
+    """(name, value) of the headline metric: each task's first metric, averaged over tasks."""
+    firsts = [(k, v) for metrics in results.values() for k, v in list(metrics.items())[:1]]
+    name = firsts[0][0] if len({k for k, _ in firsts}) == 1 else "mean_main_metric"
+    return name, float(np.mean([v for _, v in firsts]))

@@ -1,0 +1,304 @@
+"""What a training run reads and writes: MODEL_DIR, checkpoints, prompts, logs and summaries.
+
+MODEL_DIR layout (T5X's, plus prompt exports):
+  config.gin                  the operative gin config of the run
+  checkpoint_N/               orbax: trainable parameters, optimizer state, step, data position
+  prompts/checkpoint_N.npy    the prompt at each save, float32 [P, E]
+  best/                       the best checkpoint by the task's main metric, best.json, prompt.npy
+  train/ eval/                TensorBoard summaries
+  log.txt                     the console progress, also on disk
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import serialization
+
+CONFIG_FILE = "config.gin"
+# Lines that may change between a run and its continuation (extending a run is common).
+_RESUMABLE_MACROS = ("TRAIN_STEPS", "EVAL_PERIOD", "SAVE_PERIOD", "LOG_PERIOD")
+
+
+class RunDirError(ValueError):
+    pass
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write to a temporary sibling, then rename: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_npy(path: Path, array) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, np.float32))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _comparable(config_text: str) -> list[str]:
+    keep = lambda line: line.strip() and not line.lstrip("# ").startswith(_RESUMABLE_MACROS)
+    return [line.rstrip() for line in config_text.splitlines() if keep(line)]
+
+
+def claim_model_dir(model_dir: Path, config_text: str, overwrite: bool, resume: bool) -> None:
+    """Make `model_dir` this run's, refusing one that holds a run with another config."""
+    existing = model_dir / CONFIG_FILE
+    holds_run = existing.exists() or any(model_dir.glob("checkpoint_*"))
+    if holds_run and overwrite:
+        shutil.rmtree(model_dir)
+    elif holds_run and not resume:
+        old = _comparable(existing.read_text()) if existing.exists() else ["<no config.gin>"]
+        new = _comparable(config_text)
+        if old != new:
+            diff = next(
+                (f"{a!r} vs {b!r}" for a, b in zip(old, new, strict=False) if a != b),
+                f"{len(old)} vs {len(new)} lines",
+            )
+            raise RunDirError(
+                f"MODEL_DIR {model_dir} holds a run with a different config ({diff}); "
+                "pass --overwrite to start over or --resume to continue it"
+            )
+    atomic_write_bytes(model_dir / CONFIG_FILE, config_text.encode())
+
+
+def check_finite(window: list[Mapping], first_step: int, last_step: int) -> dict[str, float]:
+    """Means of a window of step metrics (one host transfer); NaN/inf loss stops the run."""
+    fetched = jax.device_get(window)
+    losses = np.asarray([m["loss"] for m in fetched])
+    if not np.isfinite(losses).all():
+        bad = first_step + int(np.flatnonzero(~np.isfinite(losses))[0])
+        raise NonFiniteLoss(
+            f"loss became NaN or inf at step {bad} (window {first_step}-"
+            f"{last_step}); the last good checkpoint is kept in MODEL_DIR"
+        )
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def _state_dict(state) -> dict:
+    return serialization.to_state_dict(state)
+
+
+class CheckpointStore:
+    """Orbax checkpoints of the trainable state (never the frozen model), plus prompt exports."""
+
+    def __init__(self, model_dir: Path, keep: int, create: bool = True):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.model_dir = Path(model_dir).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            step_prefix="checkpoint",
+            create=create,
+            enable_async_checkpointing=False,
+            read_only=not create,
+        )
+        self.manager = ocp.CheckpointManager(self.model_dir, options=options)
+        self._best = None
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def _save(self, manager, step: int, state, position: int):
+        ocp = self._ocp
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_state_dict(state)),
+                data=ocp.args.JsonSave({"position": int(position), "step": int(step)}),
+            ),
+            force=True,
+        )
+        manager.wait_until_finished()
+
+    def save(self, state, position: int, prompt=None) -> None:
+        step = int(state.step)
+        if self.manager.latest_step() != step:
+            self._save(self.manager, step, state, position)
+        if prompt is not None:
+            save_npy(self.model_dir / "prompts" / f"checkpoint_{step}.npy", prompt)
+
+    def restore(self, template, only_trainable: bool = False) -> tuple[object, int]:
+        """(state, data position) of the latest checkpoint, placed like `template`.
+
+        `only_trainable` reads the parameters and step but not the optimizer state (eval, infer).
+        """
+        ocp = self._ocp
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            _state_dict(template),
+        )
+        if only_trainable:
+            abstract = {k: v for k, v in abstract.items() if k != "opt_state"}
+            item = ocp.args.PyTreeRestore(
+                item=abstract,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=True,
+            )
+        else:
+            item = ocp.args.StandardRestore(abstract)
+        step = self.manager.latest_step()
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=item, data=ocp.args.JsonRestore())
+            )
+        except ValueError as e:
+            raise RunDirError(
+                f"checkpoint_{step} in {self.model_dir} does not fit this run's "
+                f"config ({str(e).splitlines()[0]}); use the run's own gin files "
+                "and overrides"
+            ) from e
+        state_dict = dict(restored.state)
+        if only_trainable:
+            state_dict["opt_state"] = _state_dict(template)["opt_state"]
+        return serialization.from_state_dict(template, state_dict), restored.data["position"]
+
+    def save_best(self, state, prompt, best: BestTracker) -> None:
+        ocp = self._ocp
+        if self._best is None:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=1,
+                step_prefix="checkpoint",
+                create=True,
+                enable_async_checkpointing=False,
+            )
+            self._best = ocp.CheckpointManager(self.model_dir / "best", options=options)
+        self._save(self._best, int(state.step), state, 0)
+        if prompt is not None:
+            save_npy(self.model_dir / "best" / "prompt.npy", prompt)
+        best.save(self.model_dir)
+
+    def close(self) -> None:
+        self.manager.close()
+        if self._best is not None:
+            self._best.close()
+
+
+@dataclasses.dataclass
+class BestTracker:
+    """The best evaluation so far (higher is better), persisted as best/best.json."""
+
+    step: int = -1
+    metric: str = ""
+    value: float = -float("inf")
+    evals_since_best: int = 0
+
+    def update(self, step: int, metric: str, value: float) -> bool:
+        if value > self.value:
+            self.step, self.metric, self.value, self.evals_since_best = step, metric, value, 0
+            return True
+        self.evals_since_best += 1
+        return False
+
+    def save(self, model_dir: Path) -> None:
+        atomic_write_bytes(
+            Path(model_dir) / "best" / "best.json",
+            json.dumps(dataclasses.asdict(self), indent=1).encode(),
+        )
+
+    @classmethod
+    def load(cls, model_dir: Path) -> BestTracker:
+        path = Path(model_dir) / "best" / "best.json"
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging.
+
+
+class ProgressLog:
+    """Console progress (stderr), log.txt, and TensorBoard summaries under train/ and eval/."""
+
+    def __init__(self, model_dir: Path, total_steps: int, quiet: bool = False):
+        from clu import metric_writers
+
+        self.total, self.quiet = total_steps, quiet
+        self.file = open(Path(model_dir) / "log.txt", "a")  # noqa: SIM115 - closed in close()
+        chief = jax.process_index() == 0
+        self.train_writer = metric_writers.create_default_writer(
+            str(Path(model_dir) / "train"), just_logging=not chief, asynchronous=False
+        )
+        self.eval_writer = metric_writers.create_default_writer(
+            str(Path(model_dir) / "eval"), just_logging=not chief, asynchronous=False
+        )
+        self._last_time, self._last_step = time.time(), None
+
+    def info(self, message: str) -> None:
+        line = f"[prompt-transfer] {message}"
+        if not self.quiet:
+            print(line, file=sys.stderr, flush=True)
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def train_metrics(
+        self,
+        step: int,
+        means: Mapping[str, float],
+        batch_size: int,
+        feature_lengths: Mapping[str, int],
+        steps_in_window: int,
+    ) -> None:
+        now = time.time()
+        elapsed = max(now - self._last_time, 1e-9)
+        # The first window includes compilation, so its speed is not reported.
+        rate = steps_in_window / elapsed if self._last_step is not None else float("nan")
+        self._last_time, self._last_step = now, step
+        tokens = batch_size * sum(feature_lengths.values())
+        scalars = dict(means, steps_per_second=rate, tokens_per_second=rate * tokens)
+        self.train_writer.write_scalars(step, {k: v for k, v in scalars.items() if np.isfinite(v)})
+        eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
+        self.info(
+            f"step {step}/{self.total}  loss {means['loss']:.4f}  "
+            f"token_acc {means.get('token_accuracy', float('nan')):.3f}  "
+            f"grad_norm {means['grad_norm']:.3g}  {rate:.2f} steps/s  "
+            f"{rate * tokens:,.0f} tokens/s  eta {_duration(eta)}"
+        )
+
+    def eval_metrics(
+        self, step: int, results: Mapping[str, Mapping[str, float]], name: str, value: float
+    ) -> None:
+        flat = {f"{task}/{k}": v for task, metrics in results.items() for k, v in metrics.items()}
+        self.eval_writer.write_scalars(step, dict(flat, **{name: value}))
+        shown = "  ".join(f"{k} {v:.2f}" for k, v in flat.items())
+        self.info(f"eval at step {step}: {shown}")
+
+    def close(self) -> None:
+        self.train_writer.close()
+        self.eval_writer.close()
+        self.file.close()
+
+
+def _duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

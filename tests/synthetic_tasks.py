@@ -1,0 +1,40 @@
+"""Small SeqIO tasks built in memory for trainer tests (real SeqIO, real T5 vocabulary)."""
+
+import numpy as np
+
+from prompt_transfer import registry, vocab
+from prompt_transfer.tf_import import import_seqio, import_tensorflow
+
+WORDS_A = ["apple", "banana", "cherry", "grape", "lemon", "mango"]
+WORDS_B = ["river", "mountain", "forest", "desert", "ocean", "valley"]
+
+
+def keyword_examples(n: int, seed: int) -> dict[str, list[str]]:
+    """'is it fruit?': the label says which word list the sentence's words come from."""
+    rng = np.random.default_rng(seed)
+    inputs, targets = [], []
+    for _ in range(n):
+        fruit = bool(rng.integers(2))
+        words = rng.choice(WORDS_A if fruit else WORDS_B, size=3)
+        inputs.append("topic: " + " ".join(words))
+        targets.append("yes" if fruit else "no")
+    return {"inputs": inputs, "targets": targets}
+
+
+def register_keyword_task(
+    vocab_path, name: str = "test_keyword", n_train: int = 256, n_validation: int = 32
+):
+    seqio, tf = import_seqio(), import_tensorflow()
+    splits = {
+        "train": keyword_examples(n_train, 0),
+        "validation": keyword_examples(n_validation, 1),
+    }
+
+    def dataset_fn(split, shuffle_files, seed=None):
+        return tf.data.Dataset.from_tensor_slices(splits[split])
+
+    source = seqio.FunctionDataSource(dataset_fn, splits=tuple(splits))
+    registry.register_text_task(
+        name, source, vocab.get_vocabulary(vocab_path), labels=("yes", "no")
+    )
+    return name
