@@ -22,13 +22,28 @@ EXIT_BAD_INPUT = 2
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from prompt_transfer import checkpoints, gin_files, hf_t5, vocab
+    """Errors that mean bad input or a run that must stop: one line, exit status 2."""
+    from prompt_transfer import (
+        checkpoints,
+        data,
+        gin_files,
+        hf_t5,
+        prompts,
+        train,
+        train_io,
+        vocab,
+    )
 
     return (
         checkpoints.CheckpointError,
         gin_files.GinFileError,
         hf_t5.HFCheckpointError,
         vocab.VocabularyError,
+        prompts.PromptError,
+        data.TaskError,
+        train.TrainError,
+        train_io.RunDirError,
+        train_io.NonFiniteLoss,
         FileNotFoundError,
     )
 
@@ -197,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except _user_errors() as e:
-        print(f"prompt-transfer {args.command}: error: {e}", file=sys.stderr)
+        # First line only: gin appends "In call to configurable ..." on the next.
+        print(f"prompt-transfer {args.command}: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

@@ -194,7 +194,9 @@ def configure(files: list[str], bindings: list[str]) -> str:
     level = root.level
     root.setLevel(logging.CRITICAL)
     try:
-        gin.parse_config_files_and_bindings([str(find(f)) for f in files], bindings)
+        gin.parse_config_files_and_bindings(
+            [str(find(f)) for f in files], bindings, finalize_config=False
+        )
     except (ValueError, SyntaxError, ImportError, OSError) as e:
         raise GinFileError(f"gin config does not parse: {e}".splitlines()[0]) from e
     finally:

@@ -120,6 +120,18 @@ def init_state(trainable: dict, optimizer: optax.GradientTransformation) -> Trai
     return TrainState(jnp.zeros((), jnp.int32), trainable, optimizer.init(trainable))
 
 
+def create_state(
+    trainable: dict, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> TrainState:
+    """The initial state on `mesh`: optimizer slots follow their parameters' shardings (jit
+    propagates them); scalars and anything left on one device are replicated."""
+    state = jax.jit(lambda tr: init_state(tr, optimizer))(trainable)
+    on_mesh = lambda x: len(x.sharding.device_set) == mesh.size
+    return jax.tree.map(
+        lambda x: x if on_mesh(x) else jax.device_put(x, partitioning.replicated(mesh)), state
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # The step.
 
@@ -168,8 +180,8 @@ def train_step(
     trainable = optax.apply_updates(state.trainable, updates)
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),
-        "update_norm": optax.global_norm(updates),
+        "grad_norm": optax.tree.norm(grads),
+        "update_norm": optax.tree.norm(updates),
         "learning_rate": schedule(state.step),
         **aux,
     }
@@ -307,7 +319,7 @@ def train(
 
     opt_cfg = optimizer
     tx, schedule = make_optimizer(opt_cfg), learning_rate_schedule(opt_cfg)
-    state = jax.jit(lambda tr: init_state(tr, tx), out_shardings=None)(trainable)
+    state = create_state(trainable, tx, mesh)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     model = EncoderDecoderModel(module)
 

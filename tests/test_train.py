@@ -1,0 +1,336 @@
+"""The trainer: what trains, checkpoints, resume, NaN handling, run-directory safety, CLI."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+from synthetic_tasks import register_keyword_task
+
+from conftest import T5_VOCAB, TINY_CHECKPOINT
+from prompt_transfer import cli, data, gin_files, partitioning, prompts, train
+from prompt_transfer.models import EncoderDecoderModel
+
+LENGTHS = {"inputs": 12, "targets": 4}
+
+
+@pytest.fixture(scope="module")
+def task(anchors):
+    return register_keyword_task(T5_VOCAB)
+
+
+def _run_args(model_dir, *extra, checkpoint=True):
+    args = [
+        "--gin_file=experiments/prompt_tuning_tiny",
+        f"--gin.MODEL_DIR={model_dir}",
+        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
+    ]
+    if checkpoint:
+        args.append(f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'")
+    return [*args, *extra]
+
+
+def _losses(model_dir: Path) -> list[float]:
+    lines = (model_dir / "log.txt").read_text().splitlines()
+    return [float(line.split("loss ")[1].split()[0]) for line in lines if " loss " in line]
+
+
+# -- the step --------------------------------------------------------------------------------
+
+
+def _one_step(task_name, pattern):
+    config = gin_files.read_model_config("tiny")
+    mesh = partitioning.make_mesh(2)
+    module, abstract, network = train.frozen_network(config, str(TINY_CHECKPOINT), mesh, seed=0)
+    prompt = prompts.initial_prompt(
+        prompts.PromptInit("sampled_vocab"), 5, np.asarray(network["token_embedder"]["embedding"])
+    )
+    params = prompts.with_prompt(network, jnp.asarray(prompt))
+    shardings = partitioning.param_shardings(
+        prompts.with_prompt(abstract, prompts.abstract_prompt(5, 4)), mesh
+    )
+    trainable, frozen = train.split_trainable(jax.device_put(params, shardings), pattern)
+    tx = train.make_optimizer(train.OptimizerConfig())
+    state = train.create_state(trainable, tx, mesh)
+    batch = next(data.BatchStream(task_name, LENGTHS, 8, seed=0))
+    step, batch_shardings = train.compile_train_step(
+        EncoderDecoderModel(module),
+        tx,
+        train.learning_rate_schedule(train.OptimizerConfig()),
+        1,
+        mesh,
+        jax.tree.map(lambda x: x.sharding, state),
+        train.split_trainable(shardings, train.trainable_pattern(trainable))[1],
+        batch,
+    )
+    before = jax.tree.map(np.asarray, params)
+    new_state, metrics = step(
+        state, frozen, jax.device_put(batch, batch_shardings), jax.random.PRNGKey(0)
+    )
+    return before, train.merge(frozen, new_state.trainable), new_state, metrics
+
+
+def test_one_step_changes_only_the_prompt(task):
+    before, after, state, metrics = _one_step(task, prompts.PROMPT_PATH)
+    flat_before = traverse_util.flatten_dict(before, sep="/")
+    flat_after = traverse_util.flatten_dict(jax.tree.map(np.asarray, after), sep="/")
+    for name, value in flat_before.items():
+        if name == prompts.PROMPT_PATH:
+            assert not np.array_equal(flat_after[name], value)
+        else:
+            np.testing.assert_array_equal(flat_after[name], value, err_msg=name)  # bit-identical
+    # The optimizer only ever saw the prompt: its state holds nothing else.
+    opt_shapes = {x.shape for x in jax.tree.leaves(state.opt_state) if x.ndim == 2}
+    assert opt_shapes == {(5, 4)}
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+
+
+def test_model_tuning_pattern_trains_everything(task):
+    before, after, _, _ = _one_step(task, ".*")
+    changed = [
+        not np.array_equal(np.asarray(a), b)
+        for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before), strict=True)
+    ]
+    assert np.mean(changed) > 0.9
+
+
+def test_trainable_matching_nothing_is_an_error():
+    with pytest.raises(train.TrainError, match="matches no parameter"):
+        train.split_trainable({"encoder": {"x": np.ones(2)}}, "decoder/.*")
+
+
+# -- a whole run through the CLI ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prompt_run(task, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("run")
+    assert (
+        cli.main(
+            [
+                "train",
+                *_run_args(
+                    model_dir,
+                    "--gin.TRAIN_STEPS=40",
+                    "--gin.EVAL_PERIOD=20",
+                    "--gin.SAVE_PERIOD=20",
+                    "--gin.LOG_PERIOD=10",
+                ),
+            ]
+        )
+        == 0
+    )
+    return model_dir
+
+
+def test_prompt_tuning_run_writes_what_it_should(prompt_run):
+    losses = _losses(prompt_run)
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert (prompt_run / "config.gin").read_text().count("test_keyword") >= 1
+    prompt = np.load(prompt_run / "prompts" / "checkpoint_40.npy")
+    assert prompt.shape == (5, 4) and prompt.dtype == np.float32
+    assert (prompt_run / "best" / "prompt.npy").exists()
+    assert json.loads((prompt_run / "best" / "best.json").read_text())["metric"] == "accuracy"
+    assert list((prompt_run / "train").glob("events.out.tfevents*"))
+    assert list((prompt_run / "eval").glob("events.out.tfevents*"))
+
+
+def test_checkpoint_holds_no_frozen_weights(prompt_run):
+    import orbax.checkpoint as ocp
+
+    ckpt = prompt_run / "checkpoint_40" / "state"
+    tree = ocp.PyTreeCheckpointer().metadata(ckpt).item_metadata.tree
+    names = traverse_util.flatten_dict(tree, sep="/")
+    assert {n for n in names if n.startswith("trainable/")} == {"trainable/encoder/prompt/prompt"}
+    assert not any("token_embedder" in n or "layers_" in n for n in names)
+    size = sum(f.stat().st_size for f in (prompt_run / "checkpoint_40").rglob("*") if f.is_file())
+    assert size < 200_000  # O(prompt), the frozen model alone is ~1 MB
+
+
+def test_eval_and_infer_through_the_cli(prompt_run, capsys):
+    assert cli.main(["eval", *_run_args(prompt_run)]) == 0
+    report = json.loads((prompt_run / "eval_validation_latest.json").read_text())
+    assert report["step"] == 40 and 0 <= report["results"]["test_keyword"]["accuracy"] <= 100
+    inputs = prompt_run / "inputs.txt"
+    inputs.write_text("topic: apple lemon mango\ntopic: river ocean desert\n")
+    assert cli.main(["infer", *_run_args(prompt_run), f"--gin.INFER_INPUT_FILE='{inputs}'"]) == 0
+    out = capsys.readouterr().out.strip().split()[-1]
+    records = [json.loads(line) for line in Path(out).read_text().splitlines()]
+    assert [r["input"] for r in records] == inputs.read_text().splitlines()
+    assert all(
+        r["prediction"] in ("yes", "no") and set(r["scores"]) == {"yes", "no"} for r in records
+    )
+
+
+# -- learning, resume, failures ----------------------------------------------------------------
+
+
+def test_model_tuning_loss_falls_and_accuracy_rises(task, tmp_path):
+    """Same trainer, TRAINABLE='.*': the tiny model learns the keyword task."""
+    summary = train.main(
+        _run_args(
+            tmp_path,
+            "--gin.TRAINABLE='.*'",
+            "--gin.PROMPT_LENGTH=0",
+            "--gin.LEARNING_RATE=0.01",
+            "--gin.TRAIN_STEPS=150",
+            "--gin.EVAL_PERIOD=150",
+            "--gin.SAVE_PERIOD=150",
+            "--gin.LOG_PERIOD=50",
+            checkpoint=False,
+        )
+    )
+    losses = _losses(tmp_path)
+    assert losses[-1] < 0.5 * losses[0]
+    majority = 100 * max(
+        np.mean(
+            np.asarray(
+                [
+                    t == "yes"
+                    for t in __import__("synthetic_tasks").keyword_examples(32, 1)["targets"]
+                ]
+            )
+        ),
+        0.5,
+    )
+    assert summary["best"]["value"] > majority + 10
+
+
+def test_killed_and_resumed_run_ends_with_the_uninterrupted_prompt(task, tmp_path, monkeypatch):
+    steps = [
+        "--gin.TRAIN_STEPS=30",
+        "--gin.SAVE_PERIOD=10",
+        "--gin.LOG_PERIOD=10",
+        "--gin.EVAL_PERIOD=0",
+    ]
+    train.main(_run_args(tmp_path / "straight", *steps))
+
+    real_next = data.BatchStream.__next__
+
+    def dies_at_batch_25(self):
+        if self.position == 25:
+            raise KeyboardInterrupt("killed")
+        return real_next(self)
+
+    monkeypatch.setattr(data.BatchStream, "__next__", dies_at_batch_25)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(_run_args(tmp_path / "resumed", *steps))
+    monkeypatch.setattr(data.BatchStream, "__next__", real_next)
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint_*")) == [
+        "checkpoint_10",
+        "checkpoint_20",
+    ]
+    train.main(_run_args(tmp_path / "resumed", *steps))
+    assert "resumed from checkpoint_20" in (tmp_path / "resumed" / "log.txt").read_text()
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "resumed" / "prompts" / "checkpoint_30.npy"),
+        np.load(tmp_path / "straight" / "prompts" / "checkpoint_30.npy"),
+    )
+
+
+def test_nan_loss_stops_naming_steps_and_keeps_last_good_checkpoint(
+    task, tmp_path, capsys, monkeypatch
+):
+    stream_next = data.BatchStream.__next__
+
+    def nan_batches_after_12(self):
+        batch = stream_next(self)
+        if self.position > 12:  # NaN loss weights poison the loss from step 13 on
+            shape = batch["decoder_target_tokens"].shape
+            batch = dict(batch, decoder_loss_weights=np.full(shape, np.nan, np.float32))
+        return batch
+
+    monkeypatch.setattr(data.BatchStream, "__next__", nan_batches_after_12)
+    args = _run_args(
+        tmp_path,
+        "--gin.TRAIN_STEPS=30",
+        "--gin.SAVE_PERIOD=10",
+        "--gin.LOG_PERIOD=5",
+        "--gin.EVAL_PERIOD=0",
+    )
+    assert cli.main(["train", *args]) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith(
+        "prompt-transfer train: error: loss became NaN or inf at step 13 (window 11-15)"
+    )
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*")) == ["checkpoint_10"]
+    assert np.isfinite(np.load(tmp_path / "prompts" / "checkpoint_10.npy")).all()
+
+
+def test_changed_config_is_refused_unless_overwrite(prompt_run, tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    base = _run_args(
+        model_dir, "--gin.TRAIN_STEPS=10", "--gin.SAVE_PERIOD=10", "--gin.EVAL_PERIOD=0"
+    )
+    assert cli.main(["train", *base]) == 0
+    assert cli.main(["train", *base, "--gin.PROMPT_LENGTH=7"]) == 2
+    assert "holds a run with a different config" in capsys.readouterr().err
+    assert np.load(model_dir / "prompts" / "checkpoint_10.npy").shape == (5, 4)  # untouched
+    assert cli.main(["train", *base, "--gin.PROMPT_LENGTH=7", "--overwrite"]) == 0
+    assert np.load(model_dir / "prompts" / "checkpoint_10.npy").shape == (7, 4)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "required gin macro(s) not set: MIXTURE_OR_TASK_NAME"),
+        (["--gin.MIXTURE_OR_TASK_NAME='test_keywrd'"], "did you mean test_keyword"),
+        (
+            [
+                "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
+                "--gin_file=prompts/file.gin",
+                "--gin.PROMPT_FILE='@@'",
+            ],
+            "has shape (5, 256) but the run expects (5, 4)",
+        ),
+    ],
+)
+def test_bad_input_one_line(task, tmp_path, capsys, extra, message):
+    from conftest import RELEASED_PROMPTS
+
+    extra = [e.replace("@@", str(RELEASED_PROMPTS / "prompt_5x256.npy")) for e in extra]
+    argv = [
+        "train",
+        "--gin_file=experiments/prompt_tuning_tiny",
+        f"--gin.MODEL_DIR={tmp_path}",
+        *extra,
+    ]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_every_gin_file_parses():
+    import gin
+
+    files = sorted(gin_files.GIN_DIR.rglob("*.gin"))
+    assert len(files) >= 12
+    for path in files:
+        gin.clear_config()
+        gin.add_config_file_search_path(str(gin_files.GIN_DIR))
+        gin.parse_config_file(str(path))
+        header = path.read_text().splitlines()[0]
+        assert header.startswith("# "), f"{path} has no header"
+    gin.clear_config()
+
+
+def test_early_stopping_after_patience_without_improvement(task, tmp_path):
+    summary = train.main(
+        _run_args(
+            tmp_path,
+            "--gin.TRAIN_STEPS=60",
+            "--gin.EVAL_PERIOD=5",
+            "--gin.SAVE_PERIOD=60",
+            "--gin.LOG_PERIOD=5",
+            "--gin.EARLY_STOPPING_PATIENCE=2",
+            "--gin.LEARNING_RATE=1e-6",
+        )
+    )
+    # A learning rate this small cannot beat the first evaluation by a whole example.
+    assert summary["stopped_early"] and summary["step"] == 15
+    assert summary["best"]["step"] == 5 and summary["best"]["evals_since_best"] == 2
+    assert (tmp_path / "checkpoint_15").exists()  # the stopping point is saved
