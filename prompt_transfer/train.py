@@ -284,8 +284,10 @@ def train(
     """
     # -- Set-up: the run directory, the task, the mesh. --------------------------------------
     model_dir_path = Path(model_dir)
-    train_io.claim_model_dir(model_dir_path, config_text, overwrite=overwrite, resume=resume)
     task = data.get_task(mixture_or_task_name)
+    if prompt_length and prompt_init.method == "file":  # fail on a bad file before any work
+        prompts.from_file(prompt_init.file, prompt_length, model_config.emb_dim)
+    train_io.check_model_dir(model_dir_path, config_text, overwrite=overwrite, resume=resume)
     vocabulary = task.output_features["targets"].vocabulary
     mesh = partitioning.make_mesh(num_partitions)
     log = train_io.ProgressLog(model_dir_path, train_steps)
@@ -349,6 +351,7 @@ def train(
     )
     step_fn = None
     rng = jax.random.PRNGKey(random_seed)
+    train_io.write_config(model_dir_path, config_text)
 
     # -- The loop: no host sync except at log, save and eval points. -------------------------
     window, window_start, stopped_early = [], start, False

@@ -65,8 +65,12 @@ def _comparable(config_text: str) -> list[str]:
     return [line.rstrip() for line in config_text.splitlines() if keep(line)]
 
 
-def claim_model_dir(model_dir: Path, config_text: str, overwrite: bool, resume: bool) -> None:
-    """Make `model_dir` this run's, refusing one that holds a run with another config."""
+def check_model_dir(model_dir: Path, config_text: str, overwrite: bool, resume: bool) -> None:
+    """Refuse a `model_dir` that holds a run with another config (or clear it: `overwrite`).
+
+    The run's config.gin is written later (`write_config`), once set-up has succeeded, so a
+    launch that fails on bad input leaves nothing that a corrected launch would trip over.
+    """
     existing = model_dir / CONFIG_FILE
     holds_run = existing.exists() or any(model_dir.glob("checkpoint_*"))
     if holds_run and overwrite:
@@ -83,7 +87,10 @@ def claim_model_dir(model_dir: Path, config_text: str, overwrite: bool, resume: 
                 f"MODEL_DIR {model_dir} holds a run with a different config ({diff}); "
                 "pass --overwrite to start over or --resume to continue it"
             )
-    atomic_write_bytes(model_dir / CONFIG_FILE, config_text.encode())
+
+
+def write_config(model_dir: Path, config_text: str) -> None:
+    atomic_write_bytes(Path(model_dir) / CONFIG_FILE, config_text.encode())
 
 
 def check_finite(window: list[Mapping], first_step: int, last_step: int) -> dict[str, float]:
@@ -242,6 +249,7 @@ class ProgressLog:
         from clu import metric_writers
 
         self.total, self.quiet = total_steps, quiet
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
         self.file = open(Path(model_dir) / "log.txt", "a")  # noqa: SIM115 - closed in close()
         chief = jax.process_index() == 0
         self.train_writer = metric_writers.create_default_writer(

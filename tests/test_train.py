@@ -302,6 +302,7 @@ def test_bad_input_one_line(task, tmp_path, capsys, extra, message):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "config.gin").exists()  # a corrected launch is not refused later
 
 
 def test_every_gin_file_parses():
