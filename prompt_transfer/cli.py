@@ -106,13 +106,13 @@ def cmd_score(args) -> None:
     import numpy as np
 
     from prompt_transfer import checkpoints, gin_files, t5, vocab
-    from prompt_transfer.models import EncoderDecoderModel
+    from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
 
     config = gin_files.read_model_config(_size_for(args.checkpoint, args.size))
     module = t5.T5(config)
     params = checkpoints.restore_params(args.checkpoint, t5.abstract_params(module))
     v = vocab.get_vocabulary(args.vocab)
-    encode = lambda texts: _pad([v.encode(t) + [vocab.EOS_ID] for t in texts])
+    encode = lambda texts: pad_token_rows([v.encode(t) + [vocab.EOS_ID] for t in texts])
     scores = EncoderDecoderModel(module).rank_classify(
         params, jnp.asarray(encode(args.inputs)), jnp.asarray(encode(args.targets))
     )
@@ -141,15 +141,6 @@ def cmd_infer(args) -> None:
     from prompt_transfer import infer
 
     print(f"wrote {infer.main(args.gin_args)}")
-
-
-def _pad(rows: list[list[int]]):
-    import numpy as np
-
-    out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,20 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import data, registry
+from prompt_transfer import data, models, registry
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.tf_import import import_seqio
-
-
-def _padded(rows: list[list[int]]) -> np.ndarray:
-    out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
-def _pad_batch(x: np.ndarray, size: int) -> np.ndarray:
-    return np.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
 class TaskEvaluator:
@@ -69,14 +58,18 @@ class TaskEvaluator:
         candidates = self.candidates.get(task_name)
         eos = self.model.eos_id
         candidate_ids = (
-            None if candidates is None else jnp.asarray(_padded([c + [eos] for c in candidates]))
+            None
+            if candidates is None
+            else jnp.asarray(models.pad_token_rows([c + [eos] for c in candidates]))
         )
 
         def predict(ds) -> list[tuple[int, list[int]]]:
             outputs = []
             for index, features in ds.batch(self.batch_size).as_numpy_iterator():
                 n = len(index)
-                tokens = jnp.asarray(_pad_batch(features["encoder_input_tokens"], self.batch_size))
+                tokens = jnp.asarray(
+                    models.pad_batch(features["encoder_input_tokens"], self.batch_size)
+                )
                 if candidate_ids is not None:
                     best = np.asarray(
                         jnp.argmax(self._rank(params, tokens, candidate_ids, prompt), -1)

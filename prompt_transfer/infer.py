@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_transfer import data, gin_files, models, partitioning, registry, t5, train, train_io
-from prompt_transfer.evaluation import _pad_batch, _padded
 from prompt_transfer.models import EncoderDecoderModel
 
 
@@ -82,7 +81,9 @@ def infer(
     model = EncoderDecoderModel(module)
     labels = registry.class_labels(task.name)
     candidates = (
-        jnp.asarray(_padded([vocab.encode(label) + [1] for label in labels])) if labels else None
+        jnp.asarray(models.pad_token_rows([vocab.encode(label) + [1] for label in labels]))
+        if labels
+        else None
     )
     length = task_feature_lengths["inputs"]
     records = []
@@ -105,7 +106,7 @@ def infer(
         else:
             decoded = model.predict(
                 params,
-                jnp.asarray(_pad_batch(tokens, batch_size)),
+                jnp.asarray(models.pad_batch(tokens, batch_size)),
                 max_length=task_feature_lengths["targets"],
             )
             for (text, _, target), ids in zip(chunk, models.strip_after_eos(decoded), strict=False):

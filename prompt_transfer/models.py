@@ -216,6 +216,19 @@ class EncoderDecoderModel:
         )
 
 
+def pad_token_rows(rows: list[list[int]]) -> np.ndarray:
+    """Right-pad token id lists with 0 into an int32 array [N, max length]."""
+    out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
+    """Pad the leading (batch) axis to `size` rows, so a short last batch reuses the compile."""
+    return np.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
 def strip_after_eos(tokens: np.ndarray, eos_id: int = 1) -> list[list[int]]:
     """Per row, the ids before the first EOS (for detokenisation)."""
     rows = []
