@@ -21,13 +21,22 @@ class TaskError(ValueError):
     pass
 
 
+def load_registrations() -> None:
+    """Import the project's task registrations (`tasks/`) once, before any lookup."""
+    import importlib
+
+    importlib.import_module("tasks")
+
+
 def registered_names() -> list[str]:
+    load_registrations()
     seqio = import_seqio()
     return sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
 
 
 def get_task(name: str):
     """The registered SeqIO task or mixture; an unknown name lists the closest ones."""
+    load_registrations()
     seqio = import_seqio()
     try:
         return seqio.get_mixture_or_task(name)
@@ -65,7 +74,9 @@ def batched_dataset(
         seed=seed,
         num_epochs=num_epochs,
         use_cached=False,
-        shard_info=seqio.ShardInfo(shard_index, num_shards),
+        # Only multi-host runs shard: listing shards needs the TFDS split metadata.
+        shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
+        try_in_mem_cache=False,  # it asks TFDS for split sizes; the stream is prefetched anyway
     )
     ds = feature_converter()(ds, dict(feature_lengths))
     return ds.batch(batch_size, drop_remainder=num_epochs is None)

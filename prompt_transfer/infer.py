@@ -22,7 +22,12 @@ from prompt_transfer.models import EncoderDecoderModel
 def _inputs_from_task(name, split, feature_lengths):
     task = data.get_task(name)
     ds = task.get_dataset(
-        dict(feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=False
+        dict(feature_lengths),
+        split=split,
+        shuffle=False,
+        num_epochs=1,
+        use_cached=False,
+        try_in_mem_cache=False,
     )
     vocab = task.output_features["inputs"].vocabulary
     rows = [

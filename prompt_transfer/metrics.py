@@ -124,8 +124,8 @@ def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[
 
 
 def multirc(targets: Sequence[dict], predictions: Sequence[int]) -> dict[str, float]:
-    """MultiRC: exact match per question (all its answer options right), then F1 over all answer
-    options (F1a). Targets are `{"group": question id, "value": 0 or 1}`."""
+    """MultiRC: F1 over all answer options (F1a, the main metric), then exact match per
+    question (all its options right). Targets are `{"group": question id, "value": 0 or 1}`."""
     _check(targets, predictions)
     groups = collections.defaultdict(list)
     for t, p in zip(targets, predictions, strict=True):

@@ -29,6 +29,12 @@ def get_vocabulary(path: str | os.PathLike | None = None, extra_ids: int = EXTRA
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
+def task_vocabulary():
+    """The vocabulary SeqIO tasks are registered with: $PROMPT_TRANSFER_VOCAB (a local
+    SentencePiece file) when set, else T5's standard one (read lazily, on first use)."""
+    return get_vocabulary(os.environ.get("PROMPT_TRANSFER_VOCAB") or None)
+
+
 def sentinel_id(vocabulary, index: int) -> int:
     """Id of `<extra_id_{index}>`: sentinels count down from the top of the vocabulary."""
     return vocabulary.vocab_size - 1 - index

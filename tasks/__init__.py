@@ -1,5 +1,8 @@
 """SeqIO task and mixture registrations (source and target tasks).
 
-Importing this package registers the project's tasks with `seqio.TaskRegistry` and
-`seqio.MixtureRegistry`; helpers the registrations use live in the `prompt_transfer` library.
+`import tasks` registers everything with `seqio.TaskRegistry` / `seqio.MixtureRegistry`; the
+helpers the registrations use live in the `prompt_transfer` library. Tasks are registered with
+T5's standard vocabulary, or with the local SentencePiece file named by $PROMPT_TRANSFER_VOCAB.
 """
+
+from tasks import glue, super_glue  # noqa: F401

@@ -21,6 +21,8 @@ ANCHORS = Path(
 TINY_CHECKPOINT = ANCHORS / "t5x_checkpoints" / "test_t5_1_1_tiny" / "checkpoint_3"
 T5_VOCAB = ANCHORS / "t5_vocab" / "sentencepiece.model"
 RELEASED_PROMPTS = ANCHORS / "released_prompts"
+if T5_VOCAB.exists():  # tasks/ registers with this vocabulary instead of T5's gs:// one
+    os.environ.setdefault("PROMPT_TRANSFER_VOCAB", str(T5_VOCAB))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,163 @@
+"""Text-to-text formats of T5 and SPoT, as SeqIO preprocessors and postprocessors.
+
+A GLUE-style example becomes `"<task> key1: value1 key2: value2"` with the keys in sorted order
+(T5's convention: `"rte sentence1: ... sentence2: ..."`, `"mnli hypothesis: ... premise: ..."`)
+and its label becomes the label's name (`"entailment"`); STS-B scores are rounded to 0.2 and
+written as text. Postprocessors map a model's text back to a class id (-1 when it is none of
+the labels, which counts as wrong) or a float.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from prompt_transfer.tf_import import import_tensorflow
+
+UNKNOWN_LABEL = "<unk>"
+
+
+def _join(prefix: str, ex, keys: Sequence[str]):
+    tf = import_tensorflow()
+    parts = [tf.constant(prefix)]
+    for key in keys:
+        parts += [tf.constant(f" {key}: "), tf.strings.strip(ex[key])]
+    return tf.strings.join(parts)
+
+
+def _label_text(label, label_names: Sequence[str]):
+    tf = import_tensorflow()
+    names = tf.constant([*label_names, UNKNOWN_LABEL])
+    index = tf.where(label < 0, len(label_names), tf.cast(label, tf.int32))
+    return tf.gather(names, index)
+
+
+def glue_text(prefix: str, label_names: Sequence[str] | None, keys: Sequence[str] | None = None):
+    """Preprocessor for a classification or regression example with text fields.
+
+    Args:
+      prefix: the task name that opens the input ("rte").
+      label_names: class names in label order; None for STS-B-style float labels.
+      keys: the text fields in order (default: every string field except label/idx, sorted).
+    """
+    tf = import_tensorflow()
+
+    def fn(ds):
+        def convert(ex):
+            fields = keys or sorted(
+                k for k, v in ex.items() if k not in ("label", "idx") and v.dtype == tf.string
+            )
+            if label_names is None:  # STS-B: round to the nearest 0.2, T5's regression target
+                target = tf.strings.as_string(tf.round(ex["label"] * 5) / 5, precision=1)
+            else:
+                target = _label_text(ex["label"], label_names)
+            out = {"inputs": _join(prefix, ex, fields), "targets": target}
+            if "idx" in ex:
+                out["idx"] = ex["idx"]
+            return out
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return fn
+
+
+def string_label_to_class_id(label_names: Sequence[str]):
+    """Postprocessor: the text -> its index in `label_names`, -1 if it is none of them."""
+    names = list(label_names)
+
+    def fn(output, example=None, is_target=False):
+        text = output.decode() if isinstance(output, bytes) else str(output)
+        return names.index(text.strip()) if text.strip() in names else -1
+
+    return fn
+
+
+def string_to_float(output, example=None, is_target=False, default: float = -1.0) -> float:
+    text = output.decode() if isinstance(output, bytes) else str(output)
+    try:
+        return float(text)
+    except ValueError:
+        return default
+
+
+def multirc_format():
+    """MultiRC: one example per answer option, `"multirc question: answer: paragraph:"`."""
+    return glue_text("multirc", ("False", "True"), keys=("question", "answer", "paragraph"))
+
+
+def multirc_postprocess(output, example=None, is_target=False):
+    """Targets carry their question (`group`) so exact match can be taken per question."""
+    value = string_label_to_class_id(("False", "True"))(output)
+    if not is_target:
+        return value
+    idx = example["idx"]
+    return {"group": (int(idx["paragraph"]), int(idx["question"])), "value": value}
+
+
+def _record_passage(passage):
+    tf = import_tensorflow()
+    passage = tf.strings.regex_replace(passage, r"(\.|\?|\!|\"|\')\n@highlight\n", r"\1 ")
+    return tf.strings.regex_replace(passage, r"\n@highlight\n", ". ")
+
+
+def record_format():
+    """ReCoRD as T5 formats it: `"record query: ... entities: a, b passage: ..."` -> the first
+    answer, with every correct answer kept in `answers` (the metric takes the best match)."""
+    tf = import_tensorflow()
+
+    def fn(ds):
+        def convert(ex):
+            inputs = tf.strings.join(
+                [
+                    "record query: ",
+                    ex["query"],
+                    " entities: ",
+                    tf.strings.reduce_join(ex["entities"], separator=", "),
+                    " passage: ",
+                    _record_passage(ex["passage"]),
+                ]
+            )
+            answers = ex["answers"]
+            first = tf.cond(tf.size(answers) > 0, lambda: answers[0], lambda: tf.constant(""))
+            return {"inputs": inputs, "targets": first, "answers": answers}
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return fn
+
+
+def record_postprocess(output, example=None, is_target=False):
+    if is_target:
+        return [a.decode() if isinstance(a, bytes) else str(a) for a in example["answers"]]
+    return output.decode() if isinstance(output, bytes) else str(output)
+
+
+def squad_format(prefix: str = "squad"):
+    """SQuAD-style QA: `"squad question: ... context: ..."` -> the first answer."""
+    tf = import_tensorflow()
+
+    def fn(ds):
+        def convert(ex):
+            answers = ex["answers"]["text"]
+            return {
+                "inputs": tf.strings.join(
+                    [prefix, " question: ", ex["question"], " context: ", ex["context"]]
+                ),
+                "targets": answers[0],
+                "answers": answers,
+            }
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return fn
+
+
+def answers_postprocess(output, example=None, is_target=False):
+    if is_target:
+        return [a.decode() if isinstance(a, bytes) else str(a) for a in example["answers"]]
+    return output.decode() if isinstance(output, bytes) else str(output)
+
+
+def clean_text(text: str) -> str:
+    """Collapse whitespace; used by the file-based and offline sources."""
+    return re.sub(r"\s+", " ", text).strip()

@@ -1,0 +1,84 @@
+"""Every TFDS-backed task yields encoder-decoder batches (tfds.testing.mock_data, offline)."""
+
+import numpy as np
+import pytest
+
+from prompt_transfer import data, registry
+from prompt_transfer.tf_import import import_seqio
+
+LENGTHS = {"inputs": 64, "targets": 8}
+
+
+def _tfds_tasks():
+    seqio = import_seqio()
+    data.load_registrations()
+    return sorted(
+        n
+        for n in seqio.TaskRegistry.names()
+        if isinstance(seqio.get_mixture_or_task(n).source, seqio.TfdsDataSource)
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mock_tfds(anchors, tmp_path_factory):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=4, data_dir=str(tmp_path_factory.mktemp("tfds"))):
+        yield
+
+
+def test_glue_and_super_glue_are_registered():
+    names = set(_tfds_tasks())
+    assert {"glue_rte", "glue_mnli_matched", "glue_mnli_mismatched", "glue_stsb"} <= names
+    assert {
+        f"super_glue_{t}" for t in ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc")
+    } <= names
+
+
+@pytest.mark.parametrize("name", _tfds_tasks())
+def test_task_yields_encoder_decoder_batches(name):
+    ds = data.batched_dataset(
+        name, "validation", LENGTHS, batch_size=2, seed=0, shuffle=False, num_epochs=1
+    )
+    batch = next(ds.as_numpy_iterator())
+    assert batch["encoder_input_tokens"].shape == (2, 64)
+    assert batch["decoder_target_tokens"].shape == (2, 8)
+    np.testing.assert_array_equal(
+        batch["decoder_input_tokens"][:, 1:], batch["decoder_target_tokens"][:, :-1]
+    )
+    assert (batch["encoder_input_tokens"][:, 0] > 0).all()
+    task = import_seqio().get_mixture_or_task(name)
+    example = next(
+        task.get_dataset(
+            None, "validation", shuffle=False, try_in_mem_cache=False
+        ).as_numpy_iterator()
+    )
+    prefix = name.split("_", 2)[-1] if name.startswith("super") else name.split("_")[1]
+    assert example["inputs_pretokenized"].decode().startswith(prefix.split("_")[0])
+    labels = registry.class_labels(name)
+    if labels:
+        assert example["targets_pretokenized"].decode() in (*labels, "<unk>")
+
+
+def test_glue_format_matches_t5():
+    seqio = import_seqio()
+    example = next(
+        seqio.get_mixture_or_task("glue_rte")
+        .get_dataset(None, "train", shuffle=False, try_in_mem_cache=False)
+        .as_numpy_iterator()
+    )
+    text = example["inputs_pretokenized"].decode()
+    assert text.startswith("rte sentence1: ") and " sentence2: " in text
+
+
+def test_mixtures_are_examples_proportional_with_a_cap(monkeypatch):
+    seqio = import_seqio()
+    # Mock data has no split sizes; give every task 2^20 examples except RTE's 2,490.
+    sizes = lambda source, split: 2_490 if "rte" in source.tfds_dataset.name else 2**20
+    monkeypatch.setattr(seqio.TfdsDataSource, "num_input_examples", sizes)
+    mixture = seqio.get_mixture_or_task("glue_and_super_glue")
+    rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+    assert rates["glue_rte"] == 2_490 and rates["glue_qqp"] == 2**19  # capped at K = 2^19
+    assert len(rates) == 9 + 8
+    stream = data.BatchStream("glue_and_super_glue", LENGTHS, batch_size=4, seed=0)
+    assert next(stream)["encoder_input_tokens"].shape == (4, 64) and stream.position == 1
