@@ -26,6 +26,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from prompt_transfer import (
         checkpoints,
         data,
+        file_tasks,
         gin_files,
         hf_t5,
         offline_data,
@@ -46,6 +47,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         train_io.RunDirError,
         train_io.NonFiniteLoss,
         offline_data.OfflineSourceError,
+        file_tasks.FileTaskError,
         FileNotFoundError,
     )
 
@@ -159,6 +161,23 @@ def cmd_prepare_offline(args) -> None:
     print(f"offline suite ready in {root}")
 
 
+def cmd_add_task(args) -> None:
+    from prompt_transfer import file_tasks
+
+    task = file_tasks.FileTask(
+        name=args.name,
+        train=args.train,
+        validation=args.validation,
+        test=args.test or "",
+        inputs=tuple(args.inputs),
+        target=args.target,
+        labels=tuple(args.labels or ()),
+    )
+    path = file_tasks.save_file_task(task)
+    kind = f"classification over {', '.join(task.labels)}" if task.labels else "generation"
+    print(f"registered {task.name} ({kind}); recorded in {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prompt-transfer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", nargs="+", required=True)
     p.add_argument("--targets", nargs="+", required=True)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("add-task", help="register a task from local TSV/JSONL files")
+    p.add_argument("--name", required=True)
+    p.add_argument("--train", required=True)
+    p.add_argument("--validation", required=True)
+    p.add_argument("--test")
+    p.add_argument("--inputs", nargs="+", default=["text"], help="columns joined into the input")
+    p.add_argument("--target", default="label")
+    p.add_argument("--labels", nargs="*", help="class labels (omit for a generation task)")
+    p.set_defaults(func=cmd_add_task)
 
     p = sub.add_parser("prepare-offline", help="build the offline task suite's splits")
     p.add_argument("--data-dir", help="default: $PROMPT_TRANSFER_DATA or ~/.cache/...")
