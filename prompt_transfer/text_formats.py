@@ -132,26 +132,6 @@ def record_postprocess(output, example=None, is_target=False):
     return output.decode() if isinstance(output, bytes) else str(output)
 
 
-def squad_format(prefix: str = "squad"):
-    """SQuAD-style QA: `"squad question: ... context: ..."` -> the first answer."""
-    tf = import_tensorflow()
-
-    def fn(ds):
-        def convert(ex):
-            answers = ex["answers"]["text"]
-            return {
-                "inputs": tf.strings.join(
-                    [prefix, " question: ", ex["question"], " context: ", ex["context"]]
-                ),
-                "targets": answers[0],
-                "answers": answers,
-            }
-
-        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
-
-    return fn
-
-
 def answers_postprocess(output, example=None, is_target=False):
     if is_target:
         return [a.decode() if isinstance(a, bytes) else str(a) for a in example["answers"]]
@@ -161,3 +141,93 @@ def answers_postprocess(output, example=None, is_target=False):
 def clean_text(text: str) -> str:
     """Collapse whitespace; used by the file-based and offline sources."""
     return re.sub(r"\s+", " ", text).strip()
+
+
+LETTERS = ("A", "B", "C", "D")
+
+
+def _listed(options):
+    """`"(A) first (B) second ..."` from a [N] string tensor of options."""
+    tf = import_tensorflow()
+    options = options[: len(LETTERS)]
+    n = tf.shape(options)[0]
+    letters = tf.constant([f"({c}) " for c in LETTERS])[:n]
+    return tf.strings.reduce_join(tf.strings.join([letters, options]), separator=" ")
+
+
+def multiple_choice(prefix: str, context_keys: Sequence[str], options_fn, label_fn):
+    """Multiple choice as `"<prefix> key: ... options: (A) .. (B) .."` -> the answer's letter.
+
+    `options_fn(ex)` gives the [N] options, `label_fn(ex)` the 0-based index of the answer.
+    """
+    tf = import_tensorflow()
+
+    def fn(ds):
+        def convert(ex):
+            inputs = tf.strings.join(
+                [_join(prefix, ex, context_keys), " options: ", _listed(options_fn(ex))]
+            )
+            label = tf.cast(label_fn(ex), tf.int32)
+            valid = (label >= 0) & (label < len(LETTERS))  # unlabelled test examples: <unk>
+            target = tf.gather(
+                tf.constant([*LETTERS, UNKNOWN_LABEL]), tf.where(valid, label, len(LETTERS))
+            )
+            return {"inputs": inputs, "targets": target}
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return fn
+
+
+def race_questions():
+    """RACE stores several questions per article: one example per question (letter answers)."""
+    tf = import_tensorflow()
+
+    def fn(ds):
+        def per_question(ex):
+            options = ex["options"]
+            if isinstance(options, tf.RaggedTensor):
+                options = options.to_tensor(default_value="")
+            n = tf.reduce_min(
+                [tf.shape(ex["questions"])[0], tf.shape(options)[0], tf.shape(ex["answers"])[0]]
+            )  # equal in RACE; guard anyway
+            return tf.data.Dataset.from_tensor_slices(
+                {
+                    "article": tf.fill([n], ex["article"]),
+                    "question": ex["questions"][:n],
+                    "options": options[:n, :4],
+                    "answer": ex["answers"][:n],
+                }
+            )
+
+        def convert(ex):
+            inputs = tf.strings.join(
+                [_join("race", ex, ("question", "article")), " options: ", _listed(ex["options"])]
+            )
+            known = tf.reduce_any(tf.equal(ex["answer"], tf.constant(LETTERS)))
+            return {"inputs": inputs, "targets": tf.where(known, ex["answer"], UNKNOWN_LABEL)}
+
+        return ds.flat_map(per_question).map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return fn
+
+
+def qa_format(prefix: str, question_key: str, context_key: str, answers_fn):
+    """Extractive / abstractive QA: `"<prefix> question: ... context: ..."` -> first answer,
+    all reference answers kept in `answers` for the metric."""
+    tf = import_tensorflow()
+
+    def fn(ds):
+        def convert(ex):
+            answers = answers_fn(ex)
+            return {
+                "inputs": tf.strings.join(
+                    [prefix, " question: ", ex[question_key], " context: ", ex[context_key]]
+                ),
+                "targets": answers[0],
+                "answers": answers,
+            }
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return fn

@@ -5,4 +5,4 @@ helpers the registrations use live in the `prompt_transfer` library. Tasks are r
 T5's standard vocabulary, or with the local SentencePiece file named by $PROMPT_TRANSFER_VOCAB.
 """
 
-from tasks import glue, offline, super_glue, user  # noqa: F401
+from tasks import glue, offline, spot, super_glue, user  # noqa: F401

@@ -1,5 +1,7 @@
 """Every TFDS-backed task yields encoder-decoder batches (tfds.testing.mock_data, offline)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -53,8 +55,8 @@ def test_task_yields_encoder_decoder_batches(name):
             None, "validation", shuffle=False, try_in_mem_cache=False
         ).as_numpy_iterator()
     )
-    prefix = name.split("_", 2)[-1] if name.startswith("super") else name.split("_")[1]
-    assert example["inputs_pretokenized"].decode().startswith(prefix.split("_")[0])
+    # T5's format: the task's name, then "field: value" pairs.
+    assert re.match(r"^[a-z0-9]+ [a-z0-9_]+: ", example["inputs_pretokenized"].decode())
     labels = registry.class_labels(name)
     if labels:
         assert example["targets_pretokenized"].decode() in (*labels, "<unk>")
@@ -82,3 +84,16 @@ def test_mixtures_are_examples_proportional_with_a_cap(monkeypatch):
     assert len(rates) == 9 + 8
     stream = data.BatchStream("glue_and_super_glue", LENGTHS, batch_size=4, seed=0)
     assert next(stream)["encoder_input_tokens"].shape == (4, 64) and stream.position == 1
+
+
+def test_spot_sources_and_targets_have_stable_names():
+    from tasks import spot
+
+    seqio = import_seqio()
+    names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    file_based = {"docnli", "cxc", "cr"}  # registered when their data directory is set
+    assert len(spot.SOURCES) == 15 and len(spot.TARGETS) == 10  # + C4 with pre-training
+    assert {f"spot_source_{s}" for s in spot.SOURCES if s not in file_based} <= names
+    assert {f"spot_target_{t}" for t in spot.TARGETS if t not in file_based} <= names
+    mixture = seqio.get_mixture_or_task("spot_sources")
+    assert {t.name for t in mixture.tasks} >= {"glue_mnli_matched", "spot_source_squad"}
