@@ -63,6 +63,25 @@ def register_text_task(
     return task
 
 
+def register_span_corruption_task(
+    name: str, source, vocabulary, text_key: str = "text", replace: bool = True
+):
+    """Register T5's span-corruption objective over a text source (pre-training, C4)."""
+    from prompt_transfer import span_corruption
+
+    seqio = import_seqio()
+    if replace and name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    _CLASS_LABELS.pop(name, None)
+    return seqio.TaskRegistry.add(
+        name,
+        source=source,
+        preprocessors=span_corruption.preprocessors(text_key),
+        output_features=text_features(vocabulary),
+        metric_fns=[],
+    )
+
+
 def mixture_labels(name: str) -> dict[str, tuple[str, ...] | None]:
     """Label strings per sub-task of a task or mixture."""
     seqio = import_seqio()

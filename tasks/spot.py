@@ -7,7 +7,7 @@ and read local files (`file_tasks`) named by environment variables, with these c
           (entailment / not_entailment)
   CxC     $SPOT_CXC_DIR/{train,validation}.tsv        sentence1, sentence2, label (0..5 similarity)
   CR      $SPOT_CR_DIR/{train,validation}.tsv         sentence, label (negative / positive)
-C4 (span corruption) joins with the pre-training recipe. Mixtures: `spot_sources` (all
+C4 is T5's span-corruption objective (`span_corruption`). Mixtures: `spot_sources` (all
 registered sources, examples-proportional with SPoT's cap K = 2^19).
 """
 
@@ -123,6 +123,12 @@ _tfds(
     labels=("negative", "positive"),
 )
 
+registry.register_span_corruption_task(
+    "spot_source_c4",
+    seqio.TfdsDataSource(tfds_name="c4/en:3.1.0", splits=("train", "validation")),
+    vocab.task_vocabulary(),
+)
+
 for _source, _task in {
     "mnli": "glue_mnli_matched",
     "qqp": "glue_qqp",
@@ -175,6 +181,7 @@ for _name, (_env, _ext, _inputs, _labels) in _FILE_TASKS.items():
         )
 
 SOURCES = [
+    "c4",
     "squad",
     "drop",
     "winogrande",
