@@ -80,7 +80,6 @@ def sentinel_spans(tokens, noise_mask, vocab_size: int):
 def split_to_pieces(piece_length: int):
     """Preprocessor: concatenate the tokenized `targets` of many examples and cut them into
     pieces of `piece_length` tokens (the last, shorter piece is dropped)."""
-    tf = import_tensorflow()
 
     def fn(ds):
         tokens = ds.map(lambda ex: ex["targets"]).unbatch()
