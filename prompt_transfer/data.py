@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -46,6 +47,22 @@ def get_task(name: str):
         raise TaskError(f"unknown SeqIO task or mixture {name!r}{hint}") from None
 
 
+def unprepared_tfds(name: str) -> tuple[str, str] | None:
+    """(TFDS name, data dir) of the first TFDS source of a task or mixture that is not prepared
+    (no dataset_info.json where TFDS looks), else None."""
+    import tensorflow_datasets as tfds
+
+    seqio = import_seqio()
+    task = get_task(name)
+    for sub in task.tasks if isinstance(task, seqio.Mixture) else [task]:
+        if isinstance(sub.source, seqio.TfdsDataSource):
+            loader = sub.source.tfds_dataset
+            builder = tfds.builder(loader.name, data_dir=loader.data_dir)
+            if not (Path(builder.data_dir) / "dataset_info.json").exists():
+                return loader.name, str(builder.data_dir_root)
+    return None
+
+
 def feature_converter():
     seqio = import_seqio()
     return seqio.EncDecFeatureConverter(pack=False)
@@ -67,17 +84,28 @@ def batched_dataset(
     task = get_task(name)
     if split not in task.splits:
         raise TaskError(f"task {name!r} has no split {split!r}; it has {sorted(task.splits)}")
-    ds = task.get_dataset(
-        dict(feature_lengths),
-        split=split,
-        shuffle=shuffle,
-        seed=seed,
-        num_epochs=num_epochs,
-        use_cached=False,
-        # Only multi-host runs shard: listing shards needs the TFDS split metadata.
-        shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
-        try_in_mem_cache=False,  # it asks TFDS for split sizes; the stream is prefetched anyway
-    )
+    try:
+        ds = task.get_dataset(
+            dict(feature_lengths),
+            split=split,
+            shuffle=shuffle,
+            seed=seed,
+            num_epochs=num_epochs,
+            use_cached=False,
+            # Only multi-host runs shard: listing shards needs the TFDS split metadata.
+            shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
+            try_in_mem_cache=False,  # it asks TFDS for split sizes; the stream is prefetched anyway
+        )
+    except Exception as e:  # seqio tries to download an unprepared TFDS dataset
+        missing = unprepared_tfds(name)
+        if missing:
+            tfds_name, data_dir = missing
+            raise TaskError(
+                f"TFDS data {tfds_name} for {name!r} is not prepared in {data_dir}; build it "
+                f"where there is network access (`tfds build {tfds_name.split(':')[0]} "
+                f"--data_dir=DIR`) and point TFDS_DATA_DIR at DIR"
+            ) from e
+        raise
     ds = feature_converter()(ds, dict(feature_lengths))
     return ds.batch(batch_size, drop_remainder=num_epochs is None)
 

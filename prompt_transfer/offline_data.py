@@ -48,7 +48,7 @@ TWEET_DOMAINS = {  # keyword rules; a tweet matching exactly one domain is kept
 }
 BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
 WORDNET_DIR = Path("/usr/share/wordnet")
-VERSION = 2  # bump when the preparation changes; stale caches are rebuilt
+VERSION = 3  # bump when the preparation changes; stale caches are rebuilt
 
 
 class OfflineSourceError(RuntimeError):
@@ -172,6 +172,10 @@ def build_tasks() -> dict[str, dict[str, list[dict]]]:
     tasks["offline_tweet_domain"] = [
         {"inputs": f"topic tweet: {t}", "targets": d} for d, _, t in tweets
     ]
+    # PPT's single-sentence format over the tweets' 3-level sentiment (bad / maybe / good).
+    tasks["offline_tweet_ppt_rating"] = ppt.rating_examples(
+        [t for _, _, t in tweets], [SENTIMENT_LABELS.index(s) + 1 for _, s, _ in tweets], 3
+    )
     bbc = read_bbc()
     tasks["offline_bbc_topic"] = [
         {"inputs": f"topic article: {' '.join(split_sentences(text)[:6])}", "targets": topic}
@@ -188,6 +192,10 @@ def build_tasks() -> dict[str, dict[str, list[dict]]]:
                 splits[name],
                 train=few_shot(splits[name]["train"], FEW_SHOT_PER_CLASS, _seed_for(name)),
             )
+    for name in PPT_CAST_TARGETS:  # the same examples, labels in PPT's verbalisers
+        splits[f"{name}_ppt"] = {
+            s: [ppt.verbalize(ex) for ex in v] for s, v in splits[name].items()
+        }
     return splits
 
 
@@ -197,6 +205,9 @@ FEW_SHOT_TARGETS = (
     "offline_bbc_topic",
     "offline_wordnet_wic",
 )
+
+
+PPT_CAST_TARGETS = ("offline_sentiment_apple_32shot", "offline_sentiment_coachella_32shot")
 
 
 def task_labels(include_wordnet: bool | None = None) -> dict[str, tuple[str, ...]]:
@@ -212,9 +223,12 @@ def task_labels(include_wordnet: bool | None = None) -> dict[str, tuple[str, ...
     if wordnet.available(WORDNET_DIR) if include_wordnet is None else include_wordnet:
         labels["offline_wordnet_wic"] = wordnet.LABELS
         labels["offline_wordnet_hypernym"] = wordnet.LABELS
+    labels["offline_tweet_ppt_rating"] = ("bad", "maybe", "good")
     for name in FEW_SHOT_TARGETS:
         if name in labels:
             labels[f"{name}_{FEW_SHOT_PER_CLASS}shot"] = labels[name]
+    for name in PPT_CAST_TARGETS:
+        labels[f"{name}_ppt"] = ("bad", "maybe", "good")
     return labels
 
 

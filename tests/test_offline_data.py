@@ -21,6 +21,7 @@ SIZES = {
     "offline_bbc_ppt_unified": (4787, 598, 599),
     "offline_sentiment_apple_32shot": (96, 297, 298),
     "offline_bbc_topic_32shot": (160, 211, 212),
+    "offline_sentiment_apple_32shot_ppt": (96, 297, 298),
 }
 WORDNET_SIZES = {
     "offline_wordnet_wic": (2073, 259, 260),
@@ -76,6 +77,12 @@ def test_ppt_formats(prepared):
     nss = offline_data.read_split("offline_bbc_ppt_nss", "validation", root)
     assert all(r["inputs"].count("(") >= 4 for r in nss[:20])
     assert ppt.verbalize({"inputs": "x", "targets": "contradiction"})["targets"] == "no"
+    cast = offline_data.read_split("offline_sentiment_apple_32shot_ppt", "train", root)
+    plain = offline_data.read_split("offline_sentiment_apple_32shot", "train", root)
+    assert [r["inputs"] for r in cast] == [r["inputs"] for r in plain]
+    assert {r["targets"] for r in cast} == {"bad", "maybe", "good"}
+    rating = offline_data.read_split("offline_tweet_ppt_rating", "validation", root)
+    assert rating[0]["inputs"].startswith("rating sentence: ")
     unified = ppt.to_unified({"inputs": "rte a b", "targets": "maybe"}, ppt.PAIR_LABELS)
     assert unified == {
         "inputs": "unified rte a b options: (A) yes (B) maybe (C) no",
