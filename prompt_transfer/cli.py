@@ -8,6 +8,7 @@ prompt-transfer score --checkpoint PATH --inputs TEXT... --targets TEXT...
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -29,8 +30,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
         file_tasks,
         gin_files,
         hf_t5,
+        library,
         offline_data,
         prompts,
+        similarity,
         train,
         train_io,
         vocab,
@@ -48,6 +51,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
         train_io.NonFiniteLoss,
         offline_data.OfflineSourceError,
         file_tasks.FileTaskError,
+        library.LibraryError,
+        similarity.SimilarityError,
         FileNotFoundError,
     )
 
@@ -178,6 +183,80 @@ def cmd_add_task(args) -> None:
     print(f"registered {task.name} ({kind}); recorded in {path}")
 
 
+def _library(args):
+    from prompt_transfer import library
+
+    root = (
+        args.library
+        or os.environ.get("PROMPT_TRANSFER_LIBRARY")
+        or str(Path.home() / ".cache" / "prompt_transfer" / "library")
+    )
+    return library.Library(root)
+
+
+def cmd_library(args) -> None:
+    import numpy as np
+
+    from prompt_transfer import library
+
+    lib = _library(args)
+    if args.action == "add":
+        entry = lib.add(
+            library.read_t5x_prompt(args.path),
+            task=args.task,
+            model=args.model,
+            model_fingerprint=args.fingerprint,
+            score=args.score,
+            metric=args.metric or "",
+            steps=args.steps,
+            seed=args.seed,
+        )
+        print(f"added {entry.id}")
+    elif args.action == "import":
+        path = Path(args.path)
+        files = sorted(path.glob("*.npy")) if path.is_dir() and any(path.glob("*.npy")) else [path]
+        meta = (
+            library.released_prompt_metadata(path / "README.md")
+            if path.is_dir() and (path / "README.md").exists()
+            else {}
+        )
+        for f in files:
+            info = meta.get(f.name, {})
+            score = info.get("score_text", "").split("/")[0] or None
+            entry = lib.add(
+                library.read_t5x_prompt(f),
+                task=args.task or info.get("task") or f.stem,
+                model=args.model,
+                model_fingerprint=args.fingerprint,
+                score=float(score) if score else None,
+                metric=info.get("metric", ""),
+                kind="released" if info else "imported",
+                note=info.get("note", ""),
+            )
+            print(f"imported {f.name} as {entry.id}")
+    elif args.action == "list":
+        entries = lib.entries(**({"task": args.task} if args.task else {}))
+        for e in entries:
+            score = "" if e.score is None else f"{e.score:.2f} {e.metric}"
+            print(
+                f"{e.id:<32} {e.task:<24} {e.model:<22} {e.prompt_length}x{e.embed_dim:<6} {score}"
+            )
+        print(f"{len(entries)} entries in {lib.root}")
+    elif args.action == "show":
+        entry = lib.get(args.entry)
+        prompt = lib.prompt(entry)
+        print(
+            json.dumps(
+                dict(dataclasses.asdict(entry), norm=float(np.linalg.norm(prompt))), indent=1
+            )
+        )
+    elif args.action == "remove":
+        lib.remove(args.entry)
+        print(f"removed {args.entry}")
+    elif args.action == "export":
+        print(f"wrote {lib.export(args.entry, args.output)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prompt-transfer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +287,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="label")
     p.add_argument("--labels", nargs="*", help="class labels (omit for a generation task)")
     p.set_defaults(func=cmd_add_task)
+
+    p = sub.add_parser(
+        "library", help="the prompt library: add, list, show, remove, export, import"
+    )
+    lib_sub = p.add_subparsers(dest="action", required=True)
+    for action in ("add", "import", "list", "show", "remove", "export"):
+        q = lib_sub.add_parser(action)
+        q.add_argument("--library", help="default: $PROMPT_TRANSFER_LIBRARY or ~/.cache/...")
+        if action in ("add", "import"):
+            q.add_argument("path", help=".npy, T5X numpy checkpoint dir, or released-prompt dir")
+            q.add_argument("--task", required=action == "add")
+            q.add_argument("--model", required=True, help="e.g. t5_1_1_lm100k_base")
+            q.add_argument("--fingerprint", default="", help="frozen checkpoint fingerprint")
+        if action == "add":
+            q.add_argument("--score", type=float)
+            q.add_argument("--metric")
+            q.add_argument("--steps", type=int, default=0)
+            q.add_argument("--seed", type=int, default=0)
+        if action == "list":
+            q.add_argument("--task")
+        if action in ("show", "remove", "export"):
+            q.add_argument("entry")
+        if action == "export":
+            q.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_library)
 
     p = sub.add_parser("prepare-offline", help="build the offline task suite's splits")
     p.add_argument("--data-dir", help="default: $PROMPT_TRANSFER_DATA or ~/.cache/...")

@@ -1,0 +1,225 @@
+"""The prompt library: a directory store of trained prompts with metadata.
+
+Layout: `<root>/<entry id>/prompt.npy` (float32 [P, E]) and `<root>/<entry id>/meta.json`.
+Each entry is written into a temporary directory and renamed into place, so concurrent writers
+never clobber each other and a reader never sees half an entry; listing scans the directory
+(there is no shared index to race on). `meta.json` carries a SHA-256 of the prompt's bytes,
+checked on read: a corrupted entry is reported and skipped, never silently used. Prompts load
+memory-mapped, so a large library costs little memory until used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+class LibraryError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One library prompt's metadata (what `meta.json` holds)."""
+
+    id: str
+    task: str
+    model: str  # model identity, e.g. "t5_1_1_lm100k_base"
+    model_fingerprint: str  # fingerprint of the frozen checkpoint it was trained with
+    prompt_length: int
+    embed_dim: int
+    sha256: str
+    steps: int = 0
+    seed: int = 0
+    score: float | None = None
+    metric: str = ""
+    config_hash: str = ""
+    kind: str = "trained"  # trained | task_embedding | released | projected ...
+    created: str = ""
+    note: str = ""
+
+
+def prompt_sha256(prompt: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(prompt, np.float32).tobytes()).hexdigest()
+
+
+def model_fingerprint(params) -> str:
+    """A short fingerprint of a frozen network: its tree, shapes and a few values.
+
+    Cheap (reads one row of the embedding and the first norm), stable across devices and
+    restores, and different for differently trained checkpoints of one architecture.
+    """
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(params, sep="/")
+    h = hashlib.sha256()
+    for name in sorted(flat):
+        h.update(f"{name}{tuple(flat[name].shape)}".encode())
+    for name in ("token_embedder/embedding", "encoder/encoder_norm/scale"):
+        if name in flat:
+            h.update(np.asarray(flat[name][:1], np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "_", text).strip("_") or "prompt"
+
+
+class Library:
+    """A directory of prompt entries."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # -- writing ---------------------------------------------------------------------------
+    def add(self, prompt, *, task: str, model: str, model_fingerprint: str, **meta) -> Entry:
+        """Add a prompt; NaN/inf prompts are refused. Returns the new entry."""
+        prompt = np.asarray(prompt, np.float32)
+        if prompt.ndim != 2:
+            raise LibraryError(f"a prompt is [P, E]; got shape {prompt.shape}")
+        if not np.isfinite(prompt).all():
+            raise LibraryError(f"prompt for task {task!r} holds NaN or inf values; not added")
+        digest = prompt_sha256(prompt)
+        entry = Entry(
+            id=f"{_slug(task)}-{digest[:12]}",
+            task=task,
+            model=model,
+            model_fingerprint=model_fingerprint,
+            prompt_length=prompt.shape[0],
+            embed_dim=prompt.shape[1],
+            sha256=digest,
+            created=meta.pop("created", None)
+            or datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            **meta,
+        )
+        final = self.root / entry.id
+        if final.exists():
+            return self.get(entry.id)  # same task, same prompt: already stored
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.id}.tmp-", dir=self.root))
+        try:
+            np.save(tmp / "prompt.npy", prompt)
+            (tmp / "meta.json").write_text(json.dumps(dataclasses.asdict(entry), indent=1))
+            os.rename(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if final.exists():  # another writer stored the same entry first
+                return self.get(entry.id)
+            raise
+        return entry
+
+    def remove(self, entry_id: str) -> None:
+        path = self.root / entry_id
+        if not (path / "meta.json").exists():
+            raise LibraryError(f"no library entry {entry_id!r} in {self.root}")
+        trash = self.root / f".{entry_id}.removed-{os.getpid()}"
+        os.rename(path, trash)  # atomic: readers see the entry or nothing
+        shutil.rmtree(trash)
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, entry_id: str) -> Entry:
+        path = self.root / entry_id / "meta.json"
+        if not path.exists():
+            close = [e.id for e in self.entries() if entry_id in e.id][:3]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise LibraryError(f"no library entry {entry_id!r} in {self.root}{hint}")
+        return Entry(**json.loads(path.read_text()))
+
+    def entries(self, **where) -> list[Entry]:
+        """Every entry (sorted by id), filtered by exact metadata matches (`task="rte"`)."""
+        if not self.root.exists():
+            return []
+        out = []
+        for path in sorted(self.root.glob("*/meta.json")):
+            if path.parent.name.startswith("."):
+                continue
+            entry = Entry(**json.loads(path.read_text()))
+            if all(getattr(entry, k) == v for k, v in where.items()):
+                out.append(entry)
+        return out
+
+    def prompt(self, entry: Entry | str, verify: bool = True) -> np.ndarray:
+        """The entry's prompt, memory-mapped; its hash is checked unless `verify=False`."""
+        entry = self.get(entry) if isinstance(entry, str) else entry
+        prompt = np.load(self.root / entry.id / "prompt.npy", mmap_mode="r")
+        if verify and prompt_sha256(prompt) != entry.sha256:
+            raise LibraryError(
+                f"library entry {entry.id} is corrupted (prompt hash mismatch); "
+                "remove it and add the prompt again"
+            )
+        return prompt
+
+    def load(self, entries: list[Entry] | None = None) -> tuple[list[Entry], np.ndarray]:
+        """(entries, prompts [N, P, E]) of the healthy entries; corrupted ones are reported
+        (a warning naming each) and skipped. Entries must share one prompt shape."""
+        good, prompts = [], []
+        for entry in self.entries() if entries is None else entries:
+            try:
+                prompts.append(self.prompt(entry))
+                good.append(entry)
+            except LibraryError as e:
+                warnings.warn(str(e), stacklevel=2)
+        if not good:
+            return [], np.zeros((0, 0, 0), np.float32)
+        shapes = {p.shape for p in prompts}
+        if len(shapes) > 1:
+            raise LibraryError(
+                f"library entries have different prompt shapes {sorted(shapes)}; "
+                "select entries of one shape (e.g. by model)"
+            )
+        return good, np.stack(prompts)
+
+    # -- exchange --------------------------------------------------------------------------
+    def export(self, entry_id: str, path: str | os.PathLike) -> Path:
+        """Write an entry's prompt as a plain `.npy` (what PROMPT_FILE takes)."""
+        from prompt_transfer.train_io import save_npy
+
+        save_npy(Path(path), self.prompt(entry_id))
+        return Path(path)
+
+
+def read_t5x_prompt(path: str | os.PathLike) -> np.ndarray:
+    """A prompt from a `.npy` file or a T5X prompt-tuning numpy checkpoint directory (one file
+    per parameter, named by its dotted path, e.g. `encoder.prompt.prompt.prompt`)."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(p for p in path.rglob("*") if p.is_file() and "prompt" in p.name)
+        if not candidates:
+            raise LibraryError(f"no prompt parameter file in T5X numpy checkpoint {path}")
+        path = candidates[0]
+    if not path.exists():
+        raise LibraryError(f"prompt file not found: {path}")
+    try:
+        prompt = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise LibraryError(f"{path} is not a NumPy array file: {e}") from e
+    return np.asarray(prompt, np.float32)
+
+
+def released_prompt_metadata(readme: str | os.PathLike) -> dict[str, dict]:
+    """{file name: {task, prompt_length, score, metric, ...}} from the table in the README of
+    google-research/prompt-tuning's released prompts."""
+    rows = {}
+    for line in Path(readme).read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 9 or not cells[0].endswith(".npy"):
+            continue
+        path, length, batch, topology, partition, dataset, split, metric, score = cells[:9]
+        rows[Path(path).name] = {
+            "task": dataset.lower(),
+            "prompt_length": int(length),
+            "metric": f"{split} {metric}",
+            "score_text": score,
+            "note": cells[9] if len(cells) > 9 else "",
+        }
+    return rows

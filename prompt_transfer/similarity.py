@@ -1,0 +1,144 @@
+"""Task similarity from prompts (SPoT Sec. 3; Su et al. 2022 Sec. 5). Exact definitions.
+
+Prompts are matrices A [P, E] and B [Q, E] (rows are prompt tokens). Every metric compares one
+target with a whole library `[N, P, E]` in one batched computation (`score_library`).
+
+- `cosine_avg_tokens` (SPoT): cos(mean_i A_i, mean_j B_j).
+- `cosine_per_token` (SPoT, Prompt-Transferability): mean over all P x Q token pairs of
+  cos(A_i, B_j).
+- `cosine_flat`: cos(vec A, vec B); needs P = Q.
+- `euclidean` (Prompt-Transferability): 1 / (1 + ||A - B||_F); needs P = Q.
+- `euclidean_per_token`: mean over all P x Q token pairs of 1 / (1 + ||A_i - B_j||_2).
+- `activation_overlap` (Prompt-Transferability's ON): the frozen encoder runs on the prompt
+  alone; a feed-forward neuron of a layer in the window is "on" when its activation, averaged
+  over the prompt positions, is > 0; the score is the cosine of the two binary on/off vectors
+  (see `activation_signature`).
+
+All are symmetric; identical prompts score 1.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+EPS = 1e-12
+
+
+class SimilarityError(ValueError):
+    pass
+
+
+def _unit(x, axis=-1):
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), EPS)
+
+
+def cosine_avg_tokens(target, library):
+    """target [P, E], library [N, Q, E] -> [N]."""
+    return _unit(library.mean(1)) @ _unit(target.mean(0))
+
+
+def cosine_per_token(target, library):
+    pair = jnp.einsum("pe,nqe->npq", _unit(target), _unit(library))  # [N, P, Q]
+    return pair.mean((1, 2))
+
+
+def _same_length(target, library, metric):
+    if target.shape[0] != library.shape[1]:
+        raise SimilarityError(
+            f"{metric} needs prompts of equal length; got {target.shape[0]} and "
+            f"{library.shape[1]} (use cosine_avg_tokens or cosine_per_token)"
+        )
+
+
+def cosine_flat(target, library):
+    _same_length(target, library, "cosine_flat")
+    return _unit(library.reshape(library.shape[0], -1)) @ _unit(target.reshape(-1))
+
+
+def euclidean(target, library):
+    _same_length(target, library, "euclidean")
+    return 1.0 / (
+        1.0 + jnp.linalg.norm((library - target[None]).reshape(library.shape[0], -1), axis=-1)
+    )
+
+
+def euclidean_per_token(target, library):
+    diff = target[None, :, None, :] - library[:, None, :, :]  # [N, P, Q, E]
+    return (1.0 / (1.0 + jnp.linalg.norm(diff, axis=-1))).mean((1, 2))
+
+
+def activation_overlap(target_signature, library_signatures):
+    """target [F] bool/0-1, library [N, F] -> cosine of binary activation vectors [N]."""
+    t = jnp.asarray(target_signature, jnp.float32)
+    lib = jnp.asarray(library_signatures, jnp.float32)
+    return _unit(lib) @ _unit(t)
+
+
+METRICS = {
+    "cosine_avg_tokens": cosine_avg_tokens,
+    "cosine_per_token": cosine_per_token,
+    "cosine_flat": cosine_flat,
+    "euclidean": euclidean,
+    "euclidean_per_token": euclidean_per_token,
+    "activation_overlap": activation_overlap,
+}
+
+
+def get_metric(name: str):
+    if name not in METRICS:
+        raise SimilarityError(
+            f"similarity metric {name!r} is unknown; choose one of " + ", ".join(METRICS)
+        )
+    return METRICS[name]
+
+
+def score_library(metric: str, target, library) -> np.ndarray:
+    """Similarity of `target` to each library entry, [N] float32 (one batched computation)."""
+    return np.asarray(jax.jit(get_metric(metric))(jnp.asarray(target), jnp.asarray(library)))
+
+
+def pairwise(metric: str, prompts) -> np.ndarray:
+    """[N, N] similarity matrix of a stack of prompts (rows: target, columns: library)."""
+    prompts = jnp.asarray(prompts)
+    fn = jax.jit(jax.vmap(get_metric(metric), in_axes=(0, None)))
+    return np.asarray(fn(prompts, prompts))
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation signatures (for activation_overlap).
+
+
+def activation_signature(module, network_params, prompt, layers: tuple[int, int] | None = None):
+    """The on/off vector [L_window * M] of the encoder's feed-forward neurons for a prompt.
+
+    The encoder runs on the prompt alone (followed by EOS). For each encoder layer in the
+    window [start, stop) the MLP hidden activation (the input of `wo`) is averaged over the
+    prompt positions and binarised at 0.
+    """
+    import flax.linen as nn
+
+    from prompt_transfer.t5 import T5
+
+    start, stop = layers or (0, module.config.num_encoder_layers)
+    hidden = {}
+
+    def capture_wo_input(next_fun, args, kwargs, context):
+        path = context.module.scope.path if context.module.scope else ()
+        if context.module.name == "wo" and path[:1] == ("encoder",):
+            hidden[path[1]] = args[0]  # [1, P + 1, M]
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(capture_wo_input):
+        module.apply(
+            {"params": network_params},
+            jnp.asarray([[1]]),
+            False,
+            jnp.asarray(prompt),
+            method=T5.encode,
+        )
+    p = prompt.shape[0]
+    return np.concatenate(
+        [np.asarray(hidden[f"layers_{i}"][0, :p].mean(0) > 0) for i in range(start, stop)]
+    )

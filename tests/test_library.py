@@ -1,0 +1,142 @@
+"""The prompt library: entries, hashes, corruption, concurrency, imports, CLI."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import RELEASED_PROMPTS
+from prompt_transfer import cli, library
+
+
+def _prompt(seed, shape=(4, 8)):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def test_add_read_remove(tmp_path):
+    lib = library.Library(tmp_path)
+    entry = lib.add(
+        _prompt(0),
+        task="rte",
+        model="tiny",
+        model_fingerprint="abc",
+        score=61.0,
+        metric="accuracy",
+        steps=100,
+        seed=3,
+    )
+    assert (entry.prompt_length, entry.embed_dim) == (4, 8)
+    np.testing.assert_array_equal(lib.prompt(entry.id), _prompt(0))
+    assert lib.get(entry.id) == entry and [e.id for e in lib.entries(task="rte")] == [entry.id]
+    assert lib.add(_prompt(0), task="rte", model="tiny", model_fingerprint="abc").id == entry.id
+    lib.remove(entry.id)
+    assert lib.entries() == []
+
+
+def test_nan_prompts_are_refused(tmp_path):
+    bad = _prompt(0)
+    bad[1, 2] = np.nan
+    with pytest.raises(library.LibraryError, match="NaN or inf"):
+        library.Library(tmp_path).add(bad, task="x", model="m", model_fingerprint="")
+    assert not any(tmp_path.iterdir())
+
+
+def test_corrupted_entry_is_reported_and_skipped(tmp_path):
+    lib = library.Library(tmp_path)
+    good = lib.add(_prompt(0), task="a", model="m", model_fingerprint="")
+    bad = lib.add(_prompt(1), task="b", model="m", model_fingerprint="")
+    damaged = _prompt(1)
+    damaged[0, 0] += 1.0
+    np.save(tmp_path / bad.id / "prompt.npy", damaged)
+    with pytest.raises(library.LibraryError, match=f"{bad.id} is corrupted"):
+        lib.prompt(bad.id)
+    with pytest.warns(UserWarning, match=f"{bad.id} is corrupted"):
+        entries, prompts = lib.load()
+    assert [e.id for e in entries] == [good.id] and prompts.shape == (1, 4, 8)
+
+
+def test_two_processes_adding_at_once_lose_nothing(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        from prompt_transfer.library import Library
+        lib = Library({str(tmp_path)!r})
+        worker = int(sys.argv[1])
+        for i in range(40):
+            prompt = np.full((2, 3), worker * 1000 + i, np.float32)
+            lib.add(prompt, task=f"t{{worker}}_{{i}}", model="m", model_fingerprint="")
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(w)]) for w in (1, 2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    entries = library.Library(tmp_path).entries()
+    assert len(entries) == 80 and len({e.id for e in entries}) == 80
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_released_prompts_import_with_metadata(anchors, tmp_path, capsys):
+    folder = RELEASED_PROMPTS / "t5_1_1_lm100k_base"
+    assert (
+        cli.main(
+            [
+                "library",
+                "import",
+                str(folder),
+                "--library",
+                str(tmp_path),
+                "--model",
+                "t5_1_1_lm100k_base",
+            ]
+        )
+        == 0
+    )
+    entries = {e.task: e for e in library.Library(tmp_path).entries()}
+    assert set(entries) == {"sst2", "mrpc", "rte"}
+    assert entries["sst2"].score == pytest.approx(95.07) and entries["rte"].kind == "released"
+    assert (entries["rte"].prompt_length, entries["rte"].embed_dim) == (100, 768)
+    np.testing.assert_array_equal(
+        library.Library(tmp_path).prompt(entries["mrpc"]), np.load(folder / "mrpc.npy")
+    )
+
+
+def test_t5x_numpy_checkpoint_import(tmp_path):
+    ckpt = tmp_path / "numpy_checkpoints" / "checkpoint_1000"
+    ckpt.mkdir(parents=True)
+    with open(ckpt / "encoder.prompt.prompt.prompt", "wb") as f:
+        np.save(f, _prompt(5))
+    np.testing.assert_array_equal(library.read_t5x_prompt(ckpt), _prompt(5))
+
+
+def test_cli_add_list_show_export_remove(tmp_path, capsys):
+    np.save(tmp_path / "p.npy", _prompt(2))
+    lib = ["--library", str(tmp_path / "lib")]
+    assert (
+        cli.main(
+            [
+                "library",
+                "add",
+                str(tmp_path / "p.npy"),
+                "--task",
+                "boolq",
+                "--model",
+                "tiny",
+                "--score",
+                "70.5",
+                "--metric",
+                "accuracy",
+                *lib,
+            ]
+        )
+        == 0
+    )
+    entry_id = capsys.readouterr().out.split()[-1]
+    assert cli.main(["library", "list", *lib]) == 0
+    assert "boolq" in capsys.readouterr().out
+    assert cli.main(["library", "show", entry_id, *lib]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == 70.5
+    assert cli.main(["library", "export", entry_id, "--output", str(tmp_path / "o.npy"), *lib]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), _prompt(2))
+    assert cli.main(["library", "remove", entry_id, *lib]) == 0
+    assert cli.main(["library", "show", entry_id, *lib]) == 2
+    assert "no library entry" in capsys.readouterr().err
