@@ -1,0 +1,143 @@
+"""Retrieval of source prompts for a target, and how a target prompt is initialised from them.
+
+SPoT's recipe (Vu et al. 2022, Sec. 3): the target's task embedding (its prompt after a short
+training run) is compared with every source prompt in the library; the top-k sources start the
+target prompt: the best one, their similarity-weighted average, or a prompt trained on their
+mixture. Prompts of another length are fitted explicitly (truncate, pad, interpolate); prompts
+of another model width only through a trained projector (`projector.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from prompt_transfer import similarity
+from prompt_transfer.library import Entry, Library
+
+LENGTH_FITS = ("error", "truncate", "pad", "interpolate")
+
+
+class TransferError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+    entry: Entry
+    score: float
+
+
+def eligible_sources(
+    lib: Library, model_fingerprint: str, embed_dim: int, exclude_tasks: Sequence[str] = ()
+) -> list[Entry]:
+    """Library entries trained with this frozen model, excluding the target's own task(s).
+
+    A prompt from another model (fingerprint or width) is not eligible: it would need a
+    projector (`projector.py`), which makes it a different entry.
+    """
+    entries = [e for e in lib.entries() if e.task not in set(exclude_tasks)]
+    if not entries:
+        raise TransferError(
+            f"the prompt library {lib.root} is empty"
+            + (" apart from the target's own task" if exclude_tasks else "")
+        )
+    fits = [
+        e
+        for e in entries
+        if e.embed_dim == embed_dim
+        and (not model_fingerprint or e.model_fingerprint == model_fingerprint)
+    ]
+    if not fits:
+        models = sorted(
+            {
+                f"{e.model} ({e.model_fingerprint or 'no fingerprint'}, width {e.embed_dim})"
+                for e in entries
+            }
+        )
+        raise TransferError(
+            f"no library prompt was trained with this model "
+            f"(fingerprint {model_fingerprint}, width {embed_dim}); the "
+            f"library holds prompts of {', '.join(models)}; train sources with "
+            "this model or project them with a cross-model projector"
+        )
+    return fits
+
+
+def rank_sources(
+    lib: Library,
+    target_prompt: np.ndarray,
+    metric: str,
+    entries: list[Entry],
+    top_k: int | None = None,
+    signatures: dict | None = None,
+) -> list[Ranked]:
+    """Sources ordered by similarity to the target (highest first), optionally the top k.
+
+    `signatures` ({entry id or "target": on/off vector}) is needed for `activation_overlap`.
+    """
+    similarity.get_metric(metric)  # unknown metric: list the choices before any work
+    if metric == "activation_overlap":
+        if signatures is None:
+            raise TransferError(
+                "activation_overlap needs activation signatures of the target "
+                "and of every source (similarity.activation_signature)"
+            )
+        scores = similarity.score_library(
+            metric, signatures["target"], np.stack([signatures[e.id] for e in entries])
+        )
+        healthy = entries
+    else:
+        healthy, prompts = lib.load(entries)
+        if not healthy:
+            raise TransferError("no healthy source prompt left in the library")
+        scores = similarity.score_library(metric, target_prompt, prompts)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    ranked = [Ranked(healthy[i], float(scores[i])) for i in order]
+    return ranked[:top_k] if top_k else ranked
+
+
+def fit_length(prompt: np.ndarray, length: int, how: str = "error") -> np.ndarray:
+    """A [P, E] prompt made [length, E]: `truncate` keeps the first rows, `pad` appends rows of
+    the prompt's mean token, `interpolate` resamples the rows linearly; `error` refuses."""
+    prompt = np.asarray(prompt, np.float32)
+    p = prompt.shape[0]
+    if p == length:
+        return prompt
+    if how not in LENGTH_FITS:
+        raise TransferError(
+            f"length fit {how!r} is unknown; choose one of {', '.join(LENGTH_FITS)}"
+        )
+    if how == "error":
+        raise TransferError(
+            f"source prompt has length {p} but the target uses {length}; choose "
+            "a length fit: truncate, pad or interpolate"
+        )
+    if how == "truncate":
+        if p < length:
+            raise TransferError(f"cannot truncate a length-{p} prompt to {length}; use pad")
+        return prompt[:length]
+    if how == "pad":
+        if p > length:
+            raise TransferError(f"cannot pad a length-{p} prompt to {length}; use truncate")
+        return np.concatenate([prompt, np.repeat(prompt.mean(0, keepdims=True), length - p, 0)])
+    positions = np.linspace(0, p - 1, length)
+    lower = np.floor(positions).astype(int)
+    upper = np.minimum(lower + 1, p - 1)
+    frac = (positions - lower)[:, None].astype(np.float32)
+    return (1 - frac) * prompt[lower] + frac * prompt[upper]
+
+
+def weighted_average(prompts: Sequence[np.ndarray], scores: Sequence[float]) -> np.ndarray:
+    """SPoT's top-k weighted average: sum_i w_i P_i with w_i = s_i / sum_j s_j.
+
+    Similarities must be positive (every metric here is, except cosines of unrelated prompts,
+    which are clipped at 0 so a dissimilar source cannot enter with a negative weight).
+    """
+    scores = np.clip(np.asarray(scores, np.float64), 0.0, None)
+    if scores.sum() <= 0:
+        raise TransferError("every top-k similarity is <= 0; no weighted average to take")
+    weights = scores / scores.sum()
+    return np.tensordot(weights, np.stack(prompts).astype(np.float64), axes=1).astype(np.float32)
