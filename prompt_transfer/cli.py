@@ -140,6 +140,20 @@ def cmd_train(args) -> None:
     print(json.dumps(summary))
 
 
+def cmd_task_embedding(args) -> None:
+    from prompt_transfer import train
+
+    overrides = [
+        f"--gin.LIBRARY_DIR='{args.library}'",
+        "--gin.LIBRARY_KIND='task_embedding'",
+        f"--gin.TRAIN_STEPS={args.steps}",
+        "--gin.EVAL_PERIOD=0",
+        f"--gin.SAVE_PERIOD={args.steps}",
+    ]
+    summary = train.main([*args.gin_args, *overrides])
+    print(f"task embedding of {args.steps} steps stored as {summary['library_entry']}")
+
+
 def cmd_eval(args) -> None:
     from prompt_transfer import eval as eval_lib
 
@@ -325,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--gin.MACRO=VALUE, --gin_bindings=..., plus --overwrite / --resume.",
     )
     p.set_defaults(func=cmd_train, takes_gin=True)
+
+    p = sub.add_parser(
+        "task-embedding",
+        help="SPoT's task embedding: a short prompt-tuning run, its prompt stored in a library",
+        description="The run's gin files and overrides as for train, plus --library and --steps.",
+    )
+    p.add_argument("--library", required=True)
+    p.add_argument("--steps", type=int, default=10_000, help="SPoT used 10K")
+    p.set_defaults(func=cmd_task_embedding, takes_gin=True)
 
     for name, func, text in (
         ("eval", cmd_eval, "evaluate a trained run on a task split"),

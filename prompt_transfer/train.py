@@ -274,6 +274,9 @@ def train(
     random_seed: int = 0,
     num_partitions: int = 1,
     file_tasks: Sequence[file_task_lib.FileTask] = (),
+    library_dir: str | None = None,
+    library_kind: str = "trained",
+    model_name: str = "",
     config_text: str = "",
     overwrite: bool = False,
     resume: bool = False,
@@ -403,12 +406,50 @@ def train(
                 stopped_early = True
                 break
     store.close()
-    log.close()
-    return {
+    summary = {
         "step": int(state.step),
         "best": dataclasses.asdict(best),
         "stopped_early": stopped_early,
     }
+    if library_dir and prompt_length:
+        entry = _add_to_library(
+            library_dir,
+            library_kind,
+            prompt_of(state, frozen),
+            mixture_or_task_name,
+            model_name,
+            network,
+            int(state.step),
+            random_seed,
+            best,
+            config_text,
+        )
+        log.info(f"added the prompt to the library {library_dir} as {entry.id}")
+        summary["library_entry"] = entry.id
+    log.close()
+    return summary
+
+
+def _add_to_library(
+    library_dir, kind, prompt, task, model_name, network, steps, seed, best, config_text
+):
+    """The run's final prompt as a library entry (a trained source, or a task embedding)."""
+    import hashlib
+
+    from prompt_transfer import library
+
+    return library.Library(library_dir).add(
+        np.asarray(prompt),
+        task=task,
+        model=model_name or "unnamed",
+        model_fingerprint=library.model_fingerprint(network),
+        steps=steps,
+        seed=seed,
+        score=best.value if best.step >= 0 else None,
+        metric=best.metric,
+        kind=kind,
+        config_hash=hashlib.sha256(config_text.encode()).hexdigest()[:16],
+    )
 
 
 def load_trained_params(

@@ -335,3 +335,33 @@ def test_early_stopping_after_patience_without_improvement(task, tmp_path):
     assert summary["stopped_early"] and summary["step"] == 15
     assert summary["best"]["step"] == 5 and summary["best"]["evals_since_best"] == 2
     assert (tmp_path / "checkpoint_15").exists()  # the stopping point is saved
+
+
+def test_task_embedding_is_stored_in_the_library(task, tmp_path, capsys):
+    from prompt_transfer import checkpoints, library, t5
+
+    assert (
+        cli.main(
+            [
+                "task-embedding",
+                *_run_args(tmp_path / "run"),
+                "--library",
+                str(tmp_path / "lib"),
+                "--steps",
+                "5",
+            ]
+        )
+        == 0
+    )
+    (entry,) = library.Library(tmp_path / "lib").entries()
+    assert (entry.kind, entry.steps, entry.task) == ("task_embedding", 5, "test_keyword")
+    assert (entry.model, entry.prompt_length, entry.embed_dim) == ("test_t5_1_1_tiny", 5, 4)
+    network = checkpoints.restore_params(
+        TINY_CHECKPOINT, t5.abstract_params(t5.T5(gin_files.read_model_config("tiny")))
+    )
+    assert entry.model_fingerprint == library.model_fingerprint(network)
+    np.testing.assert_array_equal(
+        library.Library(tmp_path / "lib").prompt(entry),
+        np.load(tmp_path / "run" / "prompts" / "checkpoint_5.npy"),
+    )
+    assert entry.id in capsys.readouterr().out
