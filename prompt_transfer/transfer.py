@@ -141,3 +141,33 @@ def weighted_average(prompts: Sequence[np.ndarray], scores: Sequence[float]) -> 
         raise TransferError("every top-k similarity is <= 0; no weighted average to take")
     weights = scores / scores.sum()
     return np.tensordot(weights, np.stack(prompts).astype(np.float64), axes=1).astype(np.float32)
+
+
+def zero_shot_matrix(
+    model,
+    network,
+    prompts: np.ndarray,
+    targets: Sequence[str],
+    feature_lengths,
+    split: str = "validation",
+    batch_size: int = 32,
+):
+    """[N prompts, T targets] main-metric scores of each prompt used as is on each target task
+    (no training): Su et al.'s zero-shot transfer, and a retrieval signal of its own."""
+    from prompt_transfer import evaluation
+    from prompt_transfer import prompts as prompt_lib
+
+    matrix = np.zeros((len(prompts), len(targets)))
+    for j, target in enumerate(targets):
+        evaluator = evaluation.TaskEvaluator(model, target, split, feature_lengths, batch_size)
+        for i, prompt in enumerate(prompts):
+            results = evaluator.evaluate(prompt_lib.with_prompt(network, np.asarray(prompt)))
+            matrix[i, j] = evaluation.main_metric(results)[1]
+    return matrix
+
+
+def rank_by_zero_shot(entries: list[Entry], scores: np.ndarray, top_k: int | None = None):
+    """Sources ordered by their zero-shot score on the target (one column of the matrix)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    ranked = [Ranked(entries[i], float(scores[i])) for i in order]
+    return ranked[:top_k] if top_k else ranked

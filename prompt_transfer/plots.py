@@ -1,0 +1,82 @@
+"""PNG figures (matplotlib, headless): heatmaps of similarity and zero-shot transfer, and
+convergence curves. Files are written atomically."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from prompt_transfer.train_io import atomic_write_bytes
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def heatmap(
+    matrix: np.ndarray,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    path: str | Path,
+    title: str,
+    value_format: str = "{:.2f}",
+) -> Path:
+    """A labelled heatmap with each cell's value written in it."""
+    plt = _figure()
+    matrix = np.asarray(matrix, float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(columns), 1.0 + 0.5 * len(rows)))
+    image = ax.imshow(matrix, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(
+                j,
+                i,
+                value_format.format(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] < np.nanmean(matrix) else "black",
+                fontsize=8,
+            )
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def curves(
+    series: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+    path: str | Path,
+    title: str,
+    ylabel: str,
+) -> Path:
+    """One line per name: (steps, values)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (steps, values) in series.items():
+        ax.plot(steps, values, marker="o", label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,51 @@
+"""Zero-shot transfer: every prompt used as is on a target; plotted as a heatmap."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from synthetic_tasks import register_keyword_task
+
+from conftest import T5_VOCAB, TINY_CHECKPOINT
+from prompt_transfer import checkpoints, data, gin_files, plots, prompts, t5, transfer
+from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
+
+LENGTHS = {"inputs": 12, "targets": 4}
+
+
+@pytest.fixture(scope="module")
+def setup(anchors):
+    register_keyword_task(T5_VOCAB)
+    module = t5.T5(gin_files.read_model_config("tiny"))
+    network = checkpoints.restore_params(TINY_CHECKPOINT, t5.abstract_params(module))
+    rng = np.random.default_rng(0)
+    stack = rng.uniform(-0.5, 0.5, (2, 5, 4)).astype(np.float32)
+    return EncoderDecoderModel(module), network, stack
+
+
+def _accuracy_by_hand(model, network, prompt):
+    """Rank classification over yes/no on the validation split, computed directly."""
+    ds = data.get_task("test_keyword").get_dataset(LENGTHS, "validation", shuffle=False)
+    examples = list(ds.as_numpy_iterator())
+    tokens = jnp.asarray(pad_token_rows([list(e["inputs"]) for e in examples]))
+    vocab = data.get_task("test_keyword").output_features["targets"].vocabulary
+    candidates = jnp.asarray(pad_token_rows([vocab.encode(w) + [1] for w in ("yes", "no")]))
+    scores = model.rank_classify(
+        prompts.with_prompt(network, jnp.asarray(prompt)), tokens, candidates
+    )
+    predicted = np.where(np.argmax(np.asarray(scores), -1) == 0, "yes", "no")
+    truth = [e["targets_pretokenized"].decode() for e in examples]
+    return 100.0 * np.mean(predicted == np.asarray(truth))
+
+
+def test_zero_shot_matrix_scores_each_prompt_on_each_target(setup, tmp_path):
+    model, network, stack = setup
+    matrix = transfer.zero_shot_matrix(
+        model, network, stack, ["test_keyword"], LENGTHS, batch_size=8
+    )
+    assert matrix.shape == (2, 1)
+    for i in range(2):
+        assert matrix[i, 0] == pytest.approx(_accuracy_by_hand(model, network, stack[i]))
+    png = plots.heatmap(
+        matrix, ["p0", "p1"], ["test_keyword"], tmp_path / "zero_shot.png", "zero-shot accuracy"
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
