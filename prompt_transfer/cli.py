@@ -36,6 +36,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         similarity,
         train,
         train_io,
+        transfer,
         vocab,
     )
 
@@ -53,6 +54,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         file_tasks.FileTaskError,
         library.LibraryError,
         similarity.SimilarityError,
+        transfer.TransferError,
         FileNotFoundError,
     )
 

@@ -146,3 +146,24 @@ class BatchStream:
         batch = next(self._iterator)
         self.position += 1
         return batch
+
+
+MIXING_CAP = 2**19  # SPoT's K
+
+
+def examples_in(task, split: str = "train") -> int:
+    """Examples in a task's split: from the source's metadata, else counted once."""
+    n = task.source.num_input_examples(split)
+    if n is None:
+        n = int(task.source.get_dataset(split=split, shuffle=False).reduce(0, lambda c, _: c + 1))
+    return int(n)
+
+
+def register_mixture(name: str, task_names, cap: int = MIXING_CAP) -> str:
+    """Register (or replace) an examples-proportional mixture of tasks, rates capped at `cap`."""
+    seqio = import_seqio()
+    tasks = [get_task(t) for t in task_names]
+    if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, [(t.name, min(examples_in(t), cap)) for t in tasks])
+    return name

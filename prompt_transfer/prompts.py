@@ -20,7 +20,7 @@ from prompt_transfer import partitioning as pt
 PROMPT_PATH = "encoder/prompt/prompt"
 PROMPT_AXES = (pt.PROMPT, pt.PROMPT_EMBED)
 POSITIONS = ("prefix", "suffix")
-INIT_METHODS = ("random_uniform", "sampled_vocab", "class_labels", "text", "file")
+INIT_METHODS = ("random_uniform", "sampled_vocab", "class_labels", "text", "file", "transfer")
 FIRST_REGULAR_ID = 3  # after pad 0, eos 1, unk 2
 
 
@@ -150,6 +150,7 @@ class PromptInit:
     labels: tuple[str, ...] = ()
     text: str = ""
     file: str = ""
+    transfer: object = None  # transfer.TransferInit when method == "transfer"
 
     def __post_init__(self):
         if self.method not in INIT_METHODS:
@@ -180,6 +181,8 @@ def initial_prompt(
         return sampled_vocab(rng, embedding, length, init.vocab_population)
     if init.method == "file":
         return from_file(init.file, length, dim)
+    if init.method == "transfer":
+        raise PromptError("a transfer init needs the library and the run: see transfer.py")
     if encode is None:
         raise PromptError(f"prompt init {init.method!r} needs a vocabulary to tokenize text")
     if init.method == "class_labels":

@@ -11,6 +11,8 @@ a separate argument that never meets the optimizer.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -304,17 +306,33 @@ def train(
         model_config, initial_checkpoint_path, mesh, random_seed
     )
     params = network
+    resuming = any(model_dir_path.glob("checkpoint_*"))
     if prompt_length:
         abstract = _abstract_with_prompt(abstract, prompt_length, model_config.emb_dim)
-        labels = prompt_init.labels or registry.class_labels(mixture_or_task_name) or ()
-        init = dataclasses.replace(prompt_init, labels=tuple(labels))
-        prompt = prompts.initial_prompt(
-            init,
-            prompt_length,
-            np.asarray(network["token_embedder"]["embedding"]),
-            seed=random_seed,
-            encode=vocabulary.encode,
-        )
+        if resuming:  # the prompt comes from the checkpoint; do not redo a transfer init
+            prompt = np.zeros((prompt_length, model_config.emb_dim), np.float32)
+        elif prompt_init.method == "transfer":
+            rerun = functools.partial(train, **locals_for_rerun(locals()))
+            prompt = _transfer_prompt(
+                prompt_init.transfer,
+                prompt_length,
+                model_config.emb_dim,
+                network,
+                mixture_or_task_name,
+                model_dir_path,
+                rerun,
+                log,
+            )
+        else:
+            labels = prompt_init.labels or registry.class_labels(mixture_or_task_name) or ()
+            init = dataclasses.replace(prompt_init, labels=tuple(labels))
+            prompt = prompts.initial_prompt(
+                init,
+                prompt_length,
+                np.asarray(network["token_embedder"]["embedding"]),
+                seed=random_seed,
+                encode=vocabulary.encode,
+            )
         params = prompts.with_prompt(network, jnp.asarray(prompt))
     shardings = partitioning.param_shardings(abstract, mesh)
     params = jax.device_put(params, shardings)
@@ -428,6 +446,82 @@ def train(
         summary["library_entry"] = entry.id
     log.close()
     return summary
+
+
+_RERUN_ARGS = (
+    "mixture_or_task_name",
+    "task_feature_lengths",
+    "batch_size",
+    "model_config",
+    "initial_checkpoint_path",
+    "trainable",
+    "prompt_length",
+    "optimizer",
+    "num_microbatches",
+    "eval_split",
+    "eval_batch_size",
+    "log_period",
+    "random_seed",
+    "num_partitions",
+    "file_tasks",
+    "model_name",
+    "config_text",
+)
+
+
+def locals_for_rerun(scope: dict) -> dict:
+    """The arguments of this `train` call that nested runs (transfer candidates) share."""
+    return {k: scope[k] for k in _RERUN_ARGS}
+
+
+def _transfer_prompt(init, length, dim, network, task_name, model_dir, rerun, log):
+    """The initial prompt of a transfer strategy; nested runs go under MODEL_DIR/transfer/."""
+    from prompt_transfer import library, transfer
+
+    fingerprint = library.model_fingerprint(network)
+    runs = model_dir / "transfer"
+
+    def run_candidate(prompt, name):
+        path = runs / f"candidate_{name}"
+        train_io.save_npy(path / "init.npy", prompt)
+        summary = rerun(
+            model_dir=str(path),
+            train_steps=init.candidate_steps,
+            eval_period=init.candidate_steps,
+            save_period=init.candidate_steps,
+            prompt_init=prompts.PromptInit("file", file=str(path / "init.npy")),
+            early_stopping_patience=0,
+            keep_checkpoints=1,
+            overwrite=True,
+        )
+        log.info(f"best_of_top_k: starting from {name} reaches {summary['best']['value']:.2f}")
+        return summary["best"]["value"]
+
+    def run_mixture(source_tasks):
+        name = data.register_mixture(f"transfer_mixture_{task_name}", source_tasks)
+        path = runs / "mixture"
+        rerun(
+            model_dir=str(path),
+            mixture_or_task_name=name,
+            train_steps=init.mixture_steps,
+            eval_period=0,
+            save_period=init.mixture_steps,
+            keep_checkpoints=1,
+            overwrite=True,
+            prompt_init=prompts.PromptInit("sampled_vocab"),
+        )
+        return np.load(path / "prompts" / f"checkpoint_{init.mixture_steps}.npy")
+
+    prompt, report = transfer.initial_prompt(
+        init, length, dim, fingerprint, task_name, run_candidate, run_mixture
+    )
+    train_io.save_npy(model_dir / "transfer" / "initial_prompt.npy", prompt)
+    train_io.atomic_write_bytes(
+        model_dir / "transfer" / "report.json",
+        json.dumps(dict(report, strategy=init.strategy), indent=1).encode(),
+    )
+    log.info(f"transfer ({init.strategy}): sources {report['sources']}")
+    return prompt
 
 
 def _add_to_library(

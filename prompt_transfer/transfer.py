@@ -171,3 +171,111 @@ def rank_by_zero_shot(entries: list[Entry], scores: np.ndarray, top_k: int | Non
     order = np.argsort(-np.asarray(scores), kind="stable")
     ranked = [Ranked(entries[i], float(scores[i])) for i in order]
     return ranked[:top_k] if top_k else ranked
+
+
+STRATEGIES = ("single_source", "top_1", "top_k_average", "best_of_top_k", "top_k_mixture")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferInit:
+    """How a target prompt starts from library prompts (bound by gin/transfer/*.gin).
+
+    strategy: single_source (the prompt `source`: a library entry id or a .npy file);
+      top_1 (the most similar source); top_k_average (similarity-weighted average of the top k);
+      best_of_top_k (a short run from each of the top k, keep the best on validation);
+      top_k_mixture (one prompt trained on the top-k sources' mixture starts the target).
+    target_embedding: the target's task embedding (library entry id or .npy) for retrieval.
+    """
+
+    strategy: str = "top_k_average"
+    library: str = ""
+    source: str = ""
+    target_embedding: str = ""
+    metric: str = "cosine_avg_tokens"
+    top_k: int = 3
+    length_fit: str = "error"
+    candidate_steps: int = 100  # best_of_top_k: steps of each short run
+    mixture_steps: int = 1000  # top_k_mixture: steps on the sources' mixture
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise TransferError(
+                f"transfer strategy {self.strategy!r} is unknown; choose one "
+                f"of {', '.join(STRATEGIES)}"
+            )
+
+
+def _load_prompt(lib: Library | None, ref: str) -> np.ndarray:
+    from pathlib import Path
+
+    from prompt_transfer.library import read_t5x_prompt
+
+    if ref.endswith(".npy") or Path(ref).is_dir():
+        return read_t5x_prompt(ref)
+    if lib is None:
+        raise TransferError(f"{ref!r} is not a .npy file and no library is configured")
+    return np.asarray(lib.prompt(ref))
+
+
+def retrieve(init: TransferInit, dim: int, model_fingerprint: str, target_task: str):
+    """(library, ranked top-k sources) for a target, from its task embedding."""
+    if not init.library:
+        raise TransferError(f"strategy {init.strategy} retrieves from a library; set LIBRARY")
+    if not init.target_embedding:
+        raise TransferError(
+            f"strategy {init.strategy} needs the target's task embedding; set "
+            "TARGET_EMBEDDING (see `prompt-transfer task-embedding`)"
+        )
+    lib = Library(init.library)
+    target = _load_prompt(lib, init.target_embedding)
+    entries = [
+        e
+        for e in eligible_sources(lib, model_fingerprint, dim, [target_task])
+        if e.kind != "task_embedding"
+    ]
+    if not entries:
+        raise TransferError(f"no eligible source prompt in {lib.root} (only task embeddings)")
+    ranked = rank_sources(lib, target, init.metric, entries, init.top_k)
+    return lib, ranked
+
+
+def initial_prompt(
+    init: TransferInit,
+    length: int,
+    dim: int,
+    model_fingerprint: str,
+    target_task: str,
+    run_candidate=None,
+    run_mixture=None,
+):
+    """(prompt [length, dim], report) for a transfer strategy.
+
+    `run_candidate(prompt, name) -> validation score` trains briefly from a prompt
+    (best_of_top_k); `run_mixture(task names) -> prompt` trains one prompt on a mixture of
+    source tasks (top_k_mixture). The report names the sources used and their similarities.
+    """
+    fit = lambda p: fit_length(p, length, init.length_fit)
+    if init.strategy == "single_source":
+        if not init.source:
+            raise TransferError("strategy single_source needs SOURCE_PROMPT (entry id or .npy)")
+        lib = Library(init.library) if init.library else None
+        return fit(_load_prompt(lib, init.source)), {"sources": [init.source]}
+    lib, ranked = retrieve(init, dim, model_fingerprint, target_task)
+    report = {
+        "sources": [r.entry.task for r in ranked],
+        "similarities": [r.score for r in ranked],
+        "metric": init.metric,
+    }
+    candidates = [fit(lib.prompt(r.entry)) for r in ranked]
+    if init.strategy == "top_1":
+        return candidates[0], dict(report, chosen=ranked[0].entry.task)
+    if init.strategy == "top_k_average":
+        return weighted_average(candidates, [r.score for r in ranked]), report
+    if init.strategy == "best_of_top_k":
+        scores = [run_candidate(p, r.entry.task) for p, r in zip(candidates, ranked, strict=True)]
+        best = int(np.argmax(scores))
+        return candidates[best], dict(
+            report, candidate_scores=scores, chosen=ranked[best].entry.task
+        )
+    mixture_prompt = run_mixture([r.entry.task for r in ranked])
+    return fit(mixture_prompt), report

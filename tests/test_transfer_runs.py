@@ -1,0 +1,142 @@
+"""Transfer strategies chosen by gin, end to end on the tiny model and synthetic tasks."""
+
+import json
+
+import numpy as np
+import pytest
+from synthetic_tasks import register_keyword_task
+
+from conftest import T5_VOCAB, TINY_CHECKPOINT
+from prompt_transfer import checkpoints, gin_files, library, similarity, t5, train
+
+
+@pytest.fixture(scope="module")
+def lib(anchors, tmp_path_factory):
+    """A library of two trained-looking sources and the target's task embedding."""
+    for name in ("test_keyword", "source_a", "source_b"):
+        register_keyword_task(T5_VOCAB, name=name)
+    network = checkpoints.restore_params(
+        TINY_CHECKPOINT, t5.abstract_params(t5.T5(gin_files.read_model_config("tiny")))
+    )
+    fingerprint = library.model_fingerprint(network)
+    root = tmp_path_factory.mktemp("library")
+    store = library.Library(root)
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(5, 4)).astype(np.float32)
+    store.add(
+        target + 0.1 * rng.normal(size=(5, 4)),
+        task="source_a",
+        model="tiny",
+        model_fingerprint=fingerprint,
+    )
+    store.add(
+        -target + 0.1 * rng.normal(size=(5, 4)),
+        task="source_b",
+        model="tiny",
+        model_fingerprint=fingerprint,
+    )
+    store.add(rng.normal(size=(5, 4)), task="source_a", model="other", model_fingerprint="x")
+    embedding = store.add(
+        target,
+        task="test_keyword",
+        model="tiny",
+        model_fingerprint=fingerprint,
+        kind="task_embedding",
+    )
+    return root, embedding.id
+
+
+def _run(model_dir, lib, strategy, *extra):
+    root, embedding = lib
+    return train.main(
+        [
+            "--gin_file=experiments/prompt_tuning_tiny",
+            f"--gin_file=transfer/{strategy}.gin",
+            f"--gin.MODEL_DIR={model_dir}",
+            "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
+            f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
+            f"--gin.LIBRARY='{root}'",
+            f"--gin.TARGET_EMBEDDING='{embedding}'",
+            "--gin.TRAIN_STEPS=2",
+            "--gin.EVAL_PERIOD=0",
+            "--gin.SAVE_PERIOD=2",
+            *extra,
+        ]
+    )
+
+
+def _report(model_dir):
+    return (
+        json.loads((model_dir / "transfer" / "report.json").read_text()),
+        np.load(model_dir / "transfer" / "initial_prompt.npy"),
+    )
+
+
+def test_weighted_average_of_top_k(lib, tmp_path):
+    _run(
+        tmp_path, lib, "weighted_average", "--gin.TOP_K=2", "--gin.SIMILARITY_METRIC='cosine_flat'"
+    )
+    report, initial = _report(tmp_path)
+    store = library.Library(lib[0])
+    sources = [
+        next(e for e in store.entries(task=t) if e.model == "tiny") for t in report["sources"]
+    ]
+    assert report["sources"] == ["source_a", "source_b"]  # the other model's entry is ineligible
+    target = store.prompt(lib[1])
+    sims = similarity.score_library(
+        "cosine_flat", target, np.stack([store.prompt(e) for e in sources])
+    )
+    np.testing.assert_allclose(report["similarities"], sims, rtol=1e-6)
+    weights = np.clip(sims, 0, None) / np.clip(sims, 0, None).sum()
+    expected = sum(w * store.prompt(e) for w, e in zip(weights, sources, strict=True))
+    np.testing.assert_allclose(initial, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_top_1_and_single_source(lib, tmp_path):
+    _run(tmp_path / "top1", lib, "top_1")
+    report, initial = _report(tmp_path / "top1")
+    assert report["chosen"] == "source_a"
+    source = tmp_path / "source.npy"
+    np.save(source, np.full((5, 4), 0.25, np.float32))
+    _run(tmp_path / "single", lib, "single_source", f"--gin.SOURCE_PROMPT='{source}'")
+    np.testing.assert_array_equal(_report(tmp_path / "single")[1], np.load(source))
+
+
+def test_best_of_top_k_runs_each_candidate(lib, tmp_path):
+    _run(tmp_path, lib, "best_of_top_k", "--gin.TOP_K=2", "--gin.CANDIDATE_STEPS=2")
+    report, _ = _report(tmp_path)
+    assert len(report["candidate_scores"]) == 2
+    best = report["sources"][int(np.argmax(report["candidate_scores"]))]
+    assert report["chosen"] == best
+    assert (tmp_path / "transfer" / "candidate_source_a" / "checkpoint_2").exists()
+
+
+def test_mixture_trains_on_the_sources(lib, tmp_path):
+    _run(tmp_path, lib, "mixture", "--gin.TOP_K=2", "--gin.MIXTURE_STEPS=3")
+    _, initial = _report(tmp_path)
+    np.testing.assert_array_equal(
+        initial, np.load(tmp_path / "transfer" / "mixture" / "prompts" / "checkpoint_3.npy")
+    )
+
+
+def test_length_mismatch_needs_an_explicit_fit(lib, tmp_path, capsys):
+    from prompt_transfer import cli
+
+    source = tmp_path / "long.npy"
+    np.save(source, np.ones((8, 4), np.float32))
+    args = [
+        "train",
+        "--gin_file=experiments/prompt_tuning_tiny",
+        "--gin_file=transfer/single_source.gin",
+        f"--gin.MODEL_DIR={tmp_path / 'run'}",
+        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
+        f"--gin.SOURCE_PROMPT='{source}'",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+        "--gin.TRAIN_STEPS=1",
+        "--gin.EVAL_PERIOD=0",
+        "--gin.SAVE_PERIOD=1",
+    ]
+    assert cli.main(args) == 2
+    assert "length 8 but the target uses 5; choose a length fit" in capsys.readouterr().err
+    assert cli.main([*args, "--gin.LENGTH_FIT='interpolate'"]) == 0
