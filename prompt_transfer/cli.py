@@ -32,6 +32,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         hf_t5,
         library,
         offline_data,
+        projector,
         prompts,
         similarity,
         train,
@@ -55,6 +56,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         library.LibraryError,
         similarity.SimilarityError,
         transfer.TransferError,
+        projector.ProjectorError,
         FileNotFoundError,
     )
 
@@ -271,6 +273,33 @@ def cmd_library(args) -> None:
         print(f"removed {args.entry}")
     elif args.action == "export":
         print(f"wrote {lib.export(args.entry, args.output)}")
+    elif args.action == "train-projector":
+        from prompt_transfer import projector
+
+        tasks, sources, targets = projector.paired_prompts(
+            lib, args.source_model, args.target_model
+        )
+        proj, mse = projector.train_projector(sources, targets, steps=args.steps)
+        print(
+            f"trained on {len(tasks)} paired prompts ({', '.join(tasks)}); final mse {mse:.4g}; "
+            f"wrote {proj.save(args.output)}"
+        )
+    elif args.action == "project":
+        from prompt_transfer import projector
+
+        entry = projector.project_entry(
+            lib, args.entry, projector.Projector.load(args.projector), args.model, args.fingerprint
+        )
+        print(f"added {entry.id} ({entry.prompt_length}x{entry.embed_dim} for {entry.model})")
+    elif args.action == "rank":
+        from prompt_transfer import transfer
+
+        target = lib.get(args.target)
+        entries = transfer.eligible_sources(
+            lib, target.model_fingerprint, target.embed_dim, [target.task]
+        )
+        for r in transfer.rank_sources(lib, lib.prompt(target), args.metric, entries, args.top_k):
+            print(f"{r.score:10.4f}  {r.entry.task:<28} {r.entry.id}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,7 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
         "library", help="the prompt library: add, list, show, remove, export, import"
     )
     lib_sub = p.add_subparsers(dest="action", required=True)
-    for action in ("add", "import", "list", "show", "remove", "export"):
+    for action in (
+        "add",
+        "import",
+        "list",
+        "show",
+        "remove",
+        "export",
+        "train-projector",
+        "project",
+        "rank",
+    ):
         q = lib_sub.add_parser(action)
         q.add_argument("--library", help="default: $PROMPT_TRANSFER_LIBRARY or ~/.cache/...")
         if action in ("add", "import"):
@@ -325,8 +364,21 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--task")
         if action in ("show", "remove", "export"):
             q.add_argument("entry")
-        if action == "export":
+        if action in ("export", "train-projector"):
             q.add_argument("--output", required=True)
+        if action == "train-projector":
+            q.add_argument("--source-model", required=True)
+            q.add_argument("--target-model", required=True)
+            q.add_argument("--steps", type=int, default=2000)
+        if action == "project":
+            q.add_argument("entry")
+            q.add_argument("--projector", required=True)
+            q.add_argument("--model", required=True)
+            q.add_argument("--fingerprint", default="")
+        if action == "rank":
+            q.add_argument("target", help="the target's task embedding (entry id)")
+            q.add_argument("--metric", default="cosine_avg_tokens")
+            q.add_argument("--top-k", type=int)
     p.set_defaults(func=cmd_library)
 
     p = sub.add_parser("prepare-offline", help="build the offline task suite's splits")

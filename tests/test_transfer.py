@@ -66,3 +66,27 @@ def test_length_fits():
     np.testing.assert_allclose(stretched[1], (prompt[0] + prompt[1]) / 2)
     with pytest.raises(transfer.TransferError, match="choose a length fit"):
         transfer.fit_length(prompt, 5)
+
+
+def test_cli_ranks_sources_for_a_task_embedding(tmp_path, capsys):
+    from prompt_transfer import cli
+
+    rng = np.random.default_rng(1)
+    target = rng.normal(size=(3, 4)).astype(np.float32)
+    lib = library.Library(tmp_path)
+    lib.add(target + 5 * rng.normal(size=(3, 4)), task="far", model="m", model_fingerprint="f")
+    lib.add(target + 0.01, task="near", model="m", model_fingerprint="f")
+    embedding = lib.add(target, task="tgt", model="m", model_fingerprint="f", kind="task_embedding")
+    assert (
+        cli.main(
+            ["library", "rank", embedding.id, "--metric", "cosine_flat", "--library", str(tmp_path)]
+        )
+        == 0
+    )
+    rows = capsys.readouterr().out.split("\n")
+    assert rows[0].split()[1] == "near" and rows[1].split()[1] == "far"
+    assert (
+        cli.main(["library", "rank", embedding.id, "--metric", "l2", "--library", str(tmp_path)])
+        == 2
+    )
+    assert "choose one of cosine_avg_tokens" in capsys.readouterr().err
