@@ -158,6 +158,13 @@ def cmd_task_embedding(args) -> None:
     print(f"task embedding of {args.steps} steps stored as {summary['library_entry']}")
 
 
+def cmd_spot(args) -> None:
+    from prompt_transfer import spot
+
+    report = spot.main(args.gin_args)
+    print(f"SPoT flow done: {len(report['rows'])} target runs; see report.md in WORK_DIR")
+
+
 def cmd_eval(args) -> None:
     from prompt_transfer import eval as eval_lib
 
@@ -402,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", required=True)
     p.add_argument("--steps", type=int, default=10_000, help="SPoT used 10K")
     p.set_defaults(func=cmd_task_embedding, takes_gin=True)
+
+    p = sub.add_parser(
+        "spot",
+        help="the whole SPoT flow: sources, library, task embeddings, retrieval, transfer, report",
+        description="Gin files as for train (e.g. --gin_file=experiments/spot_tiny) and "
+        "--gin.WORK_DIR, --gin.SOURCES, --gin.TARGETS.",
+    )
+    p.set_defaults(func=cmd_spot, takes_gin=True)
 
     for name, func, text in (
         ("eval", cmd_eval, "evaluate a trained run on a task split"),

@@ -7,6 +7,7 @@ MODEL_DIR layout (T5X's, plus prompt exports):
   best/                       the best checkpoint by the task's main metric, best.json, prompt.npy
   train/ eval/                TensorBoard summaries
   log.txt                     the console progress, also on disk
+  eval_history.jsonl          every evaluation: step, main metric and per-task results
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from flax import serialization
 
 CONFIG_FILE = "config.gin"
+EVAL_HISTORY = "eval_history.jsonl"
 # Lines that may change between a run and its continuation (extending a run is common).
 _RESUMABLE_MACROS = ("TRAIN_STEPS", "EVAL_PERIOD", "SAVE_PERIOD", "LOG_PERIOD")
 
@@ -210,6 +212,18 @@ class CheckpointStore:
             self._best.close()
 
 
+def read_eval_history(model_dir: Path) -> list[dict]:
+    """The evaluations of a run, in order; a resumed run's repeated steps keep the last."""
+    path = Path(model_dir) / EVAL_HISTORY
+    if not path.exists():
+        return []
+    by_step = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
 @dataclasses.dataclass
 class BestTracker:
     """The best evaluation so far (higher is better), persisted as best/best.json."""
@@ -249,6 +263,7 @@ class ProgressLog:
         from clu import metric_writers
 
         self.total, self.quiet = total_steps, quiet
+        self.model_dir = Path(model_dir)
         Path(model_dir).mkdir(parents=True, exist_ok=True)
         self.file = open(Path(model_dir) / "log.txt", "a")  # noqa: SIM115 - closed in close()
         chief = jax.process_index() == 0
@@ -298,6 +313,11 @@ class ProgressLog:
         self.eval_writer.write_scalars(step, dict(flat, **{name: value}))
         shown = "  ".join(f"{k} {v:.2f}" for k, v in flat.items())
         self.info(f"eval at step {step}: {shown}")
+        with open(self.model_dir / EVAL_HISTORY, "a") as f:  # one JSON line per evaluation
+            f.write(
+                json.dumps({"step": step, "metric": name, "value": value, "results": results})
+                + "\n"
+            )
 
     def close(self) -> None:
         self.train_writer.close()
