@@ -228,7 +228,10 @@ def run(
 def _report(
     work, targets, source_tasks, curves, picked, similarities, zero_shot, eval_period, target_steps
 ) -> dict:
-    budgets = sorted({eval_period, target_steps // 4, target_steps // 2, target_steps} - {0})
+    # Fixed step budgets at evaluation points: the first, about 1/4, 1/2 and the end.
+    on_grid = lambda s: max(eval_period, round(s / eval_period) * eval_period)
+    budgets = sorted({eval_period, *(on_grid(target_steps * f) for f in (0.25, 0.5)),
+                      target_steps})
     rows = []
     for (task, name), (steps, values) in curves.items():
         at = dict(zip(steps, values, strict=True))
