@@ -230,8 +230,7 @@ def _report(
 ) -> dict:
     # Fixed step budgets at evaluation points: the first, about 1/4, 1/2 and the end.
     on_grid = lambda s: max(eval_period, round(s / eval_period) * eval_period)
-    budgets = sorted({eval_period, *(on_grid(target_steps * f) for f in (0.25, 0.5)),
-                      target_steps})
+    budgets = sorted({eval_period, *(on_grid(target_steps * f) for f in (0.25, 0.5)), target_steps})
     rows = []
     for (task, name), (steps, values) in curves.items():
         at = dict(zip(steps, values, strict=True))

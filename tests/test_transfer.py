@@ -90,3 +90,8 @@ def test_cli_ranks_sources_for_a_task_embedding(tmp_path, capsys):
         == 2
     )
     assert "choose one of cosine_avg_tokens" in capsys.readouterr().err
+
+
+def test_unknown_strategy_lists_the_choices():
+    with pytest.raises(transfer.TransferError, match="single_source, top_1, top_k_average"):
+        transfer.TransferInit(strategy="average_all")
