@@ -33,9 +33,6 @@ def evaluate(
     file_tasks: Sequence[file_task_lib.FileTask] = (),
 ) -> dict:
     """{task: {metric: value}} of the run's `checkpoint` ("latest" or "best") on `split`."""
-    for file_task in file_tasks:
-        file_task_lib.register_file_task(file_task)
-    mesh = partitioning.make_mesh(num_partitions)
     module, params, step = train.load_trained_params(
         model_dir,
         model_config,
@@ -43,8 +40,9 @@ def evaluate(
         trainable,
         prompt_length,
         random_seed,
-        mesh,
+        partitioning.make_mesh(num_partitions),
         checkpoint,
+        file_tasks,
     )
     evaluator = evaluation.TaskEvaluator(
         EncoderDecoderModel(module), mixture_or_task_name, split, task_feature_lengths, batch_size

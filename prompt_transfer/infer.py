@@ -69,9 +69,6 @@ def infer(
     file_tasks: Sequence[file_task_lib.FileTask] = (),
 ) -> str:
     """Write predictions (JSONL) and return the output path."""
-    for file_task in file_tasks:
-        file_task_lib.register_file_task(file_task)
-    mesh = partitioning.make_mesh(num_partitions)
     module, params, step = train.load_trained_params(
         model_dir,
         model_config,
@@ -79,8 +76,9 @@ def infer(
         trainable,
         prompt_length,
         random_seed,
-        mesh,
+        partitioning.make_mesh(num_partitions),
         checkpoint,
+        file_tasks,
     )
     if input_file:
         task, rows = _inputs_from_file(mixture_or_task_name, input_file, task_feature_lengths)

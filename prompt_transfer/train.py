@@ -555,9 +555,12 @@ def load_trained_params(
     random_seed: int,
     mesh: Mesh,
     which: str = "latest",
+    file_tasks: Sequence[file_task_lib.FileTask] = (),
 ):
     """(module, parameters) of a run: its frozen network plus the trained subtree restored from
     MODEL_DIR (`which` is "latest" or "best")."""
+    for file_task in file_tasks:  # the run's own tasks, if it brought any
+        file_task_lib.register_file_task(file_task)
     module, abstract, params = frozen_network(
         model_config, initial_checkpoint_path, mesh, random_seed
     )
