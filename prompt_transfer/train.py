@@ -313,6 +313,15 @@ def train(
             prompt = np.zeros((prompt_length, model_config.emb_dim), np.float32)
         elif prompt_init.method == "transfer":
             rerun = functools.partial(train, **locals_for_rerun(locals()))
+            scorer = functools.partial(
+                _model_scores,
+                module,
+                network,
+                mixture_or_task_name,
+                task_feature_lengths,
+                eval_split,
+                eval_batch_size,
+            )
             prompt = _transfer_prompt(
                 prompt_init.transfer,
                 prompt_length,
@@ -322,6 +331,7 @@ def train(
                 model_dir_path,
                 rerun,
                 log,
+                scorer,
             )
         else:
             labels = prompt_init.labels or registry.class_labels(mixture_or_task_name) or ()
@@ -474,7 +484,32 @@ def locals_for_rerun(scope: dict) -> dict:
     return {k: scope[k] for k in _RERUN_ARGS}
 
 
-def _transfer_prompt(init, length, dim, network, task_name, model_dir, rerun, log):
+def _model_scores(
+    module, network, task_name, feature_lengths, split, batch_size, metric, target, sources
+):
+    """Scores of source prompts that need the frozen model: activation overlap with the
+    target's embedding, or each source's zero-shot score on the target's validation split."""
+    from prompt_transfer import similarity, transfer
+
+    if metric == "activation_overlap":
+        signature = lambda p: similarity.activation_signature(module, network, np.asarray(p))
+        return similarity.score_library(
+            metric, signature(target), np.stack([signature(p) for p in sources])
+        )
+    return transfer.zero_shot_matrix(
+        EncoderDecoderModel(module),
+        network,
+        sources,
+        [task_name],
+        feature_lengths,
+        split,
+        batch_size,
+    )[:, 0]
+
+
+def _transfer_prompt(
+    init, length, dim, network, task_name, model_dir, rerun, log, model_scores=None
+):
     """The initial prompt of a transfer strategy; nested runs go under MODEL_DIR/transfer/."""
     from prompt_transfer import library, transfer
 
@@ -513,7 +548,7 @@ def _transfer_prompt(init, length, dim, network, task_name, model_dir, rerun, lo
         return np.load(path / "prompts" / f"checkpoint_{init.mixture_steps}.npy")
 
     prompt, report = transfer.initial_prompt(
-        init, length, dim, fingerprint, task_name, run_candidate, run_mixture
+        init, length, dim, fingerprint, task_name, run_candidate, run_mixture, model_scores
     )
     train_io.save_npy(model_dir / "transfer" / "initial_prompt.npy", prompt)
     train_io.atomic_write_bytes(

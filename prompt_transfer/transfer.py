@@ -167,7 +167,8 @@ def zero_shot_matrix(
 
 
 def rank_by_zero_shot(entries: list[Entry], scores: np.ndarray, top_k: int | None = None):
-    """Sources ordered by their zero-shot score on the target (one column of the matrix)."""
+    """Sources ordered by a per-source score, highest first (e.g. their zero-shot score on the
+    target: one column of the zero-shot matrix)."""
     order = np.argsort(-np.asarray(scores), kind="stable")
     ranked = [Ranked(entries[i], float(scores[i])) for i in order]
     return ranked[:top_k] if top_k else ranked
@@ -198,6 +199,11 @@ class TransferInit:
     mixture_steps: int = 1000  # top_k_mixture: steps on the sources' mixture
 
     def __post_init__(self):
+        if self.metric not in (*similarity.METRICS, "zero_shot"):
+            raise TransferError(
+                f"retrieval metric {self.metric!r} is unknown; choose one of "
+                + ", ".join((*similarity.METRICS, "zero_shot"))
+            )
         if self.strategy not in STRATEGIES:
             raise TransferError(
                 f"transfer strategy {self.strategy!r} is unknown; choose one "
@@ -217,8 +223,18 @@ def _load_prompt(lib: Library | None, ref: str) -> np.ndarray:
     return np.asarray(lib.prompt(ref))
 
 
-def retrieve(init: TransferInit, dim: int, model_fingerprint: str, target_task: str):
-    """(library, ranked top-k sources) for a target, from its task embedding."""
+MODEL_METRICS = ("activation_overlap", "zero_shot")  # need the frozen model to score
+
+
+def retrieve(
+    init: TransferInit, dim: int, model_fingerprint: str, target_task: str, model_scores=None
+):
+    """(library, ranked top-k sources) for a target, from its task embedding.
+
+    `model_scores(metric, target prompt, source prompts [N, P, E]) -> [N]` scores the metrics
+    that run the frozen model: activation overlap, and zero-shot (each source prompt evaluated
+    as is on the target's validation split).
+    """
     if not init.library:
         raise TransferError(f"strategy {init.strategy} retrieves from a library; set LIBRARY")
     if not init.target_embedding:
@@ -235,7 +251,13 @@ def retrieve(init: TransferInit, dim: int, model_fingerprint: str, target_task: 
     ]
     if not entries:
         raise TransferError(f"no eligible source prompt in {lib.root} (only task embeddings)")
-    ranked = rank_sources(lib, target, init.metric, entries, init.top_k)
+    if init.metric in MODEL_METRICS:
+        if model_scores is None:
+            raise TransferError(f"metric {init.metric} needs the frozen model to score sources")
+        healthy, prompts = lib.load(entries)
+        ranked = rank_by_zero_shot(healthy, model_scores(init.metric, target, prompts), init.top_k)
+    else:
+        ranked = rank_sources(lib, target, init.metric, entries, init.top_k)
     return lib, ranked
 
 
@@ -247,12 +269,14 @@ def initial_prompt(
     target_task: str,
     run_candidate=None,
     run_mixture=None,
+    model_scores=None,
 ):
     """(prompt [length, dim], report) for a transfer strategy.
 
     `run_candidate(prompt, name) -> validation score` trains briefly from a prompt
     (best_of_top_k); `run_mixture(task names) -> prompt` trains one prompt on a mixture of
-    source tasks (top_k_mixture). The report names the sources used and their similarities.
+    source tasks (top_k_mixture); `model_scores` see `retrieve`. The report names the sources
+    used and their similarities.
     """
     fit = lambda p: fit_length(p, length, init.length_fit)
     if init.strategy == "single_source":
@@ -260,7 +284,7 @@ def initial_prompt(
             raise TransferError("strategy single_source needs SOURCE_PROMPT (entry id or .npy)")
         lib = Library(init.library) if init.library else None
         return fit(_load_prompt(lib, init.source)), {"sources": [init.source]}
-    lib, ranked = retrieve(init, dim, model_fingerprint, target_task)
+    lib, ranked = retrieve(init, dim, model_fingerprint, target_task, model_scores)
     report = {
         "sources": [r.entry.task for r in ranked],
         "similarities": [r.score for r in ranked],

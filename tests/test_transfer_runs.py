@@ -140,3 +140,29 @@ def test_length_mismatch_needs_an_explicit_fit(lib, tmp_path, capsys):
     assert cli.main(args) == 2
     assert "length 8 but the target uses 5; choose a length fit" in capsys.readouterr().err
     assert cli.main([*args, "--gin.LENGTH_FIT='interpolate'"]) == 0
+
+
+@pytest.mark.parametrize("metric", ["zero_shot", "activation_overlap"])
+def test_retrieval_by_metrics_that_run_the_model(lib, tmp_path, metric):
+    from prompt_transfer.models import EncoderDecoderModel
+
+    _run(tmp_path, lib, "top_1", f"--gin.SIMILARITY_METRIC='{metric}'", "--gin.TOP_K=2")
+    report, initial = _report(tmp_path)
+    assert report["metric"] == metric and len(report["similarities"]) == 2
+    assert report["similarities"] == sorted(report["similarities"], reverse=True)
+    store = library.Library(lib[0])
+    chosen = next(e for e in store.entries(task=report["chosen"]) if e.model == "tiny")
+    np.testing.assert_array_equal(initial, store.prompt(chosen))
+    if metric == "zero_shot":  # the score is the source prompt's accuracy on the target
+        module = t5.T5(gin_files.read_model_config("tiny"))
+        network = checkpoints.restore_params(TINY_CHECKPOINT, t5.abstract_params(module))
+        from prompt_transfer import transfer
+
+        direct = transfer.zero_shot_matrix(
+            EncoderDecoderModel(module),
+            network,
+            store.prompt(chosen)[None],
+            ["test_keyword"],
+            {"inputs": 12, "targets": 4},
+        )
+        assert report["similarities"][0] == pytest.approx(direct[0, 0])
