@@ -306,6 +306,30 @@ def _markdown(report: dict) -> str:
             + " | ".join(fmt(r["scores"][b]) for b in budgets)
             + f" | {reach if reach is not None else 'not reached'} | {sources or '-'} |"
         )
+    sources, targets = report["sources"], report["targets"]
+    lines += [
+        "",
+        "## Zero-shot transfer (source prompt used as is on the target)",
+        "",
+        "| source | " + " | ".join(targets) + " |",
+        "|---|" + "---|" * len(targets),
+    ]
+    lines += [
+        f"| {s} | " + " | ".join(fmt(v) for v in row) + " |"
+        for s, row in zip(sources, report["zero_shot"], strict=True)
+    ]
+    for metric, matrix in report["similarities"].items():
+        lines += [
+            "",
+            f"## Similarity ({metric}): target task embedding vs source prompt",
+            "",
+            "| target | " + " | ".join(sources) + " |",
+            "|---|" + "---|" * len(sources),
+        ]
+        lines += [
+            f"| {t} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
+            for t, row in zip(targets, matrix, strict=True)
+        ]
     lines += [
         "",
         "Figures: `curves_<target>.png` (convergence), `similarity_<metric>.png`, `zero_shot.png`.",

@@ -52,6 +52,7 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch):
     assert rows["best_of_top_k"]["sources"] in SOURCES
     markdown = (work / "report.md").read_text()
     assert f"| {TARGET} | top_k_average |" in markdown
+    assert "## Zero-shot transfer" in markdown and "## Similarity (cosine_per_token)" in markdown
     for png in ("zero_shot.png", "similarity_cosine_avg_tokens.png", f"curves_{TARGET}.png"):
         assert (work / png).read_bytes()[:4] == b"\x89PNG"
     # A second run reuses every trained run: no new checkpoints, the same report.
