@@ -309,6 +309,18 @@ def cmd_library(args) -> None:
             print(f"{r.score:10.4f}  {r.entry.task:<28} {r.entry.id}")
 
 
+def cmd_build_vocab(args) -> None:
+    from prompt_transfer import offline_data, vocab
+
+    texts = offline_data.corpus_texts()
+    path = vocab.train_vocabulary(texts, args.output or vocab.OFFLINE_VOCAB_PATH, args.size)
+    v = vocab.get_vocabulary(path)
+    print(
+        f"wrote {path}: {v.vocab_size} ids ({args.size} pieces + 100 sentinels) from "
+        f"{len(texts):,} texts"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prompt-transfer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -387,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--metric", default="cosine_avg_tokens")
             q.add_argument("--top-k", type=int)
     p.set_defaults(func=cmd_library)
+
+    p = sub.add_parser(
+        "build-vocab",
+        help="train the project's SentencePiece vocabulary on the offline corpus (T5's id layout)",
+    )
+    p.add_argument("--output", default=None, help="default: the shipped assets/offline_spm.model")
+    p.add_argument("--size", type=int, default=8000)
+    p.set_defaults(func=cmd_build_vocab)
 
     p = sub.add_parser("prepare-offline", help="build the offline task suite's splits")
     p.add_argument("--data-dir", help="default: $PROMPT_TRANSFER_DATA or ~/.cache/...")

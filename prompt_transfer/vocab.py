@@ -38,3 +38,42 @@ def task_vocabulary():
 def sentinel_id(vocabulary, index: int) -> int:
     """Id of `<extra_id_{index}>`: sentinels count down from the top of the vocabulary."""
     return vocabulary.vocab_size - 1 - index
+
+
+OFFLINE_VOCAB_PATH = os.path.join(os.path.dirname(__file__), "assets", "offline_spm.model")
+OFFLINE_VOCAB_PIECES = 8000
+
+
+def train_vocabulary(
+    texts,
+    output: str | os.PathLike,
+    size: int = OFFLINE_VOCAB_PIECES,
+    seed_sentences: int = 200_000,
+) -> str:
+    """Train a unigram SentencePiece model with T5's id layout (pad 0, eos 1, unk 2, no bos);
+    SeqIO adds the 100 sentinels above it. Written atomically; returns the path."""
+    import tempfile
+
+    import sentencepiece as spm
+
+    output = str(output)
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(output) or ".") as tmp:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_prefix=os.path.join(tmp, "spm"),
+            vocab_size=size,
+            model_type="unigram",
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            character_coverage=0.9995,
+            input_sentence_size=seed_sentences,
+            shuffle_input_sentence=True,
+            max_sentence_length=8192,
+            num_threads=2,
+            minloglevel=2,
+        )
+        os.replace(os.path.join(tmp, "spm.model"), output)
+    return output

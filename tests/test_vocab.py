@@ -19,3 +19,16 @@ def test_t5_id_layout(anchors):
 def test_missing_vocabulary_is_named(tmp_path):
     with pytest.raises(vocab.VocabularyError, match="nope.model"):
         vocab.get_vocabulary(tmp_path / "nope.model")
+
+
+def test_shipped_offline_vocabulary_has_t5_layout_and_covers_the_corpus():
+    import numpy as np
+
+    from prompt_transfer import offline_data
+
+    v = vocab.get_vocabulary(vocab.OFFLINE_VOCAB_PATH)
+    assert (v.pad_id, v.eos_id, v.unk_id, v.vocab_size) == (0, 1, 2, 8100)
+    assert v.encode("<extra_id_0>") == [8099]
+    texts = offline_data.corpus_texts()  # prepares the offline suite if needed
+    ids = np.concatenate([v.encode(t) for t in texts[::50]])
+    assert np.mean(ids == v.unk_id) < 0.005
