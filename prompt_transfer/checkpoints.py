@@ -239,7 +239,8 @@ def describe(path: str | os.PathLike) -> tuple[list[tuple[str, tuple[int, ...], 
     else:
         meta, _ = _orbax_metadata(ckpt_dir)
         rows = [(n, tuple(m.shape), str(np.dtype(m.dtype))) for n, m in meta.items()]
-        step = None
+        found = re.search(r"checkpoint_(\d+)", ckpt_dir)  # orbax keeps the step in the name
+        step = int(found.group(1)) if found else None
     return sorted(rows), step
 
 
@@ -326,6 +327,21 @@ def _chunks(shape: tuple[int, ...], itemsize: int) -> list[int]:
     return chunks
 
 
+def _zarr_dtype(dtype: np.dtype) -> str:
+    """zarr's name for a dtype; bfloat16 has no NumPy type string, zarr (and T5X) say so."""
+    return "bfloat16" if dtype.name == "bfloat16" else dtype.str
+
+
+def export_run(
+    model_dir: str | os.PathLike, abstract_params, output: str | os.PathLike, dtype=np.float32
+) -> Path:
+    """Write a model-tuning / pre-training run's latest network as a T5X legacy checkpoint
+    (cast to `dtype`: bfloat16 halves the size; the loader casts back on restore)."""
+    params = restore_params(model_dir, abstract_params, dtype=dtype)
+    _, step = describe(model_dir)
+    return save_legacy_checkpoint(jax.tree.map(np.asarray, params), output, step=step or 0)
+
+
 def save_legacy_checkpoint(params: dict, directory: str | os.PathLike, step: int = 0) -> Path:
     """Write `params` as a T5X legacy checkpoint directory (no optimizer state), atomically.
 
@@ -348,7 +364,7 @@ def save_legacy_checkpoint(params: dict, directory: str | os.PathLike, step: int
             metadata = {
                 "chunks": _chunks(array.shape, array.dtype.itemsize),
                 "compressor": {"id": "gzip", "level": 1},
-                "dtype": array.dtype.str,
+                "dtype": _zarr_dtype(array.dtype),
                 "shape": list(array.shape),
             }
             spec = {

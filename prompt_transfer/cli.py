@@ -321,6 +321,22 @@ def cmd_build_vocab(args) -> None:
     )
 
 
+def cmd_export(args) -> None:
+    import jax.numpy as jnp
+
+    from prompt_transfer import checkpoints, gin_files, t5
+
+    output = Path(args.output)
+    if output.exists():
+        raise FileNotFoundError(f"{output} already exists; choose a new --output or remove it")
+    config = gin_files.read_model_config(args.size)
+    abstract = t5.abstract_params(t5.T5(config))
+    checkpoints.export_run(args.run, abstract, output / "checkpoint", jnp.dtype(args.dtype))
+    shutil.copyfile(gin_files.size_file(args.size), output / "model.gin")
+    size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
+    print(f"wrote {output} ({size / 2**20:.1f} MiB, {args.dtype})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prompt-transfer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -399,6 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--metric", default="cosine_avg_tokens")
             q.add_argument("--top-k", type=int)
     p.set_defaults(func=cmd_library)
+
+    p = sub.add_parser(
+        "export",
+        help="write a trained network (model tuning, pre-training) as "
+        "a T5X checkpoint plus its size gin",
+    )
+    p.add_argument("run", help="the run's MODEL_DIR (or one checkpoint_N in it)")
+    p.add_argument("--size", required=True, help="size name or gin file of the run's model")
+    p.add_argument("--output", required=True)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "build-vocab",

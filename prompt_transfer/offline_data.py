@@ -232,12 +232,12 @@ def task_labels(include_wordnet: bool | None = None) -> dict[str, tuple[str, ...
     return labels
 
 
-def corpus_texts(root: Path | None = None) -> list[str]:
+def corpus_texts(root: Path | None = None, split: str = "train") -> list[str]:
     """Unlabelled text for the project's vocabulary and pre-training: the tweets and articles
-    of the training splits only (no validation or test text), one string each."""
+    of one split (training by default: no validation or test text), one string each."""
     texts = []
     for name in ("offline_tweet_domain", "offline_bbc_topic"):
-        for example in read_split(name, "train", root):
+        for example in read_split(name, split, root):
             texts.append(example["inputs"].split(": ", 1)[1])
     return texts
 

@@ -61,9 +61,21 @@ class OptimizerConfig:
     clipping_threshold: float = 1.0
     multiply_by_parameter_scale: bool = False
     warmup_steps: int = 0
+    schedule: str = "constant"  # or "rsqrt": T5 pre-training's plateau then 1/sqrt(step)
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+    if cfg.schedule == "rsqrt":
+        # T5: constant for the first `warmup_steps`, then decaying as 1/sqrt(step).
+        plateau = max(cfg.warmup_steps, 1)
+        return lambda step: (
+            cfg.learning_rate
+            * jnp.sqrt(plateau / jnp.maximum(jnp.asarray(step, jnp.float32), plateau))
+        )
+    if cfg.schedule != "constant":
+        raise TrainError(
+            f"learning-rate schedule {cfg.schedule!r} is unknown; choose constant or rsqrt"
+        )
     if cfg.warmup_steps:
         return optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
     return optax.constant_schedule(cfg.learning_rate)
@@ -299,6 +311,13 @@ def train(
     train_io.check_model_dir(model_dir_path, config_text, overwrite=overwrite, resume=resume)
     vocabulary = task.output_features["targets"].vocabulary
     mesh = partitioning.make_mesh(num_partitions)
+    data_ways = mesh.shape[partitioning.DATA_AXIS] * num_microbatches
+    if batch_size % data_ways:
+        raise TrainError(
+            f"BATCH_SIZE={batch_size} does not split over {num_microbatches} "
+            f"microbatch(es) x {mesh.shape[partitioning.DATA_AXIS]} data-parallel "
+            f"devices; use a multiple of {data_ways}"
+        )
     log = train_io.ProgressLog(model_dir_path, train_steps)
 
     # -- Parameters: the frozen network, the prompt, what trains. ----------------------------

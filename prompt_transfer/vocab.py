@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 
 DEFAULT_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+# The project's own vocabulary, trained on the offline corpus (`prompt-transfer build-vocab`).
+OFFLINE_VOCAB_PATH = os.path.join(os.path.dirname(__file__), "assets", "offline_spm.model")
+OFFLINE_VOCAB_PIECES = 8000
 EXTRA_IDS = 100
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
@@ -35,13 +38,15 @@ def task_vocabulary():
     return get_vocabulary(os.environ.get("PROMPT_TRANSFER_VOCAB") or None)
 
 
+def offline_vocabulary():
+    """The offline suite's vocabulary: $PROMPT_TRANSFER_VOCAB when set, else the project's own
+    (trained on the offline corpus, shipped in prompt_transfer/assets)."""
+    return get_vocabulary(os.environ.get("PROMPT_TRANSFER_VOCAB") or OFFLINE_VOCAB_PATH)
+
+
 def sentinel_id(vocabulary, index: int) -> int:
     """Id of `<extra_id_{index}>`: sentinels count down from the top of the vocabulary."""
     return vocabulary.vocab_size - 1 - index
-
-
-OFFLINE_VOCAB_PATH = os.path.join(os.path.dirname(__file__), "assets", "offline_spm.model")
-OFFLINE_VOCAB_PIECES = 8000
 
 
 def train_vocabulary(

@@ -1,4 +1,8 @@
-"""The offline suite (no network): tasks built from installed packages, see offline_data."""
+"""The offline suite (no network): tasks built from installed packages, see offline_data.
+
+They use the project's own vocabulary (trained on this corpus, shipped with the package), or
+the SentencePiece file named by $PROMPT_TRANSFER_VOCAB.
+"""
 
 from prompt_transfer import metrics, offline_data, registry, text_formats, vocab
 from prompt_transfer.tf_import import import_seqio, import_tensorflow
@@ -18,12 +22,30 @@ def _source(name):
     return seqio.FunctionDataSource(dataset_fn, splits=SPLITS)
 
 
+def _corpus_source():
+    def dataset_fn(split, shuffle_files, seed=None):
+        tf = import_tensorflow()
+        texts = (
+            offline_data.corpus_texts()
+            if split == "train"
+            else offline_data.corpus_texts(split="validation")
+        )
+        return tf.data.Dataset.from_tensor_slices({"text": texts})
+
+    return seqio.FunctionDataSource(dataset_fn, splits=("train", "validation"))
+
+
+# Pre-training: T5's span corruption over the corpus (training-split texts only).
+registry.register_span_corruption_task(
+    "offline_span_corruption", _corpus_source(), vocab.offline_vocabulary()
+)
+
 OFFLINE_TASKS = offline_data.task_labels()
 for _name, _labels in OFFLINE_TASKS.items():
     registry.register_text_task(
         _name,
         _source(_name),
-        vocab.task_vocabulary(),
+        vocab.offline_vocabulary(),
         labels=_labels,
         metric_fns=[metrics.accuracy],
         postprocess_fn=text_formats.string_label_to_class_id(_labels),
