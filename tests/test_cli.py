@@ -109,7 +109,8 @@ def test_score_reads_model_gin_beside_checkpoint(anchors, hf_dir, tmp_path, caps
                 "--targets",
                 "b",
             ],
-            r"unknown model size 'huge'; choose one of: base, large, small, tiny",
+            r"unknown model size 'huge'; choose one of: base, large, offline_small, small, "
+            r"tiny, xl, xxl",
         ),
         (
             [

@@ -31,7 +31,10 @@ def test_size_gin_files_parse_with_gin_itself():
 
 
 def test_unknown_size_lists_sizes():
-    with pytest.raises(gin_files.GinFileError, match="choose one of: base, large, small, tiny"):
+    with pytest.raises(
+        gin_files.GinFileError,
+        match="choose one of: base, large, offline_small, small, tiny, xl, xxl",
+    ):
         gin_files.read_model_config("medium")
 
 
