@@ -96,6 +96,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str]:
     path = str(path).rstrip("/")
     if not _exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not is_remote(path):
+        path = os.path.abspath(path)  # tensorstore and orbax want absolute local paths
     if os.path.basename(path) == INDEX_FILE and not os.path.isdir(path):
         path = os.path.dirname(path) or "."
     names = _listdir(path)
@@ -127,7 +129,8 @@ def _absolute_kvstore(kvstore: dict, ckpt_dir: str) -> dict:
         bucket, _, prefix = ckpt_dir[len("gs://") :].partition("/")
         return {"driver": "gcs", "bucket": bucket, "path": f"{prefix}/{rel}".lstrip("/")}
     if kvstore.get("driver") in ("file", "gfile") and not os.path.isabs(rel):
-        return {"driver": "file", "path": os.path.join(ckpt_dir, rel)}
+        # tensorstore's file driver takes absolute paths only.
+        return {"driver": "file", "path": os.path.abspath(os.path.join(ckpt_dir, rel))}
     return dict(kvstore)
 
 
@@ -352,7 +355,7 @@ def save_legacy_checkpoint(params: dict, directory: str | os.PathLike, step: int
     if final.exists():
         raise CheckpointError(f"{final} already exists; choose a new output path or remove it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)).absolute()
     try:
         target = {}
         for name, value in traverse_util.flatten_dict(params, sep="/").items():

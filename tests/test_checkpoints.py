@@ -157,6 +157,22 @@ def test_missing_and_truncated_files_are_named(anchors, tiny, tmp_path):
         checkpoints.restore_params(ckpt, abstract)
 
 
+def test_relative_paths_work(anchors, tiny, tmp_path, monkeypatch):
+    import os
+
+    _, abstract = tiny
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(TINY_CHECKPOINT, tmp_path)
+    assert relative.startswith("..")
+    params = checkpoints.restore_params(relative, abstract)
+    checkpoints.save_legacy_checkpoint(jax.tree.map(np.asarray, params), "out/checkpoint_3")
+    again = checkpoints.restore_params("out/checkpoint_3", abstract)
+    np.testing.assert_array_equal(
+        np.asarray(again["decoder"]["logits_dense"]["kernel"]),
+        np.asarray(params["decoder"]["logits_dense"]["kernel"]),
+    )
+
+
 def test_model_directory_resolves_to_latest_step(anchors, tmp_path):
     for step in (3, 12):
         shutil.copytree(TINY_CHECKPOINT, tmp_path / f"checkpoint_{step}")
