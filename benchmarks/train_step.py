@@ -1,0 +1,131 @@
+"""Train-step throughput: prompt tuning (only the prompt differentiated) versus model tuning.
+
+Not a test: it measures, prints one JSON line per configuration, and appends it to
+benchmarks/results.jsonl with the device it ran on. Synthetic batches (random token ids) keep
+it independent of data pipelines.
+
+    .venv/bin/python benchmarks/train_step.py --size offline_small --batch 32 --steps 20
+    .venv/bin/python benchmarks/train_step.py --size base --batch 32 --dtype bfloat16  # on a GPU
+
+What it shows: the prompt makes the encoder's input P positions longer, so compare prompt
+tuning with model tuning at the same encoder length (the third row). There, differentiating only
+the prompt should be faster than differentiating everything, and the optimizer state is
+O(prompt) instead of O(model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_transfer import gin_files, partitioning, prompts, t5, train
+from prompt_transfer.models import EncoderDecoderModel
+
+
+def measure(
+    size: str,
+    batch: int,
+    lengths: tuple[int, int],
+    steps: int,
+    pattern: str,
+    prompt_length: int,
+    dtype: str,
+) -> dict:
+    config = dataclasses.replace(gin_files.read_model_config(size), dtype=dtype)
+    mesh = partitioning.make_mesh(1)
+    module, abstract, network = train.frozen_network(config, None, mesh, seed=0)
+    params = network
+    if prompt_length:
+        abstract = prompts.with_prompt(
+            abstract, prompts.abstract_prompt(prompt_length, config.emb_dim)
+        )
+        params = prompts.with_prompt(network, jnp.zeros((prompt_length, config.emb_dim)))
+    shardings = partitioning.param_shardings(abstract, mesh)
+    trainable, frozen = train.split_trainable(jax.device_put(params, shardings), pattern)
+    opt = train.OptimizerConfig()
+    tx = train.make_optimizer(opt)
+    state = train.create_state(trainable, tx, mesh)
+    rng = np.random.default_rng(0)
+    targets = rng.integers(2, config.vocab_size, (batch, lengths[1])).astype(np.int32)
+    batch_arrays = {
+        "encoder_input_tokens": rng.integers(2, config.vocab_size, (batch, lengths[0])).astype(
+            np.int32
+        ),
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
+    }
+    step, batch_shardings = train.compile_train_step(
+        EncoderDecoderModel(module),
+        tx,
+        train.learning_rate_schedule(opt),
+        1,
+        mesh,
+        jax.tree.map(lambda x: x.sharding, state),
+        train.split_trainable(shardings, train.trainable_pattern(trainable))[1],
+        batch_arrays,
+    )
+    device_batch = jax.device_put(batch_arrays, batch_shardings)
+    key = jax.random.PRNGKey(0)
+    state, metrics = step(state, frozen, device_batch, key)  # compile
+    jax.block_until_ready(metrics["loss"])
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, frozen, device_batch, key)
+    jax.block_until_ready(metrics["loss"])
+    seconds = (time.perf_counter() - start) / steps
+    opt_bytes = sum(x.nbytes for x in jax.tree.leaves(state.opt_state))
+    return {
+        "size": size,
+        "trainable": pattern,
+        "batch": batch,
+        "lengths": list(lengths),
+        "dtype": dtype,
+        "steps_per_second": round(1 / seconds, 3),
+        "tokens_per_second": round(batch * sum(lengths) / seconds),
+        "trainable_params": t5.param_count(trainable),
+        "optimizer_state_bytes": opt_bytes,
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="offline_small")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--inputs", type=int, default=128)
+    parser.add_argument("--targets", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--prompt-length", type=int, default=100)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+    results = Path(__file__).with_name("results.jsonl")
+    runs = (
+        (prompts.PROMPT_PATH, args.prompt_length, args.inputs),
+        (".*", 0, args.inputs),
+        (".*", 0, args.inputs + args.prompt_length),  # same encoder length as the prompt run
+    )
+    for pattern, prompt_length, inputs in runs:
+        row = measure(
+            args.size,
+            args.batch,
+            (inputs, args.targets),
+            args.steps,
+            pattern,
+            prompt_length,
+            args.dtype,
+        )
+        print(json.dumps(row), flush=True)
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
