@@ -66,14 +66,6 @@ def temperature_sample(
     return jax.lax.while_loop(cond, body, init)[3]
 
 
-def greedy(
-    step_fn: StepFn, cache: dict, batch_size: int, max_length: int, eos_id: int = 1
-) -> jax.Array:
-    return temperature_sample(
-        step_fn, cache, batch_size, max_length, temperature=0.0, eos_id=eos_id
-    )
-
-
 def _gather_beams(cache: dict, beam_index: jax.Array, batch_size: int, beam_size: int) -> dict:
     """Reorder the per-row cached keys/values ([B*K, ...]) after beams were re-ranked."""
     flat = traverse_util.flatten_dict(cache)

@@ -35,7 +35,7 @@ def _inputs_from_task(name, split, feature_lengths):
         (
             vocab.decode(ex["inputs"].tolist()),
             ex["inputs"].tolist(),
-            ex.get("targets_pretokenized", b"").decode() if "targets_pretokenized" in ex else None,
+            ex["targets_pretokenized"].decode() if "targets_pretokenized" in ex else None,
         )
         for ex in ds.as_numpy_iterator()
     ]

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from prompt_transfer import (
-    checkpoints,
     gin_files,
     library,
     partitioning,
@@ -61,15 +60,13 @@ def _run(common: dict, model_dir: Path, task: str, steps: int, eval_period: int,
 
 
 def _network(common: dict):
-    module = t5.T5(common["model_config"])
-    abstract = t5.abstract_params(module)
-    mesh = partitioning.make_mesh(common.get("num_partitions", 1))
-    if common.get("initial_checkpoint_path"):
-        network = checkpoints.restore_params(common["initial_checkpoint_path"], abstract, mesh)
-    else:
-        network = train.frozen_network(
-            common["model_config"], None, mesh, common.get("random_seed", 0)
-        )[2]
+    """The frozen network every run of the flow shares (module, parameters)."""
+    module, _, network = train.frozen_network(
+        common["model_config"],
+        common.get("initial_checkpoint_path"),
+        partitioning.make_mesh(common.get("num_partitions", 1)),
+        common.get("random_seed", 0),
+    )
     return module, network
 
 
