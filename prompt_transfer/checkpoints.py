@@ -28,7 +28,7 @@ import tensorstore as ts
 from flax import serialization, traverse_util
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from prompt_transfer import partitioning
+from prompt_transfer import assets, partitioning
 
 INDEX_FILE = "checkpoint"
 LEGACY_VERSION = 3
@@ -90,10 +90,13 @@ def _is_orbax_dir(path: str) -> bool:
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str]:
     """(directory, format) for a checkpoint path; format is "legacy" or "orbax".
 
-    Accepts a `checkpoint_N` directory, its `checkpoint` index file, or a model directory
-    (the latest `checkpoint_N` inside is taken).
+    Accepts a `checkpoint_N` directory, its `checkpoint` index file, a model directory
+    (the latest `checkpoint_N` inside is taken), or `shipped:NAME` (a model shipped in
+    prompt_transfer/assets, checked against its hashes first).
     """
     path = str(path).rstrip("/")
+    if path.startswith(assets.SHIPPED_PREFIX):  # the project's own model, hash-checked
+        path = assets.shipped_checkpoint(path)
     if not _exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if not is_remote(path):

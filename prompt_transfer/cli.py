@@ -25,6 +25,7 @@ EXIT_BAD_INPUT = 2
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input or a run that must stop: one line, exit status 2."""
     from prompt_transfer import (
+        assets,
         checkpoints,
         data,
         file_tasks,
@@ -42,6 +43,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     )
 
     return (
+        assets.AssetError,
         checkpoints.CheckpointError,
         gin_files.GinFileError,
         hf_t5.HFCheckpointError,
@@ -165,6 +167,28 @@ def cmd_spot(args) -> None:
     print(f"SPoT flow done: {len(report['rows'])} target runs; see report.md in WORK_DIR")
 
 
+def cmd_demo(args) -> None:
+    from prompt_transfer import assets, offline_data
+
+    for name in ("offline_spm.model", "offline_t5"):  # fail before any work on a bad artifact
+        assets.verify(name)
+    if os.environ.pop("PROMPT_TRANSFER_VOCAB", None):  # the shipped model needs its own vocab
+        print("demo: ignoring $PROMPT_TRANSFER_VOCAB (the shipped model has its own vocabulary)")
+    offline_data.prepare(offline_data.cache_dir())  # a no-op once prepared
+    from prompt_transfer import spot
+
+    report = spot.main(
+        [
+            "--gin_file=experiments/demo",
+            f"--gin.WORK_DIR='{args.work_dir}'",
+            f"--gin.RANDOM_SEED={args.seed}",
+            *args.gin_args,
+        ]
+    )
+    print("\n".join(report["verdict"]))
+    print(f"demo done: {args.work_dir}/report.md (and its PNG figures beside it)")
+
+
 def cmd_eval(args) -> None:
     from prompt_transfer import eval as eval_lib
 
@@ -189,6 +213,16 @@ def cmd_prepare_offline(args) -> None:
     if not manifest["wordnet"]:
         print("WordNet tasks skipped: install Debian's wordnet-base to add them")
     print(f"offline suite ready in {root}")
+
+
+def cmd_cache_examples(args) -> None:
+    from prompt_transfer import data
+
+    lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+    counts = data.write_example_cache(args.task, args.output, lengths, args.passes, args.seed)
+    size = Path(args.output).stat().st_size
+    sizes = ", ".join(f"{split} {n:,}" for split, n in counts.items())
+    print(f"wrote {args.output} ({size / 2**20:.1f} MiB): {sizes} examples")
 
 
 def cmd_add_task(args) -> None:
@@ -435,6 +469,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=8000)
     p.set_defaults(func=cmd_build_vocab)
 
+    p = sub.add_parser(
+        "cache-examples",
+        help="write a task's preprocessed examples to one .npz (train without TensorFlow)",
+    )
+    p.add_argument("task", help="SeqIO task or mixture")
+    p.add_argument("--output", required=True, help="the .npz to write")
+    p.add_argument("--inputs-length", type=int, default=128)
+    p.add_argument("--targets-length", type=int, default=32)
+    p.add_argument("--passes", type=int, default=1, help="shuffled passes over train, each seeded")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_cache_examples)
+
     p = sub.add_parser("prepare-offline", help="build the offline task suite's splits")
     p.add_argument("--data-dir", help="default: $PROMPT_TRANSFER_DATA or ~/.cache/...")
     p.add_argument("--force", action="store_true", help="rebuild even if prepared")
@@ -456,6 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", required=True)
     p.add_argument("--steps", type=int, default=10_000, help="SPoT used 10K")
     p.set_defaults(func=cmd_task_embedding, takes_gin=True)
+
+    p = sub.add_parser(
+        "demo",
+        help="the offline demo: the SPoT flow on the shipped small T5 (about 10 min on 2 CPUs)",
+        description="Runs gin/experiments/demo.gin; --gin.X=... overrides its macros "
+        "(step counts, SOURCES, TARGETS). A re-run reuses every finished run.",
+    )
+    p.add_argument("--work-dir", default="runs/demo", help="where runs and the report go")
+    p.add_argument("--seed", type=int, default=0, help="seeds data order and prompt inits")
+    p.set_defaults(func=cmd_demo, takes_gin=True)
 
     p = sub.add_parser(
         "spot",

@@ -167,3 +167,74 @@ def register_mixture(name: str, task_names, cap: int = MIXING_CAP) -> str:
         seqio.MixtureRegistry.remove(name)
     seqio.MixtureRegistry.add(name, [(t.name, min(examples_in(t), cap)) for t in tasks])
     return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Example caches: a task's preprocessed examples as NumPy arrays, for hosts without TensorFlow.
+
+CACHE_FEATURES = ("encoder_input_tokens", "decoder_target_tokens")
+
+
+def model_features(encoder_inputs: np.ndarray, decoder_targets: np.ndarray) -> dict:
+    """What SeqIO's unpacked EncDecFeatureConverter makes of padded inputs and targets: the
+    decoder input is the target shifted right behind a 0, and the loss covers non-pad tokens."""
+    targets = np.asarray(decoder_targets, np.int32)
+    return {
+        "encoder_input_tokens": np.asarray(encoder_inputs, np.int32),
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+        "decoder_loss_weights": (targets > 0).astype(np.int32),
+    }
+
+
+def write_example_cache(
+    name: str,
+    path: str | Path,
+    feature_lengths: Mapping[str, int],
+    passes: int = 1,
+    seed: int = 0,
+    splits: tuple[str, ...] = ("train", "validation"),
+) -> dict[str, int]:
+    """Write `passes` shuffled passes over each split (each with its own seed, so random
+    preprocessing such as span corruption differs between passes) to one .npz; returns the
+    examples written per split. The file appears only once complete."""
+    from prompt_transfer.train_io import atomic_write_bytes
+
+    task = get_task(name)
+    vocab_size = task.output_features["targets"].vocabulary.vocab_size
+    dtype = np.uint16 if vocab_size <= 2**16 else np.int32
+    arrays, counts = {}, {}
+    for split in splits:
+        chunks = {k: [] for k in CACHE_FEATURES}
+        for p in range(passes if split == "train" else 1):
+            ds = batched_dataset(name, split, feature_lengths, 1024, seed + p, num_epochs=1)
+            for batch in ds.as_numpy_iterator():
+                for k in CACHE_FEATURES:
+                    chunks[k].append(batch[k].astype(dtype))
+        for k in CACHE_FEATURES:
+            arrays[f"{split}/{k}"] = np.concatenate(chunks[k])
+        counts[split] = len(arrays[f"{split}/{CACHE_FEATURES[0]}"])
+    arrays["task"] = np.asarray(name)
+    arrays["vocab_size"] = np.asarray(vocab_size)
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return counts
+
+
+def read_example_cache(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """{split: model features} from a cache written by `write_example_cache`."""
+    try:
+        with np.load(path) as f:
+            splits = sorted({k.split("/")[0] for k in f.files if "/" in k})
+            return {
+                s: model_features(f[f"{s}/{CACHE_FEATURES[0]}"], f[f"{s}/{CACHE_FEATURES[1]}"])
+                for s in splits
+            }
+    except (OSError, ValueError, KeyError) as e:
+        raise TaskError(
+            f"example cache {path} is unreadable ({e}); write it again with "
+            "`prompt-transfer cache-examples`"
+        ) from None

@@ -51,6 +51,7 @@ class TaskEvaluator:
             if labels:
                 vocab = task.output_features["targets"].vocabulary
                 self.candidates[task_name] = [vocab.encode(label) for label in labels]
+        check_labels_fit(name, feature_lengths)
         self._rank = jax.jit(model.rank_classify)
         self._decode = jax.jit(model.predict, static_argnames=("max_length",))
 
@@ -96,6 +97,23 @@ class TaskEvaluator:
             )
             results[task_name] = {k: float(v) for k, v in future.result()[task_name].items()}
         return results
+
+
+def check_labels_fit(name: str, feature_lengths: Mapping[str, int]) -> None:
+    """Every label of a classification task (or mixture) fits the target length with its EOS:
+    training trims targets, so a longer label would be learnt cut short and then never win
+    rank classification."""
+    seqio = import_seqio()
+    room = int(feature_lengths["targets"])
+    for task_name, labels in registry.mixture_labels(name).items():
+        vocab = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
+        need = max((len(vocab.encode(label)) + 1 for label in labels or ()), default=0)
+        if need > room:
+            label = max(labels, key=lambda x: len(vocab.encode(x)))
+            raise data.TaskError(
+                f"label {label!r} of {task_name!r} needs {need} target tokens with EOS, more "
+                f"than TASK_FEATURE_LENGTHS['targets']={room}; set it to at least {need}"
+            )
 
 
 def main_metric(results: Mapping[str, Mapping[str, float]]) -> tuple[str, float]:

@@ -25,6 +25,29 @@ class GinFileError(ValueError):
     pass
 
 
+def _safe_existence_checks() -> None:
+    """gin looks an include such as 'runs/x.gin' up as a file of the Python package `runs`; a
+    plain folder of that name in the working directory (a namespace package, say the `runs/`
+    that holds run directories) has no file origin and gin's check raises TypeError instead of
+    answering no. Wrap its checks so that such a folder means "not here"."""
+
+    def safe(check):
+        def exists(path):
+            try:
+                return check(path)
+            except TypeError:
+                return False
+
+        exists.wrapped = check
+        return exists
+
+    readers = gin.config._FILE_READERS
+    readers[:] = [(r, c if hasattr(c, "wrapped") else safe(c)) for r, c in readers]
+
+
+_safe_existence_checks()
+
+
 def available(folder: str) -> list[str]:
     """Names (without .gin) of the gin files in `gin/<folder>/`."""
     return sorted(p.stem for p in (GIN_DIR / folder).glob("*.gin"))

@@ -69,6 +69,23 @@ def register_span_corruption_task(
     """Register T5's span-corruption objective over a text source (pre-training, C4)."""
     from prompt_transfer import span_corruption
 
+    return _register_unsupervised(
+        name, source, vocabulary, span_corruption.preprocessors(text_key), replace
+    )
+
+
+def register_prefix_lm_task(
+    name: str, source, vocabulary, text_key: str = "text", replace: bool = True
+):
+    """Register the prefix-LM objective (T5 1.1 "LM adaptation") over a text source."""
+    from prompt_transfer import span_corruption
+
+    return _register_unsupervised(
+        name, source, vocabulary, span_corruption.prefix_lm_preprocessors(text_key), replace
+    )
+
+
+def _register_unsupervised(name, source, vocabulary, preprocessors, replace):
     seqio = import_seqio()
     if replace and name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
@@ -76,7 +93,7 @@ def register_span_corruption_task(
     return seqio.TaskRegistry.add(
         name,
         source=source,
-        preprocessors=span_corruption.preprocessors(text_key),
+        preprocessors=preprocessors,
         output_features=text_features(vocabulary),
         metric_fns=[],
     )

@@ -1,9 +1,14 @@
-"""T5's span-corruption objective as SeqIO preprocessors (Raffel et al. 2020, Sec. 3.1.4).
+"""T5's unsupervised objectives as SeqIO preprocessors.
 
-Text is tokenized, concatenated and cut into pieces of the raw length that, after corruption,
-fills `inputs` exactly. In each piece 15% of the tokens, in spans of mean length 3, are
-replaced: each span by one sentinel (`<extra_id_0>`, `<extra_id_1>`, ...) in the input, and
-the target lists the sentinels each followed by the tokens it replaced.
+Span corruption (Raffel et al. 2020, Sec. 3.1.4): text is tokenized, concatenated and cut into
+pieces of the raw length that, after corruption, fills `inputs` exactly. In each piece 15% of
+the tokens, in spans of mean length 3, are replaced: each span by one sentinel
+(`<extra_id_0>`, `<extra_id_1>`, ...) in the input, and the target lists the sentinels each
+followed by the tokens it replaced.
+
+Prefix LM, the "LM adaptation" that makes a span-corruption T5 promptable (Lester et al. 2021,
+Sec. 3.2): pieces of `inputs` length are split at a uniformly random point; the input is the
+prefix and the target its continuation (trimmed to the target length).
 """
 
 from __future__ import annotations
@@ -124,5 +129,42 @@ def preprocessors(text_key: str = "text"):
         to_targets,
         seqio.preprocessors.tokenize,
         pieces_and_corruption,
+        seqio.preprocessors.append_eos_after_trim,
+    ]
+
+
+def prefix_lm_split():
+    """Preprocessor on pieces of tokens: a random prefix as `inputs`, the rest as `targets`."""
+    seqio = import_seqio()
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def split(ex, seed):
+        tf = import_tensorflow()
+        tokens = ex["targets"]
+        length = tf.size(tokens)
+        cut = tf.random.stateless_uniform([], seed, minval=1, maxval=length, dtype=tf.int32)
+        return {"inputs": tokens[:cut], "targets": tokens[cut:]}
+
+    return split
+
+
+def prefix_lm_preprocessors(text_key: str = "text"):
+    """The prefix-LM chain after a source that yields `text_key`: pieces one token shorter than
+    `inputs` (room for EOS), split at random."""
+    seqio = import_seqio()
+    tf = import_tensorflow()
+
+    def to_targets(ds):
+        return ds.map(lambda ex: {"targets": ex[text_key]})
+
+    def pieces_and_split(ds, sequence_length, output_features):
+        piece = sequence_length["inputs"] - 1 if sequence_length else 511
+        ds = prefix_lm_split()(split_to_pieces(piece)(ds))
+        return ds.map(lambda ex: {k: tf.cast(v, tf.int32) for k, v in ex.items()})
+
+    return [
+        to_targets,
+        seqio.preprocessors.tokenize,
+        pieces_and_split,
         seqio.preprocessors.append_eos_after_trim,
     ]

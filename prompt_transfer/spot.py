@@ -117,11 +117,14 @@ def run(
         log_period=max(eval_period // 2, 1),
         config_text=config_text,
     )
+    total = len(sources) + len(targets) * (1 + len(baselines) + len(strategies))
+    counter = iter(range(1, total + 1))
     log = lambda m: print(f"[spot] {m}", file=sys.stderr, flush=True)
+    step_log = lambda m: log(f"run {next(counter)}/{total}: {m}")
 
     # 1-2. Source prompts and target task embeddings, into the library.
     for task in sources:
-        log(f"source prompt: {task}")
+        step_log(f"source prompt: {task}")
         _run(
             common,
             work / "sources" / task,
@@ -132,7 +135,7 @@ def run(
             library_dir=str(lib.root),
         )
     for task in targets:
-        log(f"task embedding: {task}")
+        step_log(f"task embedding: {task}")
         _run(
             common,
             work / "embeddings" / task,
@@ -189,7 +192,7 @@ def run(
             )
             runs[strategy] = {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
         for name, overrides in runs.items():
-            log(f"target {task}: {name}")
+            step_log(f"target {task}: {name}")
             model_dir = work / "targets" / task / name
             _run(common, model_dir, task, target_steps, eval_period, **overrides)
             history = train_io.read_eval_history(model_dir)
@@ -218,6 +221,8 @@ def run(
         eval_period,
         target_steps,
     )
+    for line in report["verdict"]:
+        log(line)
     log(f"report: {work / 'report.md'}")
     return report
 
@@ -251,6 +256,7 @@ def _report(
         "sources": source_tasks,
         "budgets": budgets,
         "rows": rows,
+        "verdict": _verdict(rows, targets, target_steps),
         "similarities": {m: v.tolist() for m, v in similarities.items()},
         "zero_shot": zero_shot.tolist(),
     }
@@ -282,6 +288,36 @@ def _report(
     return report
 
 
+def _verdict(rows: list[dict], targets, target_steps: int) -> list[str]:
+    """One plain sentence per target: did the best transfer strategy beat random init?"""
+    lines = []
+    for task in targets:
+        final = {r["run"]: r["scores"].get(target_steps) for r in rows if r["target"] == task}
+        random = final.get("random_uniform")
+        transfers = {
+            r["run"]: r
+            for r in rows
+            if r["target"] == task and r["run"] not in BASELINES and final[r["run"]] is not None
+        }
+        if random is None or not transfers:
+            lines.append(f"{task}: no random-init run or no transfer run to compare")
+            continue
+        best = max(transfers, key=lambda n: final[n])
+        gain, reach = final[best] - random, transfers[best]["steps_to_random_final"]
+        if gain > 0:
+            how = f"beats random init by {gain:.1f} points at step {target_steps}"
+        elif gain == 0:
+            how = f"ties random init at step {target_steps}"
+        else:
+            how = f"does not help: {-gain:.1f} points below random init at step {target_steps}"
+        speed = f"reaches random init's final score at step {reach}" if reach else "never does"
+        lines.append(
+            f"{task}: the best transfer ({best}, {final[best]:.1f}) {how} "
+            f"({random:.1f}); it {speed}"
+        )
+    return lines
+
+
 def _markdown(report: dict) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.1f}"
     budgets = report["budgets"]
@@ -289,6 +325,10 @@ def _markdown(report: dict) -> str:
         "# SPoT flow report",
         "",
         f"Sources: {', '.join(report['sources'])}. Targets: {', '.join(report['targets'])}.",
+        "",
+        *(f"- {line}" for line in report["verdict"]),
+        "",
+        "Scores are the validation main metric at each step budget.",
         "",
         "| target | run | "
         + " | ".join(f"step {b}" for b in budgets)

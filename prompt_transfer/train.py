@@ -306,6 +306,7 @@ def train(
     for file_task in file_tasks:  # user tasks from TSV/JSONL, validated before any work
         file_task_lib.register_file_task(file_task)
     task = data.get_task(mixture_or_task_name)
+    evaluation.check_labels_fit(mixture_or_task_name, task_feature_lengths)
     if prompt_length and prompt_init.method == "file":  # fail on a bad file before any work
         prompts.from_file(prompt_init.file, prompt_length, model_config.emb_dim)
     train_io.check_model_dir(model_dir_path, config_text, overwrite=overwrite, resume=resume)

@@ -39,6 +39,12 @@ def _corpus_source():
 registry.register_span_corruption_task(
     "offline_span_corruption", _corpus_source(), vocab.offline_vocabulary()
 )
+# LM adaptation (Lester et al. 2021): prefix LM over the same texts, after span corruption.
+registry.register_prefix_lm_task("offline_prefix_lm", _corpus_source(), vocab.offline_vocabulary())
+# The shipped model's objective: both, in equal parts, from the start.
+seqio.MixtureRegistry.add(
+    "offline_pretraining", [("offline_span_corruption", 1.0), ("offline_prefix_lm", 1.0)]
+)
 
 OFFLINE_TASKS = offline_data.task_labels()
 for _name, _labels in OFFLINE_TASKS.items():

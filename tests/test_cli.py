@@ -144,3 +144,18 @@ def test_convert_failure_writes_nothing(tmp_path, capsys):
     )
     assert "no model.safetensors or pytorch_model.bin" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_a_runs_folder_in_the_working_directory_does_not_break_gin_includes(tmp_path, monkeypatch):
+    """gin looks 'runs/x.gin' up as a file of a Python package `runs`; a plain runs/ folder on
+    sys.path is a namespace package without a file, on which gin itself raises TypeError."""
+    import sys
+
+    from prompt_transfer import gin_files
+
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("runs", None)
+    text = gin_files.configure([str(gin_files.find("experiments/demo"))], [])
+    assert "spot.run" in text and "WORK_DIR = 'runs/demo'" in text

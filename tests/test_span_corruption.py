@@ -54,3 +54,23 @@ def test_seeds_change_the_spans():
     a, b = _corrupt(tokens, 0), _corrupt(tokens, 1)
     assert not np.array_equal(a["inputs"], b["inputs"])
     np.testing.assert_array_equal(a["inputs"], _corrupt(tokens, 0)["inputs"])
+
+
+def _prefix_lm(tokens, seed=0):
+    tf = import_tensorflow()
+    import seqio
+
+    ds = tf.data.Dataset.from_tensors({"targets": tf.constant(tokens, tf.int32)})
+    with seqio.utils.map_seed_manager(seed):
+        return next(sc.prefix_lm_split()(ds).as_numpy_iterator())
+
+
+def test_prefix_lm_splits_a_piece_into_prefix_and_continuation():
+    tokens = list(range(3, 3 + 63))
+    cuts = set()
+    for seed in range(8):
+        ex = _prefix_lm(tokens, seed)
+        assert list(ex["inputs"]) + list(ex["targets"]) == tokens
+        assert len(ex["inputs"]) >= 1 and len(ex["targets"]) >= 1
+        cuts.add(len(ex["inputs"]))
+    assert len(cuts) > 4  # the split point is random

@@ -365,3 +365,14 @@ def test_task_embedding_is_stored_in_the_library(task, tmp_path, capsys):
         np.load(tmp_path / "run" / "prompts" / "checkpoint_5.npy"),
     )
     assert entry.id in capsys.readouterr().out
+
+
+def test_labels_longer_than_the_target_length_are_refused_before_any_work(
+    task, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    lengths = "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 1}"
+    assert cli.main(["train", *_run_args(run, lengths)]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "label 'yes' of 'test_keyword' needs 2 target tokens" in err and "at least 2" in err
+    assert not run.exists()
