@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-ANCHORS ?= ../shared/anchors
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 .PHONY: install offline-data demo test lint
@@ -24,14 +23,9 @@ offline-data: install
 	  || echo "wordnet-base not installed: the WordNet tasks are skipped"
 	$(BIN)/prompt-transfer prepare-offline
 
-# The main job, offline: inspect the real T5X checkpoint and rank-classify with it.
+# The main job, offline: the SPoT flow on the shipped small T5 (report in runs/demo/report.md).
 demo: install
-	$(BIN)/prompt-transfer checkpoint-info $(ANCHORS)/t5x_checkpoints/test_t5_1_1_tiny/checkpoint_3
-	$(BIN)/prompt-transfer score --size tiny \
-	  --checkpoint $(ANCHORS)/t5x_checkpoints/test_t5_1_1_tiny/checkpoint_3 \
-	  --vocab $(ANCHORS)/t5_vocab/sentencepiece.model \
-	  --inputs "sst2 sentence: a gripping, beautifully acted film" \
-	  --targets positive negative
+	$(BIN)/prompt-transfer demo
 
 test: offline-data
 	$(BIN)/ruff check .

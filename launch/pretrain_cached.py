@@ -94,7 +94,8 @@ def main(argv=None) -> dict:
         ),
         donate_argnums=(0,),
     )
-    gather = jax.jit(lambda idx: {k: v[idx] for k, v in examples.items()})
+    # The cache is an argument, not a closure: closed-over arrays would be baked into the HLO.
+    gather = jax.jit(lambda ex, idx: {k: v[idx] for k, v in ex.items()})
     loss_eval = jax.jit(lambda p, b: model.loss(p, b)[1])
 
     def validation(params) -> dict:
@@ -135,7 +136,7 @@ def main(argv=None) -> dict:
         if step % per_epoch == 0:
             perm = jnp.asarray(order.permutation(n)[: per_epoch * args.batch_size])
         i = step % per_epoch
-        batch = gather(perm[i * args.batch_size : (i + 1) * args.batch_size])
+        batch = gather(examples, perm[i * args.batch_size : (i + 1) * args.batch_size])
         state, metrics = step_fn(state, frozen, batch, rng)
         window.append(metrics)
         step += 1

@@ -549,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
         import jax
 
         jax.distributed.initialize()
+    from prompt_transfer import train
+
+    train.enable_compilation_cache()
     try:
         args.func(args)
     except _user_errors() as e:

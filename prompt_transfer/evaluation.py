@@ -63,6 +63,7 @@ class TaskEvaluator:
             if candidates is None
             else jnp.asarray(models.pad_token_rows([c + [eos] for c in candidates]))
         )
+        padded = None if candidates is None else models.pad_token_rows(candidates)
 
         def predict(ds) -> list[tuple[int, list[int]]]:
             outputs = []
@@ -75,7 +76,9 @@ class TaskEvaluator:
                     best = np.asarray(
                         jnp.argmax(self._rank(params, tokens, candidate_ids, prompt), -1)
                     )[:n]
-                    rows = [candidates[b] for b in best]
+                    # Equal-length rows: SeqIO stacks predictions into one array (as T5X's
+                    # padded decodes are); the pad id decodes to nothing.
+                    rows = [padded[b].tolist() for b in best]
                 else:
                     decoded = np.asarray(
                         self._decode(

@@ -109,28 +109,35 @@ def span_corruption(vocab_size: int):
     return corrupt
 
 
-def preprocessors(text_key: str = "text"):
-    """The full chain after a source that yields `text_key`: SeqIO's sequence lengths decide
-    the piece length (T5: 568 raw tokens for 512 input positions)."""
+def _chain(text_key: str, objective):
+    """text -> tokens -> `objective(ds, sequence_length, vocabulary)` -> EOS appended."""
     seqio = import_seqio()
     tf = import_tensorflow()
 
     def to_targets(ds):
         return ds.map(lambda ex: {"targets": ex[text_key]})
 
-    def pieces_and_corruption(ds, sequence_length, output_features):
-        vocabulary = output_features["targets"].vocabulary
-        piece = raw_length_for(sequence_length["inputs"])[0] if sequence_length else 568
-        ds = split_to_pieces(piece)(ds)
-        ds = span_corruption(vocabulary.vocab_size)(ds)
+    def apply(ds, sequence_length, output_features):
+        ds = objective(ds, sequence_length, output_features["targets"].vocabulary)
         return ds.map(lambda ex: {k: tf.cast(v, tf.int32) for k, v in ex.items()})
 
     return [
         to_targets,
         seqio.preprocessors.tokenize,
-        pieces_and_corruption,
+        apply,
         seqio.preprocessors.append_eos_after_trim,
     ]
+
+
+def preprocessors(text_key: str = "text"):
+    """The span-corruption chain after a source that yields `text_key`: SeqIO's sequence
+    lengths decide the piece length (T5: 568 raw tokens for 512 input positions)."""
+
+    def objective(ds, sequence_length, vocabulary):
+        piece = raw_length_for(sequence_length["inputs"])[0] if sequence_length else 568
+        return span_corruption(vocabulary.vocab_size)(split_to_pieces(piece)(ds))
+
+    return _chain(text_key, objective)
 
 
 def prefix_lm_split():
@@ -151,20 +158,9 @@ def prefix_lm_split():
 def prefix_lm_preprocessors(text_key: str = "text"):
     """The prefix-LM chain after a source that yields `text_key`: pieces one token shorter than
     `inputs` (room for EOS), split at random."""
-    seqio = import_seqio()
-    tf = import_tensorflow()
 
-    def to_targets(ds):
-        return ds.map(lambda ex: {"targets": ex[text_key]})
-
-    def pieces_and_split(ds, sequence_length, output_features):
+    def objective(ds, sequence_length, vocabulary):
         piece = sequence_length["inputs"] - 1 if sequence_length else 511
-        ds = prefix_lm_split()(split_to_pieces(piece)(ds))
-        return ds.map(lambda ex: {k: tf.cast(v, tf.int32) for k, v in ex.items()})
+        return prefix_lm_split()(split_to_pieces(piece)(ds))
 
-    return [
-        to_targets,
-        seqio.preprocessors.tokenize,
-        pieces_and_split,
-        seqio.preprocessors.append_eos_after_trim,
-    ]
+    return _chain(text_key, objective)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -230,6 +231,27 @@ def compile_train_step(
         donate_argnums=(0,),
     )
     return step, batch_shardings
+
+
+def enable_compilation_cache(directory: str | None = None) -> str | None:
+    """Keep compiled steps on disk (JAX's persistent cache), keyed by their HLO.
+
+    Each run jits its own step function, so a flow of many runs with the same shapes (the SPoT
+    flow, a sweep) would compile the same program again and again; with the cache only the
+    first compiles (measured: a 2-step offline_small run 16.5 s -> 5.5 s). JAX's own
+    JAX_COMPILATION_CACHE_DIR wins; else `directory`, $PROMPT_TRANSFER_JAX_CACHE or
+    ~/.cache/prompt_transfer/jax. Returns the directory in use.
+    """
+    if jax.config.jax_compilation_cache_dir is None:
+        directory = (
+            directory
+            or os.environ.get("PROMPT_TRANSFER_JAX_CACHE")
+            or str(Path.home() / ".cache" / "prompt_transfer" / "jax")
+        )
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_compilation_cache_max_size", 2**30)  # oldest entries go first
+    return jax.config.jax_compilation_cache_dir
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,3 +31,12 @@ def anchors() -> Path:
     if not ANCHORS.exists():
         pytest.skip(f"shared anchors not found at {ANCHORS} (set PROMPT_TRANSFER_ANCHORS)")
     return ANCHORS
+
+
+def pytest_configure(config):
+    """One compilation cache for the session: the many short runs share compiled steps."""
+    import tempfile
+
+    from prompt_transfer import train
+
+    train.enable_compilation_cache(tempfile.mkdtemp(prefix="prompt-transfer-jax-"))

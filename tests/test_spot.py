@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import TINY_CHECKPOINT
 from prompt_transfer import cli, offline_data
 
@@ -60,3 +62,68 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch):
     assert cli.main(argv) == 0
     assert {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")} == mtimes
     assert json.loads((work / "report.json").read_text())["rows"] == report["rows"]
+
+
+def _small_report(work):
+    import numpy as np
+
+    from prompt_transfer import spot
+
+    curves = {
+        ("t", "random_uniform"): ([2, 4], [50.0, 60.0]),
+        ("t", "model_tuning"): ([2, 4], [70.0, 80.0]),
+        ("t", "top_k_average"): ([2, 4], [55.0, 65.0]),
+        ("t", "best_of_top_k"): ([2, 4], [61.0, 58.0]),
+    }
+    return spot._report(
+        work,
+        ["t"],
+        ["s1", "s2"],
+        curves,
+        {},
+        {"cosine_avg_tokens": np.array([[0.1, 0.2]])},
+        np.array([[30.0], [40.0]]),
+        2,
+        4,
+    )
+
+
+def test_verdict_compares_the_best_transfer_with_random_init(tmp_path):
+    report = _small_report(tmp_path)
+    # model tuning is a baseline, not a transfer strategy: top_k_average is the best transfer.
+    assert report["verdict"] == [
+        "t: the best transfer (top_k_average, 65.0) beats random init by 5.0 points at step 4 "
+        "(60.0); it reaches random init's final score at step 4"
+    ]
+    rows = {r["run"]: r for r in report["rows"]}
+    assert rows["best_of_top_k"]["steps_to_random_final"] == 2
+    assert rows["random_uniform"]["steps_to_random_final"] == 4
+
+
+def test_a_full_disk_leaves_the_last_complete_report(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    _small_report(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: Full(real_fdopen(fd, mode)))
+    with pytest.raises(OSError, match="No space left"):
+        _small_report(tmp_path)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no partial files

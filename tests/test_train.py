@@ -367,12 +367,38 @@ def test_task_embedding_is_stored_in_the_library(task, tmp_path, capsys):
     assert entry.id in capsys.readouterr().out
 
 
-def test_labels_longer_than_the_target_length_are_refused_before_any_work(
-    task, tmp_path, capsys
-):
+def test_labels_longer_than_the_target_length_are_refused_before_any_work(task, tmp_path, capsys):
     run = tmp_path / "run"
     lengths = "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 1}"
     assert cli.main(["train", *_run_args(run, lengths)]) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "label 'yes' of 'test_keyword' needs 2 target tokens" in err and "at least 2" in err
     assert not run.exists()
+
+
+def test_rank_classification_with_labels_of_different_token_lengths(anchors):
+    """SeqIO stacks the predictions into one array: mixed predictions of a 1-token and a
+    several-token label must still evaluate (they once raised 'inhomogeneous shape')."""
+    from synthetic_tasks import keyword_examples
+
+    from prompt_transfer import evaluation, vocab
+
+    labels = ("yes", "not at all")
+    name = register_keyword_task(T5_VOCAB, "test_keyword_long_label", labels=labels)
+    v = vocab.get_vocabulary(str(T5_VOCAB))
+    assert len({len(v.encode(label)) for label in labels}) == 2
+    config = gin_files.read_model_config("tiny")
+    module, _, network = train.frozen_network(
+        config, str(TINY_CHECKPOINT), partitioning.make_mesh(1), 0
+    )
+    evaluator = evaluation.TaskEvaluator(
+        EncoderDecoderModel(module), name, "validation", {"inputs": 12, "targets": 6}, 32
+    )
+    # Scores that pick the labels alternately, example by example.
+    evaluator._rank = lambda params, tokens, candidates, prompt: jnp.stack(
+        [jnp.arange(tokens.shape[0]) % 2 == 0, jnp.arange(tokens.shape[0]) % 2 == 1], -1
+    ).astype(jnp.float32)
+    accuracy = evaluator.evaluate(network)[name]["accuracy"]
+    targets = keyword_examples(32, 1, labels)["targets"]
+    expected = np.mean([t == labels[i % 2] for i, t in enumerate(targets)]) * 100
+    assert accuracy == pytest.approx(expected)

@@ -1,0 +1,56 @@
+"""`prompt-transfer demo`, cut down: the real command in a fresh process, on the shipped model
+and vocabulary, with a few steps per run."""
+
+import json
+import os
+import subprocess
+import sys
+
+SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic_32shot"]
+TARGET = "offline_sentiment_apple_32shot"
+
+
+def test_cut_down_demo_end_to_end(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PROMPT_TRANSFER_VOCAB"}
+    env["PROMPT_TRANSFER_DATA"] = str(tmp_path / "offline")
+    env["PROMPT_TRANSFER_JAX_CACHE"] = str(tmp_path / "jax")
+    work = tmp_path / "demo"
+    argv = [
+        sys.executable,
+        "-m",
+        "prompt_transfer",
+        "demo",
+        "--work-dir",
+        str(work),
+        "--seed",
+        "3",
+        f"--gin.SOURCES={SOURCES}",
+        f"--gin.TARGETS=['{TARGET}']",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 8}",
+        "--gin.SOURCE_STEPS=4",
+        "--gin.EMBEDDING_STEPS=2",
+        "--gin.TARGET_STEPS=4",
+        "--gin.EVAL_PERIOD=2",
+        "--gin.CANDIDATE_STEPS=2",
+        "--gin.STRATEGIES=['top_k_average', 'best_of_top_k']",
+        "--gin.BASELINES=['random_uniform', 'model_tuning']",
+    ]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "run 1/7: source prompt" in done.stderr and "run 7/7: target" in done.stderr
+    assert f"{TARGET}: the best transfer" in done.stdout and "demo done" in done.stdout
+    config = (work / "sources" / SOURCES[0] / "config.gin").read_text()
+    assert "shipped:offline_t5" in config and "RANDOM_SEED = 3" in config
+    report = json.loads((work / "report.json").read_text())
+    assert {r["run"] for r in report["rows"]} == {
+        "random_uniform",
+        "model_tuning",
+        "top_k_average",
+        "best_of_top_k",
+    }
+    assert report["budgets"] == [2, 4] and len(report["verdict"]) == 1
+    assert set(report["similarities"]) == {"cosine_avg_tokens", "cosine_per_token", "euclidean"}
+    markdown = (work / "report.md").read_text()
+    assert report["verdict"][0] in markdown and f"| {TARGET} | best_of_top_k |" in markdown
+    for png in ("zero_shot.png", "similarity_euclidean.png", f"curves_{TARGET}.png"):
+        assert (work / png).read_bytes()[:4] == b"\x89PNG"
