@@ -88,12 +88,6 @@ def main(argv=None) -> dict:
     if n < args.batch_size:
         sys.exit(f"error: the cache holds {n} training examples, fewer than --batch-size")
     per_epoch = n // args.batch_size
-    step_fn = jax.jit(
-        lambda state, frozen, batch, rng: train.train_step(
-            model, tx, schedule, 1, state, frozen, batch, rng
-        ),
-        donate_argnums=(0,),
-    )
     # The cache is an argument, not a closure: closed-over arrays would be baked into the HLO.
     gather = jax.jit(lambda ex, idx: {k: v[idx] for k, v in ex.items()})
     loss_eval = jax.jit(lambda p, b: model.loss(p, b)[1])
@@ -137,6 +131,17 @@ def main(argv=None) -> dict:
             perm = jnp.asarray(order.permutation(n)[: per_epoch * args.batch_size])
         i = step % per_epoch
         batch = gather(examples, perm[i * args.batch_size : (i + 1) * args.batch_size])
+        if step == 0:  # the trainer's own jitted step, with shardings and a donated state
+            step_fn, _ = train.compile_train_step(
+                model,
+                tx,
+                schedule,
+                1,
+                mesh,
+                jax.tree.map(lambda x: x.sharding, state),
+                {},
+                batch,
+            )
         state, metrics = step_fn(state, frozen, batch, rng)
         window.append(metrics)
         step += 1

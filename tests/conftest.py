@@ -21,6 +21,15 @@ ANCHORS = Path(
 TINY_CHECKPOINT = ANCHORS / "t5x_checkpoints" / "test_t5_1_1_tiny" / "checkpoint_3"
 T5_VOCAB = ANCHORS / "t5_vocab" / "sentencepiece.model"
 RELEASED_PROMPTS = ANCHORS / "released_prompts"
+# The SPoT flow cut down to a few steps per run (tests of `spot` and `demo`).
+CUT_DOWN_FLOW = [
+    "--gin.SOURCE_STEPS=4",
+    "--gin.EMBEDDING_STEPS=2",
+    "--gin.TARGET_STEPS=4",
+    "--gin.EVAL_PERIOD=2",
+    "--gin.CANDIDATE_STEPS=2",
+    "--gin.STRATEGIES=['top_k_average', 'best_of_top_k']",
+]
 if T5_VOCAB.exists():  # tasks/ registers with this vocabulary instead of T5's gs:// one
     os.environ.setdefault("PROMPT_TRANSFER_VOCAB", str(T5_VOCAB))
 

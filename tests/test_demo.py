@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from conftest import CUT_DOWN_FLOW
+
 SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic_32shot"]
 TARGET = "offline_sentiment_apple_32shot"
 
@@ -27,12 +29,7 @@ def test_cut_down_demo_end_to_end(tmp_path):
         f"--gin.SOURCES={SOURCES}",
         f"--gin.TARGETS=['{TARGET}']",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 8}",
-        "--gin.SOURCE_STEPS=4",
-        "--gin.EMBEDDING_STEPS=2",
-        "--gin.TARGET_STEPS=4",
-        "--gin.EVAL_PERIOD=2",
-        "--gin.CANDIDATE_STEPS=2",
-        "--gin.STRATEGIES=['top_k_average', 'best_of_top_k']",
+        *CUT_DOWN_FLOW,
         "--gin.BASELINES=['random_uniform', 'model_tuning']",
     ]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)

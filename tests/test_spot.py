@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import TINY_CHECKPOINT
+from conftest import CUT_DOWN_FLOW, TINY_CHECKPOINT
 from prompt_transfer import cli, offline_data
 
 SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic"]
@@ -23,12 +23,7 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch):
         f"--gin.TARGETS=['{TARGET}']",
         f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}",
-        "--gin.SOURCE_STEPS=4",
-        "--gin.EMBEDDING_STEPS=2",
-        "--gin.TARGET_STEPS=4",
-        "--gin.EVAL_PERIOD=2",
-        "--gin.CANDIDATE_STEPS=2",
-        "--gin.STRATEGIES=['top_k_average', 'best_of_top_k']",
+        *CUT_DOWN_FLOW,
         "--gin.BASELINES=['random_uniform', 'class_labels', 'model_tuning']",
     ]
     assert cli.main(argv) == 0
