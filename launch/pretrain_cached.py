@@ -107,11 +107,12 @@ def main(argv=None) -> dict:
                 **batch,
                 "encoder_input_tokens": np.roll(batch["encoder_input_tokens"], 1, 0),
             }
-            t = float(m["tokens"])
-            sums["cross_entropy"] += float(m["cross_entropy"]) * t
-            sums["token_accuracy"] += float(m["token_accuracy"]) * t
-            sums["other_input"] += float(loss_eval(params, shuffled)["cross_entropy"]) * t
+            t = m["tokens"]  # sums stay on the device: one host sync per validation
+            sums["cross_entropy"] += m["cross_entropy"] * t
+            sums["token_accuracy"] += m["token_accuracy"] * t
+            sums["other_input"] += loss_eval(params, shuffled)["cross_entropy"] * t
             sums["tokens"] += t
+        sums = {k: float(v) for k, v in sums.items()}
         t = max(sums["tokens"], 1.0)
         return {
             "val_loss": sums["cross_entropy"] / t,
