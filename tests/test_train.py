@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from synthetic_tasks import register_keyword_task
+from synthetic_tasks import keyword_examples, register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT
 from prompt_transfer import cli, data, gin_files, partitioning, prompts, train
@@ -128,8 +128,15 @@ def prompt_run(task, tmp_path_factory):
 
 
 def test_prompt_tuning_run_writes_what_it_should(prompt_run):
+    """Logs, config, prompt exports, best checkpoint and summaries of a 40-step prompt run.
+
+    No learning claim: a prompt barely moves the 3-step-trained, width-4 anchor model. Over
+    seeds 0-4 the windowed loss went from 10.80-11.05 to 10.78-10.84, within the 0.1 noise
+    between windows, so "the last window is lower" held by 0.02 at worst (measured on a 2-core
+    AMD EPYC). Learning is asserted where it is clear: model tuning below.
+    """
     losses = _losses(prompt_run)
-    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert len(losses) == 4 and all(np.isfinite(losses))
     assert (prompt_run / "config.gin").read_text().count("test_keyword") >= 1
     prompt = np.load(prompt_run / "prompts" / "checkpoint_40.npy")
     assert prompt.shape == (5, 4) and prompt.dtype == np.float32
@@ -169,35 +176,36 @@ def test_eval_and_infer_through_the_cli(prompt_run, capsys):
 # -- learning, resume, failures ----------------------------------------------------------------
 
 
-def test_model_tuning_loss_falls_and_accuracy_rises(task, tmp_path):
-    """Same trainer, TRAINABLE='.*': the tiny model learns the keyword task."""
-    summary = train.main(
-        _run_args(
-            tmp_path,
-            "--gin.TRAINABLE='.*'",
-            "--gin.PROMPT_LENGTH=0",
-            "--gin.LEARNING_RATE=0.01",
-            "--gin.TRAIN_STEPS=150",
-            "--gin.EVAL_PERIOD=150",
-            "--gin.SAVE_PERIOD=150",
-            "--gin.LOG_PERIOD=50",
-            checkpoint=False,
-        )
+def test_model_tuning_loss_falls_and_accuracy_rises(anchors, tmp_path):
+    """Same trainer, TRAINABLE='.*': the tiny model learns the keyword task, clearly.
+
+    Margin, measured on a 2-core AMD EPYC (family 25) with this exact set-up (dropout off,
+    learning rate 0.03, 200 steps, 128 validation examples, majority class 52.3%): over seeds
+    0-9 every run was at 98.4-100% by step 100, and the final windowed loss was 0.6-1.9% of the
+    first. The test asks for majority + 25 points (77.3%) and a 10x fall. The old set-up
+    (dropout 0.1 on a width-4 model, learning rate 0.01, 150 steps, 32 examples) learnt in a
+    jump whose timing varied by seed and processor: seed 2 sat at 40.6% for 400 steps.
+    """
+    task = register_keyword_task(T5_VOCAB, name="test_keyword_128", n_validation=128)
+    args = _run_args(
+        tmp_path,
+        f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
+        "--gin.TRAINABLE='.*'",
+        "--gin.PROMPT_LENGTH=0",
+        "--gin.DROPOUT_RATE=0.0",
+        "--gin.LEARNING_RATE=0.03",
+        "--gin.TRAIN_STEPS=200",
+        "--gin.EVAL_PERIOD=200",
+        "--gin.SAVE_PERIOD=200",
+        "--gin.LOG_PERIOD=50",
+        checkpoint=False,
     )
+    summary = train.main(args)
     losses = _losses(tmp_path)
-    assert losses[-1] < 0.5 * losses[0]
-    majority = 100 * max(
-        np.mean(
-            np.asarray(
-                [
-                    t == "yes"
-                    for t in __import__("synthetic_tasks").keyword_examples(32, 1)["targets"]
-                ]
-            )
-        ),
-        0.5,
-    )
-    assert summary["best"]["value"] > majority + 10
+    assert losses[-1] < 0.1 * losses[0]
+    validation = keyword_examples(128, 1)["targets"]
+    majority = 100 * max(validation.count("yes"), validation.count("no")) / len(validation)
+    assert summary["best"]["value"] > majority + 25
 
 
 def test_killed_and_resumed_run_ends_with_the_uninterrupted_prompt(task, tmp_path, monkeypatch):
@@ -320,6 +328,12 @@ def test_every_gin_file_parses():
 
 
 def test_early_stopping_after_patience_without_improvement(task, tmp_path):
+    """A learning rate of 1e-6 cannot beat the first evaluation by a whole example.
+
+    Margin, measured on a 2-core AMD EPYC: at step 5 the smallest |score(yes) - score(no)| over
+    the 32 validation examples is 1.37, and from step 5 to 15 no score gap moved by more than
+    1e-4, so no prediction can flip on any processor.
+    """
     summary = train.main(
         _run_args(
             tmp_path,
@@ -331,7 +345,6 @@ def test_early_stopping_after_patience_without_improvement(task, tmp_path):
             "--gin.LEARNING_RATE=1e-6",
         )
     )
-    # A learning rate this small cannot beat the first evaluation by a whole example.
     assert summary["stopped_early"] and summary["step"] == 15
     assert summary["best"]["step"] == 5 and summary["best"]["evals_since_best"] == 2
     assert (tmp_path / "checkpoint_15").exists()  # the stopping point is saved
