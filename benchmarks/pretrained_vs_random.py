@@ -14,7 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from prompt_transfer import train, train_io
+from prompt_transfer.trainer import entry, run_dir
+
+pass
 
 TARGETS = ("offline_sentiment_self_driving", "offline_sentiment_apple_32shot", "offline_bbc_topic")
 INITS = {"pre-trained (shipped)": "'shipped:offline_t5'", "random init": "None"}
@@ -23,12 +25,12 @@ HERE = Path(__file__).resolve().parent
 
 def run(work: Path, target: str, init: str, tuning: str, steps: int, eval_period: int) -> dict:
     model_dir = work / tuning / ("random" if init == "None" else "pretrained") / target
-    history = train_io.read_eval_history(model_dir)
+    history = run_dir.read_eval_history(model_dir)
     if not (history and history[-1]["step"] >= steps):
         # Model tuning as runs/model_tuning.gin sets it (that file would reset the lengths).
         extra = ["--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0", "--gin.LEARNING_RATE=1e-3"]
         extra = extra if tuning == "model" else []
-        train.main(
+        entry.train_main(
             [
                 "--gin_file=experiments/prompt_tuning_offline",
                 f"--gin.MODEL_DIR='{model_dir}'",
@@ -40,7 +42,7 @@ def run(work: Path, target: str, init: str, tuning: str, steps: int, eval_period
                 "--resume",
             ]
         )
-        history = train_io.read_eval_history(model_dir)
+        history = run_dir.read_eval_history(model_dir)
     return {"final": history[-1]["value"], "best": max(h["value"] for h in history)}
 
 

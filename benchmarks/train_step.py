@@ -25,8 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import gin_files, partitioning, prompts, t5, train
+from prompt_transfer import gin_files, partitioning, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.trainer import state as train_state
+from prompt_transfer.trainer import weights
 
 
 def measure(
@@ -40,7 +42,7 @@ def measure(
 ) -> dict:
     config = dataclasses.replace(gin_files.read_model_config(size), dtype=dtype)
     mesh = partitioning.make_mesh(1)
-    module, abstract, network = train.frozen_network(config, None, mesh, seed=0)
+    module, abstract, network = weights.frozen_network(config, None, mesh, seed=0)
     params = network
     if prompt_length:
         abstract = prompts.with_prompt(
@@ -48,10 +50,10 @@ def measure(
         )
         params = prompts.with_prompt(network, jnp.zeros((prompt_length, config.emb_dim)))
     shardings = partitioning.param_shardings(abstract, mesh)
-    trainable, frozen = train.split_trainable(jax.device_put(params, shardings), pattern)
-    opt = train.OptimizerConfig()
-    tx = train.make_optimizer(opt)
-    state = train.create_state(trainable, tx, mesh)
+    trainable, frozen = train_state.split_trainable(jax.device_put(params, shardings), pattern)
+    opt = train_state.OptimizerConfig()
+    tx = train_state.make_optimizer(opt)
+    state = train_state.create_state(trainable, tx, mesh)
     rng = np.random.default_rng(0)
     targets = rng.integers(2, config.vocab_size, (batch, lengths[1])).astype(np.int32)
     batch_arrays = {
@@ -61,14 +63,14 @@ def measure(
         "decoder_target_tokens": targets,
         "decoder_input_tokens": np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
     }
-    step, batch_shardings = train.compile_train_step(
+    step, batch_shardings = train_state.compile_train_step(
         EncoderDecoderModel(module),
         tx,
-        train.learning_rate_schedule(opt),
+        train_state.learning_rate_schedule(opt),
         1,
         mesh,
         jax.tree.map(lambda x: x.sharding, state),
-        train.split_trainable(shardings, train.trainable_pattern(trainable))[1],
+        train_state.split_trainable(shardings, train_state.trainable_regex(trainable))[1],
         batch_arrays,
     )
     device_batch = jax.device_put(batch_arrays, batch_shardings)

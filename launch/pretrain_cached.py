@@ -28,8 +28,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from prompt_transfer import checkpoints, data, gin_files, partitioning, train  # noqa: E402
+from prompt_transfer import checkpoints, data, gin_files, partitioning  # noqa: E402
 from prompt_transfer.models import EncoderDecoderModel  # noqa: E402
+from prompt_transfer.trainer import state as train_state
+from prompt_transfer.trainer import weights
 
 
 def parse_args(argv):
@@ -71,16 +73,16 @@ def main(argv=None) -> dict:
     }
     config = gin_files.read_model_config(args.size, {"DROPOUT_RATE": 0.0})
     mesh = partitioning.make_mesh(1)
-    module, _, params = train.frozen_network(config, args.init, mesh, args.seed)
-    opt = train.OptimizerConfig(
+    module, _, params = weights.frozen_network(config, args.init, mesh, args.seed)
+    opt = train_state.OptimizerConfig(
         learning_rate=args.learning_rate,
         schedule="rsqrt",
         warmup_steps=args.warmup_steps,
         multiply_by_parameter_scale=not args.no_parameter_scale,
     )
-    tx, schedule = train.make_optimizer(opt), train.learning_rate_schedule(opt)
-    trainable, frozen = train.split_trainable(params, ".*")
-    state = train.create_state(trainable, tx, mesh)
+    tx, schedule = train_state.make_optimizer(opt), train_state.learning_rate_schedule(opt)
+    trainable, frozen = train_state.split_trainable(params, ".*")
+    state = train_state.create_state(trainable, tx, mesh)
     model = EncoderDecoderModel(module)
 
     examples = {k: jnp.asarray(v) for k, v in splits["train"].items()}
@@ -133,7 +135,7 @@ def main(argv=None) -> dict:
         i = step % per_epoch
         batch = gather(examples, perm[i * args.batch_size : (i + 1) * args.batch_size])
         if step == 0:  # the trainer's own jitted step, with shardings and a donated state
-            step_fn, _ = train.compile_train_step(
+            step_fn, _ = train_state.compile_train_step(
                 model,
                 tx,
                 schedule,
@@ -153,11 +155,11 @@ def main(argv=None) -> dict:
                 "step": step,
                 "seconds": round(time.time() - start, 1),
                 **means,
-                **validation(train.merge(frozen, state.trainable)),
+                **validation(train_state.merge(frozen, state.trainable)),
             }
             window = []
             if record.get("val_loss", np.inf) < best["val_loss"]:  # keep the best network
-                params = train.merge(frozen, state.trainable)
+                params = train_state.merge(frozen, state.trainable)
                 best.update(val_loss=record["val_loss"], step=step)
                 best["params"] = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16)), params)
                 record["best"] = True
@@ -172,7 +174,7 @@ def main(argv=None) -> dict:
     final, saved_step = best["params"], best["step"]
     if final is None:  # no validation split: the last network
         final = jax.tree.map(
-            lambda x: np.asarray(x.astype(jnp.bfloat16)), train.merge(frozen, state.trainable)
+            lambda x: np.asarray(x.astype(jnp.bfloat16)), train_state.merge(frozen, state.trainable)
         )
         saved_step = step
     checkpoints.save_legacy_checkpoint(final, output / "export" / "checkpoint", step=saved_step)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from prompt_transfer.errors import UserError
+
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 MANIFEST = "SHA256SUMS"
 SHIPPED_PREFIX = "shipped:"
@@ -22,7 +24,7 @@ REBUILD = {
 }
 
 
-class AssetError(ValueError):
+class AssetError(UserError):
     pass
 
 

@@ -15,8 +15,6 @@ import dataclasses
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +26,8 @@ import tensorstore as ts
 from flax import serialization, traverse_util
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from prompt_transfer import assets, partitioning
+from prompt_transfer import assets, partitioning, paths
+from prompt_transfer.errors import UserError
 
 INDEX_FILE = "checkpoint"
 LEGACY_VERSION = 3
@@ -36,7 +35,7 @@ _TS_LEAVES = ("kernel", "embedding")  # written as zarr; everything else inline 
 _MAX_CHUNK_BYTES = 64 * 2**20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint is missing, unreadable, or does not fit the configured model."""
 
 
@@ -357,9 +356,7 @@ def save_legacy_checkpoint(params: dict, directory: str | os.PathLike, step: int
     final = Path(directory)
     if final.exists():
         raise CheckpointError(f"{final} already exists; choose a new output path or remove it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)).absolute()
-    try:
+    with paths.atomic_directory(final.absolute()) as tmp:
         target = {}
         for name, value in traverse_util.flatten_dict(params, sep="/").items():
             array = np.asarray(value)
@@ -393,8 +390,4 @@ def save_legacy_checkpoint(params: dict, directory: str | os.PathLike, step: int
             },
         }
         (tmp / INDEX_FILE).write_bytes(serialization.msgpack_serialize(state))
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final

@@ -15,18 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
+from prompt_transfer.errors import UserError
 from prompt_transfer.tf_import import import_seqio, import_tensorflow
 
 
-class TaskError(ValueError):
+class TaskError(UserError):
     pass
 
 
 def load_registrations() -> None:
-    """Import the project's task registrations (`tasks/`) once, before any lookup."""
+    """Import the project's task registrations (the `tasks/` folder, installed as the package
+    `prompt_transfer_tasks`) once, before any lookup."""
     import importlib
 
-    importlib.import_module("tasks")
+    importlib.import_module("prompt_transfer_tasks")
 
 
 def registered_names() -> list[str]:
@@ -198,7 +200,7 @@ def write_example_cache(
     """Write `passes` shuffled passes over each split (each with its own seed, so random
     preprocessing such as span corruption differs between passes) to one .npz; returns the
     examples written per split. The file appears only once complete."""
-    from prompt_transfer.train_io import atomic_write_bytes
+    from prompt_transfer import paths
 
     task = get_task(name)
     vocab_size = task.output_features["targets"].vocabulary.vocab_size
@@ -220,7 +222,7 @@ def write_example_cache(
 
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    paths.atomic_write_bytes(path, buffer.getvalue())
     return counts
 
 

@@ -19,13 +19,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from prompt_transfer import metrics, registry, text_formats, vocab
+from prompt_transfer import metrics, paths, registry, text_formats, vocab
+from prompt_transfer.errors import UserError
 from prompt_transfer.tf_import import import_seqio, import_tensorflow
 
 SPLITS = ("train", "validation", "test")
 
 
-class FileTaskError(ValueError):
+class FileTaskError(UserError):
     pass
 
 
@@ -129,11 +130,7 @@ def register_file_task(task: FileTask) -> str:
 
 
 def user_tasks_dir() -> Path:
-    return Path(
-        os.environ.get(
-            "PROMPT_TRANSFER_TASKS", Path.home() / ".config" / "prompt_transfer" / "tasks"
-        )
-    )
+    return paths.user_tasks_dir()
 
 
 def save_file_task(task: FileTask) -> Path:
@@ -142,9 +139,7 @@ def save_file_task(task: FileTask) -> Path:
     spec = dataclasses.asdict(task)
     spec.update({s: str(Path(p).resolve()) for s, p in task.files().items()})
     path = user_tasks_dir() / f"{task.name}.json"
-    from prompt_transfer.train_io import atomic_write_bytes
-
-    atomic_write_bytes(path, json.dumps(spec, indent=1).encode())
+    paths.atomic_write_text(path, json.dumps(spec, indent=1))
     return path
 
 

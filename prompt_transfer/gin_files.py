@@ -15,13 +15,14 @@ from pathlib import Path
 import gin
 from gin import config_parser
 
+from prompt_transfer.errors import UserError
 from prompt_transfer.t5 import T5Config
 
 GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
 _CONFIG_SELECTORS = ("t5.T5Config", "prompt_transfer.t5.T5Config", "T5Config")
 
 
-class GinFileError(ValueError):
+class GinFileError(UserError):
     pass
 
 
@@ -241,4 +242,20 @@ def configure(files: list[str], bindings: list[str]) -> str:
 
 def configured(fn):
     """The gin-configured version of a library function (dynamic registration)."""
-    return gin.get_configurable(fn)
+    try:
+        return gin.get_configurable(fn)
+    except ValueError as e:
+        raise GinFileError(
+            f"the gin files bind nothing of {fn.__qualname__}; include the run file that "
+            "does (e.g. runs/prompt_tuning.gin)"
+        ) from e
+
+
+def build(cls):
+    """The dataclass `cls` as the gin files bind it: a plain instance (not gin's configurable
+    subclass), so that `dataclasses.replace` and comparisons behave."""
+    try:
+        made = configured(cls)()
+    except TypeError as e:  # a field nobody bound
+        raise GinFileError(f"{cls.__qualname__}: {e}".splitlines()[0]) from e
+    return cls(**{f.name: getattr(made, f.name) for f in dataclasses.fields(cls)})

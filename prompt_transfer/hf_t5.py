@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prompt_transfer.errors import UserError
 from prompt_transfer.t5 import T5Config
 
 # HF activation names -> ours. HF's "gelu" is the exact erf form; "gelu_new" is the tanh form
@@ -21,7 +22,7 @@ from prompt_transfer.t5 import T5Config
 _HF_ACTIVATIONS = {"relu": "relu", "gelu_new": "gelu", "gelu": "gelu_exact", "silu": "silu"}
 
 
-class HFCheckpointError(ValueError):
+class HFCheckpointError(UserError):
     pass
 
 

@@ -23,15 +23,14 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from prompt_transfer import paths
+from prompt_transfer.errors import UserError
 from prompt_transfer.text_formats import clean_text
 
 SEED = 20211015
@@ -51,16 +50,12 @@ WORDNET_DIR = Path("/usr/share/wordnet")
 VERSION = 3  # bump when the preparation changes; stale caches are rebuilt
 
 
-class OfflineSourceError(RuntimeError):
+class OfflineSourceError(UserError):
     pass
 
 
 def cache_dir() -> Path:
-    return Path(
-        os.environ.get(
-            "PROMPT_TRANSFER_DATA", Path.home() / ".cache" / "prompt_transfer" / "offline"
-        )
-    )
+    return paths.offline_data_dir()
 
 
 def _package_dir(package: str) -> Path:
@@ -261,9 +256,7 @@ def prepare(root: Path | None = None, force: bool = False) -> dict:
         if manifest.get("version") == VERSION:
             return manifest
     splits = build_tasks()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    with paths.atomic_directory(root, replace=True) as tmp:
         manifest = {"version": VERSION, "wordnet": any("wordnet" in n for n in splits), "tasks": {}}
         for name, by_split in splits.items():
             (tmp / name).mkdir()
@@ -276,12 +269,6 @@ def prepare(root: Path | None = None, force: bool = False) -> dict:
                 "labels": labels,
             }
         _manifest_path(tmp).write_text(json.dumps(manifest, indent=1))
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

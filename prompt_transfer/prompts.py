@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_transfer import partitioning as pt
+from prompt_transfer.errors import UserError
 
 PROMPT_PATH = "encoder/prompt/prompt"
 PROMPT_AXES = (pt.PROMPT, pt.PROMPT_EMBED)
@@ -24,7 +25,7 @@ INIT_METHODS = ("random_uniform", "sampled_vocab", "class_labels", "text", "file
 FIRST_REGULAR_ID = 3  # after pad 0, eos 1, unk 2
 
 
-class PromptError(ValueError):
+class PromptError(UserError):
     pass
 
 

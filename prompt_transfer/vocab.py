@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 
+from prompt_transfer import paths
+from prompt_transfer.errors import UserError
+
 DEFAULT_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 # The project's own vocabulary, trained on the offline corpus (`prompt-transfer build-vocab`).
 OFFLINE_VOCAB_PATH = os.path.join(os.path.dirname(__file__), "assets", "offline_spm.model")
@@ -17,7 +20,7 @@ EXTRA_IDS = 100
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
-class VocabularyError(ValueError):
+class VocabularyError(UserError):
     pass
 
 
@@ -35,13 +38,13 @@ def get_vocabulary(path: str | os.PathLike | None = None, extra_ids: int = EXTRA
 def task_vocabulary():
     """The vocabulary SeqIO tasks are registered with: $PROMPT_TRANSFER_VOCAB (a local
     SentencePiece file) when set, else T5's standard one (read lazily, on first use)."""
-    return get_vocabulary(os.environ.get("PROMPT_TRANSFER_VOCAB") or None)
+    return get_vocabulary(paths.vocab_override())
 
 
 def offline_vocabulary():
     """The offline suite's vocabulary: $PROMPT_TRANSFER_VOCAB when set, else the project's own
     (trained on the offline corpus, shipped in prompt_transfer/assets)."""
-    return get_vocabulary(os.environ.get("PROMPT_TRANSFER_VOCAB") or OFFLINE_VOCAB_PATH)
+    return get_vocabulary(paths.vocab_override() or OFFLINE_VOCAB_PATH)
 
 
 def sentinel_id(vocabulary, index: int) -> int:
@@ -61,9 +64,7 @@ def train_vocabulary(
 
     import sentencepiece as spm
 
-    output = str(output)
-    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(output) or ".") as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(texts),
             model_prefix=os.path.join(tmp, "spm"),
@@ -80,5 +81,6 @@ def train_vocabulary(
             num_threads=2,
             minloglevel=2,
         )
-        os.replace(os.path.join(tmp, "spm.model"), output)
-    return output
+        with open(os.path.join(tmp, "spm.model"), "rb") as f:
+            paths.atomic_write_bytes(output, f.read())
+    return str(output)

@@ -16,8 +16,9 @@ import os
 
 from prompt_transfer import file_tasks, metrics, registry, text_formats, vocab
 from prompt_transfer.tf_import import import_seqio, import_tensorflow
-from tasks import super_glue  # noqa: F401  (the aliases below name its tasks)
-from tasks.glue import CAP
+
+from . import super_glue  # noqa: F401  (the aliases below name its tasks)
+from .glue import CAP
 
 seqio = import_seqio()
 tf = import_tensorflow()

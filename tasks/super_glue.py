@@ -4,7 +4,8 @@ import functools
 
 from prompt_transfer import metrics, registry, text_formats, vocab
 from prompt_transfer.tf_import import import_seqio
-from tasks.glue import CAP, GLUE_TASKS, SPLITS
+
+from .glue import CAP, GLUE_TASKS, SPLITS
 
 seqio = import_seqio()
 

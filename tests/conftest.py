@@ -46,6 +46,6 @@ def pytest_configure(config):
     """One compilation cache for the session: the many short runs share compiled steps."""
     import tempfile
 
-    from prompt_transfer import train
+    from prompt_transfer import runtime
 
-    train.enable_compilation_cache(tempfile.mkdtemp(prefix="prompt-transfer-jax-"))
+    runtime.enable_compilation_cache(tempfile.mkdtemp(prefix="prompt-transfer-jax-"))

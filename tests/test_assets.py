@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from prompt_transfer import assets, checkpoints, cli, gin_files, t5
+from prompt_transfer import assets, checkpoints, cli, errors, gin_files, t5
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_missing_file_and_unknown_artifact(assets_copy):
 def test_demo_refuses_a_damaged_model_before_any_work(assets_copy, tmp_path, capsys):
     (assets_copy / "offline_t5" / "model.gin").write_text("# edited\n")
     work = tmp_path / "demo"
-    assert cli.main(["demo", "--work-dir", str(work)]) == cli.EXIT_BAD_INPUT
+    assert cli.main(["demo", "--work-dir", str(work)]) == errors.EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.gin is corrupt" in err
     assert not work.exists()

@@ -6,7 +6,8 @@ import pytest
 from synthetic_tasks import keyword_examples
 
 from conftest import TINY_CHECKPOINT
-from prompt_transfer import cli, data, file_tasks, train
+from prompt_transfer import cli, data, file_tasks
+from prompt_transfer.trainer import entry
 
 
 def _write_tsv(path, examples, header=("sentence", "label")):
@@ -27,7 +28,7 @@ def files(tmp_path):
 
 def test_file_task_trains_one_step_and_evaluates(anchors, files, tmp_path):
     train_file, validation_file = files
-    summary = train.main(
+    summary = entry.train_main(
         [
             "--gin_file=experiments/prompt_tuning_tiny",
             "--gin_file=tasks/file_task.gin",

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import RELEASED_PROMPTS
-from prompt_transfer import cli, library
+from prompt_transfer import cli
+from prompt_transfer.transfer import library
 
 
 def _prompt(seed, shape=(4, 8)):
@@ -61,7 +62,7 @@ def test_corrupted_entry_is_reported_and_skipped(tmp_path):
 def test_two_processes_adding_at_once_lose_nothing(tmp_path):
     script = textwrap.dedent(f"""
         import sys, numpy as np
-        from prompt_transfer.library import Library
+        from prompt_transfer.transfer.library import Library
         lib = Library({str(tmp_path)!r})
         worker = int(sys.argv[1])
         for i in range(40):

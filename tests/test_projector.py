@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from prompt_transfer import library, projector, transfer
+from prompt_transfer.transfer import library, projector, retrieval
 
 
 def _pairs(n_tasks=6, length=10, src=8, tgt=12, seed=0):
@@ -34,8 +34,8 @@ def test_projector_learns_the_pairing_and_generalises(tmp_path):
 def test_width_mismatch_is_refused_without_a_projector(tmp_path):
     lib = library.Library(tmp_path)
     lib.add(np.ones((10, 8), np.float32), task="rte", model="small", model_fingerprint="s")
-    with pytest.raises(transfer.TransferError, match="width 12.*projector"):
-        transfer.eligible_sources(lib, "", 12)
+    with pytest.raises(retrieval.TransferError, match="width 12.*projector"):
+        retrieval.eligible_sources(lib, "", 12)
     sources, targets, _ = _pairs()
     proj, _ = projector.train_projector(sources, targets, hidden=32, steps=200)
     with pytest.raises(projector.ProjectorError, match="maps width 8 prompts; got width 12"):
@@ -90,4 +90,4 @@ def test_cli_trains_a_projector_and_projects_an_entry(tmp_path, capsys):
     )
     (projected,) = lib.entries(task="new_task", model="base")
     assert projected.kind == "projected" and projected.embed_dim == 12
-    assert transfer.eligible_sources(lib, "b", 12, ["task0"])  # now usable on the base model
+    assert retrieval.eligible_sources(lib, "b", 12, ["task0"])  # now usable on the base model

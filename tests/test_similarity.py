@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import RELEASED_PROMPTS
-from prompt_transfer import similarity
+from prompt_transfer.transfer import similarity
 
 
 @pytest.fixture(scope="module")

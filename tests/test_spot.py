@@ -6,6 +6,7 @@ import pytest
 
 from conftest import CUT_DOWN_FLOW, TINY_CHECKPOINT
 from prompt_transfer import cli, offline_data
+from prompt_transfer.spot import report
 
 SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic"]
 TARGET = "offline_sentiment_apple_32shot"
@@ -62,15 +63,13 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch):
 def _small_report(work):
     import numpy as np
 
-    from prompt_transfer import spot
-
     curves = {
         ("t", "random_uniform"): ([2, 4], [50.0, 60.0]),
         ("t", "model_tuning"): ([2, 4], [70.0, 80.0]),
         ("t", "top_k_average"): ([2, 4], [55.0, 65.0]),
         ("t", "best_of_top_k"): ([2, 4], [61.0, 58.0]),
     }
-    return spot._report(
+    return report.write_report(
         work,
         ["t"],
         ["s1", "s2"],
@@ -122,3 +121,12 @@ def test_a_full_disk_leaves_the_last_complete_report(tmp_path, monkeypatch):
         _small_report(tmp_path)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no partial files
+
+
+def test_similarities_print_enough_digits_to_tell_sources_apart():
+    """1/(1+||A-B||) of prompts with norm ~60 is about 0.007 for every pair: a fixed 3 decimals
+    printed 0.007 for all of them. Now: the fewest significant digits (3 or more) that keep
+    different values apart."""
+    assert report.significant([0.0071234, 0.0071299, 0.0069]) == ["0.00712", "0.00713", "0.0069"]
+    assert report.significant([0.0071231, 0.0071234]) == ["0.0071231", "0.0071234"]
+    assert report.significant([0.78, 0.34, 0.78]) == ["0.78", "0.34", "0.78"]

@@ -90,7 +90,7 @@ def test_mixtures_are_examples_proportional_with_a_cap(monkeypatch):
 
 
 def test_spot_sources_and_targets_have_stable_names():
-    from tasks import spot
+    from prompt_transfer_tasks import spot
 
     seqio = import_seqio()
     names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())

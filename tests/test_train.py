@@ -11,8 +11,10 @@ from flax import traverse_util
 from synthetic_tasks import keyword_examples, register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT
-from prompt_transfer import cli, data, gin_files, partitioning, prompts, train
+from prompt_transfer import cli, data, errors, gin_files, partitioning, prompts
 from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.trainer import entry, weights
+from prompt_transfer.trainer import state as train_state
 
 LENGTHS = {"inputs": 12, "targets": 4}
 
@@ -45,7 +47,7 @@ def _losses(model_dir: Path) -> list[float]:
 def _one_step(task_name, pattern):
     config = gin_files.read_model_config("tiny")
     mesh = partitioning.make_mesh(2)
-    module, abstract, network = train.frozen_network(config, str(TINY_CHECKPOINT), mesh, seed=0)
+    module, abstract, network = weights.frozen_network(config, str(TINY_CHECKPOINT), mesh, seed=0)
     prompt = prompts.initial_prompt(
         prompts.PromptInit("sampled_vocab"), 5, np.asarray(network["token_embedder"]["embedding"])
     )
@@ -53,25 +55,25 @@ def _one_step(task_name, pattern):
     shardings = partitioning.param_shardings(
         prompts.with_prompt(abstract, prompts.abstract_prompt(5, 4)), mesh
     )
-    trainable, frozen = train.split_trainable(jax.device_put(params, shardings), pattern)
-    tx = train.make_optimizer(train.OptimizerConfig())
-    state = train.create_state(trainable, tx, mesh)
+    trainable, fixed = train_state.split_trainable(jax.device_put(params, shardings), pattern)
+    optimizer = train_state.make_optimizer(train_state.OptimizerConfig())
+    state = train_state.create_state(trainable, optimizer, mesh)
     batch = next(data.BatchStream(task_name, LENGTHS, 8, seed=0))
-    step, batch_shardings = train.compile_train_step(
+    step, batch_shardings = train_state.compile_train_step(
         EncoderDecoderModel(module),
-        tx,
-        train.learning_rate_schedule(train.OptimizerConfig()),
+        optimizer,
+        train_state.learning_rate_schedule(train_state.OptimizerConfig()),
         1,
         mesh,
         jax.tree.map(lambda x: x.sharding, state),
-        train.split_trainable(shardings, train.trainable_pattern(trainable))[1],
+        train_state.split_trainable(shardings, train_state.trainable_regex(trainable))[1],
         batch,
     )
     before = jax.tree.map(np.asarray, params)
     new_state, metrics = step(
-        state, frozen, jax.device_put(batch, batch_shardings), jax.random.PRNGKey(0)
+        state, fixed, jax.device_put(batch, batch_shardings), jax.random.PRNGKey(0)
     )
-    return before, train.merge(frozen, new_state.trainable), new_state, metrics
+    return before, train_state.merge(fixed, new_state.trainable), new_state, metrics
 
 
 def test_one_step_changes_only_the_prompt(task):
@@ -99,8 +101,8 @@ def test_model_tuning_pattern_trains_everything(task):
 
 
 def test_trainable_matching_nothing_is_an_error():
-    with pytest.raises(train.TrainError, match="matches no parameter"):
-        train.split_trainable({"encoder": {"x": np.ones(2)}}, "decoder/.*")
+    with pytest.raises(train_state.TrainError, match="matches no parameter"):
+        train_state.split_trainable({"encoder": {"x": np.ones(2)}}, "decoder/.*")
 
 
 # -- a whole run through the CLI ---------------------------------------------------------------
@@ -200,7 +202,7 @@ def test_model_tuning_loss_falls_and_accuracy_rises(anchors, tmp_path):
         "--gin.LOG_PERIOD=50",
         checkpoint=False,
     )
-    summary = train.main(args)
+    summary = entry.train_main(args)
     losses = _losses(tmp_path)
     assert losses[-1] < 0.1 * losses[0]
     validation = keyword_examples(128, 1)["targets"]
@@ -215,7 +217,7 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_prompt(task, tmp_pat
         "--gin.LOG_PERIOD=10",
         "--gin.EVAL_PERIOD=0",
     ]
-    train.main(_run_args(tmp_path / "straight", *steps))
+    entry.train_main(_run_args(tmp_path / "straight", *steps))
 
     real_next = data.BatchStream.__next__
 
@@ -226,16 +228,47 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_prompt(task, tmp_pat
 
     monkeypatch.setattr(data.BatchStream, "__next__", dies_at_batch_25)
     with pytest.raises(KeyboardInterrupt):
-        train.main(_run_args(tmp_path / "resumed", *steps))
+        entry.train_main(_run_args(tmp_path / "resumed", *steps))
     monkeypatch.setattr(data.BatchStream, "__next__", real_next)
     assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint_*")) == [
         "checkpoint_10",
         "checkpoint_20",
     ]
-    train.main(_run_args(tmp_path / "resumed", *steps))
+    entry.train_main(_run_args(tmp_path / "resumed", *steps))
     assert "resumed from checkpoint_20" in (tmp_path / "resumed" / "log.txt").read_text()
     np.testing.assert_array_equal(
         np.load(tmp_path / "resumed" / "prompts" / "checkpoint_30.npy"),
+        np.load(tmp_path / "straight" / "prompts" / "checkpoint_30.npy"),
+    )
+
+
+def test_sigterm_saves_exits_4_and_the_rerun_ends_where_an_uninterrupted_run_does(
+    task, tmp_path, monkeypatch, capsys
+):
+    """Pre-emption (SIGTERM, as TPU and spot VMs send it) at batch 17: the state of step 17 is
+    saved, the command exits with its own status, and the same command finishes the run with
+    the prompt an uninterrupted run ends with, bit for bit."""
+    import os
+    import signal
+
+    steps = ["--gin.TRAIN_STEPS=30", "--gin.SAVE_PERIOD=10", "--gin.EVAL_PERIOD=0"]
+    entry.train_main(_run_args(tmp_path / "straight", *steps))
+    real_next = data.BatchStream.__next__
+
+    def sigterm_at_batch_17(self):
+        if self.position == 16:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_next(self)
+
+    monkeypatch.setattr(data.BatchStream, "__next__", sigterm_at_batch_17)
+    args = ["train", *_run_args(tmp_path / "preempted", *steps)]
+    assert cli.main(args) == errors.EXIT_PREEMPTED
+    assert "SIGTERM at step 17: saved checkpoint_17" in capsys.readouterr().err
+    assert (tmp_path / "preempted" / "checkpoint_17").exists()
+    monkeypatch.setattr(data.BatchStream, "__next__", real_next)
+    assert cli.main(args) == 0
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "preempted" / "prompts" / "checkpoint_30.npy"),
         np.load(tmp_path / "straight" / "prompts" / "checkpoint_30.npy"),
     )
 
@@ -260,7 +293,7 @@ def test_nan_loss_stops_naming_steps_and_keeps_last_good_checkpoint(
         "--gin.LOG_PERIOD=5",
         "--gin.EVAL_PERIOD=0",
     )
-    assert cli.main(["train", *args]) == 2
+    assert cli.main(["train", *args]) == errors.EXIT_DIVERGED
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith(
         "prompt-transfer train: error: loss became NaN or inf at step 13 (window 11-15)"
@@ -334,7 +367,7 @@ def test_early_stopping_after_patience_without_improvement(task, tmp_path):
     the 32 validation examples is 1.37, and from step 5 to 15 no score gap moved by more than
     1e-4, so no prediction can flip on any processor.
     """
-    summary = train.main(
+    summary = entry.train_main(
         _run_args(
             tmp_path,
             "--gin.TRAIN_STEPS=60",
@@ -351,7 +384,8 @@ def test_early_stopping_after_patience_without_improvement(task, tmp_path):
 
 
 def test_task_embedding_is_stored_in_the_library(task, tmp_path, capsys):
-    from prompt_transfer import checkpoints, library, t5
+    from prompt_transfer import checkpoints, t5
+    from prompt_transfer.transfer import library
 
     assert (
         cli.main(
@@ -383,7 +417,7 @@ def test_task_embedding_is_stored_in_the_library(task, tmp_path, capsys):
 def test_labels_longer_than_the_target_length_are_refused_before_any_work(task, tmp_path, capsys):
     run = tmp_path / "run"
     lengths = "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 1}"
-    assert cli.main(["train", *_run_args(run, lengths)]) == cli.EXIT_BAD_INPUT
+    assert cli.main(["train", *_run_args(run, lengths)]) == errors.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "label 'yes' of 'test_keyword' needs 2 target tokens" in err and "at least 2" in err
     assert not run.exists()
@@ -401,7 +435,7 @@ def test_rank_classification_with_labels_of_different_token_lengths(anchors):
     v = vocab.get_vocabulary(str(T5_VOCAB))
     assert len({len(v.encode(label)) for label in labels}) == 2
     config = gin_files.read_model_config("tiny")
-    module, _, network = train.frozen_network(
+    module, _, network = weights.frozen_network(
         config, str(TINY_CHECKPOINT), partitioning.make_mesh(1), 0
     )
     evaluator = evaluation.TaskEvaluator(

@@ -7,7 +7,9 @@ import pytest
 from synthetic_tasks import register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT
-from prompt_transfer import checkpoints, gin_files, library, similarity, t5, train
+from prompt_transfer import checkpoints, gin_files, t5
+from prompt_transfer.trainer import entry
+from prompt_transfer.transfer import library, retrieval, similarity
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def lib(anchors, tmp_path_factory):
 
 def _run(model_dir, lib, strategy, *extra):
     root, embedding = lib
-    return train.main(
+    return entry.train_main(
         [
             "--gin_file=experiments/prompt_tuning_tiny",
             f"--gin_file=transfer/{strategy}.gin",
@@ -156,9 +158,7 @@ def test_retrieval_by_metrics_that_run_the_model(lib, tmp_path, metric):
     if metric == "zero_shot":  # the score is the source prompt's accuracy on the target
         module = t5.T5(gin_files.read_model_config("tiny"))
         network = checkpoints.restore_params(TINY_CHECKPOINT, t5.abstract_params(module))
-        from prompt_transfer import transfer
-
-        direct = transfer.zero_shot_matrix(
+        direct = retrieval.zero_shot_matrix(
             EncoderDecoderModel(module),
             network,
             store.prompt(chosen)[None],

@@ -6,8 +6,10 @@ import pytest
 from synthetic_tasks import register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT
-from prompt_transfer import checkpoints, data, gin_files, plots, prompts, t5, transfer
+from prompt_transfer import checkpoints, data, gin_files, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
+from prompt_transfer.spot import plots
+from prompt_transfer.transfer import retrieval
 
 LENGTHS = {"inputs": 12, "targets": 4}
 
@@ -39,7 +41,7 @@ def _accuracy_by_hand(model, network, prompt):
 
 def test_zero_shot_matrix_scores_each_prompt_on_each_target(setup, tmp_path):
     model, network, stack = setup
-    matrix = transfer.zero_shot_matrix(
+    matrix = retrieval.zero_shot_matrix(
         model, network, stack, ["test_keyword"], LENGTHS, batch_size=8
     )
     assert matrix.shape == (2, 1)

@@ -23,10 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_transfer.errors import UserError
+
 EPS = 1e-12
 
 
-class SimilarityError(ValueError):
+class SimilarityError(UserError):
     pass
 
 

@@ -17,14 +17,16 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from prompt_transfer import paths
+from prompt_transfer.errors import UserError
 
-class LibraryError(ValueError):
+
+class LibraryError(UserError):
     pass
 
 
@@ -105,14 +107,11 @@ class Library:
         final = self.root / entry.id
         if final.exists():
             return self.get(entry.id)  # same task, same prompt: already stored
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.id}.tmp-", dir=self.root))
         try:
-            np.save(tmp / "prompt.npy", prompt)
-            (tmp / "meta.json").write_text(json.dumps(dataclasses.asdict(entry), indent=1))
-            os.rename(tmp, final)
+            with paths.atomic_directory(final) as tmp:
+                np.save(tmp / "prompt.npy", prompt)
+                (tmp / "meta.json").write_text(json.dumps(dataclasses.asdict(entry), indent=1))
         except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
             if final.exists():  # another writer stored the same entry first
                 return self.get(entry.id)
             raise
@@ -182,9 +181,7 @@ class Library:
     # -- exchange --------------------------------------------------------------------------
     def export(self, entry_id: str, path: str | os.PathLike) -> Path:
         """Write an entry's prompt as a plain `.npy` (what PROMPT_FILE takes)."""
-        from prompt_transfer.train_io import save_npy
-
-        save_npy(Path(path), self.prompt(entry_id))
+        paths.save_npy(path, self.prompt(entry_id))
         return Path(path)
 
 

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_transfer.train_io import atomic_write_bytes
+from prompt_transfer import paths
+from prompt_transfer.errors import UserError
 
 
-class ProjectorError(ValueError):
+class ProjectorError(UserError):
     pass
 
 
@@ -50,7 +51,7 @@ class Projector:
     def save(self, path: str | Path) -> Path:
         buffer = io.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in self.params.items()})
-        atomic_write_bytes(Path(path), buffer.getvalue())
+        paths.atomic_write_bytes(path, buffer.getvalue())
         return Path(path)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""What a training run reads and writes: MODEL_DIR, checkpoints, prompts, logs and summaries.
+"""The run directory (MODEL_DIR): what a training run reads and writes there.
 
 MODEL_DIR layout (T5X's, plus prompt exports):
   config.gin                  the operative gin config of the run
@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import jax
 import numpy as np
 from flax import serialization
+
+from prompt_transfer import paths
+from prompt_transfer.errors import UserError
 
 CONFIG_FILE = "config.gin"
 EVAL_HISTORY = "eval_history.jsonl"
@@ -32,34 +31,18 @@ EVAL_HISTORY = "eval_history.jsonl"
 _RESUMABLE_MACROS = ("TRAIN_STEPS", "EVAL_PERIOD", "SAVE_PERIOD", "LOG_PERIOD")
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError):
     pass
 
 
-class NonFiniteLoss(FloatingPointError):
-    pass
+def subdir(model_dir: paths.PathLike, *names: str):
+    """MODEL_DIR/name/... through the path layer (local or gs://)."""
+    return paths.path(model_dir).joinpath(*[n for n in names if n])
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary sibling, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_npy(path: Path, array) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(array, np.float32))
-    atomic_write_bytes(path, buffer.getvalue())
+def holds_checkpoint(model_dir: paths.PathLike) -> bool:
+    directory = paths.path(model_dir)
+    return directory.exists() and any(directory.glob("checkpoint_*"))
 
 
 def _comparable(config_text: str) -> list[str]:
@@ -67,16 +50,19 @@ def _comparable(config_text: str) -> list[str]:
     return [line.rstrip() for line in config_text.splitlines() if keep(line)]
 
 
-def check_model_dir(model_dir: Path, config_text: str, overwrite: bool, resume: bool) -> None:
+def check_model_dir(
+    model_dir: paths.PathLike, config_text: str, overwrite: bool, resume: bool
+) -> None:
     """Refuse a `model_dir` that holds a run with another config (or clear it: `overwrite`).
 
     The run's config.gin is written later (`write_config`), once set-up has succeeded, so a
     launch that fails on bad input leaves nothing that a corrected launch would trip over.
     """
+    model_dir = paths.path(model_dir)
     existing = model_dir / CONFIG_FILE
-    holds_run = existing.exists() or any(model_dir.glob("checkpoint_*"))
+    holds_run = existing.exists() or holds_checkpoint(model_dir)
     if holds_run and overwrite:
-        shutil.rmtree(model_dir)
+        model_dir.rmtree()
     elif holds_run and not resume:
         old = _comparable(existing.read_text()) if existing.exists() else ["<no config.gin>"]
         new = _comparable(config_text)
@@ -91,21 +77,8 @@ def check_model_dir(model_dir: Path, config_text: str, overwrite: bool, resume: 
             )
 
 
-def write_config(model_dir: Path, config_text: str) -> None:
-    atomic_write_bytes(Path(model_dir) / CONFIG_FILE, config_text.encode())
-
-
-def check_finite(window: list[Mapping], first_step: int, last_step: int) -> dict[str, float]:
-    """Means of a window of step metrics (one host transfer); NaN/inf loss stops the run."""
-    fetched = jax.device_get(window)
-    losses = np.asarray([m["loss"] for m in fetched])
-    if not np.isfinite(losses).all():
-        bad = first_step + int(np.flatnonzero(~np.isfinite(losses))[0])
-        raise NonFiniteLoss(
-            f"loss became NaN or inf at step {bad} (window {first_step}-"
-            f"{last_step}); the last good checkpoint is kept in MODEL_DIR"
-        )
-    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+def write_config(model_dir: paths.PathLike, config_text: str) -> None:
+    paths.atomic_write_text(subdir(model_dir, CONFIG_FILE), config_text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,11 +92,11 @@ def _state_dict(state) -> dict:
 class CheckpointStore:
     """Orbax checkpoints of the trainable state (never the frozen model), plus prompt exports."""
 
-    def __init__(self, model_dir: Path, keep: int, create: bool = True):
+    def __init__(self, model_dir: paths.PathLike, keep: int, create: bool = True):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
-        self.model_dir = Path(model_dir).absolute()
+        self.model_dir = paths.path(paths.absolute(model_dir))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             step_prefix="checkpoint",
@@ -154,7 +127,7 @@ class CheckpointStore:
         if self.manager.latest_step() != step:
             self._save(self.manager, step, state, position)
         if prompt is not None:
-            save_npy(self.model_dir / "prompts" / f"checkpoint_{step}.npy", prompt)
+            paths.save_npy(self.model_dir / "prompts" / f"checkpoint_{step}.npy", prompt)
 
     def restore(self, template, only_trainable: bool = False) -> tuple[object, int]:
         """(state, data position) of the latest checkpoint, placed like `template`.
@@ -203,7 +176,7 @@ class CheckpointStore:
             self._best = ocp.CheckpointManager(self.model_dir / "best", options=options)
         self._save(self._best, int(state.step), state, 0)
         if prompt is not None:
-            save_npy(self.model_dir / "best" / "prompt.npy", prompt)
+            paths.save_npy(self.model_dir / "best" / "prompt.npy", prompt)
         best.save(self.model_dir)
 
     def close(self) -> None:
@@ -212,9 +185,9 @@ class CheckpointStore:
             self._best.close()
 
 
-def read_eval_history(model_dir: Path) -> list[dict]:
+def read_eval_history(model_dir: paths.PathLike) -> list[dict]:
     """The evaluations of a run, in order; a resumed run's repeated steps keep the last."""
-    path = Path(model_dir) / EVAL_HISTORY
+    path = subdir(model_dir, EVAL_HISTORY)
     if not path.exists():
         return []
     by_step = {}
@@ -240,15 +213,14 @@ class BestTracker:
         self.evals_since_best += 1
         return False
 
-    def save(self, model_dir: Path) -> None:
-        atomic_write_bytes(
-            Path(model_dir) / "best" / "best.json",
-            json.dumps(dataclasses.asdict(self), indent=1).encode(),
+    def save(self, model_dir: paths.PathLike) -> None:
+        paths.atomic_write_text(
+            subdir(model_dir, "best", "best.json"), json.dumps(dataclasses.asdict(self), indent=1)
         )
 
     @classmethod
-    def load(cls, model_dir: Path) -> BestTracker:
-        path = Path(model_dir) / "best" / "best.json"
+    def load(cls, model_dir: paths.PathLike) -> BestTracker:
+        path = subdir(model_dir, "best", "best.json")
         return cls(**json.loads(path.read_text())) if path.exists() else cls()
 
 
@@ -259,19 +231,19 @@ class BestTracker:
 class ProgressLog:
     """Console progress (stderr), log.txt, and TensorBoard summaries under train/ and eval/."""
 
-    def __init__(self, model_dir: Path, total_steps: int, quiet: bool = False):
+    def __init__(self, model_dir: paths.PathLike, total_steps: int, quiet: bool = False):
         from clu import metric_writers
 
         self.total, self.quiet = total_steps, quiet
-        self.model_dir = Path(model_dir)
-        Path(model_dir).mkdir(parents=True, exist_ok=True)
-        self.file = open(Path(model_dir) / "log.txt", "a")  # noqa: SIM115 - closed in close()
+        self.model_dir = paths.path(model_dir)
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.file = (self.model_dir / "log.txt").open("a")  # closed in close()
         chief = jax.process_index() == 0
         self.train_writer = metric_writers.create_default_writer(
-            str(Path(model_dir) / "train"), just_logging=not chief, asynchronous=False
+            str(self.model_dir / "train"), just_logging=not chief, asynchronous=False
         )
         self.eval_writer = metric_writers.create_default_writer(
-            str(Path(model_dir) / "eval"), just_logging=not chief, asynchronous=False
+            str(self.model_dir / "eval"), just_logging=not chief, asynchronous=False
         )
         self._last_time, self._last_step = time.time(), None
 
@@ -313,7 +285,7 @@ class ProgressLog:
         self.eval_writer.write_scalars(step, dict(flat, **{name: value}))
         shown = "  ".join(f"{k} {v:.2f}" for k, v in flat.items())
         self.info(f"eval at step {step}: {shown}")
-        with open(self.model_dir / EVAL_HISTORY, "a") as f:  # one JSON line per evaluation
+        with (self.model_dir / EVAL_HISTORY).open("a") as f:  # one JSON line per evaluation
             f.write(
                 json.dumps({"step": step, "metric": name, "value": value, "results": results})
                 + "\n"
@@ -323,6 +295,12 @@ class ProgressLog:
         self.train_writer.close()
         self.eval_writer.close()
         self.file.close()
+
+    def __enter__(self) -> ProgressLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # also when the run stops on an error: summaries are flushed
 
 
 def _duration(seconds: float) -> str:

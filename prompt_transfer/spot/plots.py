@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer.train_io import atomic_write_bytes
+from prompt_transfer import paths
 
 
 def _figure():
@@ -24,7 +24,7 @@ def _figure():
 def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    paths.atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 
 

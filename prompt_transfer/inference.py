@@ -1,4 +1,6 @@
-"""Predictions of a trained run as JSONL: `python -m prompt_transfer.infer --gin_file=...`.
+"""Predictions of a trained model: the rows to predict and one JSON-ready record per row.
+
+`prompt-transfer infer` (trainer/entry.py) writes them as JSONL.
 
 Inputs come from a task split (the task's preprocessing applies) or from a plain text file,
 one input per line (`INFER_INPUT_FILE`). Classification tasks predict by rank classification
@@ -7,20 +9,17 @@ over their labels (with every label's log-likelihood in the record); others deco
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import data, gin_files, models, partitioning, registry, t5, train, train_io
-from prompt_transfer import file_tasks as file_task_lib
+from prompt_transfer import data, models, paths, registry
 from prompt_transfer.models import EncoderDecoderModel
 
 
-def _inputs_from_task(name, split, feature_lengths):
+def rows_from_task(name: str, split: str, feature_lengths: Mapping[str, int]):
+    """(task, [(input text, input ids, target text or None)]) of a task split, preprocessed."""
     task = data.get_task(name)
     ds = task.get_dataset(
         dict(feature_lengths),
@@ -42,57 +41,33 @@ def _inputs_from_task(name, split, feature_lengths):
     return task, rows
 
 
-def _inputs_from_file(name, path, feature_lengths):
+def rows_from_file(name: str, path: str, feature_lengths: Mapping[str, int]):
+    """(task, rows) for a text file, one input per line, encoded with the task's vocabulary."""
     task = data.get_task(name)
     vocab = task.output_features["inputs"].vocabulary
     limit = feature_lengths["inputs"]
-    lines = Path(path).read_text().splitlines()
+    lines = paths.path(path).read_text().splitlines()
     return task, [(line, (vocab.encode(line)[: limit - 1] + [1]), None) for line in lines]
 
 
-def infer(
-    *,
-    model_dir: str,
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
-    model_config: t5.T5Config,
-    initial_checkpoint_path: str | None = None,
-    trainable: str = "encoder/prompt/prompt",
-    prompt_length: int = 100,
-    random_seed: int = 0,
-    num_partitions: int = 1,
-    split: str = "validation",
-    input_file: str | None = None,
-    output_file: str | None = None,
-    checkpoint: str = "latest",
-    batch_size: int = 32,
-    file_tasks: Sequence[file_task_lib.FileTask] = (),
-) -> str:
-    """Write predictions (JSONL) and return the output path."""
-    module, params, step = train.load_trained_params(
-        model_dir,
-        model_config,
-        initial_checkpoint_path,
-        trainable,
-        prompt_length,
-        random_seed,
-        partitioning.make_mesh(num_partitions),
-        checkpoint,
-        file_tasks,
-    )
-    if input_file:
-        task, rows = _inputs_from_file(mixture_or_task_name, input_file, task_feature_lengths)
-    else:
-        task, rows = _inputs_from_task(mixture_or_task_name, split, task_feature_lengths)
+def predict(
+    model: EncoderDecoderModel,
+    params: dict,
+    task,
+    rows: list,
+    feature_lengths: Mapping[str, int],
+    batch_size: int,
+) -> list[dict]:
+    """One record per row: the prediction (rank classification over the task's labels, with
+    every label's log-likelihood, or greedy decoding), the input, and the target if known."""
     vocab = task.output_features["targets"].vocabulary
-    model = EncoderDecoderModel(module)
     labels = registry.class_labels(task.name)
     candidates = (
         jnp.asarray(models.pad_token_rows([vocab.encode(label) + [1] for label in labels]))
         if labels
         else None
     )
-    length = task_feature_lengths["inputs"]
+    length = feature_lengths["inputs"]
     records = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -114,7 +89,7 @@ def infer(
             decoded = model.predict(
                 params,
                 jnp.asarray(models.pad_batch(tokens, batch_size)),
-                max_length=task_feature_lengths["targets"],
+                max_length=feature_lengths["targets"],
             )
             for (text, _, target), ids in zip(chunk, models.strip_after_eos(decoded), strict=False):
                 records.append(
@@ -124,19 +99,4 @@ def infer(
                         **({"target": target} if target is not None else {}),
                     }
                 )
-    source = Path(input_file).stem if input_file else split
-    out = Path(output_file or Path(model_dir) / f"predictions_{source}_step{step}.jsonl")
-    train_io.atomic_write_bytes(out, "".join(json.dumps(r) + "\n" for r in records).encode())
-    return str(out)
-
-
-def main(argv: list[str]) -> str:
-    launch = gin_files.parse_command_line(argv)
-    gin_files.configure(launch.files, launch.bindings)
-    return gin_files.configured(infer)()
-
-
-if __name__ == "__main__":
-    from prompt_transfer import cli
-
-    sys.exit(cli.main(["infer", *sys.argv[1:]]))
+    return records

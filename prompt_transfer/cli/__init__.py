@@ -1,0 +1,42 @@
+"""`prompt-transfer`: one console script; each subcommand calls library functions.
+
+  models     checkpoint-info, convert, score, export             (cli/model.py)
+  data       prepare-offline, cache-examples, add-task, build-vocab  (cli/data.py)
+  library    library add|import|list|show|remove|export|rank|...  (cli/library.py)
+  runs       train, eval, infer, task-embedding, spot, demo       (cli/runs.py)
+
+Exit statuses: 0 done, 2 bad input, 3 the loss diverged, 4 pre-empted (see errors.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prompt_transfer import runtime
+from prompt_transfer.cli import data, library, model, runs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prompt-transfer",
+        description="Soft prompt transfer on frozen T5 models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (model, data, library, runs):
+        group.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_gin", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.gin_args = rest
+    return runtime.run_entry(args.command, lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

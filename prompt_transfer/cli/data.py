@@ -1,0 +1,95 @@
+"""Commands on data: prepare-offline, cache-examples, add-task, build-vocab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cmd_prepare_offline(args) -> None:
+    from prompt_transfer import offline_data
+
+    root = Path(args.data_dir) if args.data_dir else offline_data.cache_dir()
+    manifest = offline_data.prepare(root, force=args.force)
+    width = max(len(n) for n in manifest["tasks"])
+    for name, info in manifest["tasks"].items():
+        sizes = "/".join(str(info["sizes"][s]) for s in ("train", "validation", "test"))
+        print(f"{name:<{width}}  {sizes:>17}  {', '.join(info['labels'])}")
+    if not manifest["wordnet"]:
+        print("WordNet tasks skipped: install Debian's wordnet-base to add them")
+    print(f"offline suite ready in {root}")
+
+
+def cmd_cache_examples(args) -> None:
+    from prompt_transfer import data
+
+    lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+    counts = data.write_example_cache(args.task, args.output, lengths, args.passes, args.seed)
+    size = Path(args.output).stat().st_size
+    sizes = ", ".join(f"{split} {n:,}" for split, n in counts.items())
+    print(f"wrote {args.output} ({size / 2**20:.1f} MiB): {sizes} examples")
+
+
+def cmd_add_task(args) -> None:
+    from prompt_transfer import file_tasks
+
+    task = file_tasks.FileTask(
+        name=args.name,
+        train=args.train,
+        validation=args.validation,
+        test=args.test or "",
+        inputs=tuple(args.inputs),
+        target=args.target,
+        labels=tuple(args.labels or ()),
+    )
+    path = file_tasks.save_file_task(task)
+    kind = f"classification over {', '.join(task.labels)}" if task.labels else "generation"
+    print(f"registered {task.name} ({kind}); recorded in {path}")
+
+
+def cmd_build_vocab(args) -> None:
+    from prompt_transfer import offline_data, vocab
+
+    texts = offline_data.corpus_texts()
+    path = vocab.train_vocabulary(texts, args.output or vocab.OFFLINE_VOCAB_PATH, args.size)
+    v = vocab.get_vocabulary(path)
+    print(
+        f"wrote {path}: {v.vocab_size} ids ({args.size} pieces + 100 sentinels) from "
+        f"{len(texts):,} texts"
+    )
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("prepare-offline", help="build the offline task suite's splits")
+    p.add_argument("--data-dir", help="default: $PROMPT_TRANSFER_DATA or ~/.cache/...")
+    p.add_argument("--force", action="store_true", help="rebuild even if prepared")
+    p.set_defaults(func=cmd_prepare_offline)
+
+    p = sub.add_parser(
+        "cache-examples",
+        help="write a task's preprocessed examples to one .npz (train without TensorFlow)",
+    )
+    p.add_argument("task", help="SeqIO task or mixture")
+    p.add_argument("--output", required=True, help="the .npz to write")
+    p.add_argument("--inputs-length", type=int, default=128)
+    p.add_argument("--targets-length", type=int, default=32)
+    p.add_argument("--passes", type=int, default=1, help="shuffled passes over train, each seeded")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_cache_examples)
+
+    p = sub.add_parser("add-task", help="register a task from local TSV/JSONL files")
+    p.add_argument("--name", required=True)
+    p.add_argument("--train", required=True)
+    p.add_argument("--validation", required=True)
+    p.add_argument("--test")
+    p.add_argument("--inputs", nargs="+", default=["text"], help="columns joined into the input")
+    p.add_argument("--target", default="label")
+    p.add_argument("--labels", nargs="*", help="class labels (omit for a generation task)")
+    p.set_defaults(func=cmd_add_task)
+
+    p = sub.add_parser(
+        "build-vocab",
+        help="train the project's SentencePiece vocabulary on the offline corpus (T5's id layout)",
+    )
+    p.add_argument("--output", default=None, help="default: the shipped assets/offline_spm.model")
+    p.add_argument("--size", type=int, default=8000)
+    p.set_defaults(func=cmd_build_vocab)

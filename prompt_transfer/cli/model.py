@@ -1,0 +1,126 @@
+"""Commands on model checkpoints: checkpoint-info, convert, score, export."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from prompt_transfer import paths
+from prompt_transfer.errors import UserError
+
+
+def _size_for(checkpoint: str, size: str | None) -> str:
+    """An explicit --size, else the `model.gin` that `convert` writes beside the checkpoints."""
+    if size:
+        return size
+    from prompt_transfer import checkpoints
+
+    ckpt_dir, _ = checkpoints.resolve_checkpoint(checkpoint)
+    for folder in (Path(ckpt_dir), Path(ckpt_dir).parent, Path(ckpt_dir).parent.parent):
+        if (folder / "model.gin").is_file():
+            return str(folder / "model.gin")
+    raise UserError(
+        f"no --size given and no model.gin beside {ckpt_dir}; "
+        "pass --size tiny|small|base|large|xl|xxl or a size gin file"
+    )
+
+
+def cmd_checkpoint_info(args) -> None:
+    from prompt_transfer import checkpoints
+
+    rows, step = checkpoints.describe(args.path)
+    width = max(len(name) for name, _, _ in rows)
+    for name, shape, dtype in rows:
+        print(f"{name:<{width}}  {str(tuple(shape)):<16} {dtype}")
+    total = sum(math.prod(shape) for _, shape, _ in rows)
+    print(
+        f"{len(rows)} parameters, {total:,} values" + (f", step {step}" if step is not None else "")
+    )
+
+
+def cmd_convert(args) -> None:
+    from prompt_transfer import checkpoints, gin_files, hf_t5, t5
+
+    output = Path(args.output)
+    if output.exists():
+        raise UserError(f"{output} already exists; choose a new --output or remove it")
+    config, params = hf_t5.load_hf_t5(args.hf)
+    with paths.atomic_directory(output.absolute()) as tmp:
+        checkpoints.save_legacy_checkpoint(params, tmp / "checkpoint_0", step=0)
+        (tmp / "model.gin").write_text(
+            gin_files.model_gin_text(config, f"converted from {Path(args.hf).resolve()}")
+        )
+    print(
+        f"wrote {output}/checkpoint_0 ({t5.param_count(params):,} parameters) "
+        f"and {output}/model.gin"
+    )
+
+
+def cmd_score(args) -> None:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from prompt_transfer import checkpoints, gin_files, t5, vocab
+    from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
+
+    config = gin_files.read_model_config(_size_for(args.checkpoint, args.size))
+    module = t5.T5(config)
+    params = checkpoints.restore_params(args.checkpoint, t5.abstract_params(module))
+    v = vocab.get_vocabulary(args.vocab)
+    encode = lambda texts: pad_token_rows([v.encode(t) + [vocab.EOS_ID] for t in texts])
+    scores = EncoderDecoderModel(module).rank_classify(
+        params, jnp.asarray(encode(args.inputs)), jnp.asarray(encode(args.targets))
+    )
+    scores = np.asarray(scores)
+    for i, text in enumerate(args.inputs):
+        best = int(np.argmax(scores[i]))
+        for j, target in enumerate(args.targets):
+            mark = "*" if j == best and len(args.targets) > 1 else " "
+            print(f"{scores[i, j]:10.4f} {mark} {text!r} -> {target!r}")
+
+
+def cmd_export(args) -> None:
+    import jax.numpy as jnp
+
+    from prompt_transfer import checkpoints, gin_files, t5
+
+    output = Path(args.output)
+    if output.exists():
+        raise UserError(f"{output} already exists; choose a new --output or remove it")
+    config = gin_files.read_model_config(args.size)
+    abstract = t5.abstract_params(t5.T5(config))
+    checkpoints.export_run(args.run, abstract, output / "checkpoint", jnp.dtype(args.dtype))
+    shutil.copyfile(gin_files.size_file(args.size), output / "model.gin")
+    size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
+    print(f"wrote {output} ({size / 2**20:.1f} MiB, {args.dtype})")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("checkpoint-info", help="print a checkpoint's parameter tree and size")
+    p.add_argument("path", help="T5X checkpoint (legacy or orbax), local or gs://")
+    p.set_defaults(func=cmd_checkpoint_info)
+
+    p = sub.add_parser("convert", help="write a HF T5 checkpoint as a T5X checkpoint + size gin")
+    p.add_argument("--hf", required=True, help="local HF model directory (config.json + weights)")
+    p.add_argument("--output", required=True, help="new directory: checkpoint_0/ and model.gin")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("score", help="log-likelihood of each target given each input")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--size", help="size name or gin file (default: model.gin beside checkpoint)")
+    p.add_argument("--vocab", help="SentencePiece model (default: T5's standard gs:// one)")
+    p.add_argument("--inputs", nargs="+", required=True)
+    p.add_argument("--targets", nargs="+", required=True)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "export",
+        help="write a trained network (model tuning, pre-training) as "
+        "a T5X checkpoint plus its size gin",
+    )
+    p.add_argument("run", help="the run's MODEL_DIR (or one checkpoint_N in it)")
+    p.add_argument("--size", required=True, help="size name or gin file of the run's model")
+    p.add_argument("--output", required=True)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.set_defaults(func=cmd_export)

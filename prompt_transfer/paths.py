@@ -1,0 +1,169 @@
+"""Where things live: the one path layer, the one atomic write, and the environment settings.
+
+Paths go through `path()`, which speaks local paths and `gs://` alike (etils' epath, the layer
+orbax and T5X use). Every file the project writes goes through `atomic_write_bytes` or
+`atomic_directory`: readers (a resumed run, a second process, a crash) see the old content or
+the new one, never a partial file. Local writes go to a temporary sibling, are fsync'ed, then
+renamed; an object store has no partial objects, so there the write is direct.
+
+Environment variables that change defaults are read here and nowhere else:
+
+  PROMPT_TRANSFER_CACHE        root of the caches below (default ~/.cache/prompt_transfer)
+  PROMPT_TRANSFER_JAX_CACHE    compiled programs (JAX's own JAX_COMPILATION_CACHE_DIR wins)
+  PROMPT_TRANSFER_DATA         the prepared offline task suite
+  PROMPT_TRANSFER_LIBRARY      the default prompt library of `prompt-transfer library`
+  PROMPT_TRANSFER_TASKS        tasks recorded by `add-task` (default ~/.config/prompt_transfer)
+  PROMPT_TRANSFER_VOCAB        a local SentencePiece model for tasks/ instead of T5's gs:// one
+  PROMPT_TRANSFER_DISTRIBUTED  set on every host of a multi-host job: jax.distributed joins them
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from etils import epath
+
+PathLike = str | os.PathLike
+
+
+def path(p: PathLike) -> epath.Path:
+    """A path object for `p`, local or remote (`gs://bucket/dir`)."""
+    return epath.Path(p)
+
+
+def is_remote(p: PathLike) -> bool:
+    return "://" in os.fspath(p)
+
+
+def absolute(p: PathLike) -> str:
+    """`p` as an absolute string (tensorstore and orbax need one); remote paths as given."""
+    text = os.fspath(p)
+    return text if is_remote(text) else str(Path(text).absolute())
+
+
+# ---------------------------------------------------------------------------------------------
+# Writes.
+
+
+def atomic_write_bytes(target: PathLike, payload: bytes) -> None:
+    """Write `payload` to `target` whole or not at all."""
+    if is_remote(target):
+        remote = path(target)
+        remote.parent.mkdir(parents=True, exist_ok=True)
+        remote.write_bytes(payload)
+        return
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(target: PathLike, text: str) -> None:
+    atomic_write_bytes(target, text.encode())
+
+
+def npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array))
+    return buffer.getvalue()
+
+
+def save_npy(target: PathLike, array) -> None:
+    """A float32 `.npy`, written atomically (prompts are always float32 on disk)."""
+    atomic_write_bytes(target, npy_bytes(np.asarray(array, np.float32)))
+
+
+def load_npy(source: PathLike) -> np.ndarray:
+    if is_remote(source):
+        return np.load(io.BytesIO(path(source).read_bytes()))
+    return np.load(source)
+
+
+def _fsync_tree(root: Path) -> None:
+    for file in root.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_directory(final: PathLike, replace: bool = False) -> Iterator[Path]:
+    """Build a directory in a temporary sibling; it appears at `final` only when the block ends
+    without error. An existing `final` is an error unless `replace`, which swaps it out only once
+    the new one is complete. Local paths only (a directory is not one object in a bucket)."""
+    final = Path(final)
+    if is_remote(final):
+        raise ValueError(f"{final}: atomic directories are local; write the files one by one")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if replace and final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)  # fails if `final` appeared meanwhile: nothing is clobbered
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings from the environment.
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def cache_root() -> Path:
+    return Path(_env("PROMPT_TRANSFER_CACHE") or Path.home() / ".cache" / "prompt_transfer")
+
+
+def jax_cache_dir() -> str:
+    return _env("PROMPT_TRANSFER_JAX_CACHE") or str(cache_root() / "jax")
+
+
+def offline_data_dir() -> Path:
+    return Path(_env("PROMPT_TRANSFER_DATA") or cache_root() / "offline")
+
+
+def library_dir() -> str:
+    return _env("PROMPT_TRANSFER_LIBRARY") or str(cache_root() / "library")
+
+
+def user_tasks_dir() -> Path:
+    default = Path.home() / ".config" / "prompt_transfer" / "tasks"
+    return Path(_env("PROMPT_TRANSFER_TASKS") or default)
+
+
+def vocab_override() -> str | None:
+    return _env("PROMPT_TRANSFER_VOCAB")
+
+
+def drop_vocab_override() -> bool:
+    """Forget $PROMPT_TRANSFER_VOCAB for this process; True when it was set."""
+    return os.environ.pop("PROMPT_TRANSFER_VOCAB", None) is not None
+
+
+def distributed() -> bool:
+    return bool(_env("PROMPT_TRANSFER_DISTRIBUTED"))

@@ -1,0 +1,236 @@
+"""The whole SPoT flow in one command (Vu et al. 2022), on real or offline tasks.
+
+1. Source prompts: prompt tuning on each source task; each final prompt joins the library.
+2. Task embeddings: a short run on each target; its prompt joins the library.
+3. Retrieval: every source ranked for every target by each similarity metric.
+4. Targets: training from each transfer strategy and each baseline (random, sampled
+   vocabulary, class labels, model tuning), evaluated along the way.
+5. A report (report.py): score at fixed step budgets, steps to reach the random-init run's final
+   score, which sources each strategy used; convergence curves, the similarity heatmap and the
+   zero-shot transfer matrix.
+
+Every run lives in its own directory under WORK_DIR and resumes or is reused when the flow runs
+again with the same settings, so a re-run only does what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from prompt_transfer import gin_files, partitioning, paths, prompts, t5
+from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.spot.report import BASELINES, write_report
+from prompt_transfer.trainer import run_dir, weights
+from prompt_transfer.trainer.entry import RunSpec, TrainConfig, train
+from prompt_transfer.trainer.state import OptimizerConfig
+from prompt_transfer.transfer import initial, library, retrieval, similarity
+
+
+def _train_or_reuse(spec: RunSpec, config: TrainConfig, config_text: str) -> None:
+    """One training run: skipped when MODEL_DIR already holds one this long, else resumed."""
+    history = run_dir.read_eval_history(spec.model_dir)
+    done = run_dir.subdir(spec.model_dir, "prompts").exists()
+    if (done or run_dir.holds_checkpoint(spec.model_dir)) and history:
+        if history[-1]["step"] >= config.steps:
+            return
+    train(spec, config, config_text=config_text, resume=True)
+
+
+def _target_runs(task, library_root, embedding_id, settings) -> dict[str, dict]:
+    """{run name: TrainConfig/RunSpec changes} for the baselines and strategies on `task`."""
+    runs = {}
+    for name in settings["baselines"]:
+        method = name if name != "model_tuning" else "random_uniform"
+        runs[name] = {"prompt_init": prompts.PromptInit(method)}
+        if name == "model_tuning":
+            runs[name].update(
+                trainable_regex=".*",
+                prompt_length=0,
+                optimizer=settings["model_tuning_optimizer"],
+            )
+    for strategy in settings["strategies"]:
+        init = initial.TransferInit(
+            strategy=strategy,
+            library=str(library_root),
+            target_embedding=embedding_id,
+            metric=settings["retrieval_metric"],
+            top_k=settings["top_k"],
+            candidate_steps=settings["candidate_steps"],
+            mixture_steps=settings["source_steps"],
+        )
+        runs[strategy] = {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
+    return runs
+
+
+def _split_changes(changes: dict) -> tuple[dict, dict]:
+    spec_fields = {f.name for f in dataclasses.fields(RunSpec)}
+    return (
+        {k: v for k, v in changes.items() if k in spec_fields},
+        {k: v for k, v in changes.items() if k not in spec_fields},
+    )
+
+
+def run(
+    *,
+    work_dir: str,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    model_config: t5.T5Config,
+    task_feature_lengths: Mapping[str, int],
+    batch_size: int,
+    initial_checkpoint_path: str | None = None,
+    model_name: str = "unnamed",
+    prompt_length: int = 100,
+    source_steps: int = 1000,
+    embedding_steps: int = 100,
+    target_steps: int = 1000,
+    eval_period: int = 100,
+    strategies: Sequence[str] = ("top_k_average", "best_of_top_k", "top_k_mixture"),
+    baselines: Sequence[str] = BASELINES,
+    metrics: Sequence[str] = ("cosine_avg_tokens", "cosine_per_token"),
+    retrieval_metric: str = "cosine_avg_tokens",
+    top_k: int = 2,
+    candidate_steps: int = 50,
+    optimizer: OptimizerConfig = OptimizerConfig(),
+    model_tuning_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3),
+    random_seed: int = 0,
+    eval_batch_size: int = 32,
+    config_text: str = "",
+) -> dict:
+    """Run the flow; returns the report dict (also written to WORK_DIR/report.{json,md})."""
+    work = paths.path(work_dir)
+    lib = library.Library(work / "library")
+    base_spec = RunSpec(
+        model_dir="",
+        task="",
+        feature_lengths=task_feature_lengths,
+        model_config=model_config,
+        initial_checkpoint=initial_checkpoint_path,
+        prompt_length=prompt_length,
+        seed=random_seed,
+        model_name=model_name,
+    )
+    base_config = TrainConfig(
+        steps=0,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        eval_batch_size=eval_batch_size,
+        log_period=max(eval_period // 2, 1),
+    )
+
+    def one_run(model_dir, task, steps, period, **changes):
+        spec_changes, config_changes = _split_changes(changes)
+        spec = dataclasses.replace(base_spec, model_dir=str(model_dir), task=task, **spec_changes)
+        config = dataclasses.replace(
+            base_config, steps=steps, eval_period=period, save_period=steps, **config_changes
+        )
+        _train_or_reuse(spec, config, config_text)
+
+    total = len(sources) + len(targets) * (1 + len(baselines) + len(strategies))
+    counter = iter(range(1, total + 1))
+    log = lambda m: print(f"[spot] {m}", file=sys.stderr, flush=True)
+    step_log = lambda m: log(f"run {next(counter)}/{total}: {m}")
+    sampled = prompts.PromptInit("sampled_vocab")
+
+    # 1-2. Source prompts and target task embeddings, into the library.
+    for task in sources:
+        step_log(f"source prompt: {task}")
+        one_run(
+            work / "sources" / task,
+            task,
+            source_steps,
+            source_steps,
+            prompt_init=sampled,
+            library_dir=str(lib.root),
+        )
+    for task in targets:
+        step_log(f"task embedding: {task}")
+        one_run(
+            work / "embeddings" / task,
+            task,
+            embedding_steps,
+            0,
+            prompt_init=sampled,
+            library_dir=str(lib.root),
+            library_kind="task_embedding",
+        )
+    mesh = partitioning.make_mesh(1)
+    network = weights.frozen_network(model_config, initial_checkpoint_path, mesh, random_seed)
+    fingerprint = library.model_fingerprint(network.params)
+    source_entries = [
+        e for e in lib.entries(kind="trained", model_fingerprint=fingerprint) if e.task in sources
+    ]
+    embeddings = {
+        e.task: e for e in lib.entries(kind="task_embedding", model_fingerprint=fingerprint)
+    }
+    _, source_prompts = lib.load(source_entries)
+
+    # 3. Retrieval by every metric.
+    similarities = {
+        m: np.stack(
+            [
+                similarity.score_library(m, lib.prompt(embeddings[t]), source_prompts)
+                for t in targets
+            ]
+        )
+        for m in metrics
+    }
+
+    # 4. Targets: strategies and baselines.
+    settings = dict(
+        baselines=baselines,
+        strategies=strategies,
+        model_tuning_optimizer=model_tuning_optimizer,
+        retrieval_metric=retrieval_metric,
+        top_k=top_k,
+        candidate_steps=candidate_steps,
+        source_steps=source_steps,
+    )
+    curves, picked = {}, {}
+    for task in targets:
+        for name, changes in _target_runs(task, lib.root, embeddings[task].id, settings).items():
+            step_log(f"target {task}: {name}")
+            model_dir = work / "targets" / task / name
+            one_run(model_dir, task, target_steps, eval_period, **changes)
+            history = run_dir.read_eval_history(model_dir)
+            curves[(task, name)] = ([h["step"] for h in history], [h["value"] for h in history])
+            report_file = model_dir / "transfer" / "report.json"
+            if report_file.exists():
+                picked[(task, name)] = json.loads(report_file.read_text())
+
+    # 5. Zero-shot matrix and the report.
+    zero_shot = retrieval.zero_shot_matrix(
+        EncoderDecoderModel(network.module),
+        network.params,
+        source_prompts,
+        list(targets),
+        task_feature_lengths,
+        batch_size=eval_batch_size,
+    )
+    report = write_report(
+        work,
+        targets,
+        [e.task for e in source_entries],
+        curves,
+        picked,
+        similarities,
+        zero_shot,
+        eval_period,
+        target_steps,
+    )
+    for line in report["verdict"]:
+        log(line)
+    log(f"report: {work / 'report.md'}")
+    return report
+
+
+def main(argv: list[str]) -> dict:
+    """`prompt-transfer spot --gin_file=experiments/spot_tiny --gin.WORK_DIR=...`."""
+    launch = gin_files.parse_command_line(argv)
+    config_text = gin_files.configure(launch.files, launch.bindings)
+    return gin_files.configured(run)(config_text=config_text)

@@ -1,0 +1,99 @@
+"""The training loop: steps, and the hooks that log, save and evaluate between them.
+
+The loop holds no policy of its own: what a log line, a save or an evaluation does is a hook
+(entry.py builds them). It syncs with the host only at hook points: step metrics stay on the
+device until a window of them is summarised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+
+import jax
+import numpy as np
+
+from prompt_transfer.errors import Diverged, Preempted
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When the hooks run: every `log`, `save`, `evaluate` steps (0: never), and at `total`."""
+
+    total: int
+    log: int
+    save: int
+    evaluate: int = 0
+
+    def due(self, done: int, period: int) -> bool:
+        return bool(period) and (done % period == 0 or done == self.total)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    log: Callable[[int, dict, int], None]  # (step, window means, steps in the window)
+    save: Callable[[object, int], None]  # (state, data position)
+    evaluate: Callable[[object, int], bool]  # (state, step) -> stop early?
+
+
+def summarize(window: list[Mapping], first_step: int, last_step: int) -> dict[str, float]:
+    """Means of a window of step metrics (one host transfer); a NaN/inf loss stops the run."""
+    fetched = jax.device_get(window)
+    losses = np.asarray([m["loss"] for m in fetched])
+    if not np.isfinite(losses).all():
+        bad = first_step + int(np.flatnonzero(~np.isfinite(losses))[0])
+        raise Diverged(
+            f"loss became NaN or inf at step {bad} (window {first_step}-{last_step}); "
+            "the last good checkpoint is kept in MODEL_DIR"
+        )
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+@contextlib.contextmanager
+def sigterm_flag() -> Iterator[Callable[[], bool]]:
+    """A flag raised by SIGTERM (how TPU and spot VMs announce pre-emption) while the loop runs;
+    the loop saves and stops at the next step. Outside the main thread signals cannot be caught
+    and the flag stays down."""
+    raised = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield raised.is_set
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: raised.set())
+    try:
+        yield raised.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(state, fixed, step_fn, stream, rng, schedule: Schedule, hooks: Hooks):
+    """Train from `state.step` to `schedule.total`; returns (state, stopped_early).
+
+    `step_fn(state, fixed, batch, rng) -> (state, metrics)` is the compiled step; `stream`
+    yields batches and knows its `position` (saved with each checkpoint, so a resumed run
+    reads the data where the saved one stopped).
+    """
+    window, first = [], int(state.step) + 1
+    with sigterm_flag() as preempted:
+        for step in range(int(state.step), schedule.total):
+            state, metrics = step_fn(state, fixed, next(stream), rng)
+            window.append(metrics)
+            done, stopping = step + 1, preempted()
+            if stopping or any(
+                schedule.due(done, p) for p in (schedule.log, schedule.save, schedule.evaluate)
+            ):
+                hooks.log(done, summarize(window, first, done), len(window))
+                window, first = [], done + 1
+            if stopping or schedule.due(done, schedule.save):
+                hooks.save(state, stream.position)
+            if stopping:
+                raise Preempted(
+                    f"SIGTERM at step {done}: saved checkpoint_{done}; "
+                    "run the same command again to resume"
+                )
+            if schedule.due(done, schedule.evaluate) and hooks.evaluate(state, done):
+                hooks.save(state, stream.position)
+                return state, True
+    return state, False

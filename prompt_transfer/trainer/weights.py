@@ -1,0 +1,94 @@
+"""The parameters of a run: the frozen network, the prompt joined to it, and what trains.
+
+Parameters are created already sharded: a checkpoint is restored straight into the shards the
+logical axis rules give, and a fresh initialisation is jitted with those shardings as outputs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from prompt_transfer import checkpoints, partitioning, prompts, t5
+from prompt_transfer.trainer import run_dir
+from prompt_transfer.trainer.state import (
+    TrainError,
+    TrainState,
+    init_state,
+    merge,
+    split_trainable,
+    trainable_regex,
+)
+
+
+class Network(NamedTuple):
+    """The T5 module, its boxed abstract tree (shapes and logical axes), and its parameters."""
+
+    module: t5.T5
+    abstract: dict
+    params: dict
+
+
+def frozen_network(
+    config: t5.T5Config, checkpoint: str | None, mesh: Mesh, seed: int, dtype=jnp.float32
+) -> Network:
+    """The network placed on `mesh`: from `checkpoint` when given (sharded restore), else a
+    fresh initialisation created already sharded (eval_shape, logical shardings, jitted init)."""
+    module = t5.T5(config)
+    abstract = t5.abstract_params(module)
+    if checkpoint:
+        restored = checkpoints.restore_params(checkpoint, abstract, mesh, dtype=dtype)
+        return Network(module, abstract, restored)
+    shardings = partitioning.param_shardings(abstract, mesh)
+    tokens = jnp.ones((1, 8), jnp.int32)
+    init = jax.jit(
+        lambda rng: nn.unbox(module.init(rng, tokens, tokens)["params"]), out_shardings=shardings
+    )
+    return Network(module, abstract, init(jax.random.PRNGKey(seed)))
+
+
+def place(network: Network, prompt: np.ndarray | None, regex: str, mesh: Mesh):
+    """(trainable, fixed, their shardings) of the network with `prompt` [P, E] joined to it
+    (None: no prompt), sharded on `mesh` and split by the TRAINABLE `regex`."""
+    abstract, params = network.abstract, network.params
+    if prompt is not None:
+        abstract = prompts.with_prompt(abstract, prompts.abstract_prompt(*prompt.shape))
+        params = prompts.with_prompt(params, jnp.asarray(prompt))
+    shardings = partitioning.param_shardings(abstract, mesh)
+    trainable, fixed = split_trainable(jax.device_put(params, shardings), regex)
+    trainable_shardings, fixed_shardings = split_trainable(shardings, trainable_regex(trainable))
+    return trainable, fixed, trainable_shardings, fixed_shardings
+
+
+def prompt_of(state: TrainState, fixed: dict):
+    """The current prompt [P, E] (trainable or fixed), or None when the run has none."""
+    _, prompt = prompts.split_prompt(merge(fixed, state.trainable))
+    return prompt
+
+
+def restore_trained(
+    model_dir: str,
+    network: Network,
+    regex: str,
+    prompt_length: int,
+    mesh: Mesh,
+    which: str = "latest",
+) -> tuple[dict, int]:
+    """(parameters, step) of a finished run: `network` with the trained subtree restored from
+    MODEL_DIR (`which` is "latest" or "best"); the optimizer state is not read."""
+    width = network.module.config.emb_dim
+    prompt = np.zeros((prompt_length, width), np.float32) if prompt_length else None
+    trainable, fixed, _, _ = place(network, prompt, regex, mesh)
+    directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
+    store = run_dir.CheckpointStore(directory, keep=1_000_000, create=False)
+    if store.latest_step() is None:
+        raise TrainError(f"no {which} checkpoint in {directory}; train first or check MODEL_DIR")
+    state, _ = store.restore(init_state(trainable, optax.identity()), only_trainable=True)
+    store.close()
+    return merge(fixed, state.trainable), int(state.step)

@@ -1,0 +1,177 @@
+"""How a target prompt starts from library prompts: SPoT's strategies (Vu et al. 2022).
+
+single_source (one named prompt), top_1 (the most similar source), top_k_average (their
+similarity-weighted average), best_of_top_k (a short run from each of the top k, keep the best
+on validation) and top_k_mixture (one prompt trained on the top-k sources' mixture). Prompts of
+another length are fitted explicitly (truncate, pad, interpolate); prompts of another model
+width only through a trained projector (projector.py). The short runs are the caller's: this
+module receives them as functions, so it never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from prompt_transfer import paths
+from prompt_transfer.transfer import retrieval, similarity
+from prompt_transfer.transfer.library import Library, read_t5x_prompt
+from prompt_transfer.transfer.retrieval import TransferError
+
+LENGTH_FITS = ("error", "truncate", "pad", "interpolate")
+STRATEGIES = ("single_source", "top_1", "top_k_average", "best_of_top_k", "top_k_mixture")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferInit:
+    """How a target prompt starts from library prompts (bound by gin/transfer/*.gin).
+
+    strategy: single_source (the prompt `source`: a library entry id or a .npy file);
+      top_1 (the most similar source); top_k_average (similarity-weighted average of the top k);
+      best_of_top_k (a short run from each of the top k, keep the best on validation);
+      top_k_mixture (one prompt trained on the top-k sources' mixture starts the target).
+    target_embedding: the target's task embedding (library entry id or .npy) for retrieval.
+    """
+
+    strategy: str = "top_k_average"
+    library: str = ""
+    source: str = ""
+    target_embedding: str = ""
+    metric: str = "cosine_avg_tokens"
+    top_k: int = 3
+    length_fit: str = "error"
+    candidate_steps: int = 100  # best_of_top_k: steps of each short run
+    mixture_steps: int = 1000  # top_k_mixture: steps on the sources' mixture
+
+    def __post_init__(self):
+        if self.metric not in (*similarity.METRICS, "zero_shot"):
+            raise TransferError(
+                f"retrieval metric {self.metric!r} is unknown; choose one of "
+                + ", ".join((*similarity.METRICS, "zero_shot"))
+            )
+        if self.strategy not in STRATEGIES:
+            raise TransferError(
+                f"transfer strategy {self.strategy!r} is unknown; choose one "
+                f"of {', '.join(STRATEGIES)}"
+            )
+
+
+def fit_length(prompt: np.ndarray, length: int, how: str = "error") -> np.ndarray:
+    """A [P, E] prompt made [length, E]: `truncate` keeps the first rows, `pad` appends rows of
+    the prompt's mean token, `interpolate` resamples the rows linearly; `error` refuses."""
+    prompt = np.asarray(prompt, np.float32)
+    p = prompt.shape[0]
+    if p == length:
+        return prompt
+    if how not in LENGTH_FITS:
+        raise TransferError(
+            f"length fit {how!r} is unknown; choose one of {', '.join(LENGTH_FITS)}"
+        )
+    if how == "error":
+        raise TransferError(
+            f"source prompt has length {p} but the target uses {length}; choose "
+            "a length fit: truncate, pad or interpolate"
+        )
+    if how == "truncate":
+        if p < length:
+            raise TransferError(f"cannot truncate a length-{p} prompt to {length}; use pad")
+        return prompt[:length]
+    if how == "pad":
+        if p > length:
+            raise TransferError(f"cannot pad a length-{p} prompt to {length}; use truncate")
+        return np.concatenate([prompt, np.repeat(prompt.mean(0, keepdims=True), length - p, 0)])
+    positions = np.linspace(0, p - 1, length)
+    lower = np.floor(positions).astype(int)
+    upper = np.minimum(lower + 1, p - 1)
+    frac = (positions - lower)[:, None].astype(np.float32)
+    return (1 - frac) * prompt[lower] + frac * prompt[upper]
+
+
+def weighted_average(prompts: Sequence[np.ndarray], scores: Sequence[float]) -> np.ndarray:
+    """SPoT's top-k weighted average: sum_i w_i P_i with w_i = s_i / sum_j s_j.
+
+    Similarities must be positive (every metric here is, except cosines of unrelated prompts,
+    which are clipped at 0 so a dissimilar source cannot enter with a negative weight).
+    """
+    scores = np.clip(np.asarray(scores, np.float64), 0.0, None)
+    if scores.sum() <= 0:
+        raise TransferError("every top-k similarity is <= 0; no weighted average to take")
+    weights = scores / scores.sum()
+    return np.tensordot(weights, np.stack(prompts).astype(np.float64), axes=1).astype(np.float32)
+
+
+def _load_prompt(lib: Library | None, ref: str) -> np.ndarray:
+    if ref.endswith(".npy") or paths.path(ref).is_dir():
+        return read_t5x_prompt(ref)
+    if lib is None:
+        raise TransferError(f"{ref!r} is not a .npy file and no library is configured")
+    return np.asarray(lib.prompt(ref))
+
+
+def _ranked_sources(
+    init: TransferInit, dim: int, model_fingerprint: str, target_task: str, model_scores=None
+):
+    """(library, ranked top-k sources) for a target, from its task embedding."""
+    if not init.library:
+        raise TransferError(f"strategy {init.strategy} retrieves from a library; set LIBRARY")
+    if not init.target_embedding:
+        raise TransferError(
+            f"strategy {init.strategy} needs the target's task embedding; set "
+            "TARGET_EMBEDDING (see `prompt-transfer task-embedding`)"
+        )
+    lib = Library(init.library)
+    target = _load_prompt(lib, init.target_embedding)
+    entries = [
+        e
+        for e in retrieval.eligible_sources(lib, model_fingerprint, dim, [target_task])
+        if e.kind != "task_embedding"
+    ]
+    if not entries:
+        raise TransferError(f"no eligible source prompt in {lib.root} (only task embeddings)")
+    return lib, retrieval.retrieve(lib, target, entries, init.metric, init.top_k, model_scores)
+
+
+def initial_prompt(
+    init: TransferInit,
+    length: int,
+    dim: int,
+    model_fingerprint: str,
+    target_task: str,
+    run_candidate=None,
+    run_mixture=None,
+    model_scores=None,
+):
+    """(prompt [length, dim], report) for a transfer strategy.
+
+    `run_candidate(prompt, name) -> validation score` trains briefly from a prompt
+    (best_of_top_k); `run_mixture(task names) -> prompt` trains one prompt on a mixture of
+    source tasks (top_k_mixture); `model_scores` see `retrieval.retrieve`. The report names
+    the sources used and their similarities.
+    """
+    fit = lambda p: fit_length(p, length, init.length_fit)
+    if init.strategy == "single_source":
+        if not init.source:
+            raise TransferError("strategy single_source needs SOURCE_PROMPT (entry id or .npy)")
+        lib = Library(init.library) if init.library else None
+        return fit(_load_prompt(lib, init.source)), {"sources": [init.source]}
+    lib, ranked = _ranked_sources(init, dim, model_fingerprint, target_task, model_scores)
+    report = {
+        "sources": [r.entry.task for r in ranked],
+        "similarities": [r.score for r in ranked],
+        "metric": init.metric,
+    }
+    candidates = [fit(lib.prompt(r.entry)) for r in ranked]
+    if init.strategy == "top_1":
+        return candidates[0], dict(report, chosen=ranked[0].entry.task)
+    if init.strategy == "top_k_average":
+        return weighted_average(candidates, [r.score for r in ranked]), report
+    if init.strategy == "best_of_top_k":
+        scores = [run_candidate(p, r.entry.task) for p, r in zip(candidates, ranked, strict=True)]
+        best = int(np.argmax(scores))
+        return candidates[best], dict(
+            report, candidate_scores=scores, chosen=ranked[best].entry.task
+        )
+    mixture_prompt = run_mixture([r.entry.task for r in ranked])
+    return fit(mixture_prompt), report

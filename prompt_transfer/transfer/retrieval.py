@@ -1,0 +1,165 @@
+"""Retrieval: which library prompts may start a target, and in which order.
+
+SPoT's recipe (Vu et al. 2022, Sec. 3): the target's task embedding (its prompt after a short
+training run) is compared with every eligible source prompt in the library by a similarity
+metric (similarity.py), or by a score that needs the frozen model (activation overlap, or each
+source used as is on the target: Su et al.'s zero-shot transfer); the top k are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from prompt_transfer import evaluation
+from prompt_transfer import prompts as prompts_lib
+from prompt_transfer.errors import UserError
+from prompt_transfer.transfer import similarity
+from prompt_transfer.transfer.library import Entry, Library
+
+MODEL_METRICS = ("activation_overlap", "zero_shot")  # need the frozen model to score
+
+
+class TransferError(UserError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+    entry: Entry
+    score: float
+
+
+def eligible_sources(
+    lib: Library, model_fingerprint: str, embed_dim: int, exclude_tasks: Sequence[str] = ()
+) -> list[Entry]:
+    """Library entries trained with this frozen model, excluding the target's own task(s).
+
+    A prompt from another model (fingerprint or width) is not eligible: it would need a
+    projector (`projector.py`), which makes it a different entry.
+    """
+    entries = [e for e in lib.entries() if e.task not in set(exclude_tasks)]
+    if not entries:
+        raise TransferError(
+            f"the prompt library {lib.root} is empty"
+            + (" apart from the target's own task" if exclude_tasks else "")
+        )
+    fits = [
+        e
+        for e in entries
+        if e.embed_dim == embed_dim
+        and (not model_fingerprint or e.model_fingerprint == model_fingerprint)
+    ]
+    if not fits:
+        models = sorted(
+            {
+                f"{e.model} ({e.model_fingerprint or 'no fingerprint'}, width {e.embed_dim})"
+                for e in entries
+            }
+        )
+        raise TransferError(
+            f"no library prompt was trained with this model "
+            f"(fingerprint {model_fingerprint}, width {embed_dim}); the "
+            f"library holds prompts of {', '.join(models)}; train sources with "
+            "this model or project them with a cross-model projector"
+        )
+    return fits
+
+
+def rank_sources(
+    lib: Library,
+    target_prompt: np.ndarray,
+    metric: str,
+    entries: list[Entry],
+    top_k: int | None = None,
+    signatures: dict | None = None,
+) -> list[Ranked]:
+    """Sources ordered by similarity to the target (highest first), optionally the top k.
+
+    `signatures` ({entry id or "target": on/off vector}) is needed for `activation_overlap`.
+    """
+    similarity.get_metric(metric)  # unknown metric: list the choices before any work
+    if metric == "activation_overlap":
+        if signatures is None:
+            raise TransferError(
+                "activation_overlap needs activation signatures of the target "
+                "and of every source (similarity.activation_signature)"
+            )
+        scores = similarity.score_library(
+            metric, signatures["target"], np.stack([signatures[e.id] for e in entries])
+        )
+        healthy = entries
+    else:
+        healthy, prompts = lib.load(entries)
+        if not healthy:
+            raise TransferError("no healthy source prompt left in the library")
+        scores = similarity.score_library(metric, target_prompt, prompts)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    ranked = [Ranked(healthy[i], float(scores[i])) for i in order]
+    return ranked[:top_k] if top_k else ranked
+
+
+def rank_by_zero_shot(entries: list[Entry], scores: np.ndarray, top_k: int | None = None):
+    """Sources ordered by a per-source score, highest first (e.g. their zero-shot score on the
+    target: one column of the zero-shot matrix)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    ranked = [Ranked(entries[i], float(scores[i])) for i in order]
+    return ranked[:top_k] if top_k else ranked
+
+
+def zero_shot_matrix(
+    model,
+    network,
+    prompts: np.ndarray,
+    targets: Sequence[str],
+    feature_lengths,
+    split: str = "validation",
+    batch_size: int = 32,
+):
+    """[N prompts, T targets] main-metric scores of each prompt used as is on each target task
+    (no training): Su et al.'s zero-shot transfer, and a retrieval signal of its own."""
+    matrix = np.zeros((len(prompts), len(targets)))
+    for j, target in enumerate(targets):
+        evaluator = evaluation.TaskEvaluator(model, target, split, feature_lengths, batch_size)
+        for i, prompt in enumerate(prompts):
+            results = evaluator.evaluate(prompts_lib.with_prompt(network, np.asarray(prompt)))
+            matrix[i, j] = evaluation.main_metric(results)[1]
+    return matrix
+
+
+def model_scores(
+    model, network, task_name, feature_lengths, split, batch_size, metric, target, sources
+):
+    """Scores of source prompts [N, P, E] that need the frozen model: activation overlap with
+    the target's embedding, or each source's zero-shot score on the target's `split`."""
+    if metric == "activation_overlap":
+        signature = lambda p: similarity.activation_signature(model.module, network, np.asarray(p))
+        return similarity.score_library(
+            metric, signature(target), np.stack([signature(p) for p in sources])
+        )
+    return zero_shot_matrix(
+        model, network, sources, [task_name], feature_lengths, split, batch_size
+    )[:, 0]
+
+
+def retrieve(
+    lib: Library,
+    target: np.ndarray,
+    entries: list[Entry],
+    metric: str,
+    top_k: int,
+    model_scores=None,
+) -> list[Ranked]:
+    """The top-k `entries` for the `target` task embedding [P, E] by `metric`.
+
+    `model_scores(metric, target, source prompts [N, P, E]) -> [N]` scores the metrics that
+    run the frozen model (MODEL_METRICS).
+    """
+    if metric in MODEL_METRICS:
+        if model_scores is None:
+            raise TransferError(f"metric {metric} needs the frozen model to score sources")
+        healthy, prompts = lib.load(entries)
+        return rank_by_zero_shot(healthy, model_scores(metric, target, prompts), top_k)
+    return rank_sources(lib, target, metric, entries, top_k)

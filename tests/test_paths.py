@@ -1,0 +1,102 @@
+"""The one atomic write, the path layer, environment settings, and how a command ends."""
+
+import os
+
+import numpy as np
+import pytest
+
+from prompt_transfer import errors, paths, runtime
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "report.json"
+    paths.atomic_write_text(target, "old")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        paths.atomic_write_text(target, "new, but cut short")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_npy_round_trip_is_float32(tmp_path):
+    paths.save_npy(tmp_path / "sub" / "p.npy", np.arange(6, dtype=np.float64).reshape(2, 3))
+    loaded = paths.load_npy(tmp_path / "sub" / "p.npy")
+    assert loaded.dtype == np.float32 and loaded.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_a_directory_appears_only_complete(tmp_path):
+    final = tmp_path / "checkpoint"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with paths.atomic_directory(final) as tmp:
+            (tmp / "a").write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []  # neither the directory nor its temporary sibling
+    with paths.atomic_directory(final) as tmp:
+        (tmp / "a").write_text("whole")
+    assert (final / "a").read_text() == "whole"
+
+
+def test_an_existing_directory_is_replaced_only_when_asked_and_only_once_complete(tmp_path):
+    final = tmp_path / "suite"
+    with paths.atomic_directory(final) as tmp:
+        (tmp / "v").write_text("1")
+    with pytest.raises(OSError):
+        with paths.atomic_directory(final) as tmp:
+            (tmp / "v").write_text("2")
+    assert (final / "v").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with paths.atomic_directory(final, replace=True) as tmp:
+            (tmp / "v").write_text("2")
+            raise RuntimeError("build failed")
+    assert (final / "v").read_text() == "1"  # the old one stays until the new one is whole
+    with paths.atomic_directory(final, replace=True) as tmp:
+        (tmp / "v").write_text("2")
+    assert (final / "v").read_text() == "2" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_settings_come_from_the_environment_in_one_place(tmp_path, monkeypatch):
+    for name in ("JAX_CACHE", "DATA", "LIBRARY", "TASKS", "VOCAB"):
+        monkeypatch.delenv(f"PROMPT_TRANSFER_{name}", raising=False)
+    monkeypatch.setenv("PROMPT_TRANSFER_CACHE", str(tmp_path / "cache"))
+    assert paths.jax_cache_dir() == str(tmp_path / "cache" / "jax")
+    assert paths.offline_data_dir() == tmp_path / "cache" / "offline"
+    assert paths.library_dir() == str(tmp_path / "cache" / "library")
+    assert paths.vocab_override() is None
+    monkeypatch.setenv("PROMPT_TRANSFER_DATA", str(tmp_path / "data"))
+    assert paths.offline_data_dir() == tmp_path / "data"
+    assert paths.is_remote("gs://bucket/run") and not paths.is_remote(tmp_path)
+    assert paths.absolute("gs://bucket/run") == "gs://bucket/run"
+
+
+class _OwnError(errors.UserError):
+    """A module's own error class: no registration anywhere, still a one-line exit 2."""
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (_OwnError("MODEL_DIR x holds another run\nIn call to configurable 'train'"), 2),
+        (FileNotFoundError("no such file: x.tsv"), 2),
+        (errors.Diverged("loss became NaN at step 13"), 3),
+        (errors.Preempted("SIGTERM at step 17"), 4),
+    ],
+)
+def test_each_reason_to_stop_has_its_exit_status_and_one_line(error, code, capsys):
+    def body():
+        raise error
+
+    assert runtime.run_entry("train", body) == code
+    err = capsys.readouterr().err
+    assert err.startswith("prompt-transfer train: error: ") and err.count("\n") == 1
+
+
+def test_a_bug_keeps_its_traceback():
+    def body():
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        runtime.run_entry("train", body)
