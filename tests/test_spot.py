@@ -94,6 +94,44 @@ def test_verdict_compares_the_best_transfer_with_random_init(tmp_path):
     assert rows["random_uniform"]["steps_to_random_final"] == 4
 
 
+def test_two_constant_predictors_get_no_verdict_and_the_majority_row_shows(tmp_path):
+    """Random init says 'no' for all 10, the best transfer 'yes' for all 10: 60 against 40 is
+    the difference between two class frequencies, and the report must say so."""
+    import numpy as np
+
+    curves = {
+        ("t", "random_uniform"): ([2, 4], [40.0, 40.0]),
+        ("t", "top_k_average"): ([2, 4], [50.0, 60.0]),
+    }
+    predictions = {
+        ("t", "random_uniform"): {"yes": 0, "no": 10},
+        ("t", "top_k_average"): {"yes": 10, "no": 0},
+    }
+    built = report.write_report(
+        tmp_path,
+        ["t"],
+        ["s1"],
+        curves,
+        {},
+        {"cosine_avg_tokens": np.array([[0.1]])},
+        np.array([[30.0]]),
+        2,
+        4,
+        predictions,
+        {"t": {"yes": 6, "no": 4}},
+    )
+    assert built["verdict"] == [
+        "t: no verdict: the best transfer (top_k_average) predicts 'yes' and random init 'no' "
+        "for every input, so their 60.0 and 40.0 are class frequencies (majority class 'yes': "
+        "60.0)"
+    ]
+    markdown = (tmp_path / "report.md").read_text()
+    assert (
+        "| t | majority class (yes) | 60.0 | 60.0 | - | - | true labels: yes 6, no 4 |" in markdown
+    )
+    assert "| yes 10 |" in markdown and "| no 10 |" in markdown
+
+
 def test_a_full_disk_leaves_the_last_complete_report(tmp_path, monkeypatch):
     import errno
     import os

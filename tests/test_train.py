@@ -139,6 +139,11 @@ def test_prompt_tuning_run_writes_what_it_should(prompt_run):
     """
     losses = _losses(prompt_run)
     assert len(losses) == 4 and all(np.isfinite(losses))
+    # Each evaluation records what the run predicted and the split's true labels.
+    last = json.loads((prompt_run / "eval_history.jsonl").read_text().splitlines()[-1])
+    truth = keyword_examples(32, 1)["targets"]
+    assert last["labels"] == {"test_keyword": {"yes": truth.count("yes"), "no": truth.count("no")}}
+    assert sum(last["predictions"]["test_keyword"].values()) == 32
     assert (prompt_run / "config.gin").read_text().count("test_keyword") >= 1
     prompt = np.load(prompt_run / "prompts" / "checkpoint_40.npy")
     assert prompt.shape == (5, 4) and prompt.dtype == np.float32

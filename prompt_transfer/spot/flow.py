@@ -191,7 +191,7 @@ def run(
         candidate_steps=candidate_steps,
         source_steps=source_steps,
     )
-    curves, picked = {}, {}
+    curves, picked, predictions, labels = {}, {}, {}, {}
     for task in targets:
         for name, changes in _target_runs(task, lib.root, embeddings[task].id, settings).items():
             step_log(f"target {task}: {name}")
@@ -199,6 +199,9 @@ def run(
             one_run(model_dir, task, target_steps, eval_period, **changes)
             history = run_dir.read_eval_history(model_dir)
             curves[(task, name)] = ([h["step"] for h in history], [h["value"] for h in history])
+            if history and history[-1].get("predictions"):  # classification targets
+                predictions[(task, name)] = history[-1]["predictions"].get(task)
+                labels[task] = history[-1]["labels"].get(task)
             report_file = model_dir / "transfer" / "report.json"
             if report_file.exists():
                 picked[(task, name)] = json.loads(report_file.read_text())
@@ -222,6 +225,8 @@ def run(
         zero_shot,
         eval_period,
         target_steps,
+        predictions,
+        labels,
     )
     for line in report["verdict"]:
         log(line)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from prompt_transfer import paths
+from prompt_transfer import evaluation, paths
 from prompt_transfer.spot import plots
 
 BASELINES = ("random_uniform", "sampled_vocab", "class_labels", "model_tuning")
@@ -27,9 +27,31 @@ def _steps_to_reach(history: list[dict], value: float) -> int | None:
     return next((h["step"] for h in history if h["value"] >= value), None)
 
 
+def _single_label(counts: dict | None) -> str | None:
+    """The label a run gave every example, or None (not a constant predictor, or unknown)."""
+    given = [label for label, n in (counts or {}).items() if n]
+    return given[0] if len(given) == 1 else None
+
+
 def write_report(
-    work, targets, source_tasks, curves, picked, similarities, zero_shot, eval_period, target_steps
+    work,
+    targets,
+    source_tasks,
+    curves,
+    picked,
+    similarities,
+    zero_shot,
+    eval_period,
+    target_steps,
+    predictions=None,
+    labels=None,
 ) -> dict:
+    """Write report.json, report.md and the figures; returns the report.
+
+    `predictions` {(target, run): {label: count}} are what each run predicted at its last
+    evaluation; `labels` {target: {label: count}} the true labels of the evaluation split.
+    """
+    predictions, labels = predictions or {}, labels or {}
     # Fixed step budgets at evaluation points: the first, about 1/4, 1/2 and the end.
     on_grid = lambda s: max(eval_period, round(s / eval_period) * eval_period)
     budgets = sorted({eval_period, *(on_grid(target_steps * f) for f in (0.25, 0.5)), target_steps})
@@ -49,14 +71,21 @@ def write_report(
                 ),
                 "sources": picked.get((task, name), {}).get("chosen")
                 or picked.get((task, name), {}).get("sources"),
+                "predictions": predictions.get((task, name)),
+                "constant": _single_label(predictions.get((task, name))),
             }
         )
+    majority = {}
+    for task, counts in labels.items():
+        label, share = evaluation.majority_share(counts)
+        majority[task] = {"label": label, "share": share, "labels": counts}
     report = {
         "targets": list(targets),
         "sources": source_tasks,
         "budgets": budgets,
         "rows": rows,
-        "verdict": _verdict(rows, targets, target_steps),
+        "majority": majority,
+        "verdict": _verdict(rows, targets, target_steps, majority),
         "similarities": {m: v.tolist() for m, v in similarities.items()},
         "zero_shot": zero_shot.tolist(),
     }
@@ -88,9 +117,11 @@ def write_report(
     return report
 
 
-def _verdict(rows: list[dict], targets, target_steps: int) -> list[str]:
-    """One plain sentence per target: did the best transfer strategy beat random init?"""
-    lines = []
+def _verdict(rows: list[dict], targets, target_steps: int, majority=None) -> list[str]:
+    """One plain sentence per target: did the best transfer strategy beat random init? Where a
+    run gives every example the same label it says so: a gap between two constant predictors
+    is a gap between two class frequencies, not a verdict on transfer."""
+    lines, majority = [], majority or {}
     for task in targets:
         final = {r["run"]: r["scores"].get(target_steps) for r in rows if r["target"] == task}
         random = final.get("random_uniform")
@@ -111,10 +142,22 @@ def _verdict(rows: list[dict], targets, target_steps: int) -> list[str]:
         else:
             how = f"does not help: {-gain:.1f} points below random init at step {target_steps}"
         speed = f"reaches random init's final score at step {reach}" if reach else "never does"
-        lines.append(
+        line = (
             f"{task}: the best transfer ({best}, {final[best]:.1f}) {how} "
             f"({random:.1f}); it {speed}"
         )
+        constant = {r["run"]: r["constant"] for r in rows if r["target"] == task}
+        if constant.get(best) and constant.get("random_uniform"):
+            line = (
+                f"{task}: no verdict: the best transfer ({best}) predicts {constant[best]!r} and "
+                f"random init {constant['random_uniform']!r} for every input, so their "
+                f"{final[best]:.1f} and {random:.1f} are class frequencies"
+            )
+        elif constant.get(best):
+            line += f"; but it predicts {constant[best]!r} for every input"
+        if task in majority:
+            line += f" (majority class {majority[task]['label']!r}: {majority[task]['share']:.1f})"
+        lines.append(line)
     return lines
 
 
@@ -128,20 +171,35 @@ def _markdown(report: dict) -> str:
         "",
         *(f"- {line}" for line in report["verdict"]),
         "",
-        "Scores are the validation main metric at each step budget.",
+        "Scores are the validation main metric at each step budget; the majority-class row is "
+        "what a constant predictor scores, and the last column what each run predicted at its "
+        "last evaluation (a single label there means a constant predictor).",
         "",
         "| target | run | "
         + " | ".join(f"step {b}" for b in budgets)
-        + " | steps to random-init final | sources used |",
-        "|---|---|" + "---|" * len(budgets) + "---|---|",
+        + " | steps to random-init final | sources used | predictions at the last evaluation |",
+        "|---|---|" + "---|" * len(budgets) + "---|---|---|",
     ]
+    shown_majority = set()
     for r in report["rows"]:
+        task = r["target"]
+        if task in report.get("majority", {}) and task not in shown_majority:
+            shown_majority.add(task)
+            m = report["majority"][task]
+            true = ", ".join(f"{label} {n}" for label, n in m["labels"].items())
+            lines.append(
+                f"| {task} | majority class ({m['label']}) | "
+                + " | ".join(fmt(m["share"]) for _ in budgets)
+                + f" | - | - | true labels: {true} |"
+            )
         sources = r["sources"] if isinstance(r["sources"], str) else ", ".join(r["sources"] or [])
         reach = r["steps_to_random_final"]
+        given = ", ".join(f"{label} {n}" for label, n in (r.get("predictions") or {}).items() if n)
         lines.append(
-            f"| {r['target']} | {r['run']} | "
+            f"| {task} | {r['run']} | "
             + " | ".join(fmt(r["scores"][b]) for b in budgets)
-            + f" | {reach if reach is not None else 'not reached'} | {sources or '-'} |"
+            + f" | {reach if reach is not None else 'not reached'} | {sources or '-'} "
+            + f"| {given or '-'} |"
         )
     sources, targets = report["sources"], report["targets"]
     lines += [

@@ -213,7 +213,7 @@ def _hooks(spec, config, model, fixed, store, best, log) -> loop.Hooks:
     def evaluate(state, step: int) -> bool:
         results = evaluator.evaluate(merge(fixed, state.trainable), step)
         name, value = evaluation.main_metric(results)
-        log.eval_metrics(step, results, name, value)
+        log.eval_metrics(step, results, name, value, evaluator.predictions, evaluator.labels)
         if best.update(step, name, value):
             store.save_best(state, weights.prompt_of(state, fixed), best)
         patience = config.early_stopping_patience

@@ -279,17 +279,28 @@ class ProgressLog:
         )
 
     def eval_metrics(
-        self, step: int, results: Mapping[str, Mapping[str, float]], name: str, value: float
+        self,
+        step: int,
+        results: Mapping[str, Mapping[str, float]],
+        name: str,
+        value: float,
+        predictions: Mapping[str, Mapping[str, int]] | None = None,
+        labels: Mapping[str, Mapping[str, int]] | None = None,
     ) -> None:
+        """One evaluation: TensorBoard, the console, and a line of eval_history.jsonl with the
+        per-task results, the predicted-label counts and the split's true-label counts."""
         flat = {f"{task}/{k}": v for task, metrics in results.items() for k, v in metrics.items()}
         self.eval_writer.write_scalars(step, dict(flat, **{name: value}))
         shown = "  ".join(f"{k} {v:.2f}" for k, v in flat.items())
+        for task, counts in (predictions or {}).items():
+            given = ", ".join(f"{label} {n}" for label, n in counts.items() if n)
+            shown += f"  ({task} predicted: {given})" if len(predictions) > 1 else f"  ({given})"
         self.info(f"eval at step {step}: {shown}")
+        record = {"step": step, "metric": name, "value": value, "results": results}
+        if predictions:
+            record.update(predictions=predictions, labels=labels or {})
         with (self.model_dir / EVAL_HISTORY).open("a") as f:  # one JSON line per evaluation
-            f.write(
-                json.dumps({"step": step, "metric": name, "value": value, "results": results})
-                + "\n"
-            )
+            f.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         self.train_writer.close()
