@@ -123,12 +123,13 @@ def model_gin_text(config: T5Config, title: str) -> str:
     lines = [
         f"# Model size: {title}.",
         "#",
-        "# Provides: t5.T5Config and the macros ACTIVATION_DTYPE and DROPOUT_RATE.",
+        "# Provides: t5.T5Config and the macros VOCABULARY, ACTIVATION_DTYPE and DROPOUT_RATE.",
         "# Requires: nothing.",
         "# Commonly overridden: ACTIVATION_DTYPE ('bfloat16' on TPU/GPU), DROPOUT_RATE.",
         "from __gin__ import dynamic_registration",
         "from prompt_transfer import t5",
         "",
+        "VOCABULARY = None  # T5's standard one; name the converted model's own file here",
         f"ACTIVATION_DTYPE = {config.dtype!r}",
         f"DROPOUT_RATE = {config.dropout_rate!r}",
         "",
@@ -207,6 +208,28 @@ def _is_required(value) -> bool:
     return isinstance(value, gin.config.ConfigurableReference) and str(value) == "%gin.REQUIRED"
 
 
+def _macro_references(value):
+    if isinstance(value, gin.config.ConfigurableReference) and str(value).startswith("%"):
+        yield str(value)[1:]
+    elif isinstance(value, list | tuple | set):
+        for item in value:
+            yield from _macro_references(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _macro_references(item)
+
+
+def _unbound_macros() -> list[str]:
+    """Macros a binding refers to (`%NAME`) that no gin file or flag binds."""
+    bound, used = set(), set()
+    for (scope, selector), args in gin.config._CONFIG.items():
+        if selector.endswith("gin.macro"):
+            bound.add(scope)
+        for value in args.values():
+            used.update(_macro_references(value))
+    return sorted(used - bound - {"gin.REQUIRED"})
+
+
 def configure(files: list[str], bindings: list[str]) -> str:
     """Parse gin files (found by name) and bindings; check required macros before anything
     compiles. Returns the config text (written to MODEL_DIR/config.gin)."""
@@ -225,6 +248,19 @@ def configure(files: list[str], bindings: list[str]) -> str:
         raise GinFileError(f"gin config does not parse: {e}".splitlines()[0]) from e
     finally:
         root.setLevel(level)
+    unbound = _unbound_macros()
+    if unbound:
+        raise GinFileError(
+            "gin macro(s) used but never bound: "
+            + ", ".join(unbound)
+            + "; bind them in the experiment or pass "
+            + " ".join(f"--gin.{m}=..." for m in unbound)
+            + (
+                " (a model's size gin file names its vocabulary: VOCABULARY = None for T5's)"
+                if "VOCABULARY" in unbound
+                else ""
+            )
+        )
     missing = sorted(
         scope
         for (scope, selector), args in gin.config._CONFIG.items()

@@ -35,16 +35,57 @@ def get_vocabulary(path: str | os.PathLike | None = None, extra_ids: int = EXTRA
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
+_model_vocabulary: str | None = None  # set by `follow_model`: the vocabulary of the model in use
+
+
+def resolve(name: str) -> str:
+    """A vocabulary name from a gin file: a path, or `shipped:offline_spm.model` (hash-checked)."""
+    from prompt_transfer import assets
+
+    if name.startswith(assets.SHIPPED_PREFIX):
+        return str(assets.verify(name[len(assets.SHIPPED_PREFIX) :]))
+    return name
+
+
+def follow_model(name: str | None) -> None:
+    """Tasks registered from now on take the vocabulary of the model in use (its size gin file
+    names it as VOCABULARY), over $PROMPT_TRANSFER_VOCAB; None keeps the defaults below."""
+    global _model_vocabulary
+    _model_vocabulary = resolve(name) if name else None
+
+
 def task_vocabulary():
-    """The vocabulary SeqIO tasks are registered with: $PROMPT_TRANSFER_VOCAB (a local
-    SentencePiece file) when set, else T5's standard one (read lazily, on first use)."""
-    return get_vocabulary(paths.vocab_override())
+    """The vocabulary SeqIO tasks are registered with: the model's own (`follow_model`), else
+    $PROMPT_TRANSFER_VOCAB (a local SentencePiece file), else T5's standard one (read lazily)."""
+    return get_vocabulary(_model_vocabulary or paths.vocab_override())
 
 
 def offline_vocabulary():
-    """The offline suite's vocabulary: $PROMPT_TRANSFER_VOCAB when set, else the project's own
-    (trained on the offline corpus, shipped in prompt_transfer/assets)."""
-    return get_vocabulary(paths.vocab_override() or OFFLINE_VOCAB_PATH)
+    """The offline suite's vocabulary: the model's own, else $PROMPT_TRANSFER_VOCAB, else the
+    project's own (trained on the offline corpus, shipped in prompt_transfer/assets)."""
+    return get_vocabulary(_model_vocabulary or paths.vocab_override() or OFFLINE_VOCAB_PATH)
+
+
+def check_model_reads(task, model_vocab_size: int, model_vocabulary: str | None) -> None:
+    """Refuse a task whose tokens the model cannot read: ids past its embedding table (they
+    would be clamped silently), or another vocabulary than the one the model names."""
+    vocabulary = task.output_features["targets"].vocabulary
+    own = getattr(vocabulary, "sentencepiece_model_file", None)
+    if (
+        model_vocabulary
+        and own
+        and os.path.abspath(own) != os.path.abspath(resolve(model_vocabulary))
+    ):
+        raise VocabularyError(
+            f"task {task.name!r} is tokenized with {own}, but the model reads "
+            f"{model_vocabulary}; register the task after choosing the model (one command per "
+            "model) or set VOCABULARY to the task's vocabulary"
+        )
+    if vocabulary.vocab_size > model_vocab_size:
+        raise VocabularyError(
+            f"task {task.name!r} has {vocabulary.vocab_size} token ids but the model embeds "
+            f"{model_vocab_size}; use the model's own vocabulary (VOCABULARY in its size gin file)"
+        )
 
 
 def sentinel_id(vocabulary, index: int) -> int:

@@ -124,3 +124,61 @@ def test_jsonl_rows_and_errors(tmp_path):
     good.write_text('{"q": "a", "a": "b"}\n{"q": "c"\n')
     with pytest.raises(file_tasks.FileTaskError, match=r"x.jsonl:2: not valid JSON"):
         file_tasks.read_rows(good, ["q", "a"])
+
+
+def test_a_task_on_the_shipped_model_takes_its_vocabulary_with_no_setting(
+    files, tmp_path, monkeypatch
+):
+    """A user's task on the shipped model: no $PROMPT_TRANSFER_VOCAB, no network; the task is
+    tokenized with the vocabulary the model's size gin file names."""
+    from prompt_transfer import vocab
+
+    monkeypatch.delenv("PROMPT_TRANSFER_VOCAB", raising=False)
+    monkeypatch.setattr(vocab, "_model_vocabulary", None)  # restored after the test
+    train_file, validation_file = files
+    summary = entry.train_main(
+        [
+            "--gin_file=experiments/prompt_tuning_offline",
+            "--gin_file=tasks/file_task.gin",
+            f"--gin.MODEL_DIR={tmp_path / 'run'}",
+            "--gin.FILE_TASK_NAME='my_offline_keyword'",
+            f"--gin.FILE_TASK_TRAIN='{train_file}'",
+            f"--gin.FILE_TASK_VALIDATION='{validation_file}'",
+            "--gin.FILE_TASK_INPUTS=('sentence',)",
+            "--gin.FILE_TASK_LABELS=('yes', 'no')",
+            "--gin.TRAIN_STEPS=1",
+            "--gin.EVAL_PERIOD=1",
+            "--gin.SAVE_PERIOD=1",
+        ]
+    )
+    assert summary["step"] == 1
+    task = data.get_task("my_offline_keyword")
+    own = task.output_features["targets"].vocabulary.sentencepiece_model_file
+    assert own == vocab.OFFLINE_VOCAB_PATH
+
+
+def test_a_task_the_model_cannot_read_is_refused_before_any_work(files, tmp_path, capsys):
+    """The T5-vocabulary task (32,100 ids) on the shipped model (8,192 embeddings): refused in
+    one line; before, the ids past the table were clamped silently."""
+    train_file, validation_file = files
+    args = [
+        "train",
+        "--gin_file=experiments/prompt_tuning_offline",
+        f"--gin.MODEL_DIR={tmp_path / 'run'}",
+        "--gin.MIXTURE_OR_TASK_NAME='my_t5_keyword'",
+    ]
+    file_tasks.register_file_task(
+        file_tasks.FileTask(
+            "my_t5_keyword",
+            str(train_file),
+            str(validation_file),
+            "",
+            ("sentence",),
+            "label",
+            ("yes", "no"),
+        )
+    )
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "tokenized with" in err and "but the model reads" in err
+    assert not (tmp_path / "run").exists()

@@ -85,6 +85,7 @@ def run(
     batch_size: int,
     initial_checkpoint_path: str | None = None,
     model_name: str = "unnamed",
+    vocabulary: str | None = None,
     prompt_length: int = 100,
     source_steps: int = 1000,
     embedding_steps: int = 100,
@@ -114,6 +115,7 @@ def run(
         prompt_length=prompt_length,
         seed=random_seed,
         model_name=model_name,
+        vocabulary=vocabulary,
     )
     base_config = TrainConfig(
         steps=0,

@@ -32,6 +32,7 @@ from prompt_transfer import (
     prompts,
     registry,
     t5,
+    vocab,
 )
 from prompt_transfer import file_tasks as file_task_lib
 from prompt_transfer.models import EncoderDecoderModel
@@ -63,10 +64,18 @@ class RunSpec:
     num_partitions: int = 1  # model-parallel ways; the rest of the devices split the batch
     file_tasks: Sequence[file_task_lib.FileTask] = ()  # user tasks from TSV/JSONL
     model_name: str = "unnamed"  # the frozen model's name in library metadata
+    vocabulary: str | None = None  # VOCABULARY of the size gin file: the model's own tokens
 
-    def register_file_tasks(self) -> None:
+    def prepare_tasks(self):
+        """Tasks take the model's vocabulary, the run's own tasks are registered, and the task
+        is checked against the model; returns the SeqIO task or mixture."""
+        vocab.follow_model(self.vocabulary)
         for file_task in self.file_tasks:  # validated before any work
             file_task_lib.register_file_task(file_task)
+        task = data.get_task(self.task)
+        for sub in getattr(task, "tasks", [task]):
+            vocab.check_model_reads(sub, self.model_config.vocab_size, self.vocabulary)
+        return task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +136,7 @@ def train(
 def _check(spec: RunSpec, config: TrainConfig, mesh) -> None:
     """Refuse bad input before any work: unknown task, labels too long, a bad prompt file, a
     batch that does not split over the devices."""
-    spec.register_file_tasks()
-    data.get_task(spec.task)
+    spec.prepare_tasks()
     evaluation.check_labels_fit(spec.task, spec.feature_lengths)
     init = config.prompt_init
     if spec.prompt_length and init.method == "file":
@@ -348,7 +356,7 @@ def _add_to_library(spec, config, network, prompt, summary, config_text):
 
 def _trained(spec: RunSpec, checkpoint: str):
     """(model, parameters, step) of the run's `checkpoint` ("latest" or "best")."""
-    spec.register_file_tasks()
+    spec.prepare_tasks()
     mesh = partitioning.make_mesh(spec.num_partitions)
     network = weights.frozen_network(spec.model_config, spec.initial_checkpoint, mesh, spec.seed)
     trained, step = weights.restore_trained(
