@@ -95,7 +95,7 @@ def test_verdict_compares_the_best_transfer_with_random_init(tmp_path):
 
 
 def test_two_constant_predictors_get_no_verdict_and_the_majority_row_shows(tmp_path):
-    """Random init says 'no' for all 10, the best transfer 'yes' for all 10: 60 against 40 is
+    """Random init says 'no' for all 20, the best transfer 'yes' for 19 of 20: 60 against 40 is
     the difference between two class frequencies, and the report must say so."""
     import numpy as np
 
@@ -104,8 +104,8 @@ def test_two_constant_predictors_get_no_verdict_and_the_majority_row_shows(tmp_p
         ("t", "top_k_average"): ([2, 4], [50.0, 60.0]),
     }
     predictions = {
-        ("t", "random_uniform"): {"yes": 0, "no": 10},
-        ("t", "top_k_average"): {"yes": 10, "no": 0},
+        ("t", "random_uniform"): {"yes": 0, "no": 20},
+        ("t", "top_k_average"): {"yes": 19, "no": 1},  # 95%: near-constant
     }
     built = report.write_report(
         tmp_path,
@@ -122,14 +122,16 @@ def test_two_constant_predictors_get_no_verdict_and_the_majority_row_shows(tmp_p
     )
     assert built["verdict"] == [
         "t: no verdict: the best transfer (top_k_average) predicts 'yes' and random init 'no' "
-        "for every input, so their 60.0 and 40.0 are class frequencies (majority class 'yes': "
-        "60.0)"
+        "for (nearly) every input, so their 60.0 and 40.0 are class frequencies (majority "
+        "class 'yes': 60.0)"
     ]
     markdown = (tmp_path / "report.md").read_text()
     assert (
         "| t | majority class (yes) | 60.0 | 60.0 | - | - | true labels: yes 6, no 4 |" in markdown
     )
-    assert "| yes 10 |" in markdown and "| no 10 |" in markdown
+    assert "| yes 19, no 1 |" in markdown and "| no 20 |" in markdown
+    assert report._single_label({"yes": 19, "no": 1}) == "yes"
+    assert report._single_label({"yes": 18, "no": 2}) is None  # 90%: it tells inputs apart
 
 
 def test_a_full_disk_leaves_the_last_complete_report(tmp_path, monkeypatch):
