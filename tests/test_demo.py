@@ -56,6 +56,6 @@ def test_cut_down_demo_end_to_end(tmp_path):
     assert report["verdict"][0] in markdown and f"| {TARGET} | best_of_top_k |" in markdown
     # A constant predictor shows at a glance: the majority row and what each run predicted.
     assert f"| {TARGET} | majority class (" in markdown
-    assert all(sum(r["predictions"].values()) == 297 for r in report["rows"])
+    assert all(sum(c.values()) == 297 for r in report["rows"] for c in r["predictions"])
     for png in ("zero_shot.png", "similarity_euclidean.png", f"curves_{TARGET}.png"):
         assert (work / png).read_bytes()[:4] == b"\x89PNG"

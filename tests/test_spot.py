@@ -26,6 +26,7 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch):
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}",
         *CUT_DOWN_FLOW,
         "--gin.BASELINES=['random_uniform', 'class_labels', 'model_tuning']",
+        "--gin.SEEDS_PER_RUN=2",
     ]
     assert cli.main(argv) == 0
     report = json.loads((work / "report.json").read_text())
@@ -47,6 +48,9 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch):
     assert all(0 <= v <= 100 for r in rows.values() for v in r["scores"].values())
     assert rows["random_uniform"]["steps_to_random_final"] is not None
     assert set(rows["top_k_average"]["sources"]) == set(SOURCES)
+    # Each target run twice (seeds 0 and 1): scores are their mean, with a spread.
+    assert (work / "targets" / TARGET / "top_k_average" / "seed_1" / "checkpoint_4").exists()
+    assert all(r["seeds"] == 2 and set(r["spread"]) == {"2", "4"} for r in rows.values())
     assert rows["best_of_top_k"]["sources"] in SOURCES
     markdown = (work / "report.md").read_text()
     assert f"| {TARGET} | top_k_average |" in markdown
@@ -64,10 +68,10 @@ def _small_report(work):
     import numpy as np
 
     curves = {
-        ("t", "random_uniform"): ([2, 4], [50.0, 60.0]),
-        ("t", "model_tuning"): ([2, 4], [70.0, 80.0]),
-        ("t", "top_k_average"): ([2, 4], [55.0, 65.0]),
-        ("t", "best_of_top_k"): ([2, 4], [61.0, 58.0]),
+        ("t", "random_uniform"): [([2, 4], [50.0, 60.0])],
+        ("t", "model_tuning"): [([2, 4], [70.0, 80.0])],
+        ("t", "top_k_average"): [([2, 4], [55.0, 65.0])],
+        ("t", "best_of_top_k"): [([2, 4], [61.0, 58.0])],
     }
     return report.write_report(
         work,
@@ -86,8 +90,9 @@ def test_verdict_compares_the_best_transfer_with_random_init(tmp_path):
     report = _small_report(tmp_path)
     # model tuning is a baseline, not a transfer strategy: top_k_average is the best transfer.
     assert report["verdict"] == [
-        "t: the best transfer (top_k_average, 65.0) beats random init by 5.0 points at step 4 "
-        "(60.0); it reaches random init's final score at step 4"
+        "t: the best transfer (top_k_average, 65.0; random init 60.0) helps: beats random init "
+        "by 5.0 points at step 4; it reaches random init's final score at step 4; one seed, so "
+        "no spread to judge the gap by"
     ]
     rows = {r["run"]: r for r in report["rows"]}
     assert rows["best_of_top_k"]["steps_to_random_final"] == 2
@@ -100,12 +105,12 @@ def test_two_constant_predictors_get_no_verdict_and_the_majority_row_shows(tmp_p
     import numpy as np
 
     curves = {
-        ("t", "random_uniform"): ([2, 4], [40.0, 40.0]),
-        ("t", "top_k_average"): ([2, 4], [50.0, 60.0]),
+        ("t", "random_uniform"): [([2, 4], [40.0, 40.0])],
+        ("t", "top_k_average"): [([2, 4], [50.0, 60.0])],
     }
     predictions = {
-        ("t", "random_uniform"): {"yes": 0, "no": 20},
-        ("t", "top_k_average"): {"yes": 19, "no": 1},  # 95%: near-constant
+        ("t", "random_uniform"): [{"yes": 0, "no": 20}],
+        ("t", "top_k_average"): [{"yes": 19, "no": 1}],  # 95%: near-constant
     }
     built = report.write_report(
         tmp_path,
@@ -132,6 +137,38 @@ def test_two_constant_predictors_get_no_verdict_and_the_majority_row_shows(tmp_p
     assert "| yes 19, no 1 |" in markdown and "| no 20 |" in markdown
     assert report._single_label({"yes": 19, "no": 1}) == "yes"
     assert report._single_label({"yes": 18, "no": 2}) is None  # 90%: it tells inputs apart
+
+
+def test_with_seeds_the_verdict_weighs_the_gap_by_their_spread(tmp_path):
+    """Three seeds each: a 2-point gap inside a 3-point spread is no difference; a 20-point gap
+    is help. Scores are means, shown with their standard deviation."""
+    import numpy as np
+
+    def seeds(*finals):
+        return [([2, 4], [40.0, f]) for f in finals]
+
+    def build(transfer_finals):
+        return report.write_report(
+            tmp_path,
+            ["t"],
+            ["s1"],
+            {
+                ("t", "random_uniform"): seeds(47.0, 50.0, 53.0),
+                ("t", "top_1"): seeds(*transfer_finals),
+            },
+            {},
+            {"cosine_avg_tokens": np.array([[0.1]])},
+            np.array([[30.0]]),
+            2,
+            4,
+        )
+
+    close = build([49.0, 52.0, 55.0])
+    assert "top_1, 52.0; random init 50.0) makes no difference: +2.0 points" in close["verdict"][0]
+    assert "within the seeds' spread (3.0)" in close["verdict"][0]
+    assert "| t | top_1 | 40.0 ± 0.0 | 52.0 ± 3.0 |" in (tmp_path / "report.md").read_text()
+    far = build([69.0, 70.0, 71.0])
+    assert "top_1, 70.0; random init 50.0) helps: beats random init by 20.0" in far["verdict"][0]
 
 
 def test_a_full_disk_leaves_the_last_complete_report(tmp_path, monkeypatch):

@@ -100,6 +100,7 @@ def run(
     optimizer: OptimizerConfig = OptimizerConfig(),
     model_tuning_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3),
     random_seed: int = 0,
+    seeds_per_run: int = 1,
     eval_batch_size: int = 32,
     config_text: str = "",
 ) -> dict:
@@ -133,7 +134,8 @@ def run(
         )
         _train_or_reuse(spec, config, config_text)
 
-    total = len(sources) + len(targets) * (1 + len(baselines) + len(strategies))
+    seeds = [random_seed + i for i in range(seeds_per_run)]  # each target run, once per seed
+    total = len(sources) + len(targets) * (1 + len(seeds) * (len(baselines) + len(strategies)))
     counter = iter(range(1, total + 1))
     log = lambda m: print(f"[spot] {m}", file=sys.stderr, flush=True)
     step_log = lambda m: log(f"run {next(counter)}/{total}: {m}")
@@ -193,20 +195,24 @@ def run(
         candidate_steps=candidate_steps,
         source_steps=source_steps,
     )
-    curves, picked, predictions, labels = {}, {}, {}, {}
+    curves, picked, predictions, labels = {}, {}, {}, {}  # curves, predictions: one per seed
     for task in targets:
         for name, changes in _target_runs(task, lib.root, embeddings[task].id, settings).items():
-            step_log(f"target {task}: {name}")
-            model_dir = work / "targets" / task / name
-            one_run(model_dir, task, target_steps, eval_period, **changes)
-            history = run_dir.read_eval_history(model_dir)
-            curves[(task, name)] = ([h["step"] for h in history], [h["value"] for h in history])
-            if history and history[-1].get("predictions"):  # classification targets
-                predictions[(task, name)] = history[-1]["predictions"].get(task)
-                labels[task] = history[-1]["labels"].get(task)
-            report_file = model_dir / "transfer" / "report.json"
-            if report_file.exists():
-                picked[(task, name)] = json.loads(report_file.read_text())
+            for seed in seeds:
+                step_log(f"target {task}: {name}" + (f", seed {seed}" if len(seeds) > 1 else ""))
+                model_dir = work / "targets" / task / name / f"seed_{seed}"
+                one_run(model_dir, task, target_steps, eval_period, seed=seed, **changes)
+                history = run_dir.read_eval_history(model_dir)
+                curves.setdefault((task, name), []).append(
+                    ([h["step"] for h in history], [h["value"] for h in history])
+                )
+                if history and history[-1].get("predictions"):  # classification targets
+                    last = history[-1]
+                    predictions.setdefault((task, name), []).append(last["predictions"].get(task))
+                    labels[task] = last["labels"].get(task)
+                report_file = model_dir / "transfer" / "report.json"
+                if report_file.exists() and (task, name) not in picked:
+                    picked[(task, name)] = json.loads(report_file.read_text())
 
     # 5. Zero-shot matrix and the report.
     zero_shot = retrieval.zero_shot_matrix(

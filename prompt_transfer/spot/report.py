@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from prompt_transfer import evaluation, paths
 from prompt_transfer.spot import plots
 
@@ -21,6 +23,17 @@ def significant(values, least: int = 3, most: int = 8) -> list[str]:
         if len(set(text)) == distinct:
             return text
     return text
+
+
+def _over_seeds(per_seed: list) -> tuple[list[int], list[float], list[float] | None]:
+    """(steps, mean, standard deviation or None for one seed) of one run's seeds' curves, at
+    the evaluation steps every seed has."""
+    steps = sorted(set.intersection(*(set(s) for s, _ in per_seed))) if per_seed else []
+    table = np.asarray([[dict(zip(s, v, strict=True))[k] for k in steps] for s, v in per_seed])
+    if not steps:
+        return [], [], None
+    spread = table.std(0, ddof=1).tolist() if len(per_seed) > 1 else None
+    return steps, table.mean(0).tolist(), spread
 
 
 def _steps_to_reach(history: list[dict], value: float) -> int | None:
@@ -40,6 +53,14 @@ def _single_label(counts: dict | None) -> str | None:
     return label if counts[label] >= NEAR_CONSTANT * total else None
 
 
+def _constant(per_seed: list | None) -> str | None:
+    """The label(s) a run gave (nearly) every example in every seed, or None."""
+    labels = [_single_label(counts) for counts in per_seed or []]
+    if not labels or None in labels:
+        return None
+    return "/".join(sorted(set(labels)))
+
+
 def write_report(
     work,
     targets,
@@ -55,17 +76,21 @@ def write_report(
 ) -> dict:
     """Write report.json, report.md and the figures; returns the report.
 
-    `predictions` {(target, run): {label: count}} are what each run predicted at its last
-    evaluation; `labels` {target: {label: count}} the true labels of the evaluation split.
+    `curves` {(target, run): [(steps, values) of each seed]}; `predictions` {(target, run):
+    [{label: count} of each seed]} are what the runs predicted at their last evaluation;
+    `labels` {target: {label: count}} the true labels of the evaluation split. Scores are
+    means over the seeds, with their standard deviation where there are several.
     """
     predictions, labels = predictions or {}, labels or {}
+    curves = {key: _over_seeds(per_seed) for key, per_seed in curves.items()}
     # Fixed step budgets at evaluation points: the first, about 1/4, 1/2 and the end.
     on_grid = lambda s: max(eval_period, round(s / eval_period) * eval_period)
     budgets = sorted({eval_period, *(on_grid(target_steps * f) for f in (0.25, 0.5)), target_steps})
     rows = []
-    for (task, name), (steps, values) in curves.items():
+    for (task, name), (steps, values, spread) in curves.items():
         at = dict(zip(steps, values, strict=True))
-        baseline_steps, baseline_values = curves.get((task, "random_uniform"), ([], []))
+        spread_at = dict(zip(steps, spread, strict=True)) if spread else {}
+        baseline_values = curves.get((task, "random_uniform"), ([], [], None))[1]
         final_random = baseline_values[-1] if baseline_values else None
         history = [{"step": s, "value": v} for s, v in zip(steps, values, strict=True)]
         rows.append(
@@ -73,13 +98,15 @@ def write_report(
                 "target": task,
                 "run": name,
                 "scores": {b: at.get(b) for b in budgets},
+                "spread": {b: spread_at.get(b) for b in budgets} if spread else None,
+                "seeds": len(predictions.get((task, name)) or []) or None,
                 "steps_to_random_final": (
                     _steps_to_reach(history, final_random) if final_random is not None else None
                 ),
                 "sources": picked.get((task, name), {}).get("chosen")
                 or picked.get((task, name), {}).get("sources"),
                 "predictions": predictions.get((task, name)),
-                "constant": _single_label(predictions.get((task, name))),
+                "constant": _constant(predictions.get((task, name))),
             }
         )
     majority = {}
@@ -115,13 +142,17 @@ def write_report(
     )
     for task in targets:
         plots.curves(
-            {name: curves[(t, name)] for (t, name) in curves if t == task},
+            {name: curves[(t, name)][:2] for (t, name) in curves if t == task},
             work / f"curves_{task}.png",
             f"{task}: validation score",
             "main metric",
         )
     paths.atomic_write_text(work / "report.md", _markdown(report))
     return report
+
+
+def _final_spread(row: dict, target_steps: int) -> float | None:
+    return (row.get("spread") or {}).get(target_steps)
 
 
 def _verdict(rows: list[dict], targets, target_steps: int, majority=None) -> list[str]:
@@ -142,17 +173,26 @@ def _verdict(rows: list[dict], targets, target_steps: int, majority=None) -> lis
             continue
         best = max(transfers, key=lambda n: final[n])
         gain, reach = final[best] - random, transfers[best]["steps_to_random_final"]
-        if gain > 0:
-            how = f"beats random init by {gain:.1f} points at step {target_steps}"
+        spreads = [_final_spread(r, target_steps) for r in rows if r["target"] == task]
+        noise = max((x for x in spreads if x is not None), default=None)
+        if noise is not None and abs(gain) <= noise:
+            how = (
+                f"makes no difference: {gain:+.1f} points against random init at step "
+                f"{target_steps}, within the seeds' spread ({noise:.1f})"
+            )
+        elif gain > 0:
+            how = f"helps: beats random init by {gain:.1f} points at step {target_steps}"
         elif gain == 0:
             how = f"ties random init at step {target_steps}"
         else:
-            how = f"does not help: {-gain:.1f} points below random init at step {target_steps}"
+            how = f"hurts: {-gain:.1f} points below random init at step {target_steps}"
         speed = f"reaches random init's final score at step {reach}" if reach else "never does"
         line = (
-            f"{task}: the best transfer ({best}, {final[best]:.1f}) {how} "
-            f"({random:.1f}); it {speed}"
+            f"{task}: the best transfer ({best}, {final[best]:.1f}; random init {random:.1f}) "
+            f"{how}; it {speed}"
         )
+        if noise is None:
+            line += "; one seed, so no spread to judge the gap by"
         constant = {r["run"]: r["constant"] for r in rows if r["target"] == task}
         if constant.get(best) and constant.get("random_uniform"):
             line = (
@@ -170,6 +210,10 @@ def _verdict(rows: list[dict], targets, target_steps: int, majority=None) -> lis
 
 def _markdown(report: dict) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.1f}"
+    with_spread = lambda r, b: (
+        fmt(r["scores"][b])
+        + (f" ± {r['spread'][b]:.1f}" if r.get("spread") and r["spread"][b] is not None else "")
+    )
     budgets = report["budgets"]
     lines = [
         "# SPoT flow report",
@@ -178,9 +222,10 @@ def _markdown(report: dict) -> str:
         "",
         *(f"- {line}" for line in report["verdict"]),
         "",
-        "Scores are the validation main metric at each step budget; the majority-class row is "
-        "what a constant predictor scores, and the last column what each run predicted at its "
-        "last evaluation (a single label there means a constant predictor).",
+        "Scores are the validation main metric at each step budget (the mean over seeds, ± their "
+        "standard deviation); the majority-class row is what a constant predictor scores, and "
+        "the last column what each run predicted at its last evaluation, seed by seed (a single "
+        "label there means a constant predictor).",
         "",
         "| target | run | "
         + " | ".join(f"step {b}" for b in budgets)
@@ -201,10 +246,13 @@ def _markdown(report: dict) -> str:
             )
         sources = r["sources"] if isinstance(r["sources"], str) else ", ".join(r["sources"] or [])
         reach = r["steps_to_random_final"]
-        given = ", ".join(f"{label} {n}" for label, n in (r.get("predictions") or {}).items() if n)
+        given = " / ".join(
+            ", ".join(f"{label} {n}" for label, n in counts.items() if n)
+            for counts in r.get("predictions") or []
+        )
         lines.append(
             f"| {task} | {r['run']} | "
-            + " | ".join(fmt(r["scores"][b]) for b in budgets)
+            + " | ".join(with_spread(r, b) for b in budgets)
             + f" | {reach if reach is not None else 'not reached'} | {sources or '-'} "
             + f"| {given or '-'} |"
         )

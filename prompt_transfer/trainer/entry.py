@@ -187,13 +187,16 @@ def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
         fixed_shardings,
     )
     run_dir.write_config(spec.model_dir, config_text)
-    schedule = loop.Schedule(config.steps, config.log_period, config.save_period)
-    schedule = dataclasses.replace(schedule, evaluate=config.eval_period)
-    hooks = _hooks(spec, config, model, fixed, store, best, log)
-    state, stopped_early = loop.run(
-        state, fixed, step_fn, stream, jax.random.PRNGKey(spec.seed), schedule, hooks
+    schedule = loop.Schedule(
+        config.steps, config.log_period, config.save_period, config.eval_period
     )
-    store.close()
+    hooks = _hooks(spec, config, model, fixed, store, best, log)
+    try:
+        state, stopped_early = loop.run(
+            state, fixed, step_fn, stream, jax.random.PRNGKey(spec.seed), schedule, hooks
+        )
+    finally:
+        store.close()
     summary = {
         "step": int(state.step),
         "best": dataclasses.asdict(best),
