@@ -67,6 +67,31 @@ def _target_runs(task, library_root, embedding_id, settings) -> dict[str, dict]:
     return runs
 
 
+def _train_targets(runs, seeds, work, one_run, step_log, target_steps, eval_period):
+    """Every target run, once per seed; returns (curves, picked, predictions, labels) for the
+    report: {(task, run): [(steps, values) per seed]}, {(task, run): transfer report},
+    {(task, run): [predicted-label counts per seed]}, {task: true-label counts}."""
+    curves, picked, predictions, labels = {}, {}, {}, {}
+    for task, by_name in runs.items():
+        for name, changes in by_name.items():
+            for seed in seeds:
+                step_log(f"target {task}: {name}" + (f", seed {seed}" if len(seeds) > 1 else ""))
+                model_dir = work / "targets" / task / name / f"seed_{seed}"
+                one_run(model_dir, task, target_steps, eval_period, seed=seed, **changes)
+                history = run_dir.read_eval_history(model_dir)
+                curves.setdefault((task, name), []).append(
+                    ([h["step"] for h in history], [h["value"] for h in history])
+                )
+                if history and history[-1].get("predictions"):  # classification targets
+                    last = history[-1]
+                    predictions.setdefault((task, name), []).append(last["predictions"].get(task))
+                    labels[task] = last["labels"].get(task)
+                report_file = model_dir / "transfer" / "report.json"
+                if report_file.exists() and (task, name) not in picked:
+                    picked[(task, name)] = json.loads(report_file.read_text())
+    return curves, picked, predictions, labels
+
+
 def _split_changes(changes: dict) -> tuple[dict, dict]:
     spec_fields = {f.name for f in dataclasses.fields(RunSpec)}
     return (
@@ -195,24 +220,10 @@ def run(
         candidate_steps=candidate_steps,
         source_steps=source_steps,
     )
-    curves, picked, predictions, labels = {}, {}, {}, {}  # curves, predictions: one per seed
-    for task in targets:
-        for name, changes in _target_runs(task, lib.root, embeddings[task].id, settings).items():
-            for seed in seeds:
-                step_log(f"target {task}: {name}" + (f", seed {seed}" if len(seeds) > 1 else ""))
-                model_dir = work / "targets" / task / name / f"seed_{seed}"
-                one_run(model_dir, task, target_steps, eval_period, seed=seed, **changes)
-                history = run_dir.read_eval_history(model_dir)
-                curves.setdefault((task, name), []).append(
-                    ([h["step"] for h in history], [h["value"] for h in history])
-                )
-                if history and history[-1].get("predictions"):  # classification targets
-                    last = history[-1]
-                    predictions.setdefault((task, name), []).append(last["predictions"].get(task))
-                    labels[task] = last["labels"].get(task)
-                report_file = model_dir / "transfer" / "report.json"
-                if report_file.exists() and (task, name) not in picked:
-                    picked[(task, name)] = json.loads(report_file.read_text())
+    runs = {t: _target_runs(t, lib.root, embeddings[t].id, settings) for t in targets}
+    curves, picked, predictions, labels = _train_targets(
+        runs, seeds, work, one_run, step_log, target_steps, eval_period
+    )
 
     # 5. Zero-shot matrix and the report.
     zero_shot = retrieval.zero_shot_matrix(
