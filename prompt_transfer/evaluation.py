@@ -23,9 +23,9 @@ class TaskEvaluator:
     """Evaluates parameter trees on every task of a task or mixture, one SeqIO Evaluator each.
 
     For classification tasks it also counts, per evaluation, which label each example was given
-    (`predictions`), and once, the true labels of the split (`labels`): a run whose accuracy
-    equals one class's share and whose predictions are all that class is a constant predictor,
-    and a report should say so.
+    (`predictions`) and which it carries (`labels`, read off the same batches): a run whose
+    accuracy equals one class's share and whose predictions are all that class is a constant
+    predictor, and a report should say so.
     """
 
     def __init__(
@@ -39,8 +39,9 @@ class TaskEvaluator:
         seqio = import_seqio()
         self.model, self.batch_size = model, batch_size
         self.max_decode_length = int(feature_lengths["targets"])
-        self.evaluators, self.candidates, self.labels = {}, {}, {}
+        self.evaluators, self.candidates, self.label_names = {}, {}, {}
         self.predictions: dict[str, dict[str, int]] = {}
+        self.labels: dict[str, dict[str, int]] = {}
         for task_name, labels in registry.mixture_labels(name).items():
             task = seqio.get_mixture_or_task(task_name)
             if split not in task.splits:
@@ -58,15 +59,17 @@ class TaskEvaluator:
             if labels:
                 vocab = task.output_features["targets"].vocabulary
                 self.candidates[task_name] = [vocab.encode(label) for label in labels]
-                self.labels[task_name] = label_counts(task, split, feature_lengths, labels)
+                self.label_names[task_name] = list(labels)
         check_labels_fit(name, feature_lengths)
         self._rank = jax.jit(model.rank_classify)
         self._decode = jax.jit(model.predict, static_argnames=("max_length",))
 
     def _predict_fn(self, params, task_name: str, prompt=None):
         candidates = self.candidates.get(task_name)
-        labels = list(self.labels.get(task_name, ()))  # in the candidates' order
+        labels = self.label_names.get(task_name, [])  # in the candidates' order
         counts = self.predictions[task_name] = dict.fromkeys(labels, 0)
+        truth = self.labels[task_name] = dict.fromkeys(labels, 0)
+        by_ids = {tuple(c): label for c, label in zip(candidates or [], labels, strict=True)}
         eos = self.model.eos_id
         candidate_ids = (
             None
@@ -91,6 +94,10 @@ class TaskEvaluator:
                     rows = [padded[b].tolist() for b in best]
                     for b in best:
                         counts[labels[b]] += 1
+                    for row in features["decoder_target_tokens"][:n]:
+                        label = by_ids.get(tuple(t for t in row.tolist() if t not in (0, eos)))
+                        if label is not None:
+                            truth[label] += 1
                 else:
                     decoded = np.asarray(
                         self._decode(
@@ -112,18 +119,6 @@ class TaskEvaluator:
             )
             results[task_name] = {k: float(v) for k, v in future.result()[task_name].items()}
         return results
-
-
-def label_counts(task, split: str, feature_lengths, labels) -> dict[str, int]:
-    """How many examples of `split` carry each label (one pass over the split)."""
-    ds = task.get_dataset(
-        dict(feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=False
-    )
-    counts = dict.fromkeys(labels, 0)
-    for example in ds.as_numpy_iterator():
-        text = example["targets_pretokenized"].decode()
-        counts[text] = counts.get(text, 0) + 1
-    return counts
 
 
 def majority_share(counts: Mapping[str, int]) -> tuple[str, float]:
