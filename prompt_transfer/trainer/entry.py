@@ -154,9 +154,7 @@ def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
     """Train from `prompt` [P, E] (None: no prompt), resuming from MODEL_DIR's latest
     checkpoint when there is one; returns (summary, final prompt or None)."""
     optimizer = make_optimizer(config.optimizer)
-    trainable, fixed, _, fixed_shardings = weights.place(
-        network, prompt, spec.trainable_regex, mesh
-    )
+    trainable, fixed, fixed_shardings = weights.place(network, prompt, spec.trainable_regex, mesh)
     log.info(
         f"trainable {t5.param_count(trainable):,} parameters ({len(jax.tree.leaves(trainable))} "
         f"arrays), fixed {t5.param_count(fixed):,}"
@@ -301,12 +299,9 @@ def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
 
     def run_mixture(source_tasks):
         mixture = data.register_mixture(f"transfer_mixture_{spec.task}", source_tasks)
-        start = prompts.initial_prompt(
-            prompts.PromptInit("sampled_vocab"),
-            spec.prompt_length,
-            np.asarray(network.params["token_embedder"]["embedding"]),
-            seed=spec.seed,
-        )
+        sampled = dataclasses.replace(config, prompt_init=prompts.PromptInit("sampled_vocab"))
+        on_mixture = dataclasses.replace(spec, task=mixture)
+        start = _initial_prompt(on_mixture, sampled, network, mesh, log)
         return short_run("mixture", mixture, init.mixture_steps, start, 0)[1]
 
     model_scores = functools.partial(

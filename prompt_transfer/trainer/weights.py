@@ -54,16 +54,16 @@ def frozen_network(
 
 
 def place(network: Network, prompt: np.ndarray | None, regex: str, mesh: Mesh):
-    """(trainable, fixed, their shardings) of the network with `prompt` [P, E] joined to it
-    (None: no prompt), sharded on `mesh` and split by the TRAINABLE `regex`."""
+    """(trainable, fixed, the fixed part's shardings) of the network with `prompt` [P, E] joined
+    to it (None: no prompt), sharded on `mesh` and split by the TRAINABLE `regex`."""
     abstract, params = network.abstract, network.params
     if prompt is not None:
         abstract = prompts.with_prompt(abstract, prompts.abstract_prompt(*prompt.shape))
         params = prompts.with_prompt(params, jnp.asarray(prompt))
     shardings = partitioning.param_shardings(abstract, mesh)
     trainable, fixed = split_trainable(jax.device_put(params, shardings), regex)
-    trainable_shardings, fixed_shardings = split_trainable(shardings, trainable_regex(trainable))
-    return trainable, fixed, trainable_shardings, fixed_shardings
+    _, fixed_shardings = split_trainable(shardings, trainable_regex(trainable))
+    return trainable, fixed, fixed_shardings
 
 
 def prompt_of(state: TrainState, fixed: dict):
@@ -84,7 +84,7 @@ def restore_trained(
     MODEL_DIR (`which` is "latest" or "best"); the optimizer state is not read."""
     width = network.module.config.emb_dim
     prompt = np.zeros((prompt_length, width), np.float32) if prompt_length else None
-    trainable, fixed, _, _ = place(network, prompt, regex, mesh)
+    trainable, fixed, _ = place(network, prompt, regex, mesh)
     directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
     store = run_dir.CheckpointStore(directory, keep=1_000_000, create=False)
     if store.latest_step() is None:
