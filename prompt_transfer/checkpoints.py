@@ -48,12 +48,8 @@ class ParamSource:
     read: Callable[[tuple[slice, ...]], np.ndarray]
 
 
-def is_remote(path: str) -> bool:
-    return str(path).startswith("gs://")
-
-
 def _exists(path: str) -> bool:
-    if is_remote(path):
+    if paths.is_remote(path):
         from prompt_transfer.tf_import import import_tensorflow
 
         tf = import_tensorflow()
@@ -62,7 +58,7 @@ def _exists(path: str) -> bool:
 
 
 def _read_bytes(path: str) -> bytes:
-    if is_remote(path):
+    if paths.is_remote(path):
         from prompt_transfer.tf_import import import_tensorflow
 
         tf = import_tensorflow()
@@ -73,7 +69,7 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _listdir(path: str) -> list[str]:
-    if is_remote(path):
+    if paths.is_remote(path):
         from prompt_transfer.tf_import import import_tensorflow
 
         tf = import_tensorflow()
@@ -98,8 +94,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str]:
         path = assets.shipped_checkpoint(path)
     if not _exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
-    if not is_remote(path):
-        path = os.path.abspath(path)  # tensorstore and orbax want absolute local paths
+    path = paths.absolute(path)  # tensorstore and orbax want absolute local paths
     if os.path.basename(path) == INDEX_FILE and not os.path.isdir(path):
         path = os.path.dirname(path) or "."
     names = _listdir(path)
@@ -127,7 +122,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str]:
 def _absolute_kvstore(kvstore: dict, ckpt_dir: str) -> dict:
     """T5X stores kvstore paths relative to the checkpoint directory (driver "gfile")."""
     rel = kvstore["path"]
-    if is_remote(ckpt_dir):
+    if paths.is_remote(ckpt_dir):
         bucket, _, prefix = ckpt_dir[len("gs://") :].partition("/")
         return {"driver": "gcs", "bucket": bucket, "path": f"{prefix}/{rel}".lstrip("/")}
     if kvstore.get("driver") in ("file", "gfile") and not os.path.isabs(rel):
