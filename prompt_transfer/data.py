@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prompt_transfer import registry
 from prompt_transfer.errors import UserError
 from prompt_transfer.tf_import import import_seqio, import_tensorflow
 
@@ -56,7 +57,7 @@ def unprepared_tfds(name: str) -> tuple[str, str] | None:
 
     seqio = import_seqio()
     task = get_task(name)
-    for sub in task.tasks if isinstance(task, seqio.Mixture) else [task]:
+    for sub in registry.subtasks(task):
         if isinstance(sub.source, seqio.TfdsDataSource):
             loader = sub.source.tfds_dataset
             builder = tfds.builder(loader.name, data_dir=loader.data_dir)

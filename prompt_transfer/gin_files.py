@@ -250,16 +250,9 @@ def configure(files: list[str], bindings: list[str]) -> str:
         root.setLevel(level)
     unbound = _unbound_macros()
     if unbound:
-        raise GinFileError(
-            "gin macro(s) used but never bound: "
-            + ", ".join(unbound)
-            + "; bind them in the experiment or pass "
-            + " ".join(f"--gin.{m}=..." for m in unbound)
-            + (
-                " (a model's size gin file names its vocabulary: VOCABULARY = None for T5's)"
-                if "VOCABULARY" in unbound
-                else ""
-            )
+        hint = "; a model's size gin file names its vocabulary: VOCABULARY = None for T5's"
+        raise _macro_error(
+            "gin macro(s) used but never bound", unbound, hint if "VOCABULARY" in unbound else ""
         )
     missing = sorted(
         scope
@@ -267,13 +260,13 @@ def configure(files: list[str], bindings: list[str]) -> str:
         if selector.endswith("gin.macro") and _is_required(args.get("value"))
     )
     if missing:
-        raise GinFileError(
-            "required gin macro(s) not set: "
-            + ", ".join(missing)
-            + "; pass "
-            + " ".join(f"--gin.{m}=..." for m in missing)
-        )
+        raise _macro_error("required gin macro(s) not set", missing)
     return gin.config_str()
+
+
+def _macro_error(problem: str, names: list[str], hint: str = "") -> GinFileError:
+    flags = " ".join(f"--gin.{m}=..." for m in names)
+    return GinFileError(f"{problem}: {', '.join(names)}; pass {flags}{hint}")
 
 
 def configured(fn):

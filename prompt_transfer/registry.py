@@ -99,9 +99,12 @@ def _register_unsupervised(name, source, vocabulary, preprocessors, replace):
     )
 
 
+def subtasks(task) -> list:
+    """The tasks of a mixture, or [the task] itself."""
+    return task.tasks if isinstance(task, import_seqio().Mixture) else [task]
+
+
 def mixture_labels(name: str) -> dict[str, tuple[str, ...] | None]:
     """Label strings per sub-task of a task or mixture."""
-    seqio = import_seqio()
-    task = seqio.get_mixture_or_task(name)
-    tasks = task.tasks if isinstance(task, seqio.Mixture) else [task]
+    tasks = subtasks(import_seqio().get_mixture_or_task(name))
     return {t.name: class_labels(t.name) for t in tasks}

@@ -73,7 +73,7 @@ class RunSpec:
         for file_task in self.file_tasks:  # validated before any work
             file_task_lib.register_file_task(file_task)
         task = data.get_task(self.task)
-        for sub in getattr(task, "tasks", [task]):
+        for sub in registry.subtasks(task):
             vocab.check_model_reads(sub, self.model_config.vocab_size, self.vocabulary)
         return task
 
