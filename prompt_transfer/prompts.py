@@ -14,12 +14,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from prompt_transfer import partitioning as pt
 from prompt_transfer.errors import UserError
 
 PROMPT_PATH = "encoder/prompt/prompt"
 PROMPT_AXES = (pt.PROMPT, pt.PROMPT_EMBED)
+# A deep prompt (prefix tuning, P-tuning v2): P extra keys and values [2, P, H*D] in every
+# self-attention, stored in that attention's own scope under this name.
+DEEP_PREFIX = "prompt_prefix"
+DEEP_PREFIX_AXES = (None, pt.PROMPT, pt.JOINED_KV)
+DEEP_REGEX = f".*/{DEEP_PREFIX}"
 POSITIONS = ("prefix", "suffix")
 INIT_METHODS = ("random_uniform", "sampled_vocab", "class_labels", "text", "file", "transfer")
 FIRST_REGULAR_ID = 3  # after pad 0, eos 1, unk 2
@@ -208,3 +214,52 @@ def split_prompt(params: dict) -> tuple[dict, jax.Array | None]:
 def with_prompt(params: dict, prompt) -> dict:
     """`params` with `prompt` placed at `encoder/prompt/prompt`."""
     return {**params, "encoder": {**params["encoder"], "prompt": {"prompt": prompt}}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Deep prompts: keys and values of their own in every self-attention layer.
+
+
+def deep_prefix_paths(config) -> list[str]:
+    """Where a T5 of `config` keeps its deep prompt: every encoder and decoder self-attention."""
+    encoder = [f"encoder/layers_{i}/attention" for i in range(config.num_encoder_layers)]
+    decoder = [f"decoder/layers_{i}/self_attention" for i in range(config.num_decoder_layers)]
+    return [f"{p}/{DEEP_PREFIX}" for p in encoder + decoder]
+
+
+def initial_deep_prompt(
+    network: dict, config, length: int, seed: int = 0, population: int = 5000
+) -> dict[str, np.ndarray]:
+    """{path: [2, P, H*D]}: each layer's keys and values of P tokens drawn from the `population`
+    most frequent ones, as that layer would compute them from the tokens' embeddings (prefix
+    tuning starts from real activations; random ones train unstably)."""
+    rng = np.random.default_rng(seed)
+    embedding = np.asarray(network["token_embedder"]["embedding"], np.float32)
+    out = {}
+    for path in deep_prefix_paths(config):
+        layer, attention = path.split("/")[:2], path.split("/")[2]
+        scope = network[layer[0]][layer[1]]
+        norm = (
+            "pre_attention_layer_norm"
+            if attention == "attention"
+            else ("pre_self_attention_layer_norm")
+        )
+        x = sampled_vocab(rng, embedding, length, population)
+        x = x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + 1e-6)
+        x = x * np.asarray(scope[norm]["scale"], np.float32)
+        kernels = (scope[attention][name]["kernel"] for name in ("key", "value"))
+        out[path] = np.stack([x @ np.asarray(k, np.float32) for k in kernels]).astype(np.float32)
+    return out
+
+
+def with_deep_prompt(params: dict, deep: dict) -> dict:
+    """`params` with each {path: array} of a deep prompt placed at its path."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return traverse_util.unflatten_dict({**flat, **deep}, sep="/")
+
+
+def abstract_deep_prompt(config, length: int) -> dict:
+    """{path: shape, dtype and logical axes} of a deep prompt, for shardings and templates."""
+    shape = (2, length, config.num_heads * config.head_dim)
+    leaf = nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, jnp.float32), DEEP_PREFIX_AXES)
+    return dict.fromkeys(deep_prefix_paths(config), leaf)

@@ -179,6 +179,19 @@ def mask_to_bias(mask: jax.Array, dtype=jnp.float32) -> jax.Array:
     return jnp.where(mask, 0.0, NEG_INF).astype(dtype)
 
 
+def join_prefix(prefix: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array):
+    """Put a deep prompt's P keys and values [2, P, H*D] before an attention's own [B, L, H, D].
+
+    The prefix positions are visible from every query (no mask) and carry no position bias, as in
+    prefix tuning; the cache of a decoding step keeps only the network's own keys and values.
+    """
+    b, _, h, d = k.shape
+    p = prefix.shape[1]
+    pk, pv = (jnp.broadcast_to(x.reshape(1, p, h, d).astype(k.dtype), (b, p, h, d)) for x in prefix)
+    bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(p, 0)])
+    return jnp.concatenate([pk, k], 1), jnp.concatenate([pv, v], 1), bias
+
+
 class MultiHeadDotProductAttention(nn.Module):
     """T5 attention: no 1/sqrt(D) on the logits (T5 folds it into the query init)."""
 
@@ -222,6 +235,9 @@ class MultiHeadDotProductAttention(nn.Module):
                 at = (0, decode_position, 0, 0)
                 k = cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, at)
                 v = cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, at)
+
+        if self.has_variable("params", prompts.DEEP_PREFIX):  # a deep prompt's own keys/values
+            k, v, bias = join_prefix(self.get_variable("params", prompts.DEEP_PREFIX), k, v, bias)
 
         if self.float32_logits:
             q, k = q.astype(jnp.float32), k.astype(jnp.float32)

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -65,6 +66,9 @@ class RunSpec:
     file_tasks: Sequence[file_task_lib.FileTask] = ()  # user tasks from TSV/JSONL
     model_name: str = "unnamed"  # the frozen model's name in library metadata
     vocabulary: str | None = None  # VOCABULARY of the size gin file: the model's own tokens
+    # DEEP_PROMPT: besides the input prompt, PROMPT_LENGTH keys and values of its own in every
+    # self-attention (prefix tuning / P-tuning v2); TRAINABLE must cover prompts.DEEP_REGEX.
+    deep_prompt: bool = False
 
     def prepare_tasks(self):
         """Tasks take the model's vocabulary, the run's own tasks are registered, and the task
@@ -121,11 +125,13 @@ def train(
     run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
     network = weights.frozen_network(spec.model_config, spec.initial_checkpoint, mesh, spec.seed)
     with run_dir.ProgressLog(spec.model_dir, config.steps) as log:
-        if run_dir.holds_checkpoint(spec.model_dir):  # the prompt comes from the checkpoint
+        resuming = run_dir.holds_checkpoint(spec.model_dir)  # the prompt comes from there
+        if resuming:
             prompt = _blank_prompt(spec)
         else:
             prompt = _initial_prompt(spec, config, network, mesh, log)
-        summary, final_prompt = fit(spec, config, network, mesh, prompt, log, config_text)
+        deep = _initial_deep_prompt(spec, network, blank=resuming)
+        summary, final_prompt = fit(spec, config, network, mesh, prompt, log, config_text, deep)
         if config.library_dir and final_prompt is not None:
             entry = _add_to_library(spec, config, network, final_prompt, summary, config_text)
             log.info(f"added the prompt to the library {config.library_dir} as {entry.id}")
@@ -141,6 +147,8 @@ def _check(spec: RunSpec, config: TrainConfig, mesh) -> None:
     init = config.prompt_init
     if spec.prompt_length and init.method == "file":
         prompts.from_file(init.file, spec.prompt_length, spec.model_config.emb_dim)
+    if spec.deep_prompt:
+        _check_deep_prompt(spec)
     data_ways = mesh.shape[partitioning.DATA_AXIS] * config.num_microbatches
     if config.batch_size % data_ways:
         raise TrainError(
@@ -150,11 +158,14 @@ def _check(spec: RunSpec, config: TrainConfig, mesh) -> None:
         )
 
 
-def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
-    """Train from `prompt` [P, E] (None: no prompt), resuming from MODEL_DIR's latest
-    checkpoint when there is one; returns (summary, final prompt or None)."""
+def fit(spec, config, network, mesh, prompt, log, config_text: str = "", deep=None):
+    """Train from `prompt` [P, E] (None: no prompt) and the deep prompt `deep` (None: none),
+    resuming from MODEL_DIR's latest checkpoint when there is one; returns (summary, final
+    prompt or None)."""
     optimizer = make_optimizer(config.optimizer)
-    trainable, fixed, fixed_shardings = weights.place(network, prompt, spec.trainable_regex, mesh)
+    trainable, fixed, fixed_shardings = weights.place(
+        network, prompt, spec.trainable_regex, mesh, deep
+    )
     log.info(
         f"trainable {t5.param_count(trainable):,} parameters ({len(jax.tree.leaves(trainable))} "
         f"arrays), fixed {t5.param_count(fixed):,}"
@@ -245,6 +256,30 @@ def _blank_prompt(spec: RunSpec) -> np.ndarray | None:
     if not spec.prompt_length:
         return None
     return np.zeros((spec.prompt_length, spec.model_config.emb_dim), np.float32)
+
+
+def _check_deep_prompt(spec: RunSpec) -> None:
+    first = prompts.deep_prefix_paths(spec.model_config)[0]
+    if not spec.prompt_length:
+        raise TrainError("DEEP_PROMPT=True needs PROMPT_LENGTH > 0 (its length per layer)")
+    if not re.fullmatch(spec.trainable_regex, first):
+        raise TrainError(
+            f"DEEP_PROMPT=True but TRAINABLE={spec.trainable_regex!r} leaves the deep prompt "
+            f"({first}, ...) frozen; use TRAINABLE='{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}'"
+        )
+
+
+def _initial_deep_prompt(spec: RunSpec, network, blank: bool) -> dict | None:
+    """{path: [2, P, H*D]} a fresh deep-prompt run starts from (zeros when a checkpoint will
+    overwrite them), None without one."""
+    if not spec.deep_prompt:
+        return None
+    if blank:
+        abstract = prompts.abstract_deep_prompt(spec.model_config, spec.prompt_length)
+        return {k: np.zeros(v.value.shape, np.float32) for k, v in abstract.items()}
+    return prompts.initial_deep_prompt(
+        network.params, spec.model_config, spec.prompt_length, seed=spec.seed + 1
+    )
 
 
 def _initial_prompt(spec, config, network, mesh, log) -> np.ndarray | None:
@@ -357,8 +392,9 @@ def _trained(spec: RunSpec, checkpoint: str):
     spec.prepare_tasks()
     mesh = partitioning.make_mesh(spec.num_partitions)
     network = weights.frozen_network(spec.model_config, spec.initial_checkpoint, mesh, spec.seed)
+    deep = _initial_deep_prompt(spec, network, blank=True)
     trained, step = weights.restore_trained(
-        spec.model_dir, network, spec.trainable_regex, spec.prompt_length, mesh, checkpoint
+        spec.model_dir, network, spec.trainable_regex, spec.prompt_length, mesh, checkpoint, deep
     )
     return EncoderDecoderModel(network.module), trained, step
 

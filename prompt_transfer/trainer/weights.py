@@ -53,13 +53,19 @@ def frozen_network(
     return Network(module, abstract, init(jax.random.PRNGKey(seed)))
 
 
-def place(network: Network, prompt: np.ndarray | None, regex: str, mesh: Mesh):
+def place(network: Network, prompt: np.ndarray | None, regex: str, mesh: Mesh, deep=None):
     """(trainable, fixed, the fixed part's shardings) of the network with `prompt` [P, E] joined
-    to it (None: no prompt), sharded on `mesh` and split by the TRAINABLE `regex`."""
+    to it (None: no prompt) and the deep prompt `deep` {path: [2, P, H*D]} placed in its
+    self-attentions (None: none), sharded on `mesh` and split by the TRAINABLE `regex`."""
     abstract, params = network.abstract, network.params
     if prompt is not None:
         abstract = prompts.with_prompt(abstract, prompts.abstract_prompt(*prompt.shape))
         params = prompts.with_prompt(params, jnp.asarray(prompt))
+    if deep:
+        length = next(iter(deep.values())).shape[1]
+        config = network.module.config
+        abstract = prompts.with_deep_prompt(abstract, prompts.abstract_deep_prompt(config, length))
+        params = prompts.with_deep_prompt(params, {k: jnp.asarray(v) for k, v in deep.items()})
     shardings = partitioning.param_shardings(abstract, mesh)
     trainable, fixed = split_trainable(jax.device_put(params, shardings), regex)
     _, fixed_shardings = split_trainable(shardings, trainable_regex(trainable))
@@ -79,12 +85,14 @@ def restore_trained(
     prompt_length: int,
     mesh: Mesh,
     which: str = "latest",
+    deep: dict | None = None,
 ) -> tuple[dict, int]:
     """(parameters, step) of a finished run: `network` with the trained subtree restored from
-    MODEL_DIR (`which` is "latest" or "best"); the optimizer state is not read."""
+    MODEL_DIR (`which` is "latest" or "best"; `deep` a deep prompt's template, when the run had
+    one); the optimizer state is not read."""
     width = network.module.config.emb_dim
     prompt = np.zeros((prompt_length, width), np.float32) if prompt_length else None
-    trainable, fixed, _ = place(network, prompt, regex, mesh)
+    trainable, fixed, _ = place(network, prompt, regex, mesh, deep)
     directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
     store = run_dir.CheckpointStore(directory, keep=1_000_000, create=False)
     if store.latest_step() is None:

@@ -1,0 +1,167 @@
+"""Deep prompts (DEEP_PROMPT=True): keys and values of the prompt's own in every self-attention.
+
+How well they steer the shipped model is measured by benchmarks/steer.py, not here; these tests
+hold the mechanics: every layer is reached, cached decoding agrees with teacher forcing, only
+the prompt trains, checkpoints keep it, and eval reads it back.
+"""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+from synthetic_tasks import register_keyword_task
+
+from conftest import T5_VOCAB, TINY_CHECKPOINT
+from prompt_transfer import cli, gin_files, inference, partitioning, prompts, t5
+from prompt_transfer.models import EncoderDecoderModel, shift_right
+from prompt_transfer.trainer import weights
+
+LENGTHS = {"inputs": 12, "targets": 4}
+
+DEEP = [
+    "--gin.DEEP_PROMPT=True",
+    f"--gin.TRAINABLE='{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}'",
+    "--gin.train_state.OptimizerConfig.name='adam'",
+    "--gin.LEARNING_RATE=0.03",
+]
+
+
+@pytest.fixture(scope="module")
+def small():
+    config = t5.T5Config(
+        vocab_size=64,
+        emb_dim=16,
+        num_heads=2,
+        head_dim=8,
+        mlp_dim=32,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+    )
+    module = t5.T5(config)
+    tokens = jnp.ones((1, 8), jnp.int32)
+    network = nn.unbox(module.init(jax.random.PRNGKey(0), tokens, tokens)["params"])
+    deep = prompts.initial_deep_prompt(network, config, 3, seed=0, population=50)
+    with_deep = prompts.with_deep_prompt(network, {k: jnp.asarray(v) for k, v in deep.items()})
+    return EncoderDecoderModel(module), network, with_deep, deep
+
+
+def test_every_self_attention_gets_its_own_keys_and_values(small):
+    model, network, with_deep, deep = small
+    assert sorted(deep) == sorted(
+        [f"encoder/layers_{i}/attention/prompt_prefix" for i in range(2)]
+        + [f"decoder/layers_{i}/self_attention/prompt_prefix" for i in range(2)]
+    )
+    assert all(v.shape == (2, 3, 16) for v in deep.values())
+    x = jnp.asarray(np.random.default_rng(0).integers(3, 64, (2, 7)))
+    y = jnp.asarray(np.random.default_rng(1).integers(3, 64, (2, 5)))
+    plain = np.asarray(model.score(network, x, y))
+    # Each layer's prefix on its own moves the scores: none of them is ignored.
+    for path, value in deep.items():
+        one = prompts.with_deep_prompt(network, {path: jnp.asarray(value)})
+        assert np.abs(np.asarray(model.score(one, x, y)) - plain).max() > 1e-3, path
+
+
+def test_cached_decoding_with_a_deep_prompt_agrees_with_teacher_forcing(small):
+    model, _, with_deep, _ = small
+    x = jnp.asarray(np.random.default_rng(2).integers(3, 64, (3, 7)))
+    greedy = np.asarray(model.predict(with_deep, x, 6))
+    logits = model.module.apply({"params": with_deep}, x, shift_right(jnp.asarray(greedy)))
+    # Up to each row's EOS, every greedy token is the argmax of the full-sequence pass.
+    for row, best in zip(greedy, np.asarray(logits.argmax(-1)), strict=True):
+        end = list(row).index(1) + 1 if 1 in row else len(row)
+        assert (row[:end] == best[:end]).all()
+
+
+@pytest.fixture(scope="module")
+def deep_run(anchors, tmp_path_factory):
+    register_keyword_task(T5_VOCAB)
+    model_dir = tmp_path_factory.mktemp("deep")
+    argv = [
+        "train",
+        "--gin_file=experiments/prompt_tuning_tiny",
+        f"--gin.MODEL_DIR={model_dir}",
+        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+        "--gin.TRAIN_STEPS=20",
+        "--gin.EVAL_PERIOD=20",
+        "--gin.SAVE_PERIOD=10",
+        *DEEP,
+    ]
+    assert cli.main(argv) == 0
+    return model_dir
+
+
+def _checkpoint_arrays(step_dir) -> dict:
+    tree = ocp.PyTreeCheckpointer().restore(step_dir / "state")
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {k.removeprefix("trainable/"): v for k, v in flat.items() if k.startswith("trainable/")}
+
+
+def test_deep_prompt_run_trains_and_saves_only_the_prompt(deep_run):
+    first, last = (
+        _checkpoint_arrays(deep_run / "checkpoint_10"),
+        _checkpoint_arrays(deep_run / "checkpoint_20"),
+    )
+    config_paths = [f"encoder/layers_{i}/attention/prompt_prefix" for i in range(2)] + [
+        f"decoder/layers_{i}/self_attention/prompt_prefix" for i in range(2)
+    ]
+    assert sorted(last) == sorted([prompts.PROMPT_PATH, *config_paths])  # no frozen weight
+    assert all(last[p].shape == (2, 5, 4) for p in config_paths)  # 2 heads x 2 dims, P = 5
+    assert all(not np.allclose(first[p], last[p]) for p in last)  # every part trained
+
+
+def test_eval_and_infer_read_the_deep_prompt_back(deep_run, capsys):
+    args = [
+        "--gin_file=experiments/prompt_tuning_tiny",
+        f"--gin.MODEL_DIR={deep_run}",
+        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+        *DEEP,
+    ]
+    assert cli.main(["eval", *args]) == 0
+    report = json.loads((deep_run / "eval_validation_latest.json").read_text())
+    last = json.loads((deep_run / "eval_history.jsonl").read_text().splitlines()[-1])
+    assert report["step"] == last["step"] == 20 and report["results"] == last["results"]
+
+    # infer's scores are those of the checkpoint's arrays, read here straight from orbax, and
+    # differ from the same prompt without its prefixes (so the check could fail).
+    inputs = deep_run / "inputs.txt"
+    inputs.write_text("topic: apple lemon mango\ntopic: river ocean desert\n")
+    capsys.readouterr()
+    assert cli.main(["infer", *args, f"--gin.INFER_INPUT_FILE='{inputs}'"]) == 0
+    out = capsys.readouterr().out.strip().split()[-1]
+    scores = [json.loads(line)["scores"] for line in open(out)]
+    config = gin_files.read_model_config("tiny", {"DROPOUT_RATE": 0.0})
+    mesh = partitioning.make_mesh(1)
+    module, _, network = weights.frozen_network(config, str(TINY_CHECKPOINT), mesh, 0)
+    arrays = _checkpoint_arrays(deep_run / "checkpoint_20")
+    plain = prompts.with_prompt(network, jnp.asarray(arrays.pop(prompts.PROMPT_PATH)))
+    deep = prompts.with_deep_prompt(plain, {k: jnp.asarray(v) for k, v in arrays.items()})
+    task, rows = inference.rows_from_file("test_keyword", str(inputs), LENGTHS)
+    model = EncoderDecoderModel(module)
+    expect = [r["scores"] for r in inference.predict(model, deep, task, rows, LENGTHS, 8)]
+    without = [r["scores"] for r in inference.predict(model, plain, task, rows, LENGTHS, 8)]
+    for got, want, other in zip(scores, expect, without, strict=True):
+        assert got == pytest.approx(want, abs=1e-4)
+        assert max(abs(want[k] - other[k]) for k in want) > 1e-3
+
+
+def test_a_frozen_deep_prompt_is_refused_in_one_line(anchors, tmp_path, capsys):
+    register_keyword_task(T5_VOCAB)
+    argv = [
+        "train",
+        "--gin_file=experiments/prompt_tuning_tiny",
+        f"--gin.MODEL_DIR={tmp_path}",
+        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
+        "--gin.DEEP_PROMPT=True",
+    ]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "leaves the deep prompt" in err and prompts.DEEP_REGEX in err and err.count("\n") == 1
