@@ -1,9 +1,10 @@
 """Does a prompt steer the model? Issue 13's goal, measured on one checkpoint in one command.
 
-For each judged task, prompt tuning (gin/experiments/prompt_tuning_offline.gin) runs once per
-seed; the table gives the best validation accuracy (mean and spread over seeds), the majority
-class's share (what a constant predictor scores), and how much of the validation split the
-run's most predicted class took at its best evaluation. The goal, per the issue:
+For each judged task, prompt tuning (gin/experiments/prompt_tuning_offline.gin, or the file
+--experiment names) runs once per seed; the table gives the best validation accuracy (mean and
+spread over seeds), the majority class's share (what a constant predictor scores), and how much
+of the validation split the run's most predicted class took at its best evaluation. The goal,
+per the issue:
 
 - the best prompt beats the majority class by at least 10 points on each demo target, on BBC
   topic, and on a task the project has never seen;
@@ -18,6 +19,8 @@ Not a test: it trains (about a minute per run on 2 CPU cores at 400 steps) and w
 benchmarks/steer.{md,json}. Finished runs under --work-dir are reused.
 
     .venv/bin/python benchmarks/steer.py --seeds 3                  # the shipped model
+    .venv/bin/python benchmarks/steer.py --seeds 3 --steps 600 --tag deep \
+        --experiment deep_prompt_tuning_offline            # deep prompts
     .venv/bin/python benchmarks/steer.py --checkpoint DIR/export/checkpoint --tag mine
 """
 
@@ -99,10 +102,11 @@ def run(work: Path, env: dict, task: str, tuning: str, seed: int, args) -> list[
     if not history or history[-1]["step"] < args.steps:
         # Model tuning as gin/runs/model_tuning.gin sets it (that file would reset the lengths).
         extra = ["--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0", "--gin.LEARNING_RATE=1e-3"]
+        experiment = "prompt_tuning_offline" if tuning == "model" else args.experiment
         _cli(
             [
                 "train",
-                "--gin_file=experiments/prompt_tuning_offline",
+                f"--gin_file=experiments/{experiment}",
                 f"--gin.MODEL_DIR='{model_dir}'",
                 f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
                 f"--gin.INITIAL_CHECKPOINT_PATH='{args.checkpoint}'",
@@ -155,7 +159,7 @@ def verdicts(prompt: dict[str, dict], model_topic: dict | None) -> dict[str, boo
 def table(prompt: dict[str, dict], model_topic: dict | None, goal: dict[str, bool], args) -> str:
     lines = [
         f"Checkpoint `{args.checkpoint}` ({args.tag}); prompt tuning "
-        f"`prompt_tuning_offline.gin` {' '.join(args.gin)}, {args.steps} steps, best validation "
+        f"`{args.experiment}.gin` {' '.join(args.gin)}, {args.steps} steps, best validation "
         f"accuracy over evaluations every {args.eval_period}; seeds {args.first_seed}.."
         f"{args.first_seed + args.seeds - 1}; {platform.machine()}, {os.cpu_count()} CPUs.",
         "",
@@ -184,6 +188,12 @@ def main(argv=None) -> dict:
     p.add_argument("--eval-period", type=int, default=100)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument(
+        "--experiment",
+        default="prompt_tuning_offline",
+        help="the prompt runs' gin file under gin/experiments (deep_prompt_tuning_offline: deep "
+        "prompts); model tuning always starts from prompt_tuning_offline",
+    )
     p.add_argument("--gin", nargs="*", default=[], help="prompt-run overrides, X=value")
     p.add_argument("--no-model-tuning", action="store_true")
     args = p.parse_args(argv)

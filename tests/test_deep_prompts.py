@@ -165,3 +165,30 @@ def test_a_frozen_deep_prompt_is_refused_in_one_line(anchors, tmp_path, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "leaves the deep prompt" in err and prompts.DEEP_REGEX in err and err.count("\n") == 1
+
+
+def test_deep_prompt_steers_the_shipped_model_on_bbc_topic(tmp_path):
+    """What the plain prompt cannot do on the shipped 3.6M model (issue 13): input-dependent
+    predictions on BBC topic (5 classes, majority 27.5%), one evaluation after 400 steps.
+
+    Margin, measured with the same settings (benchmarks/steer_deep.md, 2-core AMD EPYC): seeds
+    0-2 at step 400: 73.5, 69.7, 74.9, every class predicted (this test's run gave 73.5 again);
+    the plain prompt's best over 400 steps is 27.0-31.3, mostly one or two classes. The test
+    asks for the majority + 25 points (52.5) and all five classes: 17 points spare.
+    """
+    argv = [
+        "train",
+        "--gin_file=experiments/deep_prompt_tuning_offline",
+        f"--gin.MODEL_DIR='{tmp_path}'",
+        "--gin.MIXTURE_OR_TASK_NAME='offline_bbc_topic'",
+        "--gin.TRAIN_STEPS=400",
+        "--gin.EVAL_PERIOD=400",
+        "--gin.SAVE_PERIOD=400",
+    ]
+    assert cli.main(argv) == 0
+    record = json.loads((tmp_path / "eval_history.jsonl").read_text().splitlines()[-1])
+    labels = record["labels"]["offline_bbc_topic"]
+    predicted = record["predictions"]["offline_bbc_topic"]
+    majority = 100 * max(labels.values()) / sum(labels.values())
+    assert record["step"] == 400 and record["value"] >= majority + 25, record
+    assert all(predicted[label] > 0 for label in labels), predicted
