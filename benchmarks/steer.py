@@ -159,9 +159,10 @@ def verdicts(prompt: dict[str, dict], model_topic: dict | None) -> dict[str, boo
 def table(prompt: dict[str, dict], model_topic: dict | None, goal: dict[str, bool], args) -> str:
     lines = [
         f"Checkpoint `{args.checkpoint}` ({args.tag}); prompt tuning "
-        f"`{args.experiment}.gin` {' '.join(args.gin)}, {args.steps} steps, best validation "
-        f"accuracy over evaluations every {args.eval_period}; seeds {args.first_seed}.."
-        f"{args.first_seed + args.seeds - 1}; {platform.machine()}, {os.cpu_count()} CPUs.",
+        f"`{args.experiment}.gin`{''.join(' ' + g for g in args.gin)}, {args.steps} steps, "
+        f"best validation accuracy over evaluations every {args.eval_period}; seeds "
+        f"{args.first_seed}..{args.first_seed + args.seeds - 1}; {platform.machine()}, "
+        f"{os.cpu_count()} CPUs.",
         "",
         "| task | majority | prompt best, mean ± std | per seed | top class's share at best |",
         "|---|---|---|---|---|",
