@@ -220,32 +220,41 @@ def with_prompt(params: dict, prompt) -> dict:
 # Deep prompts: keys and values of their own in every self-attention layer.
 
 
+# (stack, its layer count in T5Config, the self-attention's name, the norm before it)
+_SELF_ATTENTIONS = (
+    ("encoder", "num_encoder_layers", "attention", "pre_attention_layer_norm"),
+    ("decoder", "num_decoder_layers", "self_attention", "pre_self_attention_layer_norm"),
+)
+
+
+def _self_attentions(config):
+    """(deep-prompt path, layer scope keys, attention name, norm name) of every self-attention,
+    encoder first."""
+    for stack, count, attention, norm in _SELF_ATTENTIONS:
+        for i in range(getattr(config, count)):
+            path = f"{stack}/layers_{i}/{attention}/{DEEP_PREFIX}"
+            yield path, (stack, f"layers_{i}"), attention, norm
+
+
 def deep_prefix_paths(config) -> list[str]:
     """Where a T5 of `config` keeps its deep prompt: every encoder and decoder self-attention."""
-    encoder = [f"encoder/layers_{i}/attention" for i in range(config.num_encoder_layers)]
-    decoder = [f"decoder/layers_{i}/self_attention" for i in range(config.num_decoder_layers)]
-    return [f"{p}/{DEEP_PREFIX}" for p in encoder + decoder]
+    return [path for path, *_ in _self_attentions(config)]
 
 
 def initial_deep_prompt(
     network: dict, config, length: int, seed: int = 0, population: int = 5000
 ) -> dict[str, np.ndarray]:
     """{path: [2, P, H*D]}: each layer's keys and values of P tokens drawn from the `population`
-    most frequent ones, as that layer would compute them from the tokens' embeddings (prefix
-    tuning starts from real activations; random ones train unstably)."""
+    most frequent ones, as that layer would compute them from the tokens' embeddings (its RMS
+    norm, then its key and value kernels; prefix tuning starts from real activations, random
+    ones train unstably)."""
     rng = np.random.default_rng(seed)
     embedding = np.asarray(network["token_embedder"]["embedding"], np.float32)
     out = {}
-    for path in deep_prefix_paths(config):
-        layer, attention = path.split("/")[:2], path.split("/")[2]
-        scope = network[layer[0]][layer[1]]
-        norm = (
-            "pre_attention_layer_norm"
-            if attention == "attention"
-            else ("pre_self_attention_layer_norm")
-        )
+    for path, (stack, layer), attention, norm in _self_attentions(config):
+        scope = network[stack][layer]
         x = sampled_vocab(rng, embedding, length, population)
-        x = x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + 1e-6)
+        x = x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + config.layer_norm_epsilon)
         x = x * np.asarray(scope[norm]["scale"], np.float32)
         kernels = (scope[attention][name]["kernel"] for name in ("key", "value"))
         out[path] = np.stack([x @ np.asarray(k, np.float32) for k in kernels]).astype(np.float32)
