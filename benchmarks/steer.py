@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from prompt_transfer import evaluation
+from prompt_transfer.trainer import run_dir
+
 HERE = Path(__file__).resolve().parent
 DEMO_TARGETS = ("offline_sentiment_apple_32shot", "offline_sentiment_coachella")
 TOPIC = "offline_bbc_topic"
@@ -93,16 +96,13 @@ def _cli(args: list[str], env: dict) -> None:
 def run(work: Path, env: dict, task: str, tuning: str, seed: int, args) -> list[dict]:
     """The evaluations of one run (trained now unless a finished one is there)."""
     model_dir = work / tuning / task / f"seed{seed}"
-    history_file = model_dir / "eval_history.jsonl"
-    history = (
-        [json.loads(x) for x in history_file.read_text().splitlines()]
-        if history_file.exists()
-        else []
-    )
+    history = run_dir.read_eval_history(model_dir)
     if not history or history[-1]["step"] < args.steps:
-        # Model tuning as gin/runs/model_tuning.gin sets it (that file would reset the lengths).
-        extra = ["--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0", "--gin.LEARNING_RATE=1e-3"]
-        experiment = "prompt_tuning_offline" if tuning == "model" else args.experiment
+        if tuning == "model":  # as gin/runs/model_tuning.gin sets it (it would reset the lengths)
+            experiment = "prompt_tuning_offline"
+            extra = ["--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0", "--gin.LEARNING_RATE=1e-3"]
+        else:
+            experiment, extra = args.experiment, [f"--gin.{g}" for g in args.gin]
         _cli(
             [
                 "train",
@@ -113,12 +113,12 @@ def run(work: Path, env: dict, task: str, tuning: str, seed: int, args) -> list[
                 f"--gin.TRAIN_STEPS={args.steps}",
                 f"--gin.EVAL_PERIOD={args.eval_period}",
                 f"--gin.RANDOM_SEED={seed}",
-                *(extra if tuning == "model" else [f"--gin.{g}" for g in args.gin]),
+                *extra,
                 "--resume",
             ],
             env,
         )
-        history = [json.loads(x) for x in history_file.read_text().splitlines()]
+        history = run_dir.read_eval_history(model_dir)
     return history
 
 
@@ -131,9 +131,8 @@ def summarize(histories: list[list[dict]]) -> dict:
         best.append(record["value"])
         (labels,) = record["labels"].values()
         (predicted,) = record["predictions"].values()
-        total = max(sum(labels.values()), 1)
-        majority = 100.0 * max(labels.values()) / total
-        top_share.append(100.0 * max(predicted.values()) / total)
+        _, majority = evaluation.majority_share(labels)
+        top_share.append(100.0 * max(predicted.values()) / max(sum(labels.values()), 1))
     return {
         "best": best,
         "mean": float(np.mean(best)),
