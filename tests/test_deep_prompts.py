@@ -25,6 +25,10 @@ from prompt_transfer.models import EncoderDecoderModel, shift_right
 from prompt_transfer.trainer import weights
 
 LENGTHS = {"inputs": 12, "targets": 4}
+# Where a model of 2 encoder and 2 decoder layers (both models here) keeps a deep prompt.
+TWO_BY_TWO_PATHS = [f"encoder/layers_{i}/attention/prompt_prefix" for i in range(2)] + [
+    f"decoder/layers_{i}/self_attention/prompt_prefix" for i in range(2)
+]
 
 DEEP = [
     "--gin.DEEP_PROMPT=True",
@@ -55,10 +59,7 @@ def small():
 
 def test_every_self_attention_gets_its_own_keys_and_values(small):
     model, network, with_deep, deep = small
-    assert sorted(deep) == sorted(
-        [f"encoder/layers_{i}/attention/prompt_prefix" for i in range(2)]
-        + [f"decoder/layers_{i}/self_attention/prompt_prefix" for i in range(2)]
-    )
+    assert sorted(deep) == sorted(TWO_BY_TWO_PATHS)
     assert all(v.shape == (2, 3, 16) for v in deep.values())
     x = jnp.asarray(np.random.default_rng(0).integers(3, 64, (2, 7)))
     y = jnp.asarray(np.random.default_rng(1).integers(3, 64, (2, 5)))
@@ -111,11 +112,8 @@ def test_deep_prompt_run_trains_and_saves_only_the_prompt(deep_run):
         _checkpoint_arrays(deep_run / "checkpoint_10"),
         _checkpoint_arrays(deep_run / "checkpoint_20"),
     )
-    config_paths = [f"encoder/layers_{i}/attention/prompt_prefix" for i in range(2)] + [
-        f"decoder/layers_{i}/self_attention/prompt_prefix" for i in range(2)
-    ]
-    assert sorted(last) == sorted([prompts.PROMPT_PATH, *config_paths])  # no frozen weight
-    assert all(last[p].shape == (2, 5, 4) for p in config_paths)  # 2 heads x 2 dims, P = 5
+    assert sorted(last) == sorted([prompts.PROMPT_PATH, *TWO_BY_TWO_PATHS])  # no frozen weight
+    assert all(last[p].shape == (2, 5, 4) for p in TWO_BY_TWO_PATHS)  # 2 heads x 2 dims, P = 5
     assert all(not np.allclose(first[p], last[p]) for p in last)  # every part trained
 
 
