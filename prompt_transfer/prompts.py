@@ -272,3 +272,70 @@ def abstract_deep_prompt(config, length: int) -> dict:
     shape = (2, length, config.num_heads * config.head_dim)
     leaf = nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, jnp.float32), DEEP_PREFIX_AXES)
     return dict.fromkeys(deep_prefix_paths(config), leaf)
+
+
+# ---------------------------------------------------------------------------------------------
+# The wide form: a deep prompt as one [P, E + deep_width] matrix, so that transfer (retrieval,
+# weighted averages, length fits) moves it as a whole without knowing about layers.
+
+
+def deep_width(config) -> int:
+    """Columns a deep prompt adds to each prompt position in its wide form: the position's keys
+    and values in every self-attention."""
+    return len(deep_prefix_paths(config)) * 2 * config.num_heads * config.head_dim
+
+
+def widen(prompt, deep: dict | None, config) -> np.ndarray:
+    """[P, E + deep_width]: each position's input embedding, then its keys and values in every
+    self-attention (deep_prefix_paths order); the prompt itself when `deep` is None."""
+    prompt = np.asarray(prompt, np.float32)
+    if not deep:
+        return prompt
+    length = prompt.shape[0]
+    columns = [
+        np.asarray(deep[path], np.float32).transpose(1, 0, 2).reshape(length, -1)
+        for path in deep_prefix_paths(config)
+    ]
+    return np.concatenate([prompt, *columns], 1)
+
+
+def narrow(wide, config) -> tuple[np.ndarray, dict | None]:
+    """(prompt [P, E], deep prompt {path: [2, P, H*D]} or None) of a prompt in either form."""
+    wide = np.asarray(wide, np.float32)
+    width, extra = config.emb_dim, deep_width(config)
+    if wide.shape[1] == width:
+        return wide, None
+    if wide.shape[1] != width + extra:
+        raise PromptError(
+            f"a prompt of width {wide.shape[1]} fits neither this model's input prompt "
+            f"({width}) nor its deep prompt ({width} + {extra}); use a prompt trained with "
+            "this model and the same DEEP_PROMPT setting"
+        )
+    length, paths = wide.shape[0], deep_prefix_paths(config)
+    chunks = np.split(wide[:, width:], len(paths), axis=1)
+    deep = {
+        path: np.ascontiguousarray(chunk.reshape(length, 2, -1).transpose(1, 0, 2))
+        for path, chunk in zip(paths, chunks, strict=True)
+    }
+    return wide[:, :width], deep
+
+
+def join(params: dict, config, prompt) -> dict:
+    """`params` with a prompt in either form joined: the input prompt, and the deep prompt's
+    keys and values in their self-attentions when it has them."""
+    prompt, deep = narrow(prompt, config)
+    params = with_prompt(params, jnp.asarray(prompt))
+    if deep:
+        params = with_deep_prompt(params, {k: jnp.asarray(v) for k, v in deep.items()})
+    return params
+
+
+def wide_of(params: dict, config) -> np.ndarray | None:
+    """The prompt held in `params` in its wide form (None when there is no prompt)."""
+    _, prompt = split_prompt(params)
+    if prompt is None:
+        return None
+    flat = traverse_util.flatten_dict(params, sep="/")
+    paths = deep_prefix_paths(config)
+    deep = {p: np.asarray(flat[p]) for p in paths} if paths[0] in flat else None
+    return widen(np.asarray(prompt), deep, config)

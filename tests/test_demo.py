@@ -1,15 +1,21 @@
 """`prompt-transfer demo`, cut down: the real command in a fresh process, on the shipped model
-and vocabulary, with a few steps per run."""
+and vocabulary, with its deep prompts, one seed and a few steps per run."""
 
 import json
 import os
 import subprocess
 import sys
 
-from conftest import CUT_DOWN_FLOW
+import numpy as np
 
-SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic_32shot"]
-TARGET = "offline_sentiment_apple_32shot"
+from conftest import CUT_DOWN_FLOW
+from prompt_transfer import gin_files, prompts
+from prompt_transfer.transfer import library
+
+SOURCES = ["offline_sentiment_coachella", "offline_sentiment_apple_32shot"]
+TARGET = "offline_bbc_topic_32shot"
+
+DEEP_WIDTH = prompts.deep_width(gin_files.read_model_config("offline_small"))
 
 
 def report_line_for(target: str, text: str) -> bool:
@@ -36,6 +42,7 @@ def test_cut_down_demo_end_to_end(tmp_path):
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 8}",
         *CUT_DOWN_FLOW,
         "--gin.BASELINES=['random_uniform', 'model_tuning']",
+        "--gin.SEEDS_PER_RUN=1",
     ]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -56,6 +63,13 @@ def test_cut_down_demo_end_to_end(tmp_path):
     assert report["verdict"][0] in markdown and f"| {TARGET} | best_of_top_k |" in markdown
     # A constant predictor shows at a glance: the majority row and what each run predicted.
     assert f"| {TARGET} | majority class (" in markdown
-    assert all(sum(c.values()) == 297 for r in report["rows"] for c in r["predictions"])
+    assert all(sum(c.values()) == 211 for r in report["rows"] for c in r["predictions"])
+    # The demo's prompts are deep: the library holds every layer's part, and transfer moved it.
+    entries = library.Library(work / "library").entries()
+    assert len(entries) == 3 and all(e.deep_width == DEEP_WIDTH for e in entries)
+    start = np.load(
+        work / "targets" / TARGET / "top_k_average" / "seed_3" / "transfer" / "initial_prompt.npy"
+    )
+    assert start.shape == (20, 128 + DEEP_WIDTH)
     for png in ("zero_shot.png", "similarity_euclidean.png", f"curves_{TARGET}.png"):
         assert (work / png).read_bytes()[:4] == b"\x89PNG"

@@ -99,6 +99,33 @@ def test_verdict_compares_the_best_transfer_with_random_init(tmp_path):
     assert rows["random_uniform"]["steps_to_random_final"] == 4
 
 
+def test_without_a_random_uniform_run_sampled_vocab_is_random_init(tmp_path):
+    import numpy as np
+
+    curves = {
+        ("t", "sampled_vocab"): [([2, 4], [40.0, 50.0]), ([2, 4], [44.0, 54.0])],
+        ("t", "top_k_average"): [([2, 4], [53.0, 60.0]), ([2, 4], [55.0, 62.0])],
+    }
+    built = report.write_report(
+        tmp_path,
+        ["t"],
+        ["s1"],
+        curves,
+        {},
+        {"cosine_avg_tokens": np.array([[0.1]])},
+        np.array([[30.0]]),
+        2,
+        4,
+    )
+    (line,) = built["verdict"]
+    assert line.startswith(
+        "t: the best transfer (top_k_average, 61.0; random init (sampled_vocab) 52.0) helps"
+    )
+    assert "reaches random init's final score at step 2" in line
+    rows = {r["run"]: r["steps_to_random_final"] for r in built["rows"]}
+    assert rows == {"sampled_vocab": 4, "top_k_average": 2}
+
+
 def test_two_constant_predictors_get_no_verdict_and_the_majority_row_shows(tmp_path):
     """Random init says 'no' for all 20, the best transfer 'yes' for 19 of 20: 60 against 40 is
     the difference between two class frequencies, and the report must say so."""

@@ -51,6 +51,7 @@ def _target_runs(task, library_root, embedding_id, settings) -> dict[str, dict]:
             runs[name].update(
                 trainable_regex=".*",
                 prompt_length=0,
+                deep_prompt=False,
                 optimizer=settings["model_tuning_optimizer"],
             )
     for strategy in settings["strategies"]:
@@ -112,6 +113,7 @@ def run(
     model_name: str = "unnamed",
     vocabulary: str | None = None,
     prompt_length: int = 100,
+    deep_prompt: bool = False,
     source_steps: int = 1000,
     embedding_steps: int = 100,
     target_steps: int = 1000,
@@ -129,7 +131,11 @@ def run(
     eval_batch_size: int = 32,
     config_text: str = "",
 ) -> dict:
-    """Run the flow; returns the report dict (also written to WORK_DIR/report.{json,md})."""
+    """Run the flow; returns the report dict (also written to WORK_DIR/report.{json,md}).
+
+    With `deep_prompt` every prompt run (sources, task embeddings, strategies, baselines) trains
+    a deep prompt, and retrieval and transfer move it whole (prompts.widen); model tuning stays
+    as it is."""
     work = paths.path(work_dir)
     lib = library.Library(work / "library")
     base_spec = RunSpec(
@@ -142,6 +148,10 @@ def run(
         seed=random_seed,
         model_name=model_name,
         vocabulary=vocabulary,
+        deep_prompt=deep_prompt,
+        trainable_regex=f"{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}"
+        if deep_prompt
+        else prompts.PROMPT_PATH,
     )
     base_config = TrainConfig(
         steps=0,
@@ -190,20 +200,21 @@ def run(
         )
     mesh = partitioning.make_mesh(1)
     network = weights.frozen_network(model_config, initial_checkpoint_path, mesh, random_seed)
-    fingerprint = library.model_fingerprint(network.params)
-    source_entries = [
-        e for e in lib.entries(kind="trained", model_fingerprint=fingerprint) if e.task in sources
-    ]
-    embeddings = {
-        e.task: e for e in lib.entries(kind="task_embedding", model_fingerprint=fingerprint)
-    }
-    _, source_prompts = lib.load(source_entries)
+    ours = dict(
+        model_fingerprint=library.model_fingerprint(network.params),
+        deep_width=prompts.deep_width(model_config) if deep_prompt else 0,
+    )
+    source_entries = [e for e in lib.entries(kind="trained", **ours) if e.task in sources]
+    embeddings = {e.task: e for e in lib.entries(kind="task_embedding", **ours)}
+    _, source_prompts = lib.load(source_entries, deep=deep_prompt)
 
     # 3. Retrieval by every metric.
     similarities = {
         m: np.stack(
             [
-                similarity.score_library(m, lib.prompt(embeddings[t]), source_prompts)
+                similarity.score_library(
+                    m, lib.prompt(embeddings[t], deep=deep_prompt), source_prompts
+                )
                 for t in targets
             ]
         )

@@ -11,6 +11,14 @@ from prompt_transfer import evaluation, paths
 from prompt_transfer.spot import plots
 
 BASELINES = ("random_uniform", "sampled_vocab", "class_labels", "model_tuning")
+# The prompt run without transfer that transfer is judged against ("random init"), in order of
+# preference: the first of these a target ran.
+RANDOM_INIT = ("random_uniform", "sampled_vocab")
+
+
+def _random_init(names) -> str | None:
+    names = set(names)
+    return next((n for n in RANDOM_INIT if n in names), None)
 
 
 def significant(values, least: int = 3, most: int = 8) -> list[str]:
@@ -87,10 +95,11 @@ def write_report(
     on_grid = lambda s: max(eval_period, round(s / eval_period) * eval_period)
     budgets = sorted({eval_period, *(on_grid(target_steps * f) for f in (0.25, 0.5)), target_steps})
     rows = []
+    reference = {t: _random_init(n for (task, n) in curves if task == t) for t, _ in curves}
     for (task, name), (steps, values, spread) in curves.items():
         at = dict(zip(steps, values, strict=True))
         spread_at = dict(zip(steps, spread, strict=True)) if spread else {}
-        baseline_values = curves.get((task, "random_uniform"), ([], [], None))[1]
+        baseline_values = curves.get((task, reference[task]), ([], [], None))[1]
         final_random = baseline_values[-1] if baseline_values else None
         history = [{"step": s, "value": v} for s, v in zip(steps, values, strict=True)]
         rows.append(
@@ -162,7 +171,8 @@ def _verdict(rows: list[dict], targets, target_steps: int, majority=None) -> lis
     lines, majority = [], majority or {}
     for task in targets:
         final = {r["run"]: r["scores"].get(target_steps) for r in rows if r["target"] == task}
-        random = final.get("random_uniform")
+        reference = _random_init(final)
+        random = final.get(reference)
         transfers = {
             r["run"]: r
             for r in rows
@@ -188,16 +198,17 @@ def _verdict(rows: list[dict], targets, target_steps: int, majority=None) -> lis
             how = f"hurts: {-gain:.1f} points below random init at step {target_steps}"
         speed = f"reaches random init's final score at step {reach}" if reach else "never does"
         line = (
-            f"{task}: the best transfer ({best}, {final[best]:.1f}; random init {random:.1f}) "
+            f"{task}: the best transfer ({best}, {final[best]:.1f}; random init"
+            f"{'' if reference == RANDOM_INIT[0] else f' ({reference})'} {random:.1f}) "
             f"{how}; it {speed}"
         )
         if noise is None:
             line += "; one seed, so no spread to judge the gap by"
         constant = {r["run"]: r["constant"] for r in rows if r["target"] == task}
-        if constant.get(best) and constant.get("random_uniform"):
+        if constant.get(best) and constant.get(reference):
             line = (
                 f"{task}: no verdict: the best transfer ({best}) predicts {constant[best]!r} and "
-                f"random init {constant['random_uniform']!r} for (nearly) every input, so their "
+                f"random init {constant[reference]!r} for (nearly) every input, so their "
                 f"{final[best]:.1f} and {random:.1f} are class frequencies"
             )
         elif constant.get(best):
@@ -225,7 +236,8 @@ def _markdown(report: dict) -> str:
         "Scores are the validation main metric at each step budget (the mean over seeds, ± their "
         "standard deviation); the majority-class row is what a constant predictor scores, and "
         "the last column what each run predicted at its last evaluation, seed by seed (a single "
-        "label there means a constant predictor).",
+        "label there means a constant predictor). Random init is the random_uniform run, or "
+        "sampled_vocab where the flow ran no random_uniform.",
         "",
         "| target | run | "
         + " | ".join(f"step {b}" for b in budgets)

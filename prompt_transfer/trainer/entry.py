@@ -125,13 +125,11 @@ def train(
     run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
     network = weights.frozen_network(spec.model_config, spec.initial_checkpoint, mesh, spec.seed)
     with run_dir.ProgressLog(spec.model_dir, config.steps) as log:
-        resuming = run_dir.holds_checkpoint(spec.model_dir)  # the prompt comes from there
-        if resuming:
+        if run_dir.holds_checkpoint(spec.model_dir):  # the prompt comes from there
             prompt = _blank_prompt(spec)
         else:
             prompt = _initial_prompt(spec, config, network, mesh, log)
-        deep = _initial_deep_prompt(spec, network, blank=resuming)
-        summary, final_prompt = fit(spec, config, network, mesh, prompt, log, config_text, deep)
+        summary, final_prompt = fit(spec, config, network, mesh, prompt, log, config_text)
         if config.library_dir and final_prompt is not None:
             entry = _add_to_library(spec, config, network, final_prompt, summary, config_text)
             log.info(f"added the prompt to the library {config.library_dir} as {entry.id}")
@@ -158,11 +156,14 @@ def _check(spec: RunSpec, config: TrainConfig, mesh) -> None:
         )
 
 
-def fit(spec, config, network, mesh, prompt, log, config_text: str = "", deep=None):
-    """Train from `prompt` [P, E] (None: no prompt) and the deep prompt `deep` (None: none),
-    resuming from MODEL_DIR's latest checkpoint when there is one; returns (summary, final
-    prompt or None)."""
+def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
+    """Train from `prompt` (None: no prompt; a deep prompt in its wide form, see
+    prompts.widen), resuming from MODEL_DIR's latest checkpoint when there is one; returns
+    (summary, final prompt in the same form, or None)."""
     optimizer = make_optimizer(config.optimizer)
+    deep = None
+    if prompt is not None:
+        prompt, deep = prompts.narrow(prompt, spec.model_config)
     trainable, fixed, fixed_shardings = weights.place(
         network, prompt, spec.trainable_regex, mesh, deep
     )
@@ -211,7 +212,7 @@ def fit(spec, config, network, mesh, prompt, log, config_text: str = "", deep=No
         "best": dataclasses.asdict(best),
         "stopped_early": stopped_early,
     }
-    return summary, weights.prompt_of(state, fixed)
+    return summary, prompts.wide_of(merge(fixed, state.trainable), spec.model_config)
 
 
 def _hooks(spec, config, model, fixed, store, best, log) -> loop.Hooks:
@@ -253,9 +254,13 @@ def _hooks(spec, config, model, fixed, store, best, log) -> loop.Hooks:
 
 
 def _blank_prompt(spec: RunSpec) -> np.ndarray | None:
+    """Zeros in the run's prompt form (None without a prompt), for a checkpoint to overwrite."""
     if not spec.prompt_length:
         return None
-    return np.zeros((spec.prompt_length, spec.model_config.emb_dim), np.float32)
+    width = spec.model_config.emb_dim
+    if spec.deep_prompt:
+        width += prompts.deep_width(spec.model_config)
+    return np.zeros((spec.prompt_length, width), np.float32)
 
 
 def _check_deep_prompt(spec: RunSpec) -> None:
@@ -269,19 +274,6 @@ def _check_deep_prompt(spec: RunSpec) -> None:
         )
 
 
-def _initial_deep_prompt(spec: RunSpec, network, blank: bool) -> dict | None:
-    """{path: [2, P, H*D]} a fresh deep-prompt run starts from (zeros when a checkpoint will
-    overwrite them), None without one."""
-    if not spec.deep_prompt:
-        return None
-    if blank:
-        abstract = prompts.abstract_deep_prompt(spec.model_config, spec.prompt_length)
-        return {k: np.zeros(v.value.shape, np.float32) for k, v in abstract.items()}
-    return prompts.initial_deep_prompt(
-        network.params, spec.model_config, spec.prompt_length, seed=spec.seed + 1
-    )
-
-
 def _initial_prompt(spec, config, network, mesh, log) -> np.ndarray | None:
     """The prompt [P, E] a fresh run starts from (None without a prompt)."""
     init = config.prompt_init
@@ -291,13 +283,19 @@ def _initial_prompt(spec, config, network, mesh, log) -> np.ndarray | None:
         return _transfer_prompt(spec, config, network, mesh, log)
     labels = init.labels or registry.class_labels(spec.task) or ()
     vocabulary = data.get_task(spec.task).output_features["targets"].vocabulary
-    return prompts.initial_prompt(
+    prompt = prompts.initial_prompt(
         dataclasses.replace(init, labels=tuple(labels)),
         spec.prompt_length,
         np.asarray(network.params["token_embedder"]["embedding"]),
         seed=spec.seed,
         encode=vocabulary.encode,
     )
+    deep = None
+    if spec.deep_prompt:  # each layer's keys and values of sampled tokens
+        deep = prompts.initial_deep_prompt(
+            network.params, spec.model_config, spec.prompt_length, seed=spec.seed + 1
+        )
+    return prompts.widen(prompt, deep, spec.model_config)
 
 
 def _short_run(spec, config, network, mesh, name, task, steps, prompt, eval_period):
@@ -357,6 +355,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
         run_candidate,
         run_mixture,
         model_scores,
+        prompts.deep_width(spec.model_config) if spec.deep_prompt else 0,
     )
     folder = run_dir.subdir(spec.model_dir, "transfer")
     paths.save_npy(folder / "initial_prompt.npy", prompt)
@@ -367,10 +366,13 @@ def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
 
 
 def _add_to_library(spec, config, network, prompt, summary, config_text):
-    """The run's final prompt as a library entry (a trained source, or a task embedding)."""
+    """The run's final prompt as a library entry (a trained source, or a task embedding), with
+    its deep part when the run had one."""
     best = summary["best"]
+    prompt, width = np.asarray(prompt), spec.model_config.emb_dim
     return library.Library(config.library_dir).add(
-        np.asarray(prompt),
+        prompt[:, :width],
+        deep=prompt[:, width:] if spec.deep_prompt else None,
         task=spec.task,
         model=spec.model_name or "unnamed",
         model_fingerprint=library.model_fingerprint(network.params),
@@ -392,9 +394,8 @@ def _trained(spec: RunSpec, checkpoint: str):
     spec.prepare_tasks()
     mesh = partitioning.make_mesh(spec.num_partitions)
     network = weights.frozen_network(spec.model_config, spec.initial_checkpoint, mesh, spec.seed)
-    deep = _initial_deep_prompt(spec, network, blank=True)
     trained, step = weights.restore_trained(
-        spec.model_dir, network, spec.trainable_regex, spec.prompt_length, mesh, checkpoint, deep
+        spec.model_dir, network, spec.trainable_regex, _blank_prompt(spec), mesh, checkpoint
     )
     return EncoderDecoderModel(network.module), trained, step
 

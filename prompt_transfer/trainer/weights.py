@@ -82,16 +82,16 @@ def restore_trained(
     model_dir: str,
     network: Network,
     regex: str,
-    prompt_length: int,
+    blank_prompt: np.ndarray | None,
     mesh: Mesh,
     which: str = "latest",
-    deep: dict | None = None,
 ) -> tuple[dict, int]:
     """(parameters, step) of a finished run: `network` with the trained subtree restored from
-    MODEL_DIR (`which` is "latest" or "best"; `deep` a deep prompt's template, when the run had
-    one); the optimizer state is not read."""
-    width = network.module.config.emb_dim
-    prompt = np.zeros((prompt_length, width), np.float32) if prompt_length else None
+    MODEL_DIR (`which` is "latest" or "best"; `blank_prompt` the run's prompt template, in the
+    wide form when the run had a deep prompt); the optimizer state is not read."""
+    prompt, deep = (None, None)
+    if blank_prompt is not None:
+        prompt, deep = prompts.narrow(blank_prompt, network.module.config)
     trainable, fixed, _ = place(network, prompt, regex, mesh, deep)
     directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
     store = run_dir.CheckpointStore(directory, keep=1_000_000, create=False)

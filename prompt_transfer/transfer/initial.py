@@ -102,16 +102,21 @@ def weighted_average(prompts: Sequence[np.ndarray], scores: Sequence[float]) -> 
     return np.tensordot(weights, np.stack(prompts).astype(np.float64), axes=1).astype(np.float32)
 
 
-def _load_prompt(lib: Library | None, ref: str) -> np.ndarray:
+def _load_prompt(lib: Library | None, ref: str, deep: bool = False) -> np.ndarray:
     if ref.endswith(".npy") or paths.path(ref).is_dir():
         return read_t5x_prompt(ref)
     if lib is None:
         raise TransferError(f"{ref!r} is not a .npy file and no library is configured")
-    return np.asarray(lib.prompt(ref))
+    return np.asarray(lib.prompt(ref, deep=deep))
 
 
 def _ranked_sources(
-    init: TransferInit, dim: int, model_fingerprint: str, target_task: str, model_scores=None
+    init: TransferInit,
+    dim: int,
+    model_fingerprint: str,
+    target_task: str,
+    model_scores=None,
+    deep_width: int = 0,
 ):
     """(library, ranked top-k sources) for a target, from its task embedding."""
     if not init.library:
@@ -122,12 +127,9 @@ def _ranked_sources(
             "TARGET_EMBEDDING (see `prompt-transfer task-embedding`)"
         )
     lib = Library(init.library)
-    target = _load_prompt(lib, init.target_embedding)
-    entries = [
-        e
-        for e in retrieval.eligible_sources(lib, model_fingerprint, dim, [target_task])
-        if e.kind != "task_embedding"
-    ]
+    target = _load_prompt(lib, init.target_embedding, deep=bool(deep_width))
+    eligible = retrieval.eligible_sources(lib, model_fingerprint, dim, [target_task], deep_width)
+    entries = [e for e in eligible if e.kind != "task_embedding"]
     if not entries:
         raise TransferError(f"no eligible source prompt in {lib.root} (only task embeddings)")
     return lib, retrieval.retrieve(lib, target, entries, init.metric, init.top_k, model_scores)
@@ -142,27 +144,64 @@ def initial_prompt(
     run_candidate=None,
     run_mixture=None,
     model_scores=None,
+    deep_width: int = 0,
 ):
-    """(prompt [length, dim], report) for a transfer strategy.
+    """(prompt [length, dim + deep_width], report) for a transfer strategy.
 
-    `run_candidate(prompt, name) -> validation score` trains briefly from a prompt
-    (best_of_top_k); `run_mixture(task names) -> prompt` trains one prompt on a mixture of
-    source tasks (top_k_mixture); `model_scores` see `retrieval.retrieve`. The report names
-    the sources used and their similarities.
+    A deep-prompt target (`deep_width` > 0) moves its sources' deep prompts whole, in their
+    wide form (prompts.widen): retrieval, averages and length fits see every layer's keys and
+    values beside the input prompt. `run_candidate(prompt, name) -> validation score` trains
+    briefly from a prompt (best_of_top_k); `run_mixture(task names) -> prompt` trains one
+    prompt on a mixture of source tasks (top_k_mixture); `model_scores` see
+    `retrieval.retrieve`. The report names the sources used and their similarities.
     """
+    prompt, report = _initial_prompt(
+        init,
+        length,
+        dim,
+        model_fingerprint,
+        target_task,
+        run_candidate,
+        run_mixture,
+        model_scores,
+        deep_width,
+    )
+    if prompt.shape[1] != dim + deep_width:
+        kind = f"a deep prompt's {dim} + {deep_width}" if deep_width else f"{dim}"
+        raise TransferError(
+            f"the transferred prompt has width {prompt.shape[1]}; this run needs {kind}; "
+            "transfer from a prompt trained with this model and the same DEEP_PROMPT setting"
+        )
+    return prompt, report
+
+
+def _initial_prompt(
+    init,
+    length,
+    dim,
+    model_fingerprint,
+    target_task,
+    run_candidate,
+    run_mixture,
+    model_scores,
+    deep_width,
+):
     fit = lambda p: fit_length(p, length, init.length_fit)
+    deep = bool(deep_width)
     if init.strategy == "single_source":
         if not init.source:
             raise TransferError("strategy single_source needs SOURCE_PROMPT (entry id or .npy)")
         lib = Library(init.library) if init.library else None
-        return fit(_load_prompt(lib, init.source)), {"sources": [init.source]}
-    lib, ranked = _ranked_sources(init, dim, model_fingerprint, target_task, model_scores)
+        return fit(_load_prompt(lib, init.source, deep)), {"sources": [init.source]}
+    lib, ranked = _ranked_sources(
+        init, dim, model_fingerprint, target_task, model_scores, deep_width
+    )
     report = {
         "sources": [r.entry.task for r in ranked],
         "similarities": [r.score for r in ranked],
         "metric": init.metric,
     }
-    candidates = [fit(lib.prompt(r.entry)) for r in ranked]
+    candidates = [fit(lib.prompt(r.entry, deep=deep)) for r in ranked]
     if init.strategy == "top_1":
         return candidates[0], dict(report, chosen=ranked[0].entry.task)
     if init.strategy == "top_k_average":

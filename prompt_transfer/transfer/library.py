@@ -1,6 +1,8 @@
 """The prompt library: a directory store of trained prompts with metadata.
 
-Layout: `<root>/<entry id>/prompt.npy` (float32 [P, E]) and `<root>/<entry id>/meta.json`.
+Layout: `<root>/<entry id>/prompt.npy` (float32 [P, E]), `<root>/<entry id>/meta.json` and, for a
+deep prompt, `<root>/<entry id>/deep.npy` (float32 [P, W]: each position's keys and values in
+every self-attention, the columns `prompts.widen` appends).
 Each entry is written into a temporary directory and renamed into place, so concurrent writers
 never clobber each other and a reader never sees half an entry; listing scans the directory
 (there is no shared index to race on). `meta.json` carries a SHA-256 of the prompt's bytes,
@@ -49,6 +51,8 @@ class Entry:
     kind: str = "trained"  # trained | task_embedding | released | projected ...
     created: str = ""
     note: str = ""
+    deep_width: int = 0  # W of deep.npy; 0: an input prompt only
+    deep_sha256: str = ""
 
 
 def prompt_sha256(prompt: np.ndarray) -> str:
@@ -84,16 +88,30 @@ class Library:
         self.root = Path(root)
 
     # -- writing ---------------------------------------------------------------------------
-    def add(self, prompt, *, task: str, model: str, model_fingerprint: str, **meta) -> Entry:
-        """Add a prompt; NaN/inf prompts are refused. Returns the new entry."""
+    def add(
+        self, prompt, *, task: str, model: str, model_fingerprint: str, deep=None, **meta
+    ) -> Entry:
+        """Add a prompt [P, E], with its deep part [P, W] when it has one (see the module
+        docstring); NaN/inf prompts are refused. Returns the new entry."""
         prompt = np.asarray(prompt, np.float32)
         if prompt.ndim != 2:
             raise LibraryError(f"a prompt is [P, E]; got shape {prompt.shape}")
-        if not np.isfinite(prompt).all():
+        parts = [prompt]
+        if deep is not None:
+            deep = np.asarray(deep, np.float32)
+            if deep.ndim != 2 or deep.shape[0] != prompt.shape[0]:
+                raise LibraryError(
+                    f"a deep prompt is [P, W] with the prompt's P={prompt.shape[0]}; "
+                    f"got shape {deep.shape}"
+                )
+            parts.append(deep)
+            meta.update(deep_width=deep.shape[1], deep_sha256=prompt_sha256(deep))
+        if not all(np.isfinite(part).all() for part in parts):
             raise LibraryError(f"prompt for task {task!r} holds NaN or inf values; not added")
         digest = prompt_sha256(prompt)
+        name_digest = prompt_sha256(np.concatenate(parts, 1)) if deep is not None else digest
         entry = Entry(
-            id=f"{_slug(task)}-{digest[:12]}",
+            id=f"{_slug(task)}-{name_digest[:12]}",
             task=task,
             model=model,
             model_fingerprint=model_fingerprint,
@@ -110,6 +128,8 @@ class Library:
         try:
             with paths.atomic_directory(final) as tmp:
                 np.save(tmp / "prompt.npy", prompt)
+                if deep is not None:
+                    np.save(tmp / "deep.npy", deep)
                 (tmp / "meta.json").write_text(json.dumps(dataclasses.asdict(entry), indent=1))
         except OSError:
             if final.exists():  # another writer stored the same entry first
@@ -147,24 +167,41 @@ class Library:
                 out.append(entry)
         return out
 
-    def prompt(self, entry: Entry | str, verify: bool = True) -> np.ndarray:
-        """The entry's prompt, memory-mapped; its hash is checked unless `verify=False`."""
+    def prompt(self, entry: Entry | str, verify: bool = True, deep: bool = False) -> np.ndarray:
+        """The entry's prompt [P, E], memory-mapped; with `deep`, its wide form [P, E + W]
+        (the deep part appended; an entry without one is refused). Hashes are checked unless
+        `verify=False`."""
         entry = self.get(entry) if isinstance(entry, str) else entry
-        prompt = np.load(self.root / entry.id / "prompt.npy", mmap_mode="r")
-        if verify and prompt_sha256(prompt) != entry.sha256:
+        prompt = self._array(entry, "prompt.npy", entry.sha256, verify)
+        if not deep:
+            return prompt
+        if not entry.deep_width:
             raise LibraryError(
-                f"library entry {entry.id} is corrupted (prompt hash mismatch); "
+                f"library entry {entry.id} holds an input prompt only; a deep-prompt run "
+                "transfers from entries trained with DEEP_PROMPT=True"
+            )
+        deep_part = self._array(entry, "deep.npy", entry.deep_sha256, verify)
+        return np.concatenate([prompt, deep_part], 1)
+
+    def _array(self, entry: Entry, name: str, sha256: str, verify: bool) -> np.ndarray:
+        array = np.load(self.root / entry.id / name, mmap_mode="r")
+        if verify and prompt_sha256(array) != sha256:
+            raise LibraryError(
+                f"library entry {entry.id} is corrupted ({name} hash mismatch); "
                 "remove it and add the prompt again"
             )
-        return prompt
+        return array
 
-    def load(self, entries: list[Entry] | None = None) -> tuple[list[Entry], np.ndarray]:
-        """(entries, prompts [N, P, E]) of the healthy entries; corrupted ones are reported
-        (a warning naming each) and skipped. Entries must share one prompt shape."""
+    def load(
+        self, entries: list[Entry] | None = None, deep: bool = False
+    ) -> tuple[list[Entry], np.ndarray]:
+        """(entries, prompts [N, P, E], or [N, P, E + W] with `deep`) of the healthy entries;
+        corrupted ones are reported (a warning naming each) and skipped. Entries must share
+        one prompt shape."""
         good, prompts = [], []
         for entry in self.entries() if entries is None else entries:
             try:
-                prompts.append(self.prompt(entry))
+                prompts.append(self.prompt(entry, deep=deep))
                 good.append(entry)
             except LibraryError as e:
                 warnings.warn(str(e), stacklevel=2)

@@ -33,12 +33,18 @@ class Ranked:
 
 
 def eligible_sources(
-    lib: Library, model_fingerprint: str, embed_dim: int, exclude_tasks: Sequence[str] = ()
+    lib: Library,
+    model_fingerprint: str,
+    embed_dim: int,
+    exclude_tasks: Sequence[str] = (),
+    deep_width: int = 0,
 ) -> list[Entry]:
     """Library entries trained with this frozen model, excluding the target's own task(s).
 
     A prompt from another model (fingerprint or width) is not eligible: it would need a
-    projector (`projector.py`), which makes it a different entry.
+    projector (`projector.py`), which makes it a different entry. A deep-prompt target
+    (`deep_width` > 0) takes only entries with a deep part of that width; a plain target takes
+    any entry's input prompt.
     """
     entries = [e for e in lib.entries() if e.task not in set(exclude_tasks)]
     if not entries:
@@ -51,6 +57,7 @@ def eligible_sources(
         for e in entries
         if e.embed_dim == embed_dim
         and (not model_fingerprint or e.model_fingerprint == model_fingerprint)
+        and (not deep_width or e.deep_width == deep_width)
     ]
     if not fits:
         models = sorted(
@@ -59,13 +66,19 @@ def eligible_sources(
                 for e in entries
             }
         )
+        deep = f", deep width {deep_width}" if deep_width else ""
         raise TransferError(
             f"no library prompt was trained with this model "
-            f"(fingerprint {model_fingerprint}, width {embed_dim}); the "
+            f"(fingerprint {model_fingerprint}, width {embed_dim}{deep}); the "
             f"library holds prompts of {', '.join(models)}; train sources with "
             "this model or project them with a cross-model projector"
         )
     return fits
+
+
+def _is_wide(target: np.ndarray, entries: list[Entry]) -> bool:
+    """Whether a target embedding is a deep prompt's wide form (compare sources in it too)."""
+    return bool(entries) and target.shape[-1] > entries[0].embed_dim
 
 
 def rank_sources(
@@ -92,7 +105,7 @@ def rank_sources(
         )
         healthy = entries
     else:
-        healthy, prompts = lib.load(entries)
+        healthy, prompts = lib.load(entries, deep=_is_wide(target_prompt, entries))
         if not healthy:
             raise TransferError("no healthy source prompt left in the library")
         scores = similarity.score_library(metric, target_prompt, prompts)
@@ -124,7 +137,7 @@ def zero_shot_matrix(
     for j, target in enumerate(targets):
         evaluator = evaluation.TaskEvaluator(model, target, split, feature_lengths, batch_size)
         for i, prompt in enumerate(prompts):
-            results = evaluator.evaluate(prompts_lib.with_prompt(network, np.asarray(prompt)))
+            results = evaluator.evaluate(prompts_lib.join(network, model.module.config, prompt))
             matrix[i, j] = evaluation.main_metric(results)[1]
     return matrix
 
@@ -135,7 +148,7 @@ def model_scores(
     """Scores of source prompts [N, P, E] that need the frozen model: activation overlap with
     the target's embedding, or each source's zero-shot score on the target's `split`."""
     if metric == "activation_overlap":
-        signature = lambda p: similarity.activation_signature(model.module, network, np.asarray(p))
+        signature = lambda p: similarity.activation_signature(model.module, network, p)
         return similarity.score_library(
             metric, signature(target), np.stack([signature(p) for p in sources])
         )
@@ -160,6 +173,6 @@ def retrieve(
     if metric in MODEL_METRICS:
         if model_scores is None:
             raise TransferError(f"metric {metric} needs the frozen model to score sources")
-        healthy, prompts = lib.load(entries)
+        healthy, prompts = lib.load(entries, deep=_is_wide(target, entries))
         return rank_by_zero_shot(healthy, model_scores(metric, target, prompts), top_k)
     return rank_sources(lib, target, metric, entries, top_k)

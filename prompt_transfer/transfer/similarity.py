@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_transfer import prompts
 from prompt_transfer.errors import UserError
 
 EPS = 1e-12
@@ -132,6 +133,9 @@ def activation_signature(module, network_params, prompt, layers: tuple[int, int]
             hidden[path[1]] = args[0]  # [1, P + 1, M]
         return next_fun(*args, **kwargs)
 
+    prompt, deep = prompts.narrow(prompt, module.config)
+    if deep:  # a deep prompt's keys and values take part as in training
+        network_params = prompts.with_deep_prompt(network_params, deep)
     with nn.intercept_methods(capture_wo_input):
         module.apply(
             {"params": network_params},

@@ -1,0 +1,190 @@
+"""Deep prompts through the library and transfer: stored whole, retrieved and averaged whole
+(the wide form), and placed whole in the target run's layers."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+from synthetic_tasks import register_keyword_task
+
+from conftest import T5_VOCAB, TINY_CHECKPOINT
+from prompt_transfer import cli, gin_files, prompts, t5
+from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.transfer import initial, library, retrieval
+
+CONFIG = t5.T5Config(
+    vocab_size=64,
+    emb_dim=6,
+    num_heads=2,
+    head_dim=3,
+    mlp_dim=8,
+    num_encoder_layers=2,
+    num_decoder_layers=1,
+)
+WIDTH = 3 * 2 * 2 * 3  # 3 self-attentions x (keys, values) x 2 heads x 3 dims
+
+
+def _deep(seed, length=4):
+    rng = np.random.default_rng(seed)
+    prompt = rng.normal(size=(length, CONFIG.emb_dim)).astype(np.float32)
+    shape = (2, length, CONFIG.num_heads * CONFIG.head_dim)
+    deep = {p: rng.normal(size=shape).astype(np.float32) for p in prompts.deep_prefix_paths(CONFIG)}
+    return prompt, deep
+
+
+def test_the_wide_form_holds_every_layer_and_joins_like_its_parts():
+    prompt, deep = _deep(0)
+    wide = prompts.widen(prompt, deep, CONFIG)
+    assert wide.shape == (4, CONFIG.emb_dim + WIDTH) == (4, 6 + prompts.deep_width(CONFIG))
+    back, back_deep = prompts.narrow(wide, CONFIG)
+    np.testing.assert_array_equal(back, prompt)
+    assert sorted(back_deep) == sorted(deep)
+    for path in deep:
+        np.testing.assert_array_equal(back_deep[path], deep[path])
+    # Each row of the wide form is one prompt position: reordering rows reorders positions in
+    # the input prompt and in every layer alike (what length fits and averages rely on).
+    _, flipped = prompts.narrow(wide[::-1], CONFIG)
+    for path in deep:
+        np.testing.assert_array_equal(flipped[path], deep[path][:, ::-1])
+
+    module = t5.T5(CONFIG)
+    tokens = jnp.ones((1, 5), jnp.int32)
+    network = nn.unbox(module.init(jax.random.PRNGKey(0), tokens, tokens)["params"])
+    joined = prompts.join(network, CONFIG, wide)
+    by_parts = prompts.with_deep_prompt(prompts.with_prompt(network, jnp.asarray(prompt)), deep)
+    x = jnp.asarray(np.random.default_rng(1).integers(3, 64, (2, 5)))
+    y = jnp.asarray(np.random.default_rng(2).integers(3, 64, (2, 3)))
+    model = EncoderDecoderModel(module)
+    np.testing.assert_allclose(model.score(joined, x, y), model.score(by_parts, x, y), rtol=1e-6)
+    only_input = model.score(prompts.join(network, CONFIG, prompt), x, y)
+    assert np.abs(np.asarray(only_input) - np.asarray(model.score(joined, x, y))).max() > 1e-3
+    np.testing.assert_array_equal(prompts.wide_of(joined, CONFIG), wide)
+    with pytest.raises(prompts.PromptError, match="width 7 fits neither"):
+        prompts.narrow(np.zeros((4, 7)), CONFIG)
+
+
+def test_the_library_keeps_the_deep_part_beside_the_prompt(tmp_path):
+    lib = library.Library(tmp_path)
+    prompt, deep = _deep(0)
+    wide = prompts.widen(prompt, deep, CONFIG)
+    entry = lib.add(prompt, deep=wide[:, 6:], task="a", model="m", model_fingerprint="f")
+    assert (entry.embed_dim, entry.deep_width) == (6, WIDTH)
+    np.testing.assert_array_equal(lib.prompt(entry), prompt)  # what export and PROMPT_FILE take
+    np.testing.assert_array_equal(lib.prompt(entry, deep=True), wide)
+    # The same input prompt with other prefixes is another entry, not "already stored".
+    other = lib.add(prompt, deep=wide[:, 6:] + 1, task="a", model="m", model_fingerprint="f")
+    assert other.id != entry.id and len(lib.entries()) == 2
+    _, both = lib.load(deep=True)
+    assert both.shape == (2, 4, 6 + WIDTH)
+
+    plain = lib.add(prompt + 1, task="b", model="m", model_fingerprint="f")
+    with pytest.raises(library.LibraryError, match="input prompt only"):
+        lib.prompt(plain, deep=True)
+    with pytest.raises(library.LibraryError, match=r"\[P, W\] with the prompt's P=4"):
+        lib.add(prompt, deep=wide[:3, 6:], task="c", model="m", model_fingerprint="f")
+
+    np.save(tmp_path / entry.id / "deep.npy", wide[:, 6:] * 2)  # bit rot in the deep part
+    with pytest.warns(UserWarning, match=f"{entry.id} is corrupted \\(deep.npy"):
+        good, _ = lib.load([entry, other], deep=True)
+    assert [e.id for e in good] == [other.id]
+    np.testing.assert_array_equal(lib.prompt(entry), prompt)  # the input prompt is intact
+
+
+def test_deep_targets_retrieve_and_average_whole_deep_prompts(tmp_path):
+    lib = library.Library(tmp_path)
+    target, target_deep = _deep(0)
+    near, far = _deep(1), _deep(2)
+    wide = lambda p, d: prompts.widen(p, d, CONFIG)
+    add = lambda p, d, task, **kw: lib.add(
+        p, deep=wide(p, d)[:, 6:], task=task, model="m", model_fingerprint="f", **kw
+    )
+    add(target + 0.05 * near[0], target_deep, "near")
+    add(*far, "far")
+    lib.add(target, task="plain_twin", model="m", model_fingerprint="f")  # no deep part
+    embedding = add(target, target_deep, "t", kind="task_embedding")
+    init = initial.TransferInit(
+        strategy="top_k_average", library=str(tmp_path), target_embedding=embedding.id, top_k=2
+    )
+    got, report = initial.initial_prompt(init, 4, 6, "f", "t", deep_width=WIDTH)
+    assert got.shape == (4, 6 + WIDTH) and report["sources"][0] == "near"
+    assert "plain_twin" not in report["sources"]  # an input prompt alone cannot start a deep run
+    w = np.clip(report["similarities"], 0, None) / np.clip(report["similarities"], 0, None).sum()
+    sources = {"near": wide(target + 0.05 * near[0], target_deep), "far": wide(*far)}
+    expect = sum(wi * sources[s] for wi, s in zip(w, report["sources"], strict=True))
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-6)
+    _, got_deep = prompts.narrow(got, CONFIG)
+    assert all(np.abs(got_deep[p]).max() > 0 for p in got_deep)  # every layer was averaged
+
+    # A plain target may still start from a deep source's input prompt.
+    plain_embedding = lib.add(target, task="u", model="m", model_fingerprint="f", kind="x")
+    plain_init = initial.TransferInit(
+        strategy="top_1", library=str(tmp_path), target_embedding=plain_embedding.id
+    )
+    got_plain, report = initial.initial_prompt(plain_init, 4, 6, "f", "u")
+    assert got_plain.shape == (4, 6) and report["chosen"] in {"near", "plain_twin", "t"}
+    with pytest.raises(retrieval.TransferError, match=f"deep width {WIDTH + 1}"):
+        initial.initial_prompt(init, 4, 6, "f", "t", deep_width=WIDTH + 1)
+
+
+def _trained_arrays(step_dir) -> dict:
+    tree = ocp.PyTreeCheckpointer().restore(step_dir / "state")
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {k.removeprefix("trainable/"): v for k, v in flat.items() if k.startswith("trainable/")}
+
+
+def test_a_deep_source_run_joins_the_library_and_starts_a_deep_target(anchors, tmp_path):
+    register_keyword_task(T5_VOCAB)
+    lib_dir = tmp_path / "library"
+    common = [
+        "--gin_file=experiments/prompt_tuning_tiny",
+        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+        "--gin.DEEP_PROMPT=True",
+        f"--gin.TRAINABLE='{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}'",
+        "--gin.train_state.OptimizerConfig.name='adam'",
+        "--gin.EVAL_PERIOD=0",
+    ]
+    source = [
+        "train",
+        *common,
+        f"--gin.MODEL_DIR='{tmp_path / 'source'}'",
+        "--gin.TRAIN_STEPS=6",
+        "--gin.LEARNING_RATE=0.03",
+        f"--gin.LIBRARY_DIR='{lib_dir}'",
+    ]
+    assert cli.main(source) == 0
+    (entry,) = library.Library(lib_dir).entries()
+    config = gin_files.read_model_config("tiny")
+    assert entry.deep_width == prompts.deep_width(config) > 0
+    stored = library.Library(lib_dir).prompt(entry, deep=True)
+    trained = _trained_arrays(tmp_path / "source" / "checkpoint_6")
+    source_wide = prompts.widen(trained.pop(prompts.PROMPT_PATH), trained, config)
+    np.testing.assert_allclose(stored, source_wide, rtol=1e-6)
+
+    # The target starts from the entry: after one step at a negligible rate, its input prompt
+    # and every layer's prefix still equal the source's (the transfer placed all of them).
+    target = [
+        "train",
+        *common,
+        "--gin_file=transfer/single_source.gin",
+        f"--gin.MODEL_DIR='{tmp_path / 'target'}'",
+        f"--gin.LIBRARY='{lib_dir}'",
+        f"--gin.SOURCE_PROMPT='{entry.id}'",
+        "--gin.TRAIN_STEPS=1",
+        "--gin.SAVE_PERIOD=1",
+        "--gin.LEARNING_RATE=1e-7",
+    ]
+    assert cli.main(target) == 0
+    started = _trained_arrays(tmp_path / "target" / "checkpoint_1")
+    got = prompts.widen(started.pop(prompts.PROMPT_PATH), started, config)
+    np.testing.assert_allclose(got, stored, atol=1e-5)
+    # A plain run takes the deep entry's input prompt alone.
+    plain = [a for a in target if "DEEP" not in a and "TRAINABLE" not in a and "MODEL_DIR" not in a]
+    assert cli.main([*plain, f"--gin.MODEL_DIR='{tmp_path / 'plain'}'"]) == 0
+    started = _trained_arrays(tmp_path / "plain" / "checkpoint_1")
+    assert list(started) == [prompts.PROMPT_PATH]
+    np.testing.assert_allclose(started[prompts.PROMPT_PATH], stored[:, : config.emb_dim], atol=1e-5)
