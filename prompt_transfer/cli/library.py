@@ -10,7 +10,7 @@ import numpy as np
 
 from prompt_transfer import paths
 from prompt_transfer.spot.report import significant
-from prompt_transfer.transfer import library
+from prompt_transfer.transfer import library, peft_io
 
 
 def _library(args) -> library.Library:
@@ -34,6 +34,11 @@ def _add(lib, args) -> None:
 
 def _import(lib, args) -> None:
     path = Path(args.path)
+    if peft_io.is_adapter(path):
+        _import_adapter(lib, args, path)
+        return
+    if not args.model:
+        raise library.LibraryError("library import needs --model (the frozen model's name)")
     files = sorted(path.glob("*.npy")) if path.is_dir() and any(path.glob("*.npy")) else [path]
     meta = (
         library.released_prompt_metadata(path / "README.md")
@@ -56,6 +61,26 @@ def _import(lib, args) -> None:
         print(f"imported {f.name} as {entry.id}")
 
 
+def _import_adapter(lib, args, path: Path) -> None:
+    prompt, config = peft_io.read_adapter(path)
+    base = config.get("base_model_name_or_path")
+    model = args.model or base
+    if not model:
+        raise library.LibraryError(
+            f"{path} names no base_model_name_or_path; pass --model (the frozen model's name)"
+        )
+    entry = lib.add(
+        prompt,
+        task=args.task or path.name,
+        model=model,
+        model_fingerprint=args.fingerprint,
+        kind="peft",
+        note=f"PEFT prompt-tuning adapter {path.resolve()}, base model {base or 'not named'}",
+    )
+    shape = f"{entry.prompt_length}x{entry.embed_dim}"
+    print(f"imported the PEFT adapter {path} as {entry.id} ({shape})")
+
+
 def _list(lib, args) -> None:
     entries = lib.entries(**({"task": args.task} if args.task else {}))
     for e in entries:
@@ -76,7 +101,58 @@ def _remove(lib, args) -> None:
 
 
 def _export(lib, args) -> None:
-    print(f"wrote {lib.export(args.entry, args.output)}")
+    """An entry's prompt, or a run's best or latest one, as .npy, T5X numpy or a PEFT adapter."""
+    if bool(args.entry) == bool(args.run):
+        raise library.LibraryError("library export takes an ENTRY or --run MODEL_DIR (one of them)")
+    if args.run:
+        prompt, model = _run_prompt(args.run, args.checkpoint), "unnamed"
+    else:
+        entry = lib.get(args.entry)
+        prompt, model = np.asarray(lib.prompt(entry)), entry.model
+        if entry.deep_width and args.format != "npy":
+            raise library.LibraryError(
+                f"{entry.id} is a deep prompt; a {args.format} prompt holds the input prompt "
+                "only and its layers' keys and values would be lost (--format npy writes the "
+                "input prompt alone, on purpose)"
+            )
+        if entry.deep_width:
+            print(f"note: {entry.id} is a deep prompt; the .npy holds its input prompt only")
+    output = Path(args.output)
+    if args.format == "peft":
+        base = args.base_model or (None if model == "unnamed" else model)
+        peft_io.write_adapter(prompt, output, base)
+        print(f"wrote the PEFT prompt-tuning adapter {output} (base model {base or 'not named'})")
+    elif args.format == "t5x":
+        if output.exists():
+            raise library.LibraryError(f"{output} already exists; choose a new --output")
+        with paths.atomic_directory(output.absolute()) as tmp:
+            with open(tmp / T5X_PROMPT_FILE, "wb") as f:  # T5X names it without a suffix
+                np.save(f, np.asarray(prompt, np.float32))
+        print(f"wrote the T5X numpy prompt {output / T5X_PROMPT_FILE}")
+    else:
+        paths.save_npy(output, np.asarray(prompt, np.float32))
+        print(f"wrote {output}")
+
+
+T5X_PROMPT_FILE = "encoder.prompt.prompt.prompt"  # T5X prompt tuning's numpy checkpoint name
+
+
+def _run_prompt(model_dir: str, which: str) -> np.ndarray:
+    """A run's best prompt (best/prompt.npy) or its latest saved one (prompts/*.npy)."""
+    from prompt_transfer.trainer import run_dir
+
+    if which == "best":
+        path = run_dir.subdir(model_dir, "best", "prompt.npy")
+        if not path.exists():
+            raise library.LibraryError(f"no best prompt in {model_dir} (it never evaluated)")
+        return paths.load_npy(path)
+    saved = sorted(
+        run_dir.subdir(model_dir, "prompts").glob("checkpoint_*.npy"),
+        key=lambda p: int(p.stem.split("_")[1]),
+    )
+    if not saved:
+        raise library.LibraryError(f"no saved prompt in {model_dir}/prompts; train it first")
+    return paths.load_npy(saved[-1])
 
 
 def _train_projector(lib, args) -> None:
@@ -130,7 +206,7 @@ def cmd_library(args) -> None:
 
 def add_commands(sub) -> None:
     p = sub.add_parser(
-        "library", help="the prompt library: add, list, show, remove, export, import"
+        "library", help="the prompt library: add, list, show, remove, export, import, rank"
     )
     lib_sub = p.add_subparsers(dest="action", required=True)
     for action in (
@@ -147,9 +223,17 @@ def add_commands(sub) -> None:
         q = lib_sub.add_parser(action)
         q.add_argument("--library", help="default: $PROMPT_TRANSFER_LIBRARY or ~/.cache/...")
         if action in ("add", "import"):
-            q.add_argument("path", help=".npy, T5X numpy checkpoint dir, or released-prompt dir")
+            q.add_argument(
+                "path",
+                help=".npy, T5X numpy checkpoint dir, released-prompt dir"
+                + (", or PEFT prompt-tuning adapter dir" if action == "import" else ""),
+            )
             q.add_argument("--task", required=action == "add")
-            q.add_argument("--model", required=True, help="e.g. t5_1_1_lm100k_base")
+            q.add_argument(
+                "--model",
+                required=action == "add",
+                help="e.g. t5_1_1_lm100k_base (import: default, a PEFT adapter's base model)",
+            )
             q.add_argument("--fingerprint", default="", help="frozen checkpoint fingerprint")
         if action == "add":
             q.add_argument("--score", type=float)
@@ -158,8 +242,14 @@ def add_commands(sub) -> None:
             q.add_argument("--seed", type=int, default=0)
         if action == "list":
             q.add_argument("--task")
-        if action in ("show", "remove", "export"):
+        if action in ("show", "remove"):
             q.add_argument("entry")
+        if action == "export":
+            q.add_argument("entry", nargs="?", help="library entry id (or --run)")
+            q.add_argument("--run", help="a run's MODEL_DIR instead of an entry")
+            q.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+            q.add_argument("--format", choices=("npy", "t5x", "peft"), default="npy")
+            q.add_argument("--base-model", help="PEFT base_model_name_or_path (default: entry's)")
         if action in ("export", "train-projector"):
             q.add_argument("--output", required=True)
         if action == "train-projector":

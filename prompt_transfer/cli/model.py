@@ -61,12 +61,15 @@ def cmd_score(args) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from prompt_transfer import checkpoints, gin_files, t5, vocab
+    from prompt_transfer import checkpoints, gin_files, prompts, t5, vocab
     from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
 
     config = gin_files.read_model_config(_size_for(args.checkpoint, args.size))
     module = t5.T5(config)
+    prompt = _score_prompt(args)  # before the restore: a bad prompt costs nothing
     params = checkpoints.restore_params(args.checkpoint, t5.abstract_params(module))
+    if prompt is not None:  # joined as in training (a deep prompt's layers too)
+        params = prompts.join(params, config, prompt)
     v = vocab.get_vocabulary(args.vocab)
     encode = lambda texts: pad_token_rows([v.encode(t) + [vocab.EOS_ID] for t in texts])
     scores = EncoderDecoderModel(module).rank_classify(
@@ -78,6 +81,24 @@ def cmd_score(args) -> None:
         for j, target in enumerate(args.targets):
             mark = "*" if j == best and len(args.targets) > 1 else " "
             print(f"{scores[i, j]:10.4f} {mark} {text!r} -> {target!r}")
+
+
+def _score_prompt(args):
+    """The prompt `score` joins: --prompt FILE (.npy, T5X numpy or PEFT adapter dir) or
+    --prompt-entry ID of the library; None without either."""
+    import numpy as np
+
+    from prompt_transfer.transfer import library, peft_io
+
+    if args.prompt and args.prompt_entry:
+        raise UserError("score takes --prompt or --prompt-entry, not both")
+    if args.prompt_entry:
+        lib = library.Library(args.library or paths.library_dir())
+        entry = lib.get(args.prompt_entry)
+        return np.asarray(lib.prompt(entry, deep=bool(entry.deep_width)))
+    if args.prompt and peft_io.is_adapter(args.prompt):
+        return peft_io.read_adapter(args.prompt)[0]
+    return library.read_t5x_prompt(args.prompt) if args.prompt else None
 
 
 def cmd_export(args) -> None:
@@ -112,6 +133,9 @@ def add_commands(sub) -> None:
     p.add_argument("--vocab", help="SentencePiece model (default: T5's standard gs:// one)")
     p.add_argument("--inputs", nargs="+", required=True)
     p.add_argument("--targets", nargs="+", required=True)
+    p.add_argument("--prompt", help="a prompt joined as in training: .npy, T5X or PEFT adapter")
+    p.add_argument("--prompt-entry", help="a library entry's prompt (see --library)")
+    p.add_argument("--library", help="default: $PROMPT_TRANSFER_LIBRARY or ~/.cache/...")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(

@@ -62,16 +62,21 @@ def heatmap(
 
 
 def curves(
-    series: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+    series: Mapping[str, tuple],
     path: str | Path,
     title: str,
     ylabel: str,
 ) -> Path:
-    """One line per name: (steps, values)."""
+    """One line per name: (steps, values) or (steps, mean, standard deviation or None), the
+    deviation drawn as a band of +- one around the mean."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, (steps, values) in series.items():
-        ax.plot(steps, values, marker="o", label=name)
+    for name, (steps, values, *spread) in series.items():
+        (line,) = ax.plot(steps, values, marker="o", label=name)
+        if spread and spread[0] is not None:
+            low = np.asarray(values) - np.asarray(spread[0])
+            high = np.asarray(values) + np.asarray(spread[0])
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

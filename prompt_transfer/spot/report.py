@@ -149,11 +149,13 @@ def write_report(
         "zero-shot transfer: source prompt used as is on the target",
         "{:.1f}",
     )
+    seeded = any(spread for _, _, spread in curves.values())
     for task in targets:
         plots.curves(
-            {name: curves[(t, name)][:2] for (t, name) in curves if t == task},
+            {name: curves[(t, name)] for (t, name) in curves if t == task},
             work / f"curves_{task}.png",
-            f"{task}: validation score",
+            f"{task}: validation score"
+            + (" (mean of the seeds, band: +- 1 std)" if seeded else ""),
             "main metric",
         )
     paths.atomic_write_text(work / "report.md", _markdown(report))
