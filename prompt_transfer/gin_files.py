@@ -230,6 +230,27 @@ def _unbound_macros() -> list[str]:
     return sorted(used - bound - {"gin.REQUIRED"})
 
 
+def _refuse_unused_macros(bindings: list[str]) -> None:
+    """A macro set on the command line that no gin file uses is a typo (`--gin.TRAIN_STEP=`)
+    or belongs to another experiment; either way it would be ignored, so it is refused."""
+    bound, used = set(), set()
+    for (scope, selector), args in gin.config._CONFIG.items():
+        if selector.endswith("gin.macro"):
+            bound.add(scope)
+        for value in args.values():
+            used.update(_macro_references(value))
+    for text in bindings:
+        name = text.partition("=")[0].strip()
+        if "." in name or "/" in name or name in used:
+            continue  # a configurable's parameter (gin checks those), or a macro in use
+        close = difflib.get_close_matches(name, sorted((used | bound) - {name}), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise GinFileError(
+            f"--gin.{name}=... sets a macro that none of these gin files uses, so it would be "
+            f"ignored{hint}"
+        )
+
+
 def configure(files: list[str], bindings: list[str]) -> str:
     """Parse gin files (found by name) and bindings; check required macros before anything
     compiles. Returns the config text (written to MODEL_DIR/config.gin)."""
@@ -248,6 +269,7 @@ def configure(files: list[str], bindings: list[str]) -> str:
         raise GinFileError(f"gin config does not parse: {e}".splitlines()[0]) from e
     finally:
         root.setLevel(level)
+    _refuse_unused_macros(bindings)
     unbound = _unbound_macros()
     if unbound:
         hint = "; a model's size gin file names its vocabulary: VOCABULARY = None for T5's"

@@ -14,6 +14,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from prompt_transfer.errors import UserError
+
+
+class MeshError(UserError):
+    pass
+
+
 # Logical axes (T5X names). Defined once; modules import these constants.
 BATCH = "batch"
 LENGTH = "length"
@@ -63,9 +70,9 @@ def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = No
     """
     devices = list(devices if devices is not None else jax.devices())
     if len(devices) % num_partitions:
-        raise ValueError(
-            f"num_partitions={num_partitions} does not divide the {len(devices)} devices; "
-            "choose a divisor of the device count."
+        raise MeshError(
+            f"NUM_PARTITIONS={num_partitions} does not divide the {len(devices)} devices; "
+            "choose a divisor of the device count"
         )
     grid = np.asarray(devices).reshape(len(devices) // num_partitions, num_partitions)
     return Mesh(grid, (DATA_AXIS, MODEL_AXIS))

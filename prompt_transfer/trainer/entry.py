@@ -120,11 +120,18 @@ def train(
     with a different config is refused unless `overwrite` (start over) or `resume` (continue
     anyway). Everything is checked before the first compilation.
     """
+    check_numbers(spec, config)
     mesh = partitioning.make_mesh(spec.num_partitions)
     _check(spec, config, mesh)
     run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
     network = weights.frozen_network(spec.model_config, spec.initial_checkpoint, mesh, spec.seed)
     with run_dir.ProgressLog(spec.model_dir, config.steps) as log:
+        if not spec.initial_checkpoint and spec.trainable_regex != ".*":
+            log.info(
+                "warning: INITIAL_CHECKPOINT_PATH is None, so the frozen network is a random "
+                "initialisation and the prompt learns against it (intended for a baseline; "
+                "otherwise set INITIAL_CHECKPOINT_PATH)"
+            )
         if run_dir.holds_checkpoint(spec.model_dir):  # the prompt comes from there
             prompt = _blank_prompt(spec)
         else:
@@ -135,6 +142,47 @@ def train(
             log.info(f"added the prompt to the library {config.library_dir} as {entry.id}")
             summary["library_entry"] = entry.id
     return summary
+
+
+# (field, its macro, the least value it may take): whole numbers only.
+_COUNTS = (
+    ("steps", "TRAIN_STEPS", 1),
+    ("batch_size", "BATCH_SIZE", 1),
+    ("num_microbatches", "NUM_MICROBATCHES", 1),
+    ("eval_period", "EVAL_PERIOD", 0),
+    ("eval_batch_size", "EVAL_BATCH_SIZE", 1),
+    ("early_stopping_patience", "EARLY_STOPPING_PATIENCE", 0),
+    ("save_period", "SAVE_PERIOD", 1),
+    ("keep_checkpoints", "KEEP_CHECKPOINTS", 1),
+    ("log_period", "LOG_PERIOD", 1),
+    ("prompt_length", "PROMPT_LENGTH", 0),
+    ("seed", "RANDOM_SEED", 0),
+    ("num_partitions", "NUM_PARTITIONS", 1),
+)
+
+
+def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:
+    """Counts are whole numbers in range and TRAINABLE is a regular expression, or one line
+    names the macro (`TRAIN_STEPS=3e4`, `SAVE_PERIOD=0`, `TRAINABLE='['`)."""
+    for field, macro, least in _COUNTS:
+        holder = spec if hasattr(spec, field) else config
+        if holder is None:
+            continue
+        value = getattr(holder, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            whole = (
+                f" (write {int(value)})"
+                if isinstance(value, float) and value.is_integer() and value >= least
+                else ""
+            )
+            raise TrainError(f"{macro}={value!r} must be a whole number >= {least}{whole}")
+    try:
+        re.compile(spec.trainable_regex)
+    except re.error as e:
+        raise TrainError(
+            f"TRAINABLE={spec.trainable_regex!r} is not a regular expression ({e}); it selects "
+            f"parameter paths, e.g. '{prompts.PROMPT_PATH}' or '.*'"
+        ) from e
 
 
 def _check(spec: RunSpec, config: TrainConfig, mesh) -> None:
@@ -389,8 +437,14 @@ def _add_to_library(spec, config, network, prompt, summary, config_text):
 # Evaluation and inference of a trained run.
 
 
+CHECKPOINTS = ("latest", "best")
+
+
 def _trained(spec: RunSpec, checkpoint: str):
     """(model, parameters, step) of the run's `checkpoint` ("latest" or "best")."""
+    if checkpoint not in CHECKPOINTS:
+        raise TrainError(f"CHECKPOINT={checkpoint!r} is unknown; choose 'latest' or 'best'")
+    check_numbers(spec)
     spec.prepare_tasks()
     mesh = partitioning.make_mesh(spec.num_partitions)
     network = weights.frozen_network(spec.model_config, spec.initial_checkpoint, mesh, spec.seed)

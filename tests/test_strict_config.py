@@ -1,0 +1,87 @@
+"""Configuration mistakes are refused before any work: one line naming the macro and what to
+write instead, exit 2, and nothing written."""
+
+import pytest
+from synthetic_tasks import register_keyword_task
+
+from conftest import T5_VOCAB, TINY_CHECKPOINT
+from prompt_transfer import cli
+
+RUN = [
+    "--gin_file=experiments/prompt_tuning_tiny",
+    "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
+    f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+    "--gin.TRAIN_STEPS=4",
+]
+
+CASES = {
+    "a misspelled macro": (
+        ["train", "--gin.TRAIN_STEP=100"],
+        "--gin.TRAIN_STEP=... sets a macro that none of these gin files uses, so it would be "
+        "ignored; did you mean TRAIN_STEPS",
+    ),
+    "a macro of another experiment": (
+        ["train", "--gin.SOURCE_STEPS=100"],
+        "--gin.SOURCE_STEPS=... sets a macro that none of these gin files uses",
+    ),
+    "steps written as a float": (
+        ["train", "--gin.TRAIN_STEPS=3e4"],
+        "TRAIN_STEPS=30000.0 must be a whole number >= 1 (write 30000)",
+    ),
+    "no steps": (["train", "--gin.TRAIN_STEPS=0"], "TRAIN_STEPS=0 must be a whole number >= 1"),
+    "a save period of 0": (
+        ["train", "--gin.SAVE_PERIOD=0"],
+        "SAVE_PERIOD=0 must be a whole number >= 1",
+    ),
+    "a negative batch": (["train", "--gin.BATCH_SIZE=-8"], "BATCH_SIZE=-8 must be a whole number"),
+    "a fractional prompt length": (
+        ["train", "--gin.PROMPT_LENGTH=2.5"],
+        "PROMPT_LENGTH=2.5 must be a whole number >= 0",
+    ),
+    "a period given as text": (
+        ["train", "--gin.EVAL_PERIOD=often"],
+        "EVAL_PERIOD='often' must be a whole number >= 0",
+    ),
+    "a broken TRAINABLE regex": (
+        ["train", "--gin.TRAINABLE='['"],
+        "TRAINABLE='[' is not a regular expression (unterminated character set",
+    ),
+    "partitions that do not divide the devices": (
+        ["train", "--gin.NUM_PARTITIONS=3"],
+        "NUM_PARTITIONS=3 does not divide the 8 devices",
+    ),
+    "a misspelled checkpoint": (
+        ["eval", "--gin.CHECKPOINT='bset'"],
+        "CHECKPOINT='bset' is unknown; choose 'latest' or 'best'",
+    ),
+    "a misspelled optimizer parameter": (
+        ["train", "--gin.train_state.OptimizerConfig.learning_rte=0.1"],
+        "learning_rte",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_mistake_is_one_line_before_any_work(anchors, tmp_path, capsys, case):
+    register_keyword_task(T5_VOCAB)
+    (command, *extra), message = CASES[case]
+    model_dir = tmp_path / "run"
+    capsys.readouterr()
+    assert cli.main([command, *RUN, f"--gin.MODEL_DIR='{model_dir}'", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not model_dir.exists()  # nothing written
+
+
+def test_a_spot_flow_typo_is_refused_with_the_macro_it_meant(capsys, tmp_path):
+    argv = [
+        "spot",
+        "--gin_file=experiments/demo",
+        f"--gin.WORK_DIR='{tmp_path / 'work'}'",
+        "--gin.SEEDS_PER_RUNS=3",
+    ]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "did you mean SEEDS_PER_RUN" in err and err.count("\n") == 1
+    assert not (tmp_path / "work").exists()
