@@ -316,8 +316,39 @@ def test_changed_config_is_refused_unless_overwrite(prompt_run, tmp_path, capsys
     assert cli.main(["train", *base, "--gin.PROMPT_LENGTH=7"]) == 2
     assert "holds a run with a different config" in capsys.readouterr().err
     assert np.load(model_dir / "prompts" / "checkpoint_10.npy").shape == (5, 4)  # untouched
+    (model_dir / "notes.md").write_text("my notes")  # the user's, not the run's
+    (model_dir / "data").mkdir()
+    (model_dir / "data" / "train.tsv").write_text("x\ty\n")
     assert cli.main(["train", *base, "--gin.PROMPT_LENGTH=7", "--overwrite"]) == 0
     assert np.load(model_dir / "prompts" / "checkpoint_10.npy").shape == (7, 4)
+    # --overwrite removed the old run's files only.
+    assert (model_dir / "notes.md").read_text() == "my notes"
+    assert (model_dir / "data" / "train.tsv").read_text() == "x\ty\n"
+
+
+def test_an_interrupted_first_save_is_not_a_checkpoint_to_resume(tmp_path):
+    from prompt_transfer.trainer import run_dir
+
+    (tmp_path / "checkpoint_10.orbax-checkpoint-tmp-1700000000").mkdir()  # killed mid-save
+    assert not run_dir.holds_checkpoint(tmp_path)
+    (tmp_path / "checkpoint_10").mkdir()
+    assert run_dir.holds_checkpoint(tmp_path)
+
+
+def test_a_torn_last_evaluation_line_is_dropped_and_appends_stay_jsonl(tmp_path):
+    from prompt_transfer.trainer import run_dir
+
+    good = [{"step": s, "metric": "accuracy", "value": 50.0 + s, "results": {}} for s in (2, 4)]
+    history = tmp_path / run_dir.EVAL_HISTORY
+    history.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"step": 6, "met')
+    assert [r["step"] for r in run_dir.read_eval_history(tmp_path)] == [2, 4]
+    with run_dir.ProgressLog(tmp_path, 10, quiet=True) as log:
+        log.eval_metrics(6, {"t": {"accuracy": 57.0}}, "accuracy", 57.0)
+    assert [r["step"] for r in run_dir.read_eval_history(tmp_path)] == [2, 4, 6]
+    assert all(json.loads(line) for line in history.read_text().splitlines())
+    history.write_text('{"step": 2}\nnot json\n{"step": 4}\n')  # damage inside is named
+    with pytest.raises(run_dir.RunDirError, match="line 2 is not JSON"):
+        run_dir.read_eval_history(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -40,9 +42,35 @@ def subdir(model_dir: paths.PathLike, *names: str):
     return paths.path(model_dir).joinpath(*[n for n in names if n])
 
 
+_CHECKPOINT = re.compile(r"checkpoint_\d+")  # orbax's finished steps, not its temporaries
+# What a run writes in MODEL_DIR (`--overwrite` removes these and nothing else).
+_RUN_FILES = re.compile(
+    r"checkpoint_\d+.*|config\.gin|log\.txt|eval_history\.jsonl|eval_.*\.json"
+    r"|predictions_.*\.jsonl|prompts|best|train|eval|transfer|events\.out\..*"
+)
+
+
 def holds_checkpoint(model_dir: paths.PathLike) -> bool:
+    """Whether MODEL_DIR holds a finished checkpoint (a save killed half-way leaves orbax's
+    temporary directory, which is not one)."""
     directory = paths.path(model_dir)
-    return directory.exists() and any(directory.glob("checkpoint_*"))
+    return directory.exists() and any(
+        _CHECKPOINT.fullmatch(p.name) for p in directory.glob("checkpoint_*")
+    )
+
+
+def clear_run(model_dir: paths.PathLike) -> list[str]:
+    """Remove what a run wrote in MODEL_DIR and nothing else; returns what stays (the user's
+    own files)."""
+    directory, kept = paths.path(model_dir), []
+    for entry in sorted(directory.iterdir()):
+        if not _RUN_FILES.fullmatch(entry.name):
+            kept.append(entry.name)
+        elif entry.is_dir():
+            entry.rmtree()
+        else:
+            entry.unlink()
+    return kept
 
 
 def _comparable(config_text: str) -> list[str]:
@@ -62,7 +90,7 @@ def check_model_dir(
     existing = model_dir / CONFIG_FILE
     holds_run = existing.exists() or holds_checkpoint(model_dir)
     if holds_run and overwrite:
-        model_dir.rmtree()
+        clear_run(model_dir)
     elif holds_run and not resume:
         old = _comparable(existing.read_text()) if existing.exists() else ["<no config.gin>"]
         new = _comparable(config_text)
@@ -185,14 +213,28 @@ class CheckpointStore:
             self._best.close()
 
 
+def _drop_torn_line(path) -> None:
+    """Cut a last line that a kill left without its newline, so that appends stay JSONL."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        paths.atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
+
+
 def read_eval_history(model_dir: paths.PathLike) -> list[dict]:
     """The evaluations of a run, in order; a resumed run's repeated steps keep the last."""
     path = subdir(model_dir, EVAL_HISTORY)
     if not path.exists():
         return []
-    by_step = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
+    by_step, lines = {}, path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # a kill mid-append: the evaluation is lost, not the run
+                break
+            raise RunDirError(f"{path} line {number} is not JSON ({e}); remove that line") from e
         by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]
 
@@ -299,8 +341,13 @@ class ProgressLog:
         record = {"step": step, "metric": name, "value": value, "results": results}
         if predictions:
             record.update(predictions=predictions, labels=labels or {})
-        with (self.model_dir / EVAL_HISTORY).open("a") as f:  # one JSON line per evaluation
+        history = self.model_dir / EVAL_HISTORY
+        _drop_torn_line(history)
+        with history.open("a") as f:  # one JSON line per evaluation
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            if not paths.is_remote(history):  # an object store has no partial appends
+                os.fsync(f.fileno())
 
     def close(self) -> None:
         self.train_writer.close()
