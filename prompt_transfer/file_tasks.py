@@ -16,10 +16,12 @@ import csv
 import dataclasses
 import json
 import os
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from prompt_transfer import metrics, paths, registry, text_formats, vocab
+from prompt_transfer import errors, metrics, paths, registry, text_formats, vocab
 from prompt_transfer.errors import UserError
 from prompt_transfer.tf_import import import_seqio, import_tensorflow
 
@@ -42,6 +44,13 @@ class FileTask:
     target: str = "label"
     labels: tuple[str, ...] = ()
     prefix: str = ""
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.:]*", self.name):
+            raise FileTaskError(
+                f"task name {self.name!r} may hold letters, digits, '_', '.' and ':' only "
+                "(SeqIO's rule; it also names the record file)"
+            )
 
     def files(self) -> dict[str, str]:
         return {s: getattr(self, s) for s in SPLITS if getattr(self, s)}
@@ -147,7 +156,14 @@ def load_user_tasks() -> list[str]:
     """Register every task recorded by `add-task`."""
     names = []
     for path in sorted(user_tasks_dir().glob("*.json")):
-        spec = json.loads(path.read_text())
-        spec = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
-        names.append(register_file_task(FileTask(**spec)))
+        try:  # one broken record (its files moved, say) must not stop every other command
+            spec = json.loads(path.read_text())
+            spec = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+            names.append(register_file_task(FileTask(**spec)))
+        except (UserError, ValueError, TypeError, OSError) as e:
+            warnings.warn(
+                f"task record {path} skipped ({errors.one_line(e)}); add the task again "
+                "or remove the record",
+                stacklevel=2,
+            )
     return names

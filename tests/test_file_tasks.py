@@ -80,6 +80,17 @@ def test_add_task_records_it_for_later_launches(files, tmp_path, monkeypatch, ca
     spec = json.loads((tmp_path / "registry" / "recorded_task.json").read_text())
     assert spec["labels"] == ["yes", "no"] and spec["train"] == str(train_file.resolve())
     assert file_tasks.load_user_tasks() == ["recorded_task"]
+    # A record whose files were moved away is skipped with a warning; the others still load.
+    moved = dict(spec, name="moved_task", train=str(tmp_path / "gone.tsv"))
+    (tmp_path / "registry" / "moved_task.json").write_text(json.dumps(moved))
+    with pytest.warns(UserWarning, match=r"moved_task.json skipped .*gone.tsv"):
+        assert file_tasks.load_user_tasks() == ["recorded_task"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", ".hidden"])
+def test_a_task_name_that_is_not_one_word_is_refused(name):
+    with pytest.raises(file_tasks.FileTaskError, match="may hold letters, digits"):
+        file_tasks.FileTask(name=name, train="t.tsv", validation="v.tsv")
 
 
 @pytest.mark.parametrize(

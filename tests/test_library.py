@@ -141,3 +141,34 @@ def test_cli_add_list_show_export_remove(tmp_path, capsys):
     assert cli.main(["library", "remove", entry_id, *lib]) == 0
     assert cli.main(["library", "show", entry_id, *lib]) == 2
     assert "no library entry" in capsys.readouterr().err
+
+
+def test_a_malformed_entry_is_skipped_and_named(tmp_path):
+    lib = library.Library(tmp_path)
+    good = lib.add(_prompt(0), task="a", model="m", model_fingerprint="f")
+    bad = lib.add(_prompt(1), task="b", model="m", model_fingerprint="f")
+    (tmp_path / bad.id / "meta.json").write_text('{"id": "b-1", "task": ')  # torn by hand
+    with pytest.warns(UserWarning, match=f"library entry {bad.id} skipped"):
+        assert [e.id for e in lib.entries()] == [good.id]
+
+
+@pytest.mark.parametrize("entry_id", ["../outside", "a/b", ".hidden", "/etc"])
+def test_entry_ids_cannot_reach_outside_the_library(tmp_path, entry_id):
+    lib = library.Library(tmp_path / "lib")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "meta.json").write_text("{}")
+    for action in (lib.get, lib.remove, lib.prompt):
+        with pytest.raises(library.LibraryError, match="is not a library entry id"):
+            action(entry_id)
+    assert (tmp_path / "outside" / "meta.json").exists()
+    entry = lib.add(_prompt(0), task="../../x", model="m", model_fingerprint="f")
+    assert (tmp_path / "lib" / entry.id / "prompt.npy").exists() and "/" not in entry.id
+
+
+def test_adding_a_stored_prompt_again_updates_its_metadata(tmp_path):
+    lib = library.Library(tmp_path)
+    first = lib.add(_prompt(0), task="a", model="m", model_fingerprint="f", score=50.0)
+    again = lib.add(_prompt(0), task="a", model="m", model_fingerprint="f", score=61.5, steps=9)
+    assert again.id == first.id and len(lib.entries()) == 1
+    assert (lib.get(first.id).score, lib.get(first.id).steps) == (61.5, 9)
+    assert lib.get(first.id).created == first.created

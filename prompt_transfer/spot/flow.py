@@ -206,7 +206,7 @@ def run(
     )
     source_entries = [e for e in lib.entries(kind="trained", **ours) if e.task in sources]
     embeddings = {e.task: e for e in lib.entries(kind="task_embedding", **ours)}
-    _, source_prompts = lib.load(source_entries, deep=deep_prompt)
+    source_entries, source_prompts = lib.load(source_entries, deep=deep_prompt)  # healthy ones
 
     # 3. Retrieval by every metric.
     similarities = {

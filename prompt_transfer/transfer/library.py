@@ -77,8 +77,11 @@ def model_fingerprint(params) -> str:
     return h.hexdigest()[:16]
 
 
+_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_.-]+", "_", text).strip("_") or "prompt"
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "_", text).strip("_.") or "prompt"
 
 
 class Library:
@@ -123,8 +126,8 @@ class Library:
             **meta,
         )
         final = self.root / entry.id
-        if final.exists():
-            return self.get(entry.id)  # same task, same prompt: already stored
+        if final.exists():  # same task, same prompt: already stored; new metadata replaces old
+            return self._update(self.get(entry.id), entry)
         try:
             with paths.atomic_directory(final) as tmp:
                 np.save(tmp / "prompt.npy", prompt)
@@ -137,8 +140,25 @@ class Library:
             raise
         return entry
 
+    def _update(self, old: Entry, new: Entry) -> Entry:
+        merged = dataclasses.replace(new, created=old.created)
+        if merged != old:
+            paths.atomic_write_text(
+                self.root / old.id / "meta.json", json.dumps(dataclasses.asdict(merged), indent=1)
+            )
+        return merged
+
+    def _entry_dir(self, entry_id: str) -> Path:
+        """The folder of an entry id; an id that is not one folder name is refused."""
+        if not _ID.fullmatch(entry_id):
+            raise LibraryError(
+                f"{entry_id!r} is not a library entry id (letters, digits, '_', '.', '-'; "
+                "see `prompt-transfer library list`)"
+            )
+        return self.root / entry_id
+
     def remove(self, entry_id: str) -> None:
-        path = self.root / entry_id
+        path = self._entry_dir(entry_id)
         if not (path / "meta.json").exists():
             raise LibraryError(f"no library entry {entry_id!r} in {self.root}")
         trash = self.root / f".{entry_id}.removed-{os.getpid()}"
@@ -147,7 +167,7 @@ class Library:
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, entry_id: str) -> Entry:
-        path = self.root / entry_id / "meta.json"
+        path = self._entry_dir(entry_id) / "meta.json"
         if not path.exists():
             close = [e.id for e in self.entries() if entry_id in e.id][:3]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -162,7 +182,11 @@ class Library:
         for path in sorted(self.root.glob("*/meta.json")):
             if path.parent.name.startswith("."):
                 continue
-            entry = Entry(**json.loads(path.read_text()))
+            try:
+                entry = Entry(**json.loads(path.read_text()))
+            except (ValueError, TypeError) as e:  # bad JSON, missing or unknown fields
+                warnings.warn(f"library entry {path.parent.name} skipped: {path} {e}", stacklevel=2)
+                continue
             if all(getattr(entry, k) == v for k, v in where.items()):
                 out.append(entry)
         return out
