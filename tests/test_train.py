@@ -180,6 +180,49 @@ def test_eval_and_infer_through_the_cli(prompt_run, capsys):
     )
 
 
+def test_a_run_is_evaluated_and_resumed_only_with_its_own_model(prompt_run, capsys):
+    record = json.loads((prompt_run / "model.json").read_text())
+    assert record["checkpoint"] == str(TINY_CHECKPOINT) and len(record["fingerprint"]) == 16
+    before = sorted(p.name for p in prompt_run.iterdir())
+    other = _run_args(prompt_run, checkpoint=False)  # the same shapes, at random init
+    for command in (["eval", *other], ["train", *other, "--gin.TRAIN_STEPS=60", "--resume"]):
+        capsys.readouterr()
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert f"was trained with the frozen model {TINY_CHECKPOINT}" in err, err
+        assert err.count("\n") == 1
+    assert sorted(p.name for p in prompt_run.iterdir()) == before
+
+
+def test_a_second_run_in_a_live_run_dir_is_refused_and_a_stale_lock_taken_over(
+    task, tmp_path, capsys
+):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from prompt_transfer.trainer import run_dir
+
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    lock = model_dir / run_dir.LOCK_FILE
+    live = {"pid": os.getpid(), "host": socket.gethostname(), "since": 0}
+    lock.write_text(json.dumps(live))
+    args = _run_args(model_dir, "--gin.TRAIN_STEPS=2", "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=0")
+    assert cli.main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"is in use by process {os.getpid()}" in err and err.count("\n") == 1
+    assert sorted(p.name for p in model_dir.iterdir()) == [run_dir.LOCK_FILE]  # nothing written
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    lock.write_text(json.dumps(dict(live, pid=int(gone.stdout))))  # its process was killed
+    assert cli.main(["train", *args]) == 0
+    assert (model_dir / "checkpoint_2").exists() and not lock.exists()
+
+
 # -- learning, resume, failures ----------------------------------------------------------------
 
 

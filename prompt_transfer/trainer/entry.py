@@ -123,8 +123,24 @@ def train(
     check_numbers(spec, config)
     mesh = partitioning.make_mesh(spec.num_partitions)
     _check(spec, config, mesh)
-    run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
-    network = weights.frozen_network(spec.model_config, spec.initial_checkpoint, mesh, spec.seed)
+    with run_dir.lock(spec.model_dir):
+        run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
+        network = weights.frozen_network(
+            spec.model_config, spec.initial_checkpoint, mesh, spec.seed
+        )
+        run_dir.check_model(spec.model_dir, _model_record(spec, network), create=True)
+        return _train_locked(spec, config, config_text, mesh, network)
+
+
+def _model_record(spec: RunSpec, network) -> dict:
+    return {
+        "fingerprint": library.model_fingerprint(network.params),
+        "checkpoint": spec.initial_checkpoint,
+        "vocabulary": spec.vocabulary,
+    }
+
+
+def _train_locked(spec, config, config_text, mesh, network) -> dict:
     with run_dir.ProgressLog(spec.model_dir, config.steps) as log:
         if not spec.initial_checkpoint and spec.trainable_regex != ".*":
             log.info(
@@ -448,6 +464,7 @@ def _trained(spec: RunSpec, checkpoint: str):
     spec.prepare_tasks()
     mesh = partitioning.make_mesh(spec.num_partitions)
     network = weights.frozen_network(spec.model_config, spec.initial_checkpoint, mesh, spec.seed)
+    run_dir.check_model(spec.model_dir, _model_record(spec, network), create=False)
     trained, step = weights.restore_trained(
         spec.model_dir, network, spec.trainable_regex, _blank_prompt(spec), mesh, checkpoint
     )

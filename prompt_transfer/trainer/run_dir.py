@@ -12,13 +12,16 @@ MODEL_DIR layout (T5X's, plus prompt exports):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -46,7 +49,7 @@ _CHECKPOINT = re.compile(r"checkpoint_\d+")  # orbax's finished steps, not its t
 # What a run writes in MODEL_DIR (`--overwrite` removes these and nothing else).
 _RUN_FILES = re.compile(
     r"checkpoint_\d+.*|config\.gin|log\.txt|eval_history\.jsonl|eval_.*\.json"
-    r"|predictions_.*\.jsonl|prompts|best|train|eval|transfer|events\.out\..*"
+    r"|predictions_.*\.jsonl|prompts|best|train|eval|transfer|events\.out\..*|model\.json"
 )
 
 
@@ -103,6 +106,84 @@ def check_model_dir(
                 f"MODEL_DIR {model_dir} holds a run with a different config ({diff}); "
                 "pass --overwrite to start over or --resume to continue it"
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# One run at a time, and the model it belongs to.
+
+LOCK_FILE = ".lock"
+MODEL_FILE = "model.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def lock(model_dir: paths.PathLike):
+    """Hold MODEL_DIR for this run: a second run there (whose checkpoint manager would delete
+    this one's checkpoints) is refused in one line; a lock whose process is gone (a kill) is
+    taken over. Local directories only: an object store has no atomic create, so there the
+    scheduler must keep runs apart. Only the first host of a multi-host job takes it."""
+    directory = paths.path(model_dir)
+    if paths.is_remote(model_dir) or jax.process_index() != 0:
+        yield
+        return
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    target = Path(paths.absolute(directory)) / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(target.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            pid, host = holder.get("pid"), holder.get("host")
+            if host == me["host"] and isinstance(pid, int) and not _alive(pid):
+                target.unlink(missing_ok=True)  # stale: its process was killed
+                continue
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder.get("since", 0)))
+            raise RunDirError(
+                f"MODEL_DIR {directory} is in use by process {pid} on {host} since {since}; "
+                f"wait for it, stop it, or remove {target} if that run is gone"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+        break
+    try:
+        yield
+    finally:
+        target.unlink(missing_ok=True)
+        if created and not any(target.parent.iterdir()):  # refused before writing anything
+            target.parent.rmdir()
+
+
+def check_model(model_dir: paths.PathLike, record: dict, create: bool) -> None:
+    """The frozen model a run belongs to (MODEL_DIR/model.json: its fingerprint, checkpoint and
+    vocabulary). Resuming, evaluating or inferring with another model is refused; a new run
+    records its own (`create`)."""
+    path = subdir(model_dir, MODEL_FILE)
+    if not path.exists():
+        if create:
+            paths.atomic_write_text(path, json.dumps(record, indent=1))
+        return
+    stored = json.loads(path.read_text())
+    if stored.get("fingerprint") != record.get("fingerprint"):
+        raise RunDirError(
+            f"MODEL_DIR {paths.path(model_dir)} was trained with the frozen model "
+            f"{stored.get('checkpoint')} (fingerprint {stored.get('fingerprint')}), not "
+            f"{record.get('checkpoint')} (fingerprint {record.get('fingerprint')}); use the "
+            "run's own INITIAL_CHECKPOINT_PATH"
+        )
 
 
 def write_config(model_dir: paths.PathLike, config_text: str) -> None:
