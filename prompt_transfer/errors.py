@@ -5,7 +5,8 @@ Every error a user can act on derives from `UserError`: the console script print
 (`CheckpointError`, `TaskError`, ...) so a caller can catch one kind, and a new subclass needs no
 registration anywhere. A run that diverged or was pre-empted is not bad input; each has its own
 status, so a launcher can tell "fix the config" (2) from "lower the learning rate" (3) from
-"start the same command again" (4).
+"start the same command again" (4); a disk that is full or a file that may not be written is
+the system's refusal (5), with the file named.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 4
+EXIT_SYSTEM = 5  # the system refused a read or write: a full disk, a permission
 
 
 class UserError(ValueError):
@@ -38,8 +40,10 @@ def exit_code(error: BaseException) -> int | None:
     """The status for `error`, or None when it is a bug (let the traceback show)."""
     if isinstance(error, UserError | Diverged | Preempted):
         return error.exit_code
-    if isinstance(error, FileNotFoundError):  # a path the user gave
+    if isinstance(error, FileNotFoundError | UnicodeDecodeError):  # a path or file given
         return EXIT_BAD_INPUT
+    if isinstance(error, OSError):  # str() names the file: "[Errno 28] No space left ...: 'x'"
+        return EXIT_SYSTEM
     return None
 
 

@@ -61,6 +61,16 @@ def read_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[str,
     path = Path(path)
     if not path.is_file():
         raise FileTaskError(f"task file not found: {path}")
+    try:
+        return _read_rows(path, columns)
+    except UnicodeDecodeError as e:
+        raise FileTaskError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); save it "
+            "as UTF-8"
+        ) from None
+
+
+def _read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     rows = []
     if path.suffix == ".jsonl":
         for number, line in enumerate(path.read_text().splitlines(), start=1):

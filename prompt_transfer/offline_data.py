@@ -255,6 +255,11 @@ def prepare(root: Path | None = None, force: bool = False) -> dict:
         manifest = json.loads(_manifest_path(root).read_text())
         if manifest.get("version") == VERSION:
             return manifest
+    if root.exists() and not _manifest_path(root).exists() and any(root.iterdir()):
+        raise OfflineSourceError(
+            f"{root} holds files but no offline suite (no manifest.json); the suite replaces "
+            "its folder whole, so point PROMPT_TRANSFER_DATA at a new or empty folder"
+        )
     splits = build_tasks()
     with paths.atomic_directory(root, replace=True) as tmp:
         manifest = {"version": VERSION, "wordnet": any("wordnet" in n for n in splits), "tasks": {}}

@@ -126,3 +126,12 @@ def test_cli_prints_the_suite(prepared, capsys):
     assert "offline_sentiment_apple" in out and "2378/297/298" in out
     manifest = json.loads((prepared[0] / "manifest.json").read_text())
     assert manifest["version"] == offline_data.VERSION
+
+
+def test_a_folder_of_other_files_is_never_replaced_by_the_suite(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "thesis.tex").write_text("months of work")
+    with pytest.raises(offline_data.OfflineSourceError, match="holds files but no offline suite"):
+        offline_data.prepare(data)
+    assert [p.name for p in data.iterdir()] == ["thesis.tex"]

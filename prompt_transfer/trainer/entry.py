@@ -36,6 +36,7 @@ from prompt_transfer import (
     vocab,
 )
 from prompt_transfer import file_tasks as file_task_lib
+from prompt_transfer.errors import UserError
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.trainer import loop, run_dir, weights
 from prompt_transfer.trainer.state import (
@@ -128,8 +129,16 @@ def train(
         network = weights.frozen_network(
             spec.model_config, spec.initial_checkpoint, mesh, spec.seed
         )
+        fresh = not run_dir.holds_run(spec.model_dir)
         run_dir.check_model(spec.model_dir, _model_record(spec, network), create=True)
-        return _train_locked(spec, config, config_text, mesh, network)
+        try:
+            return _train_locked(spec, config, config_text, mesh, network)
+        except UserError:
+            # Refused before its first checkpoint (a transfer source that does not fit, say):
+            # a new run leaves nothing behind that a corrected launch would trip over.
+            if fresh and not run_dir.holds_checkpoint(spec.model_dir):
+                run_dir.clear_run(spec.model_dir)
+            raise
 
 
 def _model_record(spec: RunSpec, network) -> dict:

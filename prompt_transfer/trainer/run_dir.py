@@ -62,6 +62,11 @@ def holds_checkpoint(model_dir: paths.PathLike) -> bool:
     )
 
 
+def holds_run(model_dir: paths.PathLike) -> bool:
+    """Whether MODEL_DIR holds a run already (its config or a checkpoint)."""
+    return subdir(model_dir, CONFIG_FILE).exists() or holds_checkpoint(model_dir)
+
+
 def clear_run(model_dir: paths.PathLike) -> list[str]:
     """Remove what a run wrote in MODEL_DIR and nothing else; returns what stays (the user's
     own files)."""
@@ -91,10 +96,10 @@ def check_model_dir(
     """
     model_dir = paths.path(model_dir)
     existing = model_dir / CONFIG_FILE
-    holds_run = existing.exists() or holds_checkpoint(model_dir)
-    if holds_run and overwrite:
+    held = holds_run(model_dir)
+    if held and overwrite:
         clear_run(model_dir)
-    elif holds_run and not resume:
+    elif held and not resume:
         old = _comparable(existing.read_text()) if existing.exists() else ["<no config.gin>"]
         new = _comparable(config_text)
         if old != new:

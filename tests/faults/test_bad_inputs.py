@@ -1,0 +1,259 @@
+"""The bad-input catalogue: every mistake gets one line that names the bad thing, exit status 2,
+and leaves every existing file as it was.
+
+One small world is prepared once (a finished tiny run, a library, task files, a file that is not
+UTF-8); each case runs one command against it in-process and compares the world's files, byte
+for byte, before and after.
+"""
+
+import hashlib
+
+import numpy as np
+import pytest
+from synthetic_tasks import register_keyword_task
+
+from conftest import T5_VOCAB, TINY_CHECKPOINT
+from prompt_transfer import cli
+from prompt_transfer.transfer import library
+
+TINY = [
+    "--gin_file=experiments/prompt_tuning_tiny",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
+    f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+]
+TASK = "--gin.MIXTURE_OR_TASK_NAME='test_keyword'"
+FRESH = "--gin.MODEL_DIR='{w}/fresh'"  # a MODEL_DIR no case may create
+RUN = "--gin.MODEL_DIR='{w}/run'"  # the finished run
+
+
+def train(*extra):
+    return ["train", *TINY, TASK, FRESH, *extra]
+
+
+def transfer(strategy, *extra):
+    return train(f"--gin_file=transfer/{strategy}.gin", "--gin.LIBRARY='{w}/library'", *extra)
+
+
+def score(*extra):
+    return [
+        "score",
+        "--checkpoint",
+        str(TINY_CHECKPOINT),
+        "--inputs",
+        "a",
+        "--targets",
+        "b",
+        *extra,
+    ]
+
+
+def add_task(*extra, name="my_task", train_file="{w}/train.tsv"):
+    base = ["add-task", "--name", name, "--train", train_file, "--validation", "{w}/train.tsv"]
+    return [*base, "--inputs", "sentence", "--labels", "yes", "no", *extra]
+
+
+CATALOGUE = {
+    # configuration: train
+    "misspelled macro": (train("--gin.TRAIN_STEP=100"), "did you mean TRAIN_STEPS"),
+    "float steps": (train("--gin.TRAIN_STEPS=3e4"), "TRAIN_STEPS=30000.0 must be a whole number"),
+    "zero steps": (train("--gin.TRAIN_STEPS=0"), "TRAIN_STEPS=0 must be a whole number >= 1"),
+    "zero save period": (train("--gin.SAVE_PERIOD=0"), "SAVE_PERIOD=0 must be a whole number"),
+    "negative batch": (train("--gin.BATCH_SIZE=-8"), "BATCH_SIZE=-8 must be a whole number"),
+    "fractional prompt": (train("--gin.PROMPT_LENGTH=2.5"), "PROMPT_LENGTH=2.5 must be"),
+    "text period": (train("--gin.EVAL_PERIOD=often"), "EVAL_PERIOD='often' must be"),
+    "negative patience": (
+        train("--gin.EARLY_STOPPING_PATIENCE=-1"),
+        "EARLY_STOPPING_PATIENCE=-1 must be a whole number >= 0",
+    ),
+    "broken regex": (train("--gin.TRAINABLE='['"), "TRAINABLE='[' is not a regular expression"),
+    "partitions": (train("--gin.NUM_PARTITIONS=3"), "NUM_PARTITIONS=3 does not divide the 8"),
+    "batch over devices": (train("--gin.BATCH_SIZE=12"), "BATCH_SIZE=12 does not split"),
+    "no task": (["train", *TINY, FRESH], "required gin macro(s) not set: MIXTURE_OR_TASK_NAME"),
+    "unknown task": (
+        ["train", *TINY, FRESH, "--gin.MIXTURE_OR_TASK_NAME='test_keywrd'"],
+        "did you mean test_keyword",
+    ),
+    "unknown gin file": (
+        ["train", "--gin_file=experiments/prompt_tuning_tiyn", FRESH],
+        "did you mean experiments/prompt_tuning_tiny",
+    ),
+    "no gin file": (["train", FRESH], "no --gin_file given"),
+    "unknown flag": (train("--frobnicate"), "unknown argument '--frobnicate'"),
+    "misspelled parameter": (
+        train("--gin.train_state.OptimizerConfig.learning_rte=0.1"),
+        "learning_rte",
+    ),
+    "missing prompt file": (
+        train("--gin_file=prompts/file.gin", "--gin.PROMPT_FILE='{w}/nope.npy'"),
+        "nope.npy",
+    ),
+    "prompt file of another width": (
+        train("--gin_file=prompts/file.gin", "--gin.PROMPT_FILE='{w}/wide.npy'"),
+        "has shape (5, 12) but the run expects (5, 4)",
+    ),
+    "frozen deep prompt": (train("--gin.DEEP_PROMPT=True"), "leaves the deep prompt"),
+    "missing checkpoint": (
+        ["train", *TINY[:2], TASK, FRESH, "--gin.INITIAL_CHECKPOINT_PATH='{w}/no_ckpt'"],
+        "no_ckpt",
+    ),
+    "checkpoint of another size": (
+        ["train", *TINY, TASK, FRESH, "--gin_file=models/small.gin"],
+        "but the configured model expects",
+    ),
+    "changed config in a run's MODEL_DIR": (
+        ["train", *TINY, TASK, RUN, "--gin.PROMPT_LENGTH=7"],
+        "holds a run with a different config",
+    ),
+    "resume with another model": (
+        ["train", *TINY[:2], TASK, RUN, "--gin.INITIAL_CHECKPOINT_PATH=None", "--resume"],
+        "was trained with the frozen model",
+    ),
+    # eval and infer
+    "misspelled checkpoint": (
+        ["eval", *TINY, TASK, RUN, "--gin.CHECKPOINT='bset'"],
+        "CHECKPOINT='bset' is unknown",
+    ),
+    "eval without a run": (["eval", *TINY, TASK, FRESH], "no latest checkpoint in"),
+    "missing inference input": (
+        ["infer", *TINY, TASK, RUN, "--gin.INFER_INPUT_FILE='{w}/nope.txt'"],
+        "nope.txt",
+    ),
+    "inference input not UTF-8": (
+        ["infer", *TINY, TASK, RUN, "--gin.INFER_INPUT_FILE='{w}/latin1.txt'"],
+        "latin1.txt: not UTF-8 text (byte 0xe9",
+    ),
+    # transfer
+    "single source without a source": (
+        transfer("single_source"),
+        "required gin macro(s) not set: SOURCE_PROMPT",
+    ),
+    "unknown source entry": (
+        transfer("single_source", "--gin.SOURCE_PROMPT='no_such_entry'"),
+        "no library entry 'no_such_entry'",
+    ),
+    "source entry outside the library": (
+        transfer("single_source", "--gin.SOURCE_PROMPT='../escape'"),
+        "'../escape' is not a library entry id",
+    ),
+    "source of another length": (
+        transfer("single_source", "--gin.SOURCE_PROMPT='{entry}'"),
+        "choose a length fit: truncate, pad or interpolate",
+    ),
+    "unknown length fit": (
+        transfer("single_source", "--gin.SOURCE_PROMPT='{entry}'", "--gin.LENGTH_FIT='stretch'"),
+        "length fit 'stretch' is unknown",
+    ),
+    "unknown similarity": (
+        transfer(
+            "weighted_average",
+            "--gin.SIMILARITY_METRIC='cosine_avg'",
+            "--gin.TARGET_EMBEDDING='{entry}'",
+        ),
+        "retrieval metric 'cosine_avg' is unknown",
+    ),
+    "retrieval without an embedding": (
+        transfer("weighted_average"),
+        "required gin macro(s) not set: TARGET_EMBEDDING",
+    ),
+    # the library
+    "show outside the library": (
+        ["library", "show", "../escape", "--library", "{w}/library"],
+        "is not a library entry id",
+    ),
+    "show an unknown entry": (
+        ["library", "show", "nope", "--library", "{w}/library"],
+        "no library entry 'nope'",
+    ),
+    "import a text file": (
+        ["library", "import", "{w}/train.tsv", "--model", "m", "--library", "{w}/library"],
+        "is not a NumPy array file",
+    ),
+    "import without a model": (
+        ["library", "import", "{w}/wide.npy", "--library", "{w}/library"],
+        "library import needs --model",
+    ),
+    "export neither entry nor run": (
+        ["library", "export", "--output", "{w}/x.npy", "--library", "{w}/library"],
+        "takes an ENTRY or --run MODEL_DIR",
+    ),
+    "export a run that never evaluated": (
+        ["library", "export", "--run", "{w}/run", "--output", "{w}/x.npy"],
+        "no best prompt in",
+    ),
+    # user tasks
+    "task name outside its folder": (add_task(name="../escape"), "may hold letters, digits"),
+    "task file not UTF-8": (add_task(train_file="{w}/latin1.tsv"), "not UTF-8 text"),
+    "task file without the column": (add_task("--inputs", "text"), "lacks column(s) ['text']"),
+    "task label outside the labels": (
+        add_task(train_file="{w}/maybe.tsv"),
+        "example 1 has label 'maybe'",
+    ),
+    "missing task file": (add_task(train_file="{w}/nope.tsv"), "task file not found"),
+    # models and scoring
+    "unknown size": (score("--size", "huge"), "unknown model size 'huge'"),
+    "prompt of another width": (
+        score("--size", "tiny", "--prompt", "{w}/wide.npy", "--vocab", str(T5_VOCAB)),
+        "a prompt of width 12 fits neither this model's input prompt (4)",
+    ),
+    "two prompts": (
+        score("--size", "tiny", "--prompt", "{w}/wide.npy", "--prompt-entry", "x"),
+        "--prompt or --prompt-entry, not both",
+    ),
+    "convert a missing model": (
+        ["convert", "--hf", "{w}/no_hf", "--output", "{w}/converted"],
+        "no_hf",
+    ),
+    "convert onto existing output": (
+        ["convert", "--hf", "{w}/no_hf", "--output", "{w}/run"],
+        "already exists",
+    ),
+    # the SPoT flow
+    "flow macro typo": (
+        ["spot", "--gin_file=experiments/demo", "--gin.WORK_DIR='{w}/spot'", "--gin.TOP_KK=3"],
+        "did you mean TOP_K",
+    ),
+}
+
+
+def _snapshot(root):
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def world(anchors, tmp_path_factory):
+    register_keyword_task(T5_VOCAB)
+    w = tmp_path_factory.mktemp("world")
+    run = ["train", *TINY, TASK, f"--gin.MODEL_DIR='{w}/run'", "--gin.TRAIN_STEPS=2"]
+    assert cli.main([*run, "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=0"]) == 0
+    lib = library.Library(w / "library")
+    entry = lib.add(np.ones((3, 4), np.float32), task="source", model="tiny", model_fingerprint="")
+    np.save(w / "wide.npy", np.zeros((5, 12), np.float32))
+    (w / "train.tsv").write_text("sentence\tlabel\ngood day\tyes\nbad day\tno\n")
+    (w / "maybe.tsv").write_text("sentence\tlabel\nfine\tmaybe\n")
+    (w / "latin1.tsv").write_bytes("sentence\tlabel\ncaf\xe9\tyes\n".encode("latin-1"))
+    (w / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    return w, entry.id
+
+
+def test_the_catalogue_is_large():
+    assert len(CATALOGUE) >= 40
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+def test_a_bad_input_is_one_line_exit_2_and_changes_nothing(world, case, capsys, monkeypatch):
+    w, entry = world
+    monkeypatch.setenv("PROMPT_TRANSFER_TASKS", str(w.parent / "user_tasks"))
+    argv, message = CATALOGUE[case]
+    argv = [a.replace("{w}", str(w)).replace("{entry}", entry) for a in argv]
+    before = _snapshot(w)
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 1, err
+    assert _snapshot(w) == before  # nothing written, nothing changed
+    assert not (w / "fresh").exists() and not (w / "spot").exists()
