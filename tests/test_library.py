@@ -1,9 +1,6 @@
 """The prompt library: entries, hashes, corruption, concurrency, imports, CLI."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -57,23 +54,6 @@ def test_corrupted_entry_is_reported_and_skipped(tmp_path):
     with pytest.warns(UserWarning, match=f"{bad.id} is corrupted"):
         entries, prompts = lib.load()
     assert [e.id for e in entries] == [good.id] and prompts.shape == (1, 4, 8)
-
-
-def test_two_processes_adding_at_once_lose_nothing(tmp_path):
-    script = textwrap.dedent(f"""
-        import sys, numpy as np
-        from prompt_transfer.transfer.library import Library
-        lib = Library({str(tmp_path)!r})
-        worker = int(sys.argv[1])
-        for i in range(40):
-            prompt = np.full((2, 3), worker * 1000 + i, np.float32)
-            lib.add(prompt, task=f"t{{worker}}_{{i}}", model="m", model_fingerprint="")
-    """)
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(w)]) for w in (1, 2)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    entries = library.Library(tmp_path).entries()
-    assert len(entries) == 80 and len({e.id for e in entries}) == 80
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
 
 
 def test_released_prompts_import_with_metadata(anchors, tmp_path, capsys):

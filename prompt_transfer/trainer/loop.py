@@ -86,14 +86,20 @@ def run(state, fixed, step_fn, stream, rng, schedule: Schedule, hooks: Hooks):
             ):
                 hooks.log(done, summarize(window, first, done), len(window))
                 window, first = [], done + 1
-            if stopping or schedule.due(done, schedule.save):
+            # Evaluate before saving: a run killed during an evaluation resumes from the save
+            # before it and evaluates this step again, so no evaluation is ever lost.
+            stop_early = (
+                not stopping
+                and schedule.due(done, schedule.evaluate)
+                and hooks.evaluate(state, done)
+            )
+            if stopping or stop_early or schedule.due(done, schedule.save):
                 hooks.save(state, stream.position)
             if stopping:
                 raise Preempted(
                     f"SIGTERM at step {done}: saved checkpoint_{done}; "
                     "run the same command again to resume"
                 )
-            if schedule.due(done, schedule.evaluate) and hooks.evaluate(state, done):
-                hooks.save(state, stream.position)
+            if stop_early:
                 return state, True
     return state, False

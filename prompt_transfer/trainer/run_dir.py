@@ -288,7 +288,8 @@ class CheckpointStore:
                 enable_async_checkpointing=False,
             )
             self._best = ocp.CheckpointManager(self.model_dir / "best", options=options)
-        self._save(self._best, int(state.step), state, 0)
+        if self._best.latest_step() != int(state.step):  # else a killed attempt saved it
+            self._save(self._best, int(state.step), state, 0)
         if prompt is not None:
             paths.save_npy(self.model_dir / "best" / "prompt.npy", prompt)
         best.save(self.model_dir)
