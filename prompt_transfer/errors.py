@@ -11,6 +11,8 @@ the system's refusal (5), with the file named.
 
 from __future__ import annotations
 
+import json
+
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -40,8 +42,8 @@ def exit_code(error: BaseException) -> int | None:
     """The status for `error`, or None when it is a bug (let the traceback show)."""
     if isinstance(error, UserError | Diverged | Preempted):
         return error.exit_code
-    if isinstance(error, FileNotFoundError | UnicodeDecodeError):  # a path or file given
-        return EXIT_BAD_INPUT
+    if isinstance(error, FileNotFoundError | UnicodeDecodeError | json.JSONDecodeError):
+        return EXIT_BAD_INPUT  # a path or a file given
     if isinstance(error, OSError):  # str() names the file: "[Errno 28] No space left ...: 'x'"
         return EXIT_SYSTEM
     return None

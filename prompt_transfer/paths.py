@@ -4,7 +4,8 @@ Paths go through `path()`, which speaks local paths and `gs://` alike (etils' ep
 orbax and T5X use). Every file the project writes goes through `atomic_write_bytes` or
 `atomic_directory`: readers (a resumed run, a second process, a crash) see the old content or
 the new one, never a partial file. Local writes go to a temporary sibling, are fsync'ed, then
-renamed; an object store has no partial objects, so there the write is direct.
+renamed, and the folder is fsync'ed; an object store has no partial objects, so there the
+write is direct.
 
 Environment variables that change defaults are read here and nowhere else:
 
@@ -68,6 +69,7 @@ def atomic_write_bytes(target: PathLike, payload: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+        _fsync_dir(target.parent)  # the rename itself survives a power cut
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -93,6 +95,14 @@ def load_npy(source: PathLike) -> np.ndarray:
     if is_remote(source):
         return np.load(io.BytesIO(path(source).read_bytes()))
     return np.load(source)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -122,6 +132,7 @@ def atomic_directory(final: PathLike, replace: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)  # fails if `final` appeared meanwhile: nothing is clobbered
+        _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,6 +6,7 @@ Each kill runs in its own process (kill_at.py); the resumes run in this one.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +40,13 @@ def _argv(model_dir, lib):
 
 
 def _kill_points():
-    """(point, n): where and at which visit the process dies, drawn with a fixed seed."""
+    """(point, n): where and at which visit the process dies, drawn with a fixed seed; 8 in the
+    default suite (about 10 s each), more with PROMPT_TRANSFER_KILL_POINTS (up to 21)."""
     rng = np.random.default_rng(20)
     visits = {"step": STEPS, "write": 6, "checkpoint": STEPS // 2, "eval": 2, "library": 1}
+    count = min(int(os.environ.get("PROMPT_TRANSFER_KILL_POINTS", 8)), sum(visits.values()))
     points = [("library", 1), ("eval", 1)]  # always: the end of a run, a torn history line
-    while len(points) < 8:
+    while len(points) < count:
         point = str(rng.choice(sorted(visits)))
         n = int(rng.integers(1, visits[point] + 1))
         if (point, n) not in points:
