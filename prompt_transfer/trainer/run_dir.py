@@ -400,11 +400,15 @@ class ProgressLog:
         scalars = dict(means, steps_per_second=rate, tokens_per_second=rate * tokens)
         self.train_writer.write_scalars(step, {k: v for k, v in scalars.items() if np.isfinite(v)})
         eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
+        speed = (
+            f"{rate:.2f} steps/s  {rate * tokens:,.0f} tokens/s  eta {_duration(eta)}"
+            if rate == rate
+            else "compiling and first steps"  # the first window: no speed to speak of
+        )
         self.info(
             f"step {step}/{self.total}  loss {means['loss']:.4f}  "
             f"token_acc {means.get('token_accuracy', float('nan')):.3f}  "
-            f"grad_norm {means['grad_norm']:.3g}  {rate:.2f} steps/s  "
-            f"{rate * tokens:,.0f} tokens/s  eta {_duration(eta)}"
+            f"grad_norm {means['grad_norm']:.3g}  {speed}"
         )
 
     def eval_metrics(
