@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import logging
+import re
+import sys
 from pathlib import Path
 
 import gin
@@ -230,9 +233,21 @@ def _unbound_macros() -> list[str]:
     return sorted(used - bound - {"gin.REQUIRED"})
 
 
+@functools.cache
+def project_macros() -> frozenset[str]:
+    """Every macro any gin file of the project binds or uses."""
+    names = set()
+    for path in GIN_DIR.rglob("*.gin"):
+        text = path.read_text()
+        names.update(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)", text))
+        names.update(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=", text, flags=re.M))
+    return frozenset(names - {"gin"})
+
+
 def _refuse_unused_macros(bindings: list[str]) -> None:
-    """A macro set on the command line that no gin file uses is a typo (`--gin.TRAIN_STEP=`)
-    or belongs to another experiment; either way it would be ignored, so it is refused."""
+    """A macro set on the command line that no gin file of this launch uses would be ignored:
+    one the project knows nowhere is a typo (`--gin.TRAIN_STEP=`) and is refused with a
+    did-you-mean; one that belongs to other gin files (a shared launch script) gets a note."""
     bound, used = set(), set()
     for (scope, selector), args in gin.config._CONFIG.items():
         if selector.endswith("gin.macro"):
@@ -243,11 +258,18 @@ def _refuse_unused_macros(bindings: list[str]) -> None:
         name = text.partition("=")[0].strip()
         if "." in name or "/" in name or name in used:
             continue  # a configurable's parameter (gin checks those), or a macro in use
+        if name in project_macros():
+            print(
+                f"prompt-transfer: note: --gin.{name}=... is not used by these gin files "
+                "and is ignored",
+                file=sys.stderr,
+            )
+            continue
         close = difflib.get_close_matches(name, sorted((used | bound) - {name}), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise GinFileError(
-            f"--gin.{name}=... sets a macro that none of these gin files uses, so it would be "
-            f"ignored{hint}"
+            f"--gin.{name}=... sets a macro that no gin file of the project knows, so it would "
+            f"be ignored{hint}"
         )
 
 
