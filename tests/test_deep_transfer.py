@@ -188,3 +188,29 @@ def test_a_deep_source_run_joins_the_library_and_starts_a_deep_target(anchors, t
     started = _trained_arrays(tmp_path / "plain" / "checkpoint_1")
     assert list(started) == [prompts.PROMPT_PATH]
     np.testing.assert_allclose(started[prompts.PROMPT_PATH], stored[:, : config.emb_dim], atol=1e-5)
+
+
+def test_library_rank_and_list_treat_deep_entries_whole(tmp_path, capsys):
+    lib = library.Library(tmp_path)
+    target, target_deep = _deep(0)
+    wide = prompts.widen(target, target_deep, CONFIG)
+    # "near" shares the target's deep part but not its input prompt; "far" the reverse: in the
+    # wide form (mostly deep columns) near ranks first, on input prompts alone far would.
+    far_deep = _deep(5)[1]
+    add = lambda p, d, task, **kw: lib.add(
+        p,
+        deep=prompts.widen(p, d, CONFIG)[:, 6:],
+        task=task,
+        model="m",
+        model_fingerprint="f",
+        **kw,
+    )
+    add(-target, target_deep, "near")
+    add(target, far_deep, "far")
+    embedding = add(target, target_deep, "t", kind="task_embedding")
+    assert cli.main(["library", "rank", embedding.id, "--library", str(tmp_path)]) == 0
+    ranked = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
+    assert ranked == ["near", "far"]
+    np.testing.assert_array_equal(lib.prompt(embedding, deep=True), wide)
+    assert cli.main(["library", "list", "--library", str(tmp_path)]) == 0
+    assert f"4x6+{WIDTH}" in capsys.readouterr().out

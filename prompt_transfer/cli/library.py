@@ -85,7 +85,8 @@ def _list(lib, args) -> None:
     entries = lib.entries(**({"task": args.task} if args.task else {}))
     for e in entries:
         score = "" if e.score is None else f"{e.score:.2f} {e.metric}"
-        print(f"{e.id:<32} {e.task:<24} {e.model:<22} {e.prompt_length}x{e.embed_dim:<6} {score}")
+        shape = f"{e.prompt_length}x{e.embed_dim}" + (f"+{e.deep_width}" if e.deep_width else "")
+        print(f"{e.id:<32} {e.task:<24} {e.model:<22} {shape:<14} {score}")
     print(f"{len(entries)} entries in {lib.root}")
 
 
@@ -179,10 +180,13 @@ def _rank(lib, args) -> None:
     from prompt_transfer.transfer import retrieval
 
     target = lib.get(args.target)
-    entries = retrieval.eligible_sources(
-        lib, target.model_fingerprint, target.embed_dim, [target.task]
+    entries = retrieval.eligible_sources(  # a deep target is compared in its wide form
+        lib, target.model_fingerprint, target.embed_dim, [target.task], target.deep_width
     )
-    ranked = retrieval.rank_sources(lib, lib.prompt(target), args.metric, entries, args.top_k)
+    deep = bool(target.deep_width)
+    ranked = retrieval.rank_sources(
+        lib, lib.prompt(target, deep=deep), args.metric, entries, args.top_k
+    )
     for r, score in zip(ranked, significant([r.score for r in ranked], least=4), strict=True):
         print(f"{score:>12}  {r.entry.task:<28} {r.entry.id}")
 
