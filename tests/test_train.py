@@ -528,3 +528,26 @@ def test_rank_classification_with_labels_of_different_token_lengths(anchors):
     targets = keyword_examples(32, 1, labels)["targets"]
     expected = np.mean([t == labels[i % 2] for i, t in enumerate(targets)]) * 100
     assert accuracy == pytest.approx(expected)
+
+
+def test_a_resume_restores_the_data_iterator_and_matches_a_straight_run(task, tmp_path):
+    def run(model_dir, steps):
+        args = _run_args(
+            model_dir, f"--gin.TRAIN_STEPS={steps}", "--gin.SAVE_PERIOD=3", "--gin.EVAL_PERIOD=0"
+        )
+        assert cli.main(["train", *args]) == 0
+
+    run(tmp_path / "straight", 9)
+    run(tmp_path / "split", 6)
+    assert (tmp_path / "split" / "data_state" / "p0" / "checkpoint_6" / "iterator.index").exists()
+    run(tmp_path / "split", 9)  # extends the run: resumes at batch 6 from the saved iterator
+    assert (
+        "data iterator restored at batch 6 (no replay)"
+        in (tmp_path / "split" / "log.txt").read_text()
+    )
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "split" / "prompts" / "checkpoint_9.npy"),
+        np.load(tmp_path / "straight" / "prompts" / "checkpoint_9.npy"),
+    )
+    kept = sorted(p.name for p in (tmp_path / "split" / "data_state" / "p0").iterdir())
+    assert kept == sorted(p.name for p in (tmp_path / "split").glob("checkpoint_*"))

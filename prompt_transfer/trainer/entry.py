@@ -258,7 +258,10 @@ def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
         position,
         shard_index=jax.process_index(),
         num_shards=jax.process_count(),
+        state_file=store.data_state(int(state.step)) if position else None,
     )
+    if stream.restored:
+        log.info(f"data iterator restored at batch {position} (no replay)")
     model = EncoderDecoderModel(network.module)
     step_fn = LazyStep(
         model,
@@ -273,7 +276,7 @@ def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
     schedule = loop.Schedule(
         config.steps, config.log_period, config.save_period, config.eval_period
     )
-    hooks = _hooks(spec, config, model, fixed, store, best, log)
+    hooks = _hooks(spec, config, model, fixed, store, best, log, stream)
     try:
         state, stopped_early = loop.run(
             state, fixed, step_fn, stream, jax.random.PRNGKey(spec.seed), schedule, hooks
@@ -288,7 +291,7 @@ def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
     return summary, prompts.wide_of(merge(fixed, state.trainable), spec.model_config)
 
 
-def _hooks(spec, config, model, fixed, store, best, log) -> loop.Hooks:
+def _hooks(spec, config, model, fixed, store, best, log, stream) -> loop.Hooks:
     """What the loop does at log, save and evaluation points."""
     evaluator = (
         evaluation.TaskEvaluator(
@@ -302,7 +305,7 @@ def _hooks(spec, config, model, fixed, store, best, log) -> loop.Hooks:
         log.train_metrics(step, means, config.batch_size, spec.feature_lengths, steps_in_window)
 
     def save(state, position: int) -> None:
-        store.save(state, position, weights.prompt_of(state, fixed))
+        store.save(state, position, weights.prompt_of(state, fixed), stream)
 
     def evaluate(state, step: int) -> bool:
         results = evaluator.evaluate(merge(fixed, state.trainable), step)

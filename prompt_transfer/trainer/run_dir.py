@@ -31,6 +31,7 @@ from prompt_transfer import paths
 from prompt_transfer.errors import UserError
 
 CONFIG_FILE = "config.gin"
+DATA_STATE = "data_state"  # the data iterator's saved states, per process and checkpoint
 EVAL_HISTORY = "eval_history.jsonl"
 # Lines that may change between a run and its continuation (extending a run is common).
 _RESUMABLE_MACROS = ("TRAIN_STEPS", "EVAL_PERIOD", "SAVE_PERIOD", "LOG_PERIOD")
@@ -50,6 +51,7 @@ _CHECKPOINT = re.compile(r"checkpoint_\d+")  # orbax's finished steps, not its t
 _RUN_FILES = re.compile(
     r"checkpoint_\d+.*|config\.gin|log\.txt|eval_history\.jsonl|eval_.*\.json"
     r"|predictions_.*\.jsonl|prompts|best|train|eval|transfer|events\.out\..*|model\.json"
+    r"|data_state"
 )
 
 
@@ -236,12 +238,33 @@ class CheckpointStore:
         )
         manager.wait_until_finished()
 
-    def save(self, state, position: int, prompt=None) -> None:
+    def save(self, state, position: int, prompt=None, stream=None) -> None:
+        """A checkpoint of `state` at data `position`, the prompt's export beside it, and the
+        data iterator's own state (`stream`, a data.BatchStream) for a fast resume."""
         step = int(state.step)
         if self.manager.latest_step() != step:
             self._save(self.manager, step, state, position)
         if prompt is not None:
             paths.save_npy(self.model_dir / "prompts" / f"checkpoint_{step}.npy", prompt)
+        if stream is not None:
+            self._save_data_state(stream, step)
+
+    def data_state(self, step: int) -> str:
+        """Where this process keeps the data iterator's state saved with checkpoint `step`."""
+        folder = self.model_dir / DATA_STATE / f"p{jax.process_index()}" / f"checkpoint_{step}"
+        return str(folder / "iterator")
+
+    def _save_data_state(self, stream, step: int) -> None:
+        target = paths.path(self.data_state(step)).parent
+        if paths.is_remote(target):
+            stream.save_state(self.data_state(step))
+        elif not target.exists():
+            with paths.atomic_directory(target) as tmp:  # whole, or absent: then it replays
+                stream.save_state(str(tmp / "iterator"))
+        kept = {f"checkpoint_{s}" for s in self.manager.all_steps()}
+        for old in target.parent.glob("checkpoint_*"):
+            if old.name not in kept:
+                old.rmtree()
 
     def restore(self, template, only_trainable: bool = False) -> tuple[object, int]:
         """(state, data position) of the latest checkpoint, placed like `template`.
