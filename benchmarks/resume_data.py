@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer import data, offline_data
+from prompt_transfer import data, offline_data, runtime
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--inputs", type=int, default=64)
     args = parser.parse_args()
+    runtime.start()  # quiet logs, as the console script
     offline_data.prepare()
     common = dict(
         name=args.task,
