@@ -11,6 +11,7 @@ module receives them as functions, so it never imports the trainer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -155,17 +156,11 @@ def initial_prompt(
     prompt on a mixture of source tasks (top_k_mixture); `model_scores` see
     `retrieval.retrieve`. The report names the sources used and their similarities.
     """
-    prompt, report = _initial_prompt(
-        init,
-        length,
-        dim,
-        model_fingerprint,
-        target_task,
-        run_candidate,
-        run_mixture,
-        model_scores,
-        deep_width,
+    fit = lambda p: fit_length(p, length, init.length_fit)
+    retrieve = functools.partial(
+        _ranked_sources, init, dim, model_fingerprint, target_task, model_scores, deep_width
     )
+    prompt, report = _by_strategy(init, fit, retrieve, bool(deep_width), run_candidate, run_mixture)
     if prompt.shape[1] != dim + deep_width:
         kind = f"a deep prompt's {dim} + {deep_width}" if deep_width else f"{dim}"
         raise TransferError(
@@ -175,27 +170,14 @@ def initial_prompt(
     return prompt, report
 
 
-def _initial_prompt(
-    init,
-    length,
-    dim,
-    model_fingerprint,
-    target_task,
-    run_candidate,
-    run_mixture,
-    model_scores,
-    deep_width,
-):
-    fit = lambda p: fit_length(p, length, init.length_fit)
-    deep = bool(deep_width)
+def _by_strategy(init, fit, ranked_sources, deep, run_candidate, run_mixture):
+    """(prompt, report) of `init.strategy`; `ranked_sources()` retrieves (library, top k)."""
     if init.strategy == "single_source":
         if not init.source:
             raise TransferError("strategy single_source needs SOURCE_PROMPT (entry id or .npy)")
         lib = Library(init.library) if init.library else None
         return fit(_load_prompt(lib, init.source, deep)), {"sources": [init.source]}
-    lib, ranked = _ranked_sources(
-        init, dim, model_fingerprint, target_task, model_scores, deep_width
-    )
+    lib, ranked = ranked_sources()
     report = {
         "sources": [r.entry.task for r in ranked],
         "similarities": [r.score for r in ranked],
