@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -132,7 +133,7 @@ class BatchStream:
     num_shards: int = 1
     state_file: str | None = None  # an iterator state saved at `position` (save_state)
 
-    def __post_init__(self):
+    def _dataset(self):
         tf = import_tensorflow()
         ds = batched_dataset(
             self.name,
@@ -145,14 +146,26 @@ class BatchStream:
         )
         options = tf.data.Options()
         options.deterministic = True
-        ds = ds.with_options(options)
+        return ds.with_options(options)
+
+    def __post_init__(self):
+        # A new dataset for each iterator: a second iterator over one shuffled dataset would
+        # start its second epoch, in another order.
+        tf = import_tensorflow()
         self.restored = False
         if self.state_file and tf.io.gfile.exists(self.state_file + ".index"):
-            self._iterator = iter(ds.prefetch(2))
-            tf.train.Checkpoint(data=self._iterator).read(self.state_file).assert_consumed()
-            self.restored = True
-        else:
-            self._iterator = iter(ds.skip(self.position).prefetch(2))
+            try:
+                self._iterator = iter(self._dataset().prefetch(2))
+                tf.train.Checkpoint(data=self._iterator).read(self.state_file).assert_consumed()
+                self.restored = True
+            except (tf.errors.OpError, AssertionError, ValueError) as e:
+                warnings.warn(
+                    f"the saved data iterator {self.state_file} does not fit this pipeline "
+                    f"({str(e).splitlines()[0]}); replaying to batch {self.position} instead",
+                    stacklevel=2,
+                )
+        if not self.restored:
+            self._iterator = iter(self._dataset().skip(self.position).prefetch(2))
 
     def save_state(self, path: str) -> None:
         """Save the iterator where it stands (TensorFlow checkpoint files `path.*`)."""

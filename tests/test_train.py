@@ -551,3 +551,18 @@ def test_a_resume_restores_the_data_iterator_and_matches_a_straight_run(task, tm
     )
     kept = sorted(p.name for p in (tmp_path / "split" / "data_state" / "p0").iterdir())
     assert kept == sorted(p.name for p in (tmp_path / "split").glob("checkpoint_*"))
+
+
+def test_a_saved_iterator_that_does_not_fit_falls_back_to_replay(task, tmp_path):
+    straight = data.BatchStream(task, LENGTHS, 8, seed=0)
+    for _ in range(3):
+        next(straight)
+    expected = next(straight)
+    (tmp_path / "iterator.index").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="does not fit this pipeline.*replaying to batch 3"):
+        resumed = data.BatchStream(
+            task, LENGTHS, 8, seed=0, position=3, state_file=str(tmp_path / "iterator")
+        )
+    assert not resumed.restored
+    for key, value in next(resumed).items():
+        np.testing.assert_array_equal(value, expected[key])

@@ -20,6 +20,7 @@ import re
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from prompt_transfer import paths
+from prompt_transfer import errors, paths
 from prompt_transfer.errors import UserError
 
 CONFIG_FILE = "config.gin"
@@ -222,6 +223,7 @@ class CheckpointStore:
         )
         self.manager = ocp.CheckpointManager(self.model_dir, options=options)
         self._best = None
+        self._warned_data_state = False
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -256,11 +258,21 @@ class CheckpointStore:
 
     def _save_data_state(self, stream, step: int) -> None:
         target = paths.path(self.data_state(step)).parent
-        if paths.is_remote(target):
-            stream.save_state(self.data_state(step))
-        elif not target.exists():
-            with paths.atomic_directory(target) as tmp:  # whole, or absent: then it replays
-                stream.save_state(str(tmp / "iterator"))
+        try:
+            if paths.is_remote(target):
+                stream.save_state(self.data_state(step))
+            elif not target.exists():
+                with paths.atomic_directory(target) as tmp:  # whole, or absent: it replays
+                    stream.save_state(str(tmp / "iterator"))
+        except Exception as e:  # a pipeline op tf.data cannot checkpoint (a py_function, say)
+            if not self._warned_data_state:
+                warnings.warn(
+                    f"the data iterator's state is not saved ({errors.one_line(e)}); a resume "
+                    "will replay the input pipeline to its position instead",
+                    stacklevel=2,
+                )
+                self._warned_data_state = True
+            return
         kept = {f"checkpoint_{s}" for s in self.manager.all_steps()}
         for old in target.parent.glob("checkpoint_*"):
             if old.name not in kept:
