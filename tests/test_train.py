@@ -540,6 +540,7 @@ def test_a_resume_restores_the_data_iterator_and_matches_a_straight_run(task, tm
     run(tmp_path / "straight", 9)
     run(tmp_path / "split", 6)
     assert (tmp_path / "split" / "data_state" / "p0" / "checkpoint_6" / "iterator.index").exists()
+    (tmp_path / "split" / "data_state" / "p0" / ".checkpoint_9.tmp-killed").mkdir()  # a kill
     run(tmp_path / "split", 9)  # extends the run: resumes at batch 6 from the saved iterator
     assert (
         "data iterator restored at batch 6 (no replay)"

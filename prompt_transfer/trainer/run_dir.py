@@ -274,8 +274,8 @@ class CheckpointStore:
                 self._warned_data_state = True
             return
         kept = {f"checkpoint_{s}" for s in self.manager.all_steps()}
-        for old in target.parent.glob("checkpoint_*"):
-            if old.name not in kept:
+        for old in target.parent.iterdir():  # older states, and a killed save's temporary
+            if "checkpoint_" in old.name and old.name not in kept:
                 old.rmtree()
 
     def restore(self, template, only_trainable: bool = False) -> tuple[object, int]:
