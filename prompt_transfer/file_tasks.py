@@ -106,6 +106,8 @@ def _read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
 def _examples(task: FileTask, split: str) -> list[dict[str, str]]:
     path = task.files()[split]
     rows = read_rows(path, [*task.inputs, task.target])
+    if not rows:
+        raise FileTaskError(f"{path}: the {split} split has no examples; add some or leave it out")
     prefix = task.prefix or task.name
     examples = []
     for number, row in enumerate(rows, start=1):

@@ -189,6 +189,10 @@ CATALOGUE = {
         "example 1 has label 'maybe'",
     ),
     "missing task file": (add_task(train_file="{w}/nope.tsv"), "task file not found"),
+    "empty task split": (
+        add_task(train_file="{w}/header_only.tsv"),
+        "header_only.tsv: the train split has no examples",
+    ),
     # models and scoring
     "unknown size": (score("--size", "huge"), "unknown model size 'huge'"),
     "prompt of another width": (
@@ -234,6 +238,7 @@ def world(anchors, tmp_path_factory):
     np.save(w / "wide.npy", np.zeros((5, 12), np.float32))
     (w / "train.tsv").write_text("sentence\tlabel\ngood day\tyes\nbad day\tno\n")
     (w / "maybe.tsv").write_text("sentence\tlabel\nfine\tmaybe\n")
+    (w / "header_only.tsv").write_text("sentence\tlabel\n")
     (w / "latin1.tsv").write_bytes("sentence\tlabel\ncaf\xe9\tyes\n".encode("latin-1"))
     (w / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     return w, entry.id
