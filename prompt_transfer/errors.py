@@ -53,3 +53,11 @@ def one_line(error: BaseException) -> str:
     """The first line of the message: gin appends "In call to configurable ..." below it."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def not_utf8(path, error: UnicodeDecodeError) -> UserError:
+    """The one-line refusal of a text file that is not UTF-8, naming the file and the byte."""
+    byte = error.object[error.start]
+    return UserError(
+        f"{path}: not UTF-8 text (byte {byte:#x} at offset {error.start}); save it as UTF-8"
+    )

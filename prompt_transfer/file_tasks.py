@@ -64,10 +64,7 @@ def read_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[str,
     try:
         return _read_rows(path, columns)
     except UnicodeDecodeError as e:
-        raise FileTaskError(
-            f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); save it "
-            "as UTF-8"
-        ) from None
+        raise errors.not_utf8(path, e) from None
 
 
 def _read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:

@@ -222,14 +222,20 @@ def _macro_references(value):
             yield from _macro_references(item)
 
 
-def _unbound_macros() -> list[str]:
-    """Macros a binding refers to (`%NAME`) that no gin file or flag binds."""
+def _bound_and_used_macros() -> tuple[set[str], set[str]]:
+    """(macros the parsed config binds, macros its bindings refer to as `%NAME`)."""
     bound, used = set(), set()
     for (scope, selector), args in gin.config._CONFIG.items():
         if selector.endswith("gin.macro"):
             bound.add(scope)
         for value in args.values():
             used.update(_macro_references(value))
+    return bound, used
+
+
+def _unbound_macros() -> list[str]:
+    """Macros a binding refers to (`%NAME`) that no gin file or flag binds."""
+    bound, used = _bound_and_used_macros()
     return sorted(used - bound - {"gin.REQUIRED"})
 
 
@@ -248,12 +254,7 @@ def _refuse_unused_macros(bindings: list[str]) -> None:
     """A macro set on the command line that no gin file of this launch uses would be ignored:
     one the project knows nowhere is a typo (`--gin.TRAIN_STEP=`) and is refused with a
     did-you-mean; one that belongs to other gin files (a shared launch script) gets a note."""
-    bound, used = set(), set()
-    for (scope, selector), args in gin.config._CONFIG.items():
-        if selector.endswith("gin.macro"):
-            bound.add(scope)
-        for value in args.values():
-            used.update(_macro_references(value))
+    bound, used = _bound_and_used_macros()
     for text in bindings:
         name = text.partition("=")[0].strip()
         if "." in name or "/" in name or name in used:

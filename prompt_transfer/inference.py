@@ -14,8 +14,7 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import data, models, paths, registry
-from prompt_transfer.errors import UserError
+from prompt_transfer import data, errors, models, paths, registry
 from prompt_transfer.models import EncoderDecoderModel
 
 
@@ -50,10 +49,7 @@ def rows_from_file(name: str, path: str, feature_lengths: Mapping[str, int]):
     try:
         lines = paths.path(path).read_text().splitlines()
     except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); save it "
-            "as UTF-8"
-        ) from None
+        raise errors.not_utf8(path, e) from None
     return task, [(line, (vocab.encode(line)[: limit - 1] + [1]), None) for line in lines]
 
 

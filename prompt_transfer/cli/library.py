@@ -124,18 +124,10 @@ def _export(lib, args) -> None:
         peft_io.write_adapter(prompt, output, base)
         print(f"wrote the PEFT prompt-tuning adapter {output} (base model {base or 'not named'})")
     elif args.format == "t5x":
-        if output.exists():
-            raise library.LibraryError(f"{output} already exists; choose a new --output")
-        with paths.atomic_directory(output.absolute()) as tmp:
-            with open(tmp / T5X_PROMPT_FILE, "wb") as f:  # T5X names it without a suffix
-                np.save(f, np.asarray(prompt, np.float32))
-        print(f"wrote the T5X numpy prompt {output / T5X_PROMPT_FILE}")
+        print(f"wrote the T5X numpy prompt {library.write_t5x_prompt(prompt, output)}")
     else:
         paths.save_npy(output, np.asarray(prompt, np.float32))
         print(f"wrote {output}")
-
-
-T5X_PROMPT_FILE = "encoder.prompt.prompt.prompt"  # T5X prompt tuning's numpy checkpoint name
 
 
 def _run_prompt(model_dir: str, which: str) -> np.ndarray:

@@ -339,9 +339,15 @@ def _drop_torn_line(path) -> None:
     """Cut a last line that a kill left without its newline, so that appends stay JSONL."""
     if not path.exists():
         return
+    with path.open("rb") as f:  # the last byte tells; the whole file is read only to mend it
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        paths.atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
+    paths.atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
 
 
 def read_eval_history(model_dir: paths.PathLike) -> list[dict]:

@@ -239,11 +239,20 @@ class Library:
             )
         return good, np.stack(prompts)
 
-    # -- exchange --------------------------------------------------------------------------
-    def export(self, entry_id: str, path: str | os.PathLike) -> Path:
-        """Write an entry's prompt as a plain `.npy` (what PROMPT_FILE takes)."""
-        paths.save_npy(path, self.prompt(entry_id))
-        return Path(path)
+
+T5X_PROMPT_FILE = "encoder.prompt.prompt.prompt"  # T5X prompt tuning's numpy checkpoint name
+
+
+def write_t5x_prompt(prompt, directory: str | os.PathLike) -> Path:
+    """`prompt` as a T5X prompt-tuning numpy checkpoint (a new folder holding one file, named
+    without a suffix as T5X names it), which `read_t5x_prompt` reads back."""
+    directory = Path(directory)
+    if directory.exists():
+        raise LibraryError(f"{directory} already exists; choose a new --output")
+    with paths.atomic_directory(directory.absolute()) as tmp:
+        with open(tmp / T5X_PROMPT_FILE, "wb") as f:
+            np.save(f, np.asarray(prompt, np.float32))
+    return directory / T5X_PROMPT_FILE
 
 
 def read_t5x_prompt(path: str | os.PathLike) -> np.ndarray:
