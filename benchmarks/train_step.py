@@ -31,15 +31,19 @@ from prompt_transfer.trainer import state as train_state
 from prompt_transfer.trainer import weights
 
 
-def measure(
+def build(
     size: str,
     batch: int,
     lengths: tuple[int, int],
-    steps: int,
     pattern: str,
     prompt_length: int,
     dtype: str,
+    opt: train_state.OptimizerConfig | None = None,
 ) -> dict:
+    """The trainer's jitted step on a random network and one synthetic batch on the device.
+
+    Returns the step, its arguments (`state`, `frozen`, `batch`, `rng`), the model and its
+    config."""
     config = dataclasses.replace(gin_files.read_model_config(size), dtype=dtype)
     mesh = partitioning.make_mesh(1)
     module, abstract, network = weights.frozen_network(config, None, mesh, seed=0)
@@ -51,7 +55,7 @@ def measure(
         params = prompts.with_prompt(network, jnp.zeros((prompt_length, config.emb_dim)))
     shardings = partitioning.param_shardings(abstract, mesh)
     trainable, frozen = train_state.split_trainable(jax.device_put(params, shardings), pattern)
-    opt = train_state.OptimizerConfig()
+    opt = opt or train_state.OptimizerConfig()
     tx = train_state.make_optimizer(opt)
     state = train_state.create_state(trainable, tx, mesh)
     rng = np.random.default_rng(0)
@@ -63,8 +67,9 @@ def measure(
         "decoder_target_tokens": targets,
         "decoder_input_tokens": np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
     }
+    model = EncoderDecoderModel(module)
     step, batch_shardings = train_state.compile_train_step(
-        EncoderDecoderModel(module),
+        model,
         tx,
         train_state.learning_rate_schedule(opt),
         1,
@@ -73,8 +78,31 @@ def measure(
         train_state.split_trainable(shardings, train_state.trainable_regex(trainable))[1],
         batch_arrays,
     )
-    device_batch = jax.device_put(batch_arrays, batch_shardings)
-    key = jax.random.PRNGKey(0)
+    return {
+        "step": step,
+        "state": state,
+        "frozen": frozen,
+        "batch": jax.device_put(batch_arrays, batch_shardings),
+        "rng": jax.random.PRNGKey(0),
+        "config": config,
+        "model": model,
+        "trainable": trainable,
+    }
+
+
+def measure(
+    size: str,
+    batch: int,
+    lengths: tuple[int, int],
+    steps: int,
+    pattern: str,
+    prompt_length: int,
+    dtype: str,
+) -> dict:
+    built = build(size, batch, lengths, pattern, prompt_length, dtype)
+    step, state, frozen = built["step"], built["state"], built["frozen"]
+    device_batch, key = built["batch"], built["rng"]
+    trainable = built["trainable"]
     state, metrics = step(state, frozen, device_batch, key)  # compile
     jax.block_until_ready(metrics["loss"])
     start = time.perf_counter()

@@ -56,6 +56,12 @@ def parse_args(argv):
         help="absolute Adafactor steps (default: relative to each parameter's scale, as T5X "
         "pre-trains; absolute steps of 0.01 swamp the small attention kernels)",
     )
+    p.add_argument(
+        "--dropout-rate",
+        type=float,
+        default=0.0,
+        help="dropout while training (the recipe's 0.0; more when the cache is passed many times)",
+    )
     p.add_argument("--log-period", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -71,7 +77,7 @@ def main(argv=None) -> dict:
         s: {k: np.concatenate([c[s][k] for c in caches if s in c]) for k in caches[0][s]}
         for s in caches[0]
     }
-    config = gin_files.read_model_config(args.size, {"DROPOUT_RATE": 0.0})
+    config = gin_files.read_model_config(args.size, {"DROPOUT_RATE": args.dropout_rate})
     mesh = partitioning.make_mesh(1)
     module, _, params = weights.frozen_network(config, args.init, mesh, args.seed)
     opt = train_state.OptimizerConfig(

@@ -8,6 +8,7 @@ task's metric functions, so a task's metrics are the same whichever way it is ev
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -61,8 +62,7 @@ class TaskEvaluator:
                 self.candidates[task_name] = [vocab.encode(label) for label in labels]
                 self.label_names[task_name] = list(labels)
         check_labels_fit(name, feature_lengths)
-        self._rank = jax.jit(model.rank_classify)
-        self._decode = jax.jit(model.predict, static_argnames=("max_length",))
+        self._rank, self._decode = _jitted(model)
 
     def _predict_fn(self, params, task_name: str, prompt=None):
         candidates = self.candidates.get(task_name)
@@ -119,6 +119,13 @@ class TaskEvaluator:
             )
             results[task_name] = {k: float(v) for k, v in future.result()[task_name].items()}
         return results
+
+
+@functools.lru_cache(maxsize=4)
+def _jitted(model: models.EncoderDecoderModel):
+    """Rank classification and decoding, jitted once per model: every evaluator of a flow's runs
+    shares the compiled functions."""
+    return jax.jit(model.rank_classify), jax.jit(model.predict, static_argnames=("max_length",))
 
 
 def majority_share(counts: Mapping[str, int]) -> tuple[str, float]:

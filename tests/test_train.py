@@ -11,7 +11,7 @@ from flax import traverse_util
 from synthetic_tasks import keyword_examples, register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT
-from prompt_transfer import cli, data, errors, gin_files, partitioning, prompts
+from prompt_transfer import checkpoints, cli, data, errors, gin_files, partitioning, prompts
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.trainer import entry, weights
 from prompt_transfer.trainer import state as train_state
@@ -256,6 +256,86 @@ def test_model_tuning_loss_falls_and_accuracy_rises(anchors, tmp_path):
     validation = keyword_examples(128, 1)["targets"]
     majority = 100 * max(validation.count("yes"), validation.count("no")) / len(validation)
     assert summary["best"]["value"] > majority + 25
+
+
+def test_runs_in_one_process_share_the_network_and_compile_their_step_once(
+    task, tmp_path, monkeypatch
+):
+    """A flow's runs restore the frozen network once and trace an equal step once; model tuning
+    on the shared network leaves it as the checkpoint has it."""
+    restores, traces = [], []
+    real_restore, real_step = checkpoints.restore_params, train_state.train_step
+    monkeypatch.setattr(
+        checkpoints,
+        "restore_params",
+        lambda *a, **k: restores.append(a[0]) or real_restore(*a, **k),
+    )
+    monkeypatch.setattr(
+        train_state, "train_step", lambda *a: traces.append(a[4].trainable.keys()) or real_step(*a)
+    )
+    weights._NETWORKS.clear()
+    short = ("--gin.TRAIN_STEPS=3", "--gin.EVAL_PERIOD=3", "--gin.SAVE_PERIOD=3")
+    tuned = _run_args(tmp_path / "model", *short, "--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0")
+    entry.train_main(tuned)
+    first = entry.train_main(_run_args(tmp_path / "p1", *short))
+    second = entry.train_main(_run_args(tmp_path / "p2", *short))
+    assert len(restores) == 1
+    assert len(traces) == 2  # model tuning's step, then one prompt step for both prompt runs
+    assert first["step"] == second["step"] == 3
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "p1" / "best" / "prompt.npy"),
+        np.load(tmp_path / "p2" / "best" / "prompt.npy"),
+    )
+    config, mesh = gin_files.read_model_config("tiny"), partitioning.make_mesh(1)
+    shared = weights.frozen_network(config, str(TINY_CHECKPOINT), mesh, seed=0).params
+    fresh = weights._build_network(config, str(TINY_CHECKPOINT), mesh, 0, jnp.float32).params
+    for a, b in zip(jax.tree.leaves(shared), jax.tree.leaves(fresh), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_k_prompts_in_one_step_end_where_k_separate_runs_do(task):
+    """Three prompts, each with its own start, data order, dropout key and optimizer state,
+    trained for four steps in one stacked step and in three separate runs."""
+    config, mesh = gin_files.read_model_config("tiny"), partitioning.make_mesh(1)
+    network = weights.frozen_network(config, str(TINY_CHECKPOINT), mesh, seed=0)
+    embedding = np.asarray(network.params["token_embedder"]["embedding"])
+    opt = train_state.OptimizerConfig(name="adam", learning_rate=0.1)
+    optimizer, schedule = train_state.make_optimizer(opt), train_state.learning_rate_schedule(opt)
+    model = EncoderDecoderModel(network.module)
+    init = prompts.PromptInit("sampled_vocab")
+    starts = [prompts.initial_prompt(init, 5, embedding, seed=k) for k in range(3)]
+    streams = [data.BatchStream(task, LENGTHS, 8, seed=k) for k in range(3)]
+    batches = [[next(s) for _ in range(4)] for s in streams]
+    placed = [weights.place(network, start, prompts.PROMPT_PATH, mesh) for start in starts]
+    fixed, fixed_shardings = placed[0][1], placed[0][2]
+
+    separate = []
+    for k, (trainable, _, _) in enumerate(placed):
+        state = train_state.create_state(trainable, optimizer, mesh)
+        step, shardings = train_state.compile_train_step(
+            model, optimizer, schedule, 1, mesh,
+            jax.tree.map(lambda x: x.sharding, state), fixed_shardings, batches[k][0],
+        )  # fmt: skip
+        for batch in batches[k]:
+            state, _ = step(state, fixed, jax.device_put(batch, shardings), jax.random.PRNGKey(k))
+        separate.append(np.asarray(state.trainable["encoder"]["prompt"]["prompt"]))
+
+    states = [train_state.create_state(t, optimizer, mesh) for t, _, _ in placed]
+    stacked_step = train_state.compile_stacked_step(
+        model, optimizer, schedule, 1, mesh,
+        jax.tree.map(lambda x: x.sharding, states[0]), fixed_shardings,
+    )  # fmt: skip
+    stacked = train_state.stack_states(states)
+    rngs = jnp.stack([jax.random.PRNGKey(k) for k in range(3)])
+    for i in range(4):
+        batch = {key: np.stack([batches[k][i][key] for k in range(3)]) for key in batches[0][0]}
+        stacked, metrics = stacked_step(stacked, fixed, batch, rngs)
+    assert metrics["loss"].shape == (3,) and int(stacked.step[2]) == 4
+    for k in range(3):
+        run = train_state.unstack_state(stacked, k).trainable["encoder"]["prompt"]["prompt"]
+        assert not np.allclose(separate[k], starts[k], atol=1e-3)  # it trained
+        np.testing.assert_allclose(np.asarray(run), separate[k], atol=1e-5, rtol=0)
+    assert not np.allclose(separate[0], separate[1], atol=1e-3)
 
 
 def test_killed_and_resumed_run_ends_with_the_uninterrupted_prompt(task, tmp_path, monkeypatch):

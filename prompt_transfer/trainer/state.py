@@ -8,7 +8,9 @@ never differentiated.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct, traverse_util
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_transfer import partitioning, prompts
 from prompt_transfer.errors import UserError
@@ -47,6 +49,8 @@ class OptimizerConfig:
     schedule: str = "constant"  # or "rsqrt": T5 pre-training's plateau then 1/sqrt(step)
 
 
+# One optimizer and one schedule per config, so that runs of equal configs share a compiled step.
+@functools.lru_cache(maxsize=32)
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     if cfg.schedule == "rsqrt":
         # T5: constant for the first `warmup_steps`, then decaying as 1/sqrt(step).
@@ -64,6 +68,7 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     return optax.constant_schedule(cfg.learning_rate)
 
 
+@functools.lru_cache(maxsize=32)
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(cfg)
     if cfg.name == "adafactor":
@@ -201,11 +206,25 @@ def compile_train_step(
     batch_example: Mapping,
 ):
     """`train_step` jitted for `mesh`: explicit in/out shardings, the state donated; returns
-    (step(state, fixed, batch, rng), the batch shardings to put batches on)."""
+    (step(state, fixed, batch, rng), the batch shardings to put batches on).
+
+    Equal arguments give the same jitted function, so the runs of a flow that share a model,
+    an optimizer (see `make_optimizer`), a mesh and shapes compile their step once."""
     batch_shardings = {
         k: partitioning.data_sharding(mesh, np.ndim(v)) for k, v in batch_example.items()
     }
-    step = jax.jit(
+    key = (
+        model,
+        optimizer,
+        schedule,
+        num_microbatches,
+        mesh,
+        *(_frozen(t) for t in (state_shardings, fixed_shardings, batch_shardings)),
+    )
+    if key in _STEPS:
+        _STEPS.move_to_end(key)
+        return _STEPS[key], batch_shardings
+    step = _STEPS[key] = jax.jit(
         lambda state, fixed, batch, rng: train_step(
             model, optimizer, schedule, num_microbatches, state, fixed, batch, rng
         ),
@@ -218,7 +237,70 @@ def compile_train_step(
         out_shardings=(state_shardings, partitioning.replicated(mesh)),
         donate_argnums=(0,),
     )
+    while len(_STEPS) > _KEEP_STEPS:
+        _STEPS.popitem(last=False)
     return step, batch_shardings
+
+
+# ---------------------------------------------------------------------------------------------
+# Many prompts in one step.
+
+
+def stack_states(states: list[TrainState]) -> TrainState:
+    """K states of equal structure as one, every leaf with a leading axis of K."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def unstack_state(stacked: TrainState, k: int) -> TrainState:
+    """The k-th of a stacked state's runs."""
+    return jax.tree.map(lambda x: x[k], stacked)
+
+
+def stacked_train_step(
+    model, optimizer, schedule, num_microbatches, states: TrainState, fixed, batches, rngs
+):
+    """K runs' steps at once on one frozen network: `states` and `batches` carry a leading
+    axis of K (`stack_states`; each run's own batch), `rngs` is [K, 2]; `fixed` is shared.
+
+    Each run keeps its own optimizer state, learning-rate step, gradient clipping and dropout,
+    so the result is K separate runs' (up to the order of floating-point sums): `vmap` over
+    `train_step` with the frozen network unmapped, which XLA turns into matrix products over
+    all K runs' examples at once."""
+    return jax.vmap(
+        lambda state, batch, rng: train_step(
+            model, optimizer, schedule, num_microbatches, state, fixed, batch, rng
+        )
+    )(states, batches, rngs)
+
+
+def compile_stacked_step(
+    model, optimizer, schedule, num_microbatches, mesh: Mesh, state_shardings, fixed_shardings
+):
+    """`stacked_train_step` jitted for `mesh`, the stacked state donated. `state_shardings` are
+    one run's; the K axis is never split, and each run's batch splits along `data`. Returns
+    step(states, fixed, batches, rngs)."""
+    stacked = jax.tree.map(
+        lambda s: NamedSharding(s.mesh, PartitionSpec(None, *s.spec)), state_shardings
+    )
+    batches = NamedSharding(mesh, PartitionSpec(None, partitioning.DATA_AXIS))
+    return jax.jit(
+        lambda states, fixed, batch, rngs: stacked_train_step(
+            model, optimizer, schedule, num_microbatches, states, fixed, batch, rngs
+        ),
+        in_shardings=(stacked, fixed_shardings, batches, partitioning.replicated(mesh)),
+        out_shardings=(stacked, partitioning.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+_STEPS: collections.OrderedDict = collections.OrderedDict()
+_KEEP_STEPS = 8
+
+
+def _frozen(tree) -> tuple:
+    """A hashable stand-in for a tree of shardings: its structure and its leaves."""
+    leaves, structure = jax.tree.flatten(tree)
+    return structure, tuple(leaves)
 
 
 def trainable_regex(trainable: dict) -> str:

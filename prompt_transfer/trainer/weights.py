@@ -6,6 +6,8 @@ logical axis rules give, and a fresh initialisation is jitted with those shardin
 
 from __future__ import annotations
 
+import collections
+import os
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -15,7 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from prompt_transfer import checkpoints, partitioning, prompts, t5
+from prompt_transfer import checkpoints, partitioning, paths, prompts, t5
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.state import (
     TrainError,
@@ -35,11 +37,56 @@ class Network(NamedTuple):
     params: dict
 
 
+# The networks this process built last: the runs of a SPoT flow or a demo share one frozen
+# network, restored and placed once. Two, so that a flow's two models (a projector's source and
+# target, say) do not evict each other.
+_NETWORKS: collections.OrderedDict = collections.OrderedDict()
+_KEEP_NETWORKS = 2
+
+
+def _stamp(checkpoint: str) -> tuple:
+    """What changes when a local checkpoint is rewritten: its files' sizes and times."""
+    if paths.is_remote(checkpoint):
+        return (checkpoint,)
+    root = os.path.abspath(checkpoint)
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name) if os.path.isdir(root) else []
+        files = tuple((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+        return (root, os.stat(root).st_mtime_ns, files)
+    except OSError:  # the restore itself reports a missing or unreadable checkpoint
+        return (root,)
+
+
 def frozen_network(
     config: t5.T5Config, checkpoint: str | None, mesh: Mesh, seed: int, dtype=jnp.float32
 ) -> Network:
     """The network placed on `mesh`: from `checkpoint` when given (sharded restore), else a
-    fresh initialisation created already sharded (eval_shape, logical shardings, jitted init)."""
+    fresh initialisation created already sharded (eval_shape, logical shardings, jitted init).
+
+    The same arguments give the same network for as long as the process keeps it: read-only,
+    shared by the runs of a flow (`place` copies what trains, since the train step donates
+    it). A rewritten local checkpoint is read again, and so is a network whose arrays a caller
+    donated."""
+    key = (
+        config,
+        _stamp(checkpoint) if checkpoint else None,
+        mesh,
+        None if checkpoint else seed,
+        jnp.dtype(dtype).name,
+    )
+    kept = _NETWORKS.get(key)
+    # A caller that trained the network's own arrays in a donating step deleted them.
+    if kept is not None and not any(x.is_deleted() for x in jax.tree.leaves(kept.params)):
+        _NETWORKS.move_to_end(key)
+        return kept
+    network = _build_network(config, checkpoint, mesh, seed, dtype)
+    _NETWORKS[key] = network
+    while len(_NETWORKS) > _KEEP_NETWORKS:
+        _NETWORKS.popitem(last=False)
+    return network
+
+
+def _build_network(config, checkpoint, mesh, seed, dtype) -> Network:
     module = t5.T5(config)
     abstract = t5.abstract_params(module)
     if checkpoint:
@@ -68,6 +115,8 @@ def place(network: Network, prompt: np.ndarray | None, regex: str, mesh: Mesh, d
         params = prompts.with_deep_prompt(params, {k: jnp.asarray(v) for k, v in deep.items()})
     shardings = partitioning.param_shardings(abstract, mesh)
     trainable, fixed = split_trainable(jax.device_put(params, shardings), regex)
+    # The train step donates what trains: a copy, so the shared network outlives the run.
+    trainable = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), trainable)
     _, fixed_shardings = split_trainable(shardings, trainable_regex(trainable))
     return trainable, fixed, fixed_shardings
 
