@@ -152,3 +152,39 @@ def test_adding_a_stored_prompt_again_updates_its_metadata(tmp_path):
     assert again.id == first.id and len(lib.entries()) == 1
     assert (lib.get(first.id).score, lib.get(first.id).steps) == (61.5, 9)
     assert lib.get(first.id).created == first.created
+
+
+def test_ranking_reads_cached_summaries_and_scores_as_the_whole_prompts_do(tmp_path, monkeypatch):
+    """The SPoT similarities rank from the library's summary cache: the same scores as from the
+    prompts themselves, and a second ranking opens no prompt."""
+    from prompt_transfer.transfer import retrieval, similarity
+
+    lib = library.Library(tmp_path)
+    entries = [
+        lib.add(_prompt(seed, (6, 8)) + seed, task=f"t{seed}", model="m", model_fingerprint="")
+        for seed in range(5)
+    ]
+    damaged = lib.add(_prompt(9, (6, 8)), task="bad", model="m", model_fingerprint="")
+    np.save(tmp_path / damaged.id / "prompt.npy", _prompt(8, (6, 8)))
+    target = _prompt(7, (3, 8))
+    _, stacked = lib.load(entries)
+    for metric in similarity.SUMMARY_METRICS:
+        with pytest.warns(UserWarning, match=f"{damaged.id} is corrupted"):
+            ranked = retrieval.rank_sources(lib, target, metric, [*entries, damaged])
+        expected = similarity.score_library(metric, target, stacked)
+        by_id = {r.entry.id: r.score for r in ranked}
+        assert damaged.id not in by_id
+        np.testing.assert_allclose([by_id[e.id] for e in entries], expected, atol=1e-6)
+    assert (tmp_path / library.SUMMARY_FILE).exists()
+
+    def no_prompt_reads(*args, **kwargs):
+        raise AssertionError("a cached summary was read from the prompt")
+
+    monkeypatch.setattr(library.Library, "prompt", no_prompt_reads)
+    again = retrieval.rank_sources(lib, target, "cosine_per_token", entries, top_k=2)
+    assert [r.entry.id for r in again] == [r.entry.id for r in ranked[:2]]
+    monkeypatch.undo()
+
+    (tmp_path / library.SUMMARY_FILE).write_bytes(b"not a zip file")  # damaged: rebuilt
+    rebuilt = retrieval.rank_sources(lib, target, "cosine_per_token", entries, top_k=2)
+    assert [r.entry.id for r in rebuilt] == [r.entry.id for r in ranked[:2]]

@@ -8,6 +8,11 @@ never clobber each other and a reader never sees half an entry; listing scans th
 (there is no shared index to race on). `meta.json` carries a SHA-256 of the prompt's bytes,
 checked on read: a corrupted entry is reported and skipped, never silently used. Prompts load
 memory-mapped, so a large library costs little memory until used.
+
+`<root>/.summaries.npz` is a cache, not an index: each prompt's mean token and mean unit-length
+token (`similarity.summary`) by prompt hash, which is all the SPoT similarities read. Ranking
+10,000 entries reads it instead of 10,000 prompts. An entry missing from it is read, verified
+and added; a lost concurrent update only costs that work again.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +246,66 @@ class Library:
             )
         return good, np.stack(prompts)
 
+    def summaries(self, entries: list[Entry], deep: bool = False) -> tuple[list[Entry], np.ndarray]:
+        """(the healthy entries, their summaries [N, 2, D]) of each prompt (its wide form with
+        `deep`): read from the library's summary cache, computed and added for the rest."""
+        from prompt_transfer.transfer import similarity
 
+        cache = self._read_summaries()
+        good, rows, added = [], [], 0
+        for entry in entries:
+            key = f"{entry.sha256}:{entry.deep_sha256 if deep else ''}"
+            row = cache.get(key)
+            if row is None:
+                try:
+                    row = cache[key] = similarity.summary(self.prompt(entry, deep=deep))
+                except LibraryError as e:
+                    warnings.warn(str(e), stacklevel=2)
+                    continue
+                added += 1
+            good.append(entry)
+            rows.append(row)
+        if added:
+            self._write_summaries(cache)
+        widths = {r.shape[1] for r in rows}
+        if len(widths) > 1:
+            raise LibraryError(
+                f"library entries have different prompt widths {sorted(widths)}; "
+                "select entries of one model"
+            )
+        return good, (np.stack(rows) if rows else np.zeros((0, 2, 0), np.float32))
+
+    def _read_summaries(self) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self.root / SUMMARY_FILE) as f:
+                return {
+                    key: row
+                    for width in f.files
+                    if width.endswith("_keys")
+                    for key, row in zip(
+                        f[width].tolist(), f[width.replace("_keys", "_rows")], strict=True
+                    )
+                }
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # absent or damaged: rebuilt
+            return {}
+
+    def _write_summaries(self, cache: dict[str, np.ndarray]) -> None:
+        groups: dict[int, list] = {}
+        for key, row in cache.items():
+            groups.setdefault(row.shape[1], []).append((key, row))
+        arrays = {}
+        for width, items in groups.items():
+            arrays[f"w{width}_keys"] = np.asarray([k for k, _ in items])
+            arrays[f"w{width}_rows"] = np.stack([r for _, r in items]).astype(np.float32)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        try:
+            paths.atomic_write_bytes(self.root / SUMMARY_FILE, buffer.getvalue())
+        except OSError as e:  # a read-only library ranks all the same, only slower
+            warnings.warn(f"library summaries not saved in {self.root}: {e}", stacklevel=3)
+
+
+SUMMARY_FILE = ".summaries.npz"
 T5X_PROMPT_FILE = "encoder.prompt.prompt.prompt"  # T5X prompt tuning's numpy checkpoint name
 
 

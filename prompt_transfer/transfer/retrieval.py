@@ -104,6 +104,11 @@ def rank_sources(
             metric, signatures["target"], np.stack([signatures[e.id] for e in entries])
         )
         healthy = entries
+    elif metric in similarity.SUMMARY_METRICS:  # the library's cached summaries suffice
+        healthy, summaries = lib.summaries(entries, deep=_is_wide(target_prompt, entries))
+        if not healthy:
+            raise TransferError("no healthy source prompt left in the library")
+        scores = similarity.score_summaries(metric, target_prompt, summaries)
     else:
         healthy, prompts = lib.load(entries, deep=_is_wide(target_prompt, entries))
         if not healthy:

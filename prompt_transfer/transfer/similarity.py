@@ -43,8 +43,30 @@ def cosine_avg_tokens(target, library):
 
 
 def cosine_per_token(target, library):
-    pair = jnp.einsum("pe,nqe->npq", _unit(target), _unit(library))  # [N, P, Q]
-    return pair.mean((1, 2))
+    # The mean of all P x Q cosines is the dot product of the mean unit-length tokens: one
+    # product per entry instead of P x Q.
+    return _unit(library).mean(1) @ _unit(target).mean(0)
+
+
+# Metrics that read a prompt only through its mean token and mean unit-length token
+# (`summary`): ranking a library by them needs one [2, E] row per entry, not the prompts.
+SUMMARY_METRICS = ("cosine_avg_tokens", "cosine_per_token")
+
+
+def summary(prompt) -> np.ndarray:
+    """[2, E] of a prompt [P, E]: its mean token and its mean unit-length token."""
+    prompt = jnp.asarray(prompt, jnp.float32)
+    return np.asarray(jnp.stack([prompt.mean(0), _unit(prompt).mean(0)]))
+
+
+def score_summaries(metric: str, target, summaries) -> np.ndarray:
+    """`score_library` for a SUMMARY_METRICS metric from the library's summaries [N, 2, E]."""
+    if metric not in SUMMARY_METRICS:
+        raise SimilarityError(f"{metric} reads whole prompts; use score_library")
+    mine, theirs = summary(target), jnp.asarray(summaries)
+    if metric == "cosine_avg_tokens":
+        return np.asarray(_unit(theirs[:, 0]) @ _unit(jnp.asarray(mine[0])))
+    return np.asarray(theirs[:, 1] @ jnp.asarray(mine[1]))
 
 
 def _same_length(target, library, metric):

@@ -1,0 +1,70 @@
+"""Rank classification against greedy decoding on one trained run: accuracy and seconds.
+
+Not a test: it restores a finished run (`--run`, its best checkpoint), then evaluates the
+validation split twice with the same compiled model: scoring each label and taking the best
+(rank classification, how the project evaluates classification tasks) and decoding greedily
+up to the target length (T5X's default `predict`), the decoded text then judged by the task's
+own metric. Each is timed on its second pass, after compilation. One JSON line, appended to
+benchmarks/rank_vs_decode.jsonl.
+
+    .venv/bin/python benchmarks/rank_vs_decode.py --run runs/demo/target/best_of_top_k/seed0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from prompt_transfer import evaluation, gin_files
+from prompt_transfer.trainer import entry
+
+RESULTS = Path(__file__).with_name("rank_vs_decode.jsonl")
+
+
+def timed_evaluation(evaluator, params) -> tuple[dict, float]:
+    evaluator.evaluate(params)  # compiles
+    start = time.perf_counter()
+    results = evaluator.evaluate(params)
+    return results, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="a finished run's MODEL_DIR")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    run = os.path.abspath(args.run)
+    launch = gin_files.parse_command_line(
+        [f"--gin_file={run}/config.gin", f"--gin.MODEL_DIR='{run}'"]
+    )
+    gin_files.configure(launch.files, launch.bindings)
+    spec = gin_files.build(entry.RunSpec)
+    model, params, step = entry._trained(spec, "best")
+    evaluator = evaluation.TaskEvaluator(
+        model, spec.task, args.split, spec.feature_lengths, args.batch_size
+    )
+    ranked, rank_seconds = timed_evaluation(evaluator, params)
+    evaluator.candidates = {}  # no label list: every task is decoded
+    decoded, decode_seconds = timed_evaluation(evaluator, params)
+    row = {
+        "run": args.run,
+        "task": spec.task,
+        "step": step,
+        "target_length": spec.feature_lengths["targets"],
+        "rank_classification": evaluation.main_metric(ranked),
+        "rank_seconds": round(rank_seconds, 2),
+        "greedy_decoding": evaluation.main_metric(decoded),
+        "decode_seconds": round(decode_seconds, 2),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(json.dumps(row))
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
