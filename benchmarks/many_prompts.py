@@ -54,14 +54,9 @@ def measure(args, k: int) -> dict:
     states = train_state.stack_states([state] * k)
     batch = {key: jnp.stack([v] * k) for key, v in built["batch"].items()}
     rngs = jnp.stack([jax.random.PRNGKey(i) for i in range(k)])
-    for _ in range(args.warmup):
-        states, metrics = step(states, frozen, batch, rngs)
-    jax.block_until_ready(metrics["loss"])
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        states, metrics = step(states, frozen, batch, rngs)
-    jax.block_until_ready(metrics["loss"])
-    seconds = (time.perf_counter() - start) / args.steps
+    seconds, _ = train_step.seconds_per_step(
+        step, states, (frozen, batch, rngs), args.steps, args.warmup
+    )
     return {
         "size": args.size,
         "k": k,

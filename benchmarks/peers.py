@@ -103,14 +103,9 @@ def ours(args) -> dict:
     step, state, frozen = built["step"], built["state"], built["frozen"]
     batch, rng = built["batch"], built["rng"]
     counted = _xla_flops(step, state, frozen, batch, rng)
-    for _ in range(args.warmup):
-        state, metrics = step(state, frozen, batch, rng)
-    jax.block_until_ready(metrics["loss"])
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        state, metrics = step(state, frozen, batch, rng)
-    jax.block_until_ready(metrics["loss"])
-    seconds = (time.perf_counter() - start) / args.steps
+    seconds, _ = train_step.seconds_per_step(
+        step, state, (frozen, batch, rng), args.steps, args.warmup
+    )
     return {"framework": "ours (jax)", "seconds": seconds, "xla_flops": counted}, built["config"]
 
 

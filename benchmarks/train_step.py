@@ -90,6 +90,19 @@ def build(
     }
 
 
+def seconds_per_step(step, state, args: tuple, steps: int, warmup: int = 1):
+    """Seconds per call of `step(state, *args) -> (state, metrics)` after `warmup` calls (the
+    first compiles), the state threaded through; one host sync at each end."""
+    for _ in range(warmup):
+        state, metrics = step(state, *args)
+    jax.block_until_ready(metrics["loss"])
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, *args)
+    jax.block_until_ready(metrics["loss"])
+    return (time.perf_counter() - start) / steps, state
+
+
 def measure(
     size: str,
     batch: int,
@@ -103,13 +116,7 @@ def measure(
     step, state, frozen = built["step"], built["state"], built["frozen"]
     device_batch, key = built["batch"], built["rng"]
     trainable = built["trainable"]
-    state, metrics = step(state, frozen, device_batch, key)  # compile
-    jax.block_until_ready(metrics["loss"])
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step(state, frozen, device_batch, key)
-    jax.block_until_ready(metrics["loss"])
-    seconds = (time.perf_counter() - start) / steps
+    seconds, state = seconds_per_step(step, state, (frozen, device_batch, key), steps)
     opt_bytes = sum(x.nbytes for x in jax.tree.leaves(state.opt_state))
     return {
         "size": size,
