@@ -46,7 +46,12 @@ def test_cut_down_demo_end_to_end(tmp_path):
     ]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "run 1/7: source prompt" in done.stderr and "run 7/7: target" in done.stderr
+    assert "runs 1-2/7: source prompts" in done.stderr and "runs 4-7/7: target" in done.stderr
+    # The sources train together, and so do the target's prompt runs; model tuning alone.
+    targets = work / "targets" / TARGET
+    for run_dir in (work / "sources" / SOURCES[0], targets / "best_of_top_k" / "seed_3"):
+        assert "trained together with" in (run_dir / "log.txt").read_text()
+    assert "trained together" not in (targets / "model_tuning" / "seed_3" / "log.txt").read_text()
     assert report_line_for(TARGET, done.stdout) and "demo done" in done.stdout
     config = (work / "sources" / SOURCES[0] / "config.gin").read_text()
     assert "shipped:offline_t5" in config and "RANDOM_SEED = 3" in config

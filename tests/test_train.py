@@ -1,5 +1,6 @@
 """The trainer: what trains, checkpoints, resume, NaN handling, run-directory safety, CLI."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from synthetic_tasks import keyword_examples, register_keyword_task
 from conftest import T5_VOCAB, TINY_CHECKPOINT
 from prompt_transfer import checkpoints, cli, data, errors, gin_files, partitioning, prompts
 from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.trainer import entry, weights
+from prompt_transfer.trainer import entry, run_dir, weights
 from prompt_transfer.trainer import state as train_state
 
 LENGTHS = {"inputs": 12, "targets": 4}
@@ -336,6 +337,46 @@ def test_k_prompts_in_one_step_end_where_k_separate_runs_do(task):
         assert not np.allclose(separate[k], starts[k], atol=1e-3)  # it trained
         np.testing.assert_allclose(np.asarray(run), separate[k], atol=1e-5, rtol=0)
     assert not np.allclose(separate[0], separate[1], atol=1e-3)
+
+
+def test_runs_trained_together_end_where_each_alone_does(task, tmp_path):
+    """Three seeds in one stacked step (dropout on, so each run's key matters) against the same
+    three runs trained one at a time: the same checkpoints, evaluations and best steps."""
+    launch = gin_files.parse_command_line(
+        _run_args(tmp_path, "--gin.TRAIN_STEPS=6", "--gin.EVAL_PERIOD=3", "--gin.SAVE_PERIOD=3")
+    )
+    text = gin_files.configure(launch.files, launch.bindings)
+    spec, config = gin_files.build(entry.RunSpec), gin_files.build(entry.TrainConfig)
+    assert spec.model_config.dropout_rate > 0
+
+    def runs(where):
+        return [
+            (dataclasses.replace(spec, model_dir=str(tmp_path / where / f"s{seed}"), seed=seed),
+             config)
+            for seed in range(3)
+        ]  # fmt: skip
+
+    together, alone = runs("together"), runs("alone")
+    assert entry.stackable(together)
+    summaries = entry.train_together(together, config_text=text)
+    for run in alone:
+        entry.train(*run, config_text=text)
+    assert not entry.stackable(together)  # they exist now: a rerun resumes each alone
+    finals = []
+    for (mine, _), (theirs, _), summary in zip(together, alone, summaries, strict=True):
+        mine, theirs = Path(mine.model_dir), Path(theirs.model_dir)
+        assert summary["step"] == 6 and (mine / "checkpoint_6").is_dir()
+        for name in ("prompts/checkpoint_3.npy", "prompts/checkpoint_6.npy", "best/prompt.npy"):
+            np.testing.assert_allclose(
+                np.load(mine / name), np.load(theirs / name), atol=1e-5, err_msg=name
+            )
+        histories = [
+            [(h["step"], h["value"]) for h in run_dir.read_eval_history(d)] for d in (mine, theirs)
+        ]
+        assert histories[0] == histories[1] and len(histories[0]) == 2
+        assert "trained together with 2 other run(s)" in (mine / "log.txt").read_text()
+        finals.append(np.load(mine / "prompts/checkpoint_6.npy"))
+    assert not np.allclose(finals[0], finals[1], atol=1e-3)
 
 
 def test_killed_and_resumed_run_ends_with_the_uninterrupted_prompt(task, tmp_path, monkeypatch):

@@ -26,19 +26,25 @@ from prompt_transfer import gin_files, partitioning, paths, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.spot.report import BASELINES, write_report
 from prompt_transfer.trainer import run_dir, weights
-from prompt_transfer.trainer.entry import RunSpec, TrainConfig, train
+from prompt_transfer.trainer.entry import RunSpec, TrainConfig, train_together
 from prompt_transfer.trainer.state import OptimizerConfig
 from prompt_transfer.transfer import initial, library, retrieval, similarity
 
 
-def _train_or_reuse(spec: RunSpec, config: TrainConfig, config_text: str) -> None:
-    """One training run: skipped when MODEL_DIR already holds one this long, else resumed."""
+def _finished(spec: RunSpec, config: TrainConfig) -> bool:
+    """Whether MODEL_DIR already holds this run, trained this long (a rerun reuses it)."""
     history = run_dir.read_eval_history(spec.model_dir)
     done = run_dir.subdir(spec.model_dir, "prompts").exists()
-    if (done or run_dir.holds_checkpoint(spec.model_dir)) and history:
-        if history[-1]["step"] >= config.steps:
-            return
-    train(spec, config, config_text=config_text, resume=True)
+    return bool((done or run_dir.holds_checkpoint(spec.model_dir)) and history) and (
+        history[-1]["step"] >= config.steps
+    )
+
+
+def _train_all(planned, config_text: str, stack_runs: int) -> None:
+    """Train the planned (spec, config) runs that are not finished, up to `stack_runs` of them
+    at a time in one stacked step (entry.train_together; 1: one at a time)."""
+    todo = [run for run in planned if not _finished(*run)]
+    train_together(todo, config_text=config_text, most=max(stack_runs, 1))
 
 
 def _target_runs(task, library_root, embedding_id, settings) -> dict[str, dict]:
@@ -68,28 +74,42 @@ def _target_runs(task, library_root, embedding_id, settings) -> dict[str, dict]:
     return runs
 
 
-def _train_targets(runs, seeds, work, one_run, step_log, target_steps, eval_period):
+def _train_targets(runs, seeds, work, make_run, train_all, step_log, target_steps, eval_period):
     """Every target run, once per seed; returns (curves, picked, predictions, labels) for the
     report: {(task, run): [(steps, values) per seed]}, {(task, run): transfer report},
     {(task, run): [predicted-label counts per seed]}, {task: true-label counts}."""
     curves, picked, predictions, labels = {}, {}, {}, {}
     for task, by_name in runs.items():
-        for name, changes in by_name.items():
-            for seed in seeds:
-                step_log(f"target {task}: {name}" + (f", seed {seed}" if len(seeds) > 1 else ""))
-                model_dir = work / "targets" / task / name / f"seed_{seed}"
-                one_run(model_dir, task, target_steps, eval_period, seed=seed, **changes)
-                history = run_dir.read_eval_history(model_dir)
-                curves.setdefault((task, name), []).append(
-                    ([h["step"] for h in history], [h["value"] for h in history])
-                )
-                if history and history[-1].get("predictions"):  # classification targets
-                    last = history[-1]
-                    predictions.setdefault((task, name), []).append(last["predictions"].get(task))
-                    labels[task] = last["labels"].get(task)
-                report_file = model_dir / "transfer" / "report.json"
-                if report_file.exists() and (task, name) not in picked:
-                    picked[(task, name)] = json.loads(report_file.read_text())
+        planned = {
+            (name, seed): make_run(
+                work / "targets" / task / name / f"seed_{seed}",
+                task,
+                target_steps,
+                eval_period,
+                seed=seed,
+                **changes,
+            )
+            for name, changes in by_name.items()
+            for seed in seeds
+        }
+        described = ", ".join(by_name)
+        if len(seeds) > 1:
+            described += f"; seeds {seeds[0]}-{seeds[-1]}"
+        step_log(f"target {task}: {described}", len(planned))
+        train_all(list(planned.values()))
+        for (name, _), (spec, _) in planned.items():
+            model_dir = paths.path(spec.model_dir)
+            history = run_dir.read_eval_history(model_dir)
+            curves.setdefault((task, name), []).append(
+                ([h["step"] for h in history], [h["value"] for h in history])
+            )
+            if history and history[-1].get("predictions"):  # classification targets
+                last = history[-1]
+                predictions.setdefault((task, name), []).append(last["predictions"].get(task))
+                labels[task] = last["labels"].get(task)
+            report_file = model_dir / "transfer" / "report.json"
+            if report_file.exists() and (task, name) not in picked:
+                picked[(task, name)] = json.loads(report_file.read_text())
     return curves, picked, predictions, labels
 
 
@@ -129,13 +149,16 @@ def run(
     random_seed: int = 0,
     seeds_per_run: int = 1,
     eval_batch_size: int = 32,
+    stack_runs: int = 9,
     config_text: str = "",
 ) -> dict:
     """Run the flow; returns the report dict (also written to WORK_DIR/report.{json,md}).
 
     With `deep_prompt` every prompt run (sources, task embeddings, strategies, baselines) trains
     a deep prompt, and retrieval and transfer move it whole (prompts.widen); model tuning stays
-    as it is."""
+    as it is. Up to `stack_runs` prompt runs of one phase (the sources; a target's baselines,
+    strategies and seeds) train together in one stacked step on the shared frozen network
+    (entry.train_together), each in its own directory as if alone; 1 trains one at a time."""
     work = paths.path(work_dir)
     lib = library.Library(work / "library")
     base_spec = RunSpec(
@@ -161,43 +184,59 @@ def run(
         log_period=max(eval_period // 2, 1),
     )
 
-    def one_run(model_dir, task, steps, period, **changes):
+    def make_run(model_dir, task, steps, period, **changes) -> tuple[RunSpec, TrainConfig]:
         spec_changes, config_changes = _split_changes(changes)
         spec = dataclasses.replace(base_spec, model_dir=str(model_dir), task=task, **spec_changes)
         config = dataclasses.replace(
             base_config, steps=steps, eval_period=period, save_period=steps, **config_changes
         )
-        _train_or_reuse(spec, config, config_text)
+        return spec, config
+
+    train_all = lambda planned: _train_all(planned, config_text, stack_runs)
 
     seeds = [random_seed + i for i in range(seeds_per_run)]  # each target run, once per seed
     total = len(sources) + len(targets) * (1 + len(seeds) * (len(baselines) + len(strategies)))
-    counter = iter(range(1, total + 1))
+    done = 0
     log = lambda m: print(f"[spot] {m}", file=sys.stderr, flush=True)
-    step_log = lambda m: log(f"run {next(counter)}/{total}: {m}")
+
+    def step_log(message: str, runs: int = 1) -> None:
+        nonlocal done
+        first, done = done + 1, done + runs
+        counted = f"run {first}" if runs == 1 else f"runs {first}-{done}"
+        log(f"{counted}/{total}: {message}")
+
     sampled = prompts.PromptInit("sampled_vocab")
 
     # 1-2. Source prompts and target task embeddings, into the library.
-    for task in sources:
-        step_log(f"source prompt: {task}")
-        one_run(
-            work / "sources" / task,
-            task,
-            source_steps,
-            source_steps,
-            prompt_init=sampled,
-            library_dir=str(lib.root),
-        )
-    for task in targets:
-        step_log(f"task embedding: {task}")
-        one_run(
-            work / "embeddings" / task,
-            task,
-            embedding_steps,
-            0,
-            prompt_init=sampled,
-            library_dir=str(lib.root),
-            library_kind="task_embedding",
-        )
+    step_log(f"source prompts: {', '.join(sources)}", len(sources))
+    train_all(
+        [
+            make_run(
+                work / "sources" / task,
+                task,
+                source_steps,
+                source_steps,
+                prompt_init=sampled,
+                library_dir=str(lib.root),
+            )
+            for task in sources
+        ]
+    )
+    step_log(f"task embeddings: {', '.join(targets)}", len(targets))
+    train_all(
+        [
+            make_run(
+                work / "embeddings" / task,
+                task,
+                embedding_steps,
+                0,
+                prompt_init=sampled,
+                library_dir=str(lib.root),
+                library_kind="task_embedding",
+            )
+            for task in targets
+        ]
+    )
     mesh = partitioning.make_mesh(1)
     network = weights.frozen_network(model_config, initial_checkpoint_path, mesh, random_seed)
     ours = dict(
@@ -233,7 +272,7 @@ def run(
     )
     runs = {t: _target_runs(t, lib.root, embeddings[t].id, settings) for t in targets}
     curves, picked, predictions, labels = _train_targets(
-        runs, seeds, work, one_run, step_log, target_steps, eval_period
+        runs, seeds, work, make_run, train_all, step_log, target_steps, eval_period
     )
 
     # 5. Zero-shot matrix and the report.

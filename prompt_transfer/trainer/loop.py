@@ -39,17 +39,21 @@ class Hooks:
     evaluate: Callable[[object, int], bool]  # (state, step) -> stop early?
 
 
-def summarize(window: list[Mapping], first_step: int, last_step: int) -> dict[str, float]:
-    """Means of a window of step metrics (one host transfer); a NaN/inf loss stops the run."""
+def summarize(window: list[Mapping], first_step: int, last_step: int) -> dict:
+    """Means of a window of step metrics (one host transfer); a NaN/inf loss stops the run.
+
+    Metrics of runs stacked in one step ([K] each) give [K] means, one per run."""
     fetched = jax.device_get(window)
-    losses = np.asarray([m["loss"] for m in fetched])
-    if not np.isfinite(losses).all():
-        bad = first_step + int(np.flatnonzero(~np.isfinite(losses))[0])
+    losses = np.asarray([m["loss"] for m in fetched]).reshape(len(fetched), -1)
+    finite = np.isfinite(losses).all(1)
+    if not finite.all():
+        bad = first_step + int(np.flatnonzero(~finite)[0])
         raise Diverged(
             f"loss became NaN or inf at step {bad} (window {first_step}-{last_step}); "
             "the last good checkpoint is kept in MODEL_DIR"
         )
-    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    means = {k: np.mean(np.stack([m[k] for m in fetched]), 0) for k in fetched[0]}
+    return {k: float(v) if np.ndim(v) == 0 else v for k, v in means.items()}
 
 
 @contextlib.contextmanager
@@ -75,9 +79,10 @@ def run(state, fixed, step_fn, stream, rng, schedule: Schedule, hooks: Hooks):
     yields batches and knows its `position` (saved with each checkpoint, so a resumed run
     reads the data where the saved one stopped).
     """
-    window, first = [], int(state.step) + 1
+    start = int(np.max(state.step))  # runs stacked in one step share their step count
+    window, first = [], start + 1
     with sigterm_flag() as preempted:
-        for step in range(int(state.step), schedule.total):
+        for step in range(start, schedule.total):
             state, metrics = step_fn(state, fixed, next(stream), rng)
             window.append(metrics)
             done, stopping = step + 1, preempted()
