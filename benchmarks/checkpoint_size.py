@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from prompt_transfer import gin_files, partitioning, prompts, t5
 from prompt_transfer.trainer import run_dir, weights
@@ -34,7 +33,8 @@ def main() -> None:
     config = gin_files.read_model_config(args.size)
     mesh = partitioning.make_mesh(1)
     network = weights.frozen_network(config, None, mesh, seed=0)
-    prompt = jnp.zeros((args.prompt_length, config.emb_dim))
+    # Random, as a trained prompt is: zeros would compress to nothing.
+    prompt = jax.random.normal(jax.random.PRNGKey(0), (args.prompt_length, config.emb_dim))
     optimizer = train_state.make_optimizer(train_state.OptimizerConfig())
     for kind, pattern in (("prompt only", prompts.PROMPT_PATH), ("full", ".*")):
         trainable, _, _ = weights.place(network, prompt, pattern, mesh)

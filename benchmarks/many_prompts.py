@@ -64,6 +64,7 @@ def measure(args, k: int) -> dict:
         "lengths": [args.inputs, args.targets],
         "prompt_length": args.prompt_length,
         "dtype": args.dtype,
+        "dropout_rate": built["config"].dropout_rate,
         "stacked_steps_per_second": round(1 / seconds, 3),
         "prompt_steps_per_second": round(k / seconds, 3),
         "device": jax.devices()[0].device_kind,

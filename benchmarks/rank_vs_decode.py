@@ -1,20 +1,23 @@
 """Rank classification against greedy decoding on one trained run: accuracy and seconds.
 
-Not a test: it restores a finished run (`--run`, its best checkpoint), then evaluates the
-validation split twice with the same compiled model: scoring each label and taking the best
-(rank classification, how the project evaluates classification tasks) and decoding greedily
-up to the target length (T5X's default `predict`), the decoded text then judged by the task's
-own metric. Each is timed on its second pass, after compilation. One JSON line, appended to
-benchmarks/rank_vs_decode.jsonl.
+Not a test: it restores a finished run's best checkpoint, named by the same gin arguments as
+`prompt-transfer eval` takes, then evaluates the validation split twice with the same model:
+scoring each label and taking the best (rank classification, how the project evaluates
+classification tasks), and decoding greedily up to the target length (T5X's default
+`predict`), the decoded text judged by the task's own metric. Each is timed on its second
+pass, after compilation. One JSON line, appended to benchmarks/rank_vs_decode.jsonl.
 
-    .venv/bin/python benchmarks/rank_vs_decode.py --run runs/demo/target/best_of_top_k/seed0
+    .venv/bin/python benchmarks/rank_vs_decode.py \
+        --gin_file=experiments/deep_prompt_tuning_offline --gin.PROMPT_LENGTH=20 \
+        --gin.MODEL_DIR="'runs/demo/targets/offline_bbc_topic_32shot/best_of_top_k/seed_0'" \
+        --gin.MIXTURE_OR_TASK_NAME="'offline_bbc_topic_32shot'" \
+        --gin.TASK_FEATURE_LENGTHS="{'inputs': 48, 'targets': 8}"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -33,14 +36,10 @@ def timed_evaluation(evaluator, params) -> tuple[dict, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", required=True, help="a finished run's MODEL_DIR")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args()
-    run = os.path.abspath(args.run)
-    launch = gin_files.parse_command_line(
-        [f"--gin_file={run}/config.gin", f"--gin.MODEL_DIR='{run}'"]
-    )
+    args, gin_args = parser.parse_known_args()
+    launch = gin_files.parse_command_line(gin_args)
     gin_files.configure(launch.files, launch.bindings)
     spec = gin_files.build(entry.RunSpec)
     model, params, step = entry._trained(spec, "best")
@@ -48,10 +47,10 @@ def main() -> None:
         model, spec.task, args.split, spec.feature_lengths, args.batch_size
     )
     ranked, rank_seconds = timed_evaluation(evaluator, params)
-    evaluator.candidates = {}  # no label list: every task is decoded
+    evaluator.candidates, evaluator.label_names = {}, {}  # no label list: every task is decoded
     decoded, decode_seconds = timed_evaluation(evaluator, params)
     row = {
-        "run": args.run,
+        "run": spec.model_dir,
         "task": spec.task,
         "step": step,
         "target_length": spec.feature_lengths["targets"],

@@ -44,7 +44,9 @@ def build(
 
     Returns the step, its arguments (`state`, `frozen`, `batch`, `rng`), the model and its
     config."""
-    config = dataclasses.replace(gin_files.read_model_config(size), dtype=dtype)
+    # Dropout off: its random bits are work of their own (threefry on a CPU), and the peers'
+    # side runs without it.
+    config = dataclasses.replace(gin_files.read_model_config(size), dtype=dtype, dropout_rate=0.0)
     mesh = partitioning.make_mesh(1)
     module, abstract, network = weights.frozen_network(config, None, mesh, seed=0)
     params = network

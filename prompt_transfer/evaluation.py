@@ -50,12 +50,8 @@ class TaskEvaluator:
                     f"task {task_name!r} has no split {split!r} to evaluate on; "
                     f"it has {sorted(task.splits)}"
                 )
-            self.evaluators[task_name] = seqio.Evaluator(
-                task_name,
-                data.feature_converter(),
-                eval_split=split,
-                sequence_length=dict(feature_lengths),
-                logger_cls=(),
+            self.evaluators[task_name] = _seqio_evaluator(
+                task, split, tuple(sorted(feature_lengths.items()))
             )
             if labels:
                 vocab = task.output_features["targets"].vocabulary
@@ -119,6 +115,21 @@ class TaskEvaluator:
             )
             results[task_name] = {k: float(v) for k, v in future.result()[task_name].items()}
         return results
+
+
+@functools.lru_cache(maxsize=32)
+def _seqio_evaluator(task, split: str, feature_lengths: tuple):
+    """One SeqIO Evaluator per task object, split and lengths: it reads and caches the split
+    once, and every run of a flow that evaluates on it shares that (a task registered again is
+    a new object, so it is read again)."""
+    seqio = import_seqio()
+    return seqio.Evaluator(
+        task.name,
+        data.feature_converter(),
+        eval_split=split,
+        sequence_length=dict(feature_lengths),
+        logger_cls=(),
+    )
 
 
 @functools.lru_cache(maxsize=4)

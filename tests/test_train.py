@@ -14,7 +14,7 @@ from synthetic_tasks import keyword_examples, register_keyword_task
 from conftest import T5_VOCAB, TINY_CHECKPOINT
 from prompt_transfer import checkpoints, cli, data, errors, gin_files, partitioning, prompts
 from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.trainer import entry, run_dir, weights
+from prompt_transfer.trainer import entry, run_dir, together, weights
 from prompt_transfer.trainer import state as train_state
 
 LENGTHS = {"inputs": 12, "targets": 4}
@@ -356,14 +356,14 @@ def test_runs_trained_together_end_where_each_alone_does(task, tmp_path):
             for seed in range(3)
         ]  # fmt: skip
 
-    together, alone = runs("together"), runs("alone")
-    assert entry.stackable(together)
-    summaries = entry.train_together(together, config_text=text)
+    stacked, alone = runs("together"), runs("alone")
+    assert together.stackable(stacked)
+    summaries = together.train_together(stacked, config_text=text)
     for run in alone:
         entry.train(*run, config_text=text)
-    assert not entry.stackable(together)  # they exist now: a rerun resumes each alone
+    assert not together.stackable(stacked)  # they exist now: a rerun resumes each alone
     finals = []
-    for (mine, _), (theirs, _), summary in zip(together, alone, summaries, strict=True):
+    for (mine, _), (theirs, _), summary in zip(stacked, alone, summaries, strict=True):
         mine, theirs = Path(mine.model_dir), Path(theirs.model_dir)
         assert summary["step"] == 6 and (mine / "checkpoint_6").is_dir()
         for name in ("prompts/checkpoint_3.npy", "prompts/checkpoint_6.npy", "best/prompt.npy"):

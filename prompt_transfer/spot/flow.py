@@ -26,8 +26,9 @@ from prompt_transfer import gin_files, partitioning, paths, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.spot.report import BASELINES, write_report
 from prompt_transfer.trainer import run_dir, weights
-from prompt_transfer.trainer.entry import RunSpec, TrainConfig, train_together
+from prompt_transfer.trainer.entry import RunSpec, TrainConfig
 from prompt_transfer.trainer.state import OptimizerConfig
+from prompt_transfer.trainer.together import train_together
 from prompt_transfer.transfer import initial, library, retrieval, similarity
 
 
@@ -149,7 +150,7 @@ def run(
     random_seed: int = 0,
     seeds_per_run: int = 1,
     eval_batch_size: int = 32,
-    stack_runs: int = 9,
+    stack_runs: int = 3,
     config_text: str = "",
 ) -> dict:
     """Run the flow; returns the report dict (also written to WORK_DIR/report.{json,md}).
@@ -208,7 +209,8 @@ def run(
     sampled = prompts.PromptInit("sampled_vocab")
 
     # 1-2. Source prompts and target task embeddings, into the library.
-    step_log(f"source prompts: {', '.join(sources)}", len(sources))
+    plural = lambda n: "s" if n > 1 else ""
+    step_log(f"source prompt{plural(len(sources))}: {', '.join(sources)}", len(sources))
     train_all(
         [
             make_run(
@@ -222,7 +224,7 @@ def run(
             for task in sources
         ]
     )
-    step_log(f"task embeddings: {', '.join(targets)}", len(targets))
+    step_log(f"task embedding{plural(len(targets))}: {', '.join(targets)}", len(targets))
     train_all(
         [
             make_run(

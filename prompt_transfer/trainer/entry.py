@@ -13,7 +13,6 @@ top_k_mixture the short runs under MODEL_DIR/transfer/), then trains once from t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -22,7 +21,6 @@ import re
 from collections.abc import Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from prompt_transfer import (
@@ -45,13 +43,10 @@ from prompt_transfer.trainer.state import (
     LazyStep,
     OptimizerConfig,
     TrainError,
-    compile_stacked_step,
     create_state,
     learning_rate_schedule,
     make_optimizer,
     merge,
-    stack_states,
-    unstack_state,
 )
 from prompt_transfer.transfer import initial, library, retrieval
 
@@ -128,14 +123,14 @@ def train(
     """
     check_numbers(spec, config)
     mesh = partitioning.make_mesh(spec.num_partitions)
-    _check(spec, config, mesh)
+    check_run(spec, config, mesh)
     with run_dir.lock(spec.model_dir):
         run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
         network = weights.frozen_network(
             spec.model_config, spec.initial_checkpoint, mesh, spec.seed
         )
         fresh = not run_dir.holds_run(spec.model_dir)
-        run_dir.check_model(spec.model_dir, _model_record(spec, network), create=True)
+        run_dir.check_model(spec.model_dir, model_record(spec, network), create=True)
         try:
             return _train_locked(spec, config, config_text, mesh, network)
         except UserError:
@@ -146,203 +141,7 @@ def train(
             raise
 
 
-def train_together(
-    runs: Sequence[tuple[RunSpec, TrainConfig]], *, config_text: str = "", most: int = 0
-) -> list[dict]:
-    """Several runs on one frozen network; new ones that can be (`stackable`) train in one
-    stacked step, up to `most` at a time (0: no limit). Each stacked run's prompt moves on
-    its own batches with its own optimizer state (state.stacked_train_step), and each keeps
-    its own MODEL_DIR, checkpoints, evaluations, log and library entry, as if trained alone
-    (equal within float rounding). Runs a MODEL_DIR already holds resume alone through
-    `train`, as do runs that stack with no other. Returns each run's summary, in order."""
-    summaries: dict[int, dict] = {}
-    groups: dict[tuple, list[int]] = {}
-    for i, (spec, config) in enumerate(runs):
-        if run_dir.holds_run(spec.model_dir) or _stack_key(spec, config) is None:
-            summaries[i] = train(spec, config, config_text=config_text, resume=True)
-        else:
-            groups.setdefault(_stack_key(spec, config), []).append(i)
-    for members in groups.values():
-        size = most or len(members)
-        for chunk in (members[j : j + size] for j in range(0, len(members), size)):
-            if len(chunk) == 1:
-                summaries[chunk[0]] = train(*runs[chunk[0]], config_text=config_text, resume=True)
-            else:
-                together = _train_stacked([runs[i] for i in chunk], config_text)
-                summaries.update(zip(chunk, together, strict=True))
-    return [summaries[i] for i in range(len(runs))]
-
-
-def _stack_key(spec: RunSpec, config: TrainConfig) -> str | None:
-    """What runs must share to train in one stacked step (None: this run cannot): everything
-    but MODEL_DIR, task, seed, prompt initialisation and library kind. Only prompts stack (the
-    network is shared and frozen), and not with early stopping (all stop together)."""
-    prompt_only = spec.trainable_regex in (
-        prompts.PROMPT_PATH,
-        f"{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}",
-    )
-    if not prompt_only or not spec.prompt_length or config.early_stopping_patience:
-        return None
-    return repr(  # a repr: a spec's feature lengths are a dict, which does not hash
-        (
-            dataclasses.replace(spec, model_dir="", task="", seed=0),
-            dataclasses.replace(config, prompt_init=prompts.PromptInit(), library_kind=""),
-        )
-    )
-
-
-def stackable(runs: Sequence[tuple[RunSpec, TrainConfig]]) -> bool:
-    """Whether `train_together` trains all these runs in one stacked step."""
-    keys = {_stack_key(s, c) for s, c in runs}
-    return (
-        len(runs) > 1
-        and len(keys) == 1
-        and None not in keys
-        and len({s.model_dir for s, _ in runs}) == len(runs)
-        and not any(run_dir.holds_run(s.model_dir) for s, _ in runs)
-    )
-
-
-def _train_stacked(runs: Sequence[tuple[RunSpec, TrainConfig]], config_text: str) -> list[dict]:
-    specs, configs = [s for s, _ in runs], [c for _, c in runs]
-    for spec, config in runs:
-        check_numbers(spec, config)
-    mesh = partitioning.make_mesh(specs[0].num_partitions)
-    for spec, config in runs:
-        _check(spec, config, mesh)
-    with contextlib.ExitStack() as stack:
-        for spec in specs:
-            stack.enter_context(run_dir.lock(spec.model_dir))
-            run_dir.check_model_dir(spec.model_dir, config_text, overwrite=False, resume=True)
-        first = specs[0]
-        network = weights.frozen_network(
-            first.model_config, first.initial_checkpoint, mesh, first.seed
-        )
-        for spec in specs:
-            run_dir.check_model(spec.model_dir, _model_record(spec, network), create=True)
-        try:
-            logs = [stack.enter_context(run_dir.ProgressLog(s.model_dir, c.steps)) for s, c in runs]
-            starts = [
-                _initial_prompt(s, c, network, mesh, log)
-                for (s, c), log in zip(runs, logs, strict=True)
-            ]
-            results = _fit_together(specs, configs[0], network, mesh, starts, logs, config_text)
-        except UserError:
-            for spec in specs:  # a refused group leaves nothing behind, as a refused run does
-                if not run_dir.holds_checkpoint(spec.model_dir):
-                    run_dir.clear_run(spec.model_dir)
-            raise
-        summaries = []
-        for (spec, config), log, (summary, final) in zip(runs, logs, results, strict=True):
-            if config.library_dir and final is not None:
-                entry = _add_to_library(spec, config, network, final, summary, config_text)
-                log.info(f"added the prompt to the library {config.library_dir} as {entry.id}")
-                summary["library_entry"] = entry.id
-            summaries.append(summary)
-    return summaries
-
-
-class _StackedStream:
-    """The runs' batch streams as one: each next() stacks one batch of every run."""
-
-    def __init__(self, streams: Sequence[data.BatchStream]):
-        self.streams = streams
-
-    def __next__(self) -> dict:
-        batches = [next(s) for s in self.streams]
-        return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-
-    @property
-    def position(self) -> int:
-        return self.streams[0].position  # every run has read as many batches
-
-
-def _fit_together(specs, config, network, mesh, starts, logs, config_text):
-    """`fit` for new runs in one stacked step; returns [(summary, final prompt)] per run."""
-    optimizer = make_optimizer(config.optimizer)
-    placed = []
-    for spec, start in zip(specs, starts, strict=True):
-        prompt, deep = prompts.narrow(start, spec.model_config)
-        placed.append(weights.place(network, prompt, spec.trainable_regex, mesh, deep))
-    fixed, fixed_shardings = placed[0][1], placed[0][2]
-    states = [create_state(trainable, optimizer, mesh) for trainable, _, _ in placed]
-    stores = [run_dir.CheckpointStore(s.model_dir, config.keep_checkpoints) for s in specs]
-    bests = [run_dir.BestTracker.load(s.model_dir) for s in specs]
-    streams = [
-        data.BatchStream(
-            s.task,
-            s.feature_lengths,
-            config.batch_size,
-            s.seed,
-            0,
-            shard_index=jax.process_index(),
-            num_shards=jax.process_count(),
-        )
-        for s in specs
-    ]
-    model = EncoderDecoderModel(network.module)
-    step = compile_stacked_step(
-        model,
-        optimizer,
-        learning_rate_schedule(config.optimizer),
-        config.num_microbatches,
-        mesh,
-        jax.tree.map(lambda x: x.sharding, states[0]),
-        fixed_shardings,
-    )
-    rngs = jnp.stack([jax.random.PRNGKey(s.seed) for s in specs])
-    hooks = []
-    for k, (spec, log) in enumerate(zip(specs, logs, strict=True)):
-        log.info(
-            f"trainable {t5.param_count(placed[k][0]):,} parameters, trained together with "
-            f"{len(specs) - 1} other run(s) in one stacked step"
-        )
-        run_dir.write_config(spec.model_dir, config_text)
-        hooks.append(_hooks(spec, config, model, fixed, stores[k], bests[k], log, streams[k]))
-
-    def log_each(n: int, means: dict, steps: int) -> None:
-        for k, h in enumerate(hooks):
-            h.log(n, {m: v[k] for m, v in means.items()}, steps)
-
-    def save_each(state, position: int) -> None:
-        for k, h in enumerate(hooks):
-            h.save(unstack_state(state, k), position)
-
-    def evaluate_each(state, n: int) -> bool:
-        for k, h in enumerate(hooks):
-            h.evaluate(unstack_state(state, k), n)
-        return False  # no early stopping in a group (see `stackable`): all go to the end
-
-    together = loop.Hooks(log_each, save_each, evaluate_each)
-    schedule = loop.Schedule(
-        config.steps, config.log_period, config.save_period, config.eval_period
-    )
-    try:
-        state, _ = loop.run(
-            stack_states(states),
-            fixed,
-            lambda state, fixed, batch, _: step(state, fixed, batch, rngs),
-            _StackedStream(streams),
-            None,
-            schedule,
-            together,
-        )
-    finally:
-        for store in stores:
-            store.close()
-    results = []
-    for k, spec in enumerate(specs):
-        run = unstack_state(state, k)
-        summary = {
-            "step": int(run.step),
-            "best": dataclasses.asdict(bests[k]),
-            "stopped_early": False,
-        }
-        results.append((summary, prompts.wide_of(merge(fixed, run.trainable), spec.model_config)))
-    return results
-
-
-def _model_record(spec: RunSpec, network) -> dict:
+def model_record(spec: RunSpec, network) -> dict:
     return {
         "fingerprint": library.model_fingerprint(network.params),
         "checkpoint": spec.initial_checkpoint,
@@ -361,10 +160,10 @@ def _train_locked(spec, config, config_text, mesh, network) -> dict:
         if run_dir.holds_checkpoint(spec.model_dir):  # the prompt comes from there
             prompt = _blank_prompt(spec)
         else:
-            prompt = _initial_prompt(spec, config, network, mesh, log)
+            prompt = initial_prompt_of(spec, config, network, mesh, log)
         summary, final_prompt = fit(spec, config, network, mesh, prompt, log, config_text)
         if config.library_dir and final_prompt is not None:
-            entry = _add_to_library(spec, config, network, final_prompt, summary, config_text)
+            entry = add_to_library(spec, config, network, final_prompt, summary, config_text)
             log.info(f"added the prompt to the library {config.library_dir} as {entry.id}")
             summary["library_entry"] = entry.id
     return summary
@@ -411,7 +210,7 @@ def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:
         ) from e
 
 
-def _check(spec: RunSpec, config: TrainConfig, mesh) -> None:
+def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:
     """Refuse bad input before any work: unknown task, labels too long, a bad prompt file, a
     batch that does not split over the devices."""
     spec.prepare_tasks()
@@ -477,7 +276,7 @@ def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
     schedule = loop.Schedule(
         config.steps, config.log_period, config.save_period, config.eval_period
     )
-    hooks = _hooks(spec, config, model, fixed, store, best, log, stream)
+    hooks = run_hooks(spec, config, model, fixed, store, best, log, stream)
     try:
         state, stopped_early = loop.run(
             state, fixed, step_fn, stream, jax.random.PRNGKey(spec.seed), schedule, hooks
@@ -492,7 +291,7 @@ def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
     return summary, prompts.wide_of(merge(fixed, state.trainable), spec.model_config)
 
 
-def _hooks(spec, config, model, fixed, store, best, log, stream) -> loop.Hooks:
+def run_hooks(spec, config, model, fixed, store, best, log, stream) -> loop.Hooks:
     """What the loop does at log, save and evaluation points."""
     evaluator = (
         evaluation.TaskEvaluator(
@@ -551,7 +350,7 @@ def _check_deep_prompt(spec: RunSpec) -> None:
         )
 
 
-def _initial_prompt(spec, config, network, mesh, log) -> np.ndarray | None:
+def initial_prompt_of(spec, config, network, mesh, log) -> np.ndarray | None:
     """The prompt [P, E] a fresh run starts from (None without a prompt)."""
     init = config.prompt_init
     if not spec.prompt_length:
@@ -611,7 +410,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
         mixture = data.register_mixture(f"transfer_mixture_{spec.task}", source_tasks)
         sampled = dataclasses.replace(config, prompt_init=prompts.PromptInit("sampled_vocab"))
         on_mixture = dataclasses.replace(spec, task=mixture)
-        start = _initial_prompt(on_mixture, sampled, network, mesh, log)
+        start = initial_prompt_of(on_mixture, sampled, network, mesh, log)
         return short_run("mixture", mixture, init.mixture_steps, start, 0)[1]
 
     model_scores = functools.partial(
@@ -642,7 +441,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
     return prompt
 
 
-def _add_to_library(spec, config, network, prompt, summary, config_text):
+def add_to_library(spec, config, network, prompt, summary, config_text):
     """The run's final prompt as a library entry (a trained source, or a task embedding), with
     its deep part when the run had one."""
     best = summary["best"]
@@ -677,7 +476,7 @@ def _trained(spec: RunSpec, checkpoint: str):
     spec.prepare_tasks()
     mesh = partitioning.make_mesh(spec.num_partitions)
     network = weights.frozen_network(spec.model_config, spec.initial_checkpoint, mesh, spec.seed)
-    run_dir.check_model(spec.model_dir, _model_record(spec, network), create=False)
+    run_dir.check_model(spec.model_dir, model_record(spec, network), create=False)
     trained, step = weights.restore_trained(
         spec.model_dir, network, spec.trainable_regex, _blank_prompt(spec), mesh, checkpoint
     )
