@@ -1,5 +1,6 @@
 """The trainer: what trains, checkpoints, resume, NaN handling, run-directory safety, CLI."""
 
+import collections
 import dataclasses
 import json
 from pathlib import Path
@@ -274,7 +275,9 @@ def test_runs_in_one_process_share_the_network_and_compile_their_step_once(
     monkeypatch.setattr(
         train_state, "train_step", lambda *a: traces.append(a[4].trainable.keys()) or real_step(*a)
     )
-    weights._NETWORKS.clear()
+    # As a fresh process: no network or compiled step kept from earlier tests.
+    monkeypatch.setattr(weights, "_NETWORKS", collections.OrderedDict())
+    monkeypatch.setattr(train_state, "_STEPS", collections.OrderedDict())
     short = ("--gin.TRAIN_STEPS=3", "--gin.EVAL_PERIOD=3", "--gin.SAVE_PERIOD=3")
     tuned = _run_args(tmp_path / "model", *short, "--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0")
     entry.train_main(tuned)
