@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import train_step
 
-from prompt_transfer import prompts
 from prompt_transfer.trainer import state as train_state
 
 RESULTS = Path(__file__).with_name("many_prompts.jsonl")
@@ -31,15 +30,7 @@ RESULTS = Path(__file__).with_name("many_prompts.jsonl")
 
 def measure(args, k: int) -> dict:
     opt = train_state.OptimizerConfig()
-    built = train_step.build(
-        args.size,
-        args.batch,
-        (args.inputs, args.targets),
-        prompts.PROMPT_PATH,
-        args.prompt_length,
-        args.dtype,
-        opt,
-    )
+    built = train_step.build_prompt_step(args, opt)
     state, frozen = built["state"], built["frozen"]
     single = jax.tree.map(lambda x: x.sharding, state)
     step = train_state.compile_stacked_step(
@@ -74,12 +65,7 @@ def measure(args, k: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="offline_small")
-    parser.add_argument("--batch", type=int, default=8, help="examples per prompt")
-    parser.add_argument("--inputs", type=int, default=128)
-    parser.add_argument("--targets", type=int, default=8)
-    parser.add_argument("--prompt-length", type=int, default=100)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    train_step.shape_arguments(parser, batch=8)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)

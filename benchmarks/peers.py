@@ -91,15 +91,7 @@ def _xla_flops(step, *args) -> float | None:
 
 def ours(args) -> dict:
     opt = train_state.OptimizerConfig(learning_rate=LEARNING_RATE)
-    built = train_step.build(
-        args.size,
-        args.batch,
-        (args.inputs, args.targets),
-        "encoder/prompt/prompt",
-        args.prompt_length,
-        args.dtype,
-        opt,
-    )
+    built = train_step.build_prompt_step(args, opt)
     step, state, frozen = built["step"], built["state"], built["frozen"]
     batch, rng = built["batch"], built["rng"]
     counted = _xla_flops(step, state, frozen, batch, rng)
@@ -194,16 +186,12 @@ def peft_side(args, config, precision: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="offline_small")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--inputs", type=int, default=128)
-    parser.add_argument("--targets", type=int, default=8)
-    parser.add_argument("--prompt-length", type=int, default=100)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    train_step.shape_arguments(parser, batch=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--peak-size", type=int, help="matrix side for the peak (2048 / 8192)")
     parser.add_argument("--no-peft", action="store_true")
+    parser.add_argument("--results", default=str(RESULTS), help="the .jsonl to append rows to")
     args = parser.parse_args()
 
     import torch  # the same threads for both sides
@@ -232,7 +220,7 @@ def main() -> None:
         "matmul_peak_flops": round(peak),
         "date": time.strftime("%Y-%m-%d"),
     }
-    with open(RESULTS, "a") as f:
+    with open(args.results, "a") as f:
         for row in rows:
             row.update(common)
             row["steps_per_second"] = round(1 / row["seconds"], 3)

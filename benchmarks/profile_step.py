@@ -21,7 +21,6 @@ from pathlib import Path
 import jax
 import train_step
 
-from prompt_transfer import prompts
 from prompt_transfer.trainer import state as train_state
 
 KINDS = (
@@ -48,23 +47,10 @@ def trace_events(folder: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="offline_small")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--inputs", type=int, default=128)
-    parser.add_argument("--targets", type=int, default=8)
-    parser.add_argument("--prompt-length", type=int, default=100)
-    parser.add_argument("--dtype", default="float32")
+    train_step.shape_arguments(parser, batch=32)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    built = train_step.build(
-        args.size,
-        args.batch,
-        (args.inputs, args.targets),
-        prompts.PROMPT_PATH,
-        args.prompt_length,
-        args.dtype,
-        train_state.OptimizerConfig(),
-    )
+    built = train_step.build_prompt_step(args, train_state.OptimizerConfig())
     step, state = built["step"], built["state"]
     rest = (built["frozen"], built["batch"], built["rng"])
     analysis = step.lower(state, *rest).compile().cost_analysis()

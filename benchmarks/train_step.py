@@ -92,6 +92,30 @@ def build(
     }
 
 
+def shape_arguments(parser: argparse.ArgumentParser, batch: int = 32) -> None:
+    """The flags that pick a prompt-tuning step's shape: --size --batch --inputs --targets
+    --prompt-length --dtype."""
+    parser.add_argument("--size", default="offline_small")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--inputs", type=int, default=128)
+    parser.add_argument("--targets", type=int, default=8)
+    parser.add_argument("--prompt-length", type=int, default=100)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+
+
+def build_prompt_step(args, opt: train_state.OptimizerConfig) -> dict:
+    """`build` for a prompt-tuning run of the shape `shape_arguments` parsed."""
+    return build(
+        args.size,
+        args.batch,
+        (args.inputs, args.targets),
+        prompts.PROMPT_PATH,
+        args.prompt_length,
+        args.dtype,
+        opt,
+    )
+
+
 def seconds_per_step(step, state, args: tuple, steps: int, warmup: int = 1):
     """Seconds per call of `step(state, *args) -> (state, metrics)` after `warmup` calls (the
     first compiles), the state threaded through; one host sync at each end."""

@@ -169,18 +169,7 @@ def _fit_together(specs, config, network, mesh, starts, logs, config_text):
     states = [create_state(trainable, optimizer, mesh) for trainable, _, _ in placed]
     stores = [run_dir.CheckpointStore(s.model_dir, config.keep_checkpoints) for s in specs]
     bests = [run_dir.BestTracker.load(s.model_dir) for s in specs]
-    streams = [
-        data.BatchStream(
-            s.task,
-            s.feature_lengths,
-            config.batch_size,
-            s.seed,
-            0,
-            shard_index=jax.process_index(),
-            num_shards=jax.process_count(),
-        )
-        for s in specs
-    ]
+    streams = [_new_stream(s, config) for s in specs]
     model = EncoderDecoderModel(network.module)
     step = compile_stacked_step(
         model,
@@ -200,21 +189,6 @@ def _fit_together(specs, config, network, mesh, starts, logs, config_text):
         )
         run_dir.write_config(spec.model_dir, config_text)
         hooks.append(run_hooks(spec, config, model, fixed, stores[k], bests[k], log, streams[k]))
-
-    def log_each(n: int, means: dict, steps: int) -> None:
-        for k, h in enumerate(hooks):
-            h.log(n, {m: v[k] for m, v in means.items()}, steps)
-
-    def save_each(state, position: int) -> None:
-        for k, h in enumerate(hooks):
-            h.save(unstack_state(state, k), position)
-
-    def evaluate_each(state, n: int) -> bool:
-        for k, h in enumerate(hooks):
-            h.evaluate(unstack_state(state, k), n)
-        return False  # no early stopping in a group (see `stackable`): all go to the end
-
-    together = loop.Hooks(log_each, save_each, evaluate_each)
     schedule = loop.Schedule(
         config.steps, config.log_period, config.save_period, config.eval_period
     )
@@ -226,7 +200,7 @@ def _fit_together(specs, config, network, mesh, starts, logs, config_text):
             _StackedStream(streams),
             None,
             schedule,
-            together,
+            _each(hooks),
         )
     finally:
         for store in stores:
@@ -241,3 +215,35 @@ def _fit_together(specs, config, network, mesh, starts, logs, config_text):
         }
         results.append((summary, prompts.wide_of(merge(fixed, run.trainable), spec.model_config)))
     return results
+
+
+def _new_stream(spec: RunSpec, config: TrainConfig) -> data.BatchStream:
+    """A new run's batches, exactly as `fit` would read them alone."""
+    return data.BatchStream(
+        spec.task,
+        spec.feature_lengths,
+        config.batch_size,
+        spec.seed,
+        0,
+        shard_index=jax.process_index(),
+        num_shards=jax.process_count(),
+    )
+
+
+def _each(hooks: Sequence[loop.Hooks]) -> loop.Hooks:
+    """The loop's hooks for a stacked state: each run's own hooks on its slice."""
+
+    def log_each(n: int, means: dict, steps: int) -> None:
+        for k, h in enumerate(hooks):
+            h.log(n, {m: v[k] for m, v in means.items()}, steps)
+
+    def save_each(state, position: int) -> None:
+        for k, h in enumerate(hooks):
+            h.save(unstack_state(state, k), position)
+
+    def evaluate_each(state, n: int) -> bool:
+        for k, h in enumerate(hooks):
+            h.evaluate(unstack_state(state, k), n)
+        return False  # no early stopping in a group (see `_stack_key`): all go to the end
+
+    return loop.Hooks(log_each, save_each, evaluate_each)
