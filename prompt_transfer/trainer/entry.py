@@ -151,12 +151,7 @@ def model_record(spec: RunSpec, network) -> dict:
 
 def _train_locked(spec, config, config_text, mesh, network) -> dict:
     with run_dir.ProgressLog(spec.model_dir, config.steps) as log:
-        if not spec.initial_checkpoint and spec.trainable_regex != ".*":
-            log.info(
-                "warning: INITIAL_CHECKPOINT_PATH is None, so the frozen network is a random "
-                "initialisation and the prompt learns against it (intended for a baseline; "
-                "otherwise set INITIAL_CHECKPOINT_PATH)"
-            )
+        warn_random_network(spec, log)
         if run_dir.holds_checkpoint(spec.model_dir):  # the prompt comes from there
             prompt = _blank_prompt(spec)
         else:
@@ -167,6 +162,16 @@ def _train_locked(spec, config, config_text, mesh, network) -> dict:
             log.info(f"added the prompt to the library {config.library_dir} as {entry.id}")
             summary["library_entry"] = entry.id
     return summary
+
+
+def warn_random_network(spec: RunSpec, log) -> None:
+    """Prompt tuning against a random initialisation is a baseline, rarely what was meant."""
+    if not spec.initial_checkpoint and spec.trainable_regex != ".*":
+        log.info(
+            "warning: INITIAL_CHECKPOINT_PATH is None, so the frozen network is a random "
+            "initialisation and the prompt learns against it (intended for a baseline; "
+            "otherwise set INITIAL_CHECKPOINT_PATH)"
+        )
 
 
 # (field, its macro, the least value it may take): whole numbers only.

@@ -35,6 +35,7 @@ from prompt_transfer.trainer.entry import (
     model_record,
     run_hooks,
     train,
+    warn_random_network,
 )
 from prompt_transfer.trainer.state import (
     compile_stacked_step,
@@ -57,7 +58,7 @@ def train_together(
     (equal within float rounding). Runs a MODEL_DIR already holds resume alone through
     `train`, as do runs that stack with no other. Returns each run's summary, in order."""
     summaries: dict[int, dict] = {}
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[str, list[int]] = {}
     for i, (spec, config) in enumerate(runs):
         if run_dir.holds_run(spec.model_dir) or _stack_key(spec, config) is None:
             summaries[i] = train(spec, config, config_text=config_text, resume=True)
@@ -105,6 +106,8 @@ def stackable(runs: Sequence[tuple[RunSpec, TrainConfig]]) -> bool:
 
 
 def _train_stacked(runs: Sequence[tuple[RunSpec, TrainConfig]], config_text: str) -> list[dict]:
+    """`train` for new runs of one stack key: checked, locked and logged each, trained in one
+    stacked step; returns each run's summary."""
     specs, configs = [s for s, _ in runs], [c for _, c in runs]
     for spec, config in runs:
         check_numbers(spec, config)
@@ -123,6 +126,8 @@ def _train_stacked(runs: Sequence[tuple[RunSpec, TrainConfig]], config_text: str
             run_dir.check_model(spec.model_dir, model_record(spec, network), create=True)
         try:
             logs = [stack.enter_context(run_dir.ProgressLog(s.model_dir, c.steps)) for s, c in runs]
+            for spec, log in zip(specs, logs, strict=True):
+                warn_random_network(spec, log)
             starts = [
                 initial_prompt_of(s, c, network, mesh, log)
                 for (s, c), log in zip(runs, logs, strict=True)
