@@ -82,19 +82,12 @@ def matmul_peak(dtype: str, n: int, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
-def _xla_flops(step, *args) -> float | None:
-    analysis = step.lower(*args).compile().cost_analysis()
-    if isinstance(analysis, list):  # older jax: one dict per computation
-        analysis = analysis[0] if analysis else {}
-    return (analysis or {}).get("flops")
-
-
 def ours(args) -> dict:
     opt = train_state.OptimizerConfig(learning_rate=LEARNING_RATE)
     built = train_step.build_prompt_step(args, opt)
     step, state, frozen = built["step"], built["state"], built["frozen"]
     batch, rng = built["batch"], built["rng"]
-    counted = _xla_flops(step, state, frozen, batch, rng)
+    counted = train_step.xla_flops(step, state, frozen, batch, rng)
     seconds, _ = train_step.seconds_per_step(
         step, state, (frozen, batch, rng), args.steps, args.warmup
     )

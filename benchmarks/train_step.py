@@ -116,6 +116,15 @@ def build_prompt_step(args, opt: train_state.OptimizerConfig) -> dict:
     )
 
 
+def xla_flops(step, *args) -> float:
+    """FLOPs of one call of the jitted `step` on `args`, by XLA's cost analysis of the compiled
+    HLO (one device's share when the step is sharded)."""
+    analysis = step.lower(*args).compile().cost_analysis()
+    if isinstance(analysis, list):  # older jax: one dict per computation
+        analysis = analysis[0] if analysis else {}
+    return (analysis or {}).get("flops", 0.0)
+
+
 def seconds_per_step(step, state, args: tuple, steps: int, warmup: int = 1):
     """Seconds per call of `step(state, *args) -> (state, metrics)` after `warmup` calls (the
     first compiles), the state threaded through; one host sync at each end."""

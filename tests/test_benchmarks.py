@@ -27,7 +27,7 @@ def test_the_counted_flops_agree_with_xla_on_the_compiled_step(size):
         size, 8, (16, 4), "encoder/prompt/prompt", 8, "float32", train_state.OptimizerConfig()
     )
     args = (built["state"], built["frozen"], built["batch"], built["rng"])
-    xla = peers._xla_flops(built["step"], *args) * jax.device_count()  # XLA counts one shard
+    xla = train_step.xla_flops(built["step"], *args) * jax.device_count()  # XLA counts one shard
     counted = peers.model_flops(gin_files.read_model_config(size), 8, 8 + 16, 4, full=False)
     assert 0.85 < counted / xla <= 1.0
 

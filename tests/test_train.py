@@ -277,7 +277,7 @@ def test_runs_in_one_process_share_the_network_and_compile_their_step_once(
     )
     # As a fresh process: no network or compiled step kept from earlier tests.
     monkeypatch.setattr(weights, "_NETWORKS", collections.OrderedDict())
-    monkeypatch.setattr(train_state, "_STEPS", collections.OrderedDict())
+    train_state._jitted_step.cache_clear()
     short = ("--gin.TRAIN_STEPS=3", "--gin.EVAL_PERIOD=3", "--gin.SAVE_PERIOD=3")
     tuned = _run_args(tmp_path / "model", *short, "--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0")
     entry.train_main(tuned)

@@ -255,15 +255,8 @@ def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
     if store.latest_step() is not None:
         state, position = store.restore(state)
         log.info(f"resumed from checkpoint_{int(state.step)} (data position {position})")
-    stream = data.BatchStream(
-        spec.task,
-        spec.feature_lengths,
-        config.batch_size,
-        spec.seed,
-        position,
-        shard_index=jax.process_index(),
-        num_shards=jax.process_count(),
-        state_file=store.data_state(int(state.step)) if position else None,
+    stream = open_stream(
+        spec, config, position, store.data_state(int(state.step)) if position else None
     )
     if stream.restored:
         log.info(f"data iterator restored at batch {position} (no replay)")
@@ -294,6 +287,23 @@ def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
         "stopped_early": stopped_early,
     }
     return summary, prompts.wide_of(merge(fixed, state.trainable), spec.model_config)
+
+
+def open_stream(
+    spec: RunSpec, config: TrainConfig, position: int = 0, state_file: str | None = None
+) -> data.BatchStream:
+    """The run's batches from data `position` (its saved iterator in `state_file`, if any);
+    this process reads its own shard."""
+    return data.BatchStream(
+        spec.task,
+        spec.feature_lengths,
+        config.batch_size,
+        spec.seed,
+        position,
+        shard_index=jax.process_index(),
+        num_shards=jax.process_count(),
+        state_file=state_file,
+    )
 
 
 def run_hooks(spec, config, model, fixed, store, best, log, stream) -> loop.Hooks:

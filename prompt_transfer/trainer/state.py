@@ -8,7 +8,6 @@ never differentiated.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import re
@@ -213,32 +212,12 @@ def compile_train_step(
     batch_shardings = {
         k: partitioning.data_sharding(mesh, np.ndim(v)) for k, v in batch_example.items()
     }
-    key = (
-        model,
-        optimizer,
-        schedule,
-        num_microbatches,
+    step = _jitted_step(
+        False,
+        (model, optimizer, schedule, num_microbatches),
         mesh,
         *(_frozen(t) for t in (state_shardings, fixed_shardings, batch_shardings)),
     )
-    if key in _STEPS:
-        _STEPS.move_to_end(key)
-        return _STEPS[key], batch_shardings
-    step = _STEPS[key] = jax.jit(
-        lambda state, fixed, batch, rng: train_step(
-            model, optimizer, schedule, num_microbatches, state, fixed, batch, rng
-        ),
-        in_shardings=(
-            state_shardings,
-            fixed_shardings,
-            batch_shardings,
-            partitioning.replicated(mesh),
-        ),
-        out_shardings=(state_shardings, partitioning.replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    while len(_STEPS) > _KEEP_STEPS:
-        _STEPS.popitem(last=False)
     return step, batch_shardings
 
 
@@ -278,29 +257,39 @@ def compile_stacked_step(
 ):
     """`stacked_train_step` jitted for `mesh`, the stacked state donated. `state_shardings` are
     one run's; the K axis is never split, and each run's batch splits along `data`. Returns
-    step(states, fixed, batches, rngs)."""
+    step(states, fixed, batches, rngs), shared by every group of equal arguments."""
     stacked = jax.tree.map(
         lambda s: NamedSharding(s.mesh, PartitionSpec(None, *s.spec)), state_shardings
     )
     batches = NamedSharding(mesh, PartitionSpec(None, partitioning.DATA_AXIS))
-    return jax.jit(
-        lambda states, fixed, batch, rngs: stacked_train_step(
-            model, optimizer, schedule, num_microbatches, states, fixed, batch, rngs
-        ),
-        in_shardings=(stacked, fixed_shardings, batches, partitioning.replicated(mesh)),
-        out_shardings=(stacked, partitioning.replicated(mesh)),
-        donate_argnums=(0,),
+    return _jitted_step(
+        True,
+        (model, optimizer, schedule, num_microbatches),
+        mesh,
+        *(_frozen(t) for t in (stacked, fixed_shardings, batches)),
     )
-
-
-_STEPS: collections.OrderedDict = collections.OrderedDict()
-_KEEP_STEPS = 8
 
 
 def _frozen(tree) -> tuple:
     """A hashable stand-in for a tree of shardings: its structure and its leaves."""
     leaves, structure = jax.tree.flatten(tree)
     return structure, tuple(leaves)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_step(stacked: bool, recipe: tuple, mesh: Mesh, state, fixed, batch):
+    """The jitted step (`stacked_train_step` or `train_step`) for a (model, optimizer,
+    schedule, microbatches) recipe and the `_frozen` state, fixed and batch shardings."""
+    state, fixed, batch = (jax.tree.unflatten(s, leaves) for s, leaves in (state, fixed, batch))
+    fn = stacked_train_step if stacked else train_step
+    return jax.jit(
+        lambda states, fixed_params, batches, rngs: fn(
+            *recipe, states, fixed_params, batches, rngs
+        ),
+        in_shardings=(state, fixed, batch, partitioning.replicated(mesh)),
+        out_shardings=(state, partitioning.replicated(mesh)),
+        donate_argnums=(0,),
+    )
 
 
 def trainable_regex(trainable: dict) -> str:

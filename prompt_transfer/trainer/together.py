@@ -33,6 +33,7 @@ from prompt_transfer.trainer.entry import (
     check_run,
     initial_prompt_of,
     model_record,
+    open_stream,
     run_hooks,
     train,
     warn_random_network,
@@ -60,10 +61,11 @@ def train_together(
     summaries: dict[int, dict] = {}
     groups: dict[str, list[int]] = {}
     for i, (spec, config) in enumerate(runs):
-        if run_dir.holds_run(spec.model_dir) or _stack_key(spec, config) is None:
+        key = None if run_dir.holds_run(spec.model_dir) else _stack_key(spec, config)
+        if key is None:
             summaries[i] = train(spec, config, config_text=config_text, resume=True)
         else:
-            groups.setdefault(_stack_key(spec, config), []).append(i)
+            groups.setdefault(key, []).append(i)
     for members in groups.values():
         size = most or len(members)
         for chunk in (members[j : j + size] for j in range(0, len(members), size)):
@@ -174,7 +176,7 @@ def _fit_together(specs, config, network, mesh, starts, logs, config_text):
     states = [create_state(trainable, optimizer, mesh) for trainable, _, _ in placed]
     stores = [run_dir.CheckpointStore(s.model_dir, config.keep_checkpoints) for s in specs]
     bests = [run_dir.BestTracker.load(s.model_dir) for s in specs]
-    streams = [_new_stream(s, config) for s in specs]
+    streams = [open_stream(s, config) for s in specs]
     model = EncoderDecoderModel(network.module)
     step = compile_stacked_step(
         model,
@@ -220,19 +222,6 @@ def _fit_together(specs, config, network, mesh, starts, logs, config_text):
         }
         results.append((summary, prompts.wide_of(merge(fixed, run.trainable), spec.model_config)))
     return results
-
-
-def _new_stream(spec: RunSpec, config: TrainConfig) -> data.BatchStream:
-    """A new run's batches, exactly as `fit` would read them alone."""
-    return data.BatchStream(
-        spec.task,
-        spec.feature_lengths,
-        config.batch_size,
-        spec.seed,
-        0,
-        shard_index=jax.process_index(),
-        num_shards=jax.process_count(),
-    )
 
 
 def _each(hooks: Sequence[loop.Hooks]) -> loop.Hooks:
