@@ -121,29 +121,48 @@ class BatchStream:
     A resumed run picks up where the saved one stopped: from the iterator's own saved state
     (`save_state`; tf.data checkpoints, shuffle buffer included) when `state_file` exists,
     which costs the same at step 10 as at step 10,000; else by replaying `position` batches.
+
+    The data is split into `num_shards` SeqIO shards; this stream reads `shards` of them and
+    each of its batches is their rows side by side, `batch_size / len(shards)` rows each. So a
+    global batch depends on the number of shards, not on how many processes read them: one
+    process reading shards (0, 1) yields what two processes reading (0,) and (1,) yield together.
     """
 
     name: str
     feature_lengths: Mapping[str, int]
-    batch_size: int
+    batch_size: int  # rows of this stream's batches (this process's share of the global batch)
     seed: int
     position: int = 0
     split: str = "train"
-    shard_index: int = 0
     num_shards: int = 1
+    shards: tuple[int, ...] = (0,)
     state_file: str | None = None  # an iterator state saved at `position` (save_state)
 
     def _dataset(self):
         tf = import_tensorflow()
-        ds = batched_dataset(
-            self.name,
-            self.split,
-            self.feature_lengths,
-            self.batch_size,
-            self.seed,
-            shard_index=self.shard_index,
-            num_shards=self.num_shards,
-        )
+        rows, left = divmod(self.batch_size, len(self.shards))
+        if left:
+            raise TaskError(
+                f"a batch of {self.batch_size} rows does not split over {len(self.shards)} "
+                "data shards; use a multiple of the shard count"
+            )
+        parts = [
+            batched_dataset(
+                self.name,
+                self.split,
+                self.feature_lengths,
+                rows,
+                self.seed,
+                shard_index=shard,
+                num_shards=self.num_shards,
+            )
+            for shard in self.shards
+        ]
+        ds = parts[0]
+        if len(parts) > 1:
+            ds = tf.data.Dataset.zip(tuple(parts)).map(
+                lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
+            )
         options = tf.data.Options()
         options.deterministic = True
         return ds.with_options(options)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import data, models, registry
+from prompt_transfer import data, models, partitioning, registry
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.tf_import import import_seqio
 
@@ -67,10 +67,11 @@ class TaskEvaluator:
         truth = self.labels[task_name] = dict.fromkeys(labels, 0)
         by_ids = {tuple(c): label for c, label in zip(candidates or [], labels, strict=True)}
         eos = self.model.eos_id
+        place, replicate = input_placers(params, self.batch_size)
         candidate_ids = (
             None
             if candidates is None
-            else jnp.asarray(models.pad_token_rows([c + [eos] for c in candidates]))
+            else replicate(models.pad_token_rows([c + [eos] for c in candidates]))
         )
         padded = None if candidates is None else models.pad_token_rows(candidates)
 
@@ -78,11 +79,9 @@ class TaskEvaluator:
             outputs = []
             for index, features in ds.batch(self.batch_size).as_numpy_iterator():
                 n = len(index)
-                tokens = jnp.asarray(
-                    models.pad_batch(features["encoder_input_tokens"], self.batch_size)
-                )
+                tokens = place(models.pad_batch(features["encoder_input_tokens"], self.batch_size))
                 if candidate_ids is not None:
-                    best = np.asarray(
+                    best = partitioning.host_array(
                         jnp.argmax(self._rank(params, tokens, candidate_ids, prompt), -1)
                     )[:n]
                     # Equal-length rows: SeqIO stacks predictions into one array (as T5X's
@@ -95,7 +94,7 @@ class TaskEvaluator:
                         if label is not None:
                             truth[label] += 1
                 else:
-                    decoded = np.asarray(
+                    decoded = partitioning.host_array(
                         self._decode(
                             params, tokens, max_length=self.max_decode_length, prompt=prompt
                         )
@@ -115,6 +114,23 @@ class TaskEvaluator:
             )
             results[task_name] = {k: float(v) for k, v in future.result()[task_name].items()}
         return results
+
+
+def input_placers(params, rows: int):
+    """(place, replicate) for evaluation inputs, which every process reads whole and alike: on
+    the parameters' mesh, a batch splits along `data` when its rows divide, else it (and
+    anything small) is replicated. Parameters not on a mesh leave placement to jit."""
+    sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return jnp.asarray, jnp.asarray
+    mesh = sharding.mesh
+    whole = partitioning.replicated(mesh)
+    split = partitioning.data_sharding(mesh, 2)
+    if rows % mesh.shape[partitioning.DATA_AXIS]:
+        split = whole
+    return (lambda x: jax.device_put(np.asarray(x), split)), (
+        lambda x: jax.device_put(np.asarray(x), whole)
+    )
 
 
 @functools.lru_cache(maxsize=32)

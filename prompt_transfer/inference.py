@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import data, errors, models, paths, registry
+from prompt_transfer import data, errors, evaluation, models, paths, registry
 from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.partitioning import host_array
 
 
 def rows_from_task(name: str, split: str, feature_lengths: Mapping[str, int]):
@@ -65,8 +65,9 @@ def predict(
     every label's log-likelihood, or greedy decoding), the input, and the target if known."""
     vocab = task.output_features["targets"].vocabulary
     labels = registry.class_labels(task.name)
+    place, replicate = evaluation.input_placers(params, batch_size)
     candidates = (
-        jnp.asarray(models.pad_token_rows([vocab.encode(label) + [1] for label in labels]))
+        replicate(models.pad_token_rows([vocab.encode(label) + [1] for label in labels]))
         if labels
         else None
     )
@@ -78,7 +79,7 @@ def predict(
         for i, (_, ids, _) in enumerate(chunk):
             tokens[i, : min(len(ids), length)] = ids[:length]
         if candidates is not None:
-            scores = np.asarray(model.rank_classify(params, jnp.asarray(tokens), candidates))
+            scores = host_array(model.rank_classify(params, place(tokens), candidates))
             for (text, _, target), row in zip(chunk, scores, strict=False):
                 records.append(
                     {
@@ -89,10 +90,8 @@ def predict(
                     }
                 )
         else:
-            decoded = model.predict(
-                params,
-                jnp.asarray(models.pad_batch(tokens, batch_size)),
-                max_length=feature_lengths["targets"],
+            decoded = host_array(
+                model.predict(params, place(tokens), max_length=feature_lengths["targets"])
             )
             for (text, _, target), ids in zip(chunk, models.strip_after_eos(decoded), strict=False):
                 records.append(

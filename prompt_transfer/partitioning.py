@@ -120,3 +120,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def data_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Batch-major arrays ([B, ...]) split along `data`."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS, *([None] * (ndim - 1))))
+
+
+def global_batch(batch, shardings):
+    """This process's rows of a batch as global arrays on the mesh: placed directly in a
+    single-process job, or assembled with the other processes' rows into one array that spans
+    them all (`jax.make_array_from_process_local_data`). `shardings` is a tree like `batch` or
+    one sharding for every leaf."""
+    if jax.process_count() == 1:
+        return jax.device_put(batch, shardings)
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, batch)
+    return jax.tree.map(jax.make_array_from_process_local_data, shardings, batch)
+
+
+def host_array(x) -> np.ndarray:
+    """A device array as NumPy on this host, also when its shards live on other processes (a
+    model axis that spans hosts): those are gathered from every process, which all must call."""
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

@@ -5,7 +5,7 @@ orbax and T5X use). Every file the project writes goes through `atomic_write_byt
 `atomic_directory`: readers (a resumed run, a second process, a crash) see the old content or
 the new one, never a partial file. Local writes go to a temporary sibling, are fsync'ed, then
 renamed, and the folder is fsync'ed; an object store has no partial objects, so there the
-write is direct.
+write is direct. In a multi-host job only process 0 writes the shared files (`is_chief`).
 
 Environment variables that change defaults are read here and nowhere else:
 
@@ -24,6 +24,7 @@ import contextlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,8 +54,20 @@ def absolute(p: PathLike) -> str:
 # Writes.
 
 
+def is_chief() -> bool:
+    """Whether this process writes the job's shared files: always, but in a multi-host job only
+    process 0 (the others would write the same bytes to the same place)."""
+    if "jax" not in sys.modules:  # a file tool that never started JAX
+        return True
+    import jax
+
+    return jax.process_index() == 0
+
+
 def atomic_write_bytes(target: PathLike, payload: bytes) -> None:
-    """Write `payload` to `target` whole or not at all."""
+    """Write `payload` to `target` whole or not at all (on process 0 only, see `is_chief`)."""
+    if not is_chief():
+        return
     if is_remote(target):
         remote = path(target)
         remote.parent.mkdir(parents=True, exist_ok=True)

@@ -249,14 +249,14 @@ def initial_deep_prompt(
     norm, then its key and value kernels; prefix tuning starts from real activations, random
     ones train unstably)."""
     rng = np.random.default_rng(seed)
-    embedding = np.asarray(network["token_embedder"]["embedding"], np.float32)
+    embedding = np.asarray(pt.host_array(network["token_embedder"]["embedding"]), np.float32)
     out = {}
     for path, (stack, layer), attention, norm in _self_attentions(config):
         scope = network[stack][layer]
         x = sampled_vocab(rng, embedding, length, population)
         x = x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + config.layer_norm_epsilon)
-        x = x * np.asarray(scope[norm]["scale"], np.float32)
-        kernels = (scope[attention][name]["kernel"] for name in ("key", "value"))
+        x = x * np.asarray(pt.host_array(scope[norm]["scale"]), np.float32)
+        kernels = (pt.host_array(scope[attention][name]["kernel"]) for name in ("key", "value"))
         out[path] = np.stack([x @ np.asarray(k, np.float32) for k in kernels]).astype(np.float32)
     return out
 
@@ -337,5 +337,5 @@ def wide_of(params: dict, config) -> np.ndarray | None:
         return None
     flat = traverse_util.flatten_dict(params, sep="/")
     paths = deep_prefix_paths(config)
-    deep = {p: np.asarray(flat[p]) for p in paths} if paths[0] in flat else None
-    return widen(np.asarray(prompt), deep, config)
+    deep = {p: pt.host_array(flat[p]) for p in paths} if paths[0] in flat else None
+    return widen(pt.host_array(prompt), deep, config)

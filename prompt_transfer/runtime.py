@@ -4,13 +4,97 @@ to exit statuses live in one place (see errors.py for the statuses)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
 
 from prompt_transfer import errors, paths
+from prompt_transfer.errors import UserError
 
 _started = False
+
+
+class LaunchError(UserError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiHost:
+    """T5X's multi-process flags. With `coordinator_address` (and the count and index) the
+    processes join each other; `multiprocess_gpu` alone, or $PROMPT_TRANSFER_DISTRIBUTED, lets
+    JAX find them (Slurm, Open MPI, Cloud TPU VMs)."""
+
+    multiprocess_gpu: bool = False
+    coordinator_address: str | None = None
+    process_count: int | None = None
+    process_index: int | None = None
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.multiprocess_gpu or self.coordinator_address or paths.distributed())
+
+    def check(self) -> None:
+        given = {
+            "--process_count": self.process_count,
+            "--process_index": self.process_index,
+        }
+        if not self.coordinator_address:
+            extra = [name for name, value in given.items() if value is not None]
+            if extra:
+                raise LaunchError(
+                    f"{' and '.join(extra)} need --coordinator_address=HOST:PORT (process 0's "
+                    "address, the same on every process)"
+                )
+            return
+        missing = [name for name, value in given.items() if value is None]
+        if missing:
+            raise LaunchError(
+                f"--coordinator_address needs {' and '.join(missing)} too (every process "
+                "gets the same count and its own index, 0 on the coordinator's host)"
+            )
+        if self.process_count < 1 or not 0 <= self.process_index < self.process_count:
+            raise LaunchError(
+                f"--process_index={self.process_index} is not in 0..{self.process_count - 1} "
+                f"(--process_count={self.process_count})"
+            )
+
+
+def join(multihost: MultiHost) -> None:
+    """Join the other processes of a multi-host job (before anything touches a device)."""
+    import jax
+
+    multihost.check()
+    # Hosts without an accelerator (tests, CPU clusters) talk through gloo; GPUs and TPUs
+    # have their own collectives and ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=multihost.coordinator_address,
+        num_processes=multihost.process_count,
+        process_id=multihost.process_index,
+    )
+
+
+def barrier(name: str) -> None:
+    """Every process waits here for the others (a no-op in a single-process job): after process
+    0 wrote files the others are about to read."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def chief_first(name: str, work: Callable[[], object]):
+    """`work` on process 0, then on the others once it is done (they find its files written
+    and write nothing: see paths.is_chief); returns `work`'s result on each process."""
+    if paths.is_chief():
+        result = work()
+        barrier(name)
+        return result
+    barrier(name)
+    return work()
 
 
 def enable_compilation_cache(directory: str | None = None) -> str | None:
@@ -31,7 +115,7 @@ def enable_compilation_cache(directory: str | None = None) -> str | None:
     return jax.config.jax_compilation_cache_dir
 
 
-def start() -> None:
+def start(multihost: MultiHost | None = None) -> None:
     """Once per process: quiet advisory logs, join a multi-host job, enable the cache."""
     global _started
     if _started:
@@ -40,22 +124,23 @@ def start() -> None:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # SeqIO's advisory warnings drown progress
-    if paths.distributed():  # multi-host (TPU pod): join the other hosts first
-        import jax
-
-        jax.distributed.initialize()
+    multihost = multihost or MultiHost()
+    if multihost.wanted:  # multi-host: join the other processes first
+        join(multihost)
+    else:
+        multihost.check()
     enable_compilation_cache()
     _started = True
 
 
-def run_entry(command: str, body: Callable[[], object]) -> int:
+def run_entry(command: str, body: Callable[[], object], multihost: MultiHost | None = None) -> int:
     """Run `body` as the command `command`; returns the process exit status.
 
     A user error, a diverged run or a pre-emption prints one line naming the command and exits
     with its own status (2, 3, 4); anything else is a bug and keeps its traceback.
     """
-    start()
     try:
+        start(multihost)
         body()
     except BaseException as e:
         code = errors.exit_code(e)

@@ -35,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     if rest and not getattr(args, "takes_gin", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.gin_args = rest
-    return runtime.run_entry(args.command, lambda: args.func(args))
+    multihost = runtime.MultiHost(
+        getattr(args, "multiprocess_gpu", False),
+        getattr(args, "coordinator_address", None),
+        getattr(args, "process_count", None),
+        getattr(args, "process_index", None),
+    )
+    return runtime.run_entry(args.command, lambda: args.func(args), multihost)
 
 
 if __name__ == "__main__":

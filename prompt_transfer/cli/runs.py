@@ -69,9 +69,30 @@ def cmd_infer(args) -> None:
     print(f"wrote {entry.infer_main(args.gin_args)}")
 
 
+def multihost_flags():
+    """T5X's flags for a job of several processes (hosts): every process runs the same command
+    with its own --process_index (README, "Running on a pod")."""
+    import argparse
+
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("multi-host (as T5X)")
+    group.add_argument(
+        "--multiprocess_gpu",
+        action="store_true",
+        help="join the job's other processes (found by JAX on Slurm or Open MPI without the "
+        "flags below)",
+    )
+    group.add_argument("--coordinator_address", help="HOST:PORT of process 0")
+    group.add_argument("--process_count", type=int, help="how many processes the job has")
+    group.add_argument("--process_index", type=int, help="this process, 0..process_count-1")
+    return parent
+
+
 def add_commands(sub) -> None:
+    parent = [multihost_flags()]
     p = sub.add_parser(
         "train",
+        parents=parent,
         help="train (prompt tuning, model tuning) from gin files",
         description="Arguments as T5X's: --gin_file=NAME (found in gin/), "
         "--gin.MACRO=VALUE, --gin_bindings=..., plus --overwrite / --resume.",
@@ -80,6 +101,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser(
         "task-embedding",
+        parents=parent,
         help="SPoT's task embedding: a short prompt-tuning run, its prompt stored in a library",
         description="The run's gin files and overrides as for train, plus --library and --steps.",
     )
@@ -89,6 +111,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser(
         "demo",
+        parents=parent,
         help="the offline demo: the SPoT flow on the shipped small T5 (about 10 min on 2 CPUs)",
         description="Runs gin/experiments/demo.gin; --gin.X=... overrides its macros "
         "(step counts, SOURCES, TARGETS). A re-run reuses every finished run.",
@@ -99,6 +122,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser(
         "spot",
+        parents=parent,
         help="the whole SPoT flow: sources, library, task embeddings, retrieval, transfer, report",
         description="Gin files as for train (e.g. --gin_file=experiments/spot_tiny) and "
         "--gin.WORK_DIR, --gin.SOURCES, --gin.TARGETS.",
@@ -111,6 +135,7 @@ def add_commands(sub) -> None:
     ):
         p = sub.add_parser(
             name,
+            parents=parent,
             help=text,
             description="Same gin files as the run, plus "
             "--gin.EVAL_SPLIT, --gin.CHECKPOINT ('latest'/'best'), "

@@ -32,6 +32,7 @@ from prompt_transfer import (
     paths,
     prompts,
     registry,
+    runtime,
     t5,
     vocab,
 )
@@ -92,6 +93,10 @@ class TrainConfig:
     prompt_init: prompts.PromptInit = prompts.PromptInit()
     optimizer: OptimizerConfig = OptimizerConfig()
     num_microbatches: int = 1
+    # DATA_SHARDS: SeqIO shards of the training data, read by the processes in equal parts
+    # (0: one per process). Runs with the same count see the same global batches however many
+    # processes they run on.
+    data_shards: int = 0
     eval_period: int = 0  # 0: never evaluate
     eval_split: str = "validation"
     eval_batch_size: int = 32
@@ -126,6 +131,7 @@ def train(
     check_run(spec, config, mesh)
     with run_dir.lock(spec.model_dir):
         run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
+        runtime.barrier("model_dir checked")  # process 0 cleared it when told to
         network = weights.frozen_network(
             spec.model_config, spec.initial_checkpoint, mesh, spec.seed
         )
@@ -179,6 +185,7 @@ _COUNTS = (
     ("steps", "TRAIN_STEPS", 1),
     ("batch_size", "BATCH_SIZE", 1),
     ("num_microbatches", "NUM_MICROBATCHES", 1),
+    ("data_shards", "DATA_SHARDS", 0),
     ("eval_period", "EVAL_PERIOD", 0),
     ("eval_batch_size", "EVAL_BATCH_SIZE", 1),
     ("early_stopping_patience", "EARLY_STOPPING_PATIENCE", 0),
@@ -225,6 +232,12 @@ def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:
         prompts.from_file(init.file, spec.prompt_length, spec.model_config.emb_dim)
     if spec.deep_prompt:
         _check_deep_prompt(spec)
+    shards, processes = data_shards(config), jax.process_count()
+    if shards % processes or config.batch_size % shards:
+        raise TrainError(
+            f"DATA_SHARDS={shards} must be a multiple of the {processes} process(es) and "
+            f"divide BATCH_SIZE={config.batch_size}; e.g. DATA_SHARDS={processes}"
+        )
     data_ways = mesh.shape[partitioning.DATA_AXIS] * config.num_microbatches
     if config.batch_size % data_ways:
         raise TrainError(
@@ -292,18 +305,24 @@ def fit(spec, config, network, mesh, prompt, log, config_text: str = ""):
 def open_stream(
     spec: RunSpec, config: TrainConfig, position: int = 0, state_file: str | None = None
 ) -> data.BatchStream:
-    """The run's batches from data `position` (its saved iterator in `state_file`, if any);
-    this process reads its own shard."""
+    """The run's batches from data `position` (its saved iterator in `state_file`, if any):
+    this process's rows of each global batch, read from its own data shards."""
+    shards, processes, me = data_shards(config), jax.process_count(), jax.process_index()
+    mine = shards // processes
     return data.BatchStream(
         spec.task,
         spec.feature_lengths,
-        config.batch_size,
+        config.batch_size // processes,
         spec.seed,
         position,
-        shard_index=jax.process_index(),
-        num_shards=jax.process_count(),
+        num_shards=shards,
+        shards=tuple(range(me * mine, (me + 1) * mine)),
         state_file=state_file,
     )
+
+
+def data_shards(config: TrainConfig) -> int:
+    return config.data_shards or jax.process_count()
 
 
 def run_hooks(spec, config, model, fixed, store, best, log, stream) -> loop.Hooks:
@@ -377,7 +396,7 @@ def initial_prompt_of(spec, config, network, mesh, log) -> np.ndarray | None:
     prompt = prompts.initial_prompt(
         dataclasses.replace(init, labels=tuple(labels)),
         spec.prompt_length,
-        np.asarray(network.params["token_embedder"]["embedding"]),
+        partitioning.host_array(network.params["token_embedder"]["embedding"]),
         seed=spec.seed,
         encode=vocabulary.encode,
     )
@@ -461,7 +480,9 @@ def add_to_library(spec, config, network, prompt, summary, config_text):
     its deep part when the run had one."""
     best = summary["best"]
     prompt, width = np.asarray(prompt), spec.model_config.emb_dim
-    return library.Library(config.library_dir).add(
+    store = library.Library(config.library_dir)
+    add = functools.partial(
+        store.add,
         prompt[:, :width],
         deep=prompt[:, width:] if spec.deep_prompt else None,
         task=spec.task,
@@ -474,6 +495,7 @@ def add_to_library(spec, config, network, prompt, summary, config_text):
         kind=config.library_kind,
         config_hash=hashlib.sha256(config_text.encode()).hexdigest()[:16],
     )
+    return runtime.chief_first("library entry", add)  # the others find it stored
 
 
 # ---------------------------------------------------------------------------------------------

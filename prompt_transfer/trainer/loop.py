@@ -57,17 +57,26 @@ def summarize(window: list[Mapping], first_step: int, last_step: int) -> dict:
 
 
 @contextlib.contextmanager
-def sigterm_flag() -> Iterator[Callable[[], bool]]:
-    """A flag raised by SIGTERM (how TPU and spot VMs announce pre-emption) while the loop runs;
-    the loop saves and stops at the next step. Outside the main thread signals cannot be caught
-    and the flag stays down."""
+def sigterm_flag() -> Iterator[Callable[[int], bool]]:
+    """`preempted(step)`: whether SIGTERM (how TPU and spot VMs announce pre-emption) arrived
+    while the loop runs; the loop saves and stops at that step.
+
+    In a multi-process job the processes must stop at the same step, so there the answer is
+    JAX's preemption sync point: a SIGTERM to any process makes all of them stop at one step
+    they agree on. Outside the main thread of a single process signals cannot be caught and
+    the flag stays down."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        yield multihost_utils.reached_preemption_sync_point
+        return
     raised = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield raised.is_set
+        yield lambda step: raised.is_set()
         return
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: raised.set())
     try:
-        yield raised.is_set
+        yield lambda step: raised.is_set()
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -85,7 +94,8 @@ def run(state, fixed, step_fn, stream, rng, schedule: Schedule, hooks: Hooks):
         for step in range(start, schedule.total):
             state, metrics = step_fn(state, fixed, next(stream), rng)
             window.append(metrics)
-            done, stopping = step + 1, preempted()
+            done = step + 1
+            stopping = preempted(done)
             if stopping or any(
                 schedule.due(done, p) for p in (schedule.log, schedule.save, schedule.evaluate)
             ):

@@ -72,11 +72,13 @@ def holds_run(model_dir: paths.PathLike) -> bool:
 
 def clear_run(model_dir: paths.PathLike) -> list[str]:
     """Remove what a run wrote in MODEL_DIR and nothing else; returns what stays (the user's
-    own files)."""
+    own files). Only process 0 of a multi-host job removes."""
     directory, kept = paths.path(model_dir), []
     for entry in sorted(directory.iterdir()):
         if not _RUN_FILES.fullmatch(entry.name):
             kept.append(entry.name)
+        elif not paths.is_chief():
+            continue
         elif entry.is_dir():
             entry.rmtree()
         else:
@@ -404,11 +406,11 @@ class ProgressLog:
     def __init__(self, model_dir: paths.PathLike, total_steps: int, quiet: bool = False):
         from clu import metric_writers
 
-        self.total, self.quiet = total_steps, quiet
+        chief = paths.is_chief()  # the other processes of a multi-host job say nothing
+        self.total, self.quiet, self.chief = total_steps, quiet or not chief, chief
         self.model_dir = paths.path(model_dir)
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        self.file = (self.model_dir / "log.txt").open("a")  # closed in close()
-        chief = jax.process_index() == 0
+        self.file = (self.model_dir / "log.txt").open("a") if chief else None  # see close()
         self.train_writer = metric_writers.create_default_writer(
             str(self.model_dir / "train"), just_logging=not chief, asynchronous=False
         )
@@ -421,8 +423,9 @@ class ProgressLog:
         line = f"[prompt-transfer] {message}"
         if not self.quiet:
             print(line, file=sys.stderr, flush=True)
-        self.file.write(line + "\n")
-        self.file.flush()
+        if self.file:
+            self.file.write(line + "\n")
+            self.file.flush()
 
     def train_metrics(
         self,
@@ -473,6 +476,8 @@ class ProgressLog:
         record = {"step": step, "metric": name, "value": value, "results": results}
         if predictions:
             record.update(predictions=predictions, labels=labels or {})
+        if not self.chief:
+            return
         history = self.model_dir / EVAL_HISTORY
         _drop_torn_line(history)
         with history.open("a") as f:  # one JSON line per evaluation
@@ -484,7 +489,8 @@ class ProgressLog:
     def close(self) -> None:
         self.train_writer.close()
         self.eval_writer.close()
-        self.file.close()
+        if self.file:
+            self.file.close()
 
     def __enter__(self) -> ProgressLog:
         return self

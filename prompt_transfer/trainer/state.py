@@ -257,16 +257,20 @@ def compile_stacked_step(
 ):
     """`stacked_train_step` jitted for `mesh`, the stacked state donated. `state_shardings` are
     one run's; the K axis is never split, and each run's batch splits along `data`. Returns
-    step(states, fixed, batches, rngs), shared by every group of equal arguments."""
+    step(states, fixed, batches, rngs), shared by every group of equal arguments; it takes
+    this process's rows of the batches (see partitioning.global_batch)."""
     stacked = jax.tree.map(
         lambda s: NamedSharding(s.mesh, PartitionSpec(None, *s.spec)), state_shardings
     )
     batches = NamedSharding(mesh, PartitionSpec(None, partitioning.DATA_AXIS))
-    return _jitted_step(
+    step = _jitted_step(
         True,
         (model, optimizer, schedule, num_microbatches),
         mesh,
         *(_frozen(t) for t in (stacked, fixed_shardings, batches)),
+    )
+    return lambda states, fixed, local, rngs: step(
+        states, fixed, partitioning.global_batch(local, batches), rngs
     )
 
 
@@ -311,4 +315,5 @@ class LazyStep:
             self._step, self._batch_shardings = compile_train_step(
                 *self._args, self._state_shardings, self._fixed_shardings, batch
             )
-        return self._step(state, fixed, jax.device_put(batch, self._batch_shardings), rng)
+        batch = partitioning.global_batch(batch, self._batch_shardings)
+        return self._step(state, fixed, batch, rng)

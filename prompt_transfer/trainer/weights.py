@@ -107,12 +107,12 @@ def place(network: Network, prompt: np.ndarray | None, regex: str, mesh: Mesh, d
     abstract, params = network.abstract, network.params
     if prompt is not None:
         abstract = prompts.with_prompt(abstract, prompts.abstract_prompt(*prompt.shape))
-        params = prompts.with_prompt(params, jnp.asarray(prompt))
+        params = prompts.with_prompt(params, np.asarray(prompt))  # placed below, as the rest
     if deep:
         length = next(iter(deep.values())).shape[1]
         config = network.module.config
         abstract = prompts.with_deep_prompt(abstract, prompts.abstract_deep_prompt(config, length))
-        params = prompts.with_deep_prompt(params, {k: jnp.asarray(v) for k, v in deep.items()})
+        params = prompts.with_deep_prompt(params, {k: np.asarray(v) for k, v in deep.items()})
     shardings = partitioning.param_shardings(abstract, mesh)
     trainable, fixed = split_trainable(jax.device_put(params, shardings), regex)
     # The train step donates what trains: a copy, so the shared network outlives the run.

@@ -74,13 +74,15 @@ def model_fingerprint(params) -> str:
     """
     from flax import traverse_util
 
+    from prompt_transfer.partitioning import host_array
+
     flat = traverse_util.flatten_dict(params, sep="/")
     h = hashlib.sha256()
     for name in sorted(flat):
         h.update(f"{name}{tuple(flat[name].shape)}".encode())
     for name in ("token_embedder/embedding", "encoder/encoder_norm/scale"):
         if name in flat:
-            h.update(np.asarray(flat[name][:1], np.float32).tobytes())
+            h.update(np.asarray(host_array(flat[name][:1]), np.float32).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -135,6 +137,8 @@ class Library:
         final = self.root / entry.id
         if final.exists():  # same task, same prompt: already stored; new metadata replaces old
             return self._update(self.get(entry.id), entry)
+        if not paths.is_chief():  # process 0 of a multi-host job stores it
+            return entry
         try:
             with paths.atomic_directory(final) as tmp:
                 np.save(tmp / "prompt.npy", prompt)

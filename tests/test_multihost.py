@@ -1,0 +1,173 @@
+"""A prompt-tuning run as 2 processes x 2 CPU devices (jax.distributed with a local coordinator,
+gloo collectives), launched with T5X's flags as a user would, against 1 process x 4 devices
+with the same global batches (DATA_SHARDS=2): it is pre-empted (SIGTERM to one process), then
+killed (SIGKILL to both), each time relaunched with the same command, and it ends with the
+prompt and the evaluations of the uninterrupted single-process run, its side files written
+once."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from synthetic_tasks import keyword_examples
+
+from conftest import T5_VOCAB, TINY_CHECKPOINT
+from prompt_transfer.errors import EXIT_PREEMPTED
+
+STEPS = 24
+
+
+def _write_tsv(path, examples):
+    rows = [f"{i}\t{t}\n" for i, t in zip(examples["inputs"], examples["targets"], strict=True)]
+    path.write_text("sentence\tlabel\n" + "".join(rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def task_files(anchors, tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    return (
+        _write_tsv(root / "train.tsv", keyword_examples(128, 0)),
+        _write_tsv(root / "validation.tsv", keyword_examples(16, 1)),
+    )
+
+
+def _argv(task_files, model_dir):
+    train, validation = task_files
+    return [
+        "train",
+        "--gin_file=experiments/prompt_tuning_tiny",
+        "--gin_file=tasks/file_task.gin",
+        "--gin.FILE_TASK_NAME='mh_keyword'",
+        f"--gin.FILE_TASK_TRAIN='{train}'",
+        f"--gin.FILE_TASK_VALIDATION='{validation}'",
+        "--gin.FILE_TASK_INPUTS=('sentence',)",
+        "--gin.FILE_TASK_LABELS=('yes', 'no')",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+        f"--gin.TRAIN_STEPS={STEPS}",
+        "--gin.LEARNING_RATE=0.03",
+        "--gin.BATCH_SIZE=8",
+        "--gin.DATA_SHARDS=2",
+        "--gin.SAVE_PERIOD=4",
+        "--gin.EVAL_PERIOD=12",
+        "--gin.EVAL_BATCH_SIZE=8",
+        "--gin.LOG_PERIOD=1",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.LIBRARY_DIR='{model_dir}-library'",
+    ]
+
+
+def _launch(argv, processes: int, devices: int, jax_cache) -> list[subprocess.Popen]:
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PROMPT_TRANSFER_VOCAB=str(T5_VOCAB),
+        PROMPT_TRANSFER_JAX_CACHE=str(jax_cache),
+    )
+    command = [sys.executable, "-m", "prompt_transfer", *argv]
+    if processes == 1:
+        return [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)]
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    flags = [f"--coordinator_address=localhost:{port}", f"--process_count={processes}"]
+    return [
+        subprocess.Popen(
+            [*command, *flags, f"--process_index={i}"], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(processes)
+    ]
+
+
+def _finish(procs, timeout: float = 300) -> list[tuple[int, str]]:
+    return [(p.wait(timeout), p.stderr.read()) for p in procs]
+
+
+def _when_logged(model_dir, text: str, procs, timeout: float = 300) -> None:
+    """Wait until process 0's log.txt holds `text`."""
+    deadline = time.time() + timeout
+    log = model_dir / "log.txt"
+    while time.time() < deadline:
+        if log.exists() and text in log.read_text():
+            return
+        if any(p.poll() is not None for p in procs):
+            raise AssertionError(f"a process ended before {text!r}: {_finish(procs)}")
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in {log}")
+
+
+def _prompt(model_dir, step: int) -> np.ndarray:
+    return np.load(model_dir / "prompts" / f"checkpoint_{step}.npy")
+
+
+def _evaluations(model_dir) -> list[tuple[int, dict]]:
+    lines = (model_dir / "eval_history.jsonl").read_text().splitlines()
+    return [(r["step"], r["results"]) for r in map(json.loads, lines)]
+
+
+@pytest.fixture(scope="module")
+def one_process(task_files, tmp_path_factory):
+    root = tmp_path_factory.mktemp("one")
+    [(code, err)] = _finish(_launch(_argv(task_files, root / "run"), 1, 4, root / "jax"))
+    assert code == 0, err
+    return root / "run"
+
+
+def test_two_processes_preempted_and_killed_end_where_one_process_does(
+    one_process, task_files, tmp_path
+):
+    run = tmp_path / "run"
+    argv = _argv(task_files, run)
+    cache = tmp_path / "jax"
+
+    # Pre-emption reaches one process; both stop at one step, save it and exit 4.
+    procs = _launch(argv, 2, 2, cache)
+    _when_logged(run, f"step 2/{STEPS}", procs)
+    procs[1].send_signal(signal.SIGTERM)
+    ended = _finish(procs)
+    assert [code for code, _ in ended] == [EXIT_PREEMPTED] * 2, ended
+    stopped = {int(err.split("SIGTERM at step ")[1].split(":")[0]) for _, err in ended}
+    assert len(stopped) == 1, ended  # the same step on both
+    (stop,) = stopped
+    assert 2 <= stop < STEPS and (run / f"checkpoint_{stop}").is_dir()
+
+    # Relaunched, then both killed outright past the next periodic checkpoint.
+    procs = _launch(argv, 2, 2, cache)
+    after = (stop // 4 + 1) * 4 + 1
+    _when_logged(run, f"step {after}/{STEPS}", procs)
+    for p in procs:
+        p.kill()
+    _finish(procs)
+
+    # The same command again finishes the run.
+    ended = _finish(_launch(argv, 2, 2, cache))
+    assert [code for code, _ in ended] == [0, 0], ended
+
+    # The prompt of every checkpoint kept, and the evaluations, are the single process's.
+    kept = sorted(int(p.name.split("_")[1]) for p in run.glob("checkpoint_*"))
+    assert kept[-1] == STEPS and len(kept) >= 2
+    assert not np.allclose(_prompt(one_process, 4), _prompt(one_process, STEPS), atol=1e-2)
+    for step in kept:
+        np.testing.assert_allclose(
+            _prompt(run, step), _prompt(one_process, step), atol=1e-5, rtol=0
+        )
+    two, one = _evaluations(run), _evaluations(one_process)
+    assert [s for s, _ in two] == [s for s, _ in one] == [12, 24]  # each evaluation once
+    for (_, a), (_, b) in zip(two, one, strict=True):
+        assert a["mh_keyword"]["accuracy"] == pytest.approx(b["mh_keyword"]["accuracy"])
+
+    # Side files once: one library entry, one log line per step and launch, a data iterator
+    # state per process, no lock left behind.
+    assert len([p for p in (tmp_path / "run-library").iterdir() if p.is_dir()]) == 1
+    log = (run / "log.txt").read_text()
+    assert log.count(f"step {STEPS}/{STEPS} ") == 1 and log.count("step 1/") == 1
+    assert sorted(p.name for p in (run / "data_state").iterdir()) == ["p0", "p1"]
+    assert not (run / ".lock").exists()
