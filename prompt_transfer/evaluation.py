@@ -8,6 +8,7 @@ task's metric functions, so a task's metrics are the same whichever way it is ev
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Mapping
 
@@ -67,7 +68,7 @@ class TaskEvaluator:
         truth = self.labels[task_name] = dict.fromkeys(labels, 0)
         by_ids = {tuple(c): label for c, label in zip(candidates or [], labels, strict=True)}
         eos = self.model.eos_id
-        place, replicate = input_placers(params, self.batch_size)
+        place, replicate, rules = input_placers(params, self.batch_size)
         candidate_ids = (
             None
             if candidates is None
@@ -81,9 +82,9 @@ class TaskEvaluator:
                 n = len(index)
                 tokens = place(models.pad_batch(features["encoder_input_tokens"], self.batch_size))
                 if candidate_ids is not None:
-                    best = partitioning.host_array(
-                        jnp.argmax(self._rank(params, tokens, candidate_ids, prompt), -1)
-                    )[:n]
+                    with rules():
+                        scores = self._rank(params, tokens, candidate_ids, prompt)
+                    best = partitioning.host_array(jnp.argmax(scores, -1))[:n]
                     # Equal-length rows: SeqIO stacks predictions into one array (as T5X's
                     # padded decodes are); the pad id decodes to nothing.
                     rows = [padded[b].tolist() for b in best]
@@ -94,11 +95,11 @@ class TaskEvaluator:
                         if label is not None:
                             truth[label] += 1
                 else:
-                    decoded = partitioning.host_array(
-                        self._decode(
+                    with rules():
+                        decoded = self._decode(
                             params, tokens, max_length=self.max_decode_length, prompt=prompt
                         )
-                    )[:n]
+                    decoded = partitioning.host_array(decoded)[:n]
                     rows = [list(r) for r in decoded]
                 outputs.extend(zip(index.tolist(), rows, strict=True))
             return outputs
@@ -117,19 +118,21 @@ class TaskEvaluator:
 
 
 def input_placers(params, rows: int):
-    """(place, replicate) for evaluation inputs, which every process reads whole and alike: on
-    the parameters' mesh, a batch splits along `data` when its rows divide, else it (and
-    anything small) is replicated. Parameters not on a mesh leave placement to jit."""
-    sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
-    if not isinstance(sharding, jax.sharding.NamedSharding):
-        return jnp.asarray, jnp.asarray
-    mesh = sharding.mesh
+    """(place, replicate, rules) for evaluation inputs, which every process reads whole and
+    alike: on the parameters' mesh, a batch splits along `data` when its rows divide, else it
+    (and anything small) is replicated; `rules()` is the context in which the model's
+    activation layout applies. Parameters not on a mesh leave placement to jit."""
+    mesh = partitioning.mesh_of(params)
+    if mesh is None:
+        return jnp.asarray, jnp.asarray, contextlib.nullcontext
     whole = partitioning.replicated(mesh)
     split = partitioning.data_sharding(mesh, 2)
     if rows % mesh.shape[partitioning.DATA_AXIS]:
         split = whole
-    return (lambda x: jax.device_put(np.asarray(x), split)), (
-        lambda x: jax.device_put(np.asarray(x), whole)
+    return (
+        lambda x: jax.device_put(np.asarray(x), split),
+        lambda x: jax.device_put(np.asarray(x), whole),
+        lambda: partitioning.activation_rules(mesh),
     )
 
 

@@ -65,13 +65,13 @@ def predict(
     every label's log-likelihood, or greedy decoding), the input, and the target if known."""
     vocab = task.output_features["targets"].vocabulary
     labels = registry.class_labels(task.name)
-    place, replicate = evaluation.input_placers(params, batch_size)
+    place, replicate, rules = evaluation.input_placers(params, batch_size)
     candidates = (
         replicate(models.pad_token_rows([vocab.encode(label) + [1] for label in labels]))
         if labels
         else None
     )
-    length = feature_lengths["inputs"]
+    length, length_out = feature_lengths["inputs"], feature_lengths["targets"]
     records = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -79,7 +79,8 @@ def predict(
         for i, (_, ids, _) in enumerate(chunk):
             tokens[i, : min(len(ids), length)] = ids[:length]
         if candidates is not None:
-            scores = host_array(model.rank_classify(params, place(tokens), candidates))
+            with rules():
+                scores = host_array(model.rank_classify(params, place(tokens), candidates))
             for (text, _, target), row in zip(chunk, scores, strict=False):
                 records.append(
                     {
@@ -90,9 +91,9 @@ def predict(
                     }
                 )
         else:
-            decoded = host_array(
-                model.predict(params, place(tokens), max_length=feature_lengths["targets"])
-            )
+            with rules():
+                decoded = model.predict(params, place(tokens), max_length=length_out)
+            decoded = host_array(decoded)
             for (text, _, target), ids in zip(chunk, models.strip_after_eos(decoded), strict=False):
                 records.append(
                     {

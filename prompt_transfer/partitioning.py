@@ -7,7 +7,8 @@ onto the physical mesh axes `data` and `model`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -65,17 +66,53 @@ def standard_logical_axis_rules() -> list[tuple[str, str | None]]:
 def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (`data`, `model`) mesh over all devices, `num_partitions` of them along `model`.
 
-    Built with `Mesh(...)` rather than `jax.make_mesh`, whose default Explicit axis types do not
-    accept logical sharding constraints.
+    The grid follows the devices' physical topology where JAX knows it (TPU slices, GPU hosts:
+    `mesh_utils.create_device_mesh` puts the model axis on the fastest links), else their
+    order. Built with `Mesh(...)` rather than `jax.make_mesh`, whose default Explicit axis types
+    do not accept logical sharding constraints.
     """
+    from jax.experimental import mesh_utils
+
     devices = list(devices if devices is not None else jax.devices())
     if len(devices) % num_partitions:
         raise MeshError(
             f"NUM_PARTITIONS={num_partitions} does not divide the {len(devices)} devices; "
             "choose a divisor of the device count"
         )
-    grid = np.asarray(devices).reshape(len(devices) // num_partitions, num_partitions)
+    shape = (len(devices) // num_partitions, num_partitions)
+    try:
+        grid = mesh_utils.create_device_mesh(shape, devices)
+    except (ValueError, NotImplementedError, AssertionError):  # a layout it cannot map
+        grid = np.asarray(devices).reshape(shape)
     return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh, rules: AxisRules | None = None) -> Iterator[None]:
+    """The mesh's axes and the logical axis rules in context, so the model's activation
+    constraints (`t5.constrain`) take effect, as T5X's partitioner does. Usable around a jitted
+    call and inside a traced function alike."""
+    rules = standard_logical_axis_rules() if rules is None else rules
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """`x` laid out by its logical `axes` under `activation_rules` (a no-op outside them); a
+    dimension its mesh axes do not divide stays whole, as parameters do (`param_shardings`)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    spec = nn.logical_to_mesh_axes(axes, nn.get_logical_axis_rules())
+    if spec is None:  # no rules in context
+        return x
+    return jax.lax.with_sharding_constraint(x, _divisible_spec(spec, x.shape, mesh))
+
+
+def mesh_of(tree) -> Mesh | None:
+    """The mesh a tree of arrays is placed on (None when its first leaf is not on one)."""
+    sharding = getattr(jax.tree.leaves(tree)[0], "sharding", None)
+    return sharding.mesh if isinstance(sharding, NamedSharding) else None
 
 
 def logical_partition_specs(boxed_tree) -> dict:

@@ -42,9 +42,10 @@ class MultiHost:
         if not self.coordinator_address:
             extra = [name for name, value in given.items() if value is not None]
             if extra:
+                verb = "need" if len(extra) > 1 else "needs"
                 raise LaunchError(
-                    f"{' and '.join(extra)} need --coordinator_address=HOST:PORT (process 0's "
-                    "address, the same on every process)"
+                    f"{' and '.join(extra)} {verb} --coordinator_address=HOST:PORT (process "
+                    "0's address, the same on every process)"
                 )
             return
         missing = [name for name, value in given.items() if value is None]
@@ -64,7 +65,6 @@ def join(multihost: MultiHost) -> None:
     """Join the other processes of a multi-host job (before anything touches a device)."""
     import jax
 
-    multihost.check()
     # Hosts without an accelerator (tests, CPU clusters) talk through gloo; GPUs and TPUs
     # have their own collectives and ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -118,17 +118,16 @@ def enable_compilation_cache(directory: str | None = None) -> str | None:
 def start(multihost: MultiHost | None = None) -> None:
     """Once per process: quiet advisory logs, join a multi-host job, enable the cache."""
     global _started
+    multihost = multihost or MultiHost()
+    multihost.check()
     if _started:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # SeqIO's advisory warnings drown progress
-    multihost = multihost or MultiHost()
     if multihost.wanted:  # multi-host: join the other processes first
         join(multihost)
-    else:
-        multihost.check()
     enable_compilation_cache()
     _started = True
 

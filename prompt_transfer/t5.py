@@ -71,8 +71,8 @@ def _param(module: nn.Module, name: str, init, shape, axes):
 
 
 def _constrain(x, axes):
-    """Activation sharding hint; a no-op when no mesh and rules are in context."""
-    return nn.with_logical_constraint(x, axes)
+    """Activation sharding hint; a no-op outside `partitioning.activation_rules`."""
+    return pt.constrain(x, axes)
 
 
 class Dense(nn.Module):

@@ -71,6 +71,9 @@ class RunSpec:
     # DEEP_PROMPT: besides the input prompt, PROMPT_LENGTH keys and values of its own in every
     # self-attention (prefix tuning / P-tuning v2); TRAINABLE must cover prompts.DEEP_REGEX.
     deep_prompt: bool = False
+    # FROZEN_DTYPE: how the frozen network is stored ('bfloat16' halves its memory); what trains
+    # (the prompt, or every weight in model tuning) and its optimizer state stay float32.
+    frozen_dtype: str = "float32"
 
     def prepare_tasks(self):
         """Tasks take the model's vocabulary, the run's own tasks are registered, and the task
@@ -132,9 +135,7 @@ def train(
     with run_dir.lock(spec.model_dir):
         run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
         runtime.barrier("model_dir checked")  # process 0 cleared it when told to
-        network = weights.frozen_network(
-            spec.model_config, spec.initial_checkpoint, mesh, spec.seed
-        )
+        network = network_of(spec, mesh)
         fresh = not run_dir.holds_run(spec.model_dir)
         run_dir.check_model(spec.model_dir, model_record(spec, network), create=True)
         try:
@@ -145,6 +146,16 @@ def train(
             if fresh and not run_dir.holds_checkpoint(spec.model_dir):
                 run_dir.clear_run(spec.model_dir)
             raise
+
+
+FROZEN_DTYPES = ("float32", "bfloat16")
+
+
+def network_of(spec: RunSpec, mesh):
+    """The run's frozen network on `mesh`, stored in FROZEN_DTYPE (shared within a process)."""
+    return weights.frozen_network(
+        spec.model_config, spec.initial_checkpoint, mesh, spec.seed, spec.frozen_dtype
+    )
 
 
 def model_record(spec: RunSpec, network) -> dict:
@@ -213,6 +224,10 @@ def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:
                 else ""
             )
             raise TrainError(f"{macro}={value!r} must be a whole number >= {least}{whole}")
+    if getattr(spec, "frozen_dtype", "float32") not in FROZEN_DTYPES:
+        raise TrainError(
+            f"FROZEN_DTYPE={spec.frozen_dtype!r} is not one of {', '.join(FROZEN_DTYPES)}"
+        )
     try:
         re.compile(spec.trainable_regex)
     except re.error as e:
@@ -512,7 +527,7 @@ def _trained(spec: RunSpec, checkpoint: str):
     check_numbers(spec)
     spec.prepare_tasks()
     mesh = partitioning.make_mesh(spec.num_partitions)
-    network = weights.frozen_network(spec.model_config, spec.initial_checkpoint, mesh, spec.seed)
+    network = network_of(spec, mesh)
     run_dir.check_model(spec.model_dir, model_record(spec, network), create=False)
     trained, step = weights.restore_trained(
         spec.model_dir, network, spec.trainable_regex, _blank_prompt(spec), mesh, checkpoint

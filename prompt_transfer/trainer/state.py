@@ -286,10 +286,13 @@ def _jitted_step(stacked: bool, recipe: tuple, mesh: Mesh, state, fixed, batch):
     schedule, microbatches) recipe and the `_frozen` state, fixed and batch shardings."""
     state, fixed, batch = (jax.tree.unflatten(s, leaves) for s, leaves in (state, fixed, batch))
     fn = stacked_train_step if stacked else train_step
+
+    def step(states, fixed_params, batches, rngs):
+        with partitioning.activation_rules(mesh):  # the model's activation layout applies
+            return fn(*recipe, states, fixed_params, batches, rngs)
+
     return jax.jit(
-        lambda states, fixed_params, batches, rngs: fn(
-            *recipe, states, fixed_params, batches, rngs
-        ),
+        step,
         in_shardings=(state, fixed, batch, partitioning.replicated(mesh)),
         out_shardings=(state, partitioning.replicated(mesh)),
         donate_argnums=(0,),

@@ -33,6 +33,7 @@ from prompt_transfer.trainer.entry import (
     check_run,
     initial_prompt_of,
     model_record,
+    network_of,
     open_stream,
     run_hooks,
     train,
@@ -120,10 +121,7 @@ def _train_stacked(runs: Sequence[tuple[RunSpec, TrainConfig]], config_text: str
         for spec in specs:
             stack.enter_context(run_dir.lock(spec.model_dir))
             run_dir.check_model_dir(spec.model_dir, config_text, overwrite=False, resume=True)
-        first = specs[0]
-        network = weights.frozen_network(
-            first.model_config, first.initial_checkpoint, mesh, first.seed
-        )
+        network = network_of(specs[0], mesh)
         for spec in specs:
             run_dir.check_model(spec.model_dir, model_record(spec, network), create=True)
         try:

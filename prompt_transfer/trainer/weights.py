@@ -95,7 +95,10 @@ def _build_network(config, checkpoint, mesh, seed, dtype) -> Network:
     shardings = partitioning.param_shardings(abstract, mesh)
     tokens = jnp.ones((1, 8), jnp.int32)
     init = jax.jit(
-        lambda rng: nn.unbox(module.init(rng, tokens, tokens)["params"]), out_shardings=shardings
+        lambda rng: jax.tree.map(
+            lambda x: x.astype(dtype), nn.unbox(module.init(rng, tokens, tokens)["params"])
+        ),
+        out_shardings=shardings,
     )
     return Network(module, abstract, init(jax.random.PRNGKey(seed)))
 
@@ -115,8 +118,16 @@ def place(network: Network, prompt: np.ndarray | None, regex: str, mesh: Mesh, d
         params = prompts.with_deep_prompt(params, {k: np.asarray(v) for k, v in deep.items()})
     shardings = partitioning.param_shardings(abstract, mesh)
     trainable, fixed = split_trainable(jax.device_put(params, shardings), regex)
-    # The train step donates what trains: a copy, so the shared network outlives the run.
-    trainable = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), trainable)
+    # The train step donates what trains: a copy, so the shared network outlives the run. What
+    # trains is float32 whatever the frozen network's dtype.
+    trainable = jax.tree.map(
+        lambda x: (
+            jax.device_put(x, x.sharding, may_alias=False)
+            if x.dtype == jnp.float32
+            else x.astype(jnp.float32)
+        ),
+        trainable,
+    )
     _, fixed_shardings = split_trainable(shardings, trainable_regex(trainable))
     return trainable, fixed, fixed_shardings
 

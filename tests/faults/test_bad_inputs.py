@@ -68,6 +68,20 @@ CATALOGUE = {
     "broken regex": (train("--gin.TRAINABLE='['"), "TRAINABLE='[' is not a regular expression"),
     "partitions": (train("--gin.NUM_PARTITIONS=3"), "NUM_PARTITIONS=3 does not divide the 8"),
     "batch over devices": (train("--gin.BATCH_SIZE=12"), "BATCH_SIZE=12 does not split"),
+    "frozen dtype": (train("--gin.FROZEN_DTYPE='fp8'"), "FROZEN_DTYPE='fp8' is not one of"),
+    "data shards": (train("--gin.DATA_SHARDS=3"), "DATA_SHARDS=3 must be a multiple of the 1"),
+    "index without coordinator": (
+        train("--process_index=1"),
+        "--process_index needs --coordinator_address",
+    ),
+    "coordinator without count": (
+        train("--coordinator_address=localhost:1234"),
+        "--coordinator_address needs --process_count and --process_index",
+    ),
+    "index out of range": (
+        train("--coordinator_address=localhost:1", "--process_count=2", "--process_index=2"),
+        "--process_index=2 is not in 0..1",
+    ),
     "no task": (["train", *TINY, FRESH], "required gin macro(s) not set: MIXTURE_OR_TASK_NAME"),
     "unknown task": (
         ["train", *TINY, FRESH, "--gin.MIXTURE_OR_TASK_NAME='test_keywrd'"],
