@@ -133,18 +133,20 @@ def start(multihost: MultiHost | None = None) -> None:
 
 
 def run_entry(command: str, body: Callable[[], object], multihost: MultiHost | None = None) -> int:
-    """Run `body` as the command `command`; returns the process exit status.
+    """Run `body` as the command `command`; returns the process exit status (`body`'s own when
+    it returns an int).
 
     A user error, a diverged run or a pre-emption prints one line naming the command and exits
     with its own status (2, 3, 4); anything else is a bug and keeps its traceback.
     """
     try:
         start(multihost)
-        body()
+        status = body()
     except BaseException as e:
         code = errors.exit_code(e)
         if code is None:
             raise
         print(f"prompt-transfer {command}: error: {errors.one_line(e)}", file=sys.stderr)
         return code
-    return errors.EXIT_OK
+    # A command may end with its own status (`plan` passes on its child's); else 0.
+    return status if type(status) is int else errors.EXIT_OK

@@ -1,4 +1,4 @@
-"""Commands on model checkpoints: checkpoint-info, convert, score, export."""
+"""Commands on model checkpoints and sizes: checkpoint-info, convert, score, export, plan."""
 
 from __future__ import annotations
 
@@ -117,6 +117,66 @@ def cmd_export(args) -> None:
     print(f"wrote {output} ({size / 2**20:.1f} MiB, {args.dtype})")
 
 
+_PLAN_CHILD = "PROMPT_TRANSFER_PLAN_DEVICES"
+
+
+def cmd_plan(args) -> int:
+    """Re-run itself with --devices CPU devices simulated (XLA's flag must be set before JAX
+    starts), then print the plan."""
+    import dataclasses
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from prompt_transfer import plan
+
+    shape = plan.Shape(
+        args.size,
+        args.devices,
+        args.device_memory_gb,
+        args.batch,
+        args.inputs,
+        args.targets,
+        args.prompt_length,
+        args.frozen_dtype,
+        args.dtype,
+    )
+    if os.environ.get(_PLAN_CHILD) != str(args.devices):
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count="
+        env = dict(
+            os.environ,
+            XLA_FLAGS=f"{flags}{args.devices}",
+            JAX_PLATFORMS="cpu",
+            **{_PLAN_CHILD: str(args.devices)},
+        )
+        argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k in _PLAN_FLAGS]
+        command = [sys.executable, "-m", "prompt_transfer", "plan", *argv]
+        return subprocess.run(command + (["--json"] if args.json else []), env=env).returncode
+    rows = plan.plan(shape)
+    best = plan.smallest_fit(shape, rows)
+    if args.json:
+        rows_out = [dict(dataclasses.asdict(r), total=r.total) for r in rows]
+        fit = best.partitions if best else None
+        print(json.dumps({"shape": dataclasses.asdict(shape), "rows": rows_out, "fits": fit}))
+        return 0
+    print(plan.describe(shape, rows, best))
+    return 0
+
+
+_PLAN_FLAGS = (
+    "size",
+    "devices",
+    "device_memory_gb",
+    "batch",
+    "inputs",
+    "targets",
+    "prompt_length",
+    "frozen_dtype",
+    "dtype",
+)
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("checkpoint-info", help="print a checkpoint's parameter tree and size")
     p.add_argument("path", help="T5X checkpoint (legacy or orbax), local or gs://")
@@ -148,3 +208,21 @@ def add_commands(sub) -> None:
     p.add_argument("--output", required=True)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "plan",
+        help="per-device memory of a prompt-tuning run on N devices, and the NUM_PARTITIONS "
+        "that fits (compiled for N simulated devices on this host's CPU)",
+    )
+    p.add_argument("--size", required=True, help="small, base, large, xl, xxl or a size gin")
+    p.add_argument("--devices", type=int, required=True, help="chips or GPUs in the job")
+    p.add_argument("--device-memory-gb", type=float, required=True, help="each device's memory")
+    p.add_argument("--batch", type=int, default=32, help="BATCH_SIZE, the global batch")
+    p.add_argument("--inputs", type=int, default=512, help="input length, without the prompt")
+    p.add_argument("--targets", type=int, default=16)
+    p.add_argument("--prompt-length", type=int, default=100)
+    p.add_argument("--frozen-dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                   help="activation dtype (ACTIVATION_DTYPE)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    p.set_defaults(func=cmd_plan)
