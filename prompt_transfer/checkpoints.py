@@ -49,32 +49,15 @@ class ParamSource:
 
 
 def _exists(path: str) -> bool:
-    if paths.is_remote(path):
-        from prompt_transfer.tf_import import import_tensorflow
-
-        tf = import_tensorflow()
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
+    return paths.path(path).exists()
 
 
 def _read_bytes(path: str) -> bytes:
-    if paths.is_remote(path):
-        from prompt_transfer.tf_import import import_tensorflow
-
-        tf = import_tensorflow()
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
+    return paths.path(path).read_bytes()
 
 
 def _listdir(path: str) -> list[str]:
-    if paths.is_remote(path):
-        from prompt_transfer.tf_import import import_tensorflow
-
-        tf = import_tensorflow()
-        return [p.rstrip("/") for p in tf.io.gfile.listdir(path)]
-    return os.listdir(path)
+    return [p.name for p in paths.path(path).iterdir()]
 
 
 def _is_orbax_dir(path: str) -> bool:
@@ -348,7 +331,12 @@ def save_legacy_checkpoint(params: dict, directory: str | os.PathLike, step: int
     Everything is written into a temporary sibling directory that is renamed into place at the
     end, so a failure leaves nothing that looks like a checkpoint.
     """
-    final = Path(directory)
+    if paths.is_remote(directory):
+        raise CheckpointError(
+            f"{directory}: checkpoints are written to a local folder; copy it to the bucket "
+            "afterwards (gsutil -m cp -r)"
+        )
+    final = Path(paths.native(directory))
     if final.exists():
         raise CheckpointError(f"{final} already exists; choose a new output path or remove it")
     with paths.atomic_directory(final.absolute()) as tmp:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import re
@@ -57,8 +58,9 @@ class FileTask:
 
 
 def read_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[str, str]]:
-    """Rows of a TSV (with header) or JSONL file, as strings; errors name file and line."""
-    path = Path(path)
+    """Rows of a TSV (with header) or JSONL file (local or gs://), as strings; errors name
+    file and line."""
+    path = paths.path(path)
     if not path.is_file():
         raise FileTaskError(f"task file not found: {path}")
     try:
@@ -67,7 +69,7 @@ def read_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[str,
         raise errors.not_utf8(path, e) from None
 
 
-def _read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+def _read_rows(path, columns: Sequence[str]) -> list[dict[str, str]]:
     rows = []
     if path.suffix == ".jsonl":
         for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -82,7 +84,7 @@ def _read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
                 raise FileTaskError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
             rows.append({c: str(row[c]) for c in columns})
         return rows
-    with open(path, newline="") as f:
+    with io.StringIO(path.read_text(), newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None or any(c not in header for c in columns):
@@ -155,7 +157,7 @@ def save_file_task(task: FileTask) -> Path:
     """Validate, register, and record `task` so that later launches register it too."""
     register_file_task(task)
     spec = dataclasses.asdict(task)
-    spec.update({s: str(Path(p).resolve()) for s, p in task.files().items()})
+    spec.update({s: paths.absolute(p) for s, p in task.files().items()})
     path = user_tasks_dir() / f"{task.name}.json"
     paths.atomic_write_text(path, json.dumps(spec, indent=1))
     return path

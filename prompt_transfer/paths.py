@@ -16,6 +16,8 @@ Environment variables that change defaults are read here and nowhere else:
   PROMPT_TRANSFER_TASKS        tasks recorded by `add-task` (default ~/.config/prompt_transfer)
   PROMPT_TRANSFER_VOCAB        a local SentencePiece model for tasks/ instead of T5's gs:// one
   PROMPT_TRANSFER_DISTRIBUTED  set on every host of a multi-host job: jax.distributed joins them
+  PROMPT_TRANSFER_MOUNTS       bucket prefixes read and written through a local folder, e.g.
+                               'gs://bucket=/gcs/bucket' (a gcsfuse mount); ';' between several
 """
 
 from __future__ import annotations
@@ -35,18 +37,55 @@ from etils import epath
 PathLike = str | os.PathLike
 
 
+_MOUNTED: list[tuple[str, str]] = []  # see `mounted`
+
+
+def mounts() -> list[tuple[str, str]]:
+    """(URI prefix, local folder) pairs: $PROMPT_TRANSFER_MOUNTS, then those of `mounted`."""
+    pairs = []
+    for item in (_env("PROMPT_TRANSFER_MOUNTS") or "").split(";"):
+        prefix, sep, local = item.strip().partition("=")
+        if sep and "://" in prefix and local:
+            pairs.append((prefix.rstrip("/"), local))
+    return pairs + _MOUNTED
+
+
+@contextlib.contextmanager
+def mounted(prefix: str, local: PathLike) -> Iterator[None]:
+    """Within the block, paths under `prefix` (`gs://bucket`) live in the folder `local`: what
+    a gcsfuse mount gives, and how tests stand a local folder in for a bucket."""
+    item = (prefix.rstrip("/"), os.fspath(local))
+    _MOUNTED.append(item)
+    try:
+        yield
+    finally:
+        _MOUNTED.remove(item)
+
+
+def native(p: PathLike) -> str:
+    """`p` as the string to hand to code that opens files itself (orbax, tensorstore,
+    TensorFlow, NumPy): a mounted prefix becomes its local folder; anything else as given."""
+    text = os.fspath(p)
+    for prefix, local in mounts():
+        if text == prefix or text.startswith(prefix + "/"):
+            return local + text[len(prefix) :]
+    return text
+
+
 def path(p: PathLike) -> epath.Path:
-    """A path object for `p`, local or remote (`gs://bucket/dir`)."""
-    return epath.Path(p)
+    """A path object for `p`, local or remote (`gs://bucket/dir`), through any mount. Every
+    path a user gives (MODEL_DIR, WORK_DIR, libraries, task and prompt files) goes through
+    here: `pathlib.Path('gs://b/x')` would be the local folder `./gs:/b/x`."""
+    return epath.Path(native(p))
 
 
 def is_remote(p: PathLike) -> bool:
-    return "://" in os.fspath(p)
+    return "://" in native(p)
 
 
 def absolute(p: PathLike) -> str:
     """`p` as an absolute string (tensorstore and orbax need one); remote paths as given."""
-    text = os.fspath(p)
+    text = native(p)
     return text if is_remote(text) else str(Path(text).absolute())
 
 
@@ -73,7 +112,7 @@ def atomic_write_bytes(target: PathLike, payload: bytes) -> None:
         remote.parent.mkdir(parents=True, exist_ok=True)
         remote.write_bytes(payload)
         return
-    target = Path(target)
+    target = Path(native(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
@@ -104,10 +143,11 @@ def save_npy(target: PathLike, array) -> None:
     atomic_write_bytes(target, npy_bytes(np.asarray(array, np.float32)))
 
 
-def load_npy(source: PathLike) -> np.ndarray:
+def load_npy(source: PathLike, mmap: bool = False) -> np.ndarray:
+    """A `.npy` array, local or remote; `mmap` maps a local file instead of reading it."""
     if is_remote(source):
-        return np.load(io.BytesIO(path(source).read_bytes()))
-    return np.load(source)
+        return np.load(io.BytesIO(path(source).read_bytes()), allow_pickle=False)
+    return np.load(native(source), mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -130,9 +170,9 @@ def atomic_directory(final: PathLike, replace: bool = False) -> Iterator[Path]:
     """Build a directory in a temporary sibling; it appears at `final` only when the block ends
     without error. An existing `final` is an error unless `replace`, which swaps it out only once
     the new one is complete. Local paths only (a directory is not one object in a bucket)."""
-    final = Path(final)
     if is_remote(final):
         raise ValueError(f"{final}: atomic directories are local; write the files one by one")
+    final = Path(native(final))
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:

@@ -50,6 +50,7 @@ class Shape:
     prompt_length: int = 100
     frozen_dtype: str = "bfloat16"
     activation_dtype: str = "bfloat16"
+    remat_policy: str = "none"  # REMAT_POLICY
     headroom: float = 0.9  # the share of a device's memory a plan may fill
 
 
@@ -99,7 +100,12 @@ def _abstract(shape: Shape):
         config = gin_files.read_model_config(shape.size)
     except UserError as e:
         raise PlanError(f"--size={shape.size}: {e}") from e
-    config = dataclasses.replace(config, dtype=shape.activation_dtype, dropout_rate=0.0)
+    config = dataclasses.replace(
+        config,
+        dtype=shape.activation_dtype,
+        dropout_rate=0.0,
+        remat_policy=shape.remat_policy,
+    )
     module = t5.T5(config)
     return config, module, t5.abstract_params(module)
 
@@ -200,7 +206,7 @@ def describe(shape: Shape, rows: list[Row], best: Row | None) -> str:
         f"{shape.size} on {shape.devices} devices of {shape.device_memory_gb:g} GB "
         f"({shape.headroom:.0%} usable): batch {shape.batch}, inputs {shape.inputs} + prompt "
         f"{shape.prompt_length}, targets {shape.targets}; frozen {shape.frozen_dtype}, "
-        f"activations {shape.activation_dtype}. GB per device:",
+        f"activations {shape.activation_dtype}, remat {shape.remat_policy}. GB per device:",
         f"{'NUM_PARTITIONS':>14}  {'frozen':>8}  {'prompt+opt':>10}  {'step':>8}  {'total':>8}",
     ]
     for r in rows:
@@ -214,7 +220,8 @@ def describe(shape: Shape, rows: list[Row], best: Row | None) -> str:
             f"({best.total / GB:.2f} GB of {shape.device_memory_gb * shape.headroom:.1f} GB)"
         )
     else:
+        hint = "" if shape.remat_policy == "full" else " or --remat full (REMAT_POLICY)"
         lines.append(
-            "no NUM_PARTITIONS fits: use more devices, a smaller --batch or shorter --inputs"
+            "no NUM_PARTITIONS fits: use more devices, a smaller --batch, shorter --inputs" + hint
         )
     return "\n".join(lines)

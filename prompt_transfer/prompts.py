@@ -127,10 +127,12 @@ def from_text(
 
 def from_file(path: str | os.PathLike, length: int, dim: int) -> np.ndarray:
     """A prompt saved as `.npy`; its shape must be exactly [P, E]."""
-    if not os.path.isfile(path):
+    from prompt_transfer import paths
+
+    if not paths.path(path).is_file():
         raise PromptError(f"prompt file not found: {path}")
     try:
-        prompt = np.load(path)
+        prompt = paths.load_npy(path)
     except ValueError as e:
         raise PromptError(f"prompt file {path} is not a readable .npy array: {e}") from e
     if prompt.shape != (length, dim):

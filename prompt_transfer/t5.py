@@ -32,6 +32,21 @@ _ACTIVATIONS: dict[str, Callable] = {
 }
 
 
+_REMAT_POLICIES = {
+    "none": None,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def _layer_class(cls, cfg, static_argnums: tuple[int, ...]):
+    """`cls`, rematerialised by `cfg.remat_policy` (the parameter tree is unchanged);
+    `static_argnums` count `self` as 0."""
+    if cfg.remat_policy == "none":
+        return cls
+    return nn.remat(cls, policy=_REMAT_POLICIES[cfg.remat_policy], static_argnums=static_argnums)
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     """Architecture of a T5 encoder-decoder (T5X `network.T5Config` field names).
@@ -55,9 +70,18 @@ class T5Config:
     dtype: str = "float32"
     float32_attention_logits: bool = True
     layer_norm_epsilon: float = 1e-6
+    # REMAT_POLICY (T5X's names): what a training step keeps of each layer for the backward
+    # pass. 'none' keeps everything; 'minimal' keeps the weight products and recomputes the
+    # rest; 'full' keeps only the layer's input. Less memory for more compute; outputs equal.
+    remat_policy: str = "none"
 
     def __post_init__(self):
         object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+        if self.remat_policy not in _REMAT_POLICIES:
+            raise ValueError(
+                f"T5Config.remat_policy={self.remat_policy!r} is unknown; choose from "
+                f"{', '.join(_REMAT_POLICIES)}"
+            )
         unknown = [a for a in self.mlp_activations if a not in _ACTIVATIONS]
         if unknown:
             raise ValueError(
@@ -363,8 +387,9 @@ class Encoder(nn.Module):
         pos = jnp.arange(x.shape[1])
         bias = _relpos(cfg)(pos, pos, bidirectional=True) + mask_to_bias(mask[:, None, None, :])
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+        layer = _layer_class(EncoderLayer, cfg, static_argnums=(3,))  # deterministic
         for i in range(cfg.num_encoder_layers):
-            x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
+            x = layer(cfg, name=f"layers_{i}")(x, bias, deterministic)
         x = LayerNorm(cfg.layer_norm_epsilon, _dtype(cfg), name="encoder_norm")(x)
         return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic), mask
 
@@ -404,8 +429,10 @@ class Decoder(nn.Module):
 
         y = self.shared_embedding(decoder_input_tokens)
         y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+        # Decoding keeps a cache and has no backward pass: never rematerialised.
+        layer = DecoderLayer if decode else _layer_class(DecoderLayer, cfg, (5, 6))
         for i in range(cfg.num_decoder_layers):
-            y = DecoderLayer(cfg, name=f"layers_{i}")(
+            y = layer(cfg, name=f"layers_{i}")(
                 y, encoded, self_bias, cross_bias, deterministic, decode, decode_position
             )
         y = LayerNorm(cfg.layer_norm_epsilon, _dtype(cfg), name="decoder_norm")(y)

@@ -152,3 +152,35 @@ def test_t5_1_0_style_has_no_logits_dense_and_rescales():
 def test_unknown_activation_is_named():
     with pytest.raises(ValueError, match="swish"):
         t5.T5Config(mlp_activations=("swish", "linear"))
+
+
+def test_rematerialised_layers_give_the_same_loss_and_gradients_in_the_same_tree():
+    import dataclasses
+
+    config = dataclasses.replace(gin_files.read_model_config("tiny"), dropout_rate=0.1)
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(2, 100, (4, 12)), jnp.int32)
+    targets = jnp.asarray(rng.integers(2, 100, (4, 4)), jnp.int32)
+    params = t5.T5(config).init(jax.random.PRNGKey(0), tokens, targets)["params"]
+    results = {}
+    for policy in ("none", "minimal", "full"):
+        module = t5.T5(dataclasses.replace(config, remat_policy=policy))
+        tree = jax.tree.structure(module.init(jax.random.PRNGKey(0), tokens, targets)["params"])
+        assert tree == jax.tree.structure(params)  # checkpoints fit either way
+
+        def loss(p, module=module):
+            logits = module.apply({"params": p}, tokens, targets, enable_dropout=True,
+                                  rngs={"dropout": jax.random.PRNGKey(3)})  # fmt: skip
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 5])
+
+        results[policy] = jax.jit(jax.value_and_grad(loss))(params)
+        program = str(jax.make_jaxpr(jax.value_and_grad(loss))(params))
+        assert ("remat" in program) == (policy != "none")  # recomputed, not kept
+    value, grads = results["none"]
+    for policy in ("minimal", "full"):
+        other_value, other_grads = results[policy]
+        assert float(other_value) == pytest.approx(float(value), rel=1e-6)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(other_grads), strict=True):
+            np.testing.assert_allclose(b, a, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="remat_policy='some' is unknown"):
+        t5.T5Config(remat_policy="some")

@@ -33,7 +33,7 @@ def _add(lib, args) -> None:
 
 
 def _import(lib, args) -> None:
-    path = Path(args.path)
+    path = paths.path(args.path)
     if peft_io.is_adapter(path):
         _import_adapter(lib, args, path)
         return
@@ -118,7 +118,7 @@ def _export(lib, args) -> None:
             )
         if entry.deep_width:
             print(f"note: {entry.id} is a deep prompt; the .npy holds its input prompt only")
-    output = Path(args.output)
+    output = paths.path(args.output)
     if args.format == "peft":
         base = args.base_model or (None if model == "unnamed" else model)
         peft_io.write_adapter(prompt, output, base)

@@ -39,10 +39,20 @@ def cmd_checkpoint_info(args) -> None:
     )
 
 
+def _local_output(output: str) -> Path:
+    """A new local folder for a checkpoint (tensorstore writes it file by file)."""
+    if paths.is_remote(output):
+        raise UserError(
+            f"--output={output}: checkpoints are written to a local folder; copy it to the "
+            "bucket afterwards (gsutil -m cp -r)"
+        )
+    return Path(paths.native(output))
+
+
 def cmd_convert(args) -> None:
     from prompt_transfer import checkpoints, gin_files, hf_t5, t5
 
-    output = Path(args.output)
+    output = _local_output(args.output)
     if output.exists():
         raise UserError(f"{output} already exists; choose a new --output or remove it")
     config, params = hf_t5.load_hf_t5(args.hf)
@@ -106,7 +116,7 @@ def cmd_export(args) -> None:
 
     from prompt_transfer import checkpoints, gin_files, t5
 
-    output = Path(args.output)
+    output = _local_output(args.output)
     if output.exists():
         raise UserError(f"{output} already exists; choose a new --output or remove it")
     config = gin_files.read_model_config(args.size)
@@ -141,6 +151,7 @@ def cmd_plan(args) -> int:
         args.prompt_length,
         args.frozen_dtype,
         args.dtype,
+        args.remat,
     )
     if os.environ.get(_PLAN_CHILD) != str(args.devices):
         flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count="
@@ -174,6 +185,7 @@ _PLAN_FLAGS = (
     "prompt_length",
     "frozen_dtype",
     "dtype",
+    "remat",
 )
 
 
@@ -224,5 +236,7 @@ def add_commands(sub) -> None:
     p.add_argument("--frozen-dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
                    help="activation dtype (ACTIVATION_DTYPE)")  # fmt: skip
+    p.add_argument("--remat", default="none", choices=["none", "minimal", "full"],
+                   help="REMAT_POLICY of the size gin")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     p.set_defaults(func=cmd_plan)

@@ -25,7 +25,7 @@ def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     paths.atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return paths.path(path)
 
 
 def heatmap(

@@ -48,7 +48,7 @@ def _stamp(checkpoint: str) -> tuple:
     """What changes when a local checkpoint is rewritten: its files' sizes and times."""
     if paths.is_remote(checkpoint):
         return (checkpoint,)
-    root = os.path.abspath(checkpoint)
+    root = os.path.abspath(paths.native(checkpoint))
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name) if os.path.isdir(root) else []
         files = tuple((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)

@@ -97,7 +97,7 @@ class Library:
     """A directory of prompt entries."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.root = paths.path(root)  # local or gs://
 
     # -- writing ---------------------------------------------------------------------------
     def add(
@@ -139,12 +139,19 @@ class Library:
             return self._update(self.get(entry.id), entry)
         if not paths.is_chief():  # process 0 of a multi-host job stores it
             return entry
+        meta = json.dumps(dataclasses.asdict(entry), indent=1)
+        if paths.is_remote(final):  # objects are whole each; meta.json, written last, lists it
+            paths.atomic_write_bytes(final / "prompt.npy", paths.npy_bytes(prompt))
+            if deep is not None:
+                paths.atomic_write_bytes(final / "deep.npy", paths.npy_bytes(deep))
+            paths.atomic_write_text(final / "meta.json", meta)
+            return entry
         try:
             with paths.atomic_directory(final) as tmp:
                 np.save(tmp / "prompt.npy", prompt)
                 if deep is not None:
                     np.save(tmp / "deep.npy", deep)
-                (tmp / "meta.json").write_text(json.dumps(dataclasses.asdict(entry), indent=1))
+                (tmp / "meta.json").write_text(meta)
         except OSError:
             if final.exists():  # another writer stored the same entry first
                 return self.get(entry.id)
@@ -159,7 +166,7 @@ class Library:
             )
         return merged
 
-    def _entry_dir(self, entry_id: str) -> Path:
+    def _entry_dir(self, entry_id: str):
         """The folder of an entry id; an id that is not one folder name is refused."""
         if not _ID.fullmatch(entry_id):
             raise LibraryError(
@@ -172,6 +179,10 @@ class Library:
         path = self._entry_dir(entry_id)
         if not (path / "meta.json").exists():
             raise LibraryError(f"no library entry {entry_id!r} in {self.root}")
+        if paths.is_remote(path):  # without its meta.json no reader lists it
+            (path / "meta.json").unlink()
+            path.rmtree()
+            return
         trash = self.root / f".{entry_id}.removed-{os.getpid()}"
         os.rename(path, trash)  # atomic: readers see the entry or nothing
         shutil.rmtree(trash)
@@ -219,7 +230,7 @@ class Library:
         return np.concatenate([prompt, deep_part], 1)
 
     def _array(self, entry: Entry, name: str, sha256: str, verify: bool) -> np.ndarray:
-        array = np.load(self.root / entry.id / name, mmap_mode="r")
+        array = paths.load_npy(self.root / entry.id / name, mmap=True)
         if verify and prompt_sha256(array) != sha256:
             raise LibraryError(
                 f"library entry {entry.id} is corrupted ({name} hash mismatch); "
@@ -281,7 +292,10 @@ class Library:
 
     def _read_summaries(self) -> dict[str, np.ndarray]:
         try:
-            with np.load(self.root / SUMMARY_FILE) as f:
+            source = self.root / SUMMARY_FILE
+            if paths.is_remote(source):
+                source = io.BytesIO(source.read_bytes())
+            with np.load(source) as f:
                 return {
                     key: row
                     for width in f.files
@@ -313,13 +327,16 @@ SUMMARY_FILE = ".summaries.npz"
 T5X_PROMPT_FILE = "encoder.prompt.prompt.prompt"  # T5X prompt tuning's numpy checkpoint name
 
 
-def write_t5x_prompt(prompt, directory: str | os.PathLike) -> Path:
+def write_t5x_prompt(prompt, directory: str | os.PathLike):
     """`prompt` as a T5X prompt-tuning numpy checkpoint (a new folder holding one file, named
     without a suffix as T5X names it), which `read_t5x_prompt` reads back."""
-    directory = Path(directory)
+    directory = paths.path(directory)
     if directory.exists():
         raise LibraryError(f"{directory} already exists; choose a new --output")
-    with paths.atomic_directory(directory.absolute()) as tmp:
+    if paths.is_remote(directory):
+        paths.atomic_write_bytes(directory / T5X_PROMPT_FILE, paths.npy_bytes(prompt))
+        return directory / T5X_PROMPT_FILE
+    with paths.atomic_directory(paths.absolute(directory)) as tmp:
         with open(tmp / T5X_PROMPT_FILE, "wb") as f:
             np.save(f, np.asarray(prompt, np.float32))
     return directory / T5X_PROMPT_FILE
@@ -328,16 +345,18 @@ def write_t5x_prompt(prompt, directory: str | os.PathLike) -> Path:
 def read_t5x_prompt(path: str | os.PathLike) -> np.ndarray:
     """A prompt from a `.npy` file or a T5X prompt-tuning numpy checkpoint directory (one file
     per parameter, named by its dotted path, e.g. `encoder.prompt.prompt.prompt`)."""
-    path = Path(path)
+    path = paths.path(path)
     if path.is_dir():
-        candidates = sorted(p for p in path.rglob("*") if p.is_file() and "prompt" in p.name)
+        candidates = sorted(
+            folder / name for folder, _, names in path.walk() for name in names if "prompt" in name
+        )
         if not candidates:
             raise LibraryError(f"no prompt parameter file in T5X numpy checkpoint {path}")
         path = candidates[0]
     if not path.exists():
         raise LibraryError(f"prompt file not found: {path}")
     try:
-        prompt = np.load(path, allow_pickle=False)
+        prompt = paths.load_npy(path)
     except ValueError as e:
         raise LibraryError(f"{path} is not a NumPy array file: {e}") from e
     return np.asarray(prompt, np.float32)
@@ -347,7 +366,7 @@ def released_prompt_metadata(readme: str | os.PathLike) -> dict[str, dict]:
     """{file name: {task, prompt_length, score, metric, ...}} from the table in the README of
     google-research/prompt-tuning's released prompts."""
     rows = {}
-    for line in Path(readme).read_text().splitlines():
+    for line in paths.path(readme).read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 9 or not cells[0].endswith(".npy"):
             continue

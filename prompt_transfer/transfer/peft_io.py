@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -32,18 +31,18 @@ class AdapterError(UserError):
 
 
 def is_adapter(path: str | os.PathLike) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file()
+    return (paths.path(path) / CONFIG_FILE).is_file()
 
 
-def write_adapter(prompt, directory: str | os.PathLike, base_model: str | None = None) -> Path:
+def write_adapter(prompt, directory: str | os.PathLike, base_model: str | None = None):
     """Write `prompt` [P, E] as a PEFT prompt-tuning adapter for a seq2seq model (a new
     directory, written whole or not at all); `base_model` goes to base_model_name_or_path."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     prompt = np.ascontiguousarray(prompt, np.float32)
     if prompt.ndim != 2:
         raise AdapterError(f"a PEFT prompt adapter holds a [P, E] prompt; got shape {prompt.shape}")
-    directory = Path(directory)
+    directory = paths.path(directory)
     if directory.exists():
         raise AdapterError(f"{directory} already exists; choose a new --output or remove it")
     config = {
@@ -56,8 +55,13 @@ def write_adapter(prompt, directory: str | os.PathLike, base_model: str | None =
         "base_model_name_or_path": base_model,
         "inference_mode": True,
     }
-    with paths.atomic_directory(directory.absolute()) as tmp:
-        save_file({TENSOR: prompt}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    weights = save({TENSOR: prompt}, metadata={"format": "pt"})
+    if paths.is_remote(directory):  # the weights first: the config makes it an adapter
+        paths.atomic_write_bytes(directory / WEIGHTS_FILE, weights)
+        paths.atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
+        return directory
+    with paths.atomic_directory(paths.absolute(directory)) as tmp:
+        (tmp / WEIGHTS_FILE).write_bytes(weights)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return directory
 
@@ -66,9 +70,9 @@ def read_adapter(directory: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """(prompt [P, E], adapter config) of a PEFT prompt-tuning adapter directory; other PEFT
     types, pickled weights and adapters that prompt the decoder too are refused."""
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
-    directory = Path(directory)
+    directory = paths.path(directory)
     if not is_adapter(directory):
         raise AdapterError(f"{directory} holds no {CONFIG_FILE}; it is not a PEFT adapter")
     config = json.loads((directory / CONFIG_FILE).read_text())
@@ -88,7 +92,7 @@ def read_adapter(directory: str | os.PathLike) -> tuple[np.ndarray, dict]:
             "save_pretrained(..., safe_serialization=True)"
         )
     try:
-        tensors = load_file(str(weights))
+        tensors = load(weights.read_bytes())
     except (SafetensorError, OSError) as e:
         raise AdapterError(f"{weights} is not a readable safetensors file: {e}") from e
     if TENSOR not in tensors:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -48,17 +48,17 @@ class Projector:
             )
         return np.asarray(_apply(self.params, jnp.asarray(prompt)))
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | os.PathLike):
         buffer = io.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in self.params.items()})
         paths.atomic_write_bytes(path, buffer.getvalue())
-        return Path(path)
+        return paths.path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> Projector:
-        if not Path(path).exists():
+    def load(cls, path: str | os.PathLike) -> Projector:
+        if not paths.path(path).exists():
             raise ProjectorError(f"projector file not found: {path}")
-        with np.load(path) as z:
+        with np.load(io.BytesIO(paths.path(path).read_bytes())) as z:
             return cls({k: jnp.asarray(z[k]) for k in ("w1", "b1", "w2", "b2")})
 
 
