@@ -417,13 +417,14 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_prompt(task, tmp_pat
 def test_sigterm_saves_exits_4_and_the_rerun_ends_where_an_uninterrupted_run_does(
     task, tmp_path, monkeypatch, capsys
 ):
-    """Pre-emption (SIGTERM, as TPU and spot VMs send it) at batch 17: the state of step 17 is
-    saved, the command exits with its own status, and the same command finishes the run with
-    the prompt an uninterrupted run ends with, bit for bit."""
+    """Pre-emption (SIGTERM, as TPU and spot VMs send it) at batch 17, an evaluation step: the
+    state of step 17 is saved without evaluating, the command exits with its own status, and
+    the same command evaluates step 17 first and finishes the run with the prompt and the
+    evaluations of an uninterrupted run, bit for bit."""
     import os
     import signal
 
-    steps = ["--gin.TRAIN_STEPS=30", "--gin.SAVE_PERIOD=10", "--gin.EVAL_PERIOD=0"]
+    steps = ["--gin.TRAIN_STEPS=30", "--gin.SAVE_PERIOD=10", "--gin.EVAL_PERIOD=17"]
     entry.train_main(_run_args(tmp_path / "straight", *steps))
     real_next = data.BatchStream.__next__
 
@@ -437,12 +438,16 @@ def test_sigterm_saves_exits_4_and_the_rerun_ends_where_an_uninterrupted_run_doe
     assert cli.main(args) == errors.EXIT_PREEMPTED
     assert "SIGTERM at step 17: saved checkpoint_17" in capsys.readouterr().err
     assert (tmp_path / "preempted" / "checkpoint_17").exists()
+    assert run_dir.read_eval_history(tmp_path / "preempted") == []  # stopped, not evaluated
     monkeypatch.setattr(data.BatchStream, "__next__", real_next)
     assert cli.main(args) == 0
     np.testing.assert_array_equal(
         np.load(tmp_path / "preempted" / "prompts" / "checkpoint_30.npy"),
         np.load(tmp_path / "straight" / "prompts" / "checkpoint_30.npy"),
     )
+    history = run_dir.read_eval_history(tmp_path / "preempted")
+    assert [h["step"] for h in history] == [17, 30]
+    assert history == run_dir.read_eval_history(tmp_path / "straight")
 
 
 def test_nan_loss_stops_naming_steps_and_keeps_last_good_checkpoint(

@@ -371,7 +371,12 @@ def run_hooks(spec, config, model, fixed, store, best, log, stream) -> loop.Hook
             return True
         return False
 
-    return loop.Hooks(log_window, save, evaluate)
+    def evaluated(step: int) -> bool:
+        return not evaluator or any(
+            h["step"] == step for h in run_dir.read_eval_history(spec.model_dir)
+        )
+
+    return loop.Hooks(log_window, save, evaluate, evaluated)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class Hooks:
     log: Callable[[int, dict, int], None]  # (step, window means, steps in the window)
     save: Callable[[object, int], None]  # (state, data position)
     evaluate: Callable[[object, int], bool]  # (state, step) -> stop early?
+    evaluated: Callable[[int], bool] = lambda step: True  # whether `step` was evaluated
 
 
 def summarize(window: list[Mapping], first_step: int, last_step: int) -> dict:
@@ -89,6 +90,10 @@ def run(state, fixed, step_fn, stream, rng, schedule: Schedule, hooks: Hooks):
     reads the data where the saved one stopped).
     """
     start = int(np.max(state.step))  # runs stacked in one step share their step count
+    if start and schedule.due(start, schedule.evaluate) and not hooks.evaluated(start):
+        # Pre-empted at an evaluation step, it saved without evaluating: evaluate now.
+        if hooks.evaluate(state, start):
+            return state, True
     window, first = [], start + 1
     with sigterm_flag() as preempted:
         for step in range(start, schedule.total):

@@ -238,4 +238,7 @@ def _each(hooks: Sequence[loop.Hooks]) -> loop.Hooks:
             h.evaluate(unstack_state(state, k), n)
         return False  # no early stopping in a group (see `_stack_key`): all go to the end
 
-    return loop.Hooks(log_each, save_each, evaluate_each)
+    def evaluated_each(n: int) -> bool:
+        return all(h.evaluated(n) for h in hooks)
+
+    return loop.Hooks(log_each, save_each, evaluate_each, evaluated_each)
