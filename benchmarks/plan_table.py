@@ -32,11 +32,45 @@ def plan(size: str, devices: int, memory_gb: float, extra: list[str]) -> dict:
     return result
 
 
+def markdown(results: list[dict]) -> str:
+    """The README's table: per size and slice, the smallest NUM_PARTITIONS that fits and its
+    GB per device (frozen network + step), or the least memory any partitioning needs."""
+    latest = {(r["shape"]["size"], r["slice"]): r for r in results}
+    lines = ["| size | " + " | ".join(SLICES) + " |", "|---" * (len(SLICES) + 1) + "|"]
+    for size in SIZES:
+        cells = []
+        for name in SLICES:
+            r = latest.get((size, name))
+            if r is None:
+                cells.append("")
+                continue
+            rows = {row["partitions"]: row for row in r["rows"]}
+            if r["fits"]:
+                row = rows[r["fits"]]
+                cells.append(
+                    f"{r['fits']}: {row['total'] / 1e9:.1f} GB "
+                    f"({row['frozen'] / 1e9:.2f} + {row['working'] / 1e9:.1f})"
+                )
+            else:
+                least = min(
+                    (row for row in rows.values() if row["total"]), key=lambda x: x["total"]
+                )
+                cells.append(
+                    f"none (least: {least['total'] / 1e9:.0f} GB at {least['partitions']})"
+                )
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=SIZES)
     parser.add_argument("--slices", nargs="+", default=list(SLICES))
+    parser.add_argument("--markdown", action="store_true", help="print the table of plan.jsonl")
     args, extra = parser.parse_known_args()
+    if args.markdown:
+        print(markdown([json.loads(line) for line in RESULTS.read_text().splitlines()]))
+        return
     for size in args.sizes:
         for name in args.slices:
             devices, memory = SLICES[name]

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 
 import jax
@@ -67,8 +68,16 @@ def sigterm_flag() -> Iterator[Callable[[int], bool]]:
     they agree on. Outside the main thread of a single process signals cannot be caught and
     the flag stays down."""
     if jax.process_count() > 1:
+        from jax._src import distributed
         from jax.experimental import multihost_utils
 
+        if distributed.global_state.client is None:  # e.g. a TPU pod that JAX joined itself
+            warnings.warn(
+                "this multi-process job did not start jax.distributed, so a SIGTERM stops it "
+                "without saving; launch with --coordinator_address=... or "
+                "PROMPT_TRANSFER_DISTRIBUTED=1 (launch/tpu_pod.sh sets it)",
+                stacklevel=3,
+            )
         yield multihost_utils.reached_preemption_sync_point
         return
     raised = threading.Event()
