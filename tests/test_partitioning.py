@@ -44,8 +44,14 @@ def _train(model_dir, *extra):
     return np.load(model_dir / "prompts" / f"checkpoint_{STEPS}.npy"), np.asarray(losses)
 
 
-def test_model_parallel_runs_end_where_the_data_parallel_run_does(task, tmp_path):
-    prompt, losses = _train(tmp_path / "p1")
+@pytest.fixture(scope="module")
+def data_parallel(task, tmp_path_factory):
+    """(prompt, losses) of the run on 8 data-parallel devices, float32 throughout."""
+    return _train(tmp_path_factory.mktemp("p1") / "run")
+
+
+def test_model_parallel_runs_end_where_the_data_parallel_run_does(data_parallel, tmp_path):
+    prompt, losses = data_parallel
     assert len(losses) == STEPS
     for ways in (2, 4):
         other, other_losses = _train(tmp_path / f"p{ways}", f"--gin.NUM_PARTITIONS={ways}")
@@ -94,8 +100,8 @@ def test_activation_constraints_apply_only_under_the_rules():
     assert under_rules(odd) == ("data", None, None)
 
 
-def test_a_bfloat16_frozen_network_trains_a_float32_prompt(task, tmp_path):
-    prompt, losses = _train(tmp_path / "f32")
+def test_a_bfloat16_frozen_network_trains_a_float32_prompt(data_parallel, tmp_path):
+    prompt, losses = data_parallel
     half, half_losses = _train(tmp_path / "bf16", "--gin.FROZEN_DTYPE='bfloat16'")
     config = gin_files.read_model_config("tiny")
     mesh = partitioning.make_mesh(1)
