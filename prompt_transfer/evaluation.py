@@ -41,6 +41,7 @@ class TaskEvaluator:
         seqio = import_seqio()
         self.model, self.batch_size = model, batch_size
         self.max_decode_length = int(feature_lengths["targets"])
+        self.input_length = int(feature_lengths["inputs"])
         self.evaluators, self.candidates, self.label_names = {}, {}, {}
         self.predictions: dict[str, dict[str, int]] = {}
         self.labels: dict[str, dict[str, int]] = {}
@@ -78,19 +79,18 @@ class TaskEvaluator:
 
         def predict(ds) -> list[tuple[int, list[int]]]:
             outputs = []
-            for index, features in ds.batch(self.batch_size).as_numpy_iterator():
-                n = len(index)
-                tokens = place(models.pad_batch(features["encoder_input_tokens"], self.batch_size))
+            for index, tokens, targets in self._batches(ds, params, place):
+                real = index >= 0  # padding rows say -1
                 if candidate_ids is not None:
                     with rules():
                         scores = self._rank(params, tokens, candidate_ids, prompt)
-                    best = partitioning.host_array(jnp.argmax(scores, -1))[:n]
+                    best = partitioning.host_array(jnp.argmax(scores, -1))[real]
                     # Equal-length rows: SeqIO stacks predictions into one array (as T5X's
                     # padded decodes are); the pad id decodes to nothing.
                     rows = [padded[b].tolist() for b in best]
                     for b in best:
                         counts[labels[b]] += 1
-                    for row in features["decoder_target_tokens"][:n]:
+                    for row in targets[real]:
                         label = by_ids.get(tuple(t for t in row.tolist() if t not in (0, eos)))
                         if label is not None:
                             truth[label] += 1
@@ -99,12 +99,60 @@ class TaskEvaluator:
                         decoded = self._decode(
                             params, tokens, max_length=self.max_decode_length, prompt=prompt
                         )
-                    decoded = partitioning.host_array(decoded)[:n]
-                    rows = [list(r) for r in decoded]
-                outputs.extend(zip(index.tolist(), rows, strict=True))
+                    rows = [list(r) for r in partitioning.host_array(decoded)[real]]
+                outputs.extend(zip(index[real].tolist(), rows, strict=True))
             return outputs
 
         return predict
+
+    def _batches(self, ds, params, place):
+        """(index [B], input tokens on the mesh [B, L], targets [B, T]) of each batch of `ds`
+        (SeqIO's (index, features) pairs); padding rows have index -1.
+
+        In a multi-process job each process reads its own share of the examples (`ds.shard`)
+        and every batch is assembled from all processes' rows; its index and targets are read
+        back whole, so every process sees every prediction and computes the same metrics."""
+        size, processes = self.batch_size, jax.process_count()
+        if processes == 1:
+            for index, features in ds.batch(size).as_numpy_iterator():
+                tokens = models.pad_batch(features["encoder_input_tokens"], size)
+                targets = models.pad_batch(features["decoder_target_tokens"], size)
+                yield _pad_index(index, size), place(tokens), targets
+            return
+        from jax.experimental import multihost_utils
+
+        mesh = partitioning.mesh_of(params)
+        ways = mesh.shape[partitioning.DATA_AXIS]
+        if size % ways or ways % processes:
+            raise data.TaskError(
+                f"EVAL_BATCH_SIZE={size} does not split over the {ways} data-parallel devices "
+                f"of {processes} processes; use a multiple of {ways}"
+            )
+        rows = size // processes
+        mine = list(ds.shard(processes, jax.process_index()).batch(rows).as_numpy_iterator())
+        count = int(np.max(multihost_utils.process_allgather(np.int32(len(mine)))))
+        sharding = {
+            k: partitioning.data_sharding(mesh, d) for k, d in (("i", 1), ("x", 2), ("y", 2))
+        }
+        for b in range(count):  # the same number of batches on every process
+            index, features = mine[b] if b < len(mine) else (np.zeros(0, np.int64), {})
+            local = {
+                "i": _pad_index(index, rows),
+                "x": self._rows(features, "encoder_input_tokens", self.input_length, rows),
+                "y": self._rows(features, "decoder_target_tokens", self.max_decode_length, rows),
+            }
+            whole = partitioning.global_batch(local, sharding)
+            yield (
+                partitioning.host_array(whole["i"]),
+                whole["x"],
+                partitioning.host_array(whole["y"]),
+            )
+
+    @staticmethod
+    def _rows(features, name: str, length: int, rows: int) -> np.ndarray:
+        if name not in features:  # this process has no examples left: padding only
+            return np.zeros((rows, length), np.int32)
+        return models.pad_batch(features[name], rows)
 
     def evaluate(self, params, step: int | None = None) -> dict[str, dict[str, float]]:
         """{task name: {metric: value}} for `params` (network + prompt)."""
@@ -134,6 +182,11 @@ def input_placers(params, rows: int):
         lambda x: jax.device_put(np.asarray(x), whole),
         lambda: partitioning.activation_rules(mesh),
     )
+
+
+def _pad_index(index: np.ndarray, size: int) -> np.ndarray:
+    """Example indices padded to `size` rows with -1 (rows that are not examples)."""
+    return np.pad(np.asarray(index, np.int64), (0, size - len(index)), constant_values=-1)
 
 
 @functools.lru_cache(maxsize=32)

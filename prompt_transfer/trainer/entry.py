@@ -253,6 +253,18 @@ def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:
             f"DATA_SHARDS={shards} must be a multiple of the {processes} process(es) and "
             f"divide BATCH_SIZE={config.batch_size}; e.g. DATA_SHARDS={processes}"
         )
+    if mesh.shape[partitioning.DATA_AXIS] % processes:
+        raise TrainError(
+            f"NUM_PARTITIONS={spec.num_partitions} spreads one model over several of the "
+            f"{processes} processes, whose rows of a batch must differ; use at most "
+            f"{jax.local_device_count()} (the devices of one process)"
+        )
+    if processes > 1 and config.eval_period and config.eval_batch_size % data_devices(mesh):
+        raise TrainError(
+            f"EVAL_BATCH_SIZE={config.eval_batch_size} does not split over the "
+            f"{data_devices(mesh)} data-parallel devices of a {processes}-process job; use a "
+            f"multiple of {data_devices(mesh)}"
+        )
     data_ways = mesh.shape[partitioning.DATA_AXIS] * config.num_microbatches
     if config.batch_size % data_ways:
         raise TrainError(
@@ -334,6 +346,10 @@ def open_stream(
         shards=tuple(range(me * mine, (me + 1) * mine)),
         state_file=state_file,
     )
+
+
+def data_devices(mesh) -> int:
+    return mesh.shape[partitioning.DATA_AXIS]
 
 
 def data_shards(config: TrainConfig) -> int:
