@@ -25,8 +25,8 @@ import numpy as np
 from prompt_transfer import gin_files, partitioning, paths, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.spot.report import BASELINES, write_report
-from prompt_transfer.trainer import run_dir, weights
-from prompt_transfer.trainer.entry import RunSpec, TrainConfig
+from prompt_transfer.trainer import run_dir
+from prompt_transfer.trainer.entry import RunSpec, TrainConfig, network_of
 from prompt_transfer.trainer.state import OptimizerConfig
 from prompt_transfer.trainer.together import train_together
 from prompt_transfer.transfer import initial, library, retrieval, similarity
@@ -151,6 +151,9 @@ def run(
     seeds_per_run: int = 1,
     eval_batch_size: int = 32,
     stack_runs: int = 3,
+    num_partitions: int = 1,
+    frozen_dtype: str = "float32",
+    data_shards: int = 0,
     config_text: str = "",
 ) -> dict:
     """Run the flow; returns the report dict (also written to WORK_DIR/report.{json,md}).
@@ -176,6 +179,8 @@ def run(
         trainable_regex=f"{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}"
         if deep_prompt
         else prompts.PROMPT_PATH,
+        num_partitions=num_partitions,
+        frozen_dtype=frozen_dtype,
     )
     base_config = TrainConfig(
         steps=0,
@@ -183,6 +188,7 @@ def run(
         optimizer=optimizer,
         eval_batch_size=eval_batch_size,
         log_period=max(eval_period // 2, 1),
+        data_shards=data_shards,
     )
 
     def make_run(model_dir, task, steps, period, **changes) -> tuple[RunSpec, TrainConfig]:
@@ -239,8 +245,8 @@ def run(
             for task in targets
         ]
     )
-    mesh = partitioning.make_mesh(1)
-    network = weights.frozen_network(model_config, initial_checkpoint_path, mesh, random_seed)
+    mesh = partitioning.make_mesh(num_partitions)
+    network = network_of(base_spec, mesh)  # the runs' own, shared
     ours = dict(
         model_fingerprint=library.model_fingerprint(network.params),
         deep_width=prompts.deep_width(model_config) if deep_prompt else 0,
