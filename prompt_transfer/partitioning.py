@@ -106,7 +106,7 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     spec = nn.logical_to_mesh_axes(axes, nn.get_logical_axis_rules())
     if spec is None:  # no rules in context
         return x
-    return jax.lax.with_sharding_constraint(x, _divisible_spec(spec, x.shape, mesh))
+    return jax.lax.with_sharding_constraint(x, divisible_spec(spec, x.shape, mesh))
 
 
 def mesh_of(tree) -> Mesh | None:
@@ -126,7 +126,7 @@ def mesh_shardings(logical_specs, mesh: Mesh, rules: AxisRules | None = None):
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
-def _divisible_spec(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
+def divisible_spec(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
     """Drop mesh axes that do not divide their dimension (e.g. 2 heads over 4 devices)."""
     entries = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
@@ -144,7 +144,7 @@ def param_shardings(abstract_params, mesh: Mesh, rules: AxisRules | None = None)
     """
     shardings = mesh_shardings(logical_partition_specs(abstract_params), mesh, rules)
     return jax.tree.map(
-        lambda s, x: NamedSharding(mesh, _divisible_spec(s.spec, x.shape, mesh)),
+        lambda s, x: NamedSharding(mesh, divisible_spec(s.spec, x.shape, mesh)),
         shardings,
         nn.unbox(abstract_params),
     )

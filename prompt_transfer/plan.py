@@ -68,7 +68,7 @@ class Row:
 
 
 def _mesh_shape(devices: int, partitions: int):
-    """A stand-in with a mesh's `shape` (what `_divisible_spec` reads)."""
+    """A stand-in with a mesh's `shape` (what `divisible_spec` reads)."""
     return types.SimpleNamespace(
         shape={partitioning.DATA_AXIS: devices // partitions, partitioning.MODEL_AXIS: partitions}
     )
@@ -84,7 +84,7 @@ def bytes_per_device(boxed_tree, mesh, dtype=None) -> int:
     flat_specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     for leaf, logical in zip(leaves, flat_specs, strict=True):
         spec = nn.logical_to_mesh_axes(logical, rules)
-        spec = partitioning._divisible_spec(spec, leaf.shape, mesh)
+        spec = partitioning.divisible_spec(spec, leaf.shape, mesh)
         ways = 1
         for axes in spec:
             for name in (axes,) if isinstance(axes, str) else tuple(axes or ()):
@@ -179,17 +179,15 @@ def _working_bytes(shape, module, network, partitions, optimizer, abstract_state
         "decoder_target_tokens": jax.ShapeDtypeStruct((rows, shape.targets), jnp.int32),
         "decoder_input_tokens": jax.ShapeDtypeStruct((rows, shape.targets), jnp.int32),
     }
-    batch_shardings = {k: partitioning.data_sharding(mesh, 2) for k in batch}
-    step = train_state._jitted_step(
-        False,
-        (
-            EncoderDecoderModel(module),
-            optimizer,
-            train_state.learning_rate_schedule(train_state.OptimizerConfig()),
-            1,
-        ),
+    step, _ = train_state.compile_train_step(  # the trainer's own step, as a run compiles it
+        EncoderDecoderModel(module),
+        optimizer,
+        train_state.learning_rate_schedule(train_state.OptimizerConfig()),
+        1,
         mesh,
-        *(train_state._frozen(t) for t in (state_shardings, fixed_shardings, batch_shardings)),
+        state_shardings,
+        fixed_shardings,
+        batch,
     )
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
     memory = step.lower(abstract_state, fixed, batch, rng).compile().memory_analysis()

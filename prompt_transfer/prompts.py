@@ -17,6 +17,7 @@ import numpy as np
 from flax import traverse_util
 
 from prompt_transfer import partitioning as pt
+from prompt_transfer import paths
 from prompt_transfer.errors import UserError
 
 PROMPT_PATH = "encoder/prompt/prompt"
@@ -127,8 +128,6 @@ def from_text(
 
 def from_file(path: str | os.PathLike, length: int, dim: int) -> np.ndarray:
     """A prompt saved as `.npy`; its shape must be exactly [P, E]."""
-    from prompt_transfer import paths
-
     if not paths.path(path).is_file():
         raise PromptError(f"prompt file not found: {path}")
     try:

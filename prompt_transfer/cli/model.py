@@ -142,16 +142,16 @@ def cmd_plan(args) -> int:
     from prompt_transfer import plan
 
     shape = plan.Shape(
-        args.size,
-        args.devices,
-        args.device_memory_gb,
-        args.batch,
-        args.inputs,
-        args.targets,
-        args.prompt_length,
-        args.frozen_dtype,
-        args.dtype,
-        args.remat,
+        size=args.size,
+        devices=args.devices,
+        device_memory_gb=args.device_memory_gb,
+        batch=args.batch,
+        inputs=args.inputs,
+        targets=args.targets,
+        prompt_length=args.prompt_length,
+        frozen_dtype=args.frozen_dtype,
+        activation_dtype=args.dtype,
+        remat_policy=args.remat,
     )
     if os.environ.get(_PLAN_CHILD) != str(args.devices):
         flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count="

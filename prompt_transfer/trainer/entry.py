@@ -253,24 +253,23 @@ def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:
             f"DATA_SHARDS={shards} must be a multiple of the {processes} process(es) and "
             f"divide BATCH_SIZE={config.batch_size}; e.g. DATA_SHARDS={processes}"
         )
-    if mesh.shape[partitioning.DATA_AXIS] % processes:
+    devices = data_devices(mesh)
+    if devices % processes:
         raise TrainError(
             f"NUM_PARTITIONS={spec.num_partitions} spreads one model over several of the "
             f"{processes} processes, whose rows of a batch must differ; use at most "
             f"{jax.local_device_count()} (the devices of one process)"
         )
-    if processes > 1 and config.eval_period and config.eval_batch_size % data_devices(mesh):
+    if processes > 1 and config.eval_period and config.eval_batch_size % devices:
         raise TrainError(
-            f"EVAL_BATCH_SIZE={config.eval_batch_size} does not split over the "
-            f"{data_devices(mesh)} data-parallel devices of a {processes}-process job; use a "
-            f"multiple of {data_devices(mesh)}"
+            f"EVAL_BATCH_SIZE={config.eval_batch_size} does not split over the {devices} "
+            f"data-parallel devices of a {processes}-process job; use a multiple of {devices}"
         )
-    data_ways = mesh.shape[partitioning.DATA_AXIS] * config.num_microbatches
+    data_ways = devices * config.num_microbatches
     if config.batch_size % data_ways:
         raise TrainError(
             f"BATCH_SIZE={config.batch_size} does not split over {config.num_microbatches} "
-            f"microbatch(es) x {mesh.shape[partitioning.DATA_AXIS]} data-parallel "
-            f"devices; use a multiple of {data_ways}"
+            f"microbatch(es) x {devices} data-parallel devices; use a multiple of {data_ways}"
         )
 
 

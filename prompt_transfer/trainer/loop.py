@@ -68,10 +68,9 @@ def sigterm_flag() -> Iterator[Callable[[int], bool]]:
     they agree on. Outside the main thread of a single process signals cannot be caught and
     the flag stays down."""
     if jax.process_count() > 1:
-        from jax._src import distributed
         from jax.experimental import multihost_utils
 
-        if distributed.global_state.client is None:  # e.g. a TPU pod that JAX joined itself
+        if not jax.distributed.is_initialized():  # e.g. a TPU pod that JAX joined itself
             warnings.warn(
                 "this multi-process job did not start jax.distributed, so a SIGTERM stops it "
                 "without saving; launch with --coordinator_address=... or "
