@@ -132,6 +132,21 @@ def atomic_write_text(target: PathLike, text: str) -> None:
     atomic_write_bytes(target, text.encode())
 
 
+def append_text(target: PathLike, text: str) -> None:
+    """Add `text` at the end of `target`, synced (process 0 only). An object in a bucket cannot
+    grow: the client reads it and writes it again whole, so readers see it before or after."""
+    if not is_chief():
+        return
+    if is_remote(target):
+        with path(target).open("a") as f:  # epath's gs:// files exist only inside a with-block
+            f.write(text)
+        return
+    with open(native(target), "a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def npy_bytes(array) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array))

@@ -1,83 +1,104 @@
-"""Every path a user gives goes through the one path layer. With `gs://bucket` standing for a
-local folder (`paths.mounted`: what a gcsfuse mount or $PROMPT_TRANSFER_MOUNTS gives), a run
-whose checkpoint, task files, MODEL_DIR and library all live under gs:// trains, evaluates,
-joins its library and exports a PEFT adapter, and a SPoT flow runs with its WORK_DIR there:
-every file lands in the bucket's folder, none in a `./gs:` folder of the working directory
-(where `pathlib.Path('gs://bucket/run')` would put it)."""
+"""Every path a user gives goes through the one path layer, and a job whose every file lives in
+a bucket runs (tests/remote_job.py: train, eval, library export and import, a SPoT flow).
+
+Two buckets: a local folder standing for `gs://bucket` (`paths.mounted`, what a gcsfuse mount
+or $PROMPT_TRANSFER_MOUNTS gives), and a fake Google Cloud Storage server (tests/fake_gcs.py)
+that TensorFlow's gs:// filesystem, tensorstore's gcs driver and orbax talk to as they would to
+the real one: there the project's object-store branches run (no renames, no local locks, one
+object at a time). Either way every file lands in the bucket and none in a `./gs:` folder of the
+working directory (where `pathlib.Path('gs://bucket/run')` would put it)."""
 
 import json
-import shutil
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from synthetic_tasks import keyword_examples, register_keyword_task
+import pytest
+import remote_job
+from fake_gcs import FakeGcs
 
-from conftest import CUT_DOWN_FLOW, T5_VOCAB, TINY_CHECKPOINT
-from prompt_transfer import cli, paths
+from prompt_transfer import paths
 
-
-def _write_tsv(path, examples):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [f"{i}\t{t}\n" for i, t in zip(examples["inputs"], examples["targets"], strict=True)]
-    path.write_text("sentence\tlabel\n" + "".join(rows))
+TESTS = Path(__file__).parent
 
 
-def test_runs_libraries_and_a_spot_flow_live_under_gs(anchors, tmp_path, monkeypatch):
+def _check_bucket(names: set[str], read) -> None:
+    for name in remote_job.WRITTEN:
+        assert name in names, name
+    assert any(n.startswith("runs/keyword/checkpoint_6/") for n in names)
+    log = read("runs/keyword/log.txt").decode()
+    assert "resumed from checkpoint_4" in log and "data iterator restored at batch 4" in log, log
+    assert json.loads(read("runs/keyword/eval_validation_best.json"))["checkpoint"] == "best"
+    # One entry for each time the run finished (4 steps, then 6): the library keeps both.
+    assert len([n for n in names if n.startswith("library/") and n.endswith("/meta.json")]) == 2
+    assert len([n for n in names if n.startswith("library2/") and n.endswith("/meta.json")]) == 1
+    report = json.loads(read("spot/report.json"))
+    assert {r["run"] for r in report["rows"]} == {"random_uniform", "top_k_average"}
+    assert read("spot/zero_shot.png")[:4] == b"\x89PNG"
+
+
+def test_a_job_lives_under_a_mounted_bucket(anchors, tmp_path, monkeypatch):
     bucket, cwd = tmp_path / "bucket", tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    shutil.copytree(TINY_CHECKPOINT, bucket / "models" / "tiny" / "checkpoint_3")
-    _write_tsv(bucket / "data" / "train.tsv", keyword_examples(64, 0))
-    _write_tsv(bucket / "data" / "validation.tsv", keyword_examples(16, 1))
-    for name in ("kw_source_a", "kw_source_b", "kw_target"):
-        register_keyword_task(T5_VOCAB, name=name, n_train=64, n_validation=16)
-    run = [
-        "--gin_file=experiments/prompt_tuning_tiny",
-        "--gin_file=tasks/file_task.gin",
-        "--gin.FILE_TASK_NAME='gs_keyword'",
-        "--gin.FILE_TASK_TRAIN='gs://bucket/data/train.tsv'",
-        "--gin.FILE_TASK_VALIDATION='gs://bucket/data/validation.tsv'",
-        "--gin.FILE_TASK_INPUTS=('sentence',)",
-        "--gin.FILE_TASK_LABELS=('yes', 'no')",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-        "--gin.INITIAL_CHECKPOINT_PATH='gs://bucket/models/tiny/checkpoint_3'",
-        "--gin.MODEL_DIR='gs://bucket/runs/keyword'",
-        "--gin.TRAIN_STEPS=4",
-        "--gin.SAVE_PERIOD=2",
-        "--gin.EVAL_PERIOD=2",
-    ]
+
+    def put(name, data):
+        (bucket / name).parent.mkdir(parents=True, exist_ok=True)
+        (bucket / name).write_bytes(data)
+
+    remote_job.fill(put)
     with paths.mounted("gs://bucket", bucket):
-        assert cli.main(["train", *run, "--gin.LIBRARY_DIR='gs://bucket/library'"]) == 0
-        assert cli.main(["eval", *run, "--gin.CHECKPOINT='best'"]) == 0
-        entries = [p.name for p in (bucket / "library").iterdir() if not p.name.startswith(".")]
-        assert len(entries) == 1
-        export = ["library", "export", entries[0], "--library=gs://bucket/library"]
-        assert cli.main([*export, "--output=gs://bucket/adapter", "--format=peft"]) == 0
-        argv = ["library", "import", "gs://bucket/adapter", "--library=gs://bucket/library2"]
-        assert cli.main(argv) == 0
-        flow = [
-            "spot",
-            "--gin_file=experiments/spot_tiny",
-            "--gin.WORK_DIR='gs://bucket/spot'",
-            "--gin.SOURCES=['kw_source_a', 'kw_source_b']",
-            "--gin.TARGETS=['kw_target']",
-            "--gin.INITIAL_CHECKPOINT_PATH='gs://bucket/models/tiny/checkpoint_3'",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-            *CUT_DOWN_FLOW,
-            "--gin.STRATEGIES=['top_k_average']",
-            "--gin.BASELINES=['random_uniform']",
-        ]
-        assert cli.main(flow) == 0
+        remote_job.run("gs://bucket")
 
     assert list(cwd.iterdir()) == []  # nothing under ./gs: (or anywhere else here)
-    keyword = bucket / "runs" / "keyword"
-    for name in ("config.gin", "model.json", "log.txt", "eval_history.jsonl", "best/best.json"):
-        assert (keyword / name).is_file(), name
-    assert (keyword / "checkpoint_4").is_dir() and (
-        keyword / "prompts" / "checkpoint_4.npy"
-    ).exists()
-    assert json.loads((keyword / "eval_validation_best.json").read_text())["checkpoint"] == "best"
-    assert (bucket / "adapter" / "adapter_config.json").exists()
-    assert len(list((bucket / "library2").glob("*/meta.json"))) == 1
-    report = json.loads((bucket / "spot" / "report.json").read_text())
-    assert {r["run"] for r in report["rows"]} == {"random_uniform", "top_k_average"}
-    assert (bucket / "spot" / "report.md").exists()
-    assert (bucket / "spot" / "zero_shot.png").read_bytes()[:4] == b"\x89PNG"
+    names = {p.relative_to(bucket).as_posix() for p in bucket.rglob("*") if p.is_file()}
+    _check_bucket(names, lambda name: (bucket / name).read_bytes())
+
+
+@pytest.fixture
+def fake_gcs(tmp_path):
+    try:
+        fake = FakeGcs(tmp_path).start()
+    except (FileNotFoundError, subprocess.CalledProcessError) as e:  # no openssl to sign with
+        pytest.skip(f"cannot make the fake server's certificate: {e}")
+    yield fake
+    fake.stop()
+
+
+def test_a_job_lives_in_a_cloud_storage_bucket(anchors, tmp_path, fake_gcs):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    remote_job.fill(lambda name, data: fake_gcs.put(f"gs://bucket/{name}", data))
+    env = {**os.environ, **fake_gcs.env(), "PROMPT_TRANSFER_MOUNTS": ""}
+    job = subprocess.run(
+        [sys.executable, str(TESTS / "remote_job.py"), "gs://bucket"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert not fake_gcs.unhandled, fake_gcs.unhandled
+    assert job.returncode == 0, job.stderr[-4000:]
+
+    assert list(cwd.iterdir()) == []
+    names = set(fake_gcs.names("gs://bucket"))
+    _check_bucket(names, lambda name: fake_gcs.get(f"gs://bucket/{name}"))
+    # The object-store branches: no lock object, no temporaries, orbax's commit marker instead
+    # of a rename, and the data iterator's state saved beside the checkpoint.
+    run = [n.removeprefix("runs/keyword/") for n in names if n.startswith("runs/keyword/")]
+    assert not [n for n in run if n.startswith(".") or "/." in n or "tmp" in n], run
+    assert "checkpoint_6/commit_success.txt" in run
+    assert any(n.startswith("data_state/p0/checkpoint_6/") for n in run), run
+
+    # A save cut short by a preemption: orbax writes a bucket's checkpoint in place and marks it
+    # committed last, so checkpoint_8 without its marker is no checkpoint: the resume starts
+    # from 6 and writes 8 whole.
+    for name in run:
+        if name.startswith("checkpoint_6/") and not name.endswith("commit_success.txt"):
+            data = fake_gcs.get(f"gs://bucket/runs/keyword/{name}")
+            fake_gcs.put(f"gs://bucket/runs/keyword/checkpoint_8/{name[13:]}", data)
+    argv = [sys.executable, str(TESTS / "remote_job.py"), "gs://bucket", "--resume", "8"]
+    job = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, job.stderr[-4000:]
+    log = fake_gcs.get("gs://bucket/runs/keyword/log.txt").decode()
+    assert "resumed from checkpoint_6" in log, log
+    run = fake_gcs.names("gs://bucket/runs/keyword")
+    assert "checkpoint_8/commit_success.txt" in run and "prompts/checkpoint_8.npy" in run

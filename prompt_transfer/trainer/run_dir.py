@@ -410,7 +410,7 @@ class ProgressLog:
         self.total, self.quiet, self.chief = total_steps, quiet or not chief, chief
         self.model_dir = paths.path(model_dir)
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        self.file = (self.model_dir / "log.txt").open("a") if chief else None  # see close()
+        self.log = self.model_dir / "log.txt"
         self.train_writer = metric_writers.create_default_writer(
             str(self.model_dir / "train"), just_logging=not chief, asynchronous=False
         )
@@ -423,9 +423,7 @@ class ProgressLog:
         line = f"[prompt-transfer] {message}"
         if not self.quiet:
             print(line, file=sys.stderr, flush=True)
-        if self.file:
-            self.file.write(line + "\n")
-            self.file.flush()
+        paths.append_text(self.log, line + "\n")  # process 0 only
 
     def train_metrics(
         self,
@@ -479,18 +477,13 @@ class ProgressLog:
         if not self.chief:
             return
         history = self.model_dir / EVAL_HISTORY
-        _drop_torn_line(history)
-        with history.open("a") as f:  # one JSON line per evaluation
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            if not paths.is_remote(history):  # an object store has no partial appends
-                os.fsync(f.fileno())
+        if not paths.is_remote(history):  # an object store has no partial appends
+            _drop_torn_line(history)
+        paths.append_text(history, json.dumps(record) + "\n")  # one JSON line per evaluation
 
     def close(self) -> None:
         self.train_writer.close()
         self.eval_writer.close()
-        if self.file:
-            self.file.close()
 
     def __enter__(self) -> ProgressLog:
         return self
