@@ -2,7 +2,8 @@
 # Run the same prompt-transfer subcommand on every host of a Cloud TPU VM pod slice.
 #   launch/tpu_pod.sh TPU_NAME ZONE checkpoint-info gs://bucket/model/checkpoint_1000
 # The repository must already be cloned and installed (`make install`) at the same path on
-# every worker; each host reads only its own shards of the checkpoint.
+# every worker; each host reads only its own shards of the checkpoint. A TPU VM joins its slice by
+# itself; PROMPT_TRANSFER_DISTRIBUTED=1 only says so explicitly.
 set -euo pipefail
 tpu=$1 zone=$2; shift 2
 repo=${REPO_DIR:-'~/prompt_transfer'}

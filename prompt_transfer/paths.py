@@ -15,7 +15,8 @@ Environment variables that change defaults are read here and nowhere else:
   PROMPT_TRANSFER_LIBRARY      the default prompt library of `prompt-transfer library`
   PROMPT_TRANSFER_TASKS        tasks recorded by `add-task` (default ~/.config/prompt_transfer)
   PROMPT_TRANSFER_VOCAB        a local SentencePiece model for tasks/ instead of T5's gs:// one
-  PROMPT_TRANSFER_DISTRIBUTED  set on every host of a multi-host job: jax.distributed joins them
+  PROMPT_TRANSFER_DISTRIBUTED  1 on every host of a multi-host job: jax.distributed joins them
+                               (unset: joined on a Cloud TPU VM; 0: never)
   PROMPT_TRANSFER_MOUNTS       bucket prefixes read and written through a local folder, e.g.
                                'gs://bucket=/gcs/bucket' (a gcsfuse mount); ';' between several
 """
@@ -244,5 +245,7 @@ def drop_vocab_override() -> bool:
     return os.environ.pop("PROMPT_TRANSFER_VOCAB", None) is not None
 
 
-def distributed() -> bool:
-    return bool(_env("PROMPT_TRANSFER_DISTRIBUTED"))
+def distributed() -> bool | None:
+    """$PROMPT_TRANSFER_DISTRIBUTED: True (join), False ('0': never), None (unset: decide)."""
+    value = _env("PROMPT_TRANSFER_DISTRIBUTED")
+    return None if value is None else value not in ("0", "false", "False")

@@ -22,8 +22,8 @@ class LaunchError(UserError):
 @dataclasses.dataclass(frozen=True)
 class MultiHost:
     """T5X's multi-process flags. With `coordinator_address` (and the count and index) the
-    processes join each other; `multiprocess_gpu` alone, or $PROMPT_TRANSFER_DISTRIBUTED, lets
-    JAX find them (Slurm, Open MPI, Cloud TPU VMs)."""
+    processes join each other; `multiprocess_gpu` alone, $PROMPT_TRANSFER_DISTRIBUTED=1, or a
+    Cloud TPU VM lets JAX find them (Slurm, Open MPI, the TPU VM's metadata)."""
 
     multiprocess_gpu: bool = False
     coordinator_address: str | None = None
@@ -32,7 +32,10 @@ class MultiHost:
 
     @property
     def wanted(self) -> bool:
-        return bool(self.multiprocess_gpu or self.coordinator_address or paths.distributed())
+        if self.multiprocess_gpu or self.coordinator_address:
+            return True
+        chosen = paths.distributed()
+        return on_cloud_tpu() if chosen is None else chosen
 
     def check(self) -> None:
         given = {
@@ -59,6 +62,36 @@ class MultiHost:
                 f"--process_index={self.process_index} is not in 0..{self.process_count - 1} "
                 f"(--process_count={self.process_count})"
             )
+
+
+PCI_DEVICES = "/sys/bus/pci/devices"
+# TPU chips on the PCI bus: Google's vendor id and the chips' device ids, v3 to TPU7x (Google's
+# virtual NIC and disks share the vendor id, so the device id decides).
+TPU_PCI_IDS = ("0x1ae0", {"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"})
+
+
+def on_cloud_tpu(devices: str | None = None) -> bool:
+    """Whether this host has TPU chips (a Cloud TPU VM): there every host of a slice joins the
+    job by itself, as T5X users expect, and JAX finds the others in the VM's metadata."""
+    vendor, chips = TPU_PCI_IDS
+    devices = devices or PCI_DEVICES
+    try:
+        entries = os.listdir(devices)
+    except OSError:
+        return False
+    for entry in entries:
+        try:
+            ids = [_read(os.path.join(devices, entry, name)) for name in ("vendor", "device")]
+        except OSError:
+            continue
+        if ids[0] == vendor and ids[1] in chips:
+            return True
+    return False
+
+
+def _read(file: str) -> str:
+    with open(file) as f:
+        return f.read().strip()
 
 
 def join(multihost: MultiHost) -> None:

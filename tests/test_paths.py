@@ -100,3 +100,32 @@ def test_a_bug_keeps_its_traceback():
 
     with pytest.raises(KeyError):
         runtime.run_entry("train", body)
+
+
+def _pci(root, *devices):
+    for i, (vendor, device) in enumerate(devices):
+        (root / f"0000:00:0{i}.0").mkdir(parents=True)
+        (root / f"0000:00:0{i}.0" / "vendor").write_text(vendor + "\n")
+        (root / f"0000:00:0{i}.0" / "device").write_text(device + "\n")
+    return str(root)
+
+
+def test_a_cloud_tpu_vm_joins_its_slice_unless_told_not_to(tmp_path, monkeypatch):
+    """T5X users launch the same command on every TPU VM worker and expect the slice to form;
+    a Google virtual NIC (same vendor id) is no TPU."""
+    nic = _pci(tmp_path / "gce", ("0x8086", "0x1234"), ("0x1ae0", "0x0042"))
+    tpu = _pci(tmp_path / "tpu", ("0x1ae0", "0x0042"), ("0x1ae0", "0x005e"))
+    assert not runtime.on_cloud_tpu(nic) and not runtime.on_cloud_tpu(str(tmp_path / "none"))
+    assert runtime.on_cloud_tpu(tpu)
+
+    monkeypatch.delenv("PROMPT_TRANSFER_DISTRIBUTED", raising=False)
+    monkeypatch.setattr(runtime, "PCI_DEVICES", tpu)
+    assert runtime.MultiHost().wanted
+    monkeypatch.setenv("PROMPT_TRANSFER_DISTRIBUTED", "0")
+    assert not runtime.MultiHost().wanted
+    assert runtime.MultiHost(multiprocess_gpu=True).wanted  # a flag beats the environment
+    monkeypatch.setattr(runtime, "PCI_DEVICES", nic)
+    monkeypatch.delenv("PROMPT_TRANSFER_DISTRIBUTED")
+    assert not runtime.MultiHost().wanted
+    monkeypatch.setenv("PROMPT_TRANSFER_DISTRIBUTED", "1")
+    assert runtime.MultiHost().wanted
