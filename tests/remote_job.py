@@ -2,8 +2,9 @@
 mounted folder, and the fake GCS server in a subprocess: `python remote_job.py gs://bucket`).
 
 A run whose checkpoint, task files, MODEL_DIR and library live under the bucket trains, joins
-its library, is resumed for two more steps, evaluates its best checkpoint and exports a PEFT
-adapter that a second library imports; then a SPoT flow runs with its WORK_DIR there.
+its library, is resumed for two more steps, evaluates its best checkpoint, answers a file of
+inputs and exports a PEFT adapter that a second library imports; then a SPoT flow runs with
+its WORK_DIR there.
 `python remote_job.py BUCKET --resume STEPS` runs only the run's resume, to STEPS."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ WRITTEN = [
     "runs/keyword/best/best.json",
     "runs/keyword/prompts/checkpoint_6.npy",
     "runs/keyword/eval_validation_best.json",
+    "runs/keyword/predictions_inputs_step6.jsonl",
     "adapter/adapter_config.json",
     "adapter/adapter_model.safetensors",
     "spot/report.json",
@@ -48,6 +50,7 @@ def fill(put: Callable[[str, bytes], None]) -> None:
             put(f"{CHECKPOINT}/{file.relative_to(TINY_CHECKPOINT).as_posix()}", file.read_bytes())
     put("data/train.tsv", _tsv(keyword_examples(64, 0)))
     put("data/validation.tsv", _tsv(keyword_examples(16, 1)))
+    put("data/inputs.txt", b"topic: apple lemon mango\ntopic: river ocean desert\n")
 
 
 def _train(bucket: str) -> list[str]:
@@ -93,6 +96,7 @@ def _job(bucket: str) -> list[list[str]]:
         [*train, "--gin.TRAIN_STEPS=4"],
         [*train, "--resume", "--gin.TRAIN_STEPS=6"],  # from 4 in the bucket, data iterator too
         ["eval", *train[1:], "--gin.CHECKPOINT='best'"],
+        ["infer", *train[1:], f"--gin.INFER_INPUT_FILE='{bucket}/data/inputs.txt'"],
         ["library", "export", "--run", f"{bucket}/runs/keyword", "--checkpoint=best",
          f"--output={bucket}/adapter", "--format=peft", "--base-model=test/tiny-t5"],
         ["library", "import", f"{bucket}/adapter", f"--library={bucket}/library2"],

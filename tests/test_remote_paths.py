@@ -30,6 +30,8 @@ def _check_bucket(names: set[str], read) -> None:
     log = read("runs/keyword/log.txt").decode()
     assert "resumed from checkpoint_4" in log and "data iterator restored at batch 4" in log, log
     assert json.loads(read("runs/keyword/eval_validation_best.json"))["checkpoint"] == "best"
+    answers = read("runs/keyword/predictions_inputs_step6.jsonl").decode().splitlines()
+    assert [json.loads(a)["prediction"] in ("yes", "no") for a in answers] == [True, True]
     # One entry for each time the run finished (4 steps, then 6): the library keeps both.
     assert len([n for n in names if n.startswith("library/") and n.endswith("/meta.json")]) == 2
     assert len([n for n in names if n.startswith("library2/") and n.endswith("/meta.json")]) == 1
