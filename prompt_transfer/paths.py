@@ -108,10 +108,8 @@ def atomic_write_bytes(target: PathLike, payload: bytes) -> None:
     """Write `payload` to `target` whole or not at all (on process 0 only, see `is_chief`)."""
     if not is_chief():
         return
-    if is_remote(target):
-        remote = path(target)
-        remote.parent.mkdir(parents=True, exist_ok=True)
-        remote.write_bytes(payload)
+    if is_remote(target):  # a bucket has no folders to make: an object's name holds its path
+        path(target).write_bytes(payload)
         return
     target = Path(native(target))
     target.parent.mkdir(parents=True, exist_ok=True)
