@@ -12,7 +12,7 @@ SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic"]
 TARGET = "offline_sentiment_apple_32shot"
 
 
-def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch):
+def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PROMPT_TRANSFER_DATA", str(tmp_path / "offline"))
     offline_data.prepare(tmp_path / "offline")
     work = tmp_path / "work"
@@ -60,6 +60,14 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch):
     # A second run reuses every trained run: no new checkpoints, the same report.
     mtimes = {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")}
     assert cli.main(argv) == 0
+    assert {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")} == mtimes
+    assert json.loads((work / "report.json").read_text())["rows"] == report["rows"]
+    # Other settings in the same WORK_DIR are refused before any work, not silently reused.
+    capsys.readouterr()
+    assert cli.main([*argv, "--gin.LEARNING_RATE=0.1"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    wanted = "holds a run with optimizer.learning_rate = 0.3, this flow asks for 0.1"
+    assert len(err) == 1 and wanted in err[0] and f"{work}/sources/offline_" in err[0], err
     assert {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")} == mtimes
     assert json.loads((work / "report.json").read_text())["rows"] == report["rows"]
 

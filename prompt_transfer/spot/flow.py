@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prompt_transfer import gin_files, partitioning, paths, prompts, t5
+from prompt_transfer import errors, gin_files, partitioning, paths, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.spot.report import BASELINES, write_report
 from prompt_transfer.trainer import run_dir
@@ -41,9 +41,73 @@ def _finished(spec: RunSpec, config: TrainConfig) -> bool:
     )
 
 
-def _train_all(planned, config_text: str, stack_runs: int) -> None:
+# What a run of the flow is, recorded in its directory so that a rerun reuses it only for the
+# same settings: everything but where it lives, how long it trains and how it is laid out.
+SETTINGS_FILE = "flow_run.json"
+_NOT_SETTINGS = frozenset(
+    {"model_dir", "steps", "eval_period", "save_period", "log_period", "keep_checkpoints",
+     "eval_batch_size", "num_partitions", "library_dir"}
+)  # fmt: skip
+
+
+class FlowError(errors.UserError):
+    pass
+
+
+def _settings(spec: RunSpec, config: TrainConfig, work: str) -> dict:
+    """The run's settings as flat JSON values ("optimizer.learning_rate": 0.3)."""
+    both = {**dataclasses.asdict(spec), **dataclasses.asdict(config)}
+    text = json.dumps(
+        {k: v for k, v in both.items() if k not in _NOT_SETTINGS}, default=str, sort_keys=True
+    )
+    nested = json.loads(text.replace(json.dumps(work)[1:-1], "WORK_DIR"))  # a moved WORK_DIR
+    return _flat(nested)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _check_settings(planned, work: str) -> None:
+    """Refuse, before any training, a run directory of WORK_DIR that was trained with other
+    settings (a rerun would reuse or resume it as if it were this run); record new ones."""
+    for spec, config in planned:
+        record, wanted = (
+            run_dir.subdir(spec.model_dir, SETTINGS_FILE),
+            _settings(spec, config, work),
+        )
+        held = json.loads(record.read_text()) if record.exists() else None
+        trained = run_dir.holds_run(spec.model_dir)
+        if held is None and trained:
+            continue  # a run of a flow older than the records
+        if held is not None and held != wanted and trained:
+            name = next(
+                k for k in sorted(held.keys() | wanted.keys()) if held.get(k) != wanted.get(k)
+            )
+            raise FlowError(
+                f"{spec.model_dir} holds a run with {name} = {_short(held.get(name))}, this "
+                f"flow asks for {_short(wanted.get(name))}; use another WORK_DIR, or remove "
+                "that folder to train it again"
+            )
+        if held != wanted:  # new here (process 0 writes it)
+            paths.atomic_write_text(record, json.dumps(wanted, indent=1, sort_keys=True))
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _train_all(planned, config_text: str, stack_runs: int, work: str) -> None:
     """Train the planned (spec, config) runs that are not finished, up to `stack_runs` of them
     at a time in one stacked step (entry.train_together; 1: one at a time)."""
+    _check_settings(planned, work)
     todo = [run for run in planned if not _finished(*run)]
     train_together(todo, config_text=config_text, most=max(stack_runs, 1))
 
@@ -199,7 +263,7 @@ def run(
         )
         return spec, config
 
-    train_all = lambda planned: _train_all(planned, config_text, stack_runs)
+    train_all = lambda planned: _train_all(planned, config_text, stack_runs, str(work))
 
     seeds = [random_seed + i for i in range(seeds_per_run)]  # each target run, once per seed
     total = len(sources) + len(targets) * (1 + len(seeds) * (len(baselines) + len(strategies)))
