@@ -3,8 +3,9 @@ gloo collectives), launched with T5X's flags as a user would, against 1 process 
 with the same global batches (DATA_SHARDS=2): it is pre-empted (SIGTERM to one process), then
 killed (SIGKILL to both), each time relaunched with the same command, and it ends with the
 prompt and the evaluations of the uninterrupted single-process run, its side files written
-once."""
+once. As on a pod, its MODEL_DIR and library are in a bucket (tests/fake_gcs.py)."""
 
+import io
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from fake_gcs import FakeGcs
 from synthetic_tasks import keyword_examples
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT
@@ -64,9 +66,12 @@ def _argv(task_files, model_dir):
     ]
 
 
-def _launch(argv, processes: int, devices: int, jax_cache) -> list[subprocess.Popen]:
+def _launch(
+    argv, processes: int, devices: int, jax_cache, bucket: FakeGcs | None = None
+) -> list[subprocess.Popen]:
     env = dict(
         os.environ,
+        **(bucket.env() if bucket else {}),
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         JAX_PLATFORMS="cpu",
         PROMPT_TRANSFER_VOCAB=str(T5_VOCAB),
@@ -91,27 +96,48 @@ def _finish(procs, timeout: float = 300) -> list[tuple[int, str]]:
     return [(p.wait(timeout), p.stderr.read()) for p in procs]
 
 
-def _when_logged(model_dir, text: str, procs, timeout: float = 300) -> None:
+class _Bucket:
+    """Reads of a run in the fake bucket, as `Path`s of a local run would give them."""
+
+    def __init__(self, fake: FakeGcs, uri: str):
+        self.fake, self.uri = fake, uri
+
+    def read(self, name: str) -> bytes:
+        return self.fake.get(f"{self.uri}/{name}")
+
+    def exists(self, name: str) -> bool:
+        return name in self.fake.names(self.uri)
+
+    def names(self) -> list[str]:
+        return self.fake.names(self.uri)
+
+
+def _when_logged(run: _Bucket, text: str, procs, timeout: float = 300) -> None:
     """Wait until process 0's log.txt holds `text`."""
     deadline = time.time() + timeout
-    log = model_dir / "log.txt"
     while time.time() < deadline:
-        if log.exists() and text in log.read_text():
+        if run.exists("log.txt") and text in run.read("log.txt").decode():
             return
         if any(p.poll() is not None for p in procs):
             raise AssertionError(f"a process ended before {text!r}: {_finish(procs)}")
         time.sleep(0.2)
-    raise AssertionError(f"{text!r} never appeared in {log}")
+    raise AssertionError(f"{text!r} never appeared in {run.uri}/log.txt")
 
 
-def _prompt(model_dir, step: int) -> np.ndarray:
-    return np.load(model_dir / "prompts" / f"checkpoint_{step}.npy")
+def _prompt(run, step: int) -> np.ndarray:
+    name = f"prompts/checkpoint_{step}.npy"
+    if isinstance(run, _Bucket):
+        return np.load(io.BytesIO(run.read(name)))
+    return np.load(run / name)
 
 
-def _evaluations(model_dir) -> list[dict]:
-    return [
-        json.loads(line) for line in (model_dir / "eval_history.jsonl").read_text().splitlines()
-    ]
+def _evaluations(run) -> list[dict]:
+    text = (
+        run.read("eval_history.jsonl").decode()
+        if isinstance(run, _Bucket)
+        else (run / "eval_history.jsonl").read_text()
+    )
+    return [json.loads(line) for line in text.splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +148,25 @@ def one_process(task_files, tmp_path_factory):
     return root / "run"
 
 
+@pytest.fixture
+def bucket(tmp_path):
+    try:
+        fake = FakeGcs(tmp_path).start()
+    except (FileNotFoundError, subprocess.CalledProcessError) as e:  # no openssl to sign with
+        pytest.skip(f"cannot make the fake server's certificate: {e}")
+    yield fake
+    fake.stop()
+
+
 def test_two_processes_preempted_and_killed_end_where_one_process_does(
-    one_process, task_files, tmp_path
+    one_process, task_files, tmp_path, bucket
 ):
-    run = tmp_path / "run"
-    argv = _argv(task_files, run)
+    run = _Bucket(bucket, "gs://bucket/run")
+    argv = _argv(task_files, run.uri)
     cache = tmp_path / "jax"
 
     # Pre-emption reaches one process; both stop at one step, save it and exit 4.
-    procs = _launch(argv, 2, 2, cache)
+    procs = _launch(argv, 2, 2, cache, bucket)
     _when_logged(run, f"step 2/{STEPS}", procs)
     procs[1].send_signal(signal.SIGTERM)
     ended = _finish(procs)
@@ -138,10 +174,10 @@ def test_two_processes_preempted_and_killed_end_where_one_process_does(
     stopped = {int(err.split("SIGTERM at step ")[1].split(":")[0]) for _, err in ended}
     assert len(stopped) == 1, ended  # the same step on both
     (stop,) = stopped
-    assert 2 <= stop < STEPS and (run / f"checkpoint_{stop}").is_dir()
+    assert 2 <= stop < STEPS and run.exists(f"checkpoint_{stop}/commit_success.txt")
 
     # Relaunched, then both killed outright past the next periodic checkpoint.
-    procs = _launch(argv, 2, 2, cache)
+    procs = _launch(argv, 2, 2, cache, bucket)
     after = (stop // 4 + 1) * 4 + 1
     _when_logged(run, f"step {after}/{STEPS}", procs)
     for p in procs:
@@ -149,11 +185,16 @@ def test_two_processes_preempted_and_killed_end_where_one_process_does(
     _finish(procs)
 
     # The same command again finishes the run.
-    ended = _finish(_launch(argv, 2, 2, cache))
+    ended = _finish(_launch(argv, 2, 2, cache, bucket))
     assert [code for code, _ in ended] == [0, 0], ended
+    assert not bucket.unhandled, bucket.unhandled
 
     # The prompt of every checkpoint kept, and the evaluations, are the single process's.
-    kept = sorted(int(p.name.split("_")[1]) for p in run.glob("checkpoint_*"))
+    kept = sorted(
+        int(n.split("/")[0].split("_")[1])
+        for n in run.names()
+        if n.startswith("checkpoint_") and n.endswith("/commit_success.txt")
+    )
     assert kept[-1] == STEPS and len(kept) >= 2
     assert not np.allclose(_prompt(one_process, 4), _prompt(one_process, STEPS), atol=1e-2)
     for step in kept:
@@ -169,9 +210,9 @@ def test_two_processes_preempted_and_killed_end_where_one_process_does(
         assert sum(a["labels"]["mh_keyword"].values()) == 15
 
     # Side files once: one library entry, one log line per step and launch, a data iterator
-    # state per process, no lock left behind.
-    assert len([p for p in (tmp_path / "run-library").iterdir() if p.is_dir()]) == 1
-    log = (run / "log.txt").read_text()
+    # state per process.
+    assert len([n for n in bucket.names("gs://bucket/run-library") if n.endswith("meta.json")]) == 1
+    log = run.read("log.txt").decode()
     assert log.count(f"step {STEPS}/{STEPS} ") == 1 and log.count("step 1/") == 1
-    assert sorted(p.name for p in (run / "data_state").iterdir()) == ["p0", "p1"]
-    assert not (run / ".lock").exists()
+    states = {n.split("/")[1] for n in run.names() if n.startswith("data_state/p")}
+    assert states == {"p0", "p1"}
