@@ -42,6 +42,21 @@ def anchors() -> Path:
     return ANCHORS
 
 
+@pytest.fixture
+def fake_gcs(tmp_path):
+    """A Cloud Storage stand-in (tests/fake_gcs.py); its `env()` sends a subprocess there."""
+    import subprocess
+
+    from fake_gcs import FakeGcs
+
+    try:
+        fake = FakeGcs(tmp_path).start()
+    except (FileNotFoundError, subprocess.CalledProcessError) as e:  # no openssl to sign with
+        pytest.skip(f"cannot make the fake server's certificate: {e}")
+    yield fake
+    fake.stop()
+
+
 def pytest_configure(config):
     """One compilation cache for the session: the many short runs share compiled steps."""
     import tempfile

@@ -148,19 +148,10 @@ def one_process(task_files, tmp_path_factory):
     return root / "run"
 
 
-@pytest.fixture
-def bucket(tmp_path):
-    try:
-        fake = FakeGcs(tmp_path).start()
-    except (FileNotFoundError, subprocess.CalledProcessError) as e:  # no openssl to sign with
-        pytest.skip(f"cannot make the fake server's certificate: {e}")
-    yield fake
-    fake.stop()
-
-
 def test_two_processes_preempted_and_killed_end_where_one_process_does(
-    one_process, task_files, tmp_path, bucket
+    one_process, task_files, tmp_path, fake_gcs
 ):
+    bucket = fake_gcs
     run = _Bucket(bucket, "gs://bucket/run")
     argv = _argv(task_files, run.uri)
     cache = tmp_path / "jax"

@@ -14,9 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import remote_job
-from fake_gcs import FakeGcs
 
 from prompt_transfer import paths
 
@@ -56,16 +54,6 @@ def test_a_job_lives_under_a_mounted_bucket(anchors, tmp_path, monkeypatch):
     assert list(cwd.iterdir()) == []  # nothing under ./gs: (or anywhere else here)
     names = {p.relative_to(bucket).as_posix() for p in bucket.rglob("*") if p.is_file()}
     _check_bucket(names, lambda name: (bucket / name).read_bytes())
-
-
-@pytest.fixture
-def fake_gcs(tmp_path):
-    try:
-        fake = FakeGcs(tmp_path).start()
-    except (FileNotFoundError, subprocess.CalledProcessError) as e:  # no openssl to sign with
-        pytest.skip(f"cannot make the fake server's certificate: {e}")
-    yield fake
-    fake.stop()
 
 
 def test_a_job_lives_in_a_cloud_storage_bucket(anchors, tmp_path, fake_gcs):
