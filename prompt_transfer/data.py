@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer import registry
+from prompt_transfer import paths, registry
 from prompt_transfer.errors import UserError
 from prompt_transfer.tf_import import import_seqio, import_tensorflow
 
@@ -51,6 +51,11 @@ def get_task(name: str):
         raise TaskError(f"unknown SeqIO task or mixture {name!r}{hint}") from None
 
 
+def set_tfds_data_dir(directory: str) -> None:
+    """Read TFDS data sets from `directory` (local or gs://): T5X's --tfds_data_dir."""
+    import_seqio().set_tfds_data_dir_override(paths.native(directory))
+
+
 def unprepared_tfds(name: str) -> tuple[str, str] | None:
     """(TFDS name, data dir) of the first TFDS source of a task or mixture that is not prepared
     (no dataset_info.json where TFDS looks), else None."""
@@ -62,7 +67,7 @@ def unprepared_tfds(name: str) -> tuple[str, str] | None:
         if isinstance(sub.source, seqio.TfdsDataSource):
             loader = sub.source.tfds_dataset
             builder = tfds.builder(loader.name, data_dir=loader.data_dir)
-            if not (Path(builder.data_dir) / "dataset_info.json").exists():
+            if not (paths.path(builder.data_dir) / "dataset_info.json").exists():
                 return loader.name, str(builder.data_dir_root)
     return None
 

@@ -21,3 +21,34 @@ def test_unprepared_tfds_data_names_dir_and_how_to_build(anchors, tmp_path, monk
         r"\S*empty; .*tfds build glue/rte",
     ):
         data.batched_dataset("glue_rte", "validation", {"inputs": 16, "targets": 4}, 2, seed=0)
+
+
+def test_tfds_data_dir_flag_is_where_tfds_looks(anchors, tmp_path, monkeypatch, capsys):
+    """T5X's --tfds_data_dir on a run: TFDS reads (here: fails to find) the data there."""
+    import tensorflow_datasets as tfds
+
+    from conftest import TINY_CHECKPOINT
+    from prompt_transfer import cli
+    from prompt_transfer.tf_import import import_seqio
+
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder,
+        "download_and_prepare",
+        lambda *a, **k: (_ for _ in ()).throw(OSError("no network")),
+    )
+    seqio = import_seqio()
+    monkeypatch.setattr(seqio.utils, "_TFDS_DATA_DIR_OVERRIDE", None)  # restored afterwards
+    argv = [
+        "train",
+        "--gin_file=experiments/prompt_tuning_tiny",
+        f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+        "--gin.MIXTURE_OR_TASK_NAME='glue_rte'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+        "--gin.TRAIN_STEPS=2",
+        f"--tfds_data_dir={tmp_path / 'tfds'}",
+    ]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"glue/rte:2.0.0 for 'glue_rte' is not prepared in {tmp_path / 'tfds'};" in err, err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -41,7 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "process_count", None),
         getattr(args, "process_index", None),
     )
-    return runtime.run_entry(args.command, lambda: args.func(args), multihost)
+    return runtime.run_entry(args.command, lambda: _run(args), multihost)
+
+
+def _run(args):
+    if getattr(args, "tfds_data_dir", None):  # before any task reads its data
+        from prompt_transfer import data
+
+        data.set_tfds_data_dir(args.tfds_data_dir)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -69,12 +69,17 @@ def cmd_infer(args) -> None:
     print(f"wrote {entry.infer_main(args.gin_args)}")
 
 
-def multihost_flags():
-    """T5X's flags for a job of several processes (hosts): every process runs the same command
-    with its own --process_index (README, "Running on a pod")."""
+def launch_flags():
+    """T5X's flags for a job of several processes (hosts), where every process runs the same
+    command with its own --process_index (README, "Running on a pod"), and for its data."""
     import argparse
 
     parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--tfds_data_dir",
+        help="where TFDS data sets are prepared (local or gs://), as T5X's flag; "
+        "default $TFDS_DATA_DIR or ~/tensorflow_datasets",
+    )
     group = parent.add_argument_group("multi-host (as T5X)")
     group.add_argument(
         "--multiprocess_gpu",
@@ -89,7 +94,7 @@ def multihost_flags():
 
 
 def add_commands(sub) -> None:
-    parent = [multihost_flags()]
+    parent = [launch_flags()]
     p = sub.add_parser(
         "train",
         parents=parent,
