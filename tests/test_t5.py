@@ -166,7 +166,7 @@ def test_rematerialised_layers_give_the_same_loss_and_gradients_in_the_same_tree
     results = {}
     for policy in ("none", "minimal", "full"):
         module = t5.T5(dataclasses.replace(config, remat_policy=policy))
-        tree = jax.tree.structure(jax.eval_shape(lambda: init(module)))
+        tree = jax.tree.structure(jax.eval_shape(lambda m=module: init(m)))
         assert tree == jax.tree.structure(params)  # checkpoints fit either way
 
         def loss(p, module=module):
