@@ -20,7 +20,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
 import socketserver
 import ssl
 import subprocess
@@ -71,7 +70,7 @@ class FakeGcs:
         self.objects: dict[tuple[str, str], _Object] = {}
         self.uploads: dict[str, _Upload] = {}
         self.unhandled: list[str] = []
-        self.requests = 0
+        self.requests = 0  # answered so far: a job's traffic, for measuring it
         self.lock = threading.Lock()
         self._generation = 0
         self.cert, key = make_certificate(workdir)
@@ -112,13 +111,6 @@ class FakeGcs:
         bucket, _, name = uri.removeprefix("gs://").partition("/")
         with self.lock:
             self._store(bucket, name, data)
-
-    def put_tree(self, uri: str, folder: Path) -> None:
-        for file in sorted(Path(folder).rglob("*")):
-            if file.is_file():
-                self.put(
-                    f"{uri.rstrip('/')}/{file.relative_to(folder).as_posix()}", file.read_bytes()
-                )
 
     def get(self, uri: str) -> bytes:
         bucket, _, name = uri.removeprefix("gs://").partition("/")
@@ -362,15 +354,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, {"kind": "storage#rewriteResponse", "done": True, "resource": resource,
                           "totalBytesRewritten": size, "objectSize": size})  # fmt: skip
 
-    # Uploads: media (one request), resumable (a session, then PUTs), multipart.
+    # Uploads: media (one request), resumable (a session, then PUTs).
 
     def _upload(self, method: str, bucket: str, query: dict, body: bytes) -> None:
         kind = query.get("uploadType")
         if method == "POST" and kind == "media":
             return self._finish(bucket, query["name"], body, query)
-        if method == "POST" and kind == "multipart":
-            meta, data = _split_multipart(self.headers.get("Content-Type", ""), body)
-            return self._finish(bucket, query.get("name") or meta["name"], data, query)
         if method == "POST" and kind == "resumable":
             name = query.get("name") or json.loads(body or b"{}")["name"]
             condition = query.get("ifGenerationMatch")
@@ -404,15 +393,3 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(412 if status == 304 else status, {"error": {"code": 412}})
         obj = self.fake._store(bucket, name, data)
         self._reply(200, self.fake.metadata(bucket, name, obj))
-
-
-def _split_multipart(content_type: str, body: bytes) -> tuple[dict, bytes]:
-    """(metadata, data) of a multipart/related upload: a JSON part, then the object's bytes."""
-    boundary = content_type.partition("boundary=")[2].strip('"').encode()
-    parts = [p for p in body.split(b"--" + boundary) if p.strip() not in (b"", b"--")]
-    meta_part, data_part = (p.partition(b"\r\n\r\n")[2] for p in parts[:2])
-    return json.loads(meta_part), data_part.removesuffix(b"\r\n")
-
-
-def subprocess_env(fake: FakeGcs) -> dict[str, str]:
-    return {**os.environ, **fake.env()}

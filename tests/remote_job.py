@@ -78,7 +78,7 @@ def run(bucket: str, resume: int | None = None, flow: bool = True) -> None:
     if resume:
         steps = [[*_train(bucket), "--resume", f"--gin.TRAIN_STEPS={resume}"]]
     else:
-        steps = _job(bucket) if flow else _job(bucket)[:-1]
+        steps = _job(bucket, flow)
         for name in ("kw_source_a", "kw_source_b", "kw_target"):
             register_keyword_task(T5_VOCAB, name=name, n_train=64, n_validation=16)
     for argv in steps:
@@ -87,31 +87,40 @@ def run(bucket: str, resume: int | None = None, flow: bool = True) -> None:
             raise SystemExit(f"prompt-transfer {argv[0]} ... exited {status}")
 
 
-def _job(bucket: str) -> list[list[str]]:
+def _job(bucket: str, flow: bool) -> list[list[str]]:
     library = f"--library={bucket}/library"
     train = _train(bucket)
-    return [
+    commands = [
         [*train, "--gin.TRAIN_STEPS=4"],
         [*train, "--resume", "--gin.TRAIN_STEPS=6"],  # from 4 in the bucket, data iterator too
         ["eval", *train[1:], "--gin.CHECKPOINT='best'"],
         ["infer", *train[1:], f"--gin.INFER_INPUT_FILE='{bucket}/data/inputs.txt'"],
-        ["library", "export", "--run", f"{bucket}/runs/keyword", "--checkpoint=best",
-         f"--output={bucket}/adapter", "--format=peft", "--base-model=test/tiny-t5"],
+        [
+            "library",
+            "export",
+            "--run",
+            f"{bucket}/runs/keyword",
+            "--checkpoint=best",
+            f"--output={bucket}/adapter",
+            "--format=peft",
+            "--base-model=test/tiny-t5",
+        ],
         ["library", "import", f"{bucket}/adapter", f"--library={bucket}/library2"],
         ["library", "list", library],
-        [
-            "spot",
-            "--gin_file=experiments/spot_tiny",
-            f"--gin.WORK_DIR='{bucket}/spot'",
-            "--gin.SOURCES=['kw_source_a', 'kw_source_b']",
-            "--gin.TARGETS=['kw_target']",
-            f"--gin.INITIAL_CHECKPOINT_PATH='{bucket}/{CHECKPOINT}'",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-            *CUT_DOWN_FLOW,
-            "--gin.STRATEGIES=['top_k_average']",
-            "--gin.BASELINES=['random_uniform']",
-        ],
-    ]  # fmt: skip
+    ]
+    flow_command = [
+        "spot",
+        "--gin_file=experiments/spot_tiny",
+        f"--gin.WORK_DIR='{bucket}/spot'",
+        "--gin.SOURCES=['kw_source_a', 'kw_source_b']",
+        "--gin.TARGETS=['kw_target']",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{bucket}/{CHECKPOINT}'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
+        *CUT_DOWN_FLOW,
+        "--gin.STRATEGIES=['top_k_average']",
+        "--gin.BASELINES=['random_uniform']",
+    ]
+    return commands + [flow_command] if flow else commands
 
 
 if __name__ == "__main__":

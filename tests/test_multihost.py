@@ -96,48 +96,27 @@ def _finish(procs, timeout: float = 300) -> list[tuple[int, str]]:
     return [(p.wait(timeout), p.stderr.read()) for p in procs]
 
 
-class _Bucket:
-    """Reads of a run in the fake bucket, as `Path`s of a local run would give them."""
-
-    def __init__(self, fake: FakeGcs, uri: str):
-        self.fake, self.uri = fake, uri
-
-    def read(self, name: str) -> bytes:
-        return self.fake.get(f"{self.uri}/{name}")
-
-    def exists(self, name: str) -> bool:
-        return name in self.fake.names(self.uri)
-
-    def names(self) -> list[str]:
-        return self.fake.names(self.uri)
-
-
-def _when_logged(run: _Bucket, text: str, procs, timeout: float = 300) -> None:
-    """Wait until process 0's log.txt holds `text`."""
+def _when_logged(read, text: str, procs, timeout: float = 300) -> None:
+    """Wait until process 0's log.txt (`read(name)`: a file's bytes) holds `text`."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if run.exists("log.txt") and text in run.read("log.txt").decode():
-            return
+        try:
+            if text in read("log.txt").decode():
+                return
+        except (KeyError, FileNotFoundError):  # not written yet
+            pass
         if any(p.poll() is not None for p in procs):
             raise AssertionError(f"a process ended before {text!r}: {_finish(procs)}")
         time.sleep(0.2)
-    raise AssertionError(f"{text!r} never appeared in {run.uri}/log.txt")
+    raise AssertionError(f"{text!r} never appeared in log.txt")
 
 
-def _prompt(run, step: int) -> np.ndarray:
-    name = f"prompts/checkpoint_{step}.npy"
-    if isinstance(run, _Bucket):
-        return np.load(io.BytesIO(run.read(name)))
-    return np.load(run / name)
+def _prompt(read, step: int) -> np.ndarray:
+    return np.load(io.BytesIO(read(f"prompts/checkpoint_{step}.npy")))
 
 
-def _evaluations(run) -> list[dict]:
-    text = (
-        run.read("eval_history.jsonl").decode()
-        if isinstance(run, _Bucket)
-        else (run / "eval_history.jsonl").read_text()
-    )
-    return [json.loads(line) for line in text.splitlines()]
+def _evaluations(read) -> list[dict]:
+    return [json.loads(line) for line in read("eval_history.jsonl").decode().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -151,26 +130,27 @@ def one_process(task_files, tmp_path_factory):
 def test_two_processes_preempted_and_killed_end_where_one_process_does(
     one_process, task_files, tmp_path, fake_gcs
 ):
-    bucket = fake_gcs
-    run = _Bucket(bucket, "gs://bucket/run")
-    argv = _argv(task_files, run.uri)
+    bucket, uri = fake_gcs, "gs://bucket/run"
+    read = lambda name: bucket.get(f"{uri}/{name}")
+    reference = lambda name: (one_process / name).read_bytes()
+    argv = _argv(task_files, uri)
     cache = tmp_path / "jax"
 
     # Pre-emption reaches one process; both stop at one step, save it and exit 4.
     procs = _launch(argv, 2, 2, cache, bucket)
-    _when_logged(run, f"step 2/{STEPS}", procs)
+    _when_logged(read, f"step 2/{STEPS}", procs)
     procs[1].send_signal(signal.SIGTERM)
     ended = _finish(procs)
     assert [code for code, _ in ended] == [EXIT_PREEMPTED] * 2, ended
     stopped = {int(err.split("SIGTERM at step ")[1].split(":")[0]) for _, err in ended}
     assert len(stopped) == 1, ended  # the same step on both
     (stop,) = stopped
-    assert 2 <= stop < STEPS and run.exists(f"checkpoint_{stop}/commit_success.txt")
+    assert 2 <= stop < STEPS and f"checkpoint_{stop}/commit_success.txt" in bucket.names(uri)
 
     # Relaunched, then both killed outright past the next periodic checkpoint.
     procs = _launch(argv, 2, 2, cache, bucket)
     after = (stop // 4 + 1) * 4 + 1
-    _when_logged(run, f"step {after}/{STEPS}", procs)
+    _when_logged(read, f"step {after}/{STEPS}", procs)
     for p in procs:
         p.kill()
     _finish(procs)
@@ -183,17 +163,15 @@ def test_two_processes_preempted_and_killed_end_where_one_process_does(
     # The prompt of every checkpoint kept, and the evaluations, are the single process's.
     kept = sorted(
         int(n.split("/")[0].split("_")[1])
-        for n in run.names()
+        for n in bucket.names(uri)
         if n.startswith("checkpoint_") and n.endswith("/commit_success.txt")
     )
     assert kept[-1] == STEPS and len(kept) >= 2
-    assert not np.allclose(_prompt(one_process, 4), _prompt(one_process, STEPS), atol=1e-2)
+    assert not np.allclose(_prompt(reference, 4), _prompt(reference, STEPS), atol=1e-2)
     for step in kept:
-        np.testing.assert_allclose(
-            _prompt(run, step), _prompt(one_process, step), atol=1e-5, rtol=0
-        )
+        np.testing.assert_allclose(_prompt(read, step), _prompt(reference, step), atol=1e-5, rtol=0)
     # Each evaluation once; each process read its share of the 15 examples, and all were seen.
-    two, one = _evaluations(run), _evaluations(one_process)
+    two, one = _evaluations(read), _evaluations(reference)
     assert [e["step"] for e in two] == [e["step"] for e in one] == [12, 24]
     for a, b in zip(two, one, strict=True):
         assert a["value"] == pytest.approx(b["value"])
@@ -203,7 +181,7 @@ def test_two_processes_preempted_and_killed_end_where_one_process_does(
     # Side files once: one library entry, one log line per step and launch, a data iterator
     # state per process.
     assert len([n for n in bucket.names("gs://bucket/run-library") if n.endswith("meta.json")]) == 1
-    log = run.read("log.txt").decode()
+    log = read("log.txt").decode()
     assert log.count(f"step {STEPS}/{STEPS} ") == 1 and log.count("step 1/") == 1
-    states = {n.split("/")[1] for n in run.names() if n.startswith("data_state/p")}
+    states = {n.split("/")[1] for n in bucket.names(uri) if n.startswith("data_state/p")}
     assert states == {"p0", "p1"}

@@ -78,10 +78,8 @@ def _check_settings(planned, work: str) -> None:
     """Refuse, before any training, a run directory of WORK_DIR that was trained with other
     settings (a rerun would reuse or resume it as if it were this run); record new ones."""
     for spec, config in planned:
-        record, wanted = (
-            run_dir.subdir(spec.model_dir, SETTINGS_FILE),
-            _settings(spec, config, work),
-        )
+        record = run_dir.subdir(spec.model_dir, SETTINGS_FILE)
+        wanted = _settings(spec, config, work)
         held = json.loads(record.read_text()) if record.exists() else None
         trained = run_dir.holds_run(spec.model_dir)
         if held is None and trained:

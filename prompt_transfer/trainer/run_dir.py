@@ -338,8 +338,9 @@ class CheckpointStore:
 
 
 def _drop_torn_line(path) -> None:
-    """Cut a last line that a kill left without its newline, so that appends stay JSONL."""
-    if not path.exists():
+    """Cut a last line that a kill left without its newline, so that appends stay JSONL (an
+    object in a bucket is written whole, never torn)."""
+    if paths.is_remote(path) or not path.exists():
         return
     with path.open("rb") as f:  # the last byte tells; the whole file is read only to mend it
         f.seek(0, os.SEEK_END)
@@ -477,8 +478,7 @@ class ProgressLog:
         if not self.chief:
             return
         history = self.model_dir / EVAL_HISTORY
-        if not paths.is_remote(history):  # an object store has no partial appends
-            _drop_torn_line(history)
+        _drop_torn_line(history)
         paths.append_text(history, json.dumps(record) + "\n")  # one JSON line per evaluation
 
     def close(self) -> None:
