@@ -1,4 +1,4 @@
-"""The README's memory-plan table: `prompt-transfer plan` for T5 1.1 small..xxl on common slices.
+"""The memory-plan table of docs/pods.md: `prompt-transfer plan` for T5 1.1 small..xxl on slices.
 
     .venv/bin/python benchmarks/plan_table.py            # appends to benchmarks/plan.jsonl
 
@@ -33,7 +33,7 @@ def plan(size: str, devices: int, memory_gb: float, extra: list[str]) -> dict:
 
 
 def markdown(results: list[dict]) -> str:
-    """The README's table: per size and slice, the smallest NUM_PARTITIONS that fits and its
+    """docs/pods.md's table: per size and slice, the smallest NUM_PARTITIONS that fits and its
     GB per device (frozen network + step), or the least memory any partitioning needs."""
     latest = {(r["shape"]["size"], r["slice"]): r for r in results}
     lines = ["| size | " + " | ".join(SLICES) + " |", "|---" * (len(SLICES) + 1) + "|"]
