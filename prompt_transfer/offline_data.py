@@ -48,6 +48,11 @@ TWEET_DOMAINS = {  # keyword rules; a tweet matching exactly one domain is kept
 BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
 WORDNET_DIR = Path("/usr/share/wordnet")
 VERSION = 3  # bump when the preparation changes; stale caches are rebuilt
+# What the suite is built from: the packages (required) and the optional sources, each with its
+# tasks' name and what it needs. A suite built without an optional source gains its tasks once
+# that is installed (`prepare` compares the manifest's skipped sources with what is there now).
+SOURCES = ("packages", "wordnet")
+OPTIONAL_SOURCES = {"wordnet": ("WordNet tasks", "wordnet-base")}
 
 
 class OfflineSourceError(UserError):
@@ -153,10 +158,15 @@ def _seed_for(name: str) -> int:
     return SEED + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
 
 
-def build_tasks() -> dict[str, dict[str, list[dict]]]:
-    """{task name: {split: [{"inputs", "targets"}]}} for every offline task whose source is
-    installed (a missing package raises, naming it; missing WordNet is skipped)."""
-    from prompt_transfer import ppt, wordnet
+def missing_sources() -> dict[str, str]:
+    """The optional sources that cannot be built now: {source: the package it lacks}."""
+    from prompt_transfer import wordnet
+
+    return {} if wordnet.available(WORDNET_DIR) else {"wordnet": OPTIONAL_SOURCES["wordnet"][1]}
+
+
+def _package_tasks() -> dict[str, list[dict]]:
+    from prompt_transfer import ppt
 
     tasks: dict[str, list[dict]] = {}
     tweets = read_tweets()
@@ -178,8 +188,31 @@ def build_tasks() -> dict[str, dict[str, list[dict]]]:
     ]
     documents = [split_sentences(text) for _, text in bbc]
     tasks.update(ppt.build_ppt_tasks(documents, prefix="offline_bbc", seed=SEED))
-    if wordnet.available(WORDNET_DIR):
-        tasks.update(wordnet.build_tasks(WORDNET_DIR, seed=SEED))
+    return tasks
+
+
+def _source_tasks(source: str) -> dict[str, list[dict]]:
+    from prompt_transfer import wordnet
+
+    if source == "wordnet":
+        return wordnet.build_tasks(WORDNET_DIR, seed=SEED)
+    return _package_tasks()
+
+
+def build_tasks(sources: Iterable[str] | None = None) -> dict[str, dict[str, list[dict]]]:
+    """{task name: {split: [{"inputs", "targets"}]}} for the offline tasks of `sources` (default:
+    every source installed; a missing package raises, naming it; missing WordNet is skipped).
+
+    Each task's split and few-shot sample are seeded by its own name, so a source built later
+    gives the tasks it would have given in the first build.
+    """
+    from prompt_transfer import ppt
+
+    if sources is None:
+        sources = [s for s in SOURCES if s not in missing_sources()]
+    tasks: dict[str, list[dict]] = {}
+    for source in sources:
+        tasks.update(_source_tasks(source))
     splits = {name: _split(_unique(examples), _seed_for(name)) for name, examples in tasks.items()}
     for name in FEW_SHOT_TARGETS:
         if name in splits:
@@ -188,9 +221,10 @@ def build_tasks() -> dict[str, dict[str, list[dict]]]:
                 train=few_shot(splits[name]["train"], FEW_SHOT_PER_CLASS, _seed_for(name)),
             )
     for name in PPT_CAST_TARGETS:  # the same examples, labels in PPT's verbalisers
-        splits[f"{name}_ppt"] = {
-            s: [ppt.verbalize(ex) for ex in v] for s, v in splits[name].items()
-        }
+        if name in splits:
+            splits[f"{name}_ppt"] = {
+                s: [ppt.verbalize(ex) for ex in v] for s, v in splits[name].items()
+            }
     return splits
 
 
@@ -245,34 +279,74 @@ def _manifest_path(root: Path) -> Path:
     return root / "manifest.json"
 
 
-def prepare(root: Path | None = None, force: bool = False) -> dict:
-    """Build the suite into `root` (atomically: a temporary sibling renamed into place).
+def read_manifest(root: Path | None = None) -> dict | None:
+    """The manifest of the suite prepared in `root`, or None (none there, or an older version)."""
+    path = _manifest_path(Path(root or cache_dir()))
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text())
+    return manifest if manifest.get("version") == VERSION else None
 
-    Returns the manifest: per task, its split sizes and label set.
+
+def skipped_sources(manifest: dict) -> dict[str, str]:
+    """{source: the package it lacked} of the optional sources a suite was built without."""
+    if "skipped" in manifest:
+        return manifest["skipped"]
+    # A manifest written before sources were recorded knows only whether WordNet was there.
+    return {} if manifest.get("wordnet") else {"wordnet": OPTIONAL_SOURCES["wordnet"][1]}
+
+
+def _task_info(by_split: dict[str, list[dict]]) -> dict:
+    labels = sorted({ex["targets"] for ex in by_split["train"]})
+    return {"sizes": {s: len(v) for s, v in by_split.items()}, "labels": labels}
+
+
+def _write_task(folder: Path, by_split: dict[str, list[dict]]) -> None:
+    for split, examples in by_split.items():
+        with open(folder / f"{split}.jsonl", "w") as f:
+            f.writelines(json.dumps(ex) + "\n" for ex in examples)
+
+
+def _add_sources(root: Path, manifest: dict, sources: list[str]) -> dict:
+    """Add the tasks of `sources` (installed since the suite was built) to the suite in `root`:
+    each task's folder appears whole, and the manifest, written last, lists them."""
+    splits = build_tasks(sources)
+    for name, by_split in splits.items():
+        with paths.atomic_directory(root / name, replace=True) as tmp:
+            _write_task(tmp, by_split)
+        manifest["tasks"][name] = _task_info(by_split)
+    skipped = {s: lack for s, lack in skipped_sources(manifest).items() if s not in sources}
+    manifest.update(skipped=skipped, wordnet="wordnet" not in skipped)
+    paths.atomic_write_text(_manifest_path(root), json.dumps(manifest, indent=1))
+    return manifest
+
+
+def prepare(root: Path | None = None, force: bool = False) -> dict:
+    """Build the suite into `root` (atomically: a temporary sibling renamed into place); a suite
+    built without an optional source that is installed now gains that source's tasks.
+
+    Returns the manifest: per task, its split sizes and label set; the optional sources skipped.
     """
     root = Path(root or cache_dir())
-    if not force and _manifest_path(root).exists():
-        manifest = json.loads(_manifest_path(root).read_text())
-        if manifest.get("version") == VERSION:
-            return manifest
+    manifest = None if force else read_manifest(root)
+    if manifest is not None:
+        lacking = missing_sources()
+        now = [s for s in skipped_sources(manifest) if s not in lacking]
+        return _add_sources(root, manifest, now) if now else manifest
     if root.exists() and not _manifest_path(root).exists() and any(root.iterdir()):
         raise OfflineSourceError(
             f"{root} holds files but no offline suite (no manifest.json); the suite replaces "
             "its folder whole, so point PROMPT_TRANSFER_DATA at a new or empty folder"
         )
-    splits = build_tasks()
+    skipped = missing_sources()
+    splits = build_tasks([s for s in SOURCES if s not in skipped])
     with paths.atomic_directory(root, replace=True) as tmp:
-        manifest = {"version": VERSION, "wordnet": any("wordnet" in n for n in splits), "tasks": {}}
+        manifest = {"version": VERSION, "wordnet": "wordnet" not in skipped, "skipped": skipped}
+        manifest["tasks"] = {}
         for name, by_split in splits.items():
             (tmp / name).mkdir()
-            for split, examples in by_split.items():
-                with open(tmp / name / f"{split}.jsonl", "w") as f:
-                    f.writelines(json.dumps(ex) + "\n" for ex in examples)
-            labels = sorted({ex["targets"] for ex in by_split["train"]})
-            manifest["tasks"][name] = {
-                "sizes": {s: len(v) for s, v in by_split.items()},
-                "labels": labels,
-            }
+            _write_task(tmp / name, by_split)
+            manifest["tasks"][name] = _task_info(by_split)
         _manifest_path(tmp).write_text(json.dumps(manifest, indent=1))
     return manifest
 

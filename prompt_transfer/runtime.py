@@ -4,15 +4,25 @@ to exit statuses live in one place (see errors.py for the statuses)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
+import weakref
 from collections.abc import Callable
 
-from prompt_transfer import errors, paths
-from prompt_transfer.errors import UserError
+# Set before anything loads TensorFlow's or XLA's native libraries, which read it once: else
+# their advisory logs (a GPU probe's "failed call to cuInit" on a machine without a GPU) come
+# before a command's own lines. The console script imports this module before any of them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from prompt_transfer import errors, paths  # noqa: E402
+from prompt_transfer.errors import UserError  # noqa: E402
 
 _started = False
+# What this process holds open that runs threads of its own (orbax's checkpoint managers): a
+# command stopped by an error closes them before its one line, so that nothing prints after it.
+_open: weakref.WeakSet = weakref.WeakSet()
 
 
 class LaunchError(UserError):
@@ -155,7 +165,6 @@ def start(multihost: MultiHost | None = None) -> None:
     multihost.check()
     if _started:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # SeqIO's advisory warnings drown progress
@@ -165,17 +174,39 @@ def start(multihost: MultiHost | None = None) -> None:
     _started = True
 
 
+def track(resource) -> None:
+    """Hold `resource` (anything with `close()`) until `untrack`: an entry that stops on an
+    error closes it first (see `run_entry`)."""
+    _open.add(resource)
+
+
+def untrack(resource) -> None:
+    _open.discard(resource)
+
+
+def close_tracked(keep=()) -> None:
+    """Close what is still open but `keep` (a command stopped between opening and closing it).
+    A close that fails is passed over: the error that stopped the command is the one to tell."""
+    for resource in [r for r in _open if r not in keep]:
+        _open.discard(resource)
+        with contextlib.suppress(Exception):
+            resource.close()
+
+
 def run_entry(command: str, body: Callable[[], object], multihost: MultiHost | None = None) -> int:
     """Run `body` as the command `command`; returns the process exit status (`body`'s own when
     it returns an int).
 
     A user error, a diverged run or a pre-emption prints one line naming the command and exits
-    with its own status (2, 3, 4); anything else is a bug and keeps its traceback.
+    with its own status (2, 3, 4), and nothing after it: what the command left open is closed
+    first. Anything else is a bug and keeps its traceback.
     """
+    earlier = weakref.WeakSet(_open)  # a caller's own (a test's), not this command's to close
     try:
         start(multihost)
         status = body()
     except BaseException as e:
+        close_tracked(keep=earlier)
         code = errors.exit_code(e)
         if code is None:
             raise

@@ -7,7 +7,7 @@ import pytest
 
 from prompt_transfer import cli, data, offline_data, ppt, wordnet
 
-# Split sizes of the prepared suite (train/validation/test), as documented in the README.
+# Split sizes of the prepared suite (train/validation/test), as documented in docs/tasks.md.
 SIZES = {
     "offline_sentiment_airline": (11506, 1438, 1439),
     "offline_sentiment_apple": (2378, 297, 298),
@@ -120,12 +120,68 @@ def test_missing_package_names_it_and_the_install_command(monkeypatch, tmp_path,
     assert not (tmp_path / "suite").exists()
 
 
-def test_cli_prints_the_suite(prepared, capsys):
+def test_cli_on_a_prepared_suite_is_one_line(prepared, capsys):
     assert cli.main(["prepare-offline", "--data-dir", str(prepared[0])]) == 0
     out = capsys.readouterr().out
-    assert "offline_sentiment_apple" in out and "2378/297/298" in out
+    assert out.startswith(f"offline suite ready in {prepared[0]}") and out.count("\n") == 1
     manifest = json.loads((prepared[0] / "manifest.json").read_text())
     assert manifest["version"] == offline_data.VERSION
+
+
+# A few synsets in WordNet 3.0's data.<pos> format: offset, lexicographer file, type, word count
+# (hex), words with lexical ids, pointer count, pointers (@ hypernym), then the gloss.
+FAKE_NOUNS = """\
+  1 This software and database is being provided to you, the LICENSEE, by Princeton
+00000001 03 n 01 entity 0 000 | that which exists
+00000002 03 n 01 animal 0 001 @ 00000001 n 0000 | a living thing; "the animal ran"
+00000003 03 n 01 dog 0 001 @ 00000002 n 0000 | a canine; "the dog barked"; "a dog sat"
+00000004 03 n 01 cat 0 001 @ 00000002 n 0000 | a feline; "the cat slept"
+00000005 03 n 01 bank 0 001 @ 00000001 n 0000 | a river side; "the bank flooded"; "on the bank"
+00000006 03 n 01 bank 0 001 @ 00000001 n 0000 | a lender; "the bank lent money"; "a bank loan"
+"""
+
+
+def test_prepare_adds_wordnet_once_it_is_installed(tmp_path, monkeypatch, capsys):
+    """`make demo` prepares the suite without WordNet, `make test` installs wordnet-base and
+    prepares again: the WordNet tasks are added (as a build with WordNet from the start makes
+    them), the rest is left as it was, and the command says what it added."""
+    wordnet_dir = tmp_path / "wordnet"
+    monkeypatch.setattr(offline_data, "WORDNET_DIR", wordnet_dir)  # not installed yet
+    suite = tmp_path / "suite"
+    argv = ["prepare-offline", "--data-dir", str(suite)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "offline_sentiment_apple" in out and "2378/297/298" in out
+    assert "WordNet tasks skipped: install Debian's wordnet-base to add them" in out
+    assert offline_data.read_manifest(suite)["skipped"] == {"wordnet": "wordnet-base"}
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "WordNet tasks skipped" in out  # nothing changed
+
+    wordnet_dir.mkdir()  # installed
+    (wordnet_dir / "data.noun").write_text(FAKE_NOUNS)
+    (wordnet_dir / "data.verb").write_text("")
+    kept = suite / "offline_sentiment_apple" / "train.jsonl"
+    stamp = kept.stat().st_mtime_ns
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "offline suite: added the WordNet tasks (wordnet-base is now installed)" in out
+    assert "offline_wordnet_hypernym " in out and "offline_sentiment_apple " not in out
+    assert "skipped" not in out and kept.stat().st_mtime_ns == stamp
+    manifest = offline_data.read_manifest(suite)
+    assert manifest["skipped"] == {} and manifest["wordnet"]
+    assert offline_data.read_split("offline_wordnet_hypernym", "train", suite)
+    fresh = offline_data.prepare(tmp_path / "fresh")
+    assert fresh["tasks"] == manifest["tasks"]
+    for name in ("offline_wordnet_wic_32shot", "offline_wordnet_hypernym"):
+        for split in ("train", "validation", "test"):
+            file = f"{name}/{split}.jsonl"
+            assert (suite / file).read_bytes() == (tmp_path / "fresh" / file).read_bytes()
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == f"offline suite ready in {suite}\n"
+    # A suite prepared before skipped sources were recorded says only whether WordNet was there.
+    assert offline_data.skipped_sources({"wordnet": False}) == {"wordnet": "wordnet-base"}
+    assert offline_data.skipped_sources({"wordnet": True}) == {}
 
 
 def test_a_folder_of_other_files_is_never_replaced_by_the_suite(tmp_path):

@@ -1,12 +1,17 @@
-"""The bad-input catalogue: every mistake gets one line that names the bad thing, exit status 2,
-and leaves every existing file as it was.
+"""The bad-input catalogue: every mistake gets one line that names the bad thing and nothing
+after it, exit status 2, and leaves every existing file as it was.
 
 One small world is prepared once (a finished tiny run, a library, task files, a file that is not
 UTF-8); each case runs one command against it in-process and compares the world's files, byte
-for byte, before and after.
+for byte, before and after. A refusal that comes once orbax has started (a resume whose
+checkpoint does not fit) also runs as its own process, whose exit would show threads left open.
 """
 
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +122,10 @@ CATALOGUE = {
     "changed config in a run's MODEL_DIR": (
         ["train", *TINY, TASK, RUN, "--gin.PROMPT_LENGTH=7"],
         "holds a run with a different config",
+    ),
+    "resume with another prompt length": (
+        ["train", *TINY, TASK, RUN, "--gin.PROMPT_LENGTH=7", "--resume"],
+        "(trainable/encoder/prompt/prompt is (5, 4) there, (7, 4) here)",
     ),
     "resume with another model": (
         ["train", *TINY[:2], TASK, RUN, "--gin.INITIAL_CHECKPOINT_PATH=None", "--resume"],
@@ -262,17 +271,59 @@ def test_the_catalogue_is_large():
     assert len(CATALOGUE) >= 40
 
 
-@pytest.mark.parametrize("case", list(CATALOGUE))
-def test_a_bad_input_is_one_line_exit_2_and_changes_nothing(world, case, capsys, monkeypatch):
+def assert_one_refusal(err: str, command: str, message: str) -> None:
+    """stderr of a refused command: the lines it prints on purpose ("[prompt-transfer] ..."
+    progress) may come first; then its one refusal line, naming the bad thing, and nothing
+    after it (no warning, no traceback, no thread's last words)."""
+    lines = err.splitlines()
+    assert err.endswith("\n") and lines, err
+    *before, refusal = lines
+    assert refusal.startswith(f"prompt-transfer {command}: error: "), err
+    assert message in refusal, err
+    assert all(line.startswith("[prompt-transfer] ") for line in before), err
+
+
+def _argv(world, case):
     w, entry = world
-    monkeypatch.setenv("PROMPT_TRANSFER_TASKS", str(w.parent / "user_tasks"))
     argv, message = CATALOGUE[case]
-    argv = [a.replace("{w}", str(w)).replace("{entry}", entry) for a in argv]
+    return [a.replace("{w}", str(w)).replace("{entry}", entry) for a in argv], message
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+def test_a_bad_input_is_one_line_exit_2_and_changes_nothing(world, case, capfd, monkeypatch):
+    w, _ = world
+    monkeypatch.setenv("PROMPT_TRANSFER_TASKS", str(w.parent / "user_tasks"))
+    argv, message = _argv(world, case)
     before = _snapshot(w)
-    capsys.readouterr()
+    capfd.readouterr()
     assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err, err
-    assert err.count("\n") == 1, err
+    assert_one_refusal(capfd.readouterr().err, argv[0], message)
     assert _snapshot(w) == before  # nothing written, nothing changed
     assert not (w / "fresh").exists() and not (w / "spot").exists()
+
+
+def test_a_refusal_at_restore_is_the_process_last_line(world, tmp_path):
+    """Orbax reads a checkpoint with threads and an event loop of its own; a refusal there once
+    printed its line inside 212 lines of their tracebacks (issue 23). The whole process, exit
+    included, prints the one line last."""
+    w, _ = world
+    argv, message = _argv(world, "resume with another prompt length")
+    main = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from synthetic_tasks import register_keyword_task; "
+        "register_keyword_task(sys.argv[2]); "
+        "from prompt_transfer import cli; sys.exit(cli.main(sys.argv[3:]))"
+    )
+    tests = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PROMPT_TRANSFER_JAX_CACHE=str(tmp_path / "jax"))
+    before = _snapshot(w)
+    done = subprocess.run(
+        [sys.executable, "-c", main, tests, str(T5_VOCAB), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert_one_refusal(done.stderr, "train", message)
+    assert _snapshot(w) == before
