@@ -19,8 +19,7 @@ from pathlib import Path
 import jax
 
 from prompt_transfer import gin_files, partitioning, prompts, t5
-from prompt_transfer.trainer import run_dir, weights
-from prompt_transfer.trainer import state as train_state
+from prompt_transfer.trainer import checkpointing, train_state, weights
 
 RESULTS = Path(__file__).with_name("checkpoint_size.jsonl")
 
@@ -40,7 +39,7 @@ def main() -> None:
         trainable, _, _ = weights.place(network, prompt, pattern, mesh)
         state = train_state.create_state(trainable, optimizer, mesh)
         with tempfile.TemporaryDirectory() as folder:
-            store = run_dir.CheckpointStore(folder, keep=1)
+            store = checkpointing.CheckpointStore(folder, keep=1)
             start = time.perf_counter()
             store.save(state, 0)
             seconds = time.perf_counter() - start

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import train_step
 
-from prompt_transfer.trainer import state as train_state
+from prompt_transfer.trainer import train_state
 
 RESULTS = Path(__file__).with_name("many_prompts.jsonl")
 

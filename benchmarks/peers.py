@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import train_step
 
-from prompt_transfer.trainer import state as train_state
+from prompt_transfer.trainer import train_state
 
 RESULTS = Path(__file__).with_name("peers.jsonl")
 # SPoT's prompt-tuning recipe, on both sides (Vu et al. 2022, Sec. 2.1).

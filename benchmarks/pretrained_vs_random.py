@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from prompt_transfer.trainer import entry, run_dir
+from prompt_transfer.cli.runs import train_main
+from prompt_transfer.trainer import run_dir
 
 pass
 
@@ -30,7 +31,7 @@ def run(work: Path, target: str, init: str, tuning: str, steps: int, eval_period
         # Model tuning as runs/model_tuning.gin sets it (that file would reset the lengths).
         extra = ["--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0", "--gin.LEARNING_RATE=1e-3"]
         extra = extra if tuning == "model" else []
-        entry.train_main(
+        train_main(
             [
                 "--gin_file=experiments/prompt_tuning_offline",
                 f"--gin.MODEL_DIR='{model_dir}'",

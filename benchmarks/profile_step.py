@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import train_step
 
-from prompt_transfer.trainer import state as train_state
+from prompt_transfer.trainer import train_state
 
 KINDS = (
     # XLA:CPU hands dots (and what it fuses into them) to YNNPACK/XNNPACK: "ynn_fusion.N".

@@ -21,8 +21,8 @@ import json
 import time
 from pathlib import Path
 
-from prompt_transfer import evaluation, gin_files
-from prompt_transfer.trainer import entry
+from prompt_transfer import evaluation, gin_utils
+from prompt_transfer.trainer import config, evaluate
 
 RESULTS = Path(__file__).with_name("rank_vs_decode.jsonl")
 
@@ -39,10 +39,10 @@ def main() -> None:
     parser.add_argument("--split", default="validation")
     parser.add_argument("--batch-size", type=int, default=32)
     args, gin_args = parser.parse_known_args()
-    launch = gin_files.parse_command_line(gin_args)
-    gin_files.configure(launch.files, launch.bindings)
-    spec = gin_files.build(entry.RunSpec)
-    model, params, step = entry._trained(spec, "best")
+    launch = gin_utils.parse_command_line(gin_args)
+    gin_utils.configure(launch.files, launch.bindings)
+    spec = gin_utils.build(config.RunSpec)
+    model, params, step = evaluate.trained(spec, "best")
     evaluator = evaluation.TaskEvaluator(
         model, spec.task, args.split, spec.feature_lengths, args.batch_size
     )

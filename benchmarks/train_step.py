@@ -27,8 +27,7 @@ import numpy as np
 
 from prompt_transfer import gin_files, partitioning, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.trainer import state as train_state
-from prompt_transfer.trainer import weights
+from prompt_transfer.trainer import train_state, weights
 
 
 def build(

@@ -30,8 +30,7 @@ import numpy as np  # noqa: E402
 
 from prompt_transfer import checkpoints, data, gin_files, partitioning  # noqa: E402
 from prompt_transfer.models import EncoderDecoderModel  # noqa: E402
-from prompt_transfer.trainer import state as train_state
-from prompt_transfer.trainer import weights
+from prompt_transfer.trainer import train_state, weights
 
 
 def parse_args(argv):

@@ -1,6 +1,6 @@
 """Predictions of a trained model: the rows to predict and one JSON-ready record per row.
 
-`prompt-transfer infer` (trainer/entry.py) writes them as JSONL.
+`prompt-transfer infer` (trainer/evaluate.py) writes them as JSONL.
 
 Inputs come from a task split (the task's preprocessing applies) or from a plain text file,
 one input per line (`INFER_INPUT_FILE`). Classification tasks predict by rank classification

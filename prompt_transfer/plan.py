@@ -28,7 +28,7 @@ import numpy as np
 from prompt_transfer import gin_files, partitioning, t5
 from prompt_transfer.errors import UserError
 from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.trainer import state as train_state
+from prompt_transfer.trainer import train_state
 
 GB = 1e9
 

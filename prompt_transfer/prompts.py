@@ -321,14 +321,41 @@ def narrow(wide, config) -> tuple[np.ndarray, dict | None]:
     return wide[:, :width], deep
 
 
-def join(params: dict, config, prompt) -> dict:
+def join(params: dict, config, prompt, as_array=jnp.asarray) -> dict:
     """`params` with a prompt in either form joined: the input prompt, and the deep prompt's
-    keys and values in their self-attentions when it has them."""
+    keys and values in their self-attentions when it has them (each made by `as_array`;
+    np.asarray leaves them on the host for a sharded placement)."""
     prompt, deep = narrow(prompt, config)
-    params = with_prompt(params, jnp.asarray(prompt))
+    params = with_prompt(params, as_array(prompt))
     if deep:
-        params = with_deep_prompt(params, {k: jnp.asarray(v) for k, v in deep.items()})
+        params = with_deep_prompt(params, {k: as_array(v) for k, v in deep.items()})
     return params
+
+
+def join_abstract(abstract: dict, config, prompt) -> dict:
+    """The network's abstract tree with the shapes and logical axes of `prompt` (either form)
+    joined, as `join` joins the prompt itself: for shardings and restore templates."""
+    length, wide = np.shape(prompt)
+    abstract = with_prompt(abstract, abstract_prompt(length, config.emb_dim))
+    if wide != config.emb_dim:
+        abstract = with_deep_prompt(abstract, abstract_deep_prompt(config, length))
+    return abstract
+
+
+def blank(length: int, config, deep: bool) -> np.ndarray | None:
+    """Zeros [P, E (+ deep_width)] in a run's prompt form (None when `length` is 0): the
+    template a checkpoint's prompt is restored into."""
+    if not length:
+        return None
+    return np.zeros((length, config.emb_dim + (deep_width(config) if deep else 0)), np.float32)
+
+
+def columns(wide, config) -> tuple[np.ndarray, np.ndarray | None]:
+    """(input prompt [P, E], deep columns [P, deep_width] or None) of a prompt in either form:
+    how the prompt library stores it."""
+    wide = np.asarray(wide, np.float32)
+    deep = wide[:, config.emb_dim :]
+    return wide[:, : config.emb_dim], deep if deep.size else None
 
 
 def wide_of(params: dict, config) -> np.ndarray | None:

@@ -33,6 +33,117 @@ CUT_DOWN_FLOW = [
 if T5_VOCAB.exists():  # tasks/ registers with this vocabulary instead of T5's gs:// one
     os.environ.setdefault("PROMPT_TRANSFER_VOCAB", str(T5_VOCAB))
 
+# What the tiny runs read: 12 input and 4 target tokens hold the keyword task and its labels.
+TINY_LENGTHS = {"inputs": 12, "targets": 4}
+
+
+def tiny_run_args(
+    model_dir: Path | str | None,
+    *overrides: str,
+    task: str | None = "test_keyword",
+    lengths: dict[str, int] = TINY_LENGTHS,
+    checkpoint=TINY_CHECKPOINT,
+) -> list[str]:
+    """A run of the tiny experiment on `task` from the tiny T5X checkpoint: the argv of
+    `train_main`, and of `cli.main` after its command (`["train", *tiny_run_args(...)]`).
+
+    `overrides` come last (`--gin.X=...`, `--gin_file=...`, `--resume`). `model_dir`, `task` or
+    `checkpoint` None leaves that macro unset (a file task names its own; a random-init run).
+    """
+    args = ["--gin_file=experiments/prompt_tuning_tiny"]
+    if model_dir is not None:
+        args.append(f"--gin.MODEL_DIR='{model_dir}'")
+    if task is not None:
+        args.append(f"--gin.MIXTURE_OR_TASK_NAME='{task}'")
+    args.append(f"--gin.TASK_FEATURE_LENGTHS={lengths!r}")
+    if checkpoint is not None:
+        args.append(f"--gin.INITIAL_CHECKPOINT_PATH='{checkpoint}'")
+    return [*args, *overrides]
+
+
+def tiny_config(**changes):
+    """A `t5.T5Config` small enough to build, run and differentiate in a test (V 64, E 16,
+    2 heads of 8, M 32, 2 + 2 layers, 8 relative-position buckets); `changes` are the fields a
+    test depends on."""
+    from prompt_transfer import t5
+
+    fields = dict(
+        vocab_size=64,
+        emb_dim=16,
+        num_heads=2,
+        head_dim=8,
+        mlp_dim=32,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+    )
+    return t5.T5Config(**{**fields, **changes})
+
+
+def small_hf_t5(directory: Path, fmt: str = "safetensors", noise: float = 0.0, **changes):
+    """A small random HF transformers T5 (flan-t5-like unless `changes` say otherwise: gated-GELU,
+    untied output layer), seeded, saved in `directory`, and returned in eval mode.
+
+    fmt "pretrained" is what transformers itself writes now (`save_pretrained`: transformers 5
+    ties `lm_head` to `shared` and keeps T5 1.1's missing rescale as `scale_decoder_outputs`).
+    fmt "safetensors" or "bin" is what older transformers wrote and T5 1.1 checkpoints hold: an
+    `lm_head` of its own when untied, and `tie_word_embeddings` alone deciding tying and
+    rescaling. `noise` > 0 redraws every weight from N(0, noise^2), layer-norm scales too, so
+    that a mis-mapped norm shows up.
+    """
+    import json
+
+    import torch
+    import transformers
+
+    fields = dict(
+        vocab_size=32128,
+        d_model=16,
+        d_kv=4,
+        d_ff=24,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=2,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,  # as T5's own configs say
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    fields.update(changes)
+    tied = fields["tie_word_embeddings"]
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = transformers.T5Config(**fields)
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(cfg).eval()
+    if not tied and fmt != "pretrained":  # transformers 5 ties lm_head in memory; T5 1.1 not
+        model.lm_head.weight = torch.nn.Parameter(torch.randn(cfg.vocab_size, cfg.d_model))
+    if noise:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn_like(p) * noise)
+    if fmt == "pretrained":
+        model.save_pretrained(directory)
+        return model
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    if tied:
+        state.pop("lm_head.weight", None)
+    else:
+        state["lm_head.weight"] = model.lm_head.weight.detach().clone()
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(directory / "model.safetensors"))
+    elif fmt == "bin":
+        torch.save(state, directory / "pytorch_model.bin")
+    else:
+        raise ValueError(f"fmt={fmt!r}: choose safetensors, bin or pretrained")
+    config = {k: v for k, v in cfg.to_dict().items() if k != "scale_decoder_outputs"}
+    (directory / "config.json").write_text(json.dumps(dict(config, tie_word_embeddings=tied)))
+    return model
+
 
 @pytest.fixture(scope="session")
 def anchors() -> Path:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from synthetic_tasks import keyword_examples, register_keyword_task  # noqa: E402
 
-from conftest import CUT_DOWN_FLOW, T5_VOCAB, TINY_CHECKPOINT  # noqa: E402
+from conftest import CUT_DOWN_FLOW, T5_VOCAB, TINY_CHECKPOINT, tiny_run_args  # noqa: E402
 
 # What `fill` puts in the bucket (relative names) and what `run` leaves there.
 CHECKPOINT = "models/tiny/checkpoint_3"
@@ -52,22 +52,21 @@ def fill(put: Callable[[str, bytes], None]) -> None:
 
 
 def _train(bucket: str) -> list[str]:
-    return [
-        "train",
-        "--gin_file=experiments/prompt_tuning_tiny",
+    run = tiny_run_args(
+        f"{bucket}/runs/keyword",
         "--gin_file=tasks/file_task.gin",
         "--gin.FILE_TASK_NAME='gs_keyword'",
         f"--gin.FILE_TASK_TRAIN='{bucket}/data/train.tsv'",
         f"--gin.FILE_TASK_VALIDATION='{bucket}/data/validation.tsv'",
         "--gin.FILE_TASK_INPUTS=('sentence',)",
         "--gin.FILE_TASK_LABELS=('yes', 'no')",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{bucket}/{CHECKPOINT}'",
-        f"--gin.MODEL_DIR='{bucket}/runs/keyword'",
         f"--gin.LIBRARY_DIR='{bucket}/library'",
         "--gin.SAVE_PERIOD=2",
         "--gin.EVAL_PERIOD=2",
-    ]
+        task=None,  # file_task.gin names it: FILE_TASK_NAME
+        checkpoint=f"{bucket}/{CHECKPOINT}",
+    )
+    return ["train", *run]
 
 
 def run(bucket: str, resume: int | None = None, flow: bool = True) -> None:

@@ -16,7 +16,7 @@ import peers  # noqa: E402
 import train_step  # noqa: E402
 
 from prompt_transfer import gin_files  # noqa: E402
-from prompt_transfer.trainer import state as train_state  # noqa: E402
+from prompt_transfer.trainer import train_state  # noqa: E402
 
 
 @pytest.mark.parametrize("size", ["offline_small", "small"])

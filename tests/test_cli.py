@@ -1,13 +1,12 @@
 """The console script end to end: checkpoint-info, convert (HF -> T5X + gin), score, errors."""
 
-import json
 import re
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT
+from conftest import T5_VOCAB, TINY_CHECKPOINT, small_hf_t5
 from prompt_transfer import checkpoints, cli, gin_files, t5
 
 torch = pytest.importorskip("torch")
@@ -17,29 +16,16 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A small flan-t5-like HF checkpoint (gated-GELU, untied) in a local directory."""
-    from safetensors.torch import save_file
-
     d = tmp_path_factory.mktemp("hf")
-    cfg = transformers.T5Config(
-        vocab_size=32128,
-        d_model=8,
-        d_kv=4,
-        d_ff=12,
-        num_heads=2,
-        num_layers=2,
-        num_decoder_layers=1,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = transformers.T5ForConditionalGeneration(cfg).eval()
-    model.lm_head.weight = torch.nn.Parameter(torch.randn(cfg.vocab_size, cfg.d_model))
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    state["lm_head.weight"] = model.lm_head.weight.detach().clone()
-    save_file(state, str(d / "model.safetensors"))
-    config = {k: v for k, v in cfg.to_dict().items() if k != "scale_decoder_outputs"}
-    (d / "config.json").write_text(json.dumps(dict(config, tie_word_embeddings=False)))
-    return d, model
+    return d, small_hf_t5(d, d_model=8, d_ff=12, num_heads=2, num_decoder_layers=1)
+
+
+@pytest.fixture(scope="module")
+def converted(hf_dir, tmp_path_factory):
+    """`convert` of that checkpoint, run once for the tests that read its output."""
+    out = tmp_path_factory.mktemp("convert") / "converted"
+    assert cli.main(["convert", "--hf", str(hf_dir[0]), "--output", str(out)]) == 0
+    return out
 
 
 def test_checkpoint_info_prints_tree_and_count(anchors, capsys):
@@ -49,15 +35,13 @@ def test_checkpoint_info_prints_tree_and_count(anchors, capsys):
     assert out[-1] == "52 parameters, 257,856 values, step 3"
 
 
-def test_convert_writes_t5x_checkpoint_and_size_gin(hf_dir, tmp_path, capsys):
-    directory, model = hf_dir
-    out = tmp_path / "converted"
-    assert cli.main(["convert", "--hf", str(directory), "--output", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_0", "model.gin"]
-    config = gin_files.read_model_config(str(out / "model.gin"))
+def test_convert_writes_t5x_checkpoint_and_size_gin(hf_dir, converted):
+    _, model = hf_dir
+    assert sorted(p.name for p in converted.iterdir()) == ["checkpoint_0", "model.gin"]
+    config = gin_files.read_model_config(str(converted / "model.gin"))
     assert (config.num_encoder_layers, config.num_decoder_layers, config.emb_dim) == (2, 1, 8)
     module = t5.T5(config)
-    params = checkpoints.restore_params(out, t5.abstract_params(module))
+    params = checkpoints.restore_params(converted, t5.abstract_params(module))
     inputs, targets = np.array([[5, 9, 44, 1]]), np.array([[0, 17, 3]])
     with torch.no_grad():
         expected = model(
@@ -67,16 +51,14 @@ def test_convert_writes_t5x_checkpoint_and_size_gin(hf_dir, tmp_path, capsys):
     np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_score_reads_model_gin_beside_checkpoint(anchors, hf_dir, tmp_path, capsys):
-    out = tmp_path / "converted"
-    cli.main(["convert", "--hf", str(hf_dir[0]), "--output", str(out)])
+def test_score_reads_model_gin_beside_checkpoint(anchors, converted, capsys):
     capsys.readouterr()
     assert (
         cli.main(
             [
                 "score",
                 "--checkpoint",
-                str(out / "checkpoint_0"),
+                str(converted / "checkpoint_0"),
                 "--vocab",
                 str(T5_VOCAB),
                 "--inputs",
@@ -151,11 +133,11 @@ def test_a_runs_folder_in_the_working_directory_does_not_break_gin_includes(tmp_
     sys.path is a namespace package without a file, on which gin itself raises TypeError."""
     import sys
 
-    from prompt_transfer import gin_files
+    from prompt_transfer import gin_files, gin_utils
 
     (tmp_path / "runs" / "demo").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("runs", None)
-    text = gin_files.configure([str(gin_files.find("experiments/demo"))], [])
+    text = gin_utils.configure([str(gin_files.find("experiments/demo"))], [])
     assert "spot.run" in text and "WORK_DIR = 'runs/demo'" in text

@@ -7,20 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from prompt_transfer.models import EncoderDecoderModel, shift_right, token_log_likelihoods
-from prompt_transfer.t5 import T5, T5Config
+from prompt_transfer.t5 import T5
 
-CONFIG = T5Config(
-    vocab_size=40,
-    emb_dim=16,
-    num_heads=2,
-    head_dim=8,
-    mlp_dim=32,
-    num_encoder_layers=2,
-    num_decoder_layers=3,
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
-)
+CONFIG = tiny_config(vocab_size=40, num_decoder_layers=3)
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +72,12 @@ def _sequence_log_prob(module, params, inputs, seq):
 
 def test_exhaustive_beam_finds_the_most_likely_sequence(setup):
     """With K = V^(T-1) beams the search is exact: compare with brute force over all sequences."""
-    cfg = T5Config(
-        vocab_size=5,
+    cfg = tiny_config(
+        vocab_size=5,  # 5^3 sequences to search exhaustively
         emb_dim=8,
-        num_heads=2,
         head_dim=4,
         mlp_dim=16,
         num_encoder_layers=1,
-        num_decoder_layers=2,
         relative_attention_num_buckets=4,
         relative_attention_max_distance=8,
     )

@@ -19,12 +19,11 @@ import pytest
 from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT
+from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_config, tiny_run_args
 from prompt_transfer import cli, gin_files, inference, partitioning, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel, shift_right
 from prompt_transfer.trainer import weights
 
-LENGTHS = {"inputs": 12, "targets": 4}
 # Where a model of 2 encoder and 2 decoder layers (both models here) keeps a deep prompt.
 TWO_BY_TWO_PATHS = [f"encoder/layers_{i}/attention/prompt_prefix" for i in range(2)] + [
     f"decoder/layers_{i}/self_attention/prompt_prefix" for i in range(2)
@@ -40,15 +39,7 @@ DEEP = [
 
 @pytest.fixture(scope="module")
 def small():
-    config = t5.T5Config(
-        vocab_size=64,
-        emb_dim=16,
-        num_heads=2,
-        head_dim=8,
-        mlp_dim=32,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-    )
+    config = tiny_config()
     module = t5.T5(config)
     tokens = jnp.ones((1, 8), jnp.int32)
     network = nn.unbox(module.init(jax.random.PRNGKey(0), tokens, tokens)["params"])
@@ -85,19 +76,8 @@ def test_cached_decoding_with_a_deep_prompt_agrees_with_teacher_forcing(small):
 def deep_run(anchors, tmp_path_factory):
     register_keyword_task(T5_VOCAB)
     model_dir = tmp_path_factory.mktemp("deep")
-    argv = [
-        "train",
-        "--gin_file=experiments/prompt_tuning_tiny",
-        f"--gin.MODEL_DIR={model_dir}",
-        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
-        "--gin.TRAIN_STEPS=20",
-        "--gin.EVAL_PERIOD=20",
-        "--gin.SAVE_PERIOD=10",
-        *DEEP,
-    ]
-    assert cli.main(argv) == 0
+    steps = ["--gin.TRAIN_STEPS=20", "--gin.EVAL_PERIOD=20", "--gin.SAVE_PERIOD=10"]
+    assert cli.main(["train", *tiny_run_args(model_dir, *steps, *DEEP)]) == 0
     return model_dir
 
 
@@ -118,14 +98,7 @@ def test_deep_prompt_run_trains_and_saves_only_the_prompt(deep_run):
 
 
 def test_eval_and_infer_read_the_deep_prompt_back(deep_run, capsys):
-    args = [
-        "--gin_file=experiments/prompt_tuning_tiny",
-        f"--gin.MODEL_DIR={deep_run}",
-        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
-        *DEEP,
-    ]
+    args = tiny_run_args(deep_run, *DEEP)
     assert cli.main(["eval", *args]) == 0
     report = json.loads((deep_run / "eval_validation_latest.json").read_text())
     last = json.loads((deep_run / "eval_history.jsonl").read_text().splitlines()[-1])
@@ -145,10 +118,10 @@ def test_eval_and_infer_read_the_deep_prompt_back(deep_run, capsys):
     arrays = _checkpoint_arrays(deep_run / "checkpoint_20")
     plain = prompts.with_prompt(network, jnp.asarray(arrays.pop(prompts.PROMPT_PATH)))
     deep = prompts.with_deep_prompt(plain, {k: jnp.asarray(v) for k, v in arrays.items()})
-    task, rows = inference.rows_from_file("test_keyword", str(inputs), LENGTHS)
+    task, rows = inference.rows_from_file("test_keyword", str(inputs), TINY_LENGTHS)
     model = EncoderDecoderModel(module)
-    expect = [r["scores"] for r in inference.predict(model, deep, task, rows, LENGTHS, 8)]
-    without = [r["scores"] for r in inference.predict(model, plain, task, rows, LENGTHS, 8)]
+    expect = [r["scores"] for r in inference.predict(model, deep, task, rows, TINY_LENGTHS, 8)]
+    without = [r["scores"] for r in inference.predict(model, plain, task, rows, TINY_LENGTHS, 8)]
     for got, want, other in zip(scores, expect, without, strict=True):
         assert got == pytest.approx(want, abs=1e-4)
         assert max(abs(want[k] - other[k]) for k in want) > 1e-3
@@ -156,14 +129,7 @@ def test_eval_and_infer_read_the_deep_prompt_back(deep_run, capsys):
 
 def test_a_frozen_deep_prompt_is_refused_in_one_line(anchors, tmp_path, capsys):
     register_keyword_task(T5_VOCAB)
-    argv = [
-        "train",
-        "--gin_file=experiments/prompt_tuning_tiny",
-        f"--gin.MODEL_DIR={tmp_path}",
-        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
-        "--gin.DEEP_PROMPT=True",
-    ]
-    assert cli.main(argv) == 2
+    assert cli.main(["train", *tiny_run_args(tmp_path, "--gin.DEEP_PROMPT=True")]) == 2
     err = capsys.readouterr().err
     assert "leaves the deep prompt" in err and prompts.DEEP_REGEX in err and err.count("\n") == 1
 

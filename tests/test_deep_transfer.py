@@ -10,20 +10,12 @@ import pytest
 from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT
+from conftest import T5_VOCAB, tiny_config, tiny_run_args
 from prompt_transfer import cli, gin_files, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.transfer import initial, library, retrieval
 
-CONFIG = t5.T5Config(
-    vocab_size=64,
-    emb_dim=6,
-    num_heads=2,
-    head_dim=3,
-    mlp_dim=8,
-    num_encoder_layers=2,
-    num_decoder_layers=1,
-)
+CONFIG = tiny_config(emb_dim=6, head_dim=3, mlp_dim=8, num_decoder_layers=1)
 WIDTH = 3 * 2 * 2 * 3  # 3 self-attentions x (keys, values) x 2 heads x 3 dims
 
 
@@ -138,16 +130,13 @@ def _trained_arrays(step_dir) -> dict:
 def test_a_deep_source_run_joins_the_library_and_starts_a_deep_target(anchors, tmp_path):
     register_keyword_task(T5_VOCAB)
     lib_dir = tmp_path / "library"
-    common = [
-        "--gin_file=experiments/prompt_tuning_tiny",
-        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+    common = tiny_run_args(
+        None,  # each run names its own MODEL_DIR
         "--gin.DEEP_PROMPT=True",
         f"--gin.TRAINABLE='{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}'",
         "--gin.train_state.OptimizerConfig.name='adam'",
         "--gin.EVAL_PERIOD=0",
-    ]
+    )
     source = [
         "train",
         *common,

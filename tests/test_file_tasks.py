@@ -5,9 +5,9 @@ import json
 import pytest
 from synthetic_tasks import keyword_examples
 
-from conftest import TINY_CHECKPOINT
+from conftest import tiny_run_args
 from prompt_transfer import cli, data, file_tasks
-from prompt_transfer.trainer import entry
+from prompt_transfer.cli.runs import train_main
 
 
 def _write_tsv(path, examples, header=("sentence", "label")):
@@ -28,22 +28,21 @@ def files(tmp_path):
 
 def test_file_task_trains_one_step_and_evaluates(anchors, files, tmp_path):
     train_file, validation_file = files
-    summary = entry.train_main(
-        [
-            "--gin_file=experiments/prompt_tuning_tiny",
+    summary = train_main(
+        tiny_run_args(
+            tmp_path / "run",
             "--gin_file=tasks/file_task.gin",
-            f"--gin.MODEL_DIR={tmp_path / 'run'}",
             "--gin.FILE_TASK_NAME='my_keyword'",
             f"--gin.FILE_TASK_TRAIN='{train_file}'",
             f"--gin.FILE_TASK_VALIDATION='{validation_file}'",
             "--gin.FILE_TASK_INPUTS=('sentence',)",
             "--gin.FILE_TASK_LABELS=('yes', 'no')",
-            f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
             "--gin.TRAIN_STEPS=1",
             "--gin.EVAL_PERIOD=1",
             "--gin.SAVE_PERIOD=1",
-        ]
+            task=None,  # file_task.gin names it: FILE_TASK_NAME
+            lengths={"inputs": 16, "targets": 4},
+        )
     )
     assert summary["step"] == 1 and summary["best"]["metric"] == "accuracy"
     assert 0 <= summary["best"]["value"] <= 100
@@ -147,7 +146,7 @@ def test_a_task_on_the_shipped_model_takes_its_vocabulary_with_no_setting(
     monkeypatch.delenv("PROMPT_TRANSFER_VOCAB", raising=False)
     monkeypatch.setattr(vocab, "_model_vocabulary", None)  # restored after the test
     train_file, validation_file = files
-    summary = entry.train_main(
+    summary = train_main(
         [
             "--gin_file=experiments/prompt_tuning_offline",
             "--gin_file=tasks/file_task.gin",

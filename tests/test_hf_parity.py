@@ -1,7 +1,5 @@
 """Logits equal HF transformers' PyTorch T5 on the same weights, through our HF importer."""
 
-import json
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from conftest import small_hf_t5  # noqa: E402
 from prompt_transfer import hf_t5  # noqa: E402
 from prompt_transfer.t5 import T5  # noqa: E402
 
@@ -35,41 +34,16 @@ CONFIGS = {
 
 
 def _hf_model(tmp_path, name, fmt):
-    cfg = transformers.T5Config(
+    # Random layer-norm scales too (noise), so a mis-mapped norm shows up.
+    return small_hf_t5(
+        tmp_path,
+        fmt,
+        noise=0.5,
         vocab_size=96,
-        d_model=16,
-        d_kv=4,
-        d_ff=24,
-        num_heads=4,
         relative_attention_num_buckets=8,
         relative_attention_max_distance=20,
-        dropout_rate=0.0,
         **CONFIGS[name],
     )
-    torch.manual_seed(0)
-    model = transformers.T5ForConditionalGeneration(cfg).eval()
-    if not CONFIGS[name]["tie_word_embeddings"]:
-        # transformers 5 always ties lm_head to `shared` in memory; T5 1.1 checkpoints do not.
-        model.lm_head.weight = torch.nn.Parameter(torch.randn(cfg.vocab_size, cfg.d_model))
-    with torch.no_grad():  # random layer-norm scales too, so a mis-mapped norm shows up
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if not CONFIGS[name]["tie_word_embeddings"]:
-        state["lm_head.weight"] = model.lm_head.weight.detach().clone()
-    else:
-        state.pop("lm_head.weight", None)
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.clone() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
-    else:
-        torch.save(state, tmp_path / "pytorch_model.bin")
-    # What older transformers wrote: `tie_word_embeddings` alone decides tying and rescaling.
-    config = {k: v for k, v in cfg.to_dict().items() if k != "scale_decoder_outputs"}
-    config["tie_word_embeddings"] = CONFIGS[name]["tie_word_embeddings"]
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    return model
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

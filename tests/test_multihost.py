@@ -19,7 +19,7 @@ import pytest
 from fake_gcs import FakeGcs
 from synthetic_tasks import keyword_examples
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT
+from conftest import T5_VOCAB, tiny_run_args
 from prompt_transfer.errors import EXIT_PREEMPTED
 
 STEPS = 24
@@ -42,17 +42,14 @@ def task_files(anchors, tmp_path_factory):
 
 def _argv(task_files, model_dir):
     train, validation = task_files
-    return [
-        "train",
-        "--gin_file=experiments/prompt_tuning_tiny",
+    run = tiny_run_args(
+        model_dir,
         "--gin_file=tasks/file_task.gin",
         "--gin.FILE_TASK_NAME='mh_keyword'",
         f"--gin.FILE_TASK_TRAIN='{train}'",
         f"--gin.FILE_TASK_VALIDATION='{validation}'",
         "--gin.FILE_TASK_INPUTS=('sentence',)",
         "--gin.FILE_TASK_LABELS=('yes', 'no')",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
         f"--gin.TRAIN_STEPS={STEPS}",
         "--gin.LEARNING_RATE=0.03",
         "--gin.BATCH_SIZE=8",
@@ -61,9 +58,10 @@ def _argv(task_files, model_dir):
         "--gin.EVAL_PERIOD=12",
         "--gin.EVAL_BATCH_SIZE=8",
         "--gin.LOG_PERIOD=1",
-        f"--gin.MODEL_DIR='{model_dir}'",
         f"--gin.LIBRARY_DIR='{model_dir}-library'",
-    ]
+        task=None,  # file_task.gin names it: FILE_TASK_NAME
+    )
+    return ["train", *run]
 
 
 def _launch(

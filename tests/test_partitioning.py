@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT
+from conftest import T5_VOCAB, TINY_CHECKPOINT, tiny_run_args
 from prompt_transfer import cli, gin_files, partitioning
 from prompt_transfer import partitioning as pt
 from prompt_transfer.trainer import weights
@@ -24,21 +24,11 @@ def task(anchors):
 
 
 def _train(model_dir, *extra):
-    argv = [
-        "train",
-        "--gin_file=experiments/prompt_tuning_tiny",
-        f"--gin.MODEL_DIR='{model_dir}'",
-        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
-        f"--gin.TRAIN_STEPS={STEPS}",
-        f"--gin.SAVE_PERIOD={STEPS}",
-        f"--gin.EVAL_PERIOD={STEPS}",
-        "--gin.LOG_PERIOD=1",
-        "--gin.DROPOUT_RATE=0.0",
-        *extra,
-    ]
-    assert cli.main(argv) == 0
+    periods = [f"--gin.SAVE_PERIOD={STEPS}", f"--gin.EVAL_PERIOD={STEPS}", "--gin.LOG_PERIOD=1"]
+    argv = tiny_run_args(
+        model_dir, f"--gin.TRAIN_STEPS={STEPS}", *periods, "--gin.DROPOUT_RATE=0.0", *extra
+    )
+    assert cli.main(["train", *argv]) == 0
     lines = (model_dir / "log.txt").read_text().splitlines()
     losses = [float(line.split("loss ")[1].split()[0]) for line in lines if " loss " in line]
     return np.load(model_dir / "prompts" / f"checkpoint_{STEPS}.npy"), np.asarray(losses)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import T5_VOCAB
+from conftest import T5_VOCAB, small_hf_t5
 from prompt_transfer import checkpoints, cli, gin_files, prompts, t5, vocab
 from prompt_transfer.models import shift_right
 from prompt_transfer.transfer import library
@@ -23,24 +23,7 @@ VIRTUAL_TOKENS = 5
 def hf(tmp_path_factory):
     """A small flan-t5-like HF T5 saved with save_pretrained, and its `convert`ed checkpoint."""
     root = tmp_path_factory.mktemp("peft")
-    cfg = transformers.T5Config(
-        vocab_size=32128,
-        d_model=16,
-        d_kv=4,
-        d_ff=24,
-        num_heads=4,
-        num_layers=2,
-        num_decoder_layers=2,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,  # as T5's own configs say
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    torch.manual_seed(0)
-    model = transformers.T5ForConditionalGeneration(cfg).eval()
-    model.save_pretrained(root / "hf")
+    small_hf_t5(root / "hf", "pretrained")
     assert cli.main(["convert", "--hf", str(root / "hf"), "--output", str(root / "ours")]) == 0
     config = gin_files.read_model_config(str(root / "ours" / "model.gin"))
     module = t5.T5(config)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from prompt_transfer import checkpoints, cli, gin_files, offline_data, registry, t5, vocab
+from prompt_transfer.cli.runs import train_main
 from prompt_transfer.tf_import import import_seqio, import_tensorflow
-from prompt_transfer.trainer import entry
 
 
 def test_pretrain_steps_export_bf16_and_restore(tmp_path, monkeypatch):
@@ -23,7 +23,7 @@ def test_pretrain_steps_export_bf16_and_restore(tmp_path, monkeypatch):
     registry.register_span_corruption_task(
         "test_span", source, vocab.get_vocabulary(vocab.OFFLINE_VOCAB_PATH)
     )
-    summary = entry.train_main(
+    summary = train_main(
         [
             "--gin_file=experiments/pretrain_offline",
             f"--gin.MODEL_DIR={tmp_path / 'run'}",

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import RELEASED_PROMPTS
+from conftest import RELEASED_PROMPTS, tiny_config
 from prompt_transfer import prompts, t5
 from prompt_transfer.models import EncoderDecoderModel
 
@@ -90,17 +90,7 @@ def test_unknown_init_lists_choices():
 
 
 def test_mixed_task_batch_equals_one_prompt_at_a_time():
-    cfg = t5.T5Config(
-        vocab_size=60,
-        emb_dim=16,
-        num_heads=2,
-        head_dim=8,
-        mlp_dim=24,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-        relative_attention_num_buckets=8,
-    )
-    module = t5.T5(cfg)
+    module = t5.T5(tiny_config(vocab_size=60, mlp_dim=24))
     inputs = jnp.asarray(np.random.default_rng(0).integers(3, 60, (4, 6))).at[1, 4:].set(0)
     network = module.init(jax.random.PRNGKey(0), inputs, inputs[:, :3])["params"]
     rng = np.random.default_rng(1)

@@ -4,16 +4,10 @@ write instead, exit 2, and nothing written."""
 import pytest
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT
+from conftest import T5_VOCAB, tiny_run_args
 from prompt_transfer import cli
 
-RUN = [
-    "--gin_file=experiments/prompt_tuning_tiny",
-    "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
-    "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-    f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
-    "--gin.TRAIN_STEPS=4",
-]
+RUN = tiny_run_args(None, "--gin.TRAIN_STEPS=4")  # MODEL_DIR: each test's own
 
 CASES = {
     "a misspelled macro": (

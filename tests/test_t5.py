@@ -1,5 +1,7 @@
 """The network: T5X tree and axes, size gin files, encode/decode split, dtypes, dropout."""
 
+import dataclasses
+
 import flax.linen as nn
 import gin
 import jax
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from conftest import tiny_config
 from prompt_transfer import gin_files, partitioning, t5
 
 # Published sizes of the T5 1.1 (LM-adapted) checkpoints, 3 significant digits.
@@ -54,18 +57,7 @@ def test_every_parameter_has_t5x_logical_axes():
     assert all(len(s) >= 1 and all(a is not None for a in s) for s in specs.values())
 
 
-CONFIG = t5.T5Config(
-    vocab_size=50,
-    emb_dim=16,
-    num_heads=2,
-    head_dim=8,
-    mlp_dim=24,
-    num_encoder_layers=2,
-    num_decoder_layers=1,
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
-    dropout_rate=0.3,
-)
+CONFIG = tiny_config(vocab_size=50, mlp_dim=24, num_decoder_layers=1, dropout_rate=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +91,7 @@ def test_padding_does_not_change_valid_positions(net):
 
 def test_bfloat16_activations_keep_float32_params_and_logits(net):
     module, params, inputs, targets = net
-    bf16 = t5.T5(t5.T5Config(**{**CONFIG.__dict__, "dtype": "bfloat16"}))
+    bf16 = t5.T5(dataclasses.replace(CONFIG, dtype="bfloat16"))
     logits = bf16.apply({"params": params}, inputs, targets)
     assert logits.dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
@@ -122,13 +114,8 @@ def test_dropout_only_when_enabled(net):
 
 
 def test_t5_1_0_style_has_no_logits_dense_and_rescales():
-    cfg = t5.T5Config(
-        **{
-            **CONFIG.__dict__,
-            "mlp_activations": ("relu",),
-            "logits_via_embedding": True,
-            "dropout_rate": 0.0,
-        }
+    cfg = dataclasses.replace(
+        CONFIG, mlp_activations=("relu",), logits_via_embedding=True, dropout_rate=0.0
     )
     module = t5.T5(cfg)
     inputs, targets = jnp.asarray([[3, 4, 1]]), jnp.asarray([[0, 5]])
@@ -155,8 +142,6 @@ def test_unknown_activation_is_named():
 
 
 def test_rematerialised_layers_give_the_same_loss_and_gradients_in_the_same_tree():
-    import dataclasses
-
     config = dataclasses.replace(gin_files.read_model_config("tiny"), dropout_rate=0.1)
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(2, 100, (4, 12)), jnp.int32)

@@ -27,7 +27,7 @@ def test_tfds_data_dir_flag_is_where_tfds_looks(anchors, tmp_path, monkeypatch, 
     """T5X's --tfds_data_dir on a run: TFDS reads (here: fails to find) the data there."""
     import tensorflow_datasets as tfds
 
-    from conftest import TINY_CHECKPOINT
+    from conftest import tiny_run_args
     from prompt_transfer import cli
     from prompt_transfer.tf_import import import_seqio
 
@@ -38,16 +38,14 @@ def test_tfds_data_dir_flag_is_where_tfds_looks(anchors, tmp_path, monkeypatch, 
     )
     seqio = import_seqio()
     monkeypatch.setattr(seqio.utils, "_TFDS_DATA_DIR_OVERRIDE", None)  # restored afterwards
-    argv = [
-        "train",
-        "--gin_file=experiments/prompt_tuning_tiny",
-        f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
-        "--gin.MIXTURE_OR_TASK_NAME='glue_rte'",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+    run = tiny_run_args(
+        tmp_path / "run",
         "--gin.TRAIN_STEPS=2",
         f"--tfds_data_dir={tmp_path / 'tfds'}",
-    ]
+        task="glue_rte",
+        lengths={"inputs": 16, "targets": 8},
+    )
+    argv = ["train", *run]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"glue/rte:2.0.0 for 'glue_rte' is not prepared in {tmp_path / 'tfds'};" in err, err

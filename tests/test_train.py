@@ -12,30 +12,26 @@ import pytest
 from flax import traverse_util
 from synthetic_tasks import keyword_examples, register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT
-from prompt_transfer import checkpoints, cli, data, errors, gin_files, partitioning, prompts
+from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_run_args
+from prompt_transfer import (
+    checkpoints,
+    cli,
+    data,
+    errors,
+    gin_files,
+    gin_utils,
+    partitioning,
+    prompts,
+)
+from prompt_transfer.cli.runs import train_main
 from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.trainer import entry, run_dir, together, weights
-from prompt_transfer.trainer import state as train_state
-
-LENGTHS = {"inputs": 12, "targets": 4}
+from prompt_transfer.trainer import config as run_config
+from prompt_transfer.trainer import run_dir, train, train_state, weights
 
 
 @pytest.fixture(scope="module")
 def task(anchors):
     return register_keyword_task(T5_VOCAB)
-
-
-def _run_args(model_dir, *extra, checkpoint=True):
-    args = [
-        "--gin_file=experiments/prompt_tuning_tiny",
-        f"--gin.MODEL_DIR={model_dir}",
-        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-    ]
-    if checkpoint:
-        args.append(f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'")
-    return [*args, *extra]
 
 
 def _losses(model_dir: Path) -> list[float]:
@@ -60,7 +56,7 @@ def _one_step(task_name, pattern):
     trainable, fixed = train_state.split_trainable(jax.device_put(params, shardings), pattern)
     optimizer = train_state.make_optimizer(train_state.OptimizerConfig())
     state = train_state.create_state(trainable, optimizer, mesh)
-    batch = next(data.BatchStream(task_name, LENGTHS, 8, seed=0))
+    batch = next(data.BatchStream(task_name, TINY_LENGTHS, 8, seed=0))
     step, batch_shardings = train_state.compile_train_step(
         EncoderDecoderModel(module),
         optimizer,
@@ -117,7 +113,7 @@ def prompt_run(task, tmp_path_factory):
         cli.main(
             [
                 "train",
-                *_run_args(
+                *tiny_run_args(
                     model_dir,
                     "--gin.TRAIN_STEPS=40",
                     "--gin.EVAL_PERIOD=20",
@@ -168,12 +164,13 @@ def test_checkpoint_holds_no_frozen_weights(prompt_run):
 
 
 def test_eval_and_infer_through_the_cli(prompt_run, capsys):
-    assert cli.main(["eval", *_run_args(prompt_run)]) == 0
+    assert cli.main(["eval", *tiny_run_args(prompt_run)]) == 0
     report = json.loads((prompt_run / "eval_validation_latest.json").read_text())
     assert report["step"] == 40 and 0 <= report["results"]["test_keyword"]["accuracy"] <= 100
     inputs = prompt_run / "inputs.txt"
     inputs.write_text("topic: apple lemon mango\ntopic: river ocean desert\n")
-    assert cli.main(["infer", *_run_args(prompt_run), f"--gin.INFER_INPUT_FILE='{inputs}'"]) == 0
+    infer = ["infer", *tiny_run_args(prompt_run), f"--gin.INFER_INPUT_FILE='{inputs}'"]
+    assert cli.main(infer) == 0
     out = capsys.readouterr().out.strip().split()[-1]
     records = [json.loads(line) for line in Path(out).read_text().splitlines()]
     assert [r["input"] for r in records] == inputs.read_text().splitlines()
@@ -186,7 +183,7 @@ def test_a_run_is_evaluated_and_resumed_only_with_its_own_model(prompt_run, caps
     record = json.loads((prompt_run / "model.json").read_text())
     assert record["checkpoint"] == str(TINY_CHECKPOINT) and len(record["fingerprint"]) == 16
     before = sorted(p.name for p in prompt_run.iterdir())
-    other = _run_args(prompt_run, checkpoint=False)  # the same shapes, at random init
+    other = tiny_run_args(prompt_run, checkpoint=None)  # the same shapes, at random init
     for command in (["eval", *other], ["train", *other, "--gin.TRAIN_STEPS=60", "--resume"]):
         capsys.readouterr()
         assert cli.main(command) == 2
@@ -211,7 +208,8 @@ def test_a_second_run_in_a_live_run_dir_is_refused_and_a_stale_lock_taken_over(
     lock = model_dir / run_dir.LOCK_FILE
     live = {"pid": os.getpid(), "host": socket.gethostname(), "since": 0}
     lock.write_text(json.dumps(live))
-    args = _run_args(model_dir, "--gin.TRAIN_STEPS=2", "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=0")
+    steps = ["--gin.TRAIN_STEPS=2", "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=0"]
+    args = tiny_run_args(model_dir, *steps)
     assert cli.main(["train", *args]) == 2
     err = capsys.readouterr().err
     assert f"is in use by process {os.getpid()}" in err and err.count("\n") == 1
@@ -239,9 +237,8 @@ def test_model_tuning_loss_falls_and_accuracy_rises(anchors, tmp_path):
     jump whose timing varied by seed and processor: seed 2 sat at 40.6% for 400 steps.
     """
     task = register_keyword_task(T5_VOCAB, name="test_keyword_128", n_validation=128)
-    args = _run_args(
+    args = tiny_run_args(
         tmp_path,
-        f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
         "--gin.TRAINABLE='.*'",
         "--gin.PROMPT_LENGTH=0",
         "--gin.DROPOUT_RATE=0.0",
@@ -250,9 +247,10 @@ def test_model_tuning_loss_falls_and_accuracy_rises(anchors, tmp_path):
         "--gin.EVAL_PERIOD=200",
         "--gin.SAVE_PERIOD=200",
         "--gin.LOG_PERIOD=50",
-        checkpoint=False,
+        task=task,
+        checkpoint=None,
     )
-    summary = entry.train_main(args)
+    summary = train_main(args)
     losses = _losses(tmp_path)
     assert losses[-1] < 0.1 * losses[0]
     validation = keyword_examples(128, 1)["targets"]
@@ -279,10 +277,11 @@ def test_runs_in_one_process_share_the_network_and_compile_their_step_once(
     monkeypatch.setattr(weights, "_NETWORKS", collections.OrderedDict())
     train_state._jitted_step.cache_clear()
     short = ("--gin.TRAIN_STEPS=3", "--gin.EVAL_PERIOD=3", "--gin.SAVE_PERIOD=3")
-    tuned = _run_args(tmp_path / "model", *short, "--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0")
-    entry.train_main(tuned)
-    first = entry.train_main(_run_args(tmp_path / "p1", *short))
-    second = entry.train_main(_run_args(tmp_path / "p2", *short))
+    model_tuning = ("--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0")
+    tuned = tiny_run_args(tmp_path / "model", *short, *model_tuning)
+    train_main(tuned)
+    first = train_main(tiny_run_args(tmp_path / "p1", *short))
+    second = train_main(tiny_run_args(tmp_path / "p2", *short))
     assert len(restores) == 1
     assert len(traces) == 2  # model tuning's step, then one prompt step for both prompt runs
     assert first["step"] == second["step"] == 3
@@ -308,7 +307,7 @@ def test_k_prompts_in_one_step_end_where_k_separate_runs_do(task):
     model = EncoderDecoderModel(network.module)
     init = prompts.PromptInit("sampled_vocab")
     starts = [prompts.initial_prompt(init, 5, embedding, seed=k) for k in range(3)]
-    streams = [data.BatchStream(task, LENGTHS, 8, seed=k) for k in range(3)]
+    streams = [data.BatchStream(task, TINY_LENGTHS, 8, seed=k) for k in range(3)]
     batches = [[next(s) for _ in range(4)] for s in streams]
     placed = [weights.place(network, start, prompts.PROMPT_PATH, mesh) for start in starts]
     fixed, fixed_shardings = placed[0][1], placed[0][2]
@@ -345,11 +344,11 @@ def test_k_prompts_in_one_step_end_where_k_separate_runs_do(task):
 def test_runs_trained_together_end_where_each_alone_does(task, tmp_path):
     """Three seeds in one stacked step (dropout on, so each run's key matters) against the same
     three runs trained one at a time: the same checkpoints, evaluations and best steps."""
-    launch = gin_files.parse_command_line(
-        _run_args(tmp_path, "--gin.TRAIN_STEPS=6", "--gin.EVAL_PERIOD=3", "--gin.SAVE_PERIOD=3")
+    launch = gin_utils.parse_command_line(
+        tiny_run_args(tmp_path, "--gin.TRAIN_STEPS=6", "--gin.EVAL_PERIOD=3", "--gin.SAVE_PERIOD=3")
     )
-    text = gin_files.configure(launch.files, launch.bindings)
-    spec, config = gin_files.build(entry.RunSpec), gin_files.build(entry.TrainConfig)
+    text = gin_utils.configure(launch.files, launch.bindings)
+    spec, config = gin_utils.build(run_config.RunSpec), gin_utils.build(run_config.TrainConfig)
     assert spec.model_config.dropout_rate > 0
 
     def runs(where):
@@ -360,18 +359,20 @@ def test_runs_trained_together_end_where_each_alone_does(task, tmp_path):
         ]  # fmt: skip
 
     stacked, alone = runs("together"), runs("alone")
-    assert together.stackable(stacked)
-    summaries = together.train_together(stacked, config_text=text)
+    assert train.stackable(stacked)
+    summaries = train.train_together(stacked, config_text=text)
     for run in alone:
-        entry.train(*run, config_text=text)
-    assert not together.stackable(stacked)  # they exist now: a rerun resumes each alone
+        train.train(*run, config_text=text)
+    assert not train.stackable(stacked)  # they exist now: a rerun resumes each alone
     finals = []
     for (mine, _), (theirs, _), summary in zip(stacked, alone, summaries, strict=True):
         mine, theirs = Path(mine.model_dir), Path(theirs.model_dir)
         assert summary["step"] == 6 and (mine / "checkpoint_6").is_dir()
         for name in ("prompts/checkpoint_3.npy", "prompts/checkpoint_6.npy", "best/prompt.npy"):
+            # Float rounding of the vmapped sums: 1.05e-5 at most seen (one entry, step 6, on
+            # this project's 2-core machine); the seeds' prompts differ by over 1e-3.
             np.testing.assert_allclose(
-                np.load(mine / name), np.load(theirs / name), atol=1e-5, err_msg=name
+                np.load(mine / name), np.load(theirs / name), atol=5e-5, err_msg=name
             )
         histories = [
             [(h["step"], h["value"]) for h in run_dir.read_eval_history(d)] for d in (mine, theirs)
@@ -389,7 +390,7 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_prompt(task, tmp_pat
         "--gin.LOG_PERIOD=10",
         "--gin.EVAL_PERIOD=0",
     ]
-    entry.train_main(_run_args(tmp_path / "straight", *steps))
+    train_main(tiny_run_args(tmp_path / "straight", *steps))
 
     real_next = data.BatchStream.__next__
 
@@ -400,13 +401,13 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_prompt(task, tmp_pat
 
     monkeypatch.setattr(data.BatchStream, "__next__", dies_at_batch_25)
     with pytest.raises(KeyboardInterrupt):
-        entry.train_main(_run_args(tmp_path / "resumed", *steps))
+        train_main(tiny_run_args(tmp_path / "resumed", *steps))
     monkeypatch.setattr(data.BatchStream, "__next__", real_next)
     assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint_*")) == [
         "checkpoint_10",
         "checkpoint_20",
     ]
-    entry.train_main(_run_args(tmp_path / "resumed", *steps))
+    train_main(tiny_run_args(tmp_path / "resumed", *steps))
     assert "resumed from checkpoint_20" in (tmp_path / "resumed" / "log.txt").read_text()
     np.testing.assert_array_equal(
         np.load(tmp_path / "resumed" / "prompts" / "checkpoint_30.npy"),
@@ -425,7 +426,7 @@ def test_sigterm_saves_exits_4_and_the_rerun_ends_where_an_uninterrupted_run_doe
     import signal
 
     steps = ["--gin.TRAIN_STEPS=30", "--gin.SAVE_PERIOD=10", "--gin.EVAL_PERIOD=17"]
-    entry.train_main(_run_args(tmp_path / "straight", *steps))
+    train_main(tiny_run_args(tmp_path / "straight", *steps))
     real_next = data.BatchStream.__next__
 
     def sigterm_at_batch_17(self):
@@ -434,7 +435,7 @@ def test_sigterm_saves_exits_4_and_the_rerun_ends_where_an_uninterrupted_run_doe
         return real_next(self)
 
     monkeypatch.setattr(data.BatchStream, "__next__", sigterm_at_batch_17)
-    args = ["train", *_run_args(tmp_path / "preempted", *steps)]
+    args = ["train", *tiny_run_args(tmp_path / "preempted", *steps)]
     assert cli.main(args) == errors.EXIT_PREEMPTED
     assert "SIGTERM at step 17: saved checkpoint_17" in capsys.readouterr().err
     assert (tmp_path / "preempted" / "checkpoint_17").exists()
@@ -463,7 +464,7 @@ def test_nan_loss_stops_naming_steps_and_keeps_last_good_checkpoint(
         return batch
 
     monkeypatch.setattr(data.BatchStream, "__next__", nan_batches_after_12)
-    args = _run_args(
+    args = tiny_run_args(
         tmp_path,
         "--gin.TRAIN_STEPS=30",
         "--gin.SAVE_PERIOD=10",
@@ -481,7 +482,7 @@ def test_nan_loss_stops_naming_steps_and_keeps_last_good_checkpoint(
 
 def test_changed_config_is_refused_unless_overwrite(prompt_run, tmp_path, capsys):
     model_dir = tmp_path / "run"
-    base = _run_args(
+    base = tiny_run_args(
         model_dir, "--gin.TRAIN_STEPS=10", "--gin.SAVE_PERIOD=10", "--gin.EVAL_PERIOD=0"
     )
     assert cli.main(["train", *base]) == 0
@@ -542,12 +543,7 @@ def test_bad_input_one_line(task, tmp_path, capsys, extra, message):
     from conftest import RELEASED_PROMPTS
 
     extra = [e.replace("@@", str(RELEASED_PROMPTS / "prompt_5x256.npy")) for e in extra]
-    argv = [
-        "train",
-        "--gin_file=experiments/prompt_tuning_tiny",
-        f"--gin.MODEL_DIR={tmp_path}",
-        *extra,
-    ]
+    argv = ["train", *tiny_run_args(tmp_path, *extra, task=None, checkpoint=None)]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -575,8 +571,8 @@ def test_early_stopping_after_patience_without_improvement(task, tmp_path):
     the 32 validation examples is 1.37, and from step 5 to 15 no score gap moved by more than
     1e-4, so no prediction can flip on any processor.
     """
-    summary = entry.train_main(
-        _run_args(
+    summary = train_main(
+        tiny_run_args(
             tmp_path,
             "--gin.TRAIN_STEPS=60",
             "--gin.EVAL_PERIOD=5",
@@ -599,7 +595,7 @@ def test_task_embedding_is_stored_in_the_library(task, tmp_path, capsys):
         cli.main(
             [
                 "task-embedding",
-                *_run_args(tmp_path / "run"),
+                *tiny_run_args(tmp_path / "run"),
                 "--library",
                 str(tmp_path / "lib"),
                 "--steps",
@@ -624,8 +620,8 @@ def test_task_embedding_is_stored_in_the_library(task, tmp_path, capsys):
 
 def test_labels_longer_than_the_target_length_are_refused_before_any_work(task, tmp_path, capsys):
     run = tmp_path / "run"
-    lengths = "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 1}"
-    assert cli.main(["train", *_run_args(run, lengths)]) == errors.EXIT_BAD_INPUT
+    lengths = {"inputs": 12, "targets": 1}
+    assert cli.main(["train", *tiny_run_args(run, lengths=lengths)]) == errors.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "label 'yes' of 'test_keyword' needs 2 target tokens" in err and "at least 2" in err
     assert not run.exists()
@@ -661,7 +657,7 @@ def test_rank_classification_with_labels_of_different_token_lengths(anchors):
 
 def test_a_resume_restores_the_data_iterator_and_matches_a_straight_run(task, tmp_path):
     def run(model_dir, steps):
-        args = _run_args(
+        args = tiny_run_args(
             model_dir, f"--gin.TRAIN_STEPS={steps}", "--gin.SAVE_PERIOD=3", "--gin.EVAL_PERIOD=0"
         )
         assert cli.main(["train", *args]) == 0
@@ -684,14 +680,14 @@ def test_a_resume_restores_the_data_iterator_and_matches_a_straight_run(task, tm
 
 
 def test_a_saved_iterator_that_does_not_fit_falls_back_to_replay(task, tmp_path):
-    straight = data.BatchStream(task, LENGTHS, 8, seed=0)
+    straight = data.BatchStream(task, TINY_LENGTHS, 8, seed=0)
     for _ in range(3):
         next(straight)
     expected = next(straight)
     (tmp_path / "iterator.index").write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="does not fit this pipeline.*replaying to batch 3"):
         resumed = data.BatchStream(
-            task, LENGTHS, 8, seed=0, position=3, state_file=str(tmp_path / "iterator")
+            task, TINY_LENGTHS, 8, seed=0, position=3, state_file=str(tmp_path / "iterator")
         )
     assert not resumed.restored
     for key, value in next(resumed).items():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT
+from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_run_args
 from prompt_transfer import checkpoints, gin_files, t5
-from prompt_transfer.trainer import entry
+from prompt_transfer.cli.runs import train_main
 from prompt_transfer.transfer import library, retrieval, similarity
 
 
@@ -50,21 +50,17 @@ def lib(anchors, tmp_path_factory):
 
 def _run(model_dir, lib, strategy, *extra):
     root, embedding = lib
-    return entry.train_main(
-        [
-            "--gin_file=experiments/prompt_tuning_tiny",
+    return train_main(
+        tiny_run_args(
+            model_dir,
             f"--gin_file=transfer/{strategy}.gin",
-            f"--gin.MODEL_DIR={model_dir}",
-            "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
-            f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
             f"--gin.LIBRARY='{root}'",
             f"--gin.TARGET_EMBEDDING='{embedding}'",
             "--gin.TRAIN_STEPS=2",
             "--gin.EVAL_PERIOD=0",
             "--gin.SAVE_PERIOD=2",
             *extra,
-        ]
+        )
     )
 
 
@@ -129,15 +125,14 @@ def test_length_mismatch_needs_an_explicit_fit(lib, tmp_path, capsys):
     np.save(source, np.ones((8, 4), np.float32))
     args = [
         "train",
-        "--gin_file=experiments/prompt_tuning_tiny",
-        "--gin_file=transfer/single_source.gin",
-        f"--gin.MODEL_DIR={tmp_path / 'run'}",
-        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
-        f"--gin.SOURCE_PROMPT='{source}'",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
-        "--gin.TRAIN_STEPS=1",
-        "--gin.EVAL_PERIOD=0",
-        "--gin.SAVE_PERIOD=1",
+        *tiny_run_args(
+            tmp_path / "run",
+            "--gin_file=transfer/single_source.gin",
+            f"--gin.SOURCE_PROMPT='{source}'",
+            "--gin.TRAIN_STEPS=1",
+            "--gin.EVAL_PERIOD=0",
+            "--gin.SAVE_PERIOD=1",
+        ),
     ]
     assert cli.main(args) == 2
     assert "length 8 but the target uses 5; choose a length fit" in capsys.readouterr().err
@@ -163,6 +158,6 @@ def test_retrieval_by_metrics_that_run_the_model(lib, tmp_path, metric):
             network,
             store.prompt(chosen)[None],
             ["test_keyword"],
-            {"inputs": 12, "targets": 4},
+            TINY_LENGTHS,
         )
         assert report["similarities"][0] == pytest.approx(direct[0, 0])

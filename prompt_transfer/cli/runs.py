@@ -1,4 +1,8 @@
-"""Commands that run gin-configured jobs: train, eval, infer, task-embedding, spot, demo."""
+"""Commands that run gin-configured jobs: train, eval, infer, task-embedding, spot, demo.
+
+Arguments as T5X's (--gin_file=..., --gin.MACRO=..., --gin_bindings=...), parsed by gin_utils.
+The trainer and the flow are imported when a command runs, so `--help` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,46 @@ import json
 from prompt_transfer import paths
 
 
-def cmd_train(args) -> None:
-    from prompt_transfer.trainer import entry
+def train_main(argv: list[str]) -> dict:
+    """`prompt-transfer train --gin_file=... --gin.MODEL_DIR=... [--overwrite | --resume]`."""
+    from prompt_transfer import gin_utils
+    from prompt_transfer.trainer import config, train
 
-    summary = entry.train_main(args.gin_args)
-    print(json.dumps(summary))
+    launch = gin_utils.parse_command_line(argv, flags=("overwrite", "resume"))
+    config_text = gin_utils.configure(launch.files, launch.bindings)
+    spec, train_config = gin_utils.build(config.RunSpec), gin_utils.build(config.TrainConfig)
+    return train.train(spec, train_config, config_text=config_text, **launch.flags)
+
+
+def evaluate_main(argv: list[str]) -> dict:
+    """`prompt-transfer eval`: the run's own gin files, plus EVAL_SPLIT and CHECKPOINT."""
+    from prompt_transfer.trainer import evaluate
+
+    return _configured(evaluate.evaluate, argv)
+
+
+def infer_main(argv: list[str]) -> str:
+    """`prompt-transfer infer`: as eval, plus INFER_INPUT_FILE and INFER_OUTPUT_FILE."""
+    from prompt_transfer.trainer import evaluate
+
+    return _configured(evaluate.infer, argv)
+
+
+def _configured(job, argv: list[str]):
+    """`job(spec)` as the gin files of `argv` bind it and the run's RunSpec."""
+    from prompt_transfer import gin_utils
+    from prompt_transfer.trainer import config
+
+    launch = gin_utils.parse_command_line(argv)
+    gin_utils.configure(launch.files, launch.bindings)
+    return gin_utils.configured(job)(gin_utils.build(config.RunSpec))
+
+
+def cmd_train(args) -> None:
+    print(json.dumps(train_main(args.gin_args)))
 
 
 def cmd_task_embedding(args) -> None:
-    from prompt_transfer.trainer import entry
-
     overrides = [
         f"--gin.LIBRARY_DIR='{args.library}'",
         "--gin.LIBRARY_KIND='task_embedding'",
@@ -24,7 +58,7 @@ def cmd_task_embedding(args) -> None:
         "--gin.EVAL_PERIOD=0",
         f"--gin.SAVE_PERIOD={args.steps}",
     ]
-    summary = entry.train_main([*args.gin_args, *overrides])
+    summary = train_main([*args.gin_args, *overrides])
     print(f"task embedding of {args.steps} steps stored as {summary['library_entry']}")
 
 
@@ -58,20 +92,16 @@ def cmd_demo(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from prompt_transfer.trainer import entry
-
-    print(json.dumps(entry.evaluate_main(args.gin_args), indent=1))
+    print(json.dumps(evaluate_main(args.gin_args), indent=1))
 
 
 def cmd_infer(args) -> None:
-    from prompt_transfer.trainer import entry
-
-    print(f"wrote {entry.infer_main(args.gin_args)}")
+    print(f"wrote {infer_main(args.gin_args)}")
 
 
 def launch_flags():
     """T5X's flags for a job of several processes (hosts), where every process runs the same
-    command with its own --process_index (README, "Running on a pod"), and for its data."""
+    command with its own --process_index (docs/pods.md), and for its data."""
     import argparse
 
     parent = argparse.ArgumentParser(add_help=False)

@@ -1,7 +1,7 @@
 """The training loop: steps, and the hooks that log, save and evaluate between them.
 
 The loop holds no policy of its own: what a log line, a save or an evaluation does is a hook
-(entry.py builds them). It syncs with the host only at hook points: step metrics stay on the
+(fit.py builds them). It syncs with the host only at hook points: step metrics stay on the
 device until a window of them is summarised.
 """
 

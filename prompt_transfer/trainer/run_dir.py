@@ -3,6 +3,7 @@
 MODEL_DIR layout (T5X's, plus prompt exports):
   config.gin                  the operative gin config of the run
   checkpoint_N/               orbax: trainable parameters, optimizer state, step, data position
+                              (checkpointing.py writes and reads these, best/ and prompts/)
   prompts/checkpoint_N.npy    the prompt at each save, float32 [P, E]
   best/                       the best checkpoint by the task's main metric, best.json, prompt.npy
   train/ eval/                TensorBoard summaries
@@ -20,15 +21,13 @@ import re
 import socket
 import sys
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import jax
 import numpy as np
-from flax import serialization
 
-from prompt_transfer import errors, paths
+from prompt_transfer import paths
 from prompt_transfer.errors import UserError
 
 CONFIG_FILE = "config.gin"
@@ -204,139 +203,6 @@ def write_config(model_dir: paths.PathLike, config_text: str) -> None:
 # Checkpoints.
 
 
-def _state_dict(state) -> dict:
-    return serialization.to_state_dict(state)
-
-
-class CheckpointStore:
-    """Orbax checkpoints of the trainable state (never the frozen model), plus prompt exports."""
-
-    def __init__(self, model_dir: paths.PathLike, keep: int, create: bool = True):
-        import orbax.checkpoint as ocp
-
-        self._ocp = ocp
-        self.model_dir = paths.path(paths.absolute(model_dir))
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            step_prefix="checkpoint",
-            create=create,
-            enable_async_checkpointing=False,
-            read_only=not create,
-        )
-        self.manager = ocp.CheckpointManager(self.model_dir, options=options)
-        self._best = None
-        self._warned_data_state = False
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def _save(self, manager, step: int, state, position: int):
-        ocp = self._ocp
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_state_dict(state)),
-                data=ocp.args.JsonSave({"position": int(position), "step": int(step)}),
-            ),
-            force=True,
-        )
-        manager.wait_until_finished()
-
-    def save(self, state, position: int, prompt=None, stream=None) -> None:
-        """A checkpoint of `state` at data `position`, the prompt's export beside it, and the
-        data iterator's own state (`stream`, a data.BatchStream) for a fast resume."""
-        step = int(state.step)
-        if self.manager.latest_step() != step:
-            self._save(self.manager, step, state, position)
-        if prompt is not None:
-            paths.save_npy(self.model_dir / "prompts" / f"checkpoint_{step}.npy", prompt)
-        if stream is not None:
-            self._save_data_state(stream, step)
-
-    def data_state(self, step: int) -> str:
-        """Where this process keeps the data iterator's state saved with checkpoint `step`."""
-        folder = self.model_dir / DATA_STATE / f"p{jax.process_index()}" / f"checkpoint_{step}"
-        return str(folder / "iterator")
-
-    def _save_data_state(self, stream, step: int) -> None:
-        target = paths.path(self.data_state(step)).parent
-        try:
-            if paths.is_remote(target):
-                stream.save_state(self.data_state(step))
-            elif not target.exists():
-                with paths.atomic_directory(target) as tmp:  # whole, or absent: it replays
-                    stream.save_state(str(tmp / "iterator"))
-        except Exception as e:  # a pipeline op tf.data cannot checkpoint (a py_function, say)
-            if not self._warned_data_state:
-                warnings.warn(
-                    f"the data iterator's state is not saved ({errors.one_line(e)}); a resume "
-                    "will replay the input pipeline to its position instead",
-                    stacklevel=2,
-                )
-                self._warned_data_state = True
-            return
-        kept = {f"checkpoint_{s}" for s in self.manager.all_steps()}
-        for old in target.parent.iterdir():  # older states, and a killed save's temporary
-            if "checkpoint_" in old.name and old.name not in kept:
-                old.rmtree()
-
-    def restore(self, template, only_trainable: bool = False) -> tuple[object, int]:
-        """(state, data position) of the latest checkpoint, placed like `template`.
-
-        `only_trainable` reads the parameters and step but not the optimizer state (eval, infer).
-        """
-        ocp = self._ocp
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-            _state_dict(template),
-        )
-        if only_trainable:
-            abstract = {k: v for k, v in abstract.items() if k != "opt_state"}
-            item = ocp.args.PyTreeRestore(
-                item=abstract,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                partial_restore=True,
-            )
-        else:
-            item = ocp.args.StandardRestore(abstract)
-        step = self.manager.latest_step()
-        try:
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(state=item, data=ocp.args.JsonRestore())
-            )
-        except ValueError as e:
-            raise RunDirError(
-                f"checkpoint_{step} in {self.model_dir} does not fit this run's "
-                f"config ({str(e).splitlines()[0]}); use the run's own gin files "
-                "and overrides"
-            ) from e
-        state_dict = dict(restored.state)
-        if only_trainable:
-            state_dict["opt_state"] = _state_dict(template)["opt_state"]
-        return serialization.from_state_dict(template, state_dict), restored.data["position"]
-
-    def save_best(self, state, prompt, best: BestTracker) -> None:
-        ocp = self._ocp
-        if self._best is None:
-            options = ocp.CheckpointManagerOptions(
-                max_to_keep=1,
-                step_prefix="checkpoint",
-                create=True,
-                enable_async_checkpointing=False,
-            )
-            self._best = ocp.CheckpointManager(self.model_dir / "best", options=options)
-        if self._best.latest_step() != int(state.step):  # else a killed attempt saved it
-            self._save(self._best, int(state.step), state, 0)
-        if prompt is not None:
-            paths.save_npy(self.model_dir / "best" / "prompt.npy", prompt)
-        best.save(self.model_dir)
-
-    def close(self) -> None:
-        self.manager.close()
-        if self._best is not None:
-            self._best.close()
-
-
 def _drop_torn_line(path) -> None:
     """Cut a last line that a kill left without its newline, so that appends stay JSONL (an
     object in a bucket is written whole, never torn)."""
@@ -402,29 +268,52 @@ class BestTracker:
 
 
 class ProgressLog:
-    """Console progress (stderr), log.txt, and TensorBoard summaries under train/ and eval/."""
+    """Console progress (stderr), log.txt, and TensorBoard summaries under train/ and eval/.
+
+    MODEL_DIR is written once the run has begun (its first metrics) or the log closes without a
+    refusal: until then log.txt's lines are held, so a launch refused during set-up (a resume
+    whose checkpoint does not fit) leaves the run's files as they were.
+    """
 
     def __init__(self, model_dir: paths.PathLike, total_steps: int, quiet: bool = False):
-        from clu import metric_writers
-
         chief = paths.is_chief()  # the other processes of a multi-host job say nothing
         self.total, self.quiet, self.chief = total_steps, quiet or not chief, chief
         self.model_dir = paths.path(model_dir)
-        self.model_dir.mkdir(parents=True, exist_ok=True)
         self.log = self.model_dir / "log.txt"
-        self.train_writer = metric_writers.create_default_writer(
-            str(self.model_dir / "train"), just_logging=not chief, asynchronous=False
-        )
-        self.eval_writer = metric_writers.create_default_writer(
-            str(self.model_dir / "eval"), just_logging=not chief, asynchronous=False
-        )
+        self._held: list[str] | None = []  # log.txt's lines until the run has begun
+        self._writers = None
         self._last_time, self._last_step = time.time(), None
 
     def info(self, message: str) -> None:
         line = f"[prompt-transfer] {message}"
         if not self.quiet:
             print(line, file=sys.stderr, flush=True)
-        paths.append_text(self.log, line + "\n")  # process 0 only
+        if self._held is not None:
+            self._held.append(line)
+        else:
+            paths.append_text(self.log, line + "\n")  # process 0 only
+
+    def _begin(self) -> None:
+        """The run has begun: write the held lines, open the summary writers."""
+        if self._held is None:
+            return
+        held, self._held = self._held, None
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        if held:
+            paths.append_text(self.log, "".join(line + "\n" for line in held))
+
+    def _writer(self, name: str):
+        from clu import metric_writers
+
+        self._begin()
+        if self._writers is None:
+            self._writers = {
+                split: metric_writers.create_default_writer(
+                    str(self.model_dir / split), just_logging=not self.chief, asynchronous=False
+                )
+                for split in ("train", "eval")
+            }
+        return self._writers[name]
 
     def train_metrics(
         self,
@@ -441,7 +330,8 @@ class ProgressLog:
         self._last_time, self._last_step = now, step
         tokens = batch_size * sum(feature_lengths.values())
         scalars = dict(means, steps_per_second=rate, tokens_per_second=rate * tokens)
-        self.train_writer.write_scalars(step, {k: v for k, v in scalars.items() if np.isfinite(v)})
+        finite = {k: v for k, v in scalars.items() if np.isfinite(v)}
+        self._writer("train").write_scalars(step, finite)
         eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
         speed = (
             f"{rate:.2f} steps/s  {rate * tokens:,.0f} tokens/s  eta {_duration(eta)}"
@@ -466,7 +356,7 @@ class ProgressLog:
         """One evaluation: TensorBoard, the console, and a line of eval_history.jsonl with the
         per-task results, the predicted-label counts and the split's true-label counts."""
         flat = {f"{task}/{k}": v for task, metrics in results.items() for k, v in metrics.items()}
-        self.eval_writer.write_scalars(step, dict(flat, **{name: value}))
+        self._writer("eval").write_scalars(step, dict(flat, **{name: value}))
         shown = "  ".join(f"{k} {v:.2f}" for k, v in flat.items())
         for task, counts in (predictions or {}).items():
             given = ", ".join(f"{label} {n}" for label, n in counts.items() if n)
@@ -482,13 +372,16 @@ class ProgressLog:
         paths.append_text(history, json.dumps(record) + "\n")  # one JSON line per evaluation
 
     def close(self) -> None:
-        self.train_writer.close()
-        self.eval_writer.close()
+        self._begin()
+        for writer in (self._writers or {}).values():
+            writer.close()
 
     def __enter__(self) -> ProgressLog:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, traceback) -> None:
+        if isinstance(error, UserError) and self._held is not None:
+            return  # refused before the run began: its lines were on the console only
         self.close()  # also when the run stops on an error: summaries are flushed
 
 

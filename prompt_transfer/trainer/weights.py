@@ -18,8 +18,8 @@ import optax
 from jax.sharding import Mesh
 
 from prompt_transfer import checkpoints, partitioning, paths, prompts, t5
-from prompt_transfer.trainer import run_dir
-from prompt_transfer.trainer.state import (
+from prompt_transfer.trainer import checkpointing, run_dir
+from prompt_transfer.trainer.train_state import (
     TrainError,
     TrainState,
     init_state,
@@ -103,19 +103,15 @@ def _build_network(config, checkpoint, mesh, seed, dtype) -> Network:
     return Network(module, abstract, init(jax.random.PRNGKey(seed)))
 
 
-def place(network: Network, prompt: np.ndarray | None, regex: str, mesh: Mesh, deep=None):
-    """(trainable, fixed, the fixed part's shardings) of the network with `prompt` [P, E] joined
-    to it (None: no prompt) and the deep prompt `deep` {path: [2, P, H*D]} placed in its
-    self-attentions (None: none), sharded on `mesh` and split by the TRAINABLE `regex`."""
+def place(network: Network, prompt: np.ndarray | None, regex: str, mesh: Mesh):
+    """(trainable, fixed, the fixed part's shardings) of the network with `prompt` joined to it
+    (its wide form [P, E + deep width], see prompts.widen; None: no prompt), sharded on `mesh`
+    and split by the TRAINABLE `regex`."""
     abstract, params = network.abstract, network.params
     if prompt is not None:
-        abstract = prompts.with_prompt(abstract, prompts.abstract_prompt(*prompt.shape))
-        params = prompts.with_prompt(params, np.asarray(prompt))  # placed below, as the rest
-    if deep:
-        length = next(iter(deep.values())).shape[1]
         config = network.module.config
-        abstract = prompts.with_deep_prompt(abstract, prompts.abstract_deep_prompt(config, length))
-        params = prompts.with_deep_prompt(params, {k: np.asarray(v) for k, v in deep.items()})
+        abstract = prompts.join_abstract(abstract, config, prompt)
+        params = prompts.join(params, config, prompt, np.asarray)  # placed below, as the rest
     shardings = partitioning.param_shardings(abstract, mesh)
     trainable, fixed = split_trainable(jax.device_put(params, shardings), regex)
     # The train step donates what trains: a copy, so the shared network outlives the run. What
@@ -132,8 +128,9 @@ def place(network: Network, prompt: np.ndarray | None, regex: str, mesh: Mesh, d
     return trainable, fixed, fixed_shardings
 
 
-def prompt_of(state: TrainState, fixed: dict):
-    """The current prompt [P, E] (trainable or fixed), or None when the run has none."""
+def input_prompt(state: TrainState, fixed: dict):
+    """The current input prompt [P, E] (trainable or fixed), or None when the run has none:
+    what a run exports beside each checkpoint (prompts/checkpoint_N.npy)."""
     _, prompt = prompts.split_prompt(merge(fixed, state.trainable))
     return prompt
 
@@ -147,16 +144,14 @@ def restore_trained(
     which: str = "latest",
 ) -> tuple[dict, int]:
     """(parameters, step) of a finished run: `network` with the trained subtree restored from
-    MODEL_DIR (`which` is "latest" or "best"; `blank_prompt` the run's prompt template, in the
-    wide form when the run had a deep prompt); the optimizer state is not read."""
-    prompt, deep = (None, None)
-    if blank_prompt is not None:
-        prompt, deep = prompts.narrow(blank_prompt, network.module.config)
-    trainable, fixed, _ = place(network, prompt, regex, mesh, deep)
+    MODEL_DIR (`which` is "latest" or "best"; `blank_prompt` the run's prompt template in its
+    wide form, see prompts.blank); the optimizer state is not read."""
+    trainable, fixed, _ = place(network, blank_prompt, regex, mesh)
     directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
-    store = run_dir.CheckpointStore(directory, keep=1_000_000, create=False)
-    if store.latest_step() is None:
-        raise TrainError(f"no {which} checkpoint in {directory}; train first or check MODEL_DIR")
-    state, _ = store.restore(init_state(trainable, optax.identity()), only_trainable=True)
-    store.close()
+    with checkpointing.CheckpointStore(directory, keep=1_000_000, create=False) as store:
+        if store.latest_step() is None:
+            raise TrainError(
+                f"no {which} checkpoint in {directory}; train first or check MODEL_DIR"
+            )
+        state, _ = store.restore(init_state(trainable, optax.identity()), only_trainable=True)
     return merge(fixed, state.trainable), int(state.step)

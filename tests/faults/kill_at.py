@@ -23,7 +23,7 @@ from synthetic_tasks import register_keyword_task  # noqa: E402
 
 from conftest import T5_VOCAB  # noqa: E402
 from prompt_transfer import cli, paths  # noqa: E402
-from prompt_transfer.trainer import run_dir, state  # noqa: E402
+from prompt_transfer.trainer import checkpointing, run_dir, train_state  # noqa: E402
 from prompt_transfer.transfer import library  # noqa: E402
 
 
@@ -40,14 +40,14 @@ def main(point: str, n: int, argv: list[str]) -> int:
         return calls["count"] == n
 
     if point == "step":
-        real_step = state.LazyStep.__call__
+        real_step = train_state.LazyStep.__call__
 
         def step(self, *args):
             if due():
                 die()
             return real_step(self, *args)
 
-        state.LazyStep.__call__ = step
+        train_state.LazyStep.__call__ = step
     elif point == "write":
         real_replace = os.replace
 
@@ -58,14 +58,14 @@ def main(point: str, n: int, argv: list[str]) -> int:
 
         paths.os.replace = replace
     elif point == "checkpoint":
-        real_save = run_dir.CheckpointStore._save
+        real_save = checkpointing.CheckpointStore._save
 
         def save(self, *args):
             real_save(self, *args)
             if due():
                 die()
 
-        run_dir.CheckpointStore._save = save
+        checkpointing.CheckpointStore._save = save
     elif point == "eval":
         real_open = run_dir.ProgressLog.eval_metrics
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT
+from conftest import T5_VOCAB, tiny_run_args
 from prompt_transfer import cli
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.transfer import library
@@ -25,18 +25,8 @@ STEPS = 8
 
 
 def _argv(model_dir, lib):
-    return [
-        "train",
-        "--gin_file=experiments/prompt_tuning_tiny",
-        "--gin.MIXTURE_OR_TASK_NAME='test_keyword'",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
-        f"--gin.TRAIN_STEPS={STEPS}",
-        "--gin.SAVE_PERIOD=2",
-        "--gin.EVAL_PERIOD=4",
-        f"--gin.MODEL_DIR='{model_dir}'",
-        f"--gin.LIBRARY_DIR='{lib}'",
-    ]
+    steps = [f"--gin.TRAIN_STEPS={STEPS}", "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=4"]
+    return ["train", *tiny_run_args(model_dir, *steps, f"--gin.LIBRARY_DIR='{lib}'")]
 
 
 def _kill_points():

@@ -1,0 +1,200 @@
+"""Command lines and gin, T5X style (T5X keeps these in `gin_utils.py`): `--gin_file=NAME`
+(found in gin/ by gin_files.find), `--gin.MACRO=value` and `--gin_bindings=...`, parsed and
+checked before anything compiles; `configured` and `build` give the bound entry points and
+dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import logging
+import re
+import sys
+
+import gin
+from gin import config_parser
+
+from prompt_transfer.gin_files import GIN_DIR, GinFileError, find
+
+
+@dataclasses.dataclass
+class Launch:
+    """What a command line asked for: gin files, bindings, and plain flags."""
+
+    files: list[str]
+    bindings: list[str]
+    flags: dict[str, bool]
+
+
+def _binding(name: str, value: str) -> str:
+    """`NAME = value`; a bare path or word that is not a gin literal is taken as a string, so
+    `--gin.MODEL_DIR=/tmp/run` works as well as T5X's `--gin.MODEL_DIR="'/tmp/run'"`."""
+    text = f"{name} = {value}"
+    try:
+        list(config_parser.ConfigParser(text, gin.config.ParserDelegate(True)))
+        return text
+    except SyntaxError:
+        return f"{name} = {value!r}"
+
+
+def parse_command_line(argv: list[str], flags: tuple[str, ...] = ()) -> Launch:
+    """Split argv into gin files (`--gin_file`), bindings (`--gin.X=`, `--gin_bindings`), and
+    boolean `flags` (`--overwrite`)."""
+    launch = Launch([], [], {f: False for f in flags})
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        key, has_value, value = arg.partition("=")
+        if key in ("--gin_file", "--gin_bindings") and not has_value:
+            if not args:
+                raise GinFileError(f"{key} needs a value")
+            value = args.pop(0)
+        if key == "--gin_file":
+            launch.files.append(value)
+        elif key == "--gin_bindings":
+            launch.bindings.append(value)
+        elif key.startswith("--gin.") and has_value:
+            launch.bindings.append(_binding(key[len("--gin.") :], value))
+        elif key.startswith("--") and key[2:] in flags and not has_value:
+            launch.flags[key[2:]] = True
+        else:
+            known = ", ".join(
+                ["--gin_file", "--gin.NAME=VALUE", "--gin_bindings"] + [f"--{f}" for f in flags]
+            )
+            raise GinFileError(f"unknown argument {arg!r}; expected {known}")
+    if not launch.files:
+        raise GinFileError(
+            "no --gin_file given; pass an experiment, e.g. "
+            "--gin_file=experiments/prompt_tuning_tiny"
+        )
+    return launch
+
+
+def _is_required(value) -> bool:
+    return isinstance(value, gin.config.ConfigurableReference) and str(value) == "%gin.REQUIRED"
+
+
+def _macro_references(value):
+    if isinstance(value, gin.config.ConfigurableReference) and str(value).startswith("%"):
+        yield str(value)[1:]
+    elif isinstance(value, list | tuple | set):
+        for item in value:
+            yield from _macro_references(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _macro_references(item)
+
+
+def _bound_and_used_macros() -> tuple[set[str], set[str]]:
+    """(macros the parsed config binds, macros its bindings refer to as `%NAME`)."""
+    bound, used = set(), set()
+    for (scope, selector), args in gin.config._CONFIG.items():
+        if selector.endswith("gin.macro"):
+            bound.add(scope)
+        for value in args.values():
+            used.update(_macro_references(value))
+    return bound, used
+
+
+def _unbound_macros() -> list[str]:
+    """Macros a binding refers to (`%NAME`) that no gin file or flag binds."""
+    bound, used = _bound_and_used_macros()
+    return sorted(used - bound - {"gin.REQUIRED"})
+
+
+@functools.cache
+def project_macros() -> frozenset[str]:
+    """Every macro any gin file of the project binds or uses."""
+    names = set()
+    for path in GIN_DIR.rglob("*.gin"):
+        text = path.read_text()
+        names.update(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)", text))
+        names.update(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=", text, flags=re.M))
+    return frozenset(names - {"gin"})
+
+
+def _refuse_unused_macros(bindings: list[str]) -> None:
+    """A macro set on the command line that no gin file of this launch uses would be ignored:
+    one the project knows nowhere is a typo (`--gin.TRAIN_STEP=`) and is refused with a
+    did-you-mean; one that belongs to other gin files (a shared launch script) gets a note."""
+    bound, used = _bound_and_used_macros()
+    for text in bindings:
+        name = text.partition("=")[0].strip()
+        if "." in name or "/" in name or name in used:
+            continue  # a configurable's parameter (gin checks those), or a macro in use
+        if name in project_macros():
+            print(
+                f"prompt-transfer: note: --gin.{name}=... is not used by these gin files "
+                "and is ignored",
+                file=sys.stderr,
+            )
+            continue
+        close = difflib.get_close_matches(name, sorted((used | bound) - {name}), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise GinFileError(
+            f"--gin.{name}=... sets a macro that no gin file of the project knows, so it would "
+            f"be ignored{hint}"
+        )
+
+
+def configure(files: list[str], bindings: list[str]) -> str:
+    """Parse gin files (found by name) and bindings; check required macros before anything
+    compiles. Returns the config text (written to MODEL_DIR/config.gin)."""
+    gin.clear_config()
+    gin.add_config_file_search_path(str(GIN_DIR))
+    # Gin tries each include relative to the working directory first and logs an error for
+    # every miss before it looks in gin/; those misses are expected, so keep them quiet.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        gin.parse_config_files_and_bindings(
+            [str(find(f)) for f in files], bindings, finalize_config=False
+        )
+    except (ValueError, SyntaxError, ImportError, OSError) as e:
+        raise GinFileError(f"gin config does not parse: {e}".splitlines()[0]) from e
+    finally:
+        root.setLevel(level)
+    _refuse_unused_macros(bindings)
+    unbound = _unbound_macros()
+    if unbound:
+        hint = "; a model's size gin file names its vocabulary: VOCABULARY = None for T5's"
+        raise _macro_error(
+            "gin macro(s) used but never bound", unbound, hint if "VOCABULARY" in unbound else ""
+        )
+    missing = sorted(
+        scope
+        for (scope, selector), args in gin.config._CONFIG.items()
+        if selector.endswith("gin.macro") and _is_required(args.get("value"))
+    )
+    if missing:
+        raise _macro_error("required gin macro(s) not set", missing)
+    return gin.config_str()
+
+
+def _macro_error(problem: str, names: list[str], hint: str = "") -> GinFileError:
+    flags = " ".join(f"--gin.{m}=..." for m in names)
+    return GinFileError(f"{problem}: {', '.join(names)}; pass {flags}{hint}")
+
+
+def configured(fn):
+    """The gin-configured version of a library function (dynamic registration)."""
+    try:
+        return gin.get_configurable(fn)
+    except ValueError as e:
+        raise GinFileError(
+            f"the gin files bind nothing of {fn.__qualname__}; include the run file that "
+            "does (e.g. runs/prompt_tuning.gin)"
+        ) from e
+
+
+def build(cls):
+    """The dataclass `cls` as the gin files bind it: a plain instance (not gin's configurable
+    subclass), so that `dataclasses.replace` and comparisons behave."""
+    try:
+        made = configured(cls)()
+    except TypeError as e:  # a field nobody bound
+        raise GinFileError(f"{cls.__qualname__}: {e}".splitlines()[0]) from e
+    return cls(**{f.name: getattr(made, f.name) for f in dataclasses.fields(cls)})

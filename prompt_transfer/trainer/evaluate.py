@@ -1,0 +1,75 @@
+"""Evaluation and inference of a trained run: the run's own RunSpec rebuilds its model, and its
+"latest" or "best" checkpoint gives the trained parameters (never the optimizer state)."""
+
+from __future__ import annotations
+
+import json
+
+from prompt_transfer import evaluation, inference, partitioning, paths, prompts
+from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.trainer import run_dir, weights
+from prompt_transfer.trainer.config import RunSpec, check_numbers
+from prompt_transfer.trainer.train import model_record, network_of
+from prompt_transfer.trainer.train_state import TrainError
+
+CHECKPOINTS = ("latest", "best")
+
+
+def trained(spec: RunSpec, checkpoint: str):
+    """(model, parameters, step) of the run's `checkpoint` ("latest" or "best")."""
+    if checkpoint not in CHECKPOINTS:
+        raise TrainError(f"CHECKPOINT={checkpoint!r} is unknown; choose 'latest' or 'best'")
+    check_numbers(spec)
+    spec.prepare_tasks()
+    mesh = partitioning.make_mesh(spec.num_partitions)
+    network = network_of(spec, mesh)
+    run_dir.check_model(spec.model_dir, model_record(spec, network), create=False)
+    blank = prompts.blank(spec.prompt_length, spec.model_config, spec.deep_prompt)
+    params, step = weights.restore_trained(
+        spec.model_dir, network, spec.trainable_regex, blank, mesh, checkpoint
+    )
+    return EncoderDecoderModel(network.module), params, step
+
+
+def evaluate(
+    spec: RunSpec, *, split: str = "validation", checkpoint: str = "latest", batch_size: int = 32
+) -> dict:
+    """{task: {metric: value}} of the run's `checkpoint` on `split`, also written to
+    MODEL_DIR/eval_<split>_<checkpoint>.json."""
+    model, params, step = trained(spec, checkpoint)
+    evaluator = evaluation.TaskEvaluator(model, spec.task, split, spec.feature_lengths, batch_size)
+    results = evaluator.evaluate(params, step)
+    name, value = evaluation.main_metric(results)
+    report = {
+        "step": step,
+        "split": split,
+        "checkpoint": checkpoint,
+        "results": results,
+        "main_metric": {name: value},
+    }
+    target = run_dir.subdir(spec.model_dir, f"eval_{split}_{checkpoint}.json")
+    paths.atomic_write_text(target, json.dumps(report, indent=1))
+    return report
+
+
+def infer(
+    spec: RunSpec,
+    *,
+    split: str = "validation",
+    input_file: str | None = None,
+    output_file: str | None = None,
+    checkpoint: str = "latest",
+    batch_size: int = 32,
+) -> str:
+    """Write the run's predictions (JSONL) for a task split or a text file (one input per
+    line); returns the output path."""
+    model, params, step = trained(spec, checkpoint)
+    if input_file:
+        task, rows = inference.rows_from_file(spec.task, input_file, spec.feature_lengths)
+    else:
+        task, rows = inference.rows_from_task(spec.task, split, spec.feature_lengths)
+    records = inference.predict(model, params, task, rows, spec.feature_lengths, batch_size)
+    source = paths.path(input_file).stem if input_file else split
+    out = output_file or run_dir.subdir(spec.model_dir, f"predictions_{source}_step{step}.jsonl")
+    paths.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    return str(out)

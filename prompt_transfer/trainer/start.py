@@ -1,0 +1,122 @@
+"""The prompt a run starts from, computed before training (in its wide form, prompts.widen).
+
+An initialiser (random, sampled vocabulary, class labels, text, a file) gives it directly. A
+transfer strategy retrieves sources from the library first, and for best_of_top_k and
+top_k_mixture trains short runs under MODEL_DIR/transfer/ (through the same `fit`); then the run
+trains once from that array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import numpy as np
+
+from prompt_transfer import data, partitioning, paths, prompts, registry
+from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.trainer import run_dir
+from prompt_transfer.trainer.config import RunSpec, TrainConfig
+from prompt_transfer.trainer.fit import fit
+from prompt_transfer.transfer import initial, library, retrieval
+
+
+def starting_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np.ndarray | None:
+    """What the run starts from: zeros for a checkpoint in MODEL_DIR to overwrite, else its
+    initial prompt (None without a prompt)."""
+    if run_dir.holds_checkpoint(spec.model_dir):
+        return prompts.blank(spec.prompt_length, spec.model_config, spec.deep_prompt)
+    return initial_prompt(spec, config, network, mesh, log)
+
+
+def initial_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np.ndarray | None:
+    """The prompt [P, E (+ deep width)] a fresh run starts from (None without a prompt)."""
+    init = config.prompt_init
+    if not spec.prompt_length:
+        return None
+    if init.method == "transfer":
+        return _transfer_prompt(spec, config, network, mesh, log)
+    labels = init.labels or registry.class_labels(spec.task) or ()
+    vocabulary = data.get_task(spec.task).output_features["targets"].vocabulary
+    prompt = prompts.initial_prompt(
+        dataclasses.replace(init, labels=tuple(labels)),
+        spec.prompt_length,
+        partitioning.host_array(network.params["token_embedder"]["embedding"]),
+        seed=spec.seed,
+        encode=vocabulary.encode,
+    )
+    deep = None
+    if spec.deep_prompt:  # each layer's keys and values of sampled tokens
+        deep = prompts.initial_deep_prompt(
+            network.params, spec.model_config, spec.prompt_length, seed=spec.seed + 1
+        )
+    return prompts.widen(prompt, deep, spec.model_config)
+
+
+def _short_run(spec, config, network, mesh, name, task, steps, prompt, eval_period):
+    """A nested run under MODEL_DIR/transfer/<name> (a best_of_top_k candidate or the
+    top_k_mixture run); returns (summary, final prompt). It never transfers itself."""
+    sub_spec = dataclasses.replace(
+        spec, model_dir=str(run_dir.subdir(spec.model_dir, "transfer", name)), task=task
+    )
+    sub_config = dataclasses.replace(
+        config,
+        steps=steps,
+        eval_period=eval_period,
+        save_period=steps,
+        early_stopping_patience=0,
+        keep_checkpoints=1,
+        library_dir=None,
+    )
+    run_dir.check_model_dir(sub_spec.model_dir, "", overwrite=True, resume=False)
+    with run_dir.ProgressLog(sub_spec.model_dir, steps) as log:
+        [result] = fit([sub_spec], sub_config, network, mesh, [prompt], [log])
+        return result
+
+
+def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
+    """The initial prompt of a transfer strategy, with its report in MODEL_DIR/transfer/."""
+    init = config.prompt_init.transfer
+    short_run = functools.partial(_short_run, spec, config, network, mesh)
+
+    def run_candidate(prompt, name):
+        summary, _ = short_run(
+            f"candidate_{name}", spec.task, init.candidate_steps, prompt, init.candidate_steps
+        )
+        log.info(f"best_of_top_k: starting from {name} reaches {summary['best']['value']:.2f}")
+        return summary["best"]["value"]
+
+    def run_mixture(source_tasks):
+        mixture = data.register_mixture(f"transfer_mixture_{spec.task}", source_tasks)
+        sampled = dataclasses.replace(config, prompt_init=prompts.PromptInit("sampled_vocab"))
+        on_mixture = dataclasses.replace(spec, task=mixture)
+        start = initial_prompt(on_mixture, sampled, network, mesh, log)
+        return short_run("mixture", mixture, init.mixture_steps, start, 0)[1]
+
+    model_scores = functools.partial(
+        retrieval.model_scores,
+        EncoderDecoderModel(network.module),
+        network.params,
+        spec.task,
+        spec.feature_lengths,
+        config.eval_split,
+        config.eval_batch_size,
+    )
+    prompt, report = initial.initial_prompt(
+        init,
+        spec.prompt_length,
+        spec.model_config.emb_dim,
+        library.model_fingerprint(network.params),
+        spec.task,
+        run_candidate,
+        run_mixture,
+        model_scores,
+        spec.prompt_width - spec.model_config.emb_dim,
+    )
+    folder = run_dir.subdir(spec.model_dir, "transfer")
+    paths.save_npy(folder / "initial_prompt.npy", prompt)
+    report = dict(report, strategy=init.strategy)
+    paths.atomic_write_text(folder / "report.json", json.dumps(report, indent=1))
+    log.info(f"transfer ({init.strategy}): sources {report['sources']}")
+    return prompt

@@ -1,0 +1,202 @@
+"""Training runs, one or many: open each run, start it, fit, and finish it.
+
+    python -m prompt_transfer train --gin_file=experiments/prompt_tuning_tiny \\
+        --gin.MODEL_DIR=/tmp/run --gin.MIXTURE_OR_TASK_NAME=my_task
+
+`train` is one run; `train_together` trains a SPoT flow's runs (the sources; a target's
+baselines, strategies and seeds), those that can share a step in stacks of several. Both go
+through `train_stack`, so one run is a stack of one: checked, locked and logged, started from
+its initial prompt (start.py), fitted (fit.py), and its final prompt added to the library.
+
+On 2 CPU cores the step is compute-bound and stacking gains little (benchmarks/many_prompts.py
+at the demo's shapes: 1.13x the prompt-steps per second for K = 3, 0.98x for K = 9), hence the
+flow's STACK_RUNS = 3; an accelerator that a small batch leaves idle is where a larger K should
+pay (not yet measured).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+
+from prompt_transfer import partitioning, prompts, runtime
+from prompt_transfer.errors import UserError
+from prompt_transfer.trainer import run_dir, weights
+from prompt_transfer.trainer.config import RunSpec, TrainConfig, check_numbers, check_run
+from prompt_transfer.trainer.fit import fit
+from prompt_transfer.trainer.start import starting_prompt
+from prompt_transfer.transfer import library
+
+
+def train(
+    spec: RunSpec,
+    config: TrainConfig,
+    *,
+    config_text: str = "",
+    overwrite: bool = False,
+    resume: bool = False,
+) -> dict:
+    """Train the TRAINABLE parameters on the task; returns a summary dict.
+
+    A MODEL_DIR that holds a run with the same config resumes from its latest checkpoint; one
+    with a different config is refused unless `overwrite` (start over) or `resume` (continue
+    anyway). Everything is checked before the first compilation.
+    """
+    [summary] = train_stack([(spec, config)], config_text, overwrite=overwrite, resume=resume)
+    return summary
+
+
+def train_together(
+    runs: Sequence[tuple[RunSpec, TrainConfig]], *, config_text: str = "", most: int = 0
+) -> list[dict]:
+    """Several runs on one frozen network; new ones that can be (`stack_key`) train in one
+    stacked step, up to `most` at a time (0: no limit), each in its own MODEL_DIR as if
+    trained alone (equal within float rounding). Runs a MODEL_DIR already holds resume alone,
+    as do runs that stack with no other. Returns each run's summary, in order."""
+    alone: list[list[int]] = []  # trained first, in order
+    stacks: dict[str, list[int]] = {}
+    for i, (spec, config) in enumerate(runs):
+        key = None if run_dir.holds_run(spec.model_dir) else stack_key(spec, config)
+        if key is None:
+            alone.append([i])
+        else:
+            stacks.setdefault(key, []).append(i)
+    summaries: dict[int, dict] = {}
+    for members in [*alone, *stacks.values()]:
+        size = most or len(members)
+        for chunk in (members[j : j + size] for j in range(0, len(members), size)):
+            together = train_stack([runs[i] for i in chunk], config_text, resume=True)
+            summaries.update(zip(chunk, together, strict=True))
+    return [summaries[i] for i in range(len(runs))]
+
+
+def stack_key(spec: RunSpec, config: TrainConfig) -> str | None:
+    """What runs must share to train in one stacked step (None: this run cannot): everything
+    but MODEL_DIR, task, seed, prompt initialisation and library kind. Only prompts stack (the
+    network is shared and frozen), and not with early stopping (all stop together)."""
+    prompt_only = spec.trainable_regex in (
+        prompts.PROMPT_PATH,
+        f"{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}",
+    )
+    if not prompt_only or not spec.prompt_length or config.early_stopping_patience:
+        return None
+    return repr(  # a repr: a spec's feature lengths are a dict, which does not hash
+        (
+            dataclasses.replace(spec, model_dir="", task="", seed=0),
+            dataclasses.replace(config, prompt_init=prompts.PromptInit(), library_kind=""),
+        )
+    )
+
+
+def stackable(runs: Sequence[tuple[RunSpec, TrainConfig]]) -> bool:
+    """Whether `train_together` trains all these runs in one stacked step."""
+    keys = {stack_key(s, c) for s, c in runs}
+    return (
+        len(runs) > 1
+        and len(keys) == 1
+        and None not in keys
+        and len({s.model_dir for s, _ in runs}) == len(runs)
+        and not any(run_dir.holds_run(s.model_dir) for s, _ in runs)
+    )
+
+
+def train_stack(
+    runs: Sequence[tuple[RunSpec, TrainConfig]],
+    config_text: str,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> list[dict]:
+    """Runs of one stack key (one run, or several new ones): checked, locked and logged each,
+    started, fitted in one step, finished; returns each run's summary."""
+    specs = [spec for spec, _ in runs]
+    for spec, config in runs:
+        check_numbers(spec, config)
+    mesh = partitioning.make_mesh(specs[0].num_partitions)
+    for spec, config in runs:
+        check_run(spec, config, mesh)
+    with contextlib.ExitStack() as held:
+        for spec in specs:
+            held.enter_context(run_dir.lock(spec.model_dir))
+            run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
+        runtime.barrier("model_dir checked")  # process 0 cleared them when told to
+        network = network_of(specs[0], mesh)
+        fresh = [not run_dir.holds_run(spec.model_dir) for spec in specs]
+        for spec in specs:
+            run_dir.check_model(spec.model_dir, model_record(spec, network), create=True)
+        try:
+            logs = [held.enter_context(run_dir.ProgressLog(s.model_dir, c.steps)) for s, c in runs]
+            starts = []
+            for (spec, config), log in zip(runs, logs, strict=True):
+                warn_random_network(spec, log)
+                starts.append(starting_prompt(spec, config, network, mesh, log))
+            results = fit(specs, runs[0][1], network, mesh, starts, logs, config_text)
+        except UserError:
+            # Refused before its first checkpoint (a transfer source that does not fit, say):
+            # a new run leaves nothing behind that a corrected launch would trip over.
+            for spec, new in zip(specs, fresh, strict=True):
+                if new and not run_dir.holds_checkpoint(spec.model_dir):
+                    run_dir.clear_run(spec.model_dir)
+            raise
+        return [
+            finish(spec, config, network, log, summary, final, config_text)
+            for (spec, config), log, (summary, final) in zip(runs, logs, results, strict=True)
+        ]
+
+
+def network_of(spec: RunSpec, mesh):
+    """The run's frozen network on `mesh`, stored in FROZEN_DTYPE (shared within a process)."""
+    return weights.frozen_network(
+        spec.model_config, spec.initial_checkpoint, mesh, spec.seed, spec.frozen_dtype
+    )
+
+
+def model_record(spec: RunSpec, network) -> dict:
+    return {
+        "fingerprint": library.model_fingerprint(network.params),
+        "checkpoint": spec.initial_checkpoint,
+        "vocabulary": spec.vocabulary,
+    }
+
+
+def warn_random_network(spec: RunSpec, log) -> None:
+    """Prompt tuning against a random initialisation is a baseline, rarely what was meant."""
+    if not spec.initial_checkpoint and spec.trainable_regex != ".*":
+        log.info(
+            "warning: INITIAL_CHECKPOINT_PATH is None, so the frozen network is a random "
+            "initialisation and the prompt learns against it (intended for a baseline; "
+            "otherwise set INITIAL_CHECKPOINT_PATH)"
+        )
+
+
+def finish(spec, config, network, log, summary: dict, final, config_text: str) -> dict:
+    """The run's summary, its final prompt (wide form) added to LIBRARY_DIR when set."""
+    if config.library_dir and final is not None:
+        entry = add_to_library(spec, config, network, final, summary, config_text)
+        log.info(f"added the prompt to the library {config.library_dir} as {entry.id}")
+        summary["library_entry"] = entry.id
+    return summary
+
+
+def add_to_library(spec, config, network, prompt, summary, config_text):
+    """The run's final prompt as a library entry (a trained source, or a task embedding), with
+    its deep part when the run had one."""
+    best = summary["best"]
+    prompt, deep = prompts.columns(prompt, spec.model_config)
+    store = library.Library(config.library_dir)
+    add = lambda: store.add(
+        prompt,
+        deep=deep,
+        task=spec.task,
+        model=spec.model_name or "unnamed",
+        model_fingerprint=library.model_fingerprint(network.params),
+        steps=summary["step"],
+        seed=spec.seed,
+        score=best["value"] if best["step"] >= 0 else None,
+        metric=best["metric"],
+        kind=config.library_kind,
+        config_hash=hashlib.sha256(config_text.encode()).hexdigest()[:16],
+    )
+    return runtime.chief_first("library entry", add)  # the others find it stored
