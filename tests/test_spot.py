@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import CUT_DOWN_FLOW, TINY_CHECKPOINT
@@ -72,9 +73,20 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
     assert json.loads((work / "report.json").read_text())["rows"] == report["rows"]
 
 
-def _small_report(work):
-    import numpy as np
+def _results(curves, sources=("s1",), similarities=None, zero_shot=None, **runs):
+    """One target "t", evaluated every 2 steps for 4."""
+    return report.Results(
+        targets=["t"],
+        sources=list(sources),
+        runs=report.TargetRuns(curves=curves, **runs),
+        similarities=similarities or {"cosine_avg_tokens": np.array([[0.1]])},
+        zero_shot=np.array([[30.0]]) if zero_shot is None else zero_shot,
+        eval_period=2,
+        target_steps=4,
+    )
 
+
+def _small_report(work):
     curves = {
         ("t", "random_uniform"): [([2, 4], [50.0, 60.0])],
         ("t", "model_tuning"): [([2, 4], [70.0, 80.0])],
@@ -83,14 +95,12 @@ def _small_report(work):
     }
     return report.write_report(
         work,
-        ["t"],
-        ["s1", "s2"],
-        curves,
-        {},
-        {"cosine_avg_tokens": np.array([[0.1, 0.2]])},
-        np.array([[30.0], [40.0]]),
-        2,
-        4,
+        _results(
+            curves,
+            sources=["s1", "s2"],
+            similarities={"cosine_avg_tokens": np.array([[0.1, 0.2]])},
+            zero_shot=np.array([[30.0], [40.0]]),
+        ),
     )
 
 
@@ -108,23 +118,11 @@ def test_verdict_compares_the_best_transfer_with_random_init(tmp_path):
 
 
 def test_without_a_random_uniform_run_sampled_vocab_is_random_init(tmp_path):
-    import numpy as np
-
     curves = {
         ("t", "sampled_vocab"): [([2, 4], [40.0, 50.0]), ([2, 4], [44.0, 54.0])],
         ("t", "top_k_average"): [([2, 4], [53.0, 60.0]), ([2, 4], [55.0, 62.0])],
     }
-    built = report.write_report(
-        tmp_path,
-        ["t"],
-        ["s1"],
-        curves,
-        {},
-        {"cosine_avg_tokens": np.array([[0.1]])},
-        np.array([[30.0]]),
-        2,
-        4,
-    )
+    built = report.write_report(tmp_path, _results(curves))
     (line,) = built["verdict"]
     assert line.startswith(
         "t: the best transfer (top_k_average, 61.0; random init (sampled_vocab) 52.0) helps"
@@ -137,8 +135,6 @@ def test_without_a_random_uniform_run_sampled_vocab_is_random_init(tmp_path):
 def test_two_constant_predictors_get_no_verdict_and_the_majority_row_shows(tmp_path):
     """Random init says 'no' for all 20, the best transfer 'yes' for 19 of 20: 60 against 40 is
     the difference between two class frequencies, and the report must say so."""
-    import numpy as np
-
     curves = {
         ("t", "random_uniform"): [([2, 4], [40.0, 40.0])],
         ("t", "top_k_average"): [([2, 4], [50.0, 60.0])],
@@ -148,17 +144,7 @@ def test_two_constant_predictors_get_no_verdict_and_the_majority_row_shows(tmp_p
         ("t", "top_k_average"): [{"yes": 19, "no": 1}],  # 95%: near-constant
     }
     built = report.write_report(
-        tmp_path,
-        ["t"],
-        ["s1"],
-        curves,
-        {},
-        {"cosine_avg_tokens": np.array([[0.1]])},
-        np.array([[30.0]]),
-        2,
-        4,
-        predictions,
-        {"t": {"yes": 6, "no": 4}},
+        tmp_path, _results(curves, predictions=predictions, labels={"t": {"yes": 6, "no": 4}})
     )
     assert built["verdict"] == [
         "t: no verdict: the best transfer (top_k_average) predicts 'yes' and random init 'no' "
@@ -177,26 +163,16 @@ def test_two_constant_predictors_get_no_verdict_and_the_majority_row_shows(tmp_p
 def test_with_seeds_the_verdict_weighs_the_gap_by_their_spread(tmp_path):
     """Three seeds each: a 2-point gap inside a 3-point spread is no difference; a 20-point gap
     is help. Scores are means, shown with their standard deviation."""
-    import numpy as np
 
     def seeds(*finals):
         return [([2, 4], [40.0, f]) for f in finals]
 
     def build(transfer_finals):
-        return report.write_report(
-            tmp_path,
-            ["t"],
-            ["s1"],
-            {
-                ("t", "random_uniform"): seeds(47.0, 50.0, 53.0),
-                ("t", "top_1"): seeds(*transfer_finals),
-            },
-            {},
-            {"cosine_avg_tokens": np.array([[0.1]])},
-            np.array([[30.0]]),
-            2,
-            4,
-        )
+        curves = {
+            ("t", "random_uniform"): seeds(47.0, 50.0, 53.0),
+            ("t", "top_1"): seeds(*transfer_finals),
+        }
+        return report.write_report(tmp_path, _results(curves))
 
     close = build([49.0, 52.0, 55.0])
     assert "top_1, 52.0; random init 50.0) makes no difference: +2.0 points" in close["verdict"][0]
@@ -242,3 +218,69 @@ def test_similarities_print_enough_digits_to_tell_sources_apart():
     assert report.significant([0.0071234, 0.0071299, 0.0069]) == ["0.00712", "0.00713", "0.0069"]
     assert report.significant([0.0071231, 0.0071234]) == ["0.0071231", "0.0071234"]
     assert report.significant([0.78, 0.34, 0.78]) == ["0.78", "0.34", "0.78"]
+
+
+def _macros(gin_file) -> set[str]:
+    import re
+
+    return set(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=", gin_file.read_text(), flags=re.M))
+
+
+def test_spot_gin_overrides_only_what_differs_from_prompt_tuning_gin():
+    """runs/spot.gin includes runs/prompt_tuning.gin: every run's settings are bound once,
+    there; spot.gin sets only the flow's own macros and the few it changes."""
+    from prompt_transfer.gin_files import GIN_DIR
+
+    shared = _macros(GIN_DIR / "runs" / "spot.gin") & _macros(
+        GIN_DIR / "runs" / "prompt_tuning.gin"
+    )
+    assert shared == {"MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "EVAL_PERIOD"}
+    assert "include 'runs/prompt_tuning.gin'" in (GIN_DIR / "runs" / "spot.gin").read_text()
+
+
+def _demo_config(*bindings):
+    from prompt_transfer import gin_files, gin_utils
+    from prompt_transfer.spot import config, runs
+    from prompt_transfer.trainer.config import RunSpec, TrainConfig
+
+    gin_utils.configure([str(gin_files.find("experiments/demo"))], list(bindings))
+    flow = gin_utils.build(config.FlowConfig)
+    return flow, runs.base_run(gin_utils.build(RunSpec), gin_utils.build(TrainConfig))
+
+
+def test_the_demo_flow_runs_with_prompt_tuning_gins_settings():
+    from prompt_transfer import prompts
+    from prompt_transfer.trainer.train_state import OptimizerConfig
+
+    flow, (spec, config) = _demo_config()
+    assert flow.sources == [
+        "offline_sentiment_airline",
+        "offline_tweet_domain",
+        "offline_bbc_ppt_nsp",
+    ]
+    assert (flow.target_steps, flow.seeds_per_run, flow.stack_runs) == (300, 3, 3)
+    assert spec.feature_lengths == {"inputs": 48, "targets": 8} and spec.prompt_length == 20
+    assert spec.trainable_regex == f"{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}"
+    assert spec.initial_checkpoint == "shipped:offline_t5" and spec.model_name == "offline_t5"
+    assert (config.batch_size, config.eval_period, config.log_period) == (16, 100, 50)
+    assert config.optimizer == OptimizerConfig(name="adam", learning_rate=0.03)
+    # Model tuning keeps its own optimizer: the demo's unscoped name = 'adam' does not reach it.
+    assert flow.model_tuning_optimizer == OptimizerConfig(learning_rate=1e-3)
+    flow, _ = _demo_config(
+        "MODEL_TUNING_LEARNING_RATE = 1e-4",
+        "model_tuning/train_state.OptimizerConfig.name = 'adam'",
+    )
+    assert flow.model_tuning_optimizer == OptimizerConfig(name="adam", learning_rate=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("macro", "instead"), [("TRAIN_STEPS", "TARGET_STEPS"), ("MODEL_DIR", "WORK_DIR")]
+)
+def test_a_macro_the_flow_sets_per_run_is_refused_in_one_line(macro, instead, tmp_path, capfd):
+    """TRAIN_STEPS (or MODEL_DIR) given to the flow would be ignored: each run has its own."""
+    code = cli.main(
+        ["spot", "--gin_file=experiments/demo", f"--gin.WORK_DIR={tmp_path}", f"--gin.{macro}=7"]
+    )
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and f"--gin.{macro}=" in err[-1] and instead in err[-1], err
+    assert len(err) == 1 and not any(tmp_path.iterdir())

@@ -1,16 +1,17 @@
-"""The whole SPoT flow in one command (Vu et al. 2022), on real or offline tasks.
+"""The whole SPoT flow in one command (Vu et al. 2022), on real or offline tasks, as stages:
 
-1. Source prompts: prompt tuning on each source task; each final prompt joins the library.
-2. Task embeddings: a short run on each target; its prompt joins the library.
+1. Sources: prompt tuning on each source task; each final prompt joins the library.
+2. Embeddings: a short run on each target; its prompt joins the library.
 3. Retrieval: every source ranked for every target by each similarity metric.
 4. Targets: training from each transfer strategy and each baseline (random, sampled
    vocabulary, class labels, model tuning), evaluated along the way.
-5. A report (report.py): score at fixed step budgets, steps to reach the random-init run's final
+5. Report (report.py): score at fixed step budgets, steps to reach the random-init run's final
    score, which sources each strategy used; convergence curves, the similarity heatmap and the
    zero-shot transfer matrix.
 
-Every run lives in its own directory under WORK_DIR and resumes or is reused when the flow runs
-again with the same settings, so a re-run only does what is missing.
+What the flow does is a FlowConfig (config.py); how each of its runs trains is the RunSpec and
+TrainConfig of gin/runs/prompt_tuning.gin, with the run's own folder, task and steps (runs.py,
+which also reuses what a folder already holds, so a re-run only does what is missing).
 """
 
 from __future__ import annotations
@@ -18,137 +19,180 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prompt_transfer import errors, gin_files, partitioning, paths, prompts, t5
+from prompt_transfer import gin_utils, partitioning, paths, prompts
 from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.spot.report import BASELINES, write_report
+from prompt_transfer.spot.config import FlowConfig
+from prompt_transfer.spot.report import Results, TargetRuns, write_report
+from prompt_transfer.spot.runs import FlowError, Runs, base_run
 from prompt_transfer.trainer import run_dir
-from prompt_transfer.trainer.entry import RunSpec, TrainConfig, network_of
-from prompt_transfer.trainer.state import OptimizerConfig
-from prompt_transfer.trainer.together import train_together
+from prompt_transfer.trainer.config import RunSpec, TrainConfig
+from prompt_transfer.trainer.train import network_of
 from prompt_transfer.transfer import initial, library, retrieval, similarity
 
 
-def _finished(spec: RunSpec, config: TrainConfig) -> bool:
-    """Whether MODEL_DIR already holds this run, trained this long (a rerun reuses it)."""
-    history = run_dir.read_eval_history(spec.model_dir)
-    done = run_dir.subdir(spec.model_dir, "prompts").exists()
-    return bool((done or run_dir.holds_checkpoint(spec.model_dir)) and history) and (
-        history[-1]["step"] >= config.steps
+def run(flow: FlowConfig, spec: RunSpec, config: TrainConfig, *, config_text: str = "") -> dict:
+    """Run the flow; returns the report dict (also written to WORK_DIR/report.{json,md}).
+
+    `spec` and `config` are how every run trains (prompt_tuning.gin's); each run takes its own
+    folder, task, steps and prompt initialisation, and `config.eval_period` is the target runs'.
+    With `spec.deep_prompt` every prompt run (sources, task embeddings, strategies, baselines)
+    trains a deep prompt, and retrieval and transfer move it whole (prompts.widen); model tuning
+    stays as it is. Up to `flow.stack_runs` prompt runs of one stage (the sources; a target's
+    baselines, strategies and seeds) train together in one stacked step on the shared frozen
+    network (train.train_together), each in its own directory as if alone."""
+    work = paths.path(flow.work_dir)
+    runs = Runs(*base_run(spec, config), work, flow.stack_runs, config_text)
+    lib = library.Library(work / "library")
+    progress = Progress(flow.total_runs)
+    train_sources(flow, runs, lib, progress)
+    train_embeddings(flow, runs, lib, progress)
+    network = network_of(runs.spec, partitioning.make_mesh(runs.spec.num_partitions))
+    found = retrieve(flow, runs.spec, lib, network)
+    trained = train_targets(flow, runs, lib, found, progress)
+    return report(flow, runs, found, trained, network)
+
+
+def _log(message: str) -> None:
+    print(f"[spot] {message}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Progress:
+    """`[spot] runs 3-5/12: ...`: which of the flow's runs a stage trains (or reuses)."""
+
+    total: int
+    done: int = 0
+
+    def stage(self, message: str, runs: int = 1) -> None:
+        first, self.done = self.done + 1, self.done + runs
+        counted = f"run {first}" if runs == 1 else f"runs {first}-{self.done}"
+        _log(f"{counted}/{self.total}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Retrieved:
+    """The library as the targets see it. N healthy source prompts, in the library's order."""
+
+    sources: list[str]  # the N source prompts' tasks
+    source_prompts: np.ndarray  # [N, P, E (+ deep width)]
+    embeddings: dict[str, library.Entry]  # {target: its task embedding}
+    similarities: dict[str, np.ndarray]  # {metric: [targets, N]}
+
+
+def _tasks(kind: str, tasks) -> str:
+    return f"{kind}{'s' if len(tasks) > 1 else ''}: {', '.join(tasks)}"
+
+
+def train_sources(flow: FlowConfig, runs: Runs, lib: library.Library, progress: Progress) -> None:
+    """1. A prompt on each source task, evaluated once at the end; each joins the library."""
+    progress.stage(_tasks("source prompt", flow.sources), len(flow.sources))
+    sampled = prompts.PromptInit("sampled_vocab")
+    runs.train(
+        [
+            runs.make(
+                runs.work / "sources" / task,
+                task,
+                steps=flow.source_steps,
+                eval_period=flow.source_steps,
+                prompt_init=sampled,
+                library_dir=str(lib.root),
+            )
+            for task in flow.sources
+        ]
     )
 
 
-# What a run of the flow is, recorded in its directory so that a rerun reuses it only for the
-# same settings: everything but where it lives, how long it trains and how it is laid out.
-SETTINGS_FILE = "flow_run.json"
-_NOT_SETTINGS = frozenset(
-    {"model_dir", "steps", "eval_period", "save_period", "log_period", "keep_checkpoints",
-     "eval_batch_size", "num_partitions", "library_dir"}
-)  # fmt: skip
-
-
-class FlowError(errors.UserError):
-    pass
-
-
-def _settings(spec: RunSpec, config: TrainConfig, work: str) -> dict:
-    """The run's settings as flat JSON values ("optimizer.learning_rate": 0.3)."""
-    both = {**dataclasses.asdict(spec), **dataclasses.asdict(config)}
-    text = json.dumps(
-        {k: v for k, v in both.items() if k not in _NOT_SETTINGS}, default=str, sort_keys=True
+def train_embeddings(
+    flow: FlowConfig, runs: Runs, lib: library.Library, progress: Progress
+) -> None:
+    """2. A short run on each target, never evaluated; its prompt joins the library as the
+    target's task embedding."""
+    progress.stage(_tasks("task embedding", flow.targets), len(flow.targets))
+    sampled = prompts.PromptInit("sampled_vocab")
+    runs.train(
+        [
+            runs.make(
+                runs.work / "embeddings" / task,
+                task,
+                steps=flow.embedding_steps,
+                eval_period=0,
+                prompt_init=sampled,
+                library_dir=str(lib.root),
+                library_kind="task_embedding",
+            )
+            for task in flow.targets
+        ]
     )
-    nested = json.loads(text.replace(json.dumps(work)[1:-1], "WORK_DIR"))  # a moved WORK_DIR
-    return _flat(nested)
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
+def retrieve(flow: FlowConfig, spec: RunSpec, lib: library.Library, network) -> Retrieved:
+    """3. The library's prompts of this model, and every target's similarity to every source
+    prompt by each metric."""
+    ours = dict(
+        model_fingerprint=library.model_fingerprint(network.params),
+        deep_width=prompts.deep_width(spec.model_config) if spec.deep_prompt else 0,
+    )
+    entries = [e for e in lib.entries(kind="trained", **ours) if e.task in flow.sources]
+    embeddings = {e.task: e for e in lib.entries(kind="task_embedding", **ours)}
+    entries, source_prompts = lib.load(entries, deep=spec.deep_prompt)  # healthy ones
+    similarities = {
+        m: np.stack(
+            [
+                similarity.score_library(
+                    m, lib.prompt(embeddings[t], deep=spec.deep_prompt), source_prompts
+                )
+                for t in flow.targets
+            ]
+        )
+        for m in flow.metrics
+    }
+    return Retrieved([e.task for e in entries], source_prompts, embeddings, similarities)
 
 
-def _check_settings(planned, work: str) -> None:
-    """Refuse, before any training, a run directory of WORK_DIR that was trained with other
-    settings (a rerun would reuse or resume it as if it were this run); record new ones."""
-    for spec, config in planned:
-        record = run_dir.subdir(spec.model_dir, SETTINGS_FILE)
-        wanted = _settings(spec, config, work)
-        held = json.loads(record.read_text()) if record.exists() else None
-        trained = run_dir.holds_run(spec.model_dir)
-        if held is None and trained:
-            continue  # a run of a flow older than the records
-        if held is not None and held != wanted and trained:
-            name = next(
-                k for k in sorted(held.keys() | wanted.keys()) if held.get(k) != wanted.get(k)
-            )
-            raise FlowError(
-                f"{spec.model_dir} holds a run with {name} = {_short(held.get(name))}, this "
-                f"flow asks for {_short(wanted.get(name))}; use another WORK_DIR, or remove "
-                "that folder to train it again"
-            )
-        if held != wanted:  # new here (process 0 writes it)
-            paths.atomic_write_text(record, json.dumps(wanted, indent=1, sort_keys=True))
-
-
-def _short(value) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _train_all(planned, config_text: str, stack_runs: int, work: str) -> None:
-    """Train the planned (spec, config) runs that are not finished, up to `stack_runs` of them
-    at a time in one stacked step (entry.train_together; 1: one at a time)."""
-    _check_settings(planned, work)
-    todo = [run for run in planned if not _finished(*run)]
-    train_together(todo, config_text=config_text, most=max(stack_runs, 1))
-
-
-def _target_runs(task, library_root, embedding_id, settings) -> dict[str, dict]:
-    """{run name: TrainConfig/RunSpec changes} for the baselines and strategies on `task`."""
-    runs = {}
-    for name in settings["baselines"]:
+def _target_inits(flow: FlowConfig, library_root, embedding_id: str) -> dict[str, dict]:
+    """{run name: RunSpec/TrainConfig changes} for the baselines and strategies on a target."""
+    changes = {}
+    for name in flow.baselines:
         method = name if name != "model_tuning" else "random_uniform"
-        runs[name] = {"prompt_init": prompts.PromptInit(method)}
+        changes[name] = {"prompt_init": prompts.PromptInit(method)}
         if name == "model_tuning":
-            runs[name].update(
+            changes[name].update(
                 trainable_regex=".*",
                 prompt_length=0,
                 deep_prompt=False,
-                optimizer=settings["model_tuning_optimizer"],
+                optimizer=flow.model_tuning_optimizer,
             )
-    for strategy in settings["strategies"]:
+    for strategy in flow.strategies:
         init = initial.TransferInit(
             strategy=strategy,
             library=str(library_root),
             target_embedding=embedding_id,
-            metric=settings["retrieval_metric"],
-            top_k=settings["top_k"],
-            candidate_steps=settings["candidate_steps"],
-            mixture_steps=settings["source_steps"],
+            metric=flow.retrieval_metric,
+            top_k=flow.top_k,
+            candidate_steps=flow.candidate_steps,
+            mixture_steps=flow.source_steps,
         )
-        runs[strategy] = {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
-    return runs
+        changes[strategy] = {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
+    return changes
 
 
-def _train_targets(runs, seeds, work, make_run, train_all, step_log, target_steps, eval_period):
-    """Every target run, once per seed; returns (curves, picked, predictions, labels) for the
-    report: {(task, run): [(steps, values) per seed]}, {(task, run): transfer report},
-    {(task, run): [predicted-label counts per seed]}, {task: true-label counts}."""
-    curves, picked, predictions, labels = {}, {}, {}, {}
-    for task, by_name in runs.items():
+def train_targets(
+    flow: FlowConfig, runs: Runs, lib: library.Library, found: Retrieved, progress: Progress
+) -> TargetRuns:
+    """4. Every baseline and strategy on every target, once per seed, a target at a time."""
+    seeds = flow.seeds(runs.spec.seed)
+    trained = TargetRuns()
+    for task in flow.targets:
+        by_name = _target_inits(flow, lib.root, found.embeddings[task].id)
         planned = {
-            (name, seed): make_run(
-                work / "targets" / task / name / f"seed_{seed}",
+            (name, seed): runs.make(
+                runs.work / "targets" / task / name / f"seed_{seed}",
                 task,
-                target_steps,
-                eval_period,
+                steps=flow.target_steps,
+                eval_period=runs.config.eval_period,
                 seed=seed,
                 **changes,
             )
@@ -158,223 +202,82 @@ def _train_targets(runs, seeds, work, make_run, train_all, step_log, target_step
         described = ", ".join(by_name)
         if len(seeds) > 1:
             described += f"; seeds {seeds[0]}-{seeds[-1]}"
-        step_log(f"target {task}: {described}", len(planned))
-        train_all(list(planned.values()))
+        progress.stage(f"target {task}: {described}", len(planned))
+        runs.train(list(planned.values()))
         for (name, _), (spec, _) in planned.items():
-            model_dir = paths.path(spec.model_dir)
-            history = run_dir.read_eval_history(model_dir)
-            curves.setdefault((task, name), []).append(
-                ([h["step"] for h in history], [h["value"] for h in history])
-            )
-            if history and history[-1].get("predictions"):  # classification targets
-                last = history[-1]
-                predictions.setdefault((task, name), []).append(last["predictions"].get(task))
-                labels[task] = last["labels"].get(task)
-            report_file = model_dir / "transfer" / "report.json"
-            if report_file.exists() and (task, name) not in picked:
-                picked[(task, name)] = json.loads(report_file.read_text())
-    return curves, picked, predictions, labels
+            _gather(trained, task, name, paths.path(spec.model_dir))
+    return trained
 
 
-def _split_changes(changes: dict) -> tuple[dict, dict]:
-    spec_fields = {f.name for f in dataclasses.fields(RunSpec)}
-    return (
-        {k: v for k, v in changes.items() if k in spec_fields},
-        {k: v for k, v in changes.items() if k not in spec_fields},
+def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
+    """Add one target run's (one seed's) curve, predictions and transfer report."""
+    history = run_dir.read_eval_history(model_dir)
+    trained.curves.setdefault((task, name), []).append(
+        ([h["step"] for h in history], [h["value"] for h in history])
     )
+    if history and history[-1].get("predictions"):  # classification targets
+        last = history[-1]
+        trained.predictions.setdefault((task, name), []).append(last["predictions"].get(task))
+        trained.labels[task] = last["labels"].get(task)
+    report_file = model_dir / "transfer" / "report.json"
+    if report_file.exists() and (task, name) not in trained.picked:
+        trained.picked[(task, name)] = json.loads(report_file.read_text())
 
 
-def run(
-    *,
-    work_dir: str,
-    sources: Sequence[str],
-    targets: Sequence[str],
-    model_config: t5.T5Config,
-    task_feature_lengths: Mapping[str, int],
-    batch_size: int,
-    initial_checkpoint_path: str | None = None,
-    model_name: str = "unnamed",
-    vocabulary: str | None = None,
-    prompt_length: int = 100,
-    deep_prompt: bool = False,
-    source_steps: int = 1000,
-    embedding_steps: int = 100,
-    target_steps: int = 1000,
-    eval_period: int = 100,
-    strategies: Sequence[str] = ("top_k_average", "best_of_top_k", "top_k_mixture"),
-    baselines: Sequence[str] = BASELINES,
-    metrics: Sequence[str] = ("cosine_avg_tokens", "cosine_per_token"),
-    retrieval_metric: str = "cosine_avg_tokens",
-    top_k: int = 2,
-    candidate_steps: int = 50,
-    optimizer: OptimizerConfig = OptimizerConfig(),
-    model_tuning_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3),
-    random_seed: int = 0,
-    seeds_per_run: int = 1,
-    eval_batch_size: int = 32,
-    stack_runs: int = 3,
-    num_partitions: int = 1,
-    frozen_dtype: str = "float32",
-    data_shards: int = 0,
-    config_text: str = "",
-) -> dict:
-    """Run the flow; returns the report dict (also written to WORK_DIR/report.{json,md}).
-
-    With `deep_prompt` every prompt run (sources, task embeddings, strategies, baselines) trains
-    a deep prompt, and retrieval and transfer move it whole (prompts.widen); model tuning stays
-    as it is. Up to `stack_runs` prompt runs of one phase (the sources; a target's baselines,
-    strategies and seeds) train together in one stacked step on the shared frozen network
-    (entry.train_together), each in its own directory as if alone; 1 trains one at a time."""
-    work = paths.path(work_dir)
-    lib = library.Library(work / "library")
-    base_spec = RunSpec(
-        model_dir="",
-        task="",
-        feature_lengths=task_feature_lengths,
-        model_config=model_config,
-        initial_checkpoint=initial_checkpoint_path,
-        prompt_length=prompt_length,
-        seed=random_seed,
-        model_name=model_name,
-        vocabulary=vocabulary,
-        deep_prompt=deep_prompt,
-        trainable_regex=f"{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}"
-        if deep_prompt
-        else prompts.PROMPT_PATH,
-        num_partitions=num_partitions,
-        frozen_dtype=frozen_dtype,
-    )
-    base_config = TrainConfig(
-        steps=0,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        eval_batch_size=eval_batch_size,
-        log_period=max(eval_period // 2, 1),
-        data_shards=data_shards,
-    )
-
-    def make_run(model_dir, task, steps, period, **changes) -> tuple[RunSpec, TrainConfig]:
-        spec_changes, config_changes = _split_changes(changes)
-        spec = dataclasses.replace(base_spec, model_dir=str(model_dir), task=task, **spec_changes)
-        config = dataclasses.replace(
-            base_config, steps=steps, eval_period=period, save_period=steps, **config_changes
-        )
-        return spec, config
-
-    train_all = lambda planned: _train_all(planned, config_text, stack_runs, str(work))
-
-    seeds = [random_seed + i for i in range(seeds_per_run)]  # each target run, once per seed
-    total = len(sources) + len(targets) * (1 + len(seeds) * (len(baselines) + len(strategies)))
-    done = 0
-    log = lambda m: print(f"[spot] {m}", file=sys.stderr, flush=True)
-
-    def step_log(message: str, runs: int = 1) -> None:
-        nonlocal done
-        first, done = done + 1, done + runs
-        counted = f"run {first}" if runs == 1 else f"runs {first}-{done}"
-        log(f"{counted}/{total}: {message}")
-
-    sampled = prompts.PromptInit("sampled_vocab")
-
-    # 1-2. Source prompts and target task embeddings, into the library.
-    plural = lambda n: "s" if n > 1 else ""
-    step_log(f"source prompt{plural(len(sources))}: {', '.join(sources)}", len(sources))
-    train_all(
-        [
-            make_run(
-                work / "sources" / task,
-                task,
-                source_steps,
-                source_steps,
-                prompt_init=sampled,
-                library_dir=str(lib.root),
-            )
-            for task in sources
-        ]
-    )
-    step_log(f"task embedding{plural(len(targets))}: {', '.join(targets)}", len(targets))
-    train_all(
-        [
-            make_run(
-                work / "embeddings" / task,
-                task,
-                embedding_steps,
-                0,
-                prompt_init=sampled,
-                library_dir=str(lib.root),
-                library_kind="task_embedding",
-            )
-            for task in targets
-        ]
-    )
-    mesh = partitioning.make_mesh(num_partitions)
-    network = network_of(base_spec, mesh)  # the runs' own, shared
-    ours = dict(
-        model_fingerprint=library.model_fingerprint(network.params),
-        deep_width=prompts.deep_width(model_config) if deep_prompt else 0,
-    )
-    source_entries = [e for e in lib.entries(kind="trained", **ours) if e.task in sources]
-    embeddings = {e.task: e for e in lib.entries(kind="task_embedding", **ours)}
-    source_entries, source_prompts = lib.load(source_entries, deep=deep_prompt)  # healthy ones
-
-    # 3. Retrieval by every metric.
-    similarities = {
-        m: np.stack(
-            [
-                similarity.score_library(
-                    m, lib.prompt(embeddings[t], deep=deep_prompt), source_prompts
-                )
-                for t in targets
-            ]
-        )
-        for m in metrics
-    }
-
-    # 4. Targets: strategies and baselines.
-    settings = dict(
-        baselines=baselines,
-        strategies=strategies,
-        model_tuning_optimizer=model_tuning_optimizer,
-        retrieval_metric=retrieval_metric,
-        top_k=top_k,
-        candidate_steps=candidate_steps,
-        source_steps=source_steps,
-    )
-    runs = {t: _target_runs(t, lib.root, embeddings[t].id, settings) for t in targets}
-    curves, picked, predictions, labels = _train_targets(
-        runs, seeds, work, make_run, train_all, step_log, target_steps, eval_period
-    )
-
-    # 5. Zero-shot matrix and the report.
+def report(flow: FlowConfig, runs: Runs, found: Retrieved, trained: TargetRuns, network) -> dict:
+    """5. The zero-shot matrix (each source prompt used as is on each target), then the report
+    with its figures; its verdicts go to the log."""
     zero_shot = retrieval.zero_shot_matrix(
         EncoderDecoderModel(network.module),
         network.params,
-        source_prompts,
-        list(targets),
-        task_feature_lengths,
-        batch_size=eval_batch_size,
+        found.source_prompts,
+        list(flow.targets),
+        runs.spec.feature_lengths,
+        batch_size=runs.config.eval_batch_size,
     )
-    report = write_report(
-        work,
-        targets,
-        [e.task for e in source_entries],
-        curves,
-        picked,
-        similarities,
-        zero_shot,
-        eval_period,
-        target_steps,
-        predictions,
-        labels,
+    results = Results(
+        targets=flow.targets,
+        sources=found.sources,
+        runs=trained,
+        similarities=found.similarities,
+        zero_shot=zero_shot,
+        eval_period=runs.config.eval_period,
+        target_steps=flow.target_steps,
     )
-    for line in report["verdict"]:
-        log(line)
-    log(f"report: {work / 'report.md'}")
-    return report
+    written = write_report(runs.work, results)
+    for line in written["verdict"]:
+        _log(line)
+    _log(f"report: {runs.work / 'report.md'}")
+    return written
 
 
 def main(argv: list[str]) -> dict:
-    """`prompt-transfer spot --gin_file=experiments/spot_tiny --gin.WORK_DIR=...`."""
-    launch = gin_files.parse_command_line(argv)
-    config_text = gin_files.configure(launch.files, launch.bindings)
-    return gin_files.configured(run)(config_text=config_text)
+    """`prompt-transfer spot --gin_file=experiments/spot_tiny --gin.WORK_DIR=...`: the flow as
+    gin/runs/spot.gin binds it, its runs as gin/runs/prompt_tuning.gin binds them."""
+    launch = gin_utils.parse_command_line(argv)
+    _refuse_run_macros(launch.bindings)
+    config_text = gin_utils.configure(launch.files, launch.bindings)
+    spec, config = gin_utils.build(RunSpec), gin_utils.build(TrainConfig)
+    return gin_utils.configured(run)(spec=spec, config=config, config_text=config_text)
+
+
+# prompt_tuning.gin's macros that the flow sets for each of its runs, and what to set instead.
+_SET_PER_RUN = {
+    "MODEL_DIR": "WORK_DIR",
+    "MIXTURE_OR_TASK_NAME": "SOURCES and TARGETS",
+    "TRAIN_STEPS": "SOURCE_STEPS, EMBEDDING_STEPS or TARGET_STEPS",
+    "SAVE_PERIOD": "SOURCE_STEPS, EMBEDDING_STEPS or TARGET_STEPS (each run saves at its end)",
+    "TRAINABLE": "DEEP_PROMPT (model tuning is a baseline: BASELINES)",
+    "LIBRARY_DIR": "WORK_DIR (its library/ folder)",
+}
+
+
+def _refuse_run_macros(bindings: list[str]) -> None:
+    """A macro the flow sets for each run would be ignored if given: refuse it in one line."""
+    for text in bindings:
+        name = text.partition("=")[0].strip()
+        if name in _SET_PER_RUN:
+            raise FlowError(
+                f"--gin.{name}=... is set by the SPoT flow for each of its runs; "
+                f"use {_SET_PER_RUN[name]}"
+            )

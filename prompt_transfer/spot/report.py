@@ -3,14 +3,16 @@ PNG figures (convergence curves, similarity heatmaps, the zero-shot transfer mat
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from prompt_transfer import evaluation, paths
 from prompt_transfer.spot import plots
+from prompt_transfer.spot.config import BASELINES
 
-BASELINES = ("random_uniform", "sampled_vocab", "class_labels", "model_tuning")
 # The prompt run without transfer that transfer is judged against ("random init"), in order of
 # preference: the first of these a target ran.
 RANDOM_INIT = ("random_uniform", "sampled_vocab")
@@ -69,32 +71,67 @@ def _constant(per_seed: list | None) -> str | None:
     return "/".join(sorted(set(labels)))
 
 
-def write_report(
-    work,
-    targets,
-    source_tasks,
-    curves,
-    picked,
-    similarities,
-    zero_shot,
-    eval_period,
-    target_steps,
-    predictions=None,
-    labels=None,
-) -> dict:
-    """Write report.json, report.md and the figures; returns the report.
+@dataclasses.dataclass
+class TargetRuns:
+    """What the target runs gave, run by run and seed by seed."""
 
-    `curves` {(target, run): [(steps, values) of each seed]}; `predictions` {(target, run):
-    [{label: count} of each seed]} are what the runs predicted at their last evaluation;
-    `labels` {target: {label: count}} the true labels of the evaluation split. Scores are
-    means over the seeds, with their standard deviation where there are several.
-    """
-    predictions, labels = predictions or {}, labels or {}
-    curves = {key: _over_seeds(per_seed) for key, per_seed in curves.items()}
-    # Fixed step budgets at evaluation points: the first, about 1/4, 1/2 and the end.
+    curves: dict = dataclasses.field(default_factory=dict)  # {(target, run): [(steps, values)]}
+    picked: dict = dataclasses.field(default_factory=dict)  # {(target, run): transfer report}
+    # {(target, run): [{label: count} of each seed]}: what the runs predicted at their last
+    # evaluation; {target: {label: count}}: the true labels of the evaluation split.
+    predictions: dict = dataclasses.field(default_factory=dict)
+    labels: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    """What the flow found, for the report. N source prompts in the library's order."""
+
+    targets: Sequence[str]
+    sources: Sequence[str]  # the N source prompts' tasks
+    runs: TargetRuns
+    similarities: Mapping[str, np.ndarray]  # {metric: [targets, N]}
+    zero_shot: np.ndarray  # [N, targets]: each source prompt used as is on each target
+    eval_period: int
+    target_steps: int
+
+
+def write_report(work, results: Results) -> dict:
+    """Write report.json, report.md and the figures; returns the report. Scores are means over
+    the seeds, with their standard deviation where there are several."""
+    curves = {key: _over_seeds(per_seed) for key, per_seed in results.runs.curves.items()}
+    budgets = _budgets(results.eval_period, results.target_steps)
+    rows = _rows(curves, budgets, results.runs)
+    majority = {}
+    for task, counts in results.runs.labels.items():
+        label, share = evaluation.majority_share(counts)
+        majority[task] = {"label": label, "share": share, "labels": counts}
+    report = {
+        "targets": list(results.targets),
+        "sources": list(results.sources),
+        "budgets": budgets,
+        "rows": rows,
+        "majority": majority,
+        "verdict": _verdict(rows, results.targets, results.target_steps, majority),
+        "similarities": {m: v.tolist() for m, v in results.similarities.items()},
+        "zero_shot": results.zero_shot.tolist(),
+    }
+    paths.atomic_write_text(work / "report.json", json.dumps(report, indent=1))
+    _figures(work, results, curves)
+    paths.atomic_write_text(work / "report.md", _markdown(report))
+    return report
+
+
+def _budgets(eval_period: int, target_steps: int) -> list[int]:
+    """Fixed step budgets at evaluation points: the first, about 1/4, 1/2 and the end."""
     on_grid = lambda s: max(eval_period, round(s / eval_period) * eval_period)
-    budgets = sorted({eval_period, *(on_grid(target_steps * f) for f in (0.25, 0.5)), target_steps})
-    rows = []
+    return sorted({eval_period, *(on_grid(target_steps * f) for f in (0.25, 0.5)), target_steps})
+
+
+def _rows(curves: dict, budgets: list[int], runs: TargetRuns) -> list[dict]:
+    """One row per (target, run): its scores at the budgets and how it compares with random
+    init. `curves` {(target, run): (steps, mean, spread or None)}."""
+    rows, predictions, picked = [], runs.predictions, runs.picked
     reference = {t: _random_init(n for (task, n) in curves if task == t) for t, _ in curves}
     for (task, name), (steps, values, spread) in curves.items():
         at = dict(zip(steps, values, strict=True))
@@ -118,33 +155,24 @@ def write_report(
                 "constant": _constant(predictions.get((task, name))),
             }
         )
-    majority = {}
-    for task, counts in labels.items():
-        label, share = evaluation.majority_share(counts)
-        majority[task] = {"label": label, "share": share, "labels": counts}
-    report = {
-        "targets": list(targets),
-        "sources": source_tasks,
-        "budgets": budgets,
-        "rows": rows,
-        "majority": majority,
-        "verdict": _verdict(rows, targets, target_steps, majority),
-        "similarities": {m: v.tolist() for m, v in similarities.items()},
-        "zero_shot": zero_shot.tolist(),
-    }
-    paths.atomic_write_text(work / "report.json", json.dumps(report, indent=1))
-    for metric, matrix in similarities.items():
+    return rows
+
+
+def _figures(work, results: Results, curves: dict) -> None:
+    """The similarity heatmaps, the zero-shot matrix and each target's convergence curves."""
+    targets, sources = list(results.targets), list(results.sources)
+    for metric, matrix in results.similarities.items():
         plots.heatmap(
             matrix,
-            list(targets),
-            source_tasks,
+            targets,
+            sources,
             work / f"similarity_{metric}.png",
             f"task similarity ({metric}): target embedding vs source prompt",
         )
     plots.heatmap(
-        zero_shot,
-        source_tasks,
-        list(targets),
+        results.zero_shot,
+        sources,
+        targets,
         work / "zero_shot.png",
         "zero-shot transfer: source prompt used as is on the target",
         "{:.1f}",
@@ -158,8 +186,6 @@ def write_report(
             + (" (mean of the seeds, band: +- 1 std)" if seeded else ""),
             "main metric",
         )
-    paths.atomic_write_text(work / "report.md", _markdown(report))
-    return report
 
 
 def _final_spread(row: dict, target_steps: int) -> float | None:
@@ -221,10 +247,14 @@ def _verdict(rows: list[dict], targets, target_steps: int, majority=None) -> lis
     return lines
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _markdown(report: dict) -> str:
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"
+    """The verdicts and the score table, then the matrices."""
     with_spread = lambda r, b: (
-        fmt(r["scores"][b])
+        _fmt(r["scores"][b])
         + (f" ± {r['spread'][b]:.1f}" if r.get("spread") and r["spread"][b] is not None else "")
     )
     budgets = report["budgets"]
@@ -255,7 +285,7 @@ def _markdown(report: dict) -> str:
             true = ", ".join(f"{label} {n}" for label, n in m["labels"].items())
             lines.append(
                 f"| {task} | majority class ({m['label']}) | "
-                + " | ".join(fmt(m["share"]) for _ in budgets)
+                + " | ".join(_fmt(m["share"]) for _ in budgets)
                 + f" | - | - | true labels: {true} |"
             )
         sources = r["sources"] if isinstance(r["sources"], str) else ", ".join(r["sources"] or [])
@@ -270,8 +300,13 @@ def _markdown(report: dict) -> str:
             + f" | {reach if reach is not None else 'not reached'} | {sources or '-'} "
             + f"| {given or '-'} |"
         )
+    return "\n".join([*lines, *_matrices(report)])
+
+
+def _matrices(report: dict) -> list[str]:
+    """The zero-shot matrix and each metric's similarities as Markdown tables."""
     sources, targets = report["sources"], report["targets"]
-    lines += [
+    lines = [
         "",
         "## Zero-shot transfer (source prompt used as is on the target)",
         "",
@@ -279,7 +314,7 @@ def _markdown(report: dict) -> str:
         "|---|" + "---|" * len(targets),
     ]
     lines += [
-        f"| {s} | " + " | ".join(fmt(v) for v in row) + " |"
+        f"| {s} | " + " | ".join(_fmt(v) for v in row) + " |"
         for s, row in zip(sources, report["zero_shot"], strict=True)
     ]
     for metric, matrix in report["similarities"].items():
@@ -299,4 +334,4 @@ def _markdown(report: dict) -> str:
         "Figures: `curves_<target>.png` (convergence), `similarity_<metric>.png`, `zero_shot.png`.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
