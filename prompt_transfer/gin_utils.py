@@ -39,6 +39,12 @@ def _binding(name: str, value: str) -> str:
         return f"{name} = {value!r}"
 
 
+def bound_name(binding: str) -> str:
+    """What a binding (`NAME = value`, as `parse_command_line` writes it) binds: a macro's or a
+    configurable parameter's name."""
+    return binding.partition("=")[0].strip()
+
+
 def parse_command_line(argv: list[str], flags: tuple[str, ...] = ()) -> Launch:
     """Split argv into gin files (`--gin_file`), bindings (`--gin.X=`, `--gin_bindings`), and
     boolean `flags` (`--overwrite`)."""
@@ -121,7 +127,7 @@ def _refuse_unused_macros(bindings: list[str]) -> None:
     did-you-mean; one that belongs to other gin files (a shared launch script) gets a note."""
     bound, used = _bound_and_used_macros()
     for text in bindings:
-        name = text.partition("=")[0].strip()
+        name = bound_name(text)
         if "." in name or "/" in name or name in used:
             continue  # a configurable's parameter (gin checks those), or a macro in use
         if name in project_macros():

@@ -133,7 +133,7 @@ def retrieve(flow: FlowConfig, spec: RunSpec, lib: library.Library, network) -> 
     prompt by each metric."""
     ours = dict(
         model_fingerprint=library.model_fingerprint(network.params),
-        deep_width=prompts.deep_width(spec.model_config) if spec.deep_prompt else 0,
+        deep_width=spec.deep_width,
     )
     entries = [e for e in lib.entries(kind="trained", **ours) if e.task in flow.sources]
     embeddings = {e.task: e for e in lib.entries(kind="task_embedding", **ours)}
@@ -275,7 +275,7 @@ _SET_PER_RUN = {
 def _refuse_run_macros(bindings: list[str]) -> None:
     """A macro the flow sets for each run would be ignored if given: refuse it in one line."""
     for text in bindings:
-        name = text.partition("=")[0].strip()
+        name = gin_utils.bound_name(text)
         if name in _SET_PER_RUN:
             raise FlowError(
                 f"--gin.{name}=... is set by the SPoT flow for each of its runs; "

@@ -53,10 +53,9 @@ class RunSpec:
         return task
 
     @property
-    def prompt_width(self) -> int:
-        """Columns of the run's prompt [P, E (+ deep width)] (see prompts.widen)."""
-        deep = prompts.deep_width(self.model_config) if self.deep_prompt else 0
-        return self.model_config.emb_dim + deep
+    def deep_width(self) -> int:
+        """Columns the run's deep prompt adds to its prompt's wide form (0 without one)."""
+        return prompts.deep_width(self.model_config) if self.deep_prompt else 0
 
 
 @dataclasses.dataclass(frozen=True)

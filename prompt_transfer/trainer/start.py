@@ -112,7 +112,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
         run_candidate,
         run_mixture,
         model_scores,
-        spec.prompt_width - spec.model_config.emb_dim,
+        spec.deep_width,
     )
     folder = run_dir.subdir(spec.model_dir, "transfer")
     paths.save_npy(folder / "initial_prompt.npy", prompt)
