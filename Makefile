@@ -34,9 +34,13 @@ offline-data: install-test
 demo: install
 	$(BIN)/prompt-transfer demo
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), each file whole on one of them so
+# its module fixtures are built once; 2 workers halve the suite on 2 cores (each may hold 8 GiB).
+TEST_WORKERS ?= 2
+
 test: offline-data
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
