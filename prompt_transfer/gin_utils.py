@@ -16,6 +16,7 @@ import sys
 import gin
 from gin import config_parser
 
+from prompt_transfer import settings
 from prompt_transfer.gin_files import GIN_DIR, GinFileError, find
 
 
@@ -198,7 +199,10 @@ def configured(fn):
 
 def build(cls):
     """The dataclass `cls` as the gin files bind it: a plain instance (not gin's configurable
-    subclass), so that `dataclasses.replace` and comparisons behave."""
+    subclass), so that `dataclasses.replace` and comparisons behave. What gin binds is checked
+    against the fields' types and ranges first (settings.check_bound): a mistake is one line
+    naming the macro, before anything is constructed."""
+    settings.check_bound(cls)
     try:
         made = configured(cls)()
     except TypeError as e:  # a field nobody bound

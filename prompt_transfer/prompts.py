@@ -17,8 +17,9 @@ import numpy as np
 from flax import traverse_util
 
 from prompt_transfer import partitioning as pt
-from prompt_transfer import paths
+from prompt_transfer import paths, settings
 from prompt_transfer.errors import UserError
+from prompt_transfer.settings import setting
 
 PROMPT_PATH = "encoder/prompt/prompt"
 PROMPT_AXES = (pt.PROMPT, pt.PROMPT_EMBED)
@@ -152,20 +153,16 @@ class PromptInit:
     the string (text), `file` a `.npy` path (file).
     """
 
-    method: str = "random_uniform"
-    scale: float = 0.5
-    vocab_population: int = 5000
+    method: str = setting("random_uniform", one_of=INIT_METHODS)
+    scale: float = setting(0.5, above=0)
+    vocab_population: int = setting(5000, least=1, macro="VOCAB_POPULATION")
     labels: tuple[str, ...] = ()
     text: str = ""
     file: str = ""
     transfer: object = None  # transfer.TransferInit when method == "transfer"
 
     def __post_init__(self):
-        if self.method not in INIT_METHODS:
-            raise PromptError(
-                f"prompt init method {self.method!r} is unknown; "
-                f"choose one of {', '.join(INIT_METHODS)}"
-            )
+        settings.check(self)
 
 
 def initial_prompt(

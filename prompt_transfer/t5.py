@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_transfer import partitioning as pt
-from prompt_transfer import prompts
+from prompt_transfer import prompts, settings
+from prompt_transfer.settings import setting
 
 NEG_INF = -1e10  # T5X's mask value: large but finite so fully-masked rows stay NaN-free.
 
@@ -55,39 +56,29 @@ class T5Config:
     `mlp_activations=("gelu", "linear")` is T5 1.1's gated-GELU; `("relu",)` is T5 1.0.
     """
 
-    vocab_size: int = 32128
-    emb_dim: int = 512
-    num_heads: int = 6
-    head_dim: int = 64
-    mlp_dim: int = 1024
-    num_encoder_layers: int = 8
-    num_decoder_layers: int = 8
-    mlp_activations: tuple[str, ...] = ("gelu", "linear")
+    vocab_size: int = setting(32128, least=1)
+    emb_dim: int = setting(512, least=1)
+    num_heads: int = setting(6, least=1)
+    head_dim: int = setting(64, least=1)
+    mlp_dim: int = setting(1024, least=1)
+    num_encoder_layers: int = setting(8, least=1)
+    num_decoder_layers: int = setting(8, least=1)
+    mlp_activations: tuple[str, ...] = setting(("gelu", "linear"), one_of=tuple(_ACTIVATIONS))
     logits_via_embedding: bool = False
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    dropout_rate: float = 0.0
-    dtype: str = "float32"
+    relative_attention_num_buckets: int = setting(32, least=1)
+    relative_attention_max_distance: int = setting(128, least=1)
+    dropout_rate: float = setting(0.0, least=0, below=1, macro="DROPOUT_RATE")
+    dtype: str = setting("float32", one_of=("float32", "bfloat16"), macro="ACTIVATION_DTYPE")
     float32_attention_logits: bool = True
-    layer_norm_epsilon: float = 1e-6
+    layer_norm_epsilon: float = setting(1e-6, above=0)
     # REMAT_POLICY (T5X's names): what a training step keeps of each layer for the backward
     # pass. 'none' keeps everything; 'minimal' keeps the weight products and recomputes the
     # rest; 'full' keeps only the layer's input. Less memory for more compute; outputs equal.
-    remat_policy: str = "none"
+    remat_policy: str = setting("none", one_of=tuple(_REMAT_POLICIES), macro="REMAT_POLICY")
 
     def __post_init__(self):
         object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
-        if self.remat_policy not in _REMAT_POLICIES:
-            raise ValueError(
-                f"T5Config.remat_policy={self.remat_policy!r} is unknown; choose from "
-                f"{', '.join(_REMAT_POLICIES)}"
-            )
-        unknown = [a for a in self.mlp_activations if a not in _ACTIVATIONS]
-        if unknown:
-            raise ValueError(
-                f"T5Config.mlp_activations has unknown {unknown}; "
-                f"choose from {sorted(_ACTIVATIONS)}"
-            )
+        settings.check(self)
 
 
 def _param(module: nn.Module, name: str, init, shape, axes):

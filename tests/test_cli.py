@@ -140,4 +140,4 @@ def test_a_runs_folder_in_the_working_directory_does_not_break_gin_includes(tmp_
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("runs", None)
     text = gin_utils.configure([str(gin_files.find("experiments/demo"))], [])
-    assert "spot.run" in text and "WORK_DIR = 'runs/demo'" in text
+    assert "FlowConfig" in text and "WORK_DIR = 'runs/demo'" in text

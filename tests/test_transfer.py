@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from prompt_transfer.errors import UserError
 from prompt_transfer.transfer import initial, library, retrieval, similarity
 
 
@@ -93,5 +94,5 @@ def test_cli_ranks_sources_for_a_task_embedding(tmp_path, capsys):
 
 
 def test_unknown_strategy_lists_the_choices():
-    with pytest.raises(retrieval.TransferError, match="single_source, top_1, top_k_average"):
+    with pytest.raises(UserError, match="must be one of 'single_source', 'top_1', 'top_k_av"):
         initial.TransferInit(strategy="average_all")

@@ -11,32 +11,59 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from prompt_transfer.settings import setting
 from prompt_transfer.trainer.train_state import OptimizerConfig
+from prompt_transfer.transfer import similarity
 
 BASELINES = ("random_uniform", "sampled_vocab", "class_labels", "model_tuning")
+# What a target can start from in the flow: each ranks the library for the target.
+STRATEGIES = ("top_1", "top_k_average", "best_of_top_k", "top_k_mixture")
+# The flow compares prompts with prompts; a model's activations or scores rank sources only.
+PROMPT_METRICS = tuple(m for m in similarity.METRICS if m != "activation_overlap")
+RETRIEVAL_METRICS = (*similarity.METRICS, "zero_shot")
 
 
 @dataclasses.dataclass(frozen=True)
 class FlowConfig:
     """The flow's own settings; fields follow gin/runs/spot.gin's macros."""
 
-    work_dir: str  # WORK_DIR: every run's folder, the library and the report, local or gs://
-    sources: Sequence[str]  # SOURCES: their prompts make the library
-    targets: Sequence[str]  # TARGETS
-    source_steps: int = 1000  # SOURCE_STEPS; also a top_k_mixture run's steps on its mixture
-    embedding_steps: int = 100  # EMBEDDING_STEPS: the short run whose prompt embeds a target
-    target_steps: int = 1000  # TARGET_STEPS, evaluated every EVAL_PERIOD
-    strategies: Sequence[str] = ("top_k_average", "best_of_top_k", "top_k_mixture")
-    baselines: Sequence[str] = BASELINES
-    metrics: Sequence[str] = ("cosine_avg_tokens", "cosine_per_token")  # SIMILARITY_METRICS
-    retrieval_metric: str = "cosine_avg_tokens"  # the one the strategies rank sources by
-    top_k: int = 2
-    candidate_steps: int = 50  # CANDIDATE_STEPS: best_of_top_k's trial run per candidate
+    work_dir: str = setting(macro="WORK_DIR")  # every run, the library and the report
+    sources: Sequence[str] = setting(non_empty=True, macro="SOURCES")  # make the library
+    targets: Sequence[str] = setting(non_empty=True, macro="TARGETS")
+    # SOURCE_STEPS; also a top_k_mixture run's steps on its mixture
+    source_steps: int = setting(1000, least=1, macro="SOURCE_STEPS")
+    # EMBEDDING_STEPS: the short run whose prompt embeds a target
+    embedding_steps: int = setting(100, least=1, macro="EMBEDDING_STEPS")
+    target_steps: int = setting(1000, least=1, macro="TARGET_STEPS")  # evaluated every EVAL_PERIOD
+    strategies: Sequence[str] = setting(
+        ("top_k_average", "best_of_top_k", "top_k_mixture"),
+        one_of=STRATEGIES,
+        non_empty=True,
+        macro="STRATEGIES",
+    )
+    baselines: Sequence[str] = setting(
+        BASELINES, one_of=BASELINES, non_empty=True, macro="BASELINES"
+    )
+    metrics: Sequence[str] = setting(
+        ("cosine_avg_tokens", "cosine_per_token"),
+        one_of=PROMPT_METRICS,
+        non_empty=True,
+        macro="SIMILARITY_METRICS",
+    )
+    # the one the strategies rank sources by
+    retrieval_metric: str = setting(
+        "cosine_avg_tokens", one_of=RETRIEVAL_METRICS, macro="RETRIEVAL_METRIC"
+    )
+    top_k: int = setting(2, least=1, macro="TOP_K")
+    # CANDIDATE_STEPS: best_of_top_k's trial run per candidate
+    candidate_steps: int = setting(50, least=1, macro="CANDIDATE_STEPS")
     # Model tuning trains every weight, with T5X's fine-tuning recipe rather than the prompt
     # runs' optimizer (MODEL_TUNING_LEARNING_RATE, model_tuning/train_state.OptimizerConfig).
     model_tuning_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3)
-    seeds_per_run: int = 1  # SEEDS_PER_RUN: target runs repeat with seeds RANDOM_SEED, +1, ...
-    stack_runs: int = 3  # STACK_RUNS: prompt runs trained together in one stacked step
+    # SEEDS_PER_RUN: target runs repeat with seeds RANDOM_SEED, +1, ...
+    seeds_per_run: int = setting(1, least=1, macro="SEEDS_PER_RUN")
+    # STACK_RUNS: prompt runs trained together in one stacked step
+    stack_runs: int = setting(3, least=1, macro="STACK_RUNS")
 
     def seeds(self, first: int) -> list[int]:
         """Each target run's seeds, from RANDOM_SEED (`first`) on."""

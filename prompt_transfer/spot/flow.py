@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from prompt_transfer import gin_utils, partitioning, paths, prompts
+from prompt_transfer import data, errors, gin_utils, partitioning, paths, prompts
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.spot.config import FlowConfig
 from prompt_transfer.spot.report import Results, TargetRuns, write_report
@@ -253,12 +253,43 @@ def report(flow: FlowConfig, runs: Runs, found: Retrieved, trained: TargetRuns, 
 
 def main(argv: list[str]) -> dict:
     """`prompt-transfer spot --gin_file=experiments/spot_tiny --gin.WORK_DIR=...`: the flow as
-    gin/runs/spot.gin binds it, its runs as gin/runs/prompt_tuning.gin binds them."""
+    gin/runs/spot.gin binds it, its runs as gin/runs/prompt_tuning.gin binds them. Everything
+    is checked before the first source trains (check_flow)."""
     launch = gin_utils.parse_command_line(argv)
-    _refuse_run_macros(launch.bindings)
+    refuse_run_macros(launch.bindings)
     config_text = gin_utils.configure(launch.files, launch.bindings)
+    flow = gin_utils.build(FlowConfig)
     spec, config = gin_utils.build(RunSpec), gin_utils.build(TrainConfig)
-    return gin_utils.configured(run)(spec=spec, config=config, config_text=config_text)
+    flow = check_flow(flow, spec)
+    return run(flow, spec, config, config_text=config_text)
+
+
+def check_flow(flow: FlowConfig, spec: RunSpec) -> FlowConfig:
+    """`check_tasks`, and a TOP_K above the sources is clamped to them, with a note. (Types,
+    ranges, strategies, baselines, metrics and empty lists are the schema's: gin_utils.build.)"""
+    check_tasks(flow, spec)
+    if flow.top_k > len(flow.sources):
+        _log(
+            f"note: TOP_K={flow.top_k} is more than the {len(flow.sources)} source(s); "
+            f"using TOP_K={len(flow.sources)}"
+        )
+        flow = dataclasses.replace(flow, top_k=len(flow.sources))
+    return flow
+
+
+def check_tasks(settings, spec: RunSpec) -> None:
+    """Refuse, before any work, a source or target (of the flow's or a study's `settings`)
+    that is not a registered task, and a task named twice."""
+    spec.register_tasks()
+    for macro, tasks in (("SOURCES", settings.sources), ("TARGETS", settings.targets)):
+        for task in tasks:
+            try:
+                data.get_task(task)
+            except errors.UserError as e:
+                raise FlowError(f"{macro}={list(tasks)!r}: {errors.one_line(e)}") from e
+        twice = sorted({t for t in tasks if list(tasks).count(t) > 1})
+        if twice:
+            raise FlowError(f"{macro}={list(tasks)!r} names {', '.join(twice)} twice")
 
 
 # prompt_tuning.gin's macros that the flow sets for each of its runs, and what to set instead.
@@ -272,7 +303,7 @@ _SET_PER_RUN = {
 }
 
 
-def _refuse_run_macros(bindings: list[str]) -> None:
+def refuse_run_macros(bindings: list[str]) -> None:
     """A macro the flow sets for each run would be ignored if given: refuse it in one line."""
     for text in bindings:
         name = gin_utils.bound_name(text)

@@ -13,41 +13,69 @@ from collections.abc import Mapping, Sequence
 
 import jax
 
-from prompt_transfer import data, evaluation, partitioning, prompts, registry, t5, vocab
+from prompt_transfer import (
+    data,
+    errors,
+    evaluation,
+    partitioning,
+    prompts,
+    registry,
+    settings,
+    t5,
+    vocab,
+)
 from prompt_transfer import file_tasks as file_task_lib
+from prompt_transfer.settings import setting
 from prompt_transfer.trainer.train_state import OptimizerConfig, TrainError
+
+
+def _paths_regex(value: str) -> str | None:
+    wrong = settings.regex(value)
+    return wrong and f"{wrong}; it selects parameter paths, e.g. '{prompts.PROMPT_PATH}' or '.*'"
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """What a run is. Fields follow T5X's macros (gin/runs/prompt_tuning.gin binds them)."""
 
-    model_dir: str  # MODEL_DIR, local or gs://
-    task: str  # MIXTURE_OR_TASK_NAME
-    feature_lengths: Mapping[str, int]  # TASK_FEATURE_LENGTHS
-    model_config: t5.T5Config
-    initial_checkpoint: str | None = None  # INITIAL_CHECKPOINT_PATH (None: random init)
-    trainable_regex: str = prompts.PROMPT_PATH  # TRAINABLE: '.*' is model tuning
-    prompt_length: int = 100  # 0: no soft prompt
-    seed: int = 0
-    num_partitions: int = 1  # model-parallel ways; the rest of the devices split the batch
-    file_tasks: Sequence[file_task_lib.FileTask] = ()  # user tasks from TSV/JSONL
-    model_name: str = "unnamed"  # the frozen model's name in library metadata
-    vocabulary: str | None = None  # VOCABULARY of the size gin file: the model's own tokens
+    model_dir: str = setting(macro="MODEL_DIR")  # local or gs://
+    task: str = setting(macro="MIXTURE_OR_TASK_NAME")
+    feature_lengths: Mapping[str, int] = setting(least=1, macro="TASK_FEATURE_LENGTHS")
+    model_config: t5.T5Config = setting()
+    # INITIAL_CHECKPOINT_PATH (None: random init)
+    initial_checkpoint: str | None = setting(None, macro="INITIAL_CHECKPOINT_PATH")
+    # TRAINABLE: '.*' is model tuning
+    trainable_regex: str = setting(prompts.PROMPT_PATH, valid=_paths_regex, macro="TRAINABLE")
+    prompt_length: int = setting(100, least=0, macro="PROMPT_LENGTH")  # 0: no soft prompt
+    seed: int = setting(0, least=0, macro="RANDOM_SEED")
+    # model-parallel ways; the rest of the devices split the batch
+    num_partitions: int = setting(1, least=1, macro="NUM_PARTITIONS")
+    # user tasks from TSV/JSONL
+    file_tasks: Sequence[file_task_lib.FileTask] = setting((), macro="FILE_TASKS")
+    model_name: str = setting("unnamed", macro="MODEL_NAME")  # the frozen model, in the library
+    # VOCABULARY of the size gin file: the model's own tokens
+    vocabulary: str | None = setting(None, macro="VOCABULARY")
     # DEEP_PROMPT: besides the input prompt, PROMPT_LENGTH keys and values of its own in every
     # self-attention (prefix tuning / P-tuning v2); TRAINABLE must cover prompts.DEEP_REGEX.
-    deep_prompt: bool = False
+    deep_prompt: bool = setting(False, macro="DEEP_PROMPT")
     # FROZEN_DTYPE: how the frozen network is stored ('bfloat16' halves its memory); what trains
     # (the prompt, or every weight in model tuning) and its optimizer state stay float32.
-    frozen_dtype: str = "float32"
+    frozen_dtype: str = setting("float32", one_of=("float32", "bfloat16"), macro="FROZEN_DTYPE")
 
-    def prepare_tasks(self):
-        """Tasks take the model's vocabulary, the run's own tasks are registered, and the task
-        is checked against the model; returns the SeqIO task or mixture."""
+    def register_tasks(self) -> None:
+        """Tasks take the model's vocabulary, and the run's own tasks (FILE_TASKS) register."""
         vocab.follow_model(self.vocabulary)
         for file_task in self.file_tasks:  # validated before any work
             file_task_lib.register_file_task(file_task)
-        task = data.get_task(self.task)
+
+    def prepare_tasks(self):
+        """`register_tasks`, and the task is checked against the model; returns the SeqIO task
+        or mixture."""
+        self.register_tasks()
+        try:
+            task = data.get_task(self.task)
+        except data.TaskError as e:
+            raise TrainError(f"MIXTURE_OR_TASK_NAME={self.task!r}: {errors.one_line(e)}") from e
         for sub in registry.subtasks(task):
             vocab.check_model_reads(sub, self.model_config.vocab_size, self.vocabulary)
         return task
@@ -62,72 +90,37 @@ class RunSpec:
 class TrainConfig:
     """How a run trains."""
 
-    steps: int  # TRAIN_STEPS
-    batch_size: int
+    steps: int = setting(least=1, macro="TRAIN_STEPS")
+    batch_size: int = setting(least=1, macro="BATCH_SIZE")
     prompt_init: prompts.PromptInit = prompts.PromptInit()
     optimizer: OptimizerConfig = OptimizerConfig()
-    num_microbatches: int = 1
+    num_microbatches: int = setting(1, least=1, macro="NUM_MICROBATCHES")
     # DATA_SHARDS: SeqIO shards of the training data, read by the processes in equal parts
     # (0: one per process). Runs with the same count see the same global batches however many
     # processes they run on.
-    data_shards: int = 0
-    eval_period: int = 0  # 0: never evaluate
-    eval_split: str = "validation"
-    eval_batch_size: int = 32
-    early_stopping_patience: int = 0  # evaluations without a new best; 0: never stop
-    save_period: int = 1000
-    keep_checkpoints: int = 3
-    log_period: int = 50
-    library_dir: str | None = None  # when set, the final prompt joins this library
-    library_kind: str = "trained"  # or "task_embedding"
-
-
-FROZEN_DTYPES = ("float32", "bfloat16")
-
-# (field, its macro, the least value it may take): whole numbers only.
-_COUNTS = (
-    ("steps", "TRAIN_STEPS", 1),
-    ("batch_size", "BATCH_SIZE", 1),
-    ("num_microbatches", "NUM_MICROBATCHES", 1),
-    ("data_shards", "DATA_SHARDS", 0),
-    ("eval_period", "EVAL_PERIOD", 0),
-    ("eval_batch_size", "EVAL_BATCH_SIZE", 1),
-    ("early_stopping_patience", "EARLY_STOPPING_PATIENCE", 0),
-    ("save_period", "SAVE_PERIOD", 1),
-    ("keep_checkpoints", "KEEP_CHECKPOINTS", 1),
-    ("log_period", "LOG_PERIOD", 1),
-    ("prompt_length", "PROMPT_LENGTH", 0),
-    ("seed", "RANDOM_SEED", 0),
-    ("num_partitions", "NUM_PARTITIONS", 1),
-)
+    data_shards: int = setting(0, least=0, macro="DATA_SHARDS")
+    eval_period: int = setting(0, least=0, macro="EVAL_PERIOD")  # 0: never evaluate
+    eval_split: str = setting("validation", macro="EVAL_SPLIT")
+    eval_batch_size: int = setting(32, least=1, macro="EVAL_BATCH_SIZE")
+    # evaluations without a new best; 0: never stop
+    early_stopping_patience: int = setting(0, least=0, macro="EARLY_STOPPING_PATIENCE")
+    save_period: int = setting(1000, least=1, macro="SAVE_PERIOD")
+    keep_checkpoints: int = setting(3, least=1, macro="KEEP_CHECKPOINTS")
+    log_period: int = setting(50, least=1, macro="LOG_PERIOD")
+    # when set, the final prompt joins this library
+    library_dir: str | None = setting(None, macro="LIBRARY_DIR")
+    library_kind: str = setting(
+        "trained", one_of=("trained", "task_embedding"), macro="LIBRARY_KIND"
+    )
 
 
 def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:
-    """Counts are whole numbers in range and TRAINABLE is a regular expression, or one line
-    names the macro (`TRAIN_STEPS=3e4`, `SAVE_PERIOD=0`, `TRAINABLE='['`)."""
-    for field, macro, least in _COUNTS:
-        holder = spec if hasattr(spec, field) else config
-        if holder is None:
-            continue
-        value = getattr(holder, field)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            whole = (
-                f" (write {int(value)})"
-                if isinstance(value, float) and value.is_integer() and value >= least
-                else ""
-            )
-            raise TrainError(f"{macro}={value!r} must be a whole number >= {least}{whole}")
-    if getattr(spec, "frozen_dtype", "float32") not in FROZEN_DTYPES:
-        raise TrainError(
-            f"FROZEN_DTYPE={spec.frozen_dtype!r} is not one of {', '.join(FROZEN_DTYPES)}"
-        )
-    try:
-        re.compile(spec.trainable_regex)
-    except re.error as e:
-        raise TrainError(
-            f"TRAINABLE={spec.trainable_regex!r} is not a regular expression ({e}); it selects "
-            f"parameter paths, e.g. '{prompts.PROMPT_PATH}' or '.*'"
-        ) from e
+    """Every field of a run as its schema declares it (settings.py), for runs made in Python
+    (the flow's, a test's) as for those gin binds: one line names the macro
+    (`TRAIN_STEPS=3e4`, `SAVE_PERIOD=0`, `TRAINABLE='['`)."""
+    settings.check(spec)
+    if config is not None:
+        settings.check(config)
 
 
 def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:

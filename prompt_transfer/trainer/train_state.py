@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from prompt_transfer import partitioning, prompts
 from prompt_transfer.errors import UserError
 from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.settings import setting
 
 
 class TrainError(UserError):
@@ -38,14 +39,21 @@ class OptimizerConfig:
     """SPoT's prompt-tuning recipe by default: Adafactor, constant 0.3, decay rate 0.8, weight
     decay 1e-5, no parameter scaling (Vu et al. 2022, Sec. 2.1). `name="adam"` for AdamW."""
 
-    name: str = "adafactor"
-    learning_rate: float = 0.3
-    weight_decay: float = 1e-5
-    decay_rate: float = 0.8
-    clipping_threshold: float = 1.0
+    name: str = setting("adafactor", one_of=("adafactor", "adam"))
+    learning_rate: float = setting(
+        0.3,
+        above=0,
+        macro="LEARNING_RATE",
+        hint="to score a prompt without training it, use `prompt-transfer eval` (a trained run) "
+        "or `prompt-transfer score --prompt` (a prompt file)",
+    )
+    weight_decay: float = setting(1e-5, least=0)
+    decay_rate: float = setting(0.8, above=0, most=1)
+    clipping_threshold: float = setting(1.0, above=0)
     multiply_by_parameter_scale: bool = False
-    warmup_steps: int = 0
-    schedule: str = "constant"  # or "rsqrt": T5 pre-training's plateau then 1/sqrt(step)
+    warmup_steps: int = setting(0, least=0)
+    # "constant", or "rsqrt": T5 pre-training's plateau then 1/sqrt(step)
+    schedule: str = setting("constant", one_of=("constant", "rsqrt"))
 
 
 # One optimizer and one schedule per config, so that runs of equal configs share a compiled step.

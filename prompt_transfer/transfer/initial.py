@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from prompt_transfer import paths
+from prompt_transfer import paths, settings
+from prompt_transfer.settings import setting
 from prompt_transfer.transfer import retrieval, similarity
 from prompt_transfer.transfer.library import Library, read_t5x_prompt
 from prompt_transfer.transfer.retrieval import TransferError
@@ -36,27 +37,18 @@ class TransferInit:
     target_embedding: the target's task embedding (library entry id or .npy) for retrieval.
     """
 
-    strategy: str = "top_k_average"
+    strategy: str = setting("top_k_average", one_of=STRATEGIES)
     library: str = ""
     source: str = ""
     target_embedding: str = ""
-    metric: str = "cosine_avg_tokens"
-    top_k: int = 3
-    length_fit: str = "error"
-    candidate_steps: int = 100  # best_of_top_k: steps of each short run
-    mixture_steps: int = 1000  # top_k_mixture: steps on the sources' mixture
+    metric: str = setting("cosine_avg_tokens", one_of=(*similarity.METRICS, "zero_shot"))
+    top_k: int = setting(3, least=1, macro="TOP_K")
+    length_fit: str = setting("error", one_of=LENGTH_FITS)
+    candidate_steps: int = setting(100, least=1)  # best_of_top_k: steps of each short run
+    mixture_steps: int = setting(1000, least=1)  # top_k_mixture: steps on the sources' mixture
 
     def __post_init__(self):
-        if self.metric not in (*similarity.METRICS, "zero_shot"):
-            raise TransferError(
-                f"retrieval metric {self.metric!r} is unknown; choose one of "
-                + ", ".join((*similarity.METRICS, "zero_shot"))
-            )
-        if self.strategy not in STRATEGIES:
-            raise TransferError(
-                f"transfer strategy {self.strategy!r} is unknown; choose one "
-                f"of {', '.join(STRATEGIES)}"
-            )
+        settings.check(self)
 
 
 def fit_length(prompt: np.ndarray, length: int, how: str = "error") -> np.ndarray:

@@ -73,7 +73,7 @@ CATALOGUE = {
     "broken regex": (train("--gin.TRAINABLE='['"), "TRAINABLE='[' is not a regular expression"),
     "partitions": (train("--gin.NUM_PARTITIONS=3"), "NUM_PARTITIONS=3 does not divide the 8"),
     "batch over devices": (train("--gin.BATCH_SIZE=12"), "BATCH_SIZE=12 does not split"),
-    "frozen dtype": (train("--gin.FROZEN_DTYPE='fp8'"), "FROZEN_DTYPE='fp8' is not one of"),
+    "frozen dtype": (train("--gin.FROZEN_DTYPE='fp8'"), "FROZEN_DTYPE='fp8' must be one of"),
     "data shards": (train("--gin.DATA_SHARDS=3"), "DATA_SHARDS=3 must be a multiple of the 1"),
     "index without coordinator": (
         train("--process_index=1"),
@@ -164,7 +164,7 @@ CATALOGUE = {
     ),
     "unknown length fit": (
         transfer("single_source", "--gin.SOURCE_PROMPT='{entry}'", "--gin.LENGTH_FIT='stretch'"),
-        "length fit 'stretch' is unknown",
+        "LENGTH_FIT='stretch' must be one of 'error', 'truncate', 'pad', 'interpolate'",
     ),
     "unknown similarity": (
         transfer(
@@ -172,7 +172,7 @@ CATALOGUE = {
             "--gin.SIMILARITY_METRIC='cosine_avg'",
             "--gin.TARGET_EMBEDDING='{entry}'",
         ),
-        "retrieval metric 'cosine_avg' is unknown",
+        "SIMILARITY_METRIC='cosine_avg' must be one of 'cosine_avg_tokens', 'cosine_per_tok",
     ),
     "retrieval without an embedding": (
         transfer("weighted_average"),
