@@ -25,8 +25,16 @@ WORK = "/nonexistent/settings-test"  # replaced by each test's tmp_path
 
 
 def _argv(command: str, work: str) -> list[str]:
+    """`command`'s argv; "transfer" is a train whose prompt starts from a library."""
     if command == "train":
         return ["train", *tiny_run_args(f"{work}/run", "--gin.TRAIN_STEPS=4")]
+    if command == "transfer":
+        return [
+            *_argv("train", work),
+            "--gin_file=transfer/best_of_top_k",
+            f"--gin.LIBRARY='{work}/library'",
+            "--gin.TARGET_EMBEDDING='embedding'",
+        ]
     return [
         "spot",
         "--gin_file=experiments/spot_tiny",
@@ -37,12 +45,14 @@ def _argv(command: str, work: str) -> list[str]:
     ]
 
 
-# What each command reads; spot's runs read RunSpec and TrainConfig as train does.
-READS = {"train": (RunSpec, TrainConfig), "spot": (FlowConfig,)}
+# What each command reads; spot's runs read RunSpec and TrainConfig as train does, and a
+# transfer run's TrainConfig holds the TransferInit of gin/transfer/.
+READS = {"train": (RunSpec, TrainConfig), "transfer": (TrainConfig,), "spot": (FlowConfig,)}
 
 
 def _macros(command: str) -> dict[str, settings.Bound]:
-    """{macro: how it is bound} for every macro the command's settings read."""
+    """{macro: how it is bound} for every macro the command's settings read (for "transfer",
+    those a plain train does not)."""
     launch = gin_utils.parse_command_line(_argv(command, WORK)[1:])
     gin_utils.configure(launch.files, launch.bindings)
     found = {}
@@ -50,6 +60,8 @@ def _macros(command: str) -> dict[str, settings.Bound]:
         for bound in settings.bound_settings(cls):
             if bound.macro is not None:
                 found.setdefault(bound.macro, bound)
+    if command == "transfer":
+        found = {m: b for m, b in found.items() if m not in _macros("train")}
     return found
 
 
@@ -100,7 +112,8 @@ def _cases():
     for command in READS:
         for macro, bound in sorted(_macros(command).items()):
             for kind, value in _bad_values(bound).items():
-                cases.append(pytest.param(command, macro, value, id=f"{command}-{macro}-{kind}"))
+                case = f"{command}-{macro}-{kind}"
+                cases.append(pytest.param(command, macro, value, id=case))
     # Names the schema cannot know until tasks are registered: checked before work all the same.
     cases += [
         pytest.param("train", "MIXTURE_OR_TASK_NAME", "'nope'", id="train-task-unknown name"),
@@ -133,7 +146,7 @@ def test_a_bad_setting_is_one_line_before_any_work(
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert err[0].startswith(f"prompt-transfer {command}: error: {macro}="), err[0]
+    assert err[0].startswith(f"prompt-transfer {argv[0]}: error: {macro}="), err[0]
     assert not any(tmp_path.iterdir()), sorted(tmp_path.rglob("*"))
 
 
@@ -148,6 +161,7 @@ def test_the_generated_cases_cover_every_macro_of_the_schema():
         _macros("train")
     )
     assert {"SOURCES", "STRATEGIES", "RETRIEVAL_METRIC", "TOP_K"} <= set(_macros("spot"))
+    assert {"SIMILARITY_METRIC", "LENGTH_FIT", "CANDIDATE_STEPS"} <= set(_macros("transfer"))
 
 
 @pytest.mark.parametrize(
