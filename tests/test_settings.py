@@ -15,6 +15,7 @@ import pytest
 from conftest import TINY_CHECKPOINT, tiny_run_args
 from prompt_transfer import cli, gin_utils, settings
 from prompt_transfer.spot.config import FlowConfig
+from prompt_transfer.study.config import StudyConfig
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train_state import OptimizerConfig
 from prompt_transfer.transfer import initial
@@ -36,8 +37,8 @@ def _argv(command: str, work: str) -> list[str]:
             "--gin.TARGET_EMBEDDING='embedding'",
         ]
     return [
-        "spot",
-        "--gin_file=experiments/spot_tiny",
+        command,
+        f"--gin_file=experiments/{command}_tiny",
         f"--gin.WORK_DIR='{work}/flow'",
         f"--gin.SOURCES={SOURCES}",
         f"--gin.TARGETS={TARGETS}",
@@ -47,7 +48,12 @@ def _argv(command: str, work: str) -> list[str]:
 
 # What each command reads; spot's runs read RunSpec and TrainConfig as train does, and a
 # transfer run's TrainConfig holds the TransferInit of gin/transfer/.
-READS = {"train": (RunSpec, TrainConfig), "transfer": (TrainConfig,), "spot": (FlowConfig,)}
+READS = {
+    "train": (RunSpec, TrainConfig),
+    "transfer": (TrainConfig,),
+    "spot": (FlowConfig,),
+    "study": (StudyConfig,),
+}
 
 
 def _macros(command: str) -> dict[str, settings.Bound]:
@@ -119,6 +125,7 @@ def _cases():
         pytest.param("train", "MIXTURE_OR_TASK_NAME", "'nope'", id="train-task-unknown name"),
         pytest.param("spot", "SOURCES", "['nope']", id="spot-SOURCES-unknown task"),
         pytest.param("spot", "TARGETS", "['nope']", id="spot-TARGETS-unknown task"),
+        pytest.param("study", "SOURCES", "['nope']", id="study-SOURCES-unknown task"),
     ]
     return cases
 
@@ -162,6 +169,7 @@ def test_the_generated_cases_cover_every_macro_of_the_schema():
     )
     assert {"SOURCES", "STRATEGIES", "RETRIEVAL_METRIC", "TOP_K"} <= set(_macros("spot"))
     assert {"SIMILARITY_METRIC", "LENGTH_FIT", "CANDIDATE_STEPS"} <= set(_macros("transfer"))
+    assert {"SOURCES", "SIMILARITY_METRICS", "STUDY_BASELINE"} <= set(_macros("study"))
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
   models     checkpoint-info, convert, score, export             (cli/model.py)
   data       prepare-offline, cache-examples, add-task, build-vocab  (cli/data.py)
   library    library add|import|list|show|remove|export|rank|...  (cli/library.py)
-  runs       train, eval, infer, task-embedding, spot, demo       (cli/runs.py)
+  runs       train, eval, infer, task-embedding, spot, study, demo  (cli/runs.py)
 
 Exit statuses: 0 done, 2 bad input, 3 the loss diverged, 4 pre-empted (see errors.py).
 """

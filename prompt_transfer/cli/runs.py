@@ -1,4 +1,4 @@
-"""Commands that run gin-configured jobs: train, eval, infer, task-embedding, spot, demo.
+"""Commands that run gin-configured jobs: train, eval, infer, task-embedding, spot, study, demo.
 
 Arguments as T5X's (--gin_file=..., --gin.MACRO=..., --gin_bindings=...), parsed by gin_utils.
 The trainer and the flow are imported when a command runs, so `--help` stays fast.
@@ -67,6 +67,13 @@ def cmd_spot(args) -> None:
 
     report = flow.main(args.gin_args)
     print(f"SPoT flow done: {len(report['rows'])} target runs; see report.md in WORK_DIR")
+
+
+def cmd_study(args) -> None:
+    from prompt_transfer.study import run
+
+    study = run.main(args.gin_args)
+    print(f"study done: {len(study['pairs'])} source-target pairs; see study.md in WORK_DIR")
 
 
 def cmd_demo(args) -> None:
@@ -163,6 +170,17 @@ def add_commands(sub) -> None:
         "--gin.WORK_DIR, --gin.SOURCES, --gin.TARGETS.",
     )
     p.set_defaults(func=cmd_spot, takes_gin=True)
+
+    p = sub.add_parser(
+        "study",
+        parents=parent,
+        help="which source helps: every source against every target, and which similarity "
+        "predicts the gain (study.json, study.md)",
+        description="Gin files as for spot (e.g. --gin_file=experiments/study_offline); its "
+        "macros are the flow's: WORK_DIR, SOURCES, TARGETS, SEEDS_PER_RUN, the step counts, "
+        "SIMILARITY_METRICS, RETRIEVAL_METRIC.",
+    )
+    p.set_defaults(func=cmd_study, takes_gin=True)
 
     for name, func, text in (
         ("eval", cmd_eval, "evaluate a trained run on a task split"),

@@ -12,7 +12,7 @@ import numpy as np
 from prompt_transfer import paths
 
 
-def _figure():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +21,7 @@ def _figure():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     paths.atomic_write_bytes(path, buffer.getvalue())
@@ -37,7 +37,7 @@ def heatmap(
     value_format: str = "{:.2f}",
 ) -> Path:
     """A labelled heatmap with each cell's value written in it."""
-    plt = _figure()
+    plt = pyplot()
     matrix = np.asarray(matrix, float)
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(columns), 1.0 + 0.5 * len(rows)))
     image = ax.imshow(matrix, cmap="viridis", aspect="auto")
@@ -56,7 +56,7 @@ def heatmap(
             )
     ax.set_title(title)
     fig.colorbar(image, ax=ax)
-    path = _save(fig, path)
+    path = save(fig, path)
     plt.close(fig)
     return path
 
@@ -69,7 +69,7 @@ def curves(
 ) -> Path:
     """One line per name: (steps, values) or (steps, mean, standard deviation or None), the
     deviation drawn as a band of +- one around the mean."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, (steps, values, *spread) in series.items():
         (line,) = ax.plot(steps, values, marker="o", label=name)
@@ -82,6 +82,6 @@ def curves(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    path = _save(fig, path)
+    path = save(fig, path)
     plt.close(fig)
     return path

@@ -1,0 +1,1 @@
+"""The transferability study: what each source prompt gives each target, and what predicts it."""

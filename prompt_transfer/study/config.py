@@ -1,0 +1,59 @@
+"""What a transferability study measures (`StudyConfig`, bound by gin/runs/study.gin).
+
+How each of its runs trains is the RunSpec and TrainConfig of gin/runs/prompt_tuning.gin, as in
+the SPoT flow; the study shares the flow's macros (WORK_DIR, SOURCES, TARGETS, SEEDS_PER_RUN,
+the step counts, SIMILARITY_METRICS, RETRIEVAL_METRIC) so that a flow's gin file reads as a
+study's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from prompt_transfer.settings import setting
+from prompt_transfer.transfer import similarity
+
+# Source prompts are compared with the target's task embedding by these; `zero_shot` (each
+# source used as is on the target) is always measured and ranked too.
+METRICS = tuple(similarity.METRICS)
+BASELINES = ("sampled_vocab", "random_uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """Every source against every target: single-source transfer and random init with the
+    same seeds, the zero-shot score, and every similarity metric."""
+
+    work_dir: str = setting(macro="WORK_DIR")  # every run, the library and study.{json,md}
+    sources: Sequence[str] = setting(non_empty=True, macro="SOURCES")
+    targets: Sequence[str] = setting(non_empty=True, macro="TARGETS")
+    source_steps: int = setting(1000, least=1, macro="SOURCE_STEPS")
+    embedding_steps: int = setting(100, least=1, macro="EMBEDDING_STEPS")
+    target_steps: int = setting(1000, least=1, macro="TARGET_STEPS")  # every EVAL_PERIOD
+    metrics: Sequence[str] = setting(
+        ("cosine_avg_tokens", "cosine_per_token", "euclidean", "activation_overlap"),
+        one_of=METRICS,
+        non_empty=True,
+        macro="SIMILARITY_METRICS",
+    )
+    # the metric retrieval uses; the study says how it predicts transfer
+    retrieval_metric: str = setting(
+        "cosine_avg_tokens", one_of=(*METRICS, "zero_shot"), macro="RETRIEVAL_METRIC"
+    )
+    # the prompt run without transfer each transfer is compared with (same seeds)
+    baseline: str = setting("sampled_vocab", one_of=BASELINES, macro="STUDY_BASELINE")
+    seeds_per_run: int = setting(3, least=1, macro="SEEDS_PER_RUN")
+    stack_runs: int = setting(3, least=1, macro="STACK_RUNS")  # prompt runs in one step
+
+    def seeds(self, first: int) -> list[int]:
+        return [first + i for i in range(self.seeds_per_run)]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(source, target) pairs the study transfers: every source to every other task."""
+        return [(s, t) for t in self.targets for s in self.sources if s != t]
+
+    @property
+    def total_runs(self) -> int:
+        per_seed = len(self.pairs()) + len(self.targets)
+        return len(self.sources) + len(self.targets) + self.seeds_per_run * per_seed

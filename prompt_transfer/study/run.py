@@ -1,0 +1,201 @@
+"""`prompt-transfer study`: what each source actually gives each target, and which similarity
+predicts it (SPoT's Figure 5 and Table 3; Su et al.'s indicators of transferability).
+
+Stages, each reusing the SPoT flow's runs (so a rerun, or a rerun with more seeds, only trains
+what is missing):
+1. Sources and task embeddings, as the flow trains them (spot/flow.py).
+2. Similarity of every target's embedding to every source prompt, by each metric; activation
+   overlap runs the frozen model on each prompt.
+3. Transfer: each target trained from each source prompt alone (single_source), and from the
+   baseline initialisation, with the same seeds.
+4. The zero-shot matrix, then study.json, study.md and the figures (study/report.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+
+from prompt_transfer import gin_utils, partitioning, paths, prompts
+from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.spot import flow as spot_flow
+from prompt_transfer.spot.runs import Runs, base_run
+from prompt_transfer.study import views
+from prompt_transfer.study.config import StudyConfig
+from prompt_transfer.trainer import run_dir
+from prompt_transfer.trainer import start as start_lib
+from prompt_transfer.trainer.config import RunSpec, TrainConfig
+from prompt_transfer.trainer.train import network_of
+from prompt_transfer.transfer import initial, library, retrieval, similarity
+
+
+def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: str = "") -> dict:
+    """Run the study; returns study.json's dict (also written with study.md and the PNGs)."""
+    from prompt_transfer.study.analysis import StudyData
+    from prompt_transfer.study.report import write_study
+
+    work = paths.path(study.work_dir)
+    runs = Runs(*base_run(spec, config), work, study.stack_runs, config_text)
+    lib = library.Library(work / "library")
+    progress = spot_flow.Progress(study.total_runs)
+    spot_flow.train_sources(study, runs, lib, progress)
+    spot_flow.train_embeddings(study, runs, lib, progress)
+    network = network_of(runs.spec, partitioning.make_mesh(runs.spec.num_partitions))
+    found, entries = _similarities(study, runs.spec, lib, network)
+    steps, transfer, baseline = _transfer(study, runs, lib, entries, progress)
+    zero_shot = retrieval.zero_shot_matrix(
+        EncoderDecoderModel(network.module),
+        network.params,
+        found.source_prompts,
+        list(study.targets),
+        runs.spec.feature_lengths,
+        batch_size=runs.config.eval_batch_size,
+    )
+    data = StudyData(
+        sources=found.sources,
+        targets=list(study.targets),
+        steps=steps,
+        transfer=transfer,
+        random_init=baseline,
+        zero_shot=zero_shot,
+        similarity=found.similarities,
+        default_metric=study.retrieval_metric,
+        chance={t: _majority(runs, study, t) for t in study.targets},
+    )
+    written = write_study(work, data)
+    for line in written["verdict"]:
+        _log(line)
+    _log(f"study: {work / 'study.md'}")
+    return written
+
+
+def _log(message: str) -> None:
+    print(f"[study] {message}", file=sys.stderr, flush=True)
+
+
+def _similarities(study: StudyConfig, spec: RunSpec, lib, network):
+    """The flow's retrieval for the prompt metrics, plus activation overlap (the frozen model
+    on each prompt); returns it and {source task: its library entry}."""
+    prompt_metrics = [m for m in study.metrics if m not in retrieval.MODEL_METRICS]
+    found = spot_flow.retrieve(
+        dataclasses.replace(study, metrics=prompt_metrics), spec, lib, network
+    )
+    if "activation_overlap" in study.metrics:
+        signature = lambda p: similarity.activation_signature(network.module, network.params, p)
+        sources = np.stack([signature(p) for p in found.source_prompts])
+        found.similarities["activation_overlap"] = np.stack(
+            [
+                similarity.score_library(
+                    "activation_overlap",
+                    signature(lib.prompt(found.embeddings[t], deep=spec.deep_prompt)),
+                    sources,
+                )
+                for t in study.targets
+            ]
+        )
+    found.similarities.update(_viewed(study, spec, lib, network, found))
+    ours = dict(model_fingerprint=library.model_fingerprint(network.params), kind="trained")
+    entries = {e.task: e for e in lib.entries(deep_width=spec.deep_width, **ours)}
+    return found, {task: entries[task] for task in found.sources}
+
+
+VIEWED_METRIC = "cosine_avg_tokens"
+
+
+def _viewed(study: StudyConfig, spec: RunSpec, lib, network, found) -> dict[str, np.ndarray]:
+    """VIEWED_METRIC on each view of the prompts (study/views.py): `{view}_cosine_avg_tokens`
+    [targets, sources]. The trained views subtract the start every source and embedding shared
+    (sampled vocabulary of RANDOM_SEED); a plain prompt has no blocks to weigh."""
+    first = dataclasses.replace(spec, task=study.sources[0])
+    start = TrainConfig(steps=1, batch_size=1, prompt_init=prompts.PromptInit("sampled_vocab"))
+    mesh = partitioning.make_mesh(spec.num_partitions)
+    initial = start_lib.initial_prompt(first, start, network, mesh, log=None)
+    names = views.VIEWS if spec.deep_prompt else ("trained",)
+    config = spec.model_config
+    targets = np.stack(
+        [lib.prompt(found.embeddings[t], deep=spec.deep_prompt) for t in study.targets]
+    )
+    out = {}
+    for name in names:
+        sources = views.view(name, found.source_prompts, config, initial)
+        wanted = views.view(name, targets, config, initial)
+        out[f"{name}_{VIEWED_METRIC}"] = np.stack(
+            [similarity.score_library(VIEWED_METRIC, t, sources) for t in wanted]
+        )
+    return out
+
+
+def _transfer(study: StudyConfig, runs: Runs, lib, entries: dict, progress):
+    """3. Every target from each source alone and from the baseline, per seed; returns (the
+    evaluated steps, {(source, target): [seeds, steps]}, {target: [seeds, steps]})."""
+    seeds = study.seeds(runs.spec.seed)
+    planned = {}
+    for target in study.targets:
+        starts = {study.baseline: prompts.PromptInit(study.baseline)}
+        for source, entry in entries.items():
+            if source != target:
+                init = initial.TransferInit(
+                    strategy="single_source", library=str(lib.root), source=entry.id
+                )
+                starts[f"from_{source}"] = prompts.PromptInit("transfer", transfer=init)
+        for name, start in starts.items():
+            for seed in seeds:
+                folder = runs.work / "study" / target / name / f"seed_{seed}"
+                planned[(target, name, seed)] = runs.make(
+                    folder,
+                    target,
+                    steps=study.target_steps,
+                    eval_period=runs.config.eval_period,
+                    seed=seed,
+                    prompt_init=start,
+                )
+    progress.stage(
+        f"transfer: {len(study.targets)} target(s) x ({len(entries)} sources + "
+        f"{study.baseline}) x {len(seeds)} seed(s)",
+        len(planned),
+    )
+    runs.train(list(planned.values()))
+    steps = _budgets(runs.config.eval_period, study.target_steps)
+    curves = {key: _scores(spec.model_dir, steps) for key, (spec, _) in planned.items()}
+    transfer, baseline = {}, {}
+    for target in study.targets:
+        baseline[target] = np.stack([curves[(target, study.baseline, s)] for s in seeds])
+        for source in entries:
+            if source != target:
+                name = f"from_{source}"
+                transfer[(source, target)] = np.stack([curves[(target, name, s)] for s in seeds])
+    return steps, transfer, baseline
+
+
+def _budgets(eval_period: int, steps: int) -> list[int]:
+    return list(range(eval_period, steps + 1, eval_period)) if eval_period else [steps]
+
+
+def _scores(model_dir: str, steps: list[int]) -> np.ndarray:
+    """The run's main score at each of `steps` (its evaluation history)."""
+    by_step = {h["step"]: h["value"] for h in run_dir.read_eval_history(model_dir)}
+    return np.asarray([by_step[s] for s in steps], np.float64)
+
+
+def _majority(runs: Runs, study: StudyConfig, target: str) -> float | None:
+    """The majority class's share of the target's validation labels (from a baseline run's
+    last evaluation), in points; None for a task without labels."""
+    folder = runs.work / "study" / target / study.baseline / f"seed_{runs.spec.seed}"
+    history = run_dir.read_eval_history(folder)
+    labels = (history[-1].get("labels") or {}).get(target) if history else None
+    return 100.0 * max(labels.values()) / sum(labels.values()) if labels else None
+
+
+def main(argv: list[str]) -> dict:
+    """`prompt-transfer study --gin_file=experiments/study_offline`: the study as
+    gin/runs/study.gin binds it, its runs as gin/runs/prompt_tuning.gin binds them; every
+    setting and task is checked before the first source trains."""
+    launch = gin_utils.parse_command_line(argv)
+    spot_flow.refuse_run_macros(launch.bindings)
+    config_text = gin_utils.configure(launch.files, launch.bindings)
+    study = gin_utils.build(StudyConfig)
+    spec, config = gin_utils.build(RunSpec), gin_utils.build(TrainConfig)
+    spot_flow.check_tasks(study, spec)
+    return run(study, spec, config, config_text=config_text)

@@ -1,0 +1,55 @@
+"""The transferability study, cut down: the tiny model, offline tasks, a few steps per run."""
+
+import json
+
+from conftest import TINY_CHECKPOINT
+from prompt_transfer import cli, offline_data
+
+SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic", "offline_tweet_domain"]
+TARGET = "offline_sentiment_apple_32shot"
+
+
+def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_only_them(
+    anchors, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("PROMPT_TRANSFER_DATA", str(tmp_path / "offline"))
+    offline_data.prepare(tmp_path / "offline")
+    work = tmp_path / "study"
+    argv = [
+        "study",
+        "--gin_file=experiments/study_tiny",
+        f"--gin.WORK_DIR='{work}'",
+        f"--gin.SOURCES={SOURCES}",
+        f"--gin.TARGETS=['{TARGET}']",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+    ]
+    assert cli.main(argv) == 0
+    study = json.loads((work / "study.json").read_text())
+    pairs = {(p["source"], p["target"]) for p in study["pairs"]}
+    assert pairs == {(s, TARGET) for s in SOURCES}
+    assert set(study["metrics"]) == {
+        "cosine_avg_tokens",
+        "cosine_per_token",
+        "euclidean",
+        "activation_overlap",
+        "trained_cosine_avg_tokens",  # a plain prompt's one view (study/views.py)
+        "zero_shot",
+    }
+    assert study["default_metric"] == "cosine_avg_tokens" and study["steps"] == [2, 4]
+    for pair in study["pairs"]:
+        assert set(pair["gain_at"]) == {"2", "4"} and pair["gain"] == pair["gain_at"]["4"]
+        assert 0 <= pair["zero_shot"] <= 100
+    for name in ("study.md", "study_gain.png", "study_scatter.png"):
+        assert (work / name).exists()
+    assert "[study] study:" in capsys.readouterr().err
+
+    # A second seed trains only the new seed's runs: no finished run is touched.
+    before = {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")}
+    assert cli.main([*argv, "--gin.SEEDS_PER_RUN=2"]) == 0
+    after = {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")}
+    assert all(after[p] == t for p, t in before.items())
+    new = {p.relative_to(work).parts[:4] for p in after.keys() - before.keys()}
+    assert new == {
+        ("study", TARGET, n, "seed_1") for n in ["sampled_vocab"] + [f"from_{s}" for s in SOURCES]
+    }
+    assert json.loads((work / "study.json").read_text())["seeds"] == 2
