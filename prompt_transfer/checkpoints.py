@@ -80,6 +80,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str]:
     path = paths.absolute(path)  # tensorstore and orbax want absolute local paths
     if os.path.basename(path) == INDEX_FILE and not os.path.isdir(path):
         path = os.path.dirname(path) or "."
+    elif not paths.is_remote(path) and os.path.isfile(path):
+        raise CheckpointError(
+            f"checkpoint {path} is a file; give a checkpoint_N folder, its `checkpoint` index "
+            "file, or the model directory that holds them"
+        )
     names = _listdir(path)
     if INDEX_FILE in names:
         return path, "legacy"

@@ -51,9 +51,24 @@ def get_task(name: str):
         raise TaskError(f"unknown SeqIO task or mixture {name!r}{hint}") from None
 
 
+_tfds_data_dir: str | None = None  # as --tfds_data_dir gave it
+
+
 def set_tfds_data_dir(directory: str) -> None:
     """Read TFDS data sets from `directory` (local or gs://): T5X's --tfds_data_dir."""
+    global _tfds_data_dir
+    _tfds_data_dir = directory
     import_seqio().set_tfds_data_dir_override(paths.native(directory))
+
+
+def tfds_data_dir() -> tuple[str, str] | None:
+    """(the flag or variable that names it, the folder) TFDS data sets are read from:
+    --tfds_data_dir, else $TFDS_DATA_DIR; None: TFDS's own default (~/tensorflow_datasets)."""
+    if _tfds_data_dir:
+        return "--tfds_data_dir", _tfds_data_dir
+    if directory := paths.tfds_data_dir():
+        return "$TFDS_DATA_DIR", directory
+    return None
 
 
 def unprepared_tfds(name: str) -> tuple[str, str] | None:

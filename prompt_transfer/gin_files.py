@@ -63,6 +63,8 @@ def find(name: str | Path) -> Path:
     for path in candidates:
         if path.is_file():
             return path
+    if Path(name).is_dir():
+        raise GinFileError(f"--gin_file={name} is a folder; give a gin file, e.g. {name}/x.gin")
     known = [str(p.relative_to(GIN_DIR).with_suffix("")) for p in GIN_DIR.rglob("*.gin")]
     close = difflib.get_close_matches(str(name).removesuffix(".gin"), known, n=3)
     hint = (

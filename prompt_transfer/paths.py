@@ -19,6 +19,7 @@ Environment variables that change defaults are read here and nowhere else:
                                (unset: joined on a Cloud TPU VM; 0: never)
   PROMPT_TRANSFER_MOUNTS       bucket prefixes read and written through a local folder, e.g.
                                'gs://bucket=/gcs/bucket' (a gcsfuse mount); ';' between several
+  TFDS_DATA_DIR                TFDS's own: where TFDS data sets are prepared (--tfds_data_dir)
 """
 
 from __future__ import annotations
@@ -88,6 +89,43 @@ def absolute(p: PathLike) -> str:
     """`p` as an absolute string (tensorstore and orbax need one); remote paths as given."""
     text = native(p)
     return text if is_remote(text) else str(Path(text).absolute())
+
+
+# ---------------------------------------------------------------------------------------------
+# What a path given for a folder or a file must not be. Each returns what is wrong worded to
+# follow `NAME=value` in a one-line refusal (`settings.Rule.valid` takes `folder_problem` as
+# it is), or None; remote paths pass (an object store has no folders to mistake for files).
+
+
+def _file_above(local: Path) -> Path | None:
+    """The nearest of `local`'s parents that is a file (which keeps anything from living below)."""
+    return next((p for p in local.absolute().parents if p.is_file()), None)
+
+
+def folder_problem(value: PathLike | None) -> str | None:
+    """What keeps `value` from being a folder: a file there, or a file above it (the OS says
+    only "File exists" or "Not a directory", naming neither the setting nor the fix)."""
+    if value is None or is_remote(value):
+        return None
+    local = Path(native(value))
+    if local.is_file():
+        return "is a file, not a folder; give a folder's path"
+    above = _file_above(local)
+    return f"lies inside {above}, which is a file; give a folder's path" if above else None
+
+
+def file_problem(value: PathLike | None, example: str) -> str | None:
+    """What keeps a file from being written at `value`: a folder there (e.g. `{value}/example`
+    is what was meant), or a file above it."""
+    if value is None or is_remote(value):
+        return None
+    local = Path(native(value))
+    if local.is_dir():
+        return f"is a folder; give a file's path, e.g. {local / example}"
+    above = _file_above(local)
+    return (
+        f"lies inside {above}, which is a file; give a file's path in a folder" if above else None
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +267,12 @@ def library_dir() -> str:
     return _env("PROMPT_TRANSFER_LIBRARY") or str(cache_root() / "library")
 
 
+def library_dir_set_by() -> str | None:
+    """What chose `library_dir()`, as a refusal names it: "$PROMPT_TRANSFER_LIBRARY", or None
+    for the default."""
+    return "$PROMPT_TRANSFER_LIBRARY" if _env("PROMPT_TRANSFER_LIBRARY") else None
+
+
 def user_tasks_dir() -> Path:
     default = Path.home() / ".config" / "prompt_transfer" / "tasks"
     return Path(_env("PROMPT_TRANSFER_TASKS") or default)
@@ -241,6 +285,11 @@ def vocab_override() -> str | None:
 def drop_vocab_override() -> bool:
     """Forget $PROMPT_TRANSFER_VOCAB for this process; True when it was set."""
     return os.environ.pop("PROMPT_TRANSFER_VOCAB", None) is not None
+
+
+def tfds_data_dir() -> str | None:
+    """$TFDS_DATA_DIR, TFDS's own setting (the run commands' --tfds_data_dir wins over it)."""
+    return _env("TFDS_DATA_DIR")
 
 
 def distributed() -> bool | None:

@@ -129,6 +129,8 @@ def from_text(
 
 def from_file(path: str | os.PathLike, length: int, dim: int) -> np.ndarray:
     """A prompt saved as `.npy`; its shape must be exactly [P, E]."""
+    if paths.path(path).is_dir():
+        raise PromptError(f"PROMPT_FILE={str(path)!r} is a folder; give a .npy file [P, E]")
     if not paths.path(path).is_file():
         raise PromptError(f"prompt file not found: {path}")
     try:

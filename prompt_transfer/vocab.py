@@ -57,7 +57,12 @@ def follow_model(name: str | None) -> None:
 def task_vocabulary():
     """The vocabulary SeqIO tasks are registered with: the model's own (`follow_model`), else
     $PROMPT_TRANSFER_VOCAB (a local SentencePiece file), else T5's standard one (read lazily)."""
-    return get_vocabulary(_model_vocabulary or paths.vocab_override())
+    return get_vocabulary(task_vocabulary_path())
+
+
+def task_vocabulary_path() -> str:
+    """The file `task_vocabulary` reads (T5's gs:// one when nothing else is named)."""
+    return str(_model_vocabulary or paths.vocab_override() or DEFAULT_VOCAB_PATH)
 
 
 def offline_vocabulary():

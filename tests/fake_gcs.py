@@ -70,6 +70,7 @@ class FakeGcs:
         self.objects: dict[tuple[str, str], _Object] = {}
         self.uploads: dict[str, _Upload] = {}
         self.unhandled: list[str] = []
+        self.refused: dict[str, int] = {}  # bucket -> 401 or 403 for every request to it
         self.requests = 0  # answered so far: a job's traffic, for measuring it
         self.lock = threading.Lock()
         self._generation = 0
@@ -146,6 +147,15 @@ class FakeGcs:
         }
 
 
+def _bucket(parts: list[str]) -> str:
+    """The bucket a request's path names: /upload/storage/v1/b/B, /storage/v1/b/B, or /B/..."""
+    if parts[1:4] == ["upload", "storage", "v1"]:
+        return parts[5] if len(parts) > 5 else ""
+    if parts[1:4] == ["storage", "v1", "b"]:
+        return parts[4] if len(parts) > 4 else ""
+    return parts[1] if len(parts) > 1 else ""
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out apart: no 40 ms delayed-ACK wait
@@ -192,6 +202,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = url.path.split("/")
         with self.fake.lock:
             self.fake.requests += 1
+            if status := self.fake.refused.get(_bucket(parts)):
+                return self._reply(status, {"error": {"code": status, "message": "refused"}})
             if url.path.startswith("/upload/storage/v1/b/") and method in ("POST", "PUT"):
                 return self._upload(method, parts[5], query, body)
             if url.path.startswith("/storage/v1/b/"):

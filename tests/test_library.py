@@ -188,3 +188,75 @@ def test_ranking_reads_cached_summaries_and_scores_as_the_whole_prompts_do(tmp_p
     (tmp_path / library.SUMMARY_FILE).write_bytes(b"not a zip file")  # damaged: rebuilt
     rebuilt = retrieval.rank_sources(lib, target, "cosine_per_token", entries, top_k=2)
     assert [r.entry.id for r in rebuilt] == [r.entry.id for r in ranked[:2]]
+
+
+READING = {
+    "list": [],
+    "show": ["x"],
+    "remove": ["x"],
+    "export": ["x", "--output", "{tmp}/o.npy"],
+    "rank": ["x"],
+    "train-projector": ["--source-model", "a", "--target-model", "b", "--output", "{tmp}/p"],
+    "project": ["x", "--projector", "{tmp}/p", "--model", "m"],
+}
+
+
+@pytest.mark.parametrize("action", list(READING))
+def test_a_command_that_reads_refuses_a_missing_library(tmp_path, capsys, action):
+    """A mistyped --library is "no library there", not an empty library ("0 entries")."""
+    extra = [a.replace("{tmp}", str(tmp_path)) for a in READING[action]]
+    typo = tmp_path / "libary"
+    assert cli.main(["library", action, *extra, "--library", str(typo)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"prompt-transfer library: error: --library={typo}: no library there (no such folder); "
+        f"{library.CREATE_HINT}"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_default_library_is_named_by_what_chose_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PROMPT_TRANSFER_LIBRARY", str(tmp_path / "lib"))
+    assert cli.main(["library", "list"]) == 2
+    assert f"$PROMPT_TRANSFER_LIBRARY={tmp_path / 'lib'}: no library" in capsys.readouterr().err
+    monkeypatch.delenv("PROMPT_TRANSFER_LIBRARY")
+    monkeypatch.setenv("PROMPT_TRANSFER_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["library", "list"]) == 2
+    assert f"no library at {tmp_path / 'cache' / 'library'} (" in capsys.readouterr().err
+
+
+def test_commands_that_write_create_the_library(tmp_path, capsys):
+    """add and import make a new library; then every reader finds it (an empty one too)."""
+    np.save(tmp_path / "p.npy", _prompt(2))
+    for action, extra in (("add", ["--task", "t"]), ("import", [])):
+        lib = tmp_path / f"new_{action}" / "lib"
+        argv = ["library", action, str(tmp_path / "p.npy"), "--model", "m", *extra]
+        assert cli.main([*argv, "--library", str(lib)]) == 0
+        assert len(library.Library(lib).entries()) == 1
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["library", "list", "--library", str(tmp_path / "empty")]) == 0
+    assert capsys.readouterr().out.endswith(f"0 entries in {tmp_path / 'empty'}\n")
+
+
+def test_a_library_in_python_names_a_missing_or_file_root(tmp_path):
+    """The Python API keeps an absent library empty (a flow adds to it), but looking an entry
+    up there says the library is missing; a file is no library, for reading or adding."""
+    missing = library.Library(tmp_path / "none")
+    assert missing.entries() == []
+    for action in (missing.get, missing.remove):
+        with pytest.raises(library.LibraryError, match=f"no library at {tmp_path / 'none'} "):
+            action("x")
+    (tmp_path / "file").write_text("x")
+    file_lib = library.Library(tmp_path / "file")
+    with pytest.raises(library.LibraryError, match="is a file, not a folder"):
+        file_lib.get("x")
+    with pytest.raises(library.LibraryError, match="is a file, not a folder"):
+        file_lib.add(_prompt(0), task="t", model="m", model_fingerprint="")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4), ()])
+def test_a_prompt_file_that_is_not_2d_is_named(tmp_path, shape):
+    np.save(tmp_path / "p.npy", np.zeros(shape, np.float32))
+    with pytest.raises(library.LibraryError, match=r"p\.npy holds an array of shape .* not a"):
+        library.read_t5x_prompt(tmp_path / "p.npy")

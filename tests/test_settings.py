@@ -108,8 +108,8 @@ def _bad_values(bound: settings.Bound) -> dict[str, str]:
         cases["unknown name"] = "['nope']" if many else "'nope'"
     if rule.non_empty:
         cases["empty"] = "[]"
-    if rule.valid is not None:
-        cases["invalid"] = "'['"
+    if rule.valid is not None:  # the first of these the rule refuses: a regex, a folder
+        cases["invalid"] = next(v for v in ("'['", repr(__file__)) if rule.valid(eval(v)))
     return cases
 
 

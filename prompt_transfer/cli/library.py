@@ -12,10 +12,22 @@ from prompt_transfer import paths
 from prompt_transfer.spot.report import significant
 from prompt_transfer.transfer import library, peft_io
 
+# What reads an existing library: a missing one is refused ("0 entries" would hide a typo).
+# `add` and `import` create it; `export --run` reads a run, not the library.
+READS = ("list", "show", "remove", "export", "rank", "train-projector", "project")
+
 
 def _library(args) -> library.Library:
-    root = args.library or paths.library_dir()
-    return library.Library(root)
+    """The library of `--library` (or the default), refused when it cannot be one."""
+    given_as = "--library" if args.library else paths.library_dir_set_by()
+    lib = library.Library(args.library or paths.library_dir())
+    if getattr(args, "run", None):  # `export --run` reads a run, not the library
+        return lib
+    if args.action in READS:
+        lib.require(given_as)
+    else:
+        lib.check_folder(given_as)  # `add` and `import` create it, but not over a file
+    return lib
 
 
 def _add(lib, args) -> None:
@@ -119,6 +131,13 @@ def _export(lib, args) -> None:
         if entry.deep_width:
             print(f"note: {entry.id} is a deep prompt; the .npy holds its input prompt only")
     output = paths.path(args.output)
+    wrong = (
+        paths.file_problem(args.output, "prompt.npy")
+        if args.format == "npy"
+        else paths.folder_problem(args.output)
+    )
+    if wrong:
+        raise library.LibraryError(f"--output={args.output} {wrong}")
     if args.format == "peft":
         base = args.base_model or (None if model == "unnamed" else model)
         peft_io.write_adapter(prompt, output, base)
@@ -134,6 +153,13 @@ def _run_prompt(model_dir: str, which: str) -> np.ndarray:
     """A run's best prompt (best/prompt.npy) or its latest saved one (prompts/*.npy)."""
     from prompt_transfer.trainer import run_dir
 
+    wrong = paths.folder_problem(model_dir)
+    if wrong:
+        raise library.LibraryError(f"--run={model_dir} {wrong} (a run's MODEL_DIR)")
+    if not paths.path(model_dir).exists():
+        raise library.LibraryError(
+            f"--run={model_dir}: no run there (no such folder); give a run's MODEL_DIR"
+        )
     if which == "best":
         path = run_dir.subdir(model_dir, "best", "prompt.npy")
         if not path.exists():

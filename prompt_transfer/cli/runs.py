@@ -13,12 +13,13 @@ from prompt_transfer import paths
 
 def train_main(argv: list[str]) -> dict:
     """`prompt-transfer train --gin_file=... --gin.MODEL_DIR=... [--overwrite | --resume]`."""
-    from prompt_transfer import gin_utils
+    from prompt_transfer import gin_utils, remote
     from prompt_transfer.trainer import config, train
 
     launch = gin_utils.parse_command_line(argv, flags=("overwrite", "resume"))
     config_text = gin_utils.configure(launch.files, launch.bindings)
     spec, train_config = gin_utils.build(config.RunSpec), gin_utils.build(config.TrainConfig)
+    remote.check_run(spec, {"MODEL_DIR": spec.model_dir, "LIBRARY_DIR": train_config.library_dir})
     return train.train(spec, train_config, config_text=config_text, **launch.flags)
 
 
@@ -38,12 +39,14 @@ def infer_main(argv: list[str]) -> str:
 
 def _configured(job, argv: list[str]):
     """`job(spec)` as the gin files of `argv` bind it and the run's RunSpec."""
-    from prompt_transfer import gin_utils
+    from prompt_transfer import gin_utils, remote
     from prompt_transfer.trainer import config
 
     launch = gin_utils.parse_command_line(argv)
     gin_utils.configure(launch.files, launch.bindings)
-    return gin_utils.configured(job)(gin_utils.build(config.RunSpec))
+    spec = gin_utils.build(config.RunSpec)
+    remote.check_run(spec)  # its gs:// reads answer before the model is built
+    return gin_utils.configured(job)(spec)
 
 
 def cmd_train(args) -> None:

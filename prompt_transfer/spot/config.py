@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from prompt_transfer import paths
 from prompt_transfer.settings import setting
 from prompt_transfer.trainer.train_state import OptimizerConfig
 from prompt_transfer.transfer import similarity
@@ -27,7 +28,9 @@ RETRIEVAL_METRICS = (*similarity.METRICS, "zero_shot")
 class FlowConfig:
     """The flow's own settings; fields follow gin/runs/spot.gin's macros."""
 
-    work_dir: str = setting(macro="WORK_DIR")  # every run, the library and the report
+    work_dir: str = setting(
+        valid=paths.folder_problem, macro="WORK_DIR"
+    )  # every run, the library and the report
     sources: Sequence[str] = setting(non_empty=True, macro="SOURCES")  # make the library
     targets: Sequence[str] = setting(non_empty=True, macro="TARGETS")
     # SOURCE_STEPS; also a top_k_mixture run's steps on its mixture

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from prompt_transfer import data, errors, gin_utils, partitioning, paths, prompts
+from prompt_transfer import data, errors, gin_utils, partitioning, paths, prompts, remote
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.spot.config import FlowConfig
 from prompt_transfer.spot.report import Results, TargetRuns, write_report
@@ -260,6 +260,7 @@ def main(argv: list[str]) -> dict:
     config_text = gin_utils.configure(launch.files, launch.bindings)
     flow = gin_utils.build(FlowConfig)
     spec, config = gin_utils.build(RunSpec), gin_utils.build(TrainConfig)
+    remote.check_run(spec, {"WORK_DIR": flow.work_dir}, tasks=[*flow.sources, *flow.targets])
     flow = check_flow(flow, spec)
     return run(flow, spec, config, config_text=config_text)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from prompt_transfer import paths
 from prompt_transfer.settings import setting
 from prompt_transfer.transfer import similarity
 
@@ -25,7 +26,9 @@ class StudyConfig:
     """Every source against every target: single-source transfer and random init with the
     same seeds, the zero-shot score, and every similarity metric."""
 
-    work_dir: str = setting(macro="WORK_DIR")  # every run, the library and study.{json,md}
+    work_dir: str = setting(
+        valid=paths.folder_problem, macro="WORK_DIR"
+    )  # every run, the library and study.{json,md}
     sources: Sequence[str] = setting(non_empty=True, macro="SOURCES")
     targets: Sequence[str] = setting(non_empty=True, macro="TARGETS")
     source_steps: int = setting(1000, least=1, macro="SOURCE_STEPS")
@@ -43,6 +46,11 @@ class StudyConfig:
     )
     # the prompt run without transfer each transfer is compared with (same seeds)
     baseline: str = setting("sampled_vocab", one_of=BASELINES, macro="STUDY_BASELINE")
+    # what the scores are: accuracy, or balanced accuracy (mean recall over the classes: an
+    # imbalanced split's constant answer scores 100/C, not the majority's share)
+    measure: str = setting(
+        "accuracy", one_of=("accuracy", "balanced_accuracy"), macro="STUDY_MEASURE"
+    )
     seeds_per_run: int = setting(3, least=1, macro="SEEDS_PER_RUN")
     stack_runs: int = setting(3, least=1, macro="STACK_RUNS")  # prompt runs in one step
 

@@ -18,6 +18,7 @@ from prompt_transfer import (
     errors,
     evaluation,
     partitioning,
+    paths,
     prompts,
     registry,
     settings,
@@ -38,7 +39,7 @@ def _paths_regex(value: str) -> str | None:
 class RunSpec:
     """What a run is. Fields follow T5X's macros (gin/runs/prompt_tuning.gin binds them)."""
 
-    model_dir: str = setting(macro="MODEL_DIR")  # local or gs://
+    model_dir: str = setting(valid=paths.folder_problem, macro="MODEL_DIR")  # or gs://
     task: str = setting(macro="MIXTURE_OR_TASK_NAME")
     feature_lengths: Mapping[str, int] = setting(least=1, macro="TASK_FEATURE_LENGTHS")
     model_config: t5.T5Config = setting()
@@ -108,7 +109,7 @@ class TrainConfig:
     keep_checkpoints: int = setting(3, least=1, macro="KEEP_CHECKPOINTS")
     log_period: int = setting(50, least=1, macro="LOG_PERIOD")
     # when set, the final prompt joins this library
-    library_dir: str | None = setting(None, macro="LIBRARY_DIR")
+    library_dir: str | None = setting(None, valid=paths.folder_problem, macro="LIBRARY_DIR")
     library_kind: str = setting(
         "trained", one_of=("trained", "task_embedding"), macro="LIBRARY_KIND"
     )

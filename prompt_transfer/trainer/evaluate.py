@@ -20,6 +20,7 @@ def trained(spec: RunSpec, checkpoint: str):
     if checkpoint not in CHECKPOINTS:
         raise TrainError(f"CHECKPOINT={checkpoint!r} is unknown; choose 'latest' or 'best'")
     check_numbers(spec)
+    run_dir.check_folder(spec.model_dir)
     spec.prepare_tasks()
     mesh = partitioning.make_mesh(spec.num_partitions)
     network = network_of(spec, mesh)
@@ -63,6 +64,7 @@ def infer(
 ) -> str:
     """Write the run's predictions (JSONL) for a task split or a text file (one input per
     line); returns the output path."""
+    check_files(input_file, output_file)
     model, params, step = trained(spec, checkpoint)
     if input_file:
         task, rows = inference.rows_from_file(spec.task, input_file, spec.feature_lengths)
@@ -73,3 +75,17 @@ def infer(
     out = output_file or run_dir.subdir(spec.model_dir, f"predictions_{source}_step{step}.jsonl")
     paths.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     return str(out)
+
+
+def check_files(input_file: str | None, output_file: str | None) -> None:
+    """Refuse, before the model loads, an input that is no file and an output that cannot be one
+    (the OS would say only "Is a directory" or "No such file", naming no macro)."""
+    source = paths.path(input_file) if input_file else None
+    if source and (source.is_dir() or not source.exists()):
+        wrong = "is a folder" if source.is_dir() else "does not exist"
+        raise TrainError(
+            f"INFER_INPUT_FILE={input_file!r} {wrong}; give a text file, one input per line"
+        )
+    wrong = paths.file_problem(output_file, "predictions.jsonl")
+    if wrong:
+        raise TrainError(f"INFER_OUTPUT_FILE={output_file!r} {wrong}")

@@ -55,6 +55,14 @@ _RUN_FILES = re.compile(
 )
 
 
+def check_folder(model_dir: paths.PathLike) -> None:
+    """Refuse a MODEL_DIR that cannot be a folder (a file, or a path inside one) before any work;
+    the OS would say only "File exists", naming neither MODEL_DIR nor the fix."""
+    wrong = paths.folder_problem(model_dir)
+    if wrong:
+        raise RunDirError(f"MODEL_DIR={str(model_dir)!r} {wrong} for the run")
+
+
 def holds_checkpoint(model_dir: paths.PathLike) -> bool:
     """Whether MODEL_DIR holds a finished checkpoint (a save killed half-way leaves orbax's
     temporary directory, which is not one)."""
@@ -140,6 +148,7 @@ def lock(model_dir: paths.PathLike):
     this one's checkpoints) is refused in one line; a lock whose process is gone (a kill) is
     taken over. Local directories only: an object store has no atomic create, so there the
     scheduler must keep runs apart. Only the first host of a multi-host job takes it."""
+    check_folder(model_dir)  # on every host: each refuses alike
     directory = paths.path(model_dir)
     if paths.is_remote(model_dir) or jax.process_index() != 0:
         yield

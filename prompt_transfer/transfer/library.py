@@ -39,6 +39,13 @@ class LibraryError(UserError):
     pass
 
 
+# What to do about a library that is not there (`Library.require`).
+CREATE_HINT = (
+    "give an existing library's folder, or create one with `prompt-transfer library add` or "
+    "`library import` (a run with LIBRARY_DIR creates one too)"
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One library prompt's metadata (what `meta.json` holds)."""
@@ -99,6 +106,29 @@ class Library:
     def __init__(self, root: str | os.PathLike):
         self.root = paths.path(root)  # local or gs://
 
+    # -- where it is ------------------------------------------------------------------------
+    def _named(self, given_as: str | None) -> str:
+        return f"{given_as}={self.root}" if given_as else f"the library {self.root}"
+
+    def check_folder(self, given_as: str | None = None) -> None:
+        """Refuse a root that cannot be a folder (a file, or a path inside one); `given_as` is
+        what the user set it with (`--library`), named in the refusal."""
+        wrong = paths.folder_problem(self.root)
+        if wrong:
+            raise LibraryError(f"{self._named(given_as)} {wrong} for the library")
+
+    def require(self, given_as: str | None = None) -> None:
+        """Refuse to read a library that is not there: a mistyped path would read as an empty
+        library ("0 entries"). Writing (`add`) creates the folder instead."""
+        self.check_folder(given_as)
+        if self.root.exists():
+            return
+        if given_as:
+            where = f"{given_as}={self.root}: no library there"
+        else:
+            where = f"no library at {self.root}"
+        raise LibraryError(f"{where} (no such folder); {CREATE_HINT}")
+
     # -- writing ---------------------------------------------------------------------------
     def add(
         self, prompt, *, task: str, model: str, model_fingerprint: str, deep=None, **meta
@@ -120,6 +150,7 @@ class Library:
             meta.update(deep_width=deep.shape[1], deep_sha256=prompt_sha256(deep))
         if not all(np.isfinite(part).all() for part in parts):
             raise LibraryError(f"prompt for task {task!r} holds NaN or inf values; not added")
+        self.check_folder()
         digest = prompt_sha256(prompt)
         name_digest = prompt_sha256(np.concatenate(parts, 1)) if deep is not None else digest
         entry = Entry(
@@ -178,6 +209,7 @@ class Library:
     def remove(self, entry_id: str) -> None:
         path = self._entry_dir(entry_id)
         if not (path / "meta.json").exists():
+            self.require()  # a missing library, not only a missing entry
             raise LibraryError(f"no library entry {entry_id!r} in {self.root}")
         if paths.is_remote(path):  # without its meta.json no reader lists it
             (path / "meta.json").unlink()
@@ -191,6 +223,7 @@ class Library:
     def get(self, entry_id: str) -> Entry:
         path = self._entry_dir(entry_id) / "meta.json"
         if not path.exists():
+            self.require()  # a missing library, not only a missing entry
             close = [e.id for e in self.entries() if entry_id in e.id][:3]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise LibraryError(f"no library entry {entry_id!r} in {self.root}{hint}")
@@ -359,6 +392,11 @@ def read_t5x_prompt(path: str | os.PathLike) -> np.ndarray:
         prompt = paths.load_npy(path)
     except ValueError as e:
         raise LibraryError(f"{path} is not a NumPy array file: {e}") from e
+    if prompt.ndim != 2:
+        raise LibraryError(
+            f"{path} holds an array of shape {prompt.shape}, not a prompt; give a 2-D array "
+            "[P, E] (prompt length x model width)"
+        )
     return np.asarray(prompt, np.float32)
 
 

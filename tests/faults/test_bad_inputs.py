@@ -119,6 +119,35 @@ CATALOGUE = {
         ["train", *TINY, TASK, FRESH, "--gin_file=models/small.gin"],
         "but the configured model expects",
     ),
+    "MODEL_DIR is a file": (
+        ["train", *TINY, TASK, "--gin.MODEL_DIR='{w}/train.tsv'"],
+        "MODEL_DIR='{w}/train.tsv' is a file, not a folder; give a folder's path",
+    ),
+    "MODEL_DIR inside a file": (
+        ["train", *TINY, TASK, "--gin.MODEL_DIR='{w}/train.tsv/run'"],
+        "MODEL_DIR='{w}/train.tsv/run' lies inside {w}/train.tsv, which is a file; give a",
+    ),
+    "LIBRARY_DIR is a file, refused before training": (
+        train("--gin.LIBRARY_DIR='{w}/train.tsv'"),
+        "LIBRARY_DIR='{w}/train.tsv' is a file, not a folder; give a folder's path",
+    ),
+    "WORK_DIR is a file": (
+        ["spot", "--gin_file=experiments/spot_tiny", "--gin.WORK_DIR='{w}/train.tsv'"]
+        + ["--gin.SOURCES=['test_keyword']", "--gin.TARGETS=['test_keyword']", TINY[2]],
+        "WORK_DIR='{w}/train.tsv' is a file, not a folder; give a folder's path",
+    ),
+    "gin file that is a folder": (
+        ["train", "--gin_file={w}/library", TASK, FRESH],
+        "--gin_file={w}/library is a folder; give a gin file",
+    ),
+    "prompt file that is a folder": (
+        train("--gin_file=prompts/file.gin", "--gin.PROMPT_FILE='{w}/library'"),
+        "PROMPT_FILE='{w}/library' is a folder; give a .npy file [P, E]",
+    ),
+    "checkpoint that is a file": (
+        ["train", *TINY[:2], TASK, FRESH, "--gin.INITIAL_CHECKPOINT_PATH='{w}/train.tsv'"],
+        "checkpoint {w}/train.tsv is a file; give a checkpoint_N folder",
+    ),
     "changed config in a run's MODEL_DIR": (
         ["train", *TINY, TASK, RUN, "--gin.PROMPT_LENGTH=7"],
         "holds a run with a different config",
@@ -137,9 +166,21 @@ CATALOGUE = {
         "CHECKPOINT='bset' is unknown",
     ),
     "eval without a run": (["eval", *TINY, TASK, FRESH], "no latest checkpoint in"),
+    "eval a MODEL_DIR that is a file": (
+        ["eval", *TINY, TASK, "--gin.MODEL_DIR='{w}/train.tsv'"],
+        "MODEL_DIR='{w}/train.tsv' is a file, not a folder; give a folder's path",
+    ),
     "missing inference input": (
         ["infer", *TINY, TASK, RUN, "--gin.INFER_INPUT_FILE='{w}/nope.txt'"],
-        "nope.txt",
+        "INFER_INPUT_FILE='{w}/nope.txt' does not exist; give a text file, one input per line",
+    ),
+    "inference input a folder": (
+        ["infer", *TINY, TASK, RUN, "--gin.INFER_INPUT_FILE='{w}/library'"],
+        "INFER_INPUT_FILE='{w}/library' is a folder; give a text file, one input per line",
+    ),
+    "inference output a folder": (
+        ["infer", *TINY, TASK, RUN, "--gin.INFER_OUTPUT_FILE='{w}/library'"],
+        "INFER_OUTPUT_FILE='{w}/library' is a folder; give a file's path, e.g. {w}/library/",
     ),
     "inference input not UTF-8": (
         ["infer", *TINY, TASK, RUN, "--gin.INFER_INPUT_FILE='{w}/latin1.txt'"],
@@ -162,6 +203,14 @@ CATALOGUE = {
         transfer("single_source", "--gin.SOURCE_PROMPT='{entry}'"),
         "choose a length fit: truncate, pad or interpolate",
     ),
+    "transfer from a missing library": (
+        train(
+            "--gin_file=transfer/single_source.gin",
+            "--gin.LIBRARY='{w}/libary'",
+            "--gin.SOURCE_PROMPT='{entry}'",
+        ),
+        "no library at {w}/libary (no such folder); give an existing library's folder",
+    ),
     "unknown length fit": (
         transfer("single_source", "--gin.SOURCE_PROMPT='{entry}'", "--gin.LENGTH_FIT='stretch'"),
         "LENGTH_FIT='stretch' must be one of 'error', 'truncate', 'pad', 'interpolate'",
@@ -179,6 +228,32 @@ CATALOGUE = {
         "required gin macro(s) not set: TARGET_EMBEDDING",
     ),
     # the library
+    "list a missing library": (
+        ["library", "list", "--library", "{w}/libary"],
+        "--library={w}/libary: no library there (no such folder); give an existing library's",
+    ),
+    "rank in a missing library": (
+        ["library", "rank", "{entry}", "--library", "{w}/libary"],
+        "--library={w}/libary: no library there (no such folder)",
+    ),
+    "export from a missing library": (
+        ["library", "export", "{entry}", "--output", "{w}/x.npy", "--library", "{w}/libary"],
+        "--library={w}/libary: no library there (no such folder)",
+    ),
+    "library that is a file": (
+        ["library", "list", "--library", "{w}/train.tsv"],
+        "--library={w}/train.tsv is a file, not a folder; give a folder's path",
+    ),
+    "add to a library that is a file": (
+        ["library", "add", "{w}/wide.npy", "--task", "t", "--model", "m"]
+        + ["--library", "{w}/train.tsv"],
+        "--library={w}/train.tsv is a file, not a folder; give a folder's path",
+    ),
+    "add a prompt that is not 2-D": (
+        ["library", "add", "{w}/flat.npy", "--task", "t", "--model", "m"]
+        + ["--library", "{w}/library"],
+        "{w}/flat.npy holds an array of shape (5,), not a prompt; give a 2-D array [P, E]",
+    ),
     "show outside the library": (
         ["library", "show", "../escape", "--library", "{w}/library"],
         "is not a library entry id",
@@ -203,6 +278,14 @@ CATALOGUE = {
         ["library", "export", "--run", "{w}/run", "--output", "{w}/x.npy"],
         "no best prompt in",
     ),
+    "export a missing run": (
+        ["library", "export", "--run", "{w}/rnu", "--output", "{w}/x.npy"],
+        "--run={w}/rnu: no run there (no such folder); give a run's MODEL_DIR",
+    ),
+    "export onto a folder": (
+        ["library", "export", "{entry}", "--output", "{w}/run", "--library", "{w}/library"],
+        "--output={w}/run is a folder; give a file's path, e.g. {w}/run/prompt.npy",
+    ),
     # user tasks
     "task name outside its folder": (add_task(name="../escape"), "may hold letters, digits"),
     "task file not UTF-8": (add_task(train_file="{w}/latin1.tsv"), "not UTF-8 text"),
@@ -221,6 +304,10 @@ CATALOGUE = {
     "prompt of another width": (
         score("--size", "tiny", "--prompt", "{w}/wide.npy", "--vocab", str(T5_VOCAB)),
         "a prompt of width 12 fits neither this model's input prompt (4)",
+    ),
+    "score with a prompt of a missing library": (
+        score("--size", "tiny", "--prompt-entry", "{entry}", "--library", "{w}/libary"),
+        "no library at {w}/libary (no such folder)",
     ),
     "two prompts": (
         score("--size", "tiny", "--prompt", "{w}/wide.npy", "--prompt-entry", "x"),
@@ -259,6 +346,7 @@ def world(anchors, tmp_path_factory):
     lib = library.Library(w / "library")
     entry = lib.add(np.ones((3, 4), np.float32), task="source", model="tiny", model_fingerprint="")
     np.save(w / "wide.npy", np.zeros((5, 12), np.float32))
+    np.save(w / "flat.npy", np.zeros(5, np.float32))
     (w / "train.tsv").write_text("sentence\tlabel\ngood day\tyes\nbad day\tno\n")
     (w / "maybe.tsv").write_text("sentence\tlabel\nfine\tmaybe\n")
     (w / "header_only.tsv").write_text("sentence\tlabel\n")
@@ -286,7 +374,8 @@ def assert_one_refusal(err: str, command: str, message: str) -> None:
 def _argv(world, case):
     w, entry = world
     argv, message = CATALOGUE[case]
-    return [a.replace("{w}", str(w)).replace("{entry}", entry) for a in argv], message
+    fill = lambda text: text.replace("{w}", str(w)).replace("{entry}", entry)
+    return [fill(a) for a in argv], fill(message)
 
 
 @pytest.mark.parametrize("case", list(CATALOGUE))
