@@ -53,6 +53,7 @@ for _name, _labels in OFFLINE_TASKS.items():
         _source(_name),
         vocab.offline_vocabulary(),
         labels=_labels,
-        metric_fns=[metrics.accuracy],
+        # accuracy is the headline; balanced accuracy reads an imbalanced split (issue 24)
+        metric_fns=[metrics.accuracy, metrics.balanced_accuracy],
         postprocess_fn=text_formats.string_label_to_class_id(_labels),
     )

@@ -26,6 +26,16 @@ def test_accuracy_f1_mcc_match_sklearn(labels):
     assert metrics.matthews_corrcoef([1, 1, 0], [1, 1, 1])["matthews_corrcoef"] == 0.0
 
 
+def test_balanced_accuracy_matches_sklearn_and_is_chance_for_a_constant_answer():
+    rng = np.random.default_rng(2)
+    targets = rng.choice(3, 300, p=[0.6, 0.3, 0.1]).tolist()
+    predictions = [t if rng.random() < 0.6 else int(rng.integers(0, 3)) for t in targets]
+    got = metrics.balanced_accuracy(targets, predictions)["balanced_accuracy"]
+    assert got == pytest.approx(100 * skm.balanced_accuracy_score(targets, predictions))
+    constant = metrics.balanced_accuracy(targets, [0] * len(targets))["balanced_accuracy"]
+    assert constant == pytest.approx(100 / 3)  # where accuracy gives about 60
+
+
 def test_macro_f1_matches_sklearn():
     rng = np.random.default_rng(1)
     t = rng.integers(0, 3, 120).tolist()

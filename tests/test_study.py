@@ -43,13 +43,17 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
         assert (work / name).exists()
     assert "[study] study:" in capsys.readouterr().err
 
-    # A second seed trains only the new seed's runs: no finished run is touched.
+    # A second seed trains only the new seed's runs: no finished run is touched. The same runs
+    # read as balanced accuracy, whose constant answer scores 100 / classes.
     before = {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")}
-    assert cli.main([*argv, "--gin.SEEDS_PER_RUN=2"]) == 0
+    rerun = [*argv, "--gin.SEEDS_PER_RUN=2", "--gin.STUDY_MEASURE='balanced_accuracy'"]
+    assert cli.main(rerun) == 0
     after = {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")}
     assert all(after[p] == t for p, t in before.items())
     new = {p.relative_to(work).parts[:4] for p in after.keys() - before.keys()}
     assert new == {
         ("study", TARGET, n, "seed_1") for n in ["sampled_vocab"] + [f"from_{s}" for s in SOURCES]
     }
-    assert json.loads((work / "study.json").read_text())["seeds"] == 2
+    balanced = json.loads((work / "study.json").read_text())
+    assert balanced["seeds"] == 2 and balanced["measure"] == "balanced_accuracy"
+    assert balanced["chance"][TARGET] == 100 / 3  # negative, neutral, positive

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from prompt_transfer import gin_utils, partitioning, paths, prompts
+from prompt_transfer import errors, gin_utils, partitioning, paths, prompts, remote
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.spot import flow as spot_flow
 from prompt_transfer.spot.runs import Runs, base_run
@@ -62,13 +62,18 @@ def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: 
         zero_shot=zero_shot,
         similarity=found.similarities,
         default_metric=study.retrieval_metric,
-        chance={t: _majority(runs, study, t) for t in study.targets},
+        measure=study.measure,
+        chance={t: _chance(runs, study, t) for t in study.targets},
     )
     written = write_study(work, data)
     for line in written["verdict"]:
         _log(line)
     _log(f"study: {work / 'study.md'}")
     return written
+
+
+class StudyError(errors.UserError):
+    pass
 
 
 def _log(message: str) -> None:
@@ -158,7 +163,10 @@ def _transfer(study: StudyConfig, runs: Runs, lib, entries: dict, progress):
     )
     runs.train(list(planned.values()))
     steps = _budgets(runs.config.eval_period, study.target_steps)
-    curves = {key: _scores(spec.model_dir, steps) for key, (spec, _) in planned.items()}
+    curves = {
+        key: _scores(spec.model_dir, steps, spec.task, study.measure)
+        for key, (spec, _) in planned.items()
+    }
     transfer, baseline = {}, {}
     for target in study.targets:
         baseline[target] = np.stack([curves[(target, study.baseline, s)] for s in seeds])
@@ -173,19 +181,30 @@ def _budgets(eval_period: int, steps: int) -> list[int]:
     return list(range(eval_period, steps + 1, eval_period)) if eval_period else [steps]
 
 
-def _scores(model_dir: str, steps: list[int]) -> np.ndarray:
-    """The run's main score at each of `steps` (its evaluation history)."""
-    by_step = {h["step"]: h["value"] for h in run_dir.read_eval_history(model_dir)}
+def _scores(model_dir: str, steps: list[int], task: str, measure: str) -> np.ndarray:
+    """The run's `measure` of `task` at each of `steps` (its evaluation history)."""
+    history = run_dir.read_eval_history(model_dir)
+    by_step = {h["step"]: h["results"][task].get(measure) for h in history}
+    if any(by_step.get(s) is None for s in steps):
+        raise StudyError(
+            f"{model_dir} has no {measure} at every step of {steps}; its task reports "
+            f"{', '.join(history[-1]['results'][task])} (STUDY_MEASURE)"
+        )
     return np.asarray([by_step[s] for s in steps], np.float64)
 
 
-def _majority(runs: Runs, study: StudyConfig, target: str) -> float | None:
-    """The majority class's share of the target's validation labels (from a baseline run's
-    last evaluation), in points; None for a task without labels."""
+def _chance(runs: Runs, study: StudyConfig, target: str) -> float | None:
+    """What a constant answer scores on the target's validation labels (from a baseline run's
+    last evaluation), in points: the majority class's share for accuracy, 100 / classes for
+    balanced accuracy; None for a task without labels."""
     folder = runs.work / "study" / target / study.baseline / f"seed_{runs.spec.seed}"
     history = run_dir.read_eval_history(folder)
     labels = (history[-1].get("labels") or {}).get(target) if history else None
-    return 100.0 * max(labels.values()) / sum(labels.values()) if labels else None
+    if not labels:
+        return None
+    if study.measure == "balanced_accuracy":
+        return 100.0 / len([n for n in labels.values() if n])
+    return 100.0 * max(labels.values()) / sum(labels.values())
 
 
 def main(argv: list[str]) -> dict:
@@ -197,5 +216,6 @@ def main(argv: list[str]) -> dict:
     config_text = gin_utils.configure(launch.files, launch.bindings)
     study = gin_utils.build(StudyConfig)
     spec, config = gin_utils.build(RunSpec), gin_utils.build(TrainConfig)
+    remote.check_run(spec, {"WORK_DIR": study.work_dir}, tasks=[*study.sources, *study.targets])
     spot_flow.check_tasks(study, spec)
     return run(study, spec, config, config_text=config_text)
