@@ -57,6 +57,9 @@ _tfds_data_dir: str | None = None  # as --tfds_data_dir gave it
 def set_tfds_data_dir(directory: str) -> None:
     """Read TFDS data sets from `directory` (local or gs://): T5X's --tfds_data_dir."""
     global _tfds_data_dir
+    wrong = paths.folder_problem(directory)
+    if wrong:
+        raise TaskError(f"--tfds_data_dir={directory} {wrong} (where TFDS data sets are prepared)")
     _tfds_data_dir = directory
     import_seqio().set_tfds_data_dir_override(paths.native(directory))
 

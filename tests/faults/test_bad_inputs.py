@@ -144,6 +144,10 @@ CATALOGUE = {
         train("--gin_file=prompts/file.gin", "--gin.PROMPT_FILE='{w}/library'"),
         "PROMPT_FILE='{w}/library' is a folder; give a .npy file [P, E]",
     ),
+    "TFDS folder that is a file": (
+        train("--tfds_data_dir={w}/train.tsv"),
+        "--tfds_data_dir={w}/train.tsv is a file, not a folder; give a folder's path",
+    ),
     "checkpoint that is a file": (
         ["train", *TINY[:2], TASK, FRESH, "--gin.INITIAL_CHECKPOINT_PATH='{w}/train.tsv'"],
         "checkpoint {w}/train.tsv is a file; give a checkpoint_N folder",
