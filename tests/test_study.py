@@ -2,6 +2,9 @@
 
 import json
 
+import numpy as np
+import pytest
+
 from conftest import TINY_CHECKPOINT
 from prompt_transfer import cli, offline_data
 
@@ -57,3 +60,37 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
     balanced = json.loads((work / "study.json").read_text())
     assert balanced["seeds"] == 2 and balanced["measure"] == "balanced_accuracy"
     assert balanced["chance"][TARGET] == 100 / 3  # negative, neutral, positive
+
+
+def test_the_views_weigh_the_input_prompt_and_each_key_and_value_block_alike():
+    """Keys and values far larger than the input embeddings decide a cosine of the wide form;
+    the blocks view gives the input prompt and each layer's keys and values one vote each."""
+    from conftest import tiny_config
+    from prompt_transfer import prompts
+    from prompt_transfer.study import views
+    from prompt_transfer.transfer import similarity
+
+    config = tiny_config()
+    emb, width = config.emb_dim, prompts.deep_width(config)
+    blocks = 1 + 2 * len(prompts.deep_prefix_paths(config))
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(3, emb + width)).astype(np.float32)
+    start[:, emb:] *= 50  # keys and values of a larger scale than the embeddings
+    same_input = start.copy()
+    same_input[:, emb:] = 50 * rng.normal(size=(3, width))  # only the keys and values differ
+    same_kv = start.copy()
+    same_kv[:, :emb] = rng.normal(size=(3, emb))  # only the input prompt differs
+
+    def cosine(name, a, b):
+        a, b = (views.view(name, x[None], config, initial=np.zeros_like(start)) for x in (a, b))
+        return float(similarity.score_library("cosine_avg_tokens", a[0], b)[0])
+
+    assert cosine("all", start, same_kv) > 0.99  # the input prompt does not count
+    assert cosine("blocks", start, same_kv) == pytest.approx((blocks - 1) / blocks, abs=0.1)
+    assert cosine("blocks", start, same_input) == pytest.approx(1 / blocks, abs=0.1)
+    assert cosine("input", start, same_input) == pytest.approx(1.0, abs=1e-5)
+    assert views.view("input", start, config).shape == (3, emb)
+    trained = views.view("trained", start + 1.0, config, initial=start)
+    np.testing.assert_allclose(trained, np.ones_like(start), atol=1e-4)
+    with pytest.raises(ValueError, match="needs the prompts' initial value"):
+        views.view("trained_blocks", start, config)

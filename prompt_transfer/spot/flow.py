@@ -224,17 +224,22 @@ def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
         trained.picked[(task, name)] = json.loads(report_file.read_text())
 
 
-def report(flow: FlowConfig, runs: Runs, found: Retrieved, trained: TargetRuns, network) -> dict:
-    """5. The zero-shot matrix (each source prompt used as is on each target), then the report
-    with its figures; its verdicts go to the log."""
-    zero_shot = retrieval.zero_shot_matrix(
+def zero_shot_matrix(runs: Runs, network, found: Retrieved, targets) -> np.ndarray:
+    """[sources, targets]: each source prompt used as is on each target's validation split."""
+    return retrieval.zero_shot_matrix(
         EncoderDecoderModel(network.module),
         network.params,
         found.source_prompts,
-        list(flow.targets),
+        list(targets),
         runs.spec.feature_lengths,
         batch_size=runs.config.eval_batch_size,
     )
+
+
+def report(flow: FlowConfig, runs: Runs, found: Retrieved, trained: TargetRuns, network) -> dict:
+    """5. The zero-shot matrix (each source prompt used as is on each target), then the report
+    with its figures; its verdicts go to the log."""
+    zero_shot = zero_shot_matrix(runs, network, found, flow.targets)
     results = Results(
         targets=flow.targets,
         sources=found.sources,

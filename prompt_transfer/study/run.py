@@ -19,7 +19,6 @@ import sys
 import numpy as np
 
 from prompt_transfer import errors, gin_utils, partitioning, paths, prompts, remote
-from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.spot import flow as spot_flow
 from prompt_transfer.spot.runs import Runs, base_run
 from prompt_transfer.study import views
@@ -45,14 +44,7 @@ def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: 
     network = network_of(runs.spec, partitioning.make_mesh(runs.spec.num_partitions))
     found, entries = _similarities(study, runs.spec, lib, network)
     steps, transfer, baseline = _transfer(study, runs, lib, entries, progress)
-    zero_shot = retrieval.zero_shot_matrix(
-        EncoderDecoderModel(network.module),
-        network.params,
-        found.source_prompts,
-        list(study.targets),
-        runs.spec.feature_lengths,
-        batch_size=runs.config.eval_batch_size,
-    )
+    zero_shot = spot_flow.zero_shot_matrix(runs, network, found, study.targets)
     data = StudyData(
         sources=found.sources,
         targets=list(study.targets),
