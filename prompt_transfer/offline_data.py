@@ -36,6 +36,9 @@ from prompt_transfer.text_formats import clean_text
 SEED = 20211015
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 FEW_SHOT_PER_CLASS = 32
+# Training examples per class of the few-shot targets (`<task>_<k>shot`): transfer matters most
+# where data is short, and the study compares targets at more than one size.
+FEW_SHOT_SIZES = (FEW_SHOT_PER_CLASS, 128)
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 TWEET_DOMAINS = {  # keyword rules; a tweet matching exactly one domain is kept
     "airline": r"@(united|usairways|americanair|southwestair|jetblue|virginamerica|delta)\b"
@@ -215,10 +218,9 @@ def build_tasks(sources: Iterable[str] | None = None) -> dict[str, dict[str, lis
         tasks.update(_source_tasks(source))
     splits = {name: _split(_unique(examples), _seed_for(name)) for name, examples in tasks.items()}
     for name in FEW_SHOT_TARGETS:
-        if name in splits:
-            splits[f"{name}_{FEW_SHOT_PER_CLASS}shot"] = dict(
-                splits[name],
-                train=few_shot(splits[name]["train"], FEW_SHOT_PER_CLASS, _seed_for(name)),
+        for k in FEW_SHOT_SIZES if name in splits else ():
+            splits[f"{name}_{k}shot"] = dict(
+                splits[name], train=few_shot(splits[name]["train"], k, _seed_for(name))
             )
     for name in PPT_CAST_TARGETS:  # the same examples, labels in PPT's verbalisers
         if name in splits:
@@ -254,8 +256,8 @@ def task_labels(include_wordnet: bool | None = None) -> dict[str, tuple[str, ...
         labels["offline_wordnet_hypernym"] = wordnet.LABELS
     labels["offline_tweet_ppt_rating"] = ("bad", "maybe", "good")
     for name in FEW_SHOT_TARGETS:
-        if name in labels:
-            labels[f"{name}_{FEW_SHOT_PER_CLASS}shot"] = labels[name]
+        for k in FEW_SHOT_SIZES if name in labels else ():
+            labels[f"{name}_{k}shot"] = labels[name]
     for name in PPT_CAST_TARGETS:
         labels[f"{name}_ppt"] = ("bad", "maybe", "good")
     return labels

@@ -21,12 +21,15 @@ SIZES = {
     "offline_bbc_ppt_unified": (4787, 598, 599),
     "offline_sentiment_apple_32shot": (96, 297, 298),
     "offline_bbc_topic_32shot": (160, 211, 212),
+    "offline_sentiment_apple_128shot": (384, 297, 298),
+    "offline_bbc_topic_128shot": (640, 211, 212),
     "offline_sentiment_apple_32shot_ppt": (96, 297, 298),
 }
 WORDNET_SIZES = {
     "offline_wordnet_wic": (2073, 259, 260),
     "offline_wordnet_hypernym": (3191, 398, 400),
     "offline_wordnet_wic_32shot": (64, 259, 260),
+    "offline_wordnet_wic_128shot": (256, 259, 260),
 }
 
 
