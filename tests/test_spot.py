@@ -28,6 +28,7 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
         *CUT_DOWN_FLOW,
         "--gin.BASELINES=['random_uniform', 'class_labels', 'model_tuning']",
         "--gin.SEEDS_PER_RUN=2",
+        f"--gin.STUDY_FILE='{tmp_path / 'study.json'}'",  # not there: the report says so
     ]
     assert cli.main(argv) == 0
     report = json.loads((work / "report.json").read_text())
@@ -55,6 +56,7 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
     assert rows["best_of_top_k"]["sources"] in SOURCES
     markdown = (work / "report.md").read_text()
     assert f"| {TARGET} | top_k_average |" in markdown
+    assert f"- no study at {tmp_path / 'study.json'} yet to judge retrieval by" in markdown
     assert "## Zero-shot transfer" in markdown and "## Similarity (cosine_per_token)" in markdown
     for png in ("zero_shot.png", "similarity_cosine_avg_tokens.png", f"curves_{TARGET}.png"):
         assert (work / png).read_bytes()[:4] == b"\x89PNG"

@@ -184,3 +184,38 @@ def test_write_study_writes_every_file(tmp_path, remote):
     text = (folder / "study.md").read_text()
     assert "## Which metric predicts transfer" in text and written["verdict"][0] in text
     assert "| cosine (default) (best) |" in text
+
+
+def test_the_flow_report_judges_retrieval_by_a_study(tmp_path):
+    """STUDY_FILE: the retrieval metric's correlation there, and per target whether the first
+    source retrieval picks is the one the study measured best."""
+    from prompt_transfer.spot import against_study
+
+    study = {
+        "metrics": {
+            "cosine_avg_tokens": {"spearman": 0.3, "spearman_ci95": [-0.2, 0.7], "targets": 2}
+        },
+        "best_metric": "zero_shot",
+        "pairs": [
+            {"source": "a", "target": "t", "gain": 1.0},
+            {"source": "b", "target": "t", "gain": 4.0},
+            {"source": "a", "target": "u", "gain": 2.0},
+            {"source": "b", "target": "u", "gain": -1.0},
+        ],
+    }
+    sims = {"cosine_avg_tokens": np.array([[0.9, 0.1], [0.8, 0.2], [0.5, 0.5]])}
+    said = against_study.lines(
+        study, "s.json", "cosine_avg_tokens", ["t", "u", "v"], ["a", "b"], sims
+    )
+    assert said[0].startswith("retrieval ranks by cosine_avg_tokens: in the study its Spearman")
+    assert "0.30 [-0.20, 0.70] over 2 target(s) (the study's best is zero_shot)" in said[0]
+    assert (
+        said[1]
+        == "t: retrieval's first source is a (+1.0 in the study); the study's best is b (+4.0)"
+    )
+    assert said[2] == "u: retrieval's first source, a, is the study's best (+2.0)"
+    assert said[3] == "v: the study did not measure this target from these sources"
+    assert against_study.lines(None, None, "cosine_avg_tokens", ["t"], ["a"], sims) == []
+    missing = str(tmp_path / "none.json")
+    assert against_study.read(missing) is None
+    assert against_study.lines(None, missing, "m", ["t"], ["a"], sims)[0].startswith("no study at")

@@ -57,6 +57,9 @@ class FlowConfig:
     retrieval_metric: str = setting(
         "cosine_avg_tokens", one_of=RETRIEVAL_METRICS, macro="RETRIEVAL_METRIC"
     )
+    # STUDY_FILE: a study.json (`prompt-transfer study`); the report says how its retrieval
+    # metric predicted transfer there and whether each target's first source was the best
+    study_file: str | None = setting(None, macro="STUDY_FILE")
     top_k: int = setting(2, least=1, macro="TOP_K")
     # CANDIDATE_STEPS: best_of_top_k's trial run per candidate
     candidate_steps: int = setting(50, least=1, macro="CANDIDATE_STEPS")

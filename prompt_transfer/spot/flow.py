@@ -24,6 +24,7 @@ import numpy as np
 
 from prompt_transfer import data, errors, gin_utils, partitioning, paths, prompts, remote
 from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.spot import against_study
 from prompt_transfer.spot.config import FlowConfig
 from prompt_transfer.spot.report import Results, TargetRuns, write_report
 from prompt_transfer.spot.runs import FlowError, Runs, base_run
@@ -248,9 +249,17 @@ def report(flow: FlowConfig, runs: Runs, found: Retrieved, trained: TargetRuns, 
         zero_shot=zero_shot,
         eval_period=runs.config.eval_period,
         target_steps=flow.target_steps,
+        study=against_study.lines(
+            against_study.read(flow.study_file),
+            flow.study_file,
+            flow.retrieval_metric,
+            flow.targets,
+            found.sources,
+            found.similarities,
+        ),
     )
     written = write_report(runs.work, results)
-    for line in written["verdict"]:
+    for line in [*written["verdict"], *written["study"]]:
         _log(line)
     _log(f"report: {runs.work / 'report.md'}")
     return written

@@ -94,6 +94,7 @@ class Results:
     zero_shot: np.ndarray  # [N, targets]: each source prompt used as is on each target
     eval_period: int
     target_steps: int
+    study: Sequence[str] = ()  # what a transferability study says of the retrieval
 
 
 def write_report(work, results: Results) -> dict:
@@ -115,6 +116,7 @@ def write_report(work, results: Results) -> dict:
         "verdict": _verdict(rows, results.targets, results.target_steps, majority),
         "similarities": {m: v.tolist() for m, v in results.similarities.items()},
         "zero_shot": results.zero_shot.tolist(),
+        "study": list(results.study),
     }
     paths.atomic_write_text(work / "report.json", json.dumps(report, indent=1))
     _figures(work, results, curves)
@@ -300,6 +302,9 @@ def _markdown(report: dict) -> str:
             + f" | {reach if reach is not None else 'not reached'} | {sources or '-'} "
             + f"| {given or '-'} |"
         )
+    if report.get("study"):
+        lines += ["", "## Retrieval against the transferability study", ""]
+        lines += [f"- {line}" for line in report["study"]]
     return "\n".join([*lines, *_matrices(report)])
 
 
