@@ -39,6 +39,8 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
         "zero_shot",
     }
     assert study["default_metric"] == "cosine_avg_tokens" and study["steps"] == [2, 4]
+    # 3 sources x 4 steps, 1 embedding x 2, (3 sources + the baseline) x 1 seed x 4
+    assert study["cost"]["runs"] == 8 and study["cost"]["steps"] == 30
     for pair in study["pairs"]:
         assert set(pair["gain_at"]) == {"2", "4"} and pair["gain"] == pair["gain_at"]["4"]
         assert 0 <= pair["zero_shot"] <= 100

@@ -40,6 +40,8 @@ class StudyData:
     # target -> the score of always answering the majority class (chance for balanced
     # measures); None or absent where unknown
     chance: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    # what the study cost: {"runs": trained or reused, "steps": of all its runs, "minutes"}
+    cost: dict = dataclasses.field(default_factory=dict)
 
 
 def analyse(data: StudyData) -> dict:
@@ -83,6 +85,7 @@ def analyse(data: StudyData) -> dict:
         },
         "metrics": metrics,
         "beyond_spread": {str(s): _beyond_spread(data, pairs, i) for i, s in _ends(first, final)},
+        "cost": dict(data.cost),
     }
     result["verdict"] = _verdict(result)
     return result

@@ -62,6 +62,16 @@ class StudyConfig:
         return [(s, t) for t in self.targets for s in self.sources if s != t]
 
     @property
+    def total_steps(self) -> int:
+        """Training steps of all the study's runs."""
+        transfer = self.seeds_per_run * (len(self.pairs()) + len(self.targets))
+        return (
+            len(self.sources) * self.source_steps
+            + len(self.targets) * self.embedding_steps
+            + transfer * self.target_steps
+        )
+
+    @property
     def total_runs(self) -> int:
         per_seed = len(self.pairs()) + len(self.targets)
         return len(self.sources) + len(self.targets) + self.seeds_per_run * per_seed

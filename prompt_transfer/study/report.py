@@ -50,6 +50,15 @@ def _spread(value: float | None) -> str:
     return "" if value is None else f" ± {value:.1f}"
 
 
+def _cost(cost: dict | None) -> str:
+    if not cost:
+        return ""
+    return (
+        f" Cost: {cost['runs']} runs, {cost['steps']:,} training steps, "
+        f"{cost['minutes']:.0f} minutes in this invocation (reused runs cost nothing)."
+    )
+
+
 def markdown(study: dict) -> str:
     """study.md: the verdict, the gains, the baselines, the zero-shot matrix, the metrics."""
     sources, targets, final = study["sources"], study["targets"], study["steps"][-1]
@@ -61,7 +70,7 @@ def markdown(study: dict) -> str:
         "",
         f"Sources: {', '.join(sources)}. Targets: {', '.join(targets)}. Scores: "
         f"{study['measure']} (0-100), the mean of {study['seeds']} seed(s) per run; step "
-        f"budgets {', '.join(map(str, study['steps']))}.",
+        f"budgets {', '.join(map(str, study['steps']))}.{_cost(study.get('cost'))}",
         "",
         *(f"- {line}" for line in study["verdict"]),
         "",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 
 import numpy as np
 
@@ -35,6 +36,7 @@ def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: 
     from prompt_transfer.study.analysis import StudyData
     from prompt_transfer.study.report import write_study
 
+    started = time.monotonic()
     work = paths.path(study.work_dir)
     runs = Runs(*base_run(spec, config), work, study.stack_runs, config_text)
     lib = library.Library(work / "library")
@@ -56,10 +58,17 @@ def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: 
         default_metric=study.retrieval_metric,
         measure=study.measure,
         chance={t: _chance(runs, study, t) for t in study.targets},
+        cost=dict(
+            runs=study.total_runs,
+            steps=study.total_steps,
+            minutes=(time.monotonic() - started) / 60,
+        ),
     )
     written = write_study(work, data)
     for line in written["verdict"]:
         _log(line)
+    cost = written["cost"]
+    _log(f"cost: {cost['runs']} runs, {cost['steps']:,} steps, {cost['minutes']:.1f} minutes")
     _log(f"study: {work / 'study.md'}")
     return written
 
