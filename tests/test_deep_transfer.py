@@ -203,3 +203,30 @@ def test_library_rank_and_list_treat_deep_entries_whole(tmp_path, capsys):
     np.testing.assert_array_equal(lib.prompt(embedding, deep=True), wide)
     assert cli.main(["library", "list", "--library", str(tmp_path)]) == 0
     assert f"4x6+{WIDTH}" in capsys.readouterr().out
+
+
+def test_an_input_metric_ranks_deep_sources_by_their_input_prompts_alone(tmp_path):
+    """`input_cosine_avg_tokens` (the study's best predictor on the shipped model) compares the
+    input prompts; the wide form's keys and values, which outvote them, do not count."""
+    lib = library.Library(tmp_path)
+    target, target_deep = _deep(0)
+    other, other_deep = _deep(1)
+    wide = lambda p, d: prompts.widen(p, d, CONFIG)
+    add = lambda p, d, task, **kw: lib.add(
+        p, deep=wide(p, d)[:, 6:], task=task, model="m", model_fingerprint="f", **kw
+    )
+    add(target, other_deep, "same_input")  # the target's input prompt, other keys and values
+    add(other, target_deep, "same_deep")  # the target's keys and values, another input prompt
+    embedding = add(target, target_deep, "t", kind="task_embedding")
+    first = {}
+    for metric in ("cosine_avg_tokens", "input_cosine_avg_tokens"):
+        init = initial.TransferInit(
+            strategy="top_1",
+            library=str(tmp_path),
+            target_embedding=embedding.id,
+            metric=metric,
+        )
+        got, report = initial.initial_prompt(init, 4, 6, "f", "t", deep_width=WIDTH)
+        assert got.shape == (4, 6 + WIDTH)  # the whole deep prompt moves either way
+        first[metric] = report["sources"][0]
+    assert first == {"cosine_avg_tokens": "same_deep", "input_cosine_avg_tokens": "same_input"}

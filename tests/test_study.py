@@ -36,9 +36,10 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
         "euclidean",
         "activation_overlap",
         "trained_cosine_avg_tokens",  # a plain prompt's one view (study/views.py)
+        "input_cosine_avg_tokens",  # RETRIEVAL_METRIC, always measured
         "zero_shot",
     }
-    assert study["default_metric"] == "cosine_avg_tokens" and study["steps"] == [2, 4]
+    assert study["default_metric"] == "input_cosine_avg_tokens" and study["steps"] == [2, 4]
     # 3 sources x 4 steps, 1 embedding x 2, (3 sources + the baseline) x 1 seed x 4
     assert study["cost"]["runs"] == 8 and study["cost"]["steps"] == 30
     for pair in study["pairs"]:

@@ -157,6 +157,11 @@ def test_the_seeds_spread_decides_whether_a_gain_counts():
     gains and make the seeds noisier (std 5) and none counts."""
     clear = analyse(study_data())["beyond_spread"]
     assert clear["10"] == {"targets": 3, "judged": 3}
+    # Retrieval's first source: the best one under a metric equal to the gains, the worst
+    # under its reverse (at step 10 their gains are -1, -0.5 and 0.5: within the spread of 1).
+    assert analyse(study_data())["retrieved_beyond_spread"]["10"] == clear["10"]
+    worst = analyse(study_data(similarity={"cosine": -GAINS}))["retrieved_beyond_spread"]
+    assert worst["10"] == {"targets": 0, "judged": 3}
     noisy = analyse(study_data(noise=np.asarray([-5.0, 0.0, 5.0])))["beyond_spread"]
     assert noisy["10"] == {"targets": 0, "judged": 3}
 

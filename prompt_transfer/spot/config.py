@@ -20,8 +20,8 @@ BASELINES = ("random_uniform", "sampled_vocab", "class_labels", "model_tuning")
 # What a target can start from in the flow: each ranks the library for the target.
 STRATEGIES = ("top_1", "top_k_average", "best_of_top_k", "top_k_mixture")
 # The flow compares prompts with prompts; a model's activations or scores rank sources only.
-PROMPT_METRICS = tuple(m for m in similarity.METRICS if m != "activation_overlap")
-RETRIEVAL_METRICS = (*similarity.METRICS, "zero_shot")
+PROMPT_METRICS = similarity.PROMPT_METRICS
+RETRIEVAL_METRICS = (*similarity.METRICS, *similarity.INPUT_METRICS, "zero_shot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,7 @@ class FlowConfig:
     )
     # the one the strategies rank sources by
     retrieval_metric: str = setting(
-        "cosine_avg_tokens", one_of=RETRIEVAL_METRICS, macro="RETRIEVAL_METRIC"
+        "input_cosine_avg_tokens", one_of=RETRIEVAL_METRICS, macro="RETRIEVAL_METRIC"
     )
     # STUDY_FILE: a study.json (`prompt-transfer study`); the report says how its retrieval
     # metric predicted transfer there and whether each target's first source was the best

@@ -139,11 +139,15 @@ def retrieve(flow: FlowConfig, spec: RunSpec, lib: library.Library, network) -> 
     entries = [e for e in lib.entries(kind="trained", **ours) if e.task in flow.sources]
     embeddings = {e.task: e for e in lib.entries(kind="task_embedding", **ours)}
     entries, source_prompts = lib.load(entries, deep=spec.deep_prompt)  # healthy ones
+    width = spec.model_config.emb_dim
+    cut = lambda prompts, m: prompts[..., :width] if similarity.input_only(m)[1] else prompts
     similarities = {
         m: np.stack(
             [
                 similarity.score_library(
-                    m, lib.prompt(embeddings[t], deep=spec.deep_prompt), source_prompts
+                    m,
+                    cut(lib.prompt(embeddings[t], deep=spec.deep_prompt), m),
+                    cut(source_prompts, m),
                 )
                 for t in flow.targets
             ]

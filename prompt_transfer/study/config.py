@@ -17,7 +17,7 @@ from prompt_transfer.transfer import similarity
 
 # Source prompts are compared with the target's task embedding by these; `zero_shot` (each
 # source used as is on the target) is always measured and ranked too.
-METRICS = tuple(similarity.METRICS)
+METRICS = (*similarity.METRICS, *similarity.INPUT_METRICS)
 BASELINES = ("sampled_vocab", "random_uniform")
 
 
@@ -42,7 +42,7 @@ class StudyConfig:
     )
     # the metric retrieval uses; the study says how it predicts transfer
     retrieval_metric: str = setting(
-        "cosine_avg_tokens", one_of=(*METRICS, "zero_shot"), macro="RETRIEVAL_METRIC"
+        "input_cosine_avg_tokens", one_of=(*METRICS, "zero_shot"), macro="RETRIEVAL_METRIC"
     )
     # the prompt run without transfer each transfer is compared with (same seeds)
     baseline: str = setting("sampled_vocab", one_of=BASELINES, macro="STUDY_BASELINE")

@@ -28,7 +28,7 @@ from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer import start as start_lib
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train import network_of
-from prompt_transfer.transfer import initial, library, retrieval, similarity
+from prompt_transfer.transfer import initial, library, similarity
 
 
 def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: str = "") -> dict:
@@ -84,7 +84,8 @@ def _log(message: str) -> None:
 def _similarities(study: StudyConfig, spec: RunSpec, lib, network):
     """The flow's retrieval for the prompt metrics, plus activation overlap (the frozen model
     on each prompt); returns it and {source task: its library entry}."""
-    prompt_metrics = [m for m in study.metrics if m not in retrieval.MODEL_METRICS]
+    measured = [*study.metrics, study.retrieval_metric]  # retrieval's own metric, always
+    prompt_metrics = list(dict.fromkeys(m for m in measured if m in similarity.PROMPT_METRICS))
     found = spot_flow.retrieve(
         dataclasses.replace(study, metrics=prompt_metrics), spec, lib, network
     )

@@ -41,7 +41,10 @@ class TransferInit:
     library: str = ""
     source: str = ""
     target_embedding: str = ""
-    metric: str = setting("cosine_avg_tokens", one_of=(*similarity.METRICS, "zero_shot"))
+    metric: str = setting(
+        "cosine_avg_tokens",
+        one_of=(*similarity.METRICS, *similarity.INPUT_METRICS, "zero_shot"),
+    )
     top_k: int = setting(3, least=1, macro="TOP_K")
     length_fit: str = setting("error", one_of=LENGTH_FITS)
     candidate_steps: int = setting(100, least=1)  # best_of_top_k: steps of each short run

@@ -94,6 +94,9 @@ def rank_sources(
     `signatures` ({entry id or "target": on/off vector}) is needed for `activation_overlap`.
     """
     similarity.get_metric(metric)  # unknown metric: list the choices before any work
+    metric, inputs_only = similarity.input_only(metric)
+    if inputs_only and entries:  # the input prompts alone: a deep target's first E columns
+        target_prompt = np.asarray(target_prompt)[:, : entries[0].embed_dim]
     if metric == "activation_overlap":
         if signatures is None:
             raise TransferError(

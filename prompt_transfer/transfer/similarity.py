@@ -111,10 +111,28 @@ METRICS = {
 }
 
 
+# `input_<metric>`: the metric on a deep prompt's input prompt alone (the first E columns of its
+# wide form), without the keys and values of every layer; for a plain prompt, the metric itself.
+# The transferability study on the shipped model found it the best predictor of transfer gain
+# among those measured (docs/library_and_transfer.md#the-transferability-study).
+INPUT_PREFIX = "input_"
+INPUT_METRICS = tuple(INPUT_PREFIX + m for m in METRICS if m != "activation_overlap")
+PROMPT_METRICS = (*(m for m in METRICS if m != "activation_overlap"), *INPUT_METRICS)
+
+
+def input_only(name: str) -> tuple[str, bool]:
+    """(the metric to compute, whether it compares input prompts only)."""
+    if name in INPUT_METRICS:
+        return name.removeprefix(INPUT_PREFIX), True
+    return name, False
+
+
 def get_metric(name: str):
+    name = input_only(name)[0]
     if name not in METRICS:
         raise SimilarityError(
-            f"similarity metric {name!r} is unknown; choose one of " + ", ".join(METRICS)
+            f"similarity metric {name!r} is unknown; choose one of "
+            + ", ".join([*METRICS, *INPUT_METRICS])
         )
     return METRICS[name]
 
