@@ -7,6 +7,7 @@ import pytest
 
 from conftest import RELEASED_PROMPTS, tiny_config
 from prompt_transfer import prompts, t5
+from prompt_transfer.errors import UserError
 from prompt_transfer.models import EncoderDecoderModel
 
 
@@ -85,7 +86,7 @@ def test_prompt_file_shape_and_content_checked(anchors, tmp_path):
 
 
 def test_unknown_init_lists_choices():
-    with pytest.raises(prompts.PromptError, match="random_uniform, sampled_vocab, class_labels"):
+    with pytest.raises(UserError, match="must be one of 'random_uniform', 'sampled_vocab', 'cl"):
         prompts.PromptInit("zeros")
 
 
