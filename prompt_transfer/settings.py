@@ -35,7 +35,7 @@ class SettingError(UserError):
 class Rule:
     """A field's range beyond its type. Numbers: `least` <= value, value > `above`, value <=
     `most`, value < `below`; names: `one_of` (or each item of a list); lists: `non_empty`;
-    `valid(value)` returns what is wrong, or None; `takes` overrides the description."""
+    `valid(value)` returns what is wrong, or None."""
 
     least: float | None = None
     above: float | None = None
@@ -44,7 +44,6 @@ class Rule:
     one_of: tuple | None = None
     non_empty: bool = False
     valid: Callable[[object], str | None] | None = None
-    takes: str | None = None
     macro: str | None = None  # the macro a gin file binds it to, named when no binding says
     hint: str | None = None  # appended to the refusal: what to do instead
 
@@ -131,8 +130,6 @@ def _plural(tp) -> str:
 def describe(field: dataclasses.Field, tp) -> str:
     """What a field takes, in words: `a whole number >= 1`, `one of 'adam', 'adafactor'`."""
     rule = rule_of(field)
-    if rule.takes:
-        return rule.takes
     if rule.one_of is not None:
         choices = ", ".join(repr(c) for c in rule.one_of)
         many = typing.get_origin(tp) in (Sequence, list, tuple)
