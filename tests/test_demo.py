@@ -63,7 +63,12 @@ def test_cut_down_demo_end_to_end(tmp_path):
         "best_of_top_k",
     }
     assert report["budgets"] == [2, 4] and len(report["verdict"]) == 1
-    assert set(report["similarities"]) == {"cosine_avg_tokens", "cosine_per_token", "euclidean"}
+    assert set(report["similarities"]) == {
+        "input_cosine_avg_tokens",  # what retrieval ranks by
+        "cosine_avg_tokens",
+        "cosine_per_token",
+        "euclidean",
+    }
     markdown = (work / "report.md").read_text()
     assert report["verdict"][0] in markdown and f"| {TARGET} | best_of_top_k |" in markdown
     # A constant predictor shows at a glance: the majority row and what each run predicted.
