@@ -331,6 +331,8 @@ def prepare(root: Path | None = None, force: bool = False) -> dict:
     """
     root = Path(root or cache_dir())
     manifest = None if force else read_manifest(root)
+    if manifest is not None and _lacks_tasks(manifest):
+        manifest = None  # prepared before some of its tasks existed: rebuilt whole
     if manifest is not None:
         lacking = missing_sources()
         now = [s for s in skipped_sources(manifest) if s not in lacking]
@@ -351,6 +353,13 @@ def prepare(root: Path | None = None, force: bool = False) -> dict:
             manifest["tasks"][name] = _task_info(by_split)
         _manifest_path(tmp).write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def _lacks_tasks(manifest: dict) -> bool:
+    """Whether the suite defines tasks its prepared sources give that `manifest` lacks (a suite
+    prepared before they were added, e.g. the 128-shot targets)."""
+    wanted = task_labels(include_wordnet=bool(manifest.get("wordnet")))
+    return bool(set(wanted) - set(manifest.get("tasks", {})))
 
 
 def read_split(name: str, split: str, root: Path | None = None) -> Iterable[dict]:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 
@@ -185,6 +186,18 @@ def test_prepare_adds_wordnet_once_it_is_installed(tmp_path, monkeypatch, capsys
     # A suite prepared before skipped sources were recorded says only whether WordNet was there.
     assert offline_data.skipped_sources({"wordnet": False}) == {"wordnet": "wordnet-base"}
     assert offline_data.skipped_sources({"wordnet": True}) == {}
+
+
+def test_a_suite_prepared_before_some_tasks_existed_is_rebuilt(prepared):
+    """A suite prepared by older code lacks the tasks added since (the 128-shot targets): the
+    next prepare rebuilds it, where a version number nobody bumped would keep it stale."""
+    root, manifest = prepared
+    older = json.loads((root / "manifest.json").read_text())
+    del older["tasks"]["offline_bbc_topic_128shot"]
+    (root / "manifest.json").write_text(json.dumps(older))
+    shutil.rmtree(root / "offline_bbc_topic_128shot")
+    assert offline_data.prepare(root)["tasks"] == manifest["tasks"]
+    assert len(list(offline_data.read_split("offline_bbc_topic_128shot", "train", root))) == 640
 
 
 def test_a_folder_of_other_files_is_never_replaced_by_the_suite(tmp_path):
