@@ -16,9 +16,8 @@ STUDY_COMMAND = "prompt-transfer study --gin_file=experiments/study_offline"
 
 def read(study_file: str | None) -> dict | None:
     """study.json's dict, or None when no file is named or none is there yet."""
-    if not study_file or not paths.path(study_file).exists():
-        return None
-    return json.loads(paths.path(study_file).read_text())
+    file = paths.path(study_file) if study_file else None
+    return json.loads(file.read_text()) if file is not None and file.exists() else None
 
 
 def lines(
