@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from prompt_transfer import data, errors, paths, registry, vocab
 from prompt_transfer.errors import UserError
-from prompt_transfer.tf_import import import_seqio
+from prompt_transfer.tf_import import import_seqio, import_tensorflow
 
 if TYPE_CHECKING:
     from prompt_transfer.trainer.config import RunSpec
@@ -86,10 +86,22 @@ def _ask(path: str, output: bool) -> tuple[str, str] | None:
     return None if found or output else (NOT_FOUND, "no such object or folder")
 
 
+def _client() -> None:
+    """Load the gs:// client (TensorFlow's filesystem, which epath takes when it is installed)
+    before the clock starts: its import alone took 4.3 s here, and longer on a busy machine,
+    which is no answer about the network."""
+    try:
+        import_tensorflow()
+    except ImportError:  # epath then goes through fsspec, imported when asked
+        pass
+
+
 def probe(items: Iterable[tuple[str, bool]]) -> dict[tuple[str, bool], tuple[str, str] | None]:
     """`_ask` each (path, output) not asked before, in threads, all within PROBE_SECONDS; one
     that has not answered by then is taken for no network (its thread is left to finish)."""
     items = list(dict.fromkeys(items))
+    if any(item not in _answers for item in items):
+        _client()
     asked: dict[tuple[str, bool], tuple[threading.Thread, list]] = {}
     for item in items:
         if item not in _answers:
