@@ -27,6 +27,7 @@ def register_keyword_task(
     n_train: int = 256,
     n_validation: int = 32,
     labels: tuple[str, str] = ("yes", "no"),
+    metric_fns=None,  # the registry's default: accuracy
 ):
     seqio, tf = import_seqio(), import_tensorflow()
     splits = {
@@ -38,5 +39,8 @@ def register_keyword_task(
         return tf.data.Dataset.from_tensor_slices(splits[split])
 
     source = seqio.FunctionDataSource(dataset_fn, splits=tuple(splits))
-    registry.register_text_task(name, source, vocab.get_vocabulary(vocab_path), labels=labels)
+    more = {} if metric_fns is None else {"metric_fns": metric_fns}
+    registry.register_text_task(
+        name, source, vocab.get_vocabulary(vocab_path), labels=labels, **more
+    )
     return name

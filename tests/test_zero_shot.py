@@ -6,7 +6,7 @@ import pytest
 from synthetic_tasks import register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT
-from prompt_transfer import checkpoints, data, gin_files, prompts, t5
+from prompt_transfer import checkpoints, data, gin_files, metrics, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
 from prompt_transfer.spot import plots
 from prompt_transfer.transfer import retrieval
@@ -24,9 +24,10 @@ def setup(anchors):
     return EncoderDecoderModel(module), network, stack
 
 
-def _accuracy_by_hand(model, network, prompt):
-    """Rank classification over yes/no on the validation split, computed directly."""
-    ds = data.get_task("test_keyword").get_dataset(LENGTHS, "validation", shuffle=False)
+def _by_hand(model, network, prompt, task="test_keyword") -> tuple[float, float]:
+    """Rank classification over yes/no on the validation split, computed directly: (accuracy,
+    balanced accuracy)."""
+    ds = data.get_task(task).get_dataset(LENGTHS, "validation", shuffle=False)
     examples = list(ds.as_numpy_iterator())
     tokens = jnp.asarray(pad_token_rows([list(e["inputs"]) for e in examples]))
     vocab = data.get_task("test_keyword").output_features["targets"].vocabulary
@@ -36,7 +37,9 @@ def _accuracy_by_hand(model, network, prompt):
     )
     predicted = np.where(np.argmax(np.asarray(scores), -1) == 0, "yes", "no")
     truth = [e["targets_pretokenized"].decode() for e in examples]
-    return 100.0 * np.mean(predicted == np.asarray(truth))
+    truth = np.asarray(truth)
+    recalls = [np.mean(predicted[truth == label] == label) for label in ("yes", "no")]
+    return 100.0 * np.mean(predicted == truth), 100.0 * np.mean(recalls)
 
 
 def test_zero_shot_matrix_scores_each_prompt_on_each_target(setup, tmp_path):
@@ -46,8 +49,27 @@ def test_zero_shot_matrix_scores_each_prompt_on_each_target(setup, tmp_path):
     )
     assert matrix.shape == (2, 1)
     for i in range(2):
-        assert matrix[i, 0] == pytest.approx(_accuracy_by_hand(model, network, stack[i]))
+        assert matrix[i, 0] == pytest.approx(_by_hand(model, network, stack[i])[0])
     png = plots.heatmap(
         matrix, ["p0", "p1"], ["test_keyword"], tmp_path / "zero_shot.png", "zero-shot accuracy"
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_zero_shot_scores_by_the_measure_asked(setup):
+    """A study measured in balanced accuracy gets its zero-shot matrix in it too, not in the
+    task's first metric (accuracy)."""
+    model, network, stack = setup
+    task = register_keyword_task(
+        T5_VOCAB,
+        "test_keyword_balanced",
+        n_validation=40,
+        metric_fns=(metrics.accuracy, metrics.balanced_accuracy),
+    )
+    by_hand = [_by_hand(model, network, prompt, task) for prompt in stack]
+    assert by_hand[0][0] != by_hand[0][1]  # 40 examples, not half of each: the two measures part
+    for measure, column in [(None, 0), ("balanced_accuracy", 1)]:
+        matrix = retrieval.zero_shot_matrix(
+            model, network, stack, [task], LENGTHS, batch_size=8, measure=measure
+        )
+        np.testing.assert_allclose(matrix[:, 0], [scores[column] for scores in by_hand])

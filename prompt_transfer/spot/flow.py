@@ -229,8 +229,11 @@ def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
         trained.picked[(task, name)] = json.loads(report_file.read_text())
 
 
-def zero_shot_matrix(runs: Runs, network, found: Retrieved, targets) -> np.ndarray:
-    """[sources, targets]: each source prompt used as is on each target's validation split."""
+def zero_shot_matrix(
+    runs: Runs, network, found: Retrieved, targets, measure: str | None = None
+) -> np.ndarray:
+    """[sources, targets]: each source prompt used as is on each target's validation split,
+    scored by `measure` (default: each target's main metric)."""
     return retrieval.zero_shot_matrix(
         EncoderDecoderModel(network.module),
         network.params,
@@ -238,6 +241,7 @@ def zero_shot_matrix(runs: Runs, network, found: Retrieved, targets) -> np.ndarr
         list(targets),
         runs.spec.feature_lengths,
         batch_size=runs.config.eval_batch_size,
+        measure=measure,
     )
 
 

@@ -46,7 +46,7 @@ def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: 
     network = network_of(runs.spec, partitioning.make_mesh(runs.spec.num_partitions))
     found, entries = _similarities(study, runs.spec, lib, network)
     steps, transfer, baseline = _transfer(study, runs, lib, entries, progress)
-    zero_shot = spot_flow.zero_shot_matrix(runs, network, found, study.targets)
+    zero_shot = spot_flow.zero_shot_matrix(runs, network, found, study.targets, study.measure)
     data = StudyData(
         sources=found.sources,
         targets=list(study.targets),

@@ -138,15 +138,19 @@ def zero_shot_matrix(
     feature_lengths,
     split: str = "validation",
     batch_size: int = 32,
+    measure: str | None = None,
 ):
-    """[N prompts, T targets] main-metric scores of each prompt used as is on each target task
-    (no training): Su et al.'s zero-shot transfer, and a retrieval signal of its own."""
+    """[N prompts, T targets] scores of each prompt used as is on each target task (no
+    training): Su et al.'s zero-shot transfer, and a retrieval signal of its own. A target's
+    `measure` (e.g. balanced_accuracy) when given, else its main metric."""
     matrix = np.zeros((len(prompts), len(targets)))
     for j, target in enumerate(targets):
         evaluator = evaluation.TaskEvaluator(model, target, split, feature_lengths, batch_size)
         for i, prompt in enumerate(prompts):
             results = evaluator.evaluate(prompts_lib.join(network, model.module.config, prompt))
-            matrix[i, j] = evaluation.main_metric(results)[1]
+            matrix[i, j] = (
+                results[target][measure] if measure else evaluation.main_metric(results)[1]
+            )
     return matrix
 
 
