@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from prompt_transfer import decoding, prompts
 from prompt_transfer.t5 import T5
+from prompt_transfer.transfer import attention
 
 
 def shift_right(targets: jax.Array) -> jax.Array:
@@ -35,8 +36,10 @@ class EncoderDecoderModel:
     """The T5 module plus the functions training, evaluation and inference call.
 
     `params` is the whole tree: the network's, plus the soft prompt at `encoder/prompt/prompt`
-    when there is one. Every verb also takes `prompt`, a per-example [B, P, E] override that
-    lets one batch carry examples of several tasks, each with its own prompt.
+    when there is one (and an attention run's module and sources beside it: each input's prompt
+    is then mixed from them, transfer/attention.py). Every verb also takes `prompt`, a
+    per-example [B, P, E] override that lets one batch carry examples of several tasks, each
+    with its own prompt.
     """
 
     module: T5
@@ -44,6 +47,10 @@ class EncoderDecoderModel:
 
     def _encode(self, params, encoder_input_tokens, prompt=None, enable_dropout=False, rngs=None):
         network, own = prompts.split_prompt(params)
+        if prompt is None and attention.present(params):
+            network, prompt, _ = attention.compose(
+                params, network, encoder_input_tokens, self.module.config
+            )
         prompt = own if prompt is None else prompt
         encoded, mask = self.module.apply(
             {"params": network},
@@ -124,7 +131,11 @@ class EncoderDecoderModel:
         rep = lambda x: jnp.repeat(x, c, axis=0)  # [B*C, ...], candidate-major within an input
         targets = jnp.tile(candidates, (b, 1))
         logits = self.module.apply(
-            {"params": network}, rep(encoded), rep(mask), shift_right(targets), method=T5.decode
+            {"params": attention.repeat_examples(network, c)},
+            rep(encoded),
+            rep(mask),
+            shift_right(targets),
+            method=T5.decode,
         )
         ll = (token_log_likelihoods(logits, targets) * (targets > 0)).sum(-1)
         return ll.reshape(b, c)
@@ -204,6 +215,7 @@ class EncoderDecoderModel:
         """Beam search: [B, L] -> (tokens [B, K, max_length], scores [B, K]), best first."""
         network, encoded, mask = self._encode(params, encoder_input_tokens, prompt)
         encoded, mask = (jnp.repeat(x, beam_size, axis=0) for x in (encoded, mask))
+        network = attention.repeat_examples(network, beam_size)
         cache = self._init_cache(network, encoded, mask, max_length)
         return decoding.beam_search(
             self._step_fn(network, encoded, mask),

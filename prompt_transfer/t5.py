@@ -195,14 +195,21 @@ def mask_to_bias(mask: jax.Array, dtype=jnp.float32) -> jax.Array:
 
 
 def join_prefix(prefix: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array):
-    """Put a deep prompt's P keys and values [2, P, H*D] before an attention's own [B, L, H, D].
+    """Put a deep prompt's P keys and values [2, P, H*D] (or one per input, [B, 2, P, H*D])
+    before an attention's own [B, L, H, D].
 
     The prefix positions are visible from every query (no mask) and carry no position bias, as in
     prefix tuning; the cache of a decoding step keeps only the network's own keys and values.
     """
     b, _, h, d = k.shape
-    p = prefix.shape[1]
-    pk, pv = (jnp.broadcast_to(x.reshape(1, p, h, d).astype(k.dtype), (b, p, h, d)) for x in prefix)
+    if prefix.ndim == 4:  # [B, 2, P, H*D]: each input its own (attention over source prompts)
+        p = prefix.shape[2]
+        pk, pv = (x.reshape(b, p, h, d).astype(k.dtype) for x in (prefix[:, 0], prefix[:, 1]))
+    else:
+        p = prefix.shape[1]
+        pk, pv = (
+            jnp.broadcast_to(x.reshape(1, p, h, d).astype(k.dtype), (b, p, h, d)) for x in prefix
+        )
     bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(p, 0)])
     return jnp.concatenate([pk, k], 1), jnp.concatenate([pv, v], 1), bias
 

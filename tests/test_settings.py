@@ -26,13 +26,15 @@ WORK = "/nonexistent/settings-test"  # replaced by each test's tmp_path
 
 
 def _argv(command: str, work: str) -> list[str]:
-    """`command`'s argv; "transfer" is a train whose prompt starts from a library."""
+    """`command`'s argv; "transfer" is a train whose prompt starts from a library, "attention"
+    one that mixes library prompts per input."""
     if command == "train":
         return ["train", *tiny_run_args(f"{work}/run", "--gin.TRAIN_STEPS=4")]
-    if command == "transfer":
+    if command in ("transfer", "attention"):
+        strategy = "best_of_top_k" if command == "transfer" else "attention"
         return [
             *_argv("train", work),
-            "--gin_file=transfer/best_of_top_k",
+            f"--gin_file=transfer/{strategy}",
             f"--gin.LIBRARY='{work}/library'",
             "--gin.TARGET_EMBEDDING='embedding'",
         ]
@@ -51,6 +53,7 @@ def _argv(command: str, work: str) -> list[str]:
 READS = {
     "train": (RunSpec, TrainConfig),
     "transfer": (TrainConfig,),
+    "attention": (TrainConfig,),
     "spot": (FlowConfig,),
     "study": (StudyConfig,),
 }
@@ -58,7 +61,7 @@ READS = {
 
 def _macros(command: str) -> dict[str, settings.Bound]:
     """{macro: how it is bound} for every macro the command's settings read (for "transfer",
-    those a plain train does not)."""
+    those a plain train does not; for "attention", those a transfer does not)."""
     launch = gin_utils.parse_command_line(_argv(command, WORK)[1:])
     gin_utils.configure(launch.files, launch.bindings)
     found = {}
@@ -66,8 +69,10 @@ def _macros(command: str) -> dict[str, settings.Bound]:
         for bound in settings.bound_settings(cls):
             if bound.macro is not None:
                 found.setdefault(bound.macro, bound)
-    if command == "transfer":
+    if command in ("transfer", "attention"):
         found = {m: b for m, b in found.items() if m not in _macros("train")}
+    if command == "attention":  # its own macros only
+        found = {m: b for m, b in found.items() if m not in _macros("transfer")}
     return found
 
 

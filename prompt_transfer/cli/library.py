@@ -10,7 +10,7 @@ import numpy as np
 
 from prompt_transfer import paths
 from prompt_transfer.spot.report import significant
-from prompt_transfer.transfer import library, peft_io
+from prompt_transfer.transfer import attention, library, peft_io
 
 # What reads an existing library: a missing one is refused ("0 entries" would hide a typo).
 # `add` and `import` create it; `export --run` reads a run, not the library.
@@ -159,6 +159,13 @@ def _run_prompt(model_dir: str, which: str) -> np.ndarray:
     if not paths.path(model_dir).exists():
         raise library.LibraryError(
             f"--run={model_dir}: no run there (no such folder); give a run's MODEL_DIR"
+        )
+    if pieces := attention.load(model_dir):
+        raise library.LibraryError(
+            f"--run={model_dir} is an attention run: each input's prompt mixes its own with "
+            f"{len(pieces.sources)} frozen sources through a trained module, which no prompt "
+            "file holds; eval, infer and score read the run itself, and its library entry "
+            "(LIBRARY_DIR) holds the prompt at its mean weights"
         )
     if which == "best":
         path = run_dir.subdir(model_dir, "best", "prompt.npy")

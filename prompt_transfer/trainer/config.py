@@ -28,6 +28,7 @@ from prompt_transfer import (
 from prompt_transfer import file_tasks as file_task_lib
 from prompt_transfer.settings import setting
 from prompt_transfer.trainer.train_state import OptimizerConfig, TrainError
+from prompt_transfer.transfer import attention
 
 
 def _paths_regex(value: str) -> str | None:
@@ -134,6 +135,8 @@ def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:
         prompts.from_file(init.file, spec.prompt_length, spec.model_config.emb_dim)
     if spec.deep_prompt:
         _check_deep_prompt(spec)
+    if init.method == "transfer" and init.transfer.strategy == "attention":
+        _check_attention(spec)
     shards, processes = data_shards(config), jax.process_count()
     if shards % processes or config.batch_size % shards:
         raise TrainError(
@@ -168,6 +171,21 @@ def _check_deep_prompt(spec: RunSpec) -> None:
         raise TrainError(
             f"DEEP_PROMPT=True but TRAINABLE={spec.trainable_regex!r} leaves the deep prompt "
             f"({first}, ...) frozen; use TRAINABLE='{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}'"
+        )
+
+
+def _check_attention(spec: RunSpec) -> None:
+    module = f"{attention.ATTENTION_PATH}/down/kernel"
+    if not spec.prompt_length:
+        raise TrainError("strategy 'attention' mixes prompts: it needs PROMPT_LENGTH > 0")
+    if not re.fullmatch(spec.trainable_regex, module) or re.fullmatch(
+        spec.trainable_regex, f"{attention.SOURCES_PATH}/prompts"
+    ):
+        raise TrainError(
+            f"strategy 'attention' trains its module ({attention.ATTENTION_PATH}/...) and keeps "
+            f"its sources fixed, but TRAINABLE={spec.trainable_regex!r} does not; use "
+            f"TRAINABLE='{attention.TRAINABLE}' "
+            "(gin/transfer/attention.gin sets it)"
         )
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import data, evaluation, prompts, t5
-from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer import data, evaluation, paths, prompts, t5
+from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
 from prompt_transfer.trainer import checkpointing, loop, run_dir, weights
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, data_shards
 from prompt_transfer.trainer.train_state import (
@@ -32,6 +33,7 @@ from prompt_transfer.trainer.train_state import (
     stack_states,
     unstack_state,
 )
+from prompt_transfer.transfer import attention
 
 
 def fit(
@@ -49,7 +51,7 @@ def fit(
     setting of `config` but where they live, what they start from and their library entry."""
     optimizer = make_optimizer(config.optimizer)
     placed = [
-        weights.place(network, start, spec.trainable_regex, mesh)
+        weights.place(network, start, spec.trainable_regex, mesh, attention.load(spec.model_dir))
         for spec, start in zip(specs, starts, strict=True)
     ]
     fixed, fixed_shardings = placed[0][1], placed[0][2]
@@ -90,8 +92,33 @@ def fit(
             "best": dataclasses.asdict(bests[k]),
             "stopped_early": stopped_early,
         }
-        results.append((summary, prompts.wide_of(merge(fixed, run.trainable), spec.model_config)))
+        params = merge(fixed, run.trainable)
+        final = prompts.wide_of(params, spec.model_config)
+        if attention.present(params):
+            final = _typical_prompt(spec, config, params, logs[k])
+        results.append((summary, final))
     return results
+
+
+def _typical_prompt(spec, config, params, log) -> np.ndarray:
+    """An attention run's one prompt: the target plus its sources at their mean weights over
+    the evaluation split (what its library entry holds); the weights go to the log and to
+    MODEL_DIR/transfer/attention_weights.json."""
+    dataset = data.get_task(spec.task).get_dataset(
+        spec.feature_lengths, config.eval_split, shuffle=False
+    )
+    rows = [list(e["inputs"]) for e in dataset.take(4096).as_numpy_iterator()]
+    prompt, mean = attention.typical_prompt(params, spec.model_config, pad_token_rows(rows))
+    names = attention.load(spec.model_dir).names or [str(j) for j in range(len(mean))]
+    weights = dict(zip(names, mean.round(4).tolist(), strict=True))
+    record = {"split": config.eval_split, "inputs": len(rows), "mean_weights": weights}
+    paths.atomic_write_text(
+        run_dir.subdir(spec.model_dir, "transfer") / "attention_weights.json",
+        json.dumps(record, indent=1),
+    )
+    shown = ", ".join(f"{name} {w:.2f}" for name, w in weights.items())
+    log.info(f"attention: mean weights over {len(rows)} {config.eval_split} inputs: {shown}")
+    return prompt
 
 
 def _trainable_line(trainable: dict, fixed: dict, runs: int) -> str:

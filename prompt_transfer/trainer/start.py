@@ -3,7 +3,8 @@
 An initialiser (random, sampled vocabulary, class labels, text, a file) gives it directly. A
 transfer strategy retrieves sources from the library first, and for best_of_top_k and
 top_k_mixture trains short runs under MODEL_DIR/transfer/ (through the same `fit`); then the run
-trains once from that array.
+trains once from that array. An attention run also keeps its frozen sources there
+(transfer/attention.py), which `fit` and every later command read back.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.fit import fit
-from prompt_transfer.transfer import initial, library, retrieval
+from prompt_transfer.transfer import attention, initial, library, retrieval
 
 
 def starting_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np.ndarray | None:
@@ -114,6 +115,17 @@ def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
         model_scores,
         spec.deep_width,
     )
+    sources = report.pop("source_prompts", None)
+    if sources is not None:  # attention: the sources stay beside the prompt, frozen
+        pieces = attention.start(
+            sources,
+            spec.model_config.emb_dim,
+            init.attention_hidden,
+            init.attention_temperature,
+            seed=spec.seed,
+            names=report["sources"],
+        )
+        attention.save(spec.model_dir, pieces)
     folder = run_dir.subdir(spec.model_dir, "transfer")
     paths.save_npy(folder / "initial_prompt.npy", prompt)
     report = dict(report, strategy=init.strategy)

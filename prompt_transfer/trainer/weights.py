@@ -27,6 +27,7 @@ from prompt_transfer.trainer.train_state import (
     split_trainable,
     trainable_regex,
 )
+from prompt_transfer.transfer import attention
 
 
 class Network(NamedTuple):
@@ -103,15 +104,24 @@ def _build_network(config, checkpoint, mesh, seed, dtype) -> Network:
     return Network(module, abstract, init(jax.random.PRNGKey(seed)))
 
 
-def place(network: Network, prompt: np.ndarray | None, regex: str, mesh: Mesh):
+def place(
+    network: Network,
+    prompt: np.ndarray | None,
+    regex: str,
+    mesh: Mesh,
+    pieces: attention.Pieces | None = None,
+):
     """(trainable, fixed, the fixed part's shardings) of the network with `prompt` joined to it
-    (its wide form [P, E + deep width], see prompts.widen; None: no prompt), sharded on `mesh`
-    and split by the TRAINABLE `regex`."""
+    (its wide form [P, E + deep width], see prompts.widen; None: no prompt), and an attention
+    run's `pieces` beside it, sharded on `mesh` and split by the TRAINABLE `regex`."""
     abstract, params = network.abstract, network.params
     if prompt is not None:
         config = network.module.config
         abstract = prompts.join_abstract(abstract, config, prompt)
         params = prompts.join(params, config, prompt, np.asarray)  # placed below, as the rest
+    if pieces is not None:
+        abstract = prompts.with_deep_prompt(abstract, pieces.abstract())  # any {path: leaf}
+        params = prompts.with_deep_prompt(params, pieces.flat())
     shardings = partitioning.param_shardings(abstract, mesh)
     trainable, fixed = split_trainable(jax.device_put(params, shardings), regex)
     # The train step donates what trains: a copy, so the shared network outlives the run. What
@@ -146,7 +156,7 @@ def restore_trained(
     """(parameters, step) of a finished run: `network` with the trained subtree restored from
     MODEL_DIR (`which` is "latest" or "best"; `blank_prompt` the run's prompt template in its
     wide form, see prompts.blank); the optimizer state is not read."""
-    trainable, fixed, _ = place(network, blank_prompt, regex, mesh)
+    trainable, fixed, _ = place(network, blank_prompt, regex, mesh, attention.load(model_dir))
     directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
     with checkpointing.CheckpointStore(directory, keep=1_000_000, create=False) as store:
         if store.latest_step() is None:

@@ -23,7 +23,14 @@ from prompt_transfer.transfer.library import Library, read_t5x_prompt
 from prompt_transfer.transfer.retrieval import TransferError
 
 LENGTH_FITS = ("error", "truncate", "pad", "interpolate")
-STRATEGIES = ("single_source", "top_1", "top_k_average", "best_of_top_k", "top_k_mixture")
+STRATEGIES = (
+    "single_source",
+    "top_1",
+    "top_k_average",
+    "best_of_top_k",
+    "top_k_mixture",
+    "attention",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +40,9 @@ class TransferInit:
     strategy: single_source (the prompt `source`: a library entry id or a .npy file);
       top_1 (the most similar source); top_k_average (similarity-weighted average of the top k);
       best_of_top_k (a short run from each of the top k, keep the best on validation);
-      top_k_mixture (one prompt trained on the top-k sources' mixture starts the target).
+      top_k_mixture (one prompt trained on the top-k sources' mixture starts the target);
+      attention (the top k stay frozen beside the target, which starts from the first, and a
+      trained module mixes them per input: transfer/attention.py).
     target_embedding: the target's task embedding (library entry id or .npy) for retrieval.
     """
 
@@ -49,6 +58,10 @@ class TransferInit:
     length_fit: str = setting("error", one_of=LENGTH_FITS)
     candidate_steps: int = setting(100, least=1)  # best_of_top_k: steps of each short run
     mixture_steps: int = setting(1000, least=1)  # top_k_mixture: steps on the sources' mixture
+    # attention (ATTEMPT): the module's down-projection width, and the softmax temperature
+    # (0: the paper's e x the model width); its sources are the top k retrieved
+    attention_hidden: int = setting(64, least=1, macro="ATTENTION_HIDDEN")
+    attention_temperature: float = setting(0.0, least=0, macro="ATTENTION_TEMPERATURE")
 
     def __post_init__(self):
         settings.check(self)
@@ -183,6 +196,8 @@ def _by_strategy(init, fit, ranked_sources, deep, run_candidate, run_mixture):
         return candidates[0], dict(report, chosen=ranked[0].entry.task)
     if init.strategy == "top_k_average":
         return weighted_average(candidates, [r.score for r in ranked]), report
+    if init.strategy == "attention":  # the caller keeps the sources (report's source_prompts)
+        return candidates[0], dict(report, source_prompts=np.stack(candidates))
     if init.strategy == "best_of_top_k":
         scores = [run_candidate(p, r.entry.task) for p, r in zip(candidates, ranked, strict=True)]
         best = int(np.argmax(scores))
