@@ -26,6 +26,7 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
         f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}",
         *CUT_DOWN_FLOW,
+        "--gin.STRATEGIES=['top_k_average', 'best_of_top_k', 'attention']",
         "--gin.BASELINES=['random_uniform', 'class_labels', 'model_tuning']",
         "--gin.SEEDS_PER_RUN=2",
         f"--gin.STUDY_FILE='{tmp_path / 'study.json'}'",  # not there: the report says so
@@ -41,6 +42,7 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
             "model_tuning",
             "top_k_average",
             "best_of_top_k",
+            "attention",
         )
     }
     assert report["sources"] == sorted(SOURCES) and report["budgets"] == [2, 4]
@@ -54,6 +56,10 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
     assert (work / "targets" / TARGET / "top_k_average" / "seed_1" / "checkpoint_4").exists()
     assert all(r["seeds"] == 2 and set(r["spread"]) == {"2", "4"} for r in rows.values())
     assert rows["best_of_top_k"]["sources"] in SOURCES
+    assert set(rows["attention"]["sources"]) == set(SOURCES)  # both mixed, per input
+    assert (
+        work / "targets" / TARGET / "attention" / "seed_1" / "transfer" / "attention.npz"
+    ).exists()
     markdown = (work / "report.md").read_text()
     assert f"| {TARGET} | top_k_average |" in markdown
     assert f"- no study at {tmp_path / 'study.json'} yet to judge retrieval by" in markdown

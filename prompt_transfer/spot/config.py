@@ -17,8 +17,9 @@ from prompt_transfer.trainer.train_state import OptimizerConfig
 from prompt_transfer.transfer import similarity
 
 BASELINES = ("random_uniform", "sampled_vocab", "class_labels", "model_tuning")
-# What a target can start from in the flow: each ranks the library for the target.
-STRATEGIES = ("top_1", "top_k_average", "best_of_top_k", "top_k_mixture")
+# What a target can start from in the flow: each ranks the library for the target (attention
+# keeps the top k beside the target and mixes them per input).
+STRATEGIES = ("top_1", "top_k_average", "best_of_top_k", "top_k_mixture", "attention")
 # The flow compares prompts with prompts; a model's activations or scores rank sources only.
 PROMPT_METRICS = similarity.PROMPT_METRICS
 RETRIEVAL_METRICS = (*similarity.METRICS, *similarity.INPUT_METRICS, "zero_shot")

@@ -31,7 +31,7 @@ from prompt_transfer.spot.runs import FlowError, Runs, base_run
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train import network_of
-from prompt_transfer.transfer import initial, library, retrieval, similarity
+from prompt_transfer.transfer import attention, initial, library, retrieval, similarity
 
 
 def run(flow: FlowConfig, spec: RunSpec, config: TrainConfig, *, config_text: str = "") -> dict:
@@ -181,6 +181,8 @@ def _target_inits(flow: FlowConfig, library_root, embedding_id: str) -> dict[str
             mixture_steps=flow.source_steps,
         )
         changes[strategy] = {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
+        if strategy == "attention":  # its module trains too; its sources stay fixed
+            changes[strategy]["trainable_regex"] = attention.TRAINABLE
     return changes
 
 
