@@ -292,3 +292,33 @@ def test_a_macro_the_flow_sets_per_run_is_refused_in_one_line(macro, instead, tm
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and f"--gin.{macro}=" in err[-1] and instead in err[-1], err
     assert len(err) == 1 and not any(tmp_path.iterdir())
+
+
+def test_a_run_recorded_before_a_setting_existed_is_reused_only_at_its_default(
+    tmp_path, monkeypatch
+):
+    """A field added to the code since a flow's runs were recorded (ATTENTION_HIDDEN, say) does
+    not make every old run "other settings"; asked away from its default, it does."""
+    from conftest import tiny_config
+    from prompt_transfer import prompts
+    from prompt_transfer.spot import runs
+    from prompt_transfer.trainer.config import RunSpec, TrainConfig
+    from prompt_transfer.transfer.initial import TransferInit
+
+    def run(**transfer):
+        init = prompts.PromptInit("transfer", transfer=TransferInit(strategy="top_1", **transfer))
+        spec = RunSpec(str(tmp_path / "run"), "t", {"inputs": 8, "targets": 4}, tiny_config())
+        return spec, TrainConfig(steps=4, batch_size=2, prompt_init=init)
+
+    old = runs.settings(*run(), str(tmp_path))
+    del old["prompt_init.transfer.attention_hidden"]  # written before the field existed
+    record = tmp_path / "run" / runs.SETTINGS_FILE
+    record.parent.mkdir()
+    record.write_text(json.dumps(old))
+    monkeypatch.setattr(runs.run_dir, "holds_run", lambda model_dir: True)
+    with pytest.raises(runs.FlowError, match="attention_hidden = null, this flow asks for 32"):
+        runs.check_settings([run(attention_hidden=32)], str(tmp_path))
+    runs.check_settings([run()], str(tmp_path))  # the default: the run is this one
+    assert json.loads(record.read_text())["prompt_init.transfer.attention_hidden"] == 64
+    with pytest.raises(runs.FlowError, match="top_k = 3, this flow asks for 4"):
+        runs.check_settings([run(top_k=4)], str(tmp_path))  # a recorded setting still counts

@@ -127,9 +127,12 @@ def check_settings(planned: Sequence[Run], work: str) -> None:
         trained = run_dir.holds_run(spec.model_dir)
         if held is None and trained:
             continue  # a run of a flow older than the records
-        if held is not None and held != wanted and trained:
+        # A setting added to the code since the record was written, asked at its default, is
+        # what the run had: a new field cannot have changed a run trained without it.
+        asked = {k: v for k, v in wanted.items() if k in held or not _default(spec, config, k)}
+        if held is not None and held != asked and trained:
             name = next(
-                k for k in sorted(held.keys() | wanted.keys()) if held.get(k) != wanted.get(k)
+                k for k in sorted(held.keys() | asked.keys()) if held.get(k) != asked.get(k)
             )
             raise FlowError(
                 f"{spec.model_dir} holds a run with {name} = {_short(held.get(name))}, this "
@@ -138,6 +141,27 @@ def check_settings(planned: Sequence[Run], work: str) -> None:
             )
         if held != wanted:  # new here (process 0 writes it)
             paths.atomic_write_text(record, json.dumps(wanted, indent=1, sort_keys=True))
+
+
+def _default(spec: RunSpec, config: TrainConfig, key: str) -> bool:
+    """Whether the setting `key` ("prompt_init.transfer.top_k") is at its field's default."""
+    *parents, name = key.split(".")
+    for owner in (spec, config):
+        for parent in parents:
+            owner = getattr(owner, parent, None)
+        fields = (
+            {f.name: f for f in dataclasses.fields(owner)}
+            if dataclasses.is_dataclass(owner)
+            else {}
+        )
+        if name in fields:
+            field = fields[name]
+            if field.default is not dataclasses.MISSING:
+                return getattr(owner, name) == field.default
+            if field.default_factory is not dataclasses.MISSING:
+                return getattr(owner, name) == field.default_factory()
+            return False
+    return False
 
 
 def _short(value) -> str:
