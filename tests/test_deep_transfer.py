@@ -1,6 +1,8 @@
 """Deep prompts through the library and transfer: stored whole, retrieved and averaged whole
 (the wide form), and placed whole in the target run's layers."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -230,3 +232,49 @@ def test_an_input_metric_ranks_deep_sources_by_their_input_prompts_alone(tmp_pat
         assert got.shape == (4, 6 + WIDTH)  # the whole deep prompt moves either way
         first[metric] = report["sources"][0]
     assert first == {"cosine_avg_tokens": "same_deep", "input_cosine_avg_tokens": "same_input"}
+
+
+def test_retrieval_by_what_training_added_subtracts_the_shared_start(tmp_path):
+    """trained_blocks_cosine_avg_tokens (the flow's RETRIEVAL_METRIC): every prompt minus the
+    start they all trained from, each layer's keys and values weighed like the input prompt.
+    Here the start dominates the raw prompts, so a raw cosine ranks the source that trained
+    against the target's direction first; what training added ranks the other."""
+    from prompt_transfer.transfer import similarity, views
+
+    lib = library.Library(tmp_path)
+    rng = np.random.default_rng(3)
+    start = 20 * prompts.widen(*_deep(9), CONFIG)
+    moved = rng.normal(size=start.shape).astype(np.float32)
+    wide = {"with": start + moved + 3 * rng.normal(size=start.shape), "against": start - moved}
+    for task, w in wide.items():
+        lib.add(w[:, :6], deep=w[:, 6:], task=task, model="m", model_fingerprint="f")
+    target = start + moved
+    embedding = lib.add(
+        target[:, :6], deep=target[:, 6:], task="t", model="m", model_fingerprint="f",
+        kind="task_embedding",
+    )  # fmt: skip
+    np.save(tmp_path / "start.npy", start)
+    init = initial.TransferInit(
+        strategy="top_1",
+        library=str(tmp_path),
+        target_embedding=embedding.id,
+        metric="trained_blocks_cosine_avg_tokens",
+        start=str(tmp_path / "start.npy"),
+        top_k=2,
+    )
+    got, report = initial.initial_prompt(
+        init, 4, 6, "f", "t", deep_width=WIDTH, model_config=CONFIG
+    )
+    assert report["chosen"] == "with" and report["sources"] == ["with", "against"]
+    seen = lambda x: views.view("trained_blocks", x, CONFIG, start)  # noqa: E731
+    expect = similarity.score_library(
+        "cosine_avg_tokens", seen(target), seen(np.stack([wide["with"], wide["against"]]))
+    )
+    np.testing.assert_allclose(report["similarities"], expect, rtol=1e-5)
+    raw = similarity.score_library("cosine_avg_tokens", target, np.stack(list(wide.values())))
+    assert raw[1] > raw[0]  # the raw prompts' cosine would have chosen "against"
+    np.testing.assert_allclose(got, wide["with"], rtol=1e-6)
+
+    without = dataclasses.replace(init, start="")
+    with pytest.raises(retrieval.TransferError, match="needs the start they shared: SHARED_START"):
+        initial.initial_prompt(without, 4, 6, "f", "t", deep_width=WIDTH, model_config=CONFIG)

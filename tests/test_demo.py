@@ -64,7 +64,8 @@ def test_cut_down_demo_end_to_end(tmp_path):
     }
     assert report["budgets"] == [2, 4] and len(report["verdict"]) == 1
     assert set(report["similarities"]) == {
-        "input_cosine_avg_tokens",  # what retrieval ranks by
+        "trained_blocks_cosine_avg_tokens",  # what retrieval ranks by
+        "input_cosine_avg_tokens",
         "cosine_avg_tokens",
         "cosine_per_token",
         "euclidean",

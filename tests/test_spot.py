@@ -47,7 +47,15 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
     }
     assert report["sources"] == sorted(SOURCES) and report["budgets"] == [2, 4]
     assert len(report["zero_shot"]) == 2 and len(report["zero_shot"][0]) == 1
-    assert set(report["similarities"]) == {"cosine_avg_tokens", "cosine_per_token"}
+    # SIMILARITY_METRICS, and RETRIEVAL_METRIC: what training added, past the shared start
+    assert set(report["similarities"]) == {
+        "cosine_avg_tokens",
+        "cosine_per_token",
+        "trained_blocks_cosine_avg_tokens",
+    }
+    assert (work / "shared_start.npy").exists()
+    picked = work / "targets" / TARGET / "top_k_average" / "seed_0" / "transfer" / "report.json"
+    assert json.loads(picked.read_text())["metric"] == "trained_blocks_cosine_avg_tokens"
     rows = {r["run"]: r for r in report["rows"]}
     assert all(0 <= v <= 100 for r in rows.values() for v in r["scores"].values())
     assert rows["random_uniform"]["steps_to_random_final"] is not None

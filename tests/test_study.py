@@ -35,11 +35,13 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
         "cosine_per_token",
         "euclidean",
         "activation_overlap",
-        "trained_cosine_avg_tokens",  # a plain prompt's one view (study/views.py)
-        "input_cosine_avg_tokens",  # RETRIEVAL_METRIC, always measured
+        "blocks_cosine_avg_tokens",  # a plain prompt's views (transfer/views.py)
+        "trained_cosine_avg_tokens",
+        "trained_blocks_cosine_avg_tokens",  # RETRIEVAL_METRIC, always measured
         "zero_shot",
     }
-    assert study["default_metric"] == "input_cosine_avg_tokens" and study["steps"] == [2, 4]
+    assert study["default_metric"] == "trained_blocks_cosine_avg_tokens"
+    assert study["steps"] == [2, 4]
     # 3 sources x 4 steps, 1 embedding x 2, (3 sources + the baseline) x 1 seed x 4
     assert study["cost"]["runs"] == 8 and study["cost"]["steps"] == 30
     for pair in study["pairs"]:
@@ -70,8 +72,7 @@ def test_the_views_weigh_the_input_prompt_and_each_key_and_value_block_alike():
     the blocks view gives the input prompt and each layer's keys and values one vote each."""
     from conftest import tiny_config
     from prompt_transfer import prompts
-    from prompt_transfer.study import views
-    from prompt_transfer.transfer import similarity
+    from prompt_transfer.transfer import similarity, views
 
     config = tiny_config()
     emb, width = config.emb_dim, prompts.deep_width(config)

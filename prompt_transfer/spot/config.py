@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from prompt_transfer import paths
 from prompt_transfer.settings import setting
 from prompt_transfer.trainer.train_state import OptimizerConfig
-from prompt_transfer.transfer import similarity
+from prompt_transfer.transfer import similarity, views
 
 BASELINES = ("random_uniform", "sampled_vocab", "class_labels", "model_tuning")
 # What a target can start from in the flow: each ranks the library for the target (attention
@@ -22,7 +22,12 @@ BASELINES = ("random_uniform", "sampled_vocab", "class_labels", "model_tuning")
 STRATEGIES = ("top_1", "top_k_average", "best_of_top_k", "top_k_mixture", "attention")
 # The flow compares prompts with prompts; a model's activations or scores rank sources only.
 PROMPT_METRICS = similarity.PROMPT_METRICS
-RETRIEVAL_METRICS = (*similarity.METRICS, *similarity.INPUT_METRICS, "zero_shot")
+RETRIEVAL_METRICS = (
+    *similarity.METRICS,
+    *similarity.INPUT_METRICS,
+    *views.VIEW_METRICS,
+    "zero_shot",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +61,7 @@ class FlowConfig:
     )
     # the one the strategies rank sources by
     retrieval_metric: str = setting(
-        "input_cosine_avg_tokens", one_of=RETRIEVAL_METRICS, macro="RETRIEVAL_METRIC"
+        "trained_blocks_cosine_avg_tokens", one_of=RETRIEVAL_METRICS, macro="RETRIEVAL_METRIC"
     )
     # STUDY_FILE: a study.json (`prompt-transfer study`); the report says how its retrieval
     # metric predicted transfer there and whether each target's first source was the best

@@ -29,9 +29,10 @@ from prompt_transfer.spot.config import FlowConfig
 from prompt_transfer.spot.report import Results, TargetRuns, write_report
 from prompt_transfer.spot.runs import FlowError, Runs, base_run
 from prompt_transfer.trainer import run_dir
+from prompt_transfer.trainer import start as start_lib
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train import network_of
-from prompt_transfer.transfer import attention, initial, library, retrieval, similarity
+from prompt_transfer.transfer import attention, initial, library, retrieval, similarity, views
 
 
 def run(flow: FlowConfig, spec: RunSpec, config: TrainConfig, *, config_text: str = "") -> dict:
@@ -129,9 +130,22 @@ def train_embeddings(
     )
 
 
+SHARED_START = "shared_start.npy"  # in WORK_DIR: what the trained_ metrics subtract
+
+
+def shared_start(spec: RunSpec, network, task: str) -> np.ndarray:
+    """The prompt every source and task embedding of the flow starts from (wide form): sampled
+    vocabulary, and its keys and values in every layer for a deep prompt, of RANDOM_SEED."""
+    first = dataclasses.replace(spec, task=task)
+    sampled = TrainConfig(steps=1, batch_size=1, prompt_init=prompts.PromptInit("sampled_vocab"))
+    mesh = partitioning.make_mesh(spec.num_partitions)
+    return start_lib.initial_prompt(first, sampled, network, mesh, log=None)
+
+
 def retrieve(flow: FlowConfig, spec: RunSpec, lib: library.Library, network) -> Retrieved:
     """3. The library's prompts of this model, and every target's similarity to every source
-    prompt by each metric."""
+    prompt by each metric (and by RETRIEVAL_METRIC when it compares views of the prompts:
+    transfer/views.py; its shared start is written to WORK_DIR for the target runs)."""
     ours = dict(
         model_fingerprint=library.model_fingerprint(network.params),
         deep_width=spec.deep_width,
@@ -154,6 +168,20 @@ def retrieve(flow: FlowConfig, spec: RunSpec, lib: library.Library, network) -> 
         )
         for m in flow.metrics
     }
+    view = views.view_of(flow.retrieval_metric)
+    if view is not None:
+        start = None
+        if views.needs_start(flow.retrieval_metric):
+            start = shared_start(spec, network, flow.sources[0])
+            paths.save_npy(paths.path(flow.work_dir) / SHARED_START, start)
+        seen = lambda x: views.view(view, x, spec.model_config, start)  # noqa: E731
+        targets = [lib.prompt(embeddings[t], deep=spec.deep_prompt) for t in flow.targets]
+        similarities[flow.retrieval_metric] = np.stack(
+            [
+                similarity.score_library(views.VIEWED_METRIC, seen(t), seen(source_prompts))
+                for t in targets
+            ]
+        )
     return Retrieved([e.task for e in entries], source_prompts, embeddings, similarities)
 
 
@@ -179,6 +207,9 @@ def _target_inits(flow: FlowConfig, library_root, embedding_id: str) -> dict[str
             top_k=flow.top_k,
             candidate_steps=flow.candidate_steps,
             mixture_steps=flow.source_steps,
+            start=str(paths.path(flow.work_dir) / SHARED_START)
+            if views.needs_start(flow.retrieval_metric)
+            else "",
         )
         changes[strategy] = {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
         if strategy == "attention":  # its module trains too; its sources stay fixed

@@ -129,7 +129,11 @@ def check_settings(planned: Sequence[Run], work: str) -> None:
             continue  # a run of a flow older than the records
         # A setting added to the code since the record was written, asked at its default, is
         # what the run had: a new field cannot have changed a run trained without it.
-        asked = {k: v for k, v in wanted.items() if k in held or not _default(spec, config, k)}
+        asked = {
+            k: v
+            for k, v in wanted.items()
+            if held is None or k in held or not _default(spec, config, k)
+        }
         if held is not None and held != asked and trained:
             name = next(
                 k for k in sorted(held.keys() | asked.keys()) if held.get(k) != asked.get(k)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from prompt_transfer import paths
 from prompt_transfer.settings import setting
-from prompt_transfer.transfer import similarity
+from prompt_transfer.transfer import similarity, views
 
 # Source prompts are compared with the target's task embedding by these; `zero_shot` (each
 # source used as is on the target) is always measured and ranked too.
@@ -42,7 +42,9 @@ class StudyConfig:
     )
     # the metric retrieval uses; the study says how it predicts transfer
     retrieval_metric: str = setting(
-        "input_cosine_avg_tokens", one_of=(*METRICS, "zero_shot"), macro="RETRIEVAL_METRIC"
+        "trained_blocks_cosine_avg_tokens",
+        one_of=(*METRICS, *views.VIEW_METRICS, "zero_shot"),
+        macro="RETRIEVAL_METRIC",
     )
     # the prompt run without transfer each transfer is compared with (same seeds)
     baseline: str = setting("sampled_vocab", one_of=BASELINES, macro="STUDY_BASELINE")

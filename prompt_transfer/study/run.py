@@ -22,13 +22,11 @@ import numpy as np
 from prompt_transfer import errors, gin_utils, partitioning, paths, prompts, remote
 from prompt_transfer.spot import flow as spot_flow
 from prompt_transfer.spot.runs import Runs, base_run
-from prompt_transfer.study import views
 from prompt_transfer.study.config import StudyConfig
 from prompt_transfer.trainer import run_dir
-from prompt_transfer.trainer import start as start_lib
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train import network_of
-from prompt_transfer.transfer import initial, library, similarity
+from prompt_transfer.transfer import initial, library, similarity, views
 
 
 def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: str = "") -> dict:
@@ -108,18 +106,13 @@ def _similarities(study: StudyConfig, spec: RunSpec, lib, network):
     return found, {task: entries[task] for task in found.sources}
 
 
-VIEWED_METRIC = "cosine_avg_tokens"
-
-
 def _viewed(study: StudyConfig, spec: RunSpec, lib, network, found) -> dict[str, np.ndarray]:
-    """VIEWED_METRIC on each view of the prompts (study/views.py): `{view}_cosine_avg_tokens`
-    [targets, sources]. The trained views subtract the start every source and embedding shared
-    (sampled vocabulary of RANDOM_SEED); a plain prompt has no blocks to weigh."""
-    first = dataclasses.replace(spec, task=study.sources[0])
-    start = TrainConfig(steps=1, batch_size=1, prompt_init=prompts.PromptInit("sampled_vocab"))
-    mesh = partitioning.make_mesh(spec.num_partitions)
-    initial = start_lib.initial_prompt(first, start, network, mesh, log=None)
-    names = views.VIEWS if spec.deep_prompt else ("trained",)
+    """views.VIEWED_METRIC on each view of the prompts (transfer/views.py):
+    `{view}_cosine_avg_tokens` [targets, sources]. The trained views subtract the start every
+    source and embedding shared (spot/flow.py's shared_start); a plain prompt's one block is
+    its input prompt, each position scaled to unit norm."""
+    initial = spot_flow.shared_start(spec, network, study.sources[0])
+    names = views.VIEWS if spec.deep_prompt else ("blocks", "trained", "trained_blocks")
     config = spec.model_config
     targets = np.stack(
         [lib.prompt(found.embeddings[t], deep=spec.deep_prompt) for t in study.targets]
@@ -128,8 +121,8 @@ def _viewed(study: StudyConfig, spec: RunSpec, lib, network, found) -> dict[str,
     for name in names:
         sources = views.view(name, found.source_prompts, config, initial)
         wanted = views.view(name, targets, config, initial)
-        out[f"{name}_{VIEWED_METRIC}"] = np.stack(
-            [similarity.score_library(VIEWED_METRIC, t, sources) for t in wanted]
+        out[f"{name}_{views.VIEWED_METRIC}"] = np.stack(
+            [similarity.score_library(views.VIEWED_METRIC, t, sources) for t in wanted]
         )
     return out
 

@@ -114,6 +114,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
         run_mixture,
         model_scores,
         spec.deep_width,
+        spec.model_config,
     )
     sources = report.pop("source_prompts", None)
     if sources is not None:  # attention: the sources stay beside the prompt, frozen

@@ -18,7 +18,7 @@ import numpy as np
 
 from prompt_transfer import paths, settings
 from prompt_transfer.settings import setting
-from prompt_transfer.transfer import retrieval, similarity
+from prompt_transfer.transfer import retrieval, similarity, views
 from prompt_transfer.transfer.library import Library, read_t5x_prompt
 from prompt_transfer.transfer.retrieval import TransferError
 
@@ -52,8 +52,11 @@ class TransferInit:
     target_embedding: str = ""
     metric: str = setting(
         "cosine_avg_tokens",
-        one_of=(*similarity.METRICS, *similarity.INPUT_METRICS, "zero_shot"),
+        one_of=(*similarity.METRICS, *similarity.INPUT_METRICS, *views.VIEW_METRICS, "zero_shot"),
     )
+    # SHARED_START: the start every library prompt and the target embedding trained from (.npy,
+    # wide form), for the trained_ metrics, which compare what training added
+    start: str = setting("", macro="SHARED_START")
     top_k: int = setting(3, least=1, macro="TOP_K")
     length_fit: str = setting("error", one_of=LENGTH_FITS)
     candidate_steps: int = setting(100, least=1)  # best_of_top_k: steps of each short run
@@ -119,6 +122,26 @@ def _load_prompt(lib: Library | None, ref: str, deep: bool = False) -> np.ndarra
     return np.asarray(lib.prompt(ref, deep=deep))
 
 
+def _viewer(init: TransferInit, model_config):
+    """What a metric of views.VIEW_METRICS compares, as a function of prompts (None for the
+    other metrics)."""
+    name = views.view_of(init.metric)
+    if name is None:
+        return None
+    if model_config is None:
+        raise TransferError(f"metric {init.metric} needs the model's config to see its layers")
+    start = None
+    if views.needs_start(init.metric):
+        if not init.start:
+            raise TransferError(
+                f"SIMILARITY_METRIC={init.metric!r} compares what training added to each prompt "
+                "and needs the start they shared: SHARED_START='/path/start.npy' (the SPoT flow "
+                "writes it), or use 'input_cosine_avg_tokens'"
+            )
+        start = _load_prompt(None, init.start)
+    return lambda prompts: views.view(name, prompts, model_config, start)
+
+
 def _ranked_sources(
     init: TransferInit,
     dim: int,
@@ -126,6 +149,7 @@ def _ranked_sources(
     target_task: str,
     model_scores=None,
     deep_width: int = 0,
+    model_config=None,
 ):
     """(library, ranked top-k sources) for a target, from its task embedding."""
     if not init.library:
@@ -141,7 +165,9 @@ def _ranked_sources(
     entries = [e for e in eligible if e.kind != "task_embedding"]
     if not entries:
         raise TransferError(f"no eligible source prompt in {lib.root} (only task embeddings)")
-    return lib, retrieval.retrieve(lib, target, entries, init.metric, init.top_k, model_scores)
+    viewer = _viewer(init, model_config)
+    found = retrieval.retrieve(lib, target, entries, init.metric, init.top_k, model_scores, viewer)
+    return lib, found
 
 
 def initial_prompt(
@@ -154,6 +180,7 @@ def initial_prompt(
     run_mixture=None,
     model_scores=None,
     deep_width: int = 0,
+    model_config=None,
 ):
     """(prompt [length, dim + deep_width], report) for a transfer strategy.
 
@@ -166,7 +193,14 @@ def initial_prompt(
     """
     fit = lambda p: fit_length(p, length, init.length_fit)
     retrieve = functools.partial(
-        _ranked_sources, init, dim, model_fingerprint, target_task, model_scores, deep_width
+        _ranked_sources,
+        init,
+        dim,
+        model_fingerprint,
+        target_task,
+        model_scores,
+        deep_width,
+        model_config,
     )
     prompt, report = _by_strategy(init, fit, retrieve, bool(deep_width), run_candidate, run_mixture)
     if prompt.shape[1] != dim + deep_width:

@@ -16,7 +16,7 @@ import numpy as np
 from prompt_transfer import evaluation
 from prompt_transfer import prompts as prompts_lib
 from prompt_transfer.errors import UserError
-from prompt_transfer.transfer import similarity
+from prompt_transfer.transfer import similarity, views
 from prompt_transfer.transfer.library import Entry, Library
 
 MODEL_METRICS = ("activation_overlap", "zero_shot")  # need the frozen model to score
@@ -124,7 +124,7 @@ def rank_sources(
 
 def rank_by_zero_shot(entries: list[Entry], scores: np.ndarray, top_k: int | None = None):
     """Sources ordered by a per-source score, highest first (e.g. their zero-shot score on the
-    target: one column of the zero-shot matrix)."""
+    target: one column of the zero-shot matrix; or a similarity computed elsewhere)."""
     order = np.argsort(-np.asarray(scores), kind="stable")
     ranked = [Ranked(entries[i], float(scores[i])) for i in order]
     return ranked[:top_k] if top_k else ranked
@@ -176,15 +176,26 @@ def retrieve(
     metric: str,
     top_k: int,
     model_scores=None,
+    viewer=None,
 ) -> list[Ranked]:
     """The top-k `entries` for the `target` task embedding [P, E] by `metric`.
 
     `model_scores(metric, target, source prompts [N, P, E]) -> [N]` scores the metrics that
     run the frozen model (MODEL_METRICS).
+    `viewer(prompts [..., P, W]) -> view` maps prompts to what a metric of views.VIEW_METRICS
+    compares (views.view with the model's config and the prompts' shared start).
     """
     if metric in MODEL_METRICS:
         if model_scores is None:
             raise TransferError(f"metric {metric} needs the frozen model to score sources")
         healthy, prompts = lib.load(entries, deep=_is_wide(target, entries))
         return rank_by_zero_shot(healthy, model_scores(metric, target, prompts), top_k)
+    if metric in views.VIEW_METRICS:
+        if viewer is None:
+            raise TransferError(f"metric {metric} compares views of prompts: it needs the model")
+        healthy, prompts = lib.load(entries, deep=_is_wide(target, entries))
+        if not healthy:
+            raise TransferError("no healthy source prompt left in the library")
+        scores = similarity.score_library(views.VIEWED_METRIC, viewer(target), viewer(prompts))
+        return rank_by_zero_shot(healthy, scores, top_k)
     return rank_sources(lib, target, metric, entries, top_k)

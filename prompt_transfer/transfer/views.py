@@ -19,6 +19,20 @@ import numpy as np
 from prompt_transfer import prompts
 
 VIEWS = ("input", "blocks", "trained", "trained_blocks")
+VIEWED_METRIC = "cosine_avg_tokens"
+# Retrieval metrics on a view, `{view}_cosine_avg_tokens` (the input view's is
+# similarity.INPUT_METRICS' input_cosine_avg_tokens). The trained views need the start the
+# prompts shared (SHARED_START; the SPoT flow and the study write it).
+VIEW_METRICS = tuple(f"{v}_{VIEWED_METRIC}" for v in VIEWS if v != "input")
+
+
+def view_of(metric: str) -> str | None:
+    """The view a metric of VIEW_METRICS compares (None for any other metric)."""
+    return metric.removesuffix(f"_{VIEWED_METRIC}") if metric in VIEW_METRICS else None
+
+
+def needs_start(metric: str) -> bool:
+    return (view_of(metric) or "").startswith("trained")
 
 
 def _blocks(wide: np.ndarray, config) -> list[np.ndarray]:
@@ -36,12 +50,13 @@ def _unit(block: np.ndarray) -> np.ndarray:
 
 def view(name: str, wide: np.ndarray, config, initial: np.ndarray | None = None) -> np.ndarray:
     """The view `name` (one of VIEWS) of prompts `wide` [..., P, E + W]; `initial` [P, E + W]
-    is the prompts' shared starting value (for the trained views)."""
+    is the prompts' shared starting value (for the trained views; its first E columns for
+    plain prompts)."""
     wide = np.asarray(wide, np.float32)
     if name.startswith("trained"):
         if initial is None:
             raise ValueError(f"the view {name!r} needs the prompts' initial value")
-        wide = wide - np.asarray(initial, np.float32)
+        wide = wide - np.asarray(initial, np.float32)[..., : wide.shape[-1]]
         name = name.removeprefix("trained").lstrip("_") or "all"
     if name == "input":
         return wide[..., : config.emb_dim]
