@@ -184,6 +184,7 @@ def _package_tasks() -> dict[str, list[dict]]:
     tasks["offline_tweet_ppt_rating"] = ppt.rating_examples(
         [t for _, _, t in tweets], [SENTIMENT_LABELS.index(s) + 1 for _, s, _ in tweets], 3
     )
+    tasks.update(_composite_tasks(tweets))
     bbc = read_bbc()
     tasks["offline_bbc_topic"] = [
         {"inputs": f"topic article: {' '.join(split_sentences(text)[:6])}", "targets": topic}
@@ -192,6 +193,52 @@ def _package_tasks() -> dict[str, list[dict]]:
     documents = [split_sentences(text) for _, text in bbc]
     tasks.update(ppt.build_ppt_tasks(documents, prefix="offline_bbc", seed=SEED))
     return tasks
+
+
+# A task composed of two: a tweet's domain and its sentiment as one label ("apple negative"),
+# over three domains whose nine combinations each have 300 tweets or more (self-driving cars
+# have 103 negative ones, too few for a validation split). Its sub-tasks, the tweet's domain and
+# its sentiment pooled over the domains, are built from the other tweets only: no tweet of the
+# composite target (any split) is in either (issue 25, part 3).
+COMPOSITE = "offline_tweet_domain_sentiment"
+COMPOSITE_DOMAINS = ("airline", "apple", "coachella")
+COMPOSITE_PER_CLASS = 300
+SUBTASKS = ("offline_subtask_domain", "offline_subtask_sentiment")
+
+
+def composite_labels() -> tuple[str, ...]:
+    return tuple(f"{d} {s}" for d in COMPOSITE_DOMAINS for s in SENTIMENT_LABELS)
+
+
+def _composite_tasks(tweets: list[tuple[str, str, str]]) -> dict[str, list[dict]]:
+    """The composite task (COMPOSITE_PER_CLASS seeded tweets per domain-sentiment label) and its
+    sub-tasks over every other tweet; a text is kept once, so none is on both sides."""
+    first = {}
+    for row in tweets:
+        first.setdefault(row[2], row)
+    unique = list(first.values())
+    order = np.random.default_rng(_seed_for(COMPOSITE)).permutation(len(unique))
+    taken: dict[tuple[str, str], int] = {}
+    chosen = np.zeros(len(unique), bool)
+    for i in order:
+        domain, sentiment, _ = unique[i]
+        if domain in COMPOSITE_DOMAINS and taken.get((domain, sentiment), 0) < COMPOSITE_PER_CLASS:
+            taken[(domain, sentiment)] = taken.get((domain, sentiment), 0) + 1
+            chosen[i] = True
+    rest = [row for row, c in zip(unique, chosen, strict=True) if not c]
+    return {
+        COMPOSITE: [
+            {"inputs": f"topic sentiment tweet: {t}", "targets": f"{d} {s}"}
+            for (d, s, t), c in zip(unique, chosen, strict=True)
+            if c
+        ],
+        "offline_subtask_domain": [
+            {"inputs": f"topic tweet: {t}", "targets": d} for d, _, t in rest
+        ],
+        "offline_subtask_sentiment": [
+            {"inputs": f"sentiment tweet: {t}", "targets": s} for _, s, t in rest
+        ],
+    }
 
 
 def _source_tasks(source: str) -> dict[str, list[dict]]:
@@ -235,6 +282,7 @@ FEW_SHOT_TARGETS = (
     "offline_sentiment_coachella",
     "offline_bbc_topic",
     "offline_wordnet_wic",
+    COMPOSITE,
 )
 
 
@@ -255,6 +303,9 @@ def task_labels(include_wordnet: bool | None = None) -> dict[str, tuple[str, ...
         labels["offline_wordnet_wic"] = wordnet.LABELS
         labels["offline_wordnet_hypernym"] = wordnet.LABELS
     labels["offline_tweet_ppt_rating"] = ("bad", "maybe", "good")
+    labels[COMPOSITE] = composite_labels()
+    labels["offline_subtask_domain"] = tuple(sorted(TWEET_DOMAINS))
+    labels["offline_subtask_sentiment"] = SENTIMENT_LABELS
     for name in FEW_SHOT_TARGETS:
         for k in FEW_SHOT_SIZES if name in labels else ():
             labels[f"{name}_{k}shot"] = labels[name]

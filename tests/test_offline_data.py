@@ -25,6 +25,10 @@ SIZES = {
     "offline_sentiment_apple_128shot": (384, 297, 298),
     "offline_bbc_topic_128shot": (640, 211, 212),
     "offline_sentiment_apple_32shot_ppt": (96, 297, 298),
+    "offline_tweet_domain_sentiment": (2160, 270, 270),
+    "offline_tweet_domain_sentiment_32shot": (288, 270, 270),
+    "offline_subtask_domain": (25900, 3237, 3239),
+    "offline_subtask_sentiment": (25900, 3237, 3239),
 }
 WORDNET_SIZES = {
     "offline_wordnet_wic": (2073, 259, 260),
@@ -207,3 +211,43 @@ def test_a_folder_of_other_files_is_never_replaced_by_the_suite(tmp_path):
     with pytest.raises(offline_data.OfflineSourceError, match="holds files but no offline suite"):
         offline_data.prepare(data)
     assert [p.name for p in data.iterdir()] == ["thesis.tex"]
+
+
+def test_the_composite_task_is_domain_and_sentiment_and_its_subtasks_never_see_its_tweets(
+    prepared,
+):
+    """offline_tweet_domain_sentiment labels a tweet "apple negative"; its sub-tasks (the domain;
+    the sentiment pooled over domains) are built from the other tweets only, so composing their
+    prompts is transfer, not a look at the target's data."""
+    root, manifest = prepared
+    read = lambda name, split: [  # noqa: E731
+        json.loads(line) for line in (root / name / f"{split}.jsonl").read_text().splitlines()
+    ]
+    composite = offline_data.COMPOSITE
+    by_text = {}  # a text tweeted twice with two labels is kept with its first, as the suite
+    for d, s, t in offline_data.read_tweets():
+        by_text.setdefault(t, (d, s))
+    texts = set()
+    for split in ("train", "validation", "test"):
+        for row in read(composite, split):
+            text = row["inputs"].removeprefix("topic sentiment tweet: ")
+            assert row["targets"] == " ".join(by_text[text]), row
+            texts.add(text)
+    labels = manifest["tasks"][composite]["labels"]
+    assert sorted(labels) == sorted(offline_data.composite_labels()) and len(labels) == 9
+    assert sum(manifest["tasks"][composite]["sizes"].values()) == 9 * 300
+    shot = manifest["tasks"][f"{composite}_32shot"]["sizes"]
+    train = {row["inputs"] for row in read(composite, "train")}
+    assert shot["train"] == 9 * 32
+    assert {row["inputs"] for row in read(f"{composite}_32shot", "train")} <= train
+    for name, prefix in [
+        ("offline_subtask_domain", "topic tweet: "),
+        ("offline_subtask_sentiment", "sentiment tweet: "),
+    ]:
+        seen = {
+            row["inputs"].removeprefix(prefix)
+            for split in ("train", "validation", "test")
+            for row in read(name, split)
+        }
+        assert seen and not seen & texts, name
+        assert len(seen) + len(texts) == len(by_text)  # every other tweet, once

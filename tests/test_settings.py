@@ -27,16 +27,17 @@ WORK = "/nonexistent/settings-test"  # replaced by each test's tmp_path
 
 def _argv(command: str, work: str) -> list[str]:
     """`command`'s argv; "transfer" is a train whose prompt starts from a library, "attention"
-    one that mixes library prompts per input."""
+    one that mixes library prompts per input, "compose" one built from sub-tasks' prompts."""
     if command == "train":
         return ["train", *tiny_run_args(f"{work}/run", "--gin.TRAIN_STEPS=4")]
-    if command in ("transfer", "attention"):
-        strategy = "best_of_top_k" if command == "transfer" else "attention"
+    if command in ("transfer", "attention", "compose"):
+        strategy = {"transfer": "best_of_top_k"}.get(command, command)
         return [
             *_argv("train", work),
             f"--gin_file=transfer/{strategy}",
             f"--gin.LIBRARY='{work}/library'",
             "--gin.TARGET_EMBEDDING='embedding'",
+            *(["--gin.COMPOSE_SOURCES=['a', 'b']"] if command == "compose" else []),
         ]
     return [
         command,
@@ -54,6 +55,7 @@ READS = {
     "train": (RunSpec, TrainConfig),
     "transfer": (TrainConfig,),
     "attention": (TrainConfig,),
+    "compose": (TrainConfig,),
     "spot": (FlowConfig,),
     "study": (StudyConfig,),
 }
@@ -69,10 +71,12 @@ def _macros(command: str) -> dict[str, settings.Bound]:
         for bound in settings.bound_settings(cls):
             if bound.macro is not None:
                 found.setdefault(bound.macro, bound)
-    if command in ("transfer", "attention"):
+    if command in ("transfer", "attention", "compose"):
         found = {m: b for m, b in found.items() if m not in _macros("train")}
-    if command == "attention":  # its own macros only
+    if command in ("attention", "compose"):  # their own macros only
         found = {m: b for m, b in found.items() if m not in _macros("transfer")}
+    if command == "compose":
+        found = {m: b for m, b in found.items() if m not in _macros("attention")}
     return found
 
 

@@ -9,7 +9,7 @@ from synthetic_tasks import register_keyword_task
 from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_run_args
 from prompt_transfer import checkpoints, gin_files, t5
 from prompt_transfer.cli.runs import train_main
-from prompt_transfer.transfer import library, retrieval, similarity
+from prompt_transfer.transfer import attention, library, retrieval, similarity
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +161,66 @@ def test_retrieval_by_metrics_that_run_the_model(lib, tmp_path, metric):
             TINY_LENGTHS,
         )
         assert report["similarities"][0] == pytest.approx(direct[0, 0])
+
+
+def _by_task(lib, task):
+    store = library.Library(lib[0])
+    return store.prompt(next(e for e in store.entries(task=task) if e.model == "tiny"))
+
+
+def test_compose_joins_or_sums_the_subtasks_prompts(lib, tmp_path):
+    """compose: the sub-tasks' prompts (named by task: the library's entry of this model, not
+    the other model's) joined along the sequence, or summed with weights."""
+    a, b = _by_task(lib, "source_a"), _by_task(lib, "source_b")
+    subtasks = "--gin.COMPOSE_SOURCES=['source_a', 'source_b']"
+    _run(tmp_path / "concat", lib, "compose", subtasks, "--gin.PROMPT_LENGTH=10")
+    report, start = _report(tmp_path / "concat")
+    assert report["strategy"] == "compose" and report["how"] == "concat"
+    np.testing.assert_array_equal(start, np.concatenate([a, b]))
+    _run(
+        tmp_path / "sum", lib, "compose", subtasks, "--gin.COMPOSE_HOW='weighted_sum'",
+        "--gin.COMPOSE_WEIGHTS=[3, 1]",
+    )  # fmt: skip
+    _, start = _report(tmp_path / "sum")
+    np.testing.assert_allclose(start, 0.75 * a + 0.25 * b, rtol=1e-6)
+    # Mixed per input: the sub-tasks stay beside the target, which starts from the first.
+    _run(tmp_path / "mixed", lib, "compose", subtasks, "--gin.COMPOSE_HOW='attention'")
+    _, start = _report(tmp_path / "mixed")
+    np.testing.assert_array_equal(start, a)
+    np.testing.assert_array_equal(attention.load(tmp_path / "mixed").sources, np.stack([a, b]))
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (
+            ["--gin.PROMPT_LENGTH=7"],
+            "lengths [5, 5] into one of 10 positions; set PROMPT_LENGTH=10",
+        ),
+        (
+            ["--gin.COMPOSE_HOW='weighted_sum'", "--gin.COMPOSE_WEIGHTS=[1.0]"],
+            "COMPOSE_WEIGHTS has 1 weights for 2 COMPOSE_SOURCES",
+        ),
+        (["--gin.COMPOSE_SOURCES=['source_a', 'nope']"], "COMPOSE_SOURCES: 'nope' is neither"),
+        (["--gin.COMPOSE_SOURCES=['source_a']"], "needs COMPOSE_SOURCES of two sub-tasks or more"),
+    ],
+)
+def test_compose_refuses_in_one_line(lib, tmp_path, capsys, overrides, says):
+    from prompt_transfer import cli
+
+    subtasks = "--gin.COMPOSE_SOURCES=['source_a', 'source_b']"
+    args = [
+        "train",
+        *tiny_run_args(
+            tmp_path / "run",
+            "--gin_file=transfer/compose.gin",
+            f"--gin.LIBRARY='{lib[0]}'",
+            subtasks,
+            "--gin.TRAIN_STEPS=1",
+            "--gin.EVAL_PERIOD=0",
+            *overrides,
+        ),
+    ]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err

@@ -135,7 +135,7 @@ def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:
         prompts.from_file(init.file, spec.prompt_length, spec.model_config.emb_dim)
     if spec.deep_prompt:
         _check_deep_prompt(spec)
-    if init.method == "transfer" and init.transfer.strategy == "attention":
+    if init.method == "transfer" and init.transfer.mixes_per_input:
         _check_attention(spec)
     shards, processes = data_shards(config), jax.process_count()
     if shards % processes or config.batch_size % shards:
@@ -177,7 +177,7 @@ def _check_deep_prompt(spec: RunSpec) -> None:
 def _check_attention(spec: RunSpec) -> None:
     module = f"{attention.ATTENTION_PATH}/down/kernel"
     if not spec.prompt_length:
-        raise TrainError("strategy 'attention' mixes prompts: it needs PROMPT_LENGTH > 0")
+        raise TrainError("attention mixes prompts per input: it needs PROMPT_LENGTH > 0")
     if not re.fullmatch(spec.trainable_regex, module) or re.fullmatch(
         spec.trainable_regex, f"{attention.SOURCES_PATH}/prompts"
     ):

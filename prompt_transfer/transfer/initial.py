@@ -30,7 +30,9 @@ STRATEGIES = (
     "best_of_top_k",
     "top_k_mixture",
     "attention",
+    "compose",
 )
+COMPOSE_HOW = ("concat", "weighted_sum", "attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,9 @@ class TransferInit:
       best_of_top_k (a short run from each of the top k, keep the best on validation);
       top_k_mixture (one prompt trained on the top-k sources' mixture starts the target);
       attention (the top k stay frozen beside the target, which starts from the first, and a
-      trained module mixes them per input: transfer/attention.py).
+      trained module mixes them per input: transfer/attention.py); compose (the prompts of the
+      target's sub-tasks, `compose_sources`, joined along the sequence, summed with weights, or
+      mixed per input by attention).
     target_embedding: the target's task embedding (library entry id or .npy) for retrieval.
     """
 
@@ -65,6 +69,17 @@ class TransferInit:
     # (0: the paper's e x the model width); its sources are the top k retrieved
     attention_hidden: int = setting(64, least=1, macro="ATTENTION_HIDDEN")
     attention_temperature: float = setting(0.0, least=0, macro="ATTENTION_TEMPERATURE")
+    # compose: the sub-tasks' prompts (library entry ids or task names), and how they combine
+    compose_sources: tuple[str, ...] = setting((), macro="COMPOSE_SOURCES")
+    compose_how: str = setting("concat", one_of=COMPOSE_HOW, macro="COMPOSE_HOW")
+    compose_weights: tuple[float, ...] = setting((), macro="COMPOSE_WEIGHTS")  # () = equal
+
+    @property
+    def mixes_per_input(self) -> bool:
+        """Whether the run keeps its sources beside the prompt (transfer/attention.py)."""
+        return self.strategy == "attention" or (
+            self.strategy == "compose" and self.compose_how == "attention"
+        )
 
     def __post_init__(self):
         settings.check(self)
@@ -120,6 +135,56 @@ def _load_prompt(lib: Library | None, ref: str, deep: bool = False) -> np.ndarra
     if lib is None:
         raise TransferError(f"{ref!r} is not a .npy file and no library is configured")
     return np.asarray(lib.prompt(ref, deep=deep))
+
+
+def _by_task_or_id(init: TransferInit, ref: str, setting: str, eligible, deep: bool) -> np.ndarray:
+    """A prompt named by a .npy file, a library entry id, or a task whose trained prompt the
+    library holds for this model (its newest `eligible(lib)` entry of that task)."""
+    lib = Library(init.library) if init.library else None
+    if ref.endswith(".npy") or lib is None or any(e.id == ref for e in lib.entries()):
+        return _load_prompt(lib, ref, deep)
+    held = [e for e in eligible(lib) if e.task == ref and e.kind == "trained"]
+    if not held:
+        raise TransferError(
+            f"{setting}: {ref!r} is neither a .npy file, nor an entry id, nor a task with a "
+            f"trained prompt in {lib.root}; see `prompt-transfer library list`"
+        )
+    return np.asarray(lib.prompt(max(held, key=lambda e: e.created), deep=deep))
+
+
+def _compose(init: TransferInit, length: int, fit, find):
+    """(prompt, report) of the compose strategy: the sub-tasks' prompts joined along the
+    sequence (their lengths must add up to PROMPT_LENGTH), or each fitted to it and summed with
+    COMPOSE_WEIGHTS, or kept for attention (the first starts the target)."""
+    if len(init.compose_sources) < 2:
+        raise TransferError(
+            f"strategy compose needs COMPOSE_SOURCES of two sub-tasks or more; got "
+            f"{list(init.compose_sources)}"
+        )
+    parts = [find(r, "COMPOSE_SOURCES") for r in init.compose_sources]
+    report = {"sources": list(init.compose_sources), "how": init.compose_how}
+    if init.compose_how == "concat":
+        lengths = [p.shape[0] for p in parts]
+        if sum(lengths) != length:
+            raise TransferError(
+                f"COMPOSE_HOW='concat' joins prompts of lengths {lengths} into one of "
+                f"{sum(lengths)} positions; set PROMPT_LENGTH={sum(lengths)}"
+            )
+        return np.concatenate(parts, axis=0), report
+    fitted = [fit(p) for p in parts]
+    if init.compose_how == "attention":
+        return fitted[0], dict(report, source_prompts=np.stack(fitted))
+    weights = init.compose_weights or (1.0,) * len(parts)
+    if len(weights) != len(parts):
+        raise TransferError(
+            f"COMPOSE_WEIGHTS has {len(weights)} weights for {len(parts)} COMPOSE_SOURCES; "
+            "give one per source, or none for equal weights"
+        )
+    if sum(weights) <= 0:
+        raise TransferError(f"COMPOSE_WEIGHTS={list(weights)} must sum to more than 0")
+    w = np.asarray(weights, np.float64) / sum(weights)
+    composed = np.tensordot(w, np.stack(fitted).astype(np.float64), axes=1).astype(np.float32)
+    return composed, dict(report, weights=w.tolist())
 
 
 def _viewer(init: TransferInit, model_config):
@@ -202,7 +267,15 @@ def initial_prompt(
         deep_width,
         model_config,
     )
-    prompt, report = _by_strategy(init, fit, retrieve, bool(deep_width), run_candidate, run_mixture)
+    eligible = lambda lib: retrieval.eligible_sources(  # noqa: E731
+        lib, model_fingerprint, dim, [target_task], deep_width
+    )
+    find = lambda ref, setting: _by_task_or_id(  # noqa: E731
+        init, ref, setting, eligible, bool(deep_width)
+    )
+    prompt, report = _by_strategy(
+        init, length, fit, retrieve, bool(deep_width), run_candidate, run_mixture, find
+    )
     if prompt.shape[1] != dim + deep_width:
         kind = f"a deep prompt's {dim} + {deep_width}" if deep_width else f"{dim}"
         raise TransferError(
@@ -212,13 +285,14 @@ def initial_prompt(
     return prompt, report
 
 
-def _by_strategy(init, fit, ranked_sources, deep, run_candidate, run_mixture):
+def _by_strategy(init, length, fit, ranked_sources, deep, run_candidate, run_mixture, find):
     """(prompt, report) of `init.strategy`; `ranked_sources()` retrieves (library, top k)."""
     if init.strategy == "single_source":
         if not init.source:
             raise TransferError("strategy single_source needs SOURCE_PROMPT (entry id or .npy)")
-        lib = Library(init.library) if init.library else None
-        return fit(_load_prompt(lib, init.source, deep)), {"sources": [init.source]}
+        return fit(find(init.source, "SOURCE_PROMPT")), {"sources": [init.source]}
+    if init.strategy == "compose":
+        return _compose(init, length, fit, find)
     lib, ranked = ranked_sources()
     report = {
         "sources": [r.entry.task for r in ranked],
