@@ -1,5 +1,6 @@
 """The whole SPoT flow, cut down: the tiny model, offline tasks, a few steps per run."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -330,3 +331,33 @@ def test_a_run_recorded_before_a_setting_existed_is_reused_only_at_its_default(
     assert json.loads(record.read_text())["prompt_init.transfer.attention_hidden"] == 64
     with pytest.raises(runs.FlowError, match="top_k = 3, this flow asks for 4"):
         runs.check_settings([run(top_k=4)], str(tmp_path))  # a recorded setting still counts
+
+
+def test_compose_and_each_source_rows(tmp_path):
+    """The compose_ strategies combine COMPOSE_SOURCES (concat: a prompt as long as the parts;
+    attention: its module trains too), and each_source is a row per source, from it alone."""
+    from prompt_transfer.spot import config, flow
+    from prompt_transfer.transfer import attention
+
+    settings = config.FlowConfig(
+        work_dir=str(tmp_path),
+        sources=("a", "b", "c"),
+        targets=("t",),
+        strategies=("compose_concat", "compose_weighted_sum", "compose_attention", "each_source"),
+        baselines=("sampled_vocab",),
+        compose_sources=("a", "b"),
+    )
+    rows = flow._target_inits(settings, tmp_path / "library", "t-embedding", prompt_length=20)
+    assert set(rows) == {
+        "sampled_vocab", "compose_concat", "compose_weighted_sum", "compose_attention",
+        "from_a", "from_b", "from_c",
+    }  # fmt: skip
+    assert settings.total_runs == 3 + 1 + 7  # sources, the embedding, each row once
+    composed = {n: rows[n]["prompt_init"].transfer for n in rows if n.startswith("compose")}
+    assert {t.compose_how for t in composed.values()} == {"concat", "weighted_sum", "attention"}
+    assert all(t.compose_sources == ("a", "b") for t in composed.values())
+    assert rows["compose_concat"]["prompt_length"] == 40
+    assert rows["compose_attention"]["trainable_regex"] == attention.TRAINABLE
+    assert rows["from_c"]["prompt_init"].transfer.source == "c"
+    with pytest.raises(flow.FlowError, match="COMPOSE_SOURCES=\\['a', 'x'\\] must name two or"):
+        flow.check_flow(dataclasses.replace(settings, compose_sources=("a", "x")), None)

@@ -18,8 +18,19 @@ from prompt_transfer.transfer import similarity, views
 
 BASELINES = ("random_uniform", "sampled_vocab", "class_labels", "model_tuning")
 # What a target can start from in the flow: each ranks the library for the target (attention
-# keeps the top k beside the target and mixes them per input).
-STRATEGIES = ("top_1", "top_k_average", "best_of_top_k", "top_k_mixture", "attention")
+# keeps the top k beside the target and mixes them per input); the compose_ rows build it from
+# COMPOSE_SOURCES (transfer/initial.py's compose, one row per way), and each_source trains one
+# row per source, from that source alone (`from_<source>`).
+COMPOSE_STRATEGIES = ("compose_concat", "compose_weighted_sum", "compose_attention")
+STRATEGIES = (
+    "top_1",
+    "top_k_average",
+    "best_of_top_k",
+    "top_k_mixture",
+    "attention",
+    *COMPOSE_STRATEGIES,
+    "each_source",
+)
 # The flow compares prompts with prompts; a model's activations or scores rank sources only.
 PROMPT_METRICS = similarity.PROMPT_METRICS
 RETRIEVAL_METRICS = (
@@ -67,6 +78,8 @@ class FlowConfig:
     # metric predicted transfer there and whether each target's first source was the best
     study_file: str | None = setting(None, macro="STUDY_FILE")
     top_k: int = setting(2, least=1, macro="TOP_K")
+    # COMPOSE_SOURCES: the sub-tasks (among SOURCES) whose prompts the compose_ rows combine
+    compose_sources: Sequence[str] = setting((), macro="COMPOSE_SOURCES")
     # CANDIDATE_STEPS: best_of_top_k's trial run per candidate
     candidate_steps: int = setting(50, least=1, macro="CANDIDATE_STEPS")
     # Model tuning trains every weight, with T5X's fine-tuning recipe rather than the prompt
@@ -85,5 +98,8 @@ class FlowConfig:
     def total_runs(self) -> int:
         """Runs the flow trains (or reuses): sources, task embeddings, and per target every
         baseline and strategy once per seed."""
-        per_target = 1 + self.seeds_per_run * (len(self.baselines) + len(self.strategies))
+        rows = len(self.baselines) + sum(
+            len(self.sources) if s == "each_source" else 1 for s in self.strategies
+        )
+        per_target = 1 + self.seeds_per_run * rows
         return len(self.sources) + len(self.targets) * per_target

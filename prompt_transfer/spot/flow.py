@@ -25,7 +25,7 @@ import numpy as np
 from prompt_transfer import data, errors, gin_utils, partitioning, paths, prompts, remote
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.spot import against_study
-from prompt_transfer.spot.config import FlowConfig
+from prompt_transfer.spot.config import COMPOSE_STRATEGIES, FlowConfig
 from prompt_transfer.spot.report import Results, TargetRuns, write_report
 from prompt_transfer.spot.runs import FlowError, Runs, base_run
 from prompt_transfer.trainer import run_dir
@@ -185,7 +185,9 @@ def retrieve(flow: FlowConfig, spec: RunSpec, lib: library.Library, network) -> 
     return Retrieved([e.task for e in entries], source_prompts, embeddings, similarities)
 
 
-def _target_inits(flow: FlowConfig, library_root, embedding_id: str) -> dict[str, dict]:
+def _target_inits(
+    flow: FlowConfig, library_root, embedding_id: str, prompt_length: int
+) -> dict[str, dict]:
     """{run name: RunSpec/TrainConfig changes} for the baselines and strategies on a target."""
     changes = {}
     for name in flow.baselines:
@@ -199,6 +201,29 @@ def _target_inits(flow: FlowConfig, library_root, embedding_id: str) -> dict[str
                 optimizer=flow.model_tuning_optimizer,
             )
     for strategy in flow.strategies:
+        if strategy == "each_source":
+            for source in flow.sources:
+                init = initial.TransferInit(
+                    strategy="single_source", library=str(library_root), source=source
+                )
+                changes[f"from_{source}"] = {
+                    "prompt_init": prompts.PromptInit("transfer", transfer=init)
+                }
+            continue
+        if strategy in COMPOSE_STRATEGIES:
+            how = strategy.removeprefix("compose_")
+            init = initial.TransferInit(
+                strategy="compose",
+                library=str(library_root),
+                compose_sources=tuple(flow.compose_sources),
+                compose_how=how,
+            )
+            changes[strategy] = {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
+            if how == "concat":  # the parts side by side: as long as all of them
+                changes[strategy]["prompt_length"] = prompt_length * len(flow.compose_sources)
+            if how == "attention":
+                changes[strategy]["trainable_regex"] = attention.TRAINABLE
+            continue
         init = initial.TransferInit(
             strategy=strategy,
             library=str(library_root),
@@ -224,7 +249,7 @@ def train_targets(
     seeds = flow.seeds(runs.spec.seed)
     trained = TargetRuns()
     for task in flow.targets:
-        by_name = _target_inits(flow, lib.root, found.embeddings[task].id)
+        by_name = _target_inits(flow, lib.root, found.embeddings[task].id, runs.spec.prompt_length)
         planned = {
             (name, seed): runs.make(
                 runs.work / "targets" / task / name / f"seed_{seed}",
@@ -321,8 +346,17 @@ def main(argv: list[str]) -> dict:
 
 
 def check_flow(flow: FlowConfig, spec: RunSpec) -> FlowConfig:
-    """`check_tasks`, and a TOP_K above the sources is clamped to them, with a note. (Types,
+    """COMPOSE_SOURCES among the sources when a strategy composes, `check_tasks`, and a TOP_K
+    above the sources is clamped to them, with a note. (Types,
     ranges, strategies, baselines, metrics and empty lists are the schema's: gin_utils.build.)"""
+    composing = [s for s in flow.strategies if s in COMPOSE_STRATEGIES]
+    if composing and (
+        len(flow.compose_sources) < 2 or not set(flow.compose_sources) <= set(flow.sources)
+    ):
+        raise FlowError(
+            f"STRATEGIES={list(flow.strategies)!r} compose sub-tasks' prompts: "
+            f"COMPOSE_SOURCES={list(flow.compose_sources)!r} must name two or more of SOURCES"
+        )
     check_tasks(flow, spec)
     if flow.top_k > len(flow.sources):
         _log(
