@@ -184,6 +184,11 @@ def test_an_attention_run_trains_its_module_beside_frozen_sources(lib, tmp_path,
     assert cli.main(["library", "export", "--run", str(run), "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is an attention run" in err[0] and not out.exists(), err
+    score = ["score", "--checkpoint", str(TINY_CHECKPOINT), "--size", "tiny", "--inputs", "a",
+             "--targets", "b", "--prompt", str(run)]  # fmt: skip
+    assert cli.main(score) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is an attention run" in err[0] and "eval" in err[0], err
 
     # Stopped at step 2 and resumed, a run ends where the straight one did, bit for bit.
     halves = tmp_path / "halves"

@@ -98,7 +98,7 @@ def _score_prompt(args):
     --prompt-entry ID of the library; None without either."""
     import numpy as np
 
-    from prompt_transfer.transfer import library, peft_io
+    from prompt_transfer.transfer import attention, library, peft_io
 
     if args.prompt and args.prompt_entry:
         raise UserError("score takes --prompt or --prompt-entry, not both")
@@ -108,6 +108,12 @@ def _score_prompt(args):
         return np.asarray(lib.prompt(entry, deep=bool(entry.deep_width)))
     if args.prompt and peft_io.is_adapter(args.prompt):
         return peft_io.read_adapter(args.prompt)[0]
+    if args.prompt and attention.load(args.prompt):
+        raise UserError(
+            f"--prompt={args.prompt} is an attention run, whose prompt is mixed per input by a "
+            "trained module: score it with `prompt-transfer eval` or `infer` and the run's gin "
+            "files, or score its library entry (--prompt-entry)"
+        )
     return library.read_t5x_prompt(args.prompt) if args.prompt else None
 
 
