@@ -123,6 +123,44 @@ def test_deep_targets_retrieve_and_average_whole_deep_prompts(tmp_path):
         initial.initial_prompt(init, 4, 6, "f", "t", deep_width=WIDTH + 1)
 
 
+def test_compose_joins_and_sums_whole_deep_prompts(tmp_path):
+    """compose on deep sub-tasks works on their wide forms: joined along the sequence or summed,
+    every layer's keys and values move with the input prompt; a plain target composes the
+    same entries' input prompts alone."""
+    lib, wide, plain = library.Library(tmp_path), {}, {}
+    for seed, task in [(1, "domain"), (2, "sentiment")]:
+        plain[task], deep = _deep(seed, length=2)
+        wide[task] = prompts.widen(plain[task], deep, CONFIG)
+        lib.add(plain[task], deep=wide[task][:, 6:], task=task, model="m", model_fingerprint="f")
+    compose = lambda how, length, deep_width=WIDTH, **kw: initial.initial_prompt(  # noqa: E731
+        initial.TransferInit(
+            strategy="compose",
+            library=str(tmp_path),
+            compose_sources=("domain", "sentiment"),
+            compose_how=how,
+            **kw,
+        ),
+        length,
+        6,
+        "f",
+        "t",
+        deep_width=deep_width,
+    )
+    got, report = compose("concat", 4)
+    assert report == {"sources": ["domain", "sentiment"], "how": "concat"}
+    np.testing.assert_array_equal(got, np.concatenate([wide["domain"], wide["sentiment"]]))
+    got, report = compose("weighted_sum", 2, compose_weights=(1.0, 3.0))
+    assert report["weights"] == [0.25, 0.75]
+    domain, sentiment = (wide[t].astype(np.float64) for t in ("domain", "sentiment"))
+    np.testing.assert_allclose(
+        got, (0.25 * domain + 0.75 * sentiment).astype(np.float32), rtol=1e-6
+    )
+    _, got_deep = prompts.narrow(got, CONFIG)
+    assert all(np.abs(got_deep[p]).max() > 0 for p in got_deep)  # every layer was summed
+    got, _ = compose("concat", 4, deep_width=0)
+    np.testing.assert_array_equal(got, np.concatenate([plain["domain"], plain["sentiment"]]))
+
+
 def _trained_arrays(step_dir) -> dict:
     tree = ocp.PyTreeCheckpointer().restore(step_dir / "state")
     flat = traverse_util.flatten_dict(tree, sep="/")

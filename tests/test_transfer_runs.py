@@ -168,6 +168,13 @@ def _by_task(lib, task):
     return store.prompt(next(e for e in store.entries(task=task) if e.model == "tiny"))
 
 
+def _summed(weights, parts):
+    """sum_i w_i P_i in float64, as float32."""
+    return sum(w * p.astype(np.float64) for w, p in zip(weights, parts, strict=True)).astype(
+        np.float32
+    )
+
+
 def test_compose_joins_or_sums_the_subtasks_prompts(lib, tmp_path):
     """compose: the sub-tasks' prompts (named by task: the library's entry of this model, not
     the other model's) joined along the sequence, or summed with weights."""
@@ -181,8 +188,9 @@ def test_compose_joins_or_sums_the_subtasks_prompts(lib, tmp_path):
         tmp_path / "sum", lib, "compose", subtasks, "--gin.COMPOSE_HOW='weighted_sum'",
         "--gin.COMPOSE_WEIGHTS=[3, 1]",
     )  # fmt: skip
-    _, start = _report(tmp_path / "sum")
-    np.testing.assert_allclose(start, 0.75 * a + 0.25 * b, rtol=1e-6)
+    report, start = _report(tmp_path / "sum")
+    assert report["weights"] == [0.75, 0.25]
+    np.testing.assert_allclose(start, _summed([0.75, 0.25], [a, b]), rtol=1e-6)
     # Mixed per input: the sub-tasks stay beside the target, which starts from the first.
     _run(tmp_path / "mixed", lib, "compose", subtasks, "--gin.COMPOSE_HOW='attention'")
     _, start = _report(tmp_path / "mixed")
@@ -202,6 +210,10 @@ def test_compose_joins_or_sums_the_subtasks_prompts(lib, tmp_path):
             "COMPOSE_WEIGHTS has 1 weights for 2 COMPOSE_SOURCES",
         ),
         (["--gin.COMPOSE_SOURCES=['source_a', 'nope']"], "COMPOSE_SOURCES: 'nope' is neither"),
+        (
+            ["--gin.COMPOSE_HOW='weighted_sum'", "--gin.COMPOSE_WEIGHTS=[1.0, -1.0]"],
+            "COMPOSE_WEIGHTS=[1.0, -1.0] must sum to more than 0",
+        ),
         (["--gin.COMPOSE_SOURCES=['source_a']"], "needs COMPOSE_SOURCES of two sub-tasks or more"),
     ],
 )
@@ -224,3 +236,48 @@ def test_compose_refuses_in_one_line(lib, tmp_path, capsys, overrides, says):
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
+
+
+def test_compose_starts_from_the_prompts_two_subtask_runs_trained(anchors, tmp_path):
+    """The whole path: two sub-task runs add their prompts to a library (LIBRARY_DIR), and a
+    target named after neither starts from exactly their concatenation, or their weighted sum
+    (equal weights by default), its report naming the sub-tasks and how they were combined."""
+    store, parts = tmp_path / "library", []
+    for task, labels in [("sub_fruit", ("yes", "no")), ("sub_kind", ("fruit", "land"))]:
+        register_keyword_task(T5_VOCAB, name=task, labels=labels)
+        summary = train_main(
+            tiny_run_args(
+                tmp_path / task,
+                "--gin.TRAIN_STEPS=3",
+                "--gin.EVAL_PERIOD=0",
+                f"--gin.LIBRARY_DIR='{store}'",
+                task=task,
+            )
+        )
+        parts.append(library.Library(store).prompt(summary["library_entry"]))
+    assert parts[0].shape == (5, 4) and not np.array_equal(*parts)
+    register_keyword_task(T5_VOCAB)
+
+    def compose(name, *extra):
+        train_main(
+            tiny_run_args(
+                tmp_path / name,
+                "--gin_file=transfer/compose.gin",
+                f"--gin.LIBRARY='{store}'",
+                "--gin.COMPOSE_SOURCES=['sub_fruit', 'sub_kind']",
+                "--gin.TRAIN_STEPS=1",
+                "--gin.EVAL_PERIOD=0",
+                *extra,
+            )
+        )
+        return _report(tmp_path / name)
+
+    report, start = compose("concat", "--gin.PROMPT_LENGTH=10")
+    assert report["sources"] == ["sub_fruit", "sub_kind"] and report["how"] == "concat"
+    np.testing.assert_array_equal(start, np.concatenate(parts))
+    for name, weights, expected in [("sum", "[3, 1]", [0.75, 0.25]), ("equal", "[]", [0.5, 0.5])]:
+        report, start = compose(
+            name, "--gin.COMPOSE_HOW='weighted_sum'", f"--gin.COMPOSE_WEIGHTS={weights}"
+        )
+        assert report["how"] == "weighted_sum" and report["weights"] == expected
+        np.testing.assert_allclose(start, _summed(expected, parts), rtol=1e-6)
