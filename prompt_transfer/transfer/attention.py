@@ -16,8 +16,9 @@ Everything lives in the parameter tree, beside the prompt that `prompts.split_pr
 of the network: `encoder/prompt/attention/...` (trainable) and `encoder/prompt/sources/...` (the
 source prompts and T, fixed), so that every verb of `models.EncoderDecoderModel` mixes the
 prompt per input from the tree alone. A run keeps its sources in MODEL_DIR/transfer/attention.npz
-(written once, at its start): its checkpoints hold only what trains, and `eval`, `infer` and
-`score` read the sources back from there.
+(written once, at its start): its checkpoints hold only what trains, and `eval` and `infer`
+read the sources back from there (`score` and `library export`, which take one prompt, refuse
+such a run; its library entry is the prompt at its mean weights, `typical_prompt`).
 """
 
 from __future__ import annotations
