@@ -141,13 +141,21 @@ def _by_task_or_id(init: TransferInit, ref: str, setting: str, eligible, deep: b
     """A prompt named by a .npy file, a library entry id, or a task whose trained prompt the
     library holds for this model (its newest `eligible(lib)` entry of that task)."""
     lib = Library(init.library) if init.library else None
-    if ref.endswith(".npy") or lib is None or any(e.id == ref for e in lib.entries()):
-        return _load_prompt(lib, ref, deep)
-    held = [e for e in eligible(lib) if e.task == ref and e.kind == "trained"]
-    if not held:
+    named = lambda: any(e.id == ref for e in lib.entries())  # noqa: E731
+    if ref.endswith(".npy") or lib is None or not lib.root.exists() or named():
+        return _load_prompt(lib, ref, deep)  # its own refusals: no such file, entry, library
+    if not lib.entries(task=ref, kind="trained"):
+        if setting == "SOURCE_PROMPT":
+            return _load_prompt(lib, ref, deep)  # says what an entry id must be
         raise TransferError(
             f"{setting}: {ref!r} is neither a .npy file, nor an entry id, nor a task with a "
             f"trained prompt in {lib.root}; see `prompt-transfer library list`"
+        )
+    held = [e for e in eligible(lib) if e.task == ref and e.kind == "trained"]
+    if not held:
+        raise TransferError(
+            f"{setting}: the library's prompts of task {ref!r} are of another model or form "
+            f"than this run's; train {ref} with this model (and this DEEP_PROMPT)"
         )
     return np.asarray(lib.prompt(max(held, key=lambda e: e.created), deep=deep))
 
