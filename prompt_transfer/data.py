@@ -105,12 +105,40 @@ def batched_dataset(
     num_epochs: int | None = None,
     shard_index: int = 0,
     num_shards: int = 1,
+    task_index: bool = False,
 ):
-    """A tf.data.Dataset of model-feature batches (encoder_input_tokens, decoder_*)."""
+    """A tf.data.Dataset of model-feature batches (encoder_input_tokens, decoder_*).
+
+    With `task_index` (a multi-task run's stream) `name` is a mixture and every example also
+    carries `task_index`, the position of its task among the mixture's tasks: the tasks' streams
+    are converted apart, marked, and sampled at the mixture's rates with the seed, as SeqIO's
+    Mixture.get_dataset samples them (whose feature converter would drop the mark)."""
     seqio = import_seqio()
     task = get_task(name)
     if split not in task.splits:
         raise TaskError(f"task {name!r} has no split {split!r}; it has {sorted(task.splits)}")
+    read = lambda t: _converted(  # noqa: E731
+        t, name, split, feature_lengths, seed, shuffle, num_epochs, shard_index, num_shards
+    )
+    if not task_index:
+        return read(task).batch(batch_size, drop_remainder=num_epochs is None)
+    tf = import_tensorflow()
+    if not isinstance(task, seqio.Mixture):
+        raise TaskError(f"a multi-task run trains on a mixture of tasks; {name!r} is one task")
+    marked = [
+        read(sub).map(lambda x, k=k: {**x, "task_index": tf.constant(k, tf.int32)})
+        for k, sub in enumerate(task.tasks)
+    ]
+    rates = [float(task.get_rate(sub)) for sub in task.tasks]
+    ds = tf.data.Dataset.sample_from_datasets(
+        marked, weights=rates, seed=seed if shuffle else 42, stop_on_empty_dataset=True
+    )
+    return ds.batch(batch_size, drop_remainder=num_epochs is None)
+
+
+def _converted(task, name, split, feature_lengths, seed, shuffle, num_epochs, shard, shards):
+    """A task's (or mixture's) examples through the feature converter, unbatched."""
+    seqio = import_seqio()
     try:
         ds = task.get_dataset(
             dict(feature_lengths),
@@ -120,7 +148,7 @@ def batched_dataset(
             num_epochs=num_epochs,
             use_cached=False,
             # Only multi-host runs shard: listing shards needs the TFDS split metadata.
-            shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
+            shard_info=seqio.ShardInfo(shard, shards) if shards > 1 else None,
             try_in_mem_cache=False,  # it asks TFDS for split sizes; the stream is prefetched anyway
         )
     except Exception as e:  # seqio tries to download an unprepared TFDS dataset
@@ -133,8 +161,7 @@ def batched_dataset(
                 f"--data_dir=DIR`) and point TFDS_DATA_DIR at DIR"
             ) from e
         raise
-    ds = feature_converter()(ds, dict(feature_lengths))
-    return ds.batch(batch_size, drop_remainder=num_epochs is None)
+    return feature_converter()(ds, dict(feature_lengths))
 
 
 @dataclasses.dataclass
@@ -160,6 +187,7 @@ class BatchStream:
     num_shards: int = 1
     shards: tuple[int, ...] = (0,)
     state_file: str | None = None  # an iterator state saved at `position` (save_state)
+    task_index: bool = False  # a multi-task run's: each example's task (batched_dataset)
 
     def _dataset(self):
         tf = import_tensorflow()
@@ -178,6 +206,7 @@ class BatchStream:
                 self.seed,
                 shard_index=shard,
                 num_shards=self.num_shards,
+                task_index=self.task_index,
             )
             for shard in self.shards
         ]

@@ -19,6 +19,7 @@ import numpy as np
 from prompt_transfer import data, models, partitioning, registry
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.tf_import import import_seqio
+from prompt_transfer.transfer import multitask
 
 
 class TaskEvaluator:
@@ -157,9 +158,12 @@ class TaskEvaluator:
     def evaluate(self, params, step: int | None = None) -> dict[str, dict[str, float]]:
         """{task name: {metric: value}} for `params` (network + prompt)."""
         results = {}
-        for task_name, evaluator in self.evaluators.items():
+        for k, (task_name, evaluator) in enumerate(self.evaluators.items()):
+            own = params
+            if multitask.present(params):  # a multi-task run: each task with its own prompt
+                own = multitask.params_for(params, k, self.model.module.config)
             future, _ = evaluator.evaluate(
-                compute_metrics=True, step=step, predict_fn=self._predict_fn(params, task_name)
+                compute_metrics=True, step=step, predict_fn=self._predict_fn(own, task_name)
             )
             results[task_name] = {k: float(v) for k, v in future.result()[task_name].items()}
         return results

@@ -17,7 +17,7 @@ from flax import traverse_util
 
 from prompt_transfer import decoding, prompts
 from prompt_transfer.t5 import T5
-from prompt_transfer.transfer import attention
+from prompt_transfer.transfer import attention, multitask
 
 
 def shift_right(targets: jax.Array) -> jax.Array:
@@ -37,17 +37,28 @@ class EncoderDecoderModel:
 
     `params` is the whole tree: the network's, plus the soft prompt at `encoder/prompt/prompt`
     when there is one (and an attention run's module and sources beside it: each input's prompt
-    is then mixed from them, transfer/attention.py). Every verb also takes `prompt`, a
-    per-example [B, P, E] override that lets one batch carry examples of several tasks, each
-    with its own prompt.
+    is then mixed from them, transfer/attention.py; a multi-task run's task parts, and each
+    example's prompt is composed for its task, transfer/multitask.py). Every verb also takes
+    `prompt`, a per-example [B, P, E] override that lets one batch carry examples of several
+    tasks, each with its own prompt.
     """
 
     module: T5
     eos_id: int = 1
 
-    def _encode(self, params, encoder_input_tokens, prompt=None, enable_dropout=False, rngs=None):
+    def _encode(
+        self,
+        params,
+        encoder_input_tokens,
+        prompt=None,
+        enable_dropout=False,
+        rngs=None,
+        task_index=None,
+    ):
         network, own = prompts.split_prompt(params)
-        if prompt is None and attention.present(params):
+        if prompt is None and multitask.present(params):
+            network, prompt = multitask.compose(params, network, task_index, self.module.config)
+        elif prompt is None and attention.present(params):
             network, prompt, _ = attention.compose(
                 params, network, encoder_input_tokens, self.module.config
             )
@@ -70,9 +81,10 @@ class EncoderDecoderModel:
         prompt=None,
         enable_dropout=False,
         rngs=None,
+        task_index=None,
     ):
         network, encoded, mask = self._encode(
-            params, encoder_input_tokens, prompt, enable_dropout, rngs
+            params, encoder_input_tokens, prompt, enable_dropout, rngs, task_index
         )
         return self.module.apply(
             {"params": network},
@@ -97,6 +109,7 @@ class EncoderDecoderModel:
             batch.get("prompt"),
             dropout_rng is not None,
             rngs,
+            batch.get("task_index"),  # a multi-task run's: each example's task
         )
         targets = batch["decoder_target_tokens"]
         weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))

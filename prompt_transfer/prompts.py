@@ -299,6 +299,28 @@ def widen(prompt, deep: dict | None, config) -> np.ndarray:
     return np.concatenate([prompt, *columns], 1)
 
 
+def widen_traced(prompt: jax.Array, deep: list[jax.Array]) -> jax.Array:
+    """`widen` inside the model: [P, E] and each layer's [2, P, H*D] (deep_prefix_paths order)
+    as [P, E + deep width], float32."""
+    p = prompt.shape[0]
+    columns = [x.astype(jnp.float32).transpose(1, 0, 2).reshape(p, -1) for x in deep]
+    return jnp.concatenate([prompt.astype(jnp.float32), *columns], axis=1)
+
+
+def per_input(network: dict, wide: jax.Array, config) -> tuple[dict, jax.Array]:
+    """(network with each input's deep prompt [B, 2, P, H*D] in its self-attentions, input
+    prompts [B, P, E]) from one wide prompt per input `wide` [B, P, W]; W = E is a plain one."""
+    emb = config.emb_dim
+    if wide.shape[-1] == emb:
+        return network, wide
+    flat = traverse_util.flatten_dict(network, sep="/")
+    paths_ = deep_prefix_paths(config)
+    b, p = wide.shape[:2]
+    for path, chunk in zip(paths_, jnp.split(wide[..., emb:], len(paths_), axis=-1), strict=True):
+        flat[path] = chunk.reshape(b, p, 2, -1).transpose(0, 2, 1, 3)  # [B, 2, P, H*D]
+    return traverse_util.unflatten_dict(flat, sep="/"), wide[..., :emb]
+
+
 def narrow(wide, config) -> tuple[np.ndarray, dict | None]:
     """(prompt [P, E], deep prompt {path: [2, P, H*D]} or None) of a prompt in either form."""
     wide = np.asarray(wide, np.float32)

@@ -57,3 +57,10 @@ for _name, _labels in OFFLINE_TASKS.items():
         metric_fns=[metrics.accuracy, metrics.balanced_accuracy],
         postprocess_fn=text_formats.string_label_to_class_id(_labels),
     )
+
+# Related tasks trained together (gin/experiments/multitask_prompt_offline.gin): tweet sentiment
+# about two topics, 32 examples per class each, in equal parts.
+seqio.MixtureRegistry.add(
+    "offline_sentiment_32shot_pair",
+    [("offline_sentiment_apple_32shot", 1.0), ("offline_sentiment_coachella_32shot", 1.0)],
+)

@@ -10,7 +10,7 @@ import numpy as np
 
 from prompt_transfer import paths
 from prompt_transfer.spot.report import significant
-from prompt_transfer.transfer import attention, library, peft_io
+from prompt_transfer.transfer import attention, library, multitask, peft_io
 
 # What reads an existing library: a missing one is refused ("0 entries" would hide a typo).
 # `add` and `import` create it; `export --run` reads a run, not the library.
@@ -166,6 +166,12 @@ def _run_prompt(model_dir: str, which: str) -> np.ndarray:
             f"{len(pieces.sources)} frozen sources through a trained module, which no prompt "
             "file holds; eval, infer and score read the run itself, and its library entry "
             "(LIBRARY_DIR) holds the prompt at its mean weights"
+        )
+    if pieces := multitask.load(model_dir):
+        raise library.LibraryError(
+            f"--run={model_dir} is a multi-task run: each of its {len(pieces.names)} tasks has "
+            "its own prompt, composed from the shared one and the task's part; its library "
+            "entries (LIBRARY_DIR) hold them, one per task, and eval scores each task with its own"
         )
     if which == "best":
         path = run_dir.subdir(model_dir, "best", "prompt.npy")

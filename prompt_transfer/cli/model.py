@@ -98,7 +98,7 @@ def _score_prompt(args):
     --prompt-entry ID of the library; None without either."""
     import numpy as np
 
-    from prompt_transfer.transfer import attention, library, peft_io
+    from prompt_transfer.transfer import attention, library, multitask, peft_io
 
     if args.prompt and args.prompt_entry:
         raise UserError("score takes --prompt or --prompt-entry, not both")
@@ -113,6 +113,12 @@ def _score_prompt(args):
             f"--prompt={args.prompt} is an attention run, whose prompt is mixed per input by a "
             "trained module: score it with `prompt-transfer eval` or `infer` and the run's gin "
             "files, or score its library entry (--prompt-entry)"
+        )
+    if args.prompt and multitask.load(args.prompt):
+        raise UserError(
+            f"--prompt={args.prompt} is a multi-task run, whose tasks each have their own "
+            "prompt: score one task's library entry (--prompt-entry), or the run with "
+            "`prompt-transfer eval` and its gin files"
         )
     return library.read_t5x_prompt(args.prompt) if args.prompt else None
 

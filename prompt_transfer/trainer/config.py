@@ -28,7 +28,7 @@ from prompt_transfer import (
 from prompt_transfer import file_tasks as file_task_lib
 from prompt_transfer.settings import setting
 from prompt_transfer.trainer.train_state import OptimizerConfig, TrainError
-from prompt_transfer.transfer import attention
+from prompt_transfer.transfer import attention, multitask
 
 
 def _paths_regex(value: str) -> str | None:
@@ -114,6 +114,8 @@ class TrainConfig:
     library_kind: str = setting(
         "trained", one_of=("trained", "task_embedding"), macro="LIBRARY_KIND"
     )
+    # a multi-task run's composition (gin/runs/multitask_prompt.gin); none by default
+    multitask: multitask.MultitaskPrompt = multitask.MultitaskPrompt()
 
 
 def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:
@@ -137,6 +139,8 @@ def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:
         _check_deep_prompt(spec)
     if init.method == "transfer" and init.transfer.mixes_per_input:
         _check_attention(spec)
+    if config.multitask.how:
+        _check_multitask(spec, config)
     shards, processes = data_shards(config), jax.process_count()
     if shards % processes or config.batch_size % shards:
         raise TrainError(
@@ -186,6 +190,40 @@ def _check_attention(spec: RunSpec) -> None:
             f"its sources fixed, but TRAINABLE={spec.trainable_regex!r} does not; use "
             f"TRAINABLE='{attention.TRAINABLE}' "
             "(gin/transfer/attention.gin sets it)"
+        )
+
+
+def _check_multitask(spec: RunSpec, config: TrainConfig) -> None:
+    layout, seqio = config.multitask, data.import_seqio()
+    task = data.get_task(spec.task)
+    if not isinstance(task, seqio.Mixture) or len(task.tasks) < 2:
+        raise TrainError(
+            f"MULTITASK_HOW={layout.how!r} trains the prompts of several tasks together, but "
+            f"MIXTURE_OR_TASK_NAME={spec.task!r} is one task; give a SeqIO mixture of them"
+        )
+    lacking = [t.name for t in task.tasks if "train" not in t.splits]
+    if lacking:
+        raise TrainError(f"multi-task mixture {spec.task!r}: {lacking[0]} has no train split")
+    if not spec.prompt_length:
+        raise TrainError("MULTITASK_HOW needs PROMPT_LENGTH > 0 (the shared prompt's length)")
+    if (layout.how == "concat") != bool(layout.task_length):
+        raise TrainError(
+            "MULTITASK_TASK_LENGTH is concat's: each task's own positions after the shared "
+            f"prompt; MULTITASK_HOW={layout.how!r} takes "
+            + ("MULTITASK_TASK_LENGTH >= 1" if layout.how == "concat" else "0")
+        )
+    part = f"{multitask.TASKS_PATH}/" + ("u" if layout.how == "mpt" else "own")
+    if not re.fullmatch(spec.trainable_regex, part):
+        raise TrainError(
+            f"MULTITASK_HOW={layout.how!r} trains each task's part ({multitask.TASKS_PATH}/...) "
+            f"but TRAINABLE={spec.trainable_regex!r} leaves it frozen; use "
+            f"TRAINABLE='{multitask.TRAINABLE}' (gin/runs/multitask_prompt.gin sets it)"
+        )
+    init = config.prompt_init
+    if init.method == "transfer" and init.transfer.mixes_per_input:
+        raise TrainError(
+            f"strategy {init.transfer.strategy!r} mixes sources per input, which a multi-task "
+            "run does not compose with; start its shared prompt from one prompt instead"
         )
 
 

@@ -33,7 +33,7 @@ from prompt_transfer.trainer.train_state import (
     stack_states,
     unstack_state,
 )
-from prompt_transfer.transfer import attention
+from prompt_transfer.transfer import attention, multitask
 
 
 def fit(
@@ -47,11 +47,14 @@ def fit(
 ) -> list[tuple[dict, np.ndarray | None]]:
     """Train each run from its starting prompt (`starts`, wide form; None: no prompt),
     resuming from its MODEL_DIR's latest checkpoint when there is one; returns
-    [(summary, final prompt in the wide form, or None)] per run. Runs of one call share every
+    [(summary, final prompt in the wide form, or None)] per run (a multi-task run's final is
+    {task: its composed prompt}). Runs of one call share every
     setting of `config` but where they live, what they start from and their library entry."""
     optimizer = make_optimizer(config.optimizer)
     placed = [
-        weights.place(network, start, spec.trainable_regex, mesh, attention.load(spec.model_dir))
+        weights.place(
+            network, start, spec.trainable_regex, mesh, weights.run_pieces(spec.model_dir)
+        )
         for spec, start in zip(specs, starts, strict=True)
     ]
     fixed, fixed_shardings = placed[0][1], placed[0][2]
@@ -96,6 +99,10 @@ def fit(
         final = prompts.wide_of(params, spec.model_config)
         if attention.present(params):
             final = _typical_prompt(spec, config, params, logs[k])
+        if multitask.present(params):
+            names = multitask.load(spec.model_dir).names
+            every = multitask.host_task_prompts(params, spec.model_config)
+            final = dict(zip(names, every, strict=True))
         results.append((summary, final))
     return results
 
@@ -237,6 +244,7 @@ def open_stream(
         num_shards=shards,
         shards=tuple(range(me * mine, (me + 1) * mine)),
         state_file=state_file,
+        task_index=multitask.load(spec.model_dir) is not None,
     )
 
 

@@ -15,12 +15,12 @@ import json
 
 import numpy as np
 
-from prompt_transfer import data, partitioning, paths, prompts, registry
+from prompt_transfer import data, partitioning, paths, prompts, registry, runtime
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.fit import fit
-from prompt_transfer.transfer import attention, initial, library, retrieval
+from prompt_transfer.transfer import attention, initial, library, multitask, retrieval
 
 
 def starting_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np.ndarray | None:
@@ -28,7 +28,30 @@ def starting_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> n
     initial prompt (None without a prompt)."""
     if run_dir.holds_checkpoint(spec.model_dir):
         return prompts.blank(spec.prompt_length, spec.model_config, spec.deep_prompt)
-    return initial_prompt(spec, config, network, mesh, log)
+    prompt = initial_prompt(spec, config, network, mesh, log)
+    if config.multitask.how:
+        _start_tasks(spec, config, network, mesh, log, prompt)
+    return prompt
+
+
+def _start_tasks(spec, config, network, mesh, log, shared) -> None:
+    """A multi-task run's task parts, kept in MODEL_DIR/transfer/ (transfer/multitask.py): every
+    task's prompt starts as `shared`, concat's own positions as the initialiser starts them."""
+    layout = config.multitask
+    names = [t.name for t in registry.subtasks(data.get_task(spec.task))]
+    own = dataclasses.replace(spec, prompt_length=layout.task_length)
+    if config.prompt_init.method == "transfer":  # the source fills the shared prompt only
+        config = dataclasses.replace(config, prompt_init=prompts.PromptInit("sampled_vocab"))
+    own_start = lambda k: initial_prompt(  # noqa: E731
+        dataclasses.replace(own, seed=spec.seed + 1 + k), config, network, mesh, log
+    )
+    pieces = multitask.start(layout, names, shared, own_start)
+    runtime.chief_first("multitask parts", lambda: multitask.save(spec.model_dir, pieces))
+    shown = ", ".join(names)
+    log.info(
+        f"multi-task prompt ({layout.how}) for {len(names)} tasks: {shown}; each task's prompt "
+        f"is {layout.composed_length(spec.prompt_length)} positions"
+    )
 
 
 def initial_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np.ndarray | None:

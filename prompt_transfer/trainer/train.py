@@ -173,7 +173,19 @@ def warn_random_network(spec: RunSpec, log) -> None:
 
 def finish(spec, config, network, log, summary: dict, final, config_text: str) -> dict:
     """The run's summary, its final prompt (wide form) added to LIBRARY_DIR when set."""
-    if config.library_dir and final is not None:
+    if config.library_dir and isinstance(final, dict):  # a multi-task run: one per task
+        last = (run_dir.read_eval_history(spec.model_dir) or [{}])[-1]
+        entries = {}
+        for task, prompt in final.items():
+            first = list(last.get("results", {}).get(task, {}).items())[:1]
+            best = {"step": summary["step"], "metric": first[0][0], "value": first[0][1]}
+            own = dict(summary, best=best if first else {"step": -1, "metric": None})
+            run = dataclasses.replace(spec, task=task)
+            entries[task] = add_to_library(run, config, network, prompt, own, config_text).id
+        shown = ", ".join(f"{task} as {entry}" for task, entry in entries.items())
+        log.info(f"added each task's prompt to the library {config.library_dir}: {shown}")
+        summary["library_entries"] = entries
+    elif config.library_dir and final is not None:
         entry = add_to_library(spec, config, network, final, summary, config_text)
         log.info(f"added the prompt to the library {config.library_dir} as {entry.id}")
         summary["library_entry"] = entry.id

@@ -27,7 +27,7 @@ from prompt_transfer.trainer.train_state import (
     split_trainable,
     trainable_regex,
 )
-from prompt_transfer.transfer import attention
+from prompt_transfer.transfer import attention, multitask
 
 
 class Network(NamedTuple):
@@ -109,11 +109,11 @@ def place(
     prompt: np.ndarray | None,
     regex: str,
     mesh: Mesh,
-    pieces: attention.Pieces | None = None,
+    pieces: attention.Pieces | multitask.Pieces | None = None,
 ):
     """(trainable, fixed, the fixed part's shardings) of the network with `prompt` joined to it
     (its wide form [P, E + deep width], see prompts.widen; None: no prompt), and an attention
-    run's `pieces` beside it, sharded on `mesh` and split by the TRAINABLE `regex`."""
+    or multi-task run's `pieces` beside it, sharded on `mesh` and split by the TRAINABLE `regex`."""
     abstract, params = network.abstract, network.params
     if prompt is not None:
         config = network.module.config
@@ -138,6 +138,12 @@ def place(
     return trainable, fixed, fixed_shardings
 
 
+def run_pieces(model_dir):
+    """What a run in `model_dir` keeps beside its prompt: an attention run's sources and module
+    (transfer/attention.py), a multi-task run's task parts (transfer/multitask.py), or None."""
+    return attention.load(model_dir) or multitask.load(model_dir)
+
+
 def input_prompt(state: TrainState, fixed: dict):
     """The current input prompt [P, E] (trainable or fixed), or None when the run has none:
     what a run exports beside each checkpoint (prompts/checkpoint_N.npy)."""
@@ -156,7 +162,7 @@ def restore_trained(
     """(parameters, step) of a finished run: `network` with the trained subtree restored from
     MODEL_DIR (`which` is "latest" or "best"; `blank_prompt` the run's prompt template in its
     wide form, see prompts.blank); the optimizer state is not read."""
-    trainable, fixed, _ = place(network, blank_prompt, regex, mesh, attention.load(model_dir))
+    trainable, fixed, _ = place(network, blank_prompt, regex, mesh, run_pieces(model_dir))
     directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
     with checkpointing.CheckpointStore(directory, keep=1_000_000, create=False) as store:
         if store.latest_step() is None:

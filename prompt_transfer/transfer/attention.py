@@ -189,25 +189,11 @@ def compose(params: dict, network: dict, tokens: jax.Array, config):
     sources = held["sources"]["prompts"].astype(jnp.float32)
     flat = traverse_util.flatten_dict(network, sep="/")
     deep_paths = prompts.deep_prefix_paths(config) if sources.shape[-1] > config.emb_dim else []
-    target = _wide(held["prompt"], [flat[p] for p in deep_paths])
+    target = prompts.widen_traced(held["prompt"], [flat[p] for p in deep_paths])
     pooled = pooled_inputs(network["token_embedder"]["embedding"], tokens)
     weights = attention_weights(held["attention"], pooled, sources, held["sources"]["temperature"])
-    mixed = mix(target, sources, weights)
-    emb = config.emb_dim
-    if deep_paths:
-        b, p = mixed.shape[:2]
-        chunks = jnp.split(mixed[..., emb:], len(deep_paths), axis=-1)
-        for path, chunk in zip(deep_paths, chunks, strict=True):
-            flat[path] = chunk.reshape(b, p, 2, -1).transpose(0, 2, 1, 3)  # [B, 2, P, H*D]
-        network = traverse_util.unflatten_dict(flat, sep="/")
-    return network, mixed[..., :emb], weights
-
-
-def _wide(prompt: jax.Array, deep: list[jax.Array]) -> jax.Array:
-    """prompts.widen inside the model: [P, E] and each layer's [2, P, H*D] as [P, E + W]."""
-    p = prompt.shape[0]
-    columns = [x.astype(jnp.float32).transpose(1, 0, 2).reshape(p, -1) for x in deep]
-    return jnp.concatenate([prompt.astype(jnp.float32), *columns], axis=1)
+    network, prompt = prompts.per_input(network, mix(target, sources, weights), config)
+    return network, prompt, weights
 
 
 def mean_weights(params: dict, tokens) -> np.ndarray:

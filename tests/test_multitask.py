@@ -1,0 +1,276 @@
+"""Related prompts trained together (transfer/multitask.py): one run on a mixture, each example
+with its task's prompt composed from a shared prompt and the task's part (add, concat, MPT)."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+from synthetic_tasks import register_keyword_task
+
+from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_config
+from prompt_transfer import cli, data, gin_files, prompts, t5
+from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.tf_import import import_seqio
+from prompt_transfer.transfer import library, multitask
+
+CONFIG = tiny_config(emb_dim=6, head_dim=3, mlp_dim=8, num_decoder_layers=1)
+WIDTH = CONFIG.emb_dim + prompts.deep_width(CONFIG)
+K, P, P_TASK = 3, 4, 2
+
+
+def _expected(how, shared, parts):
+    """Each task's prompt [K, P', W] as the module docstring defines it, in NumPy."""
+    if how == "add":
+        return shared[None] + parts["deltas"]
+    if how == "concat":
+        return np.concatenate([np.broadcast_to(shared, (K, *shared.shape)), parts["own"]], 1)
+    return shared[None] * np.einsum("kpr,kwr->kpw", parts["u"], parts["v"])
+
+
+def _random_parts(how, width, rng):
+    if how == "add":
+        return {"deltas": rng.normal(size=(K, P, width))}
+    if how == "concat":
+        return {"own": rng.normal(size=(K, P_TASK, width))}
+    return {"u": rng.normal(size=(K, P, 2)), "v": rng.normal(size=(K, width, 2))}
+
+
+@pytest.fixture(scope="module")
+def small():
+    module = t5.T5(CONFIG)
+    tokens = jnp.ones((1, 5), jnp.int32)
+    network = nn.unbox(module.init(jax.random.PRNGKey(0), tokens, tokens)["params"])
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(3, 64, (4, 5)))
+    y = jnp.asarray(rng.integers(3, 64, (4, 3)))  # no padding: every example has 3 tokens
+    return EncoderDecoderModel(module), network, x, y
+
+
+@pytest.mark.parametrize("how", multitask.HOWS)
+@pytest.mark.parametrize("deep", [True, False])
+def test_each_example_gets_its_tasks_composed_prompt(small, how, deep):
+    model, network, x, y = small
+    rng = np.random.default_rng(1)
+    width = WIDTH if deep else CONFIG.emb_dim
+    shared = rng.normal(size=(P, width)).astype(np.float32)
+    parts = {k: v.astype(np.float32) for k, v in _random_parts(how, width, rng).items()}
+    pieces = multitask.Pieces(how, ("a", "b", "c"), parts)
+    params = prompts.with_deep_prompt(prompts.join(network, CONFIG, shared), pieces.flat())
+    every = _expected(how, shared, parts)
+    np.testing.assert_allclose(multitask.task_prompts(params, CONFIG), every, rtol=1e-5)
+
+    # A task's parameters are a plain run of its composed prompt, deep part included.
+    for k in range(K):
+        alone = prompts.join(network, CONFIG, every[k])
+        own = multitask.params_for(params, k, CONFIG)
+        for path, value in traverse_util.flatten_dict(alone, sep="/").items():
+            got = traverse_util.flatten_dict(own, sep="/")[path]
+            np.testing.assert_allclose(got, value, rtol=1e-5, atol=1e-6, err_msg=path)
+
+    # In a batch of several tasks, each example is scored with its own task's prompt.
+    index = jnp.asarray([2, 0, 1, 2], jnp.int32)
+    batch = {
+        "encoder_input_tokens": x,
+        "decoder_input_tokens": jnp.pad(y, ((0, 0), (1, 0)))[:, :-1],
+        "decoder_target_tokens": y,
+        "task_index": index,
+    }
+    mixed, _ = model.loss(params, batch)
+    singles = []
+    for b, k in enumerate(np.asarray(index)):
+        one = {name: v[b : b + 1] for name, v in batch.items() if name != "task_index"}
+        singles.append(model.loss(prompts.join(network, CONFIG, every[k]), one)[0])
+    np.testing.assert_allclose(mixed, np.mean(singles), rtol=1e-5)
+
+
+def test_a_run_of_one_task_has_no_task_to_compose_without_its_index(small):
+    model, network, x, y = small
+    pieces = multitask.Pieces("add", ("a", "b"), {"deltas": np.zeros((2, P, 6), np.float32)})
+    params = prompts.with_deep_prompt(
+        prompts.join(network, CONFIG, np.zeros((P, 6), np.float32)), pieces.flat()
+    )
+    with pytest.raises(multitask.MultitaskError, match="task_index"):
+        model.score(params, x, y)
+
+
+def test_every_task_starts_as_the_shared_prompt():
+    shared = np.random.default_rng(0).normal(size=(P, 5)).astype(np.float32)
+    for how, layout in [
+        ("add", multitask.MultitaskPrompt("add")),
+        ("mpt", multitask.MultitaskPrompt("mpt", rank=3)),
+    ]:
+        pieces = multitask.start(layout, ["a", "b"], shared)
+        every = np.asarray(multitask.combine(jnp.asarray(shared), pieces.parts))
+        np.testing.assert_allclose(every, np.stack([shared, shared]), rtol=1e-6, err_msg=how)
+    layout = multitask.MultitaskPrompt("concat", task_length=2)
+    own = lambda k: np.full((2, 5), k, np.float32)  # noqa: E731
+    every = np.asarray(
+        multitask.combine(shared, multitask.start(layout, ["a", "b"], shared, own).parts)
+    )
+    assert every.shape == (2, P + 2, 5)
+    np.testing.assert_array_equal(every[1, :P], shared)
+    np.testing.assert_array_equal(every[1, P:], 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The data: a mixture's stream with each example's task.
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Two tasks of the tiny vocabulary told apart by their labels, and their mixture."""
+    register_keyword_task(T5_VOCAB, name="mt_yes", labels=("yes", "no"))
+    register_keyword_task(T5_VOCAB, name="mt_up", labels=("up", "down"))
+    seqio = import_seqio()
+    if "mt_pair" in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove("mt_pair")
+    seqio.MixtureRegistry.add("mt_pair", [("mt_yes", 1.0), ("mt_up", 1.0)])
+    return "mt_pair"
+
+
+def test_a_multitask_stream_marks_each_example_with_its_task(pair):
+    vocabulary = data.get_task("mt_yes").output_features["targets"].vocabulary
+    by_task = {"mt_yes": {"yes", "no"}, "mt_up": {"up", "down"}}
+    labels = [by_task[t.name] for t in data.get_task(pair).tasks]  # SeqIO's order, by name
+    stream = data.BatchStream(pair, TINY_LENGTHS, 8, seed=0, task_index=True)
+    seen = np.zeros(2, int)
+    for _ in range(8):
+        batch = next(stream)
+        for row, k in zip(batch["decoder_target_tokens"], batch["task_index"], strict=True):
+            label = vocabulary.decode([t for t in row.tolist() if t > 1])
+            assert label in labels[k], (label, k)
+            seen[k] += 1
+    assert seen.min() > 16, seen  # equal rates: each task about half of 64 examples
+    # The same seed, the same batches; the plain mixture stream has no mark.
+    again = next(data.BatchStream(pair, TINY_LENGTHS, 8, seed=0, task_index=True))
+    first = next(data.BatchStream(pair, TINY_LENGTHS, 8, seed=0, task_index=True))
+    np.testing.assert_array_equal(again["task_index"], first["task_index"])
+    assert "task_index" not in next(data.BatchStream(pair, TINY_LENGTHS, 8, seed=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on the tiny model: gin/runs/multitask_prompt.gin.
+
+
+def _args(run, how, *extra):
+    return [
+        "--gin_file=models/tiny.gin",
+        "--gin_file=runs/multitask_prompt.gin",
+        "--gin_file=prompts/sampled_vocab.gin",
+        f"--gin.MODEL_DIR='{run}'",
+        "--gin.MIXTURE_OR_TASK_NAME='mt_pair'",
+        f"--gin.TASK_FEATURE_LENGTHS={TINY_LENGTHS!r}",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+        "--gin.MODEL_NAME='tiny'",
+        "--gin.BATCH_SIZE=8",
+        "--gin.PROMPT_LENGTH=3",
+        "--gin.TRAIN_STEPS=4",
+        "--gin.SAVE_PERIOD=2",
+        "--gin.EVAL_PERIOD=2",
+        "--gin.LOG_PERIOD=2",
+        f"--gin.MULTITASK_HOW='{how}'",
+        f"--gin.LIBRARY_DIR='{run}-library'",
+        *extra,
+    ]
+
+
+def _trained(step_dir) -> dict:
+    tree = ocp.PyTreeCheckpointer().restore(step_dir / "state")
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {k.removeprefix("trainable/"): v for k, v in flat.items() if k.startswith("trainable/")}
+
+
+@pytest.mark.parametrize(
+    "how, extra",
+    [
+        ("add", ()),
+        ("mpt", ("--gin.MULTITASK_RANK=2", "--gin.DEEP_PROMPT=True")),
+        ("concat", ("--gin.MULTITASK_TASK_LENGTH=2",)),
+    ],
+)
+def test_a_multitask_run_trains_every_tasks_prompt_and_resumes_bit_for_bit(
+    pair, tmp_path, capsys, how, extra
+):
+    run = tmp_path / "run"
+    assert cli.main(["train", *_args(run, how, *extra)]) == 0
+    pieces = multitask.load(run)
+    assert pieces.how == how and pieces.names == ("mt_up", "mt_yes")  # the mixture's order
+
+    # Only what trains is in a checkpoint: the shared prompt and the parts, which moved.
+    trained = _trained(run / "checkpoint_4")
+    parts = {k.removeprefix(multitask.TASKS_PATH + "/"): v for k, v in trained.items()
+             if k.startswith(multitask.TASKS_PATH)}  # fmt: skip
+    assert set(parts) == set(pieces.parts) and prompts.PROMPT_PATH in trained
+    assert all(not np.allclose(parts[k], pieces.parts[k]) for k in parts)
+    deep = sorted(k for k in trained if k.endswith(prompts.DEEP_PREFIX))
+    assert bool(deep) == ("--gin.DEEP_PROMPT=True" in extra)
+
+    # Each task's library entry is its composed prompt at the last step.
+    shared = prompts.widen(
+        trained[prompts.PROMPT_PATH],
+        {k: trained[k] for k in deep} or None,
+        gin_files.read_model_config("tiny"),
+    )
+    every = np.asarray(multitask.combine(jnp.asarray(shared), parts))
+    own = library.Library(f"{run}-library")
+    entries = {e.task: e for e in own.entries()}
+    assert set(entries) == {"mt_yes", "mt_up"}
+    for k, task in enumerate(pieces.names):
+        np.testing.assert_allclose(own.prompt(entries[task], deep=bool(deep)), every[k], atol=1e-5)
+        assert entries[task].score is not None
+
+    # eval scores each task with its own prompt: what training last scored.
+    assert cli.main(["eval", *_args(run, how, *extra)]) == 0
+    evaluated = json.loads((run / "eval_validation_latest.json").read_text())
+    last = json.loads((run / "eval_history.jsonl").read_text().splitlines()[-1])
+    assert evaluated["step"] == last["step"] == 4
+    assert evaluated["results"] == last["results"]
+    assert set(last["results"]) == {"mt_yes", "mt_up"}
+
+    # Stopped at step 2 and resumed, a run ends where the straight one did, bit for bit.
+    halves = tmp_path / "halves"
+    assert cli.main(["train", *_args(halves, how, *extra, "--gin.TRAIN_STEPS=2")]) == 0
+    assert cli.main(["train", *_args(halves, how, *extra), "--resume"]) == 0
+    again = _trained(halves / "checkpoint_4")
+    assert set(again) == set(trained)
+    for name, value in trained.items():
+        np.testing.assert_array_equal(again[name], value, err_msg=name)
+
+
+def test_a_multitask_run_cannot_be_exported_or_scored_as_one_prompt(pair, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", *_args(run, "add", "--gin.TRAIN_STEPS=2")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "prompt.npy"
+    assert cli.main(["library", "export", "--run", str(run), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a multi-task run" in err[0] and not out.exists(), err
+    score = ["score", "--checkpoint", str(TINY_CHECKPOINT), "--size", "tiny", "--inputs", "a",
+             "--targets", "b", "--prompt", str(run)]  # fmt: skip
+    assert cli.main(score) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a multi-task run" in err[0] and "--prompt-entry" in err[0], err
+
+
+@pytest.mark.parametrize(
+    "overrides, expect",
+    [
+        (["--gin.MIXTURE_OR_TASK_NAME='mt_yes'"], "is one task; give a SeqIO mixture"),
+        (["--gin.TRAINABLE='encoder/prompt/prompt'"], "leaves it frozen; use TRAINABLE="),
+        (["--gin.MULTITASK_HOW='concat'"], "MULTITASK_TASK_LENGTH >= 1"),
+        (["--gin.MULTITASK_TASK_LENGTH=2"], "MULTITASK_HOW='add' takes 0"),
+        (["--gin.MULTITASK_HOW='sum'"], "MULTITASK_HOW"),
+        (["--gin.MULTITASK_RANK=0"], "MULTITASK_RANK"),
+    ],
+)
+def test_a_bad_multitask_setting_is_refused_in_one_line(pair, tmp_path, capsys, overrides, expect):
+    run = tmp_path / "run"
+    assert cli.main(["train", *_args(run, "add"), *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0], err
+    assert not (run / "checkpoint_2").exists()
