@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_config
+from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_config, tiny_run_args
 from prompt_transfer import cli, data, gin_files, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.tf_import import import_seqio
@@ -274,3 +274,60 @@ def test_a_bad_multitask_setting_is_refused_in_one_line(pair, tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expect in err[0], err
     assert not (run / "checkpoint_2").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A finished run as a new task's start: gin/transfer/multitask.gin (MPT's and PEFT's inits).
+
+
+def test_a_new_task_starts_from_a_finished_multitask_run(pair, tmp_path, capsys):
+    source = tmp_path / "multitask"
+    extra = ("--gin.MULTITASK_RANK=2", "--gin.TRAIN_STEPS=2")
+    assert cli.main(["train", *_args(source, "mpt", *extra)]) == 0
+    trained = _trained(source / "checkpoint_2")
+    shared = trained[prompts.PROMPT_PATH]
+    u, v = (trained[f"{multitask.TASKS_PATH}/{k}"] for k in ("u", "v"))
+    expect = {
+        "only_source_shared": shared,
+        "exact_source_task": shared * (u[1] @ v[1].T),  # mt_yes, second in the mixture
+        "average_source_tasks": shared * (u.mean(0) @ v.mean(0).T),  # PEFT: U, V averaged
+    }
+
+    def start(init, *more, name=""):
+        run = tmp_path / (name or init)
+        args = tiny_run_args(
+            run,
+            "--gin_file=transfer/multitask.gin",
+            f"--gin.MULTITASK_RUN='{source}'",
+            f"--gin.MULTITASK_INIT='{init}'",
+            "--gin.PROMPT_LENGTH=3",
+            "--gin.TRAIN_STEPS=1",
+            "--gin.EVAL_PERIOD=0",
+            *more,
+            task="mt_yes",
+        )
+        return cli.main(["train", *args]), run
+
+    for init, prompt in expect.items():
+        code, run = start(init, "--gin.MULTITASK_SOURCE_TASK='mt_yes'")
+        assert code == 0
+        began = np.load(run / "transfer" / "initial_prompt.npy")
+        np.testing.assert_allclose(began, prompt, rtol=1e-5, atol=1e-6, err_msg=init)
+    assert not np.allclose(expect["exact_source_task"], expect["average_source_tasks"])
+
+    # What cannot start a task is refused in one line, leaving no run behind.
+    capsys.readouterr()
+    for more, says in [
+        (("--gin.MULTITASK_SOURCE_TASK='mt_other'",), "is not one of the run's tasks"),
+    ]:
+        code, run = start("exact_source_task", *more, name="refused")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and says in err[0], err
+        assert not run.exists() or not any(run.glob("checkpoint_*"))
+    plain = tmp_path / "plain"
+    args = tiny_run_args(plain, "--gin.TRAIN_STEPS=1", "--gin.EVAL_PERIOD=0", task="mt_yes")
+    assert cli.main(["train", *args]) == 0
+    capsys.readouterr()
+    code, _ = start("only_source_shared", f"--gin.MULTITASK_RUN='{plain}'", name="refused")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is not a multi-task run" in err[0], err

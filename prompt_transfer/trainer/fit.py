@@ -100,6 +100,7 @@ def fit(
         if attention.present(params):
             final = _typical_prompt(spec, config, params, logs[k])
         if multitask.present(params):
+            multitask.save_trained(spec.model_dir, params, spec.model_config)
             names = multitask.load(spec.model_dir).names
             every = multitask.host_task_prompts(params, spec.model_config)
             final = dict(zip(names, every, strict=True))

@@ -18,7 +18,7 @@ import numpy as np
 
 from prompt_transfer import paths, settings
 from prompt_transfer.settings import setting
-from prompt_transfer.transfer import retrieval, similarity, views
+from prompt_transfer.transfer import multitask, retrieval, similarity, views
 from prompt_transfer.transfer.library import Library, read_t5x_prompt
 from prompt_transfer.transfer.retrieval import TransferError
 
@@ -31,6 +31,7 @@ STRATEGIES = (
     "top_k_mixture",
     "attention",
     "compose",
+    "multitask",
 )
 COMPOSE_HOW = ("concat", "weighted_sum", "attention")
 
@@ -46,7 +47,8 @@ class TransferInit:
       attention (the top k stay frozen beside the target, which starts from the first, and a
       trained module mixes them per input: transfer/attention.py); compose (the prompts of the
       target's sub-tasks, `compose_sources`, joined along the sequence, summed with weights, or
-      mixed per input by attention).
+      mixed per input by attention); multitask (a finished multi-task run's prompts,
+      `multitask_run`, as `multitask_init` says: transfer/multitask.py).
     target_embedding: the target's task embedding (library entry id or .npy) for retrieval.
     """
 
@@ -73,6 +75,13 @@ class TransferInit:
     compose_sources: tuple[str, ...] = setting((), macro="COMPOSE_SOURCES")
     compose_how: str = setting("concat", one_of=COMPOSE_HOW, macro="COMPOSE_HOW")
     compose_weights: tuple[float, ...] = setting((), macro="COMPOSE_WEIGHTS")  # () = equal
+    # multitask: a finished multi-task run's MODEL_DIR, which of MPT's starts, and the task
+    # exact_source_task takes
+    multitask_run: str = setting("", macro="MULTITASK_RUN")
+    multitask_init: str = setting(
+        "average_source_tasks", one_of=multitask.TRANSFER_INITS, macro="MULTITASK_INIT"
+    )
+    multitask_task: str = setting("", macro="MULTITASK_SOURCE_TASK")
 
     @property
     def mixes_per_input(self) -> bool:
@@ -301,6 +310,13 @@ def _by_strategy(init, length, fit, ranked_sources, deep, run_candidate, run_mix
         return fit(find(init.source, "SOURCE_PROMPT")), {"sources": [init.source]}
     if init.strategy == "compose":
         return _compose(init, length, fit, find)
+    if init.strategy == "multitask":
+        if not init.multitask_run:
+            raise TransferError("strategy multitask needs MULTITASK_RUN (a multi-task run's dir)")
+        prompt, report = multitask.transfer_start(
+            init.multitask_run, init.multitask_init, init.multitask_task
+        )
+        return fit(prompt), report
     lib, ranked = ranked_sources()
     report = {
         "sources": [r.entry.task for r in ranked],

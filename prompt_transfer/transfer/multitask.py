@@ -186,3 +186,74 @@ def host_task_prompts(params: dict, config) -> np.ndarray:
     """`task_prompts` on the host, float32 [K, P', W] (the library's entries)."""
     held = jax.tree.map(pt.host_array, params)
     return np.asarray(task_prompts(held, config), np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# A finished run as a start for a new task (MPT's and PEFT's inits).
+
+TRAINED = "multitask_trained.npz"  # under MODEL_DIR/transfer/: the run's last step
+# PEFT's MultitaskPromptTuningInit AVERAGE_SOURCE_TASKS, EXACT_SOURCE_TASK, ONLY_SOURCE_SHARED
+TRANSFER_INITS = ("average_source_tasks", "exact_source_task", "only_source_shared")
+
+
+def save_trained(model_dir, params: dict, config) -> None:
+    """The run's shared prompt (wide form) and parts at its last step, for `transfer_start`."""
+    held = jax.tree.map(pt.host_array, params)
+    flat = traverse_util.flatten_dict(held, sep="/")
+    deep = [flat[p] for p in prompts.deep_prefix_paths(config) if p in flat]
+    shared = np.asarray(prompts.widen_traced(held["encoder"]["prompt"]["prompt"], deep))
+    pieces = load(model_dir)
+    trained = dataclasses.replace(
+        pieces,
+        parts={k: np.asarray(v, np.float32) for k, v in held["encoder"]["prompt"]["tasks"].items()},
+    )
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        shared=shared.astype(np.float32),
+        how=np.asarray(trained.how),
+        names=np.asarray(trained.names, dtype=str),
+        **{f"part/{k}": v for k, v in trained.parts.items()},
+    )
+    paths.atomic_write_bytes(paths.path(model_dir) / "transfer" / TRAINED, buffer.getvalue())
+
+
+def read_trained(model_dir) -> tuple[np.ndarray, Pieces]:
+    """(shared prompt [P, W], the trained parts) of a finished multi-task run."""
+    file = paths.path(model_dir) / "transfer" / TRAINED
+    if not file.exists():
+        started = load(model_dir) is not None
+        raise MultitaskError(
+            f"MULTITASK_RUN={str(model_dir)!r} "
+            + (
+                "has not finished (no transfer/multitask_trained.npz); train it to its last step"
+                if started
+                else "is not a multi-task run (gin/runs/multitask_prompt.gin)"
+            )
+        )
+    with np.load(io.BytesIO(file.read_bytes())) as saved:
+        parts = {k.removeprefix("part/"): saved[k] for k in saved.files if k.startswith("part/")}
+        pieces = Pieces(str(saved["how"]), tuple(str(n) for n in saved["names"]), parts)
+        return saved["shared"], pieces
+
+
+def transfer_start(model_dir, init: str, task: str = "") -> tuple[np.ndarray, dict]:
+    """(wide prompt, report) a new task starts from, out of a finished multi-task run:
+    `exact_source_task` is `task`'s own prompt; `only_source_shared` the shared prompt alone;
+    `average_source_tasks` the shared prompt with the tasks' parts averaged (for mpt, as PEFT
+    does: U and V averaged over the tasks, then multiplied)."""
+    shared, pieces = read_trained(model_dir)
+    report = {"sources": [str(model_dir)], "init": init, "how": pieces.how}
+    if init == "only_source_shared":
+        return shared, report
+    if init == "exact_source_task":
+        if task not in pieces.names:
+            raise MultitaskError(
+                f"MULTITASK_SOURCE_TASK={task!r} is not one of the run's tasks: "
+                f"{', '.join(pieces.names)}"
+            )
+        k = pieces.names.index(task)
+        every = np.asarray(combine(jnp.asarray(shared), pieces.parts))
+        return every[k], dict(report, task=task)
+    mean = {k: v.mean(0, keepdims=True) for k, v in pieces.parts.items()}
+    return np.asarray(combine(jnp.asarray(shared), mean))[0], dict(report, tasks=list(pieces.names))
