@@ -9,6 +9,7 @@ import pytest
 from conftest import CUT_DOWN_FLOW, TINY_CHECKPOINT
 from prompt_transfer import cli, offline_data
 from prompt_transfer.spot import report
+from prompt_transfer.transfer import library, multitask
 
 SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic"]
 TARGET = "offline_sentiment_apple_32shot"
@@ -27,7 +28,7 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
         f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}",
         *CUT_DOWN_FLOW,
-        "--gin.STRATEGIES=['top_k_average', 'best_of_top_k', 'attention']",
+        "--gin.STRATEGIES=['top_k_average', 'best_of_top_k', 'attention', 'multitask_average']",
         "--gin.BASELINES=['random_uniform', 'class_labels', 'model_tuning']",
         "--gin.SEEDS_PER_RUN=2",
         f"--gin.STUDY_FILE='{tmp_path / 'study.json'}'",  # not there: the report says so
@@ -44,6 +45,7 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
             "top_k_average",
             "best_of_top_k",
             "attention",
+            "multitask_average",
         )
     }
     assert report["sources"] == sorted(SOURCES) and report["budgets"] == [2, 4]
@@ -69,6 +71,11 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
     assert (
         work / "targets" / TARGET / "attention" / "seed_1" / "transfer" / "attention.npz"
     ).exists()
+    # multitask_average starts from one multi-task run over the sources, kept out of the library
+    multi = work / "sources" / "multitask"
+    assert set(multitask.load(multi).names) == set(SOURCES)
+    assert rows["multitask_average"]["sources"] == [str(multi)]
+    assert not any(e.task.startswith("spot_") for e in library.Library(work / "library").entries())
     markdown = (work / "report.md").read_text()
     assert f"| {TARGET} | top_k_average |" in markdown
     assert f"- no study at {tmp_path / 'study.json'} yet to judge retrieval by" in markdown
@@ -361,3 +368,26 @@ def test_compose_and_each_source_rows(tmp_path):
     assert rows["from_c"]["prompt_init"].transfer.source == "c"
     with pytest.raises(flow.FlowError, match="COMPOSE_SOURCES=\\['a', 'x'\\] must name two or"):
         flow.check_flow(dataclasses.replace(settings, compose_sources=("a", "x")), None)
+
+
+def test_multitask_rows_start_from_one_run_over_the_sources(tmp_path):
+    """multitask_average and multitask_shared start from the flow's one multi-task run over
+    SOURCES (its tasks' parts averaged, its shared prompt alone), counted once."""
+    from prompt_transfer.spot import config, flow
+
+    settings = config.FlowConfig(
+        work_dir=str(tmp_path),
+        sources=("a", "b"),
+        targets=("t",),
+        strategies=("multitask_average", "multitask_shared", "top_1"),
+        baselines=("sampled_vocab",),
+    )
+    rows = flow._target_inits(settings, tmp_path / "library", "t-embedding", prompt_length=20)
+    inits = {n: rows[n]["prompt_init"].transfer for n in ("multitask_average", "multitask_shared")}
+    assert {n: t.multitask_init for n, t in inits.items()} == {
+        "multitask_average": "average_source_tasks",
+        "multitask_shared": "only_source_shared",
+    }
+    assert {t.multitask_run for t in inits.values()} == {str(tmp_path / "sources" / "multitask")}
+    assert settings.total_runs == 2 + 1 + 1 + 4  # sources, the multi-task run, embedding, rows
+    assert dataclasses.replace(settings, strategies=("top_1",)).total_runs == 2 + 1 + 2

@@ -20,8 +20,14 @@ BASELINES = ("random_uniform", "sampled_vocab", "class_labels", "model_tuning")
 # What a target can start from in the flow: each ranks the library for the target (attention
 # keeps the top k beside the target and mixes them per input); the compose_ rows build it from
 # COMPOSE_SOURCES (transfer/initial.py's compose, one row per way), and each_source trains one
-# row per source, from that source alone (`from_<source>`).
+# row per source, from that source alone (`from_<source>`). The multitask_ rows start from one
+# multi-task run over all the SOURCES (transfer/multitask.py), trained beside the sources:
+# its tasks' parts averaged, or its shared prompt alone.
 COMPOSE_STRATEGIES = ("compose_concat", "compose_weighted_sum", "compose_attention")
+MULTITASK_STRATEGIES = {
+    "multitask_average": "average_source_tasks",
+    "multitask_shared": "only_source_shared",
+}
 STRATEGIES = (
     "top_1",
     "top_k_average",
@@ -29,6 +35,7 @@ STRATEGIES = (
     "top_k_mixture",
     "attention",
     *COMPOSE_STRATEGIES,
+    *MULTITASK_STRATEGIES,
     "each_source",
 )
 # The flow compares prompts with prompts; a model's activations or scores rank sources only.
@@ -80,6 +87,10 @@ class FlowConfig:
     top_k: int = setting(2, least=1, macro="TOP_K")
     # COMPOSE_SOURCES: the sub-tasks (among SOURCES) whose prompts the compose_ rows combine
     compose_sources: Sequence[str] = setting((), macro="COMPOSE_SOURCES")
+    # MULTITASK_HOW, MULTITASK_RANK: how the multitask_ rows' run over the sources composes its
+    # tasks' prompts (its prompts are PROMPT_LENGTH long, as the targets')
+    multitask_how: str = setting("mpt", one_of=("add", "mpt"), macro="MULTITASK_HOW")
+    multitask_rank: int = setting(1, least=1, macro="MULTITASK_RANK")
     # CANDIDATE_STEPS: best_of_top_k's trial run per candidate
     candidate_steps: int = setting(50, least=1, macro="CANDIDATE_STEPS")
     # Model tuning trains every weight, with T5X's fine-tuning recipe rather than the prompt
@@ -102,4 +113,9 @@ class FlowConfig:
             len(self.sources) if s == "each_source" else 1 for s in self.strategies
         )
         per_target = 1 + self.seeds_per_run * rows
-        return len(self.sources) + len(self.targets) * per_target
+        return len(self.sources) + self.multitask_runs + len(self.targets) * per_target
+
+    @property
+    def multitask_runs(self) -> int:
+        """1 when a multitask_ row needs the multi-task run over the sources, else 0."""
+        return int(any(s in MULTITASK_STRATEGIES for s in self.strategies))

@@ -25,14 +25,22 @@ import numpy as np
 from prompt_transfer import data, errors, gin_utils, partitioning, paths, prompts, remote
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.spot import against_study
-from prompt_transfer.spot.config import COMPOSE_STRATEGIES, FlowConfig
+from prompt_transfer.spot.config import COMPOSE_STRATEGIES, MULTITASK_STRATEGIES, FlowConfig
 from prompt_transfer.spot.report import Results, TargetRuns, write_report
 from prompt_transfer.spot.runs import FlowError, Runs, base_run
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer import start as start_lib
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train import network_of
-from prompt_transfer.transfer import attention, initial, library, retrieval, similarity, views
+from prompt_transfer.transfer import (
+    attention,
+    initial,
+    library,
+    multitask,
+    retrieval,
+    similarity,
+    views,
+)
 
 
 def run(flow: FlowConfig, spec: RunSpec, config: TrainConfig, *, config_text: str = "") -> dict:
@@ -50,6 +58,7 @@ def run(flow: FlowConfig, spec: RunSpec, config: TrainConfig, *, config_text: st
     lib = library.Library(work / "library")
     progress = Progress(flow.total_runs)
     train_sources(flow, runs, lib, progress)
+    train_multitask(flow, runs, progress)
     train_embeddings(flow, runs, lib, progress)
     network = network_of(runs.spec, partitioning.make_mesh(runs.spec.num_partitions))
     found = retrieve(flow, runs.spec, lib, network)
@@ -103,6 +112,31 @@ def train_sources(flow: FlowConfig, runs: Runs, lib: library.Library, progress: 
                 library_dir=str(lib.root),
             )
             for task in flow.sources
+        ]
+    )
+
+
+MULTITASK_RUN = "multitask"  # WORK_DIR/sources/multitask: the multitask_ rows' source run
+
+
+def train_multitask(flow: FlowConfig, runs: Runs, progress: Progress) -> None:
+    """1b. For the multitask_ rows: one multi-task run over every source (their mixture, at
+    SOURCE_STEPS), whose tasks' prompts the rows start from; it stays out of the library."""
+    if not flow.multitask_runs:
+        return
+    progress.stage(f"multi-task prompt ({flow.multitask_how}) over the sources")
+    mixture = data.register_mixture("spot_multitask_sources", flow.sources)
+    runs.train(
+        [
+            runs.make(
+                runs.work / "sources" / MULTITASK_RUN,
+                mixture,
+                steps=flow.source_steps,
+                eval_period=flow.source_steps,
+                prompt_init=prompts.PromptInit("sampled_vocab"),
+                trainable_regex=multitask.TRAINABLE,
+                multitask=multitask.MultitaskPrompt(flow.multitask_how, flow.multitask_rank),
+            )
         ]
     )
 
@@ -209,6 +243,14 @@ def _target_inits(
                 changes[f"from_{source}"] = {
                     "prompt_init": prompts.PromptInit("transfer", transfer=init)
                 }
+            continue
+        if strategy in MULTITASK_STRATEGIES:
+            init = initial.TransferInit(
+                strategy="multitask",
+                multitask_run=str(paths.path(flow.work_dir) / "sources" / MULTITASK_RUN),
+                multitask_init=MULTITASK_STRATEGIES[strategy],
+            )
+            changes[strategy] = {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
             continue
         if strategy in COMPOSE_STRATEGIES:
             how = strategy.removeprefix("compose_")
