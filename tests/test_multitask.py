@@ -232,6 +232,9 @@ def test_a_multitask_run_trains_every_tasks_prompt_and_resumes_bit_for_bit(
     assert evaluated["results"] == last["results"]
     assert set(last["results"]) == {"mt_yes", "mt_up"}
 
+    if how == "add":
+        _infer_each_task(run, tmp_path, capsys)
+
     # Stopped at step 2 and resumed, a run ends where the straight one did, bit for bit.
     halves = tmp_path / "halves"
     assert cli.main(["train", *_args(halves, how, *extra, "--gin.TRAIN_STEPS=2")]) == 0
@@ -240,6 +243,36 @@ def test_a_multitask_run_trains_every_tasks_prompt_and_resumes_bit_for_bit(
     assert set(again) == set(trained)
     for name, value in trained.items():
         np.testing.assert_array_equal(again[name], value, err_msg=name)
+
+
+def _infer_each_task(run, tmp_path, capsys):
+    """infer predicts each task with its own prompt; MIXTURE_OR_TASK_NAME one of them: that
+    one (as its eval); a file of inputs names no task, so the mixture is refused there."""
+    out = tmp_path / "all.jsonl"
+    args = _args(run, "add", f"--gin.INFER_OUTPUT_FILE='{out}'")
+    assert cli.main(["infer", *args]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["task"] for r in records} == {"mt_up", "mt_yes"} and len(records) == 64
+    one = tmp_path / "yes.jsonl"
+    only = [
+        *_args(run, "add", f"--gin.INFER_OUTPUT_FILE='{one}'"),
+        "--gin.MIXTURE_OR_TASK_NAME='mt_yes'",
+    ]
+    assert cli.main(["infer", *only]) == 0
+    alone = [json.loads(line) for line in one.read_text().splitlines()]
+    assert [r["prediction"] for r in alone] == [
+        r["prediction"] for r in records if r["task"] == "mt_yes"
+    ]
+    assert cli.main(["eval", *only]) == 0
+    evaluated = json.loads((run / "eval_validation_latest.json").read_text())
+    last = json.loads((run / "eval_history.jsonl").read_text().splitlines()[-1])
+    assert evaluated["results"] == {"mt_yes": last["results"]["mt_yes"]}
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("topic: apple pear plum\n")
+    capsys.readouterr()
+    assert cli.main(["infer", *_args(run, "add", f"--gin.INFER_INPUT_FILE='{inputs}'")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "set MIXTURE_OR_TASK_NAME to one of its tasks" in err[0], err
 
 
 def test_a_multitask_run_cannot_be_exported_or_scored_as_one_prompt(pair, tmp_path, capsys):

@@ -11,6 +11,7 @@ from prompt_transfer.trainer import run_dir, weights
 from prompt_transfer.trainer.config import RunSpec, check_numbers
 from prompt_transfer.trainer.train import model_record, network_of
 from prompt_transfer.trainer.train_state import TrainError
+from prompt_transfer.transfer import multitask
 
 CHECKPOINTS = ("latest", "best")
 
@@ -38,6 +39,8 @@ def evaluate(
     """{task: {metric: value}} of the run's `checkpoint` on `split`, also written to
     MODEL_DIR/eval_<split>_<checkpoint>.json."""
     model, params, step = trained(spec, checkpoint)
+    if _one_task(spec):  # a multi-task run asked about one of its tasks: that task's prompt
+        [(_, params)] = _each_task(spec, params, None)
     evaluator = evaluation.TaskEvaluator(model, spec.task, split, spec.feature_lengths, batch_size)
     results = evaluator.evaluate(params, step)
     name, value = evaluation.main_metric(results)
@@ -66,15 +69,42 @@ def infer(
     line); returns the output path."""
     check_files(input_file, output_file)
     model, params, step = trained(spec, checkpoint)
-    if input_file:
-        task, rows = inference.rows_from_file(spec.task, input_file, spec.feature_lengths)
-    else:
-        task, rows = inference.rows_from_task(spec.task, split, spec.feature_lengths)
-    records = inference.predict(model, params, task, rows, spec.feature_lengths, batch_size)
+    records = []
+    for name, own in _each_task(spec, params, input_file):
+        if input_file:
+            task, rows = inference.rows_from_file(name, input_file, spec.feature_lengths)
+        else:
+            task, rows = inference.rows_from_task(name, split, spec.feature_lengths)
+        found = inference.predict(model, own, task, rows, spec.feature_lengths, batch_size)
+        records += [dict(r, task=name) for r in found] if own is not params else found
     source = paths.path(input_file).stem if input_file else split
     out = output_file or run_dir.subdir(spec.model_dir, f"predictions_{source}_step{step}.jsonl")
     paths.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     return str(out)
+
+
+def _each_task(spec: RunSpec, params, input_file):
+    """[(task, its parameters)] to predict with: the run's task and its parameters; for a
+    multi-task run each of its tasks with its own prompt (MIXTURE_OR_TASK_NAME set to one of
+    them: that one only)."""
+    pieces = multitask.load(spec.model_dir)
+    if pieces is None:
+        return [(spec.task, params)]
+    names = [spec.task] if spec.task in pieces.names else list(pieces.names)
+    if input_file and len(names) > 1:
+        raise TrainError(
+            f"MODEL_DIR={spec.model_dir} is a multi-task run, whose prompt depends on the task: "
+            "to predict for INFER_INPUT_FILE, set MIXTURE_OR_TASK_NAME to one of its tasks: "
+            + ", ".join(pieces.names)
+        )
+    config = spec.model_config
+    return [(n, multitask.params_for(params, pieces.names.index(n), config)) for n in names]
+
+
+def _one_task(spec: RunSpec) -> bool:
+    """Whether a multi-task run is asked about one of its tasks (MIXTURE_OR_TASK_NAME)."""
+    pieces = multitask.load(spec.model_dir)
+    return pieces is not None and spec.task in pieces.names
 
 
 def check_files(input_file: str | None, output_file: str | None) -> None:
