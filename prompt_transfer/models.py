@@ -102,15 +102,11 @@ class EncoderDecoderModel:
     ) -> tuple[jax.Array, dict]:
         """Token-mean cross entropy (plus T5X's z-loss) and metrics for one batch."""
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-        logits = self._logits(
-            params,
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            batch.get("prompt"),
-            dropout_rng is not None,
-            rngs,
-            batch.get("task_index"),  # a multi-task run's: each example's task
+        tokens_in, task_index = batch["encoder_input_tokens"], batch.get("task_index")
+        network, encoded, mask = self._encode(
+            params, tokens_in, batch.get("prompt"), dropout_rng is not None, rngs, task_index
         )
+        logits = self._decode(network, encoded, mask, batch["decoder_input_tokens"], rngs)
         targets = batch["decoder_target_tokens"]
         weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))
         nll = -token_log_likelihoods(logits, targets)
@@ -119,11 +115,35 @@ class EncoderDecoderModel:
         tokens = jnp.maximum(weights.sum(), 1.0)
         loss = (per_token * weights).sum() / tokens
         correct = (jnp.argmax(logits, -1) == targets) * weights
-        return loss, {
+        metrics = {
             "cross_entropy": (nll * weights).sum() / tokens,
             "token_accuracy": correct.sum() / tokens,
             "tokens": weights.sum(),
         }
+        if multitask.distills(params):  # MPT: each task's prompt learns from its teacher too
+            teacher_net, teacher = multitask.teacher_inputs(
+                params, prompts.split_prompt(params)[0], task_index, self.module.config
+            )
+            t_encoded, _ = self.module.apply(
+                {"params": teacher_net}, tokens_in, False, teacher, method=T5.encode
+            )
+            t_logits = self._decode(teacher_net, t_encoded, mask, batch["decoder_input_tokens"])
+            kl, hidden = multitask.distillation(logits, t_logits, encoded, t_encoded, weights, mask)
+            w = params["encoder"]["prompt"]["teachers"]["weights"]
+            loss = loss + w[0] * kl + w[1] * hidden
+            metrics.update(distill_kl=kl, distill_hidden=hidden)
+        return loss, metrics
+
+    def _decode(self, network, encoded, mask, decoder_input_tokens, rngs=None):
+        return self.module.apply(
+            {"params": network},
+            encoded,
+            mask,
+            decoder_input_tokens,
+            rngs is not None and "dropout" in rngs,
+            method=T5.decode,
+            rngs=rngs or {},
+        )
 
     # -- scoring -------------------------------------------------------------------------------
     def score(self, params, encoder_input_tokens, decoder_target_tokens, prompt=None):

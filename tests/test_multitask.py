@@ -364,3 +364,99 @@ def test_a_new_task_starts_from_a_finished_multitask_run(pair, tmp_path, capsys)
     code, _ = start("only_source_shared", f"--gin.MULTITASK_RUN='{plain}'", name="refused")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is not a multi-task run" in err[0], err
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillation from single-task teachers (MPT): MULTITASK_DISTILL, MULTITASK_DISTILL_HIDDEN.
+
+
+@pytest.mark.parametrize("deep", [True, False])
+def test_distillation_adds_the_teachers_kl_and_hidden_state_error(small, deep):
+    model, network, x, y = small
+    rng = np.random.default_rng(3)
+    width = WIDTH if deep else CONFIG.emb_dim
+    shared = rng.normal(size=(P, width)).astype(np.float32)
+    parts = {"deltas": rng.normal(size=(K, P, width)).astype(np.float32)}
+    teachers = rng.normal(size=(K, P, width)).astype(np.float32)
+    index = jnp.asarray([2, 0, 1, 2], jnp.int32)
+    batch = {
+        "encoder_input_tokens": x,
+        "decoder_input_tokens": jnp.pad(y, ((0, 0), (1, 0)))[:, :-1],
+        "decoder_target_tokens": y,
+        "task_index": index,
+    }
+
+    def params_with(pieces):
+        return prompts.with_deep_prompt(prompts.join(network, CONFIG, shared), pieces.flat())
+
+    plain = params_with(multitask.Pieces("add", ("a", "b", "c"), parts))
+    taught = params_with(multitask.Pieces("add", ("a", "b", "c"), parts, teachers, (1.0, 0.5)))
+    without, _ = model.loss(plain, batch)
+    with_, metrics = model.loss(taught, batch)
+
+    # The same terms computed apart: each example under its task's prompt and its teacher,
+    # each a plain run of that one prompt.
+    every = _expected("add", shared, parts)
+    kls, errors = [], []
+    for b, k in enumerate(np.asarray(index)):
+        one = slice(b, b + 1)
+        student, teacher = (prompts.join(network, CONFIG, p[k]) for p in (every, teachers))
+        log_s, log_t = (
+            jax.nn.log_softmax(model._logits(p, x[one], batch["decoder_input_tokens"][one]))
+            for p in (student, teacher)
+        )
+        kls.append(float((np.exp(log_t) * (log_t - log_s)).sum(-1).mean()))
+        (_, s_states, _), (_, t_states, _) = (model._encode(p, x[one]) for p in (student, teacher))
+        errors.append(float(np.square(s_states - t_states).mean()))
+    np.testing.assert_allclose(metrics["distill_kl"], np.mean(kls), rtol=1e-4)
+    np.testing.assert_allclose(metrics["distill_hidden"], np.mean(errors), rtol=1e-4)
+    np.testing.assert_allclose(with_ - without, np.mean(kls) + 0.5 * np.mean(errors), rtol=1e-4)
+
+    # A teacher equal to its task's prompt teaches nothing.
+    same = params_with(multitask.Pieces("add", ("a", "b", "c"), parts, every, (1.0, 1.0)))
+    _, metrics = model.loss(same, batch)
+    assert abs(float(metrics["distill_kl"])) < 1e-6 and float(metrics["distill_hidden"]) < 1e-9
+
+
+def test_a_distilled_run_learns_from_each_tasks_own_prompt(pair, tmp_path, capsys):
+    teachers = tmp_path / "teachers"
+    for task in ("mt_yes", "mt_up"):
+        args = tiny_run_args(
+            tmp_path / task,
+            "--gin.PROMPT_LENGTH=3",
+            "--gin.TRAIN_STEPS=2",
+            "--gin.EVAL_PERIOD=0",
+            "--gin.MODEL_NAME='tiny'",
+            f"--gin.LIBRARY_DIR='{teachers}'",
+            task=task,
+        )
+        assert cli.main(["train", *args]) == 0
+    lib = library.Library(teachers)
+    own = {e.task: lib.prompt(e) for e in lib.entries()}
+    distill = ["--gin.MULTITASK_DISTILL=1.0", "--gin.MULTITASK_DISTILL_HIDDEN=0.1"]
+    run = tmp_path / "run"
+    taught = [*distill, f"--gin.MULTITASK_TEACHERS='{teachers}'", "--gin.TRAIN_STEPS=2"]
+    assert cli.main(["train", *_args(run, "add", *taught)]) == 0
+    pieces = multitask.load(run)
+    np.testing.assert_array_equal(pieces.teachers, np.stack([own[n] for n in pieces.names]))
+    assert pieces.distill == (1.0, pytest.approx(0.1))
+    trained = _trained(run / "checkpoint_2")
+    assert not any(k.startswith(multitask.TEACHERS_PATH) for k in trained)  # fixed, not saved
+
+    capsys.readouterr()
+    for more, says in [
+        (distill, "set MULTITASK_TEACHERS to the library that holds them"),
+        ([*taught, "--gin.TRAINABLE='.*'"], "would train the teachers"),
+        ([*taught, "--gin.PROMPT_LENGTH=4"], "has 3 positions and this run's prompts 4"),
+    ]:
+        assert cli.main(["train", *_args(tmp_path / "refused", "add", *more)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    (tmp_path / "lonely").mkdir()
+    one = library.Library(tmp_path / "lonely")
+    entry = next(e for e in lib.entries() if e.task == "mt_yes")
+    one.add(own["mt_yes"], task="mt_yes", model="tiny", model_fingerprint=entry.model_fingerprint)
+    lonely = [*distill, f"--gin.MULTITASK_TEACHERS='{tmp_path / 'lonely'}'"]
+    assert cli.main(["train", *_args(tmp_path / "refused", "add", *lonely)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no trained prompt of task 'mt_up'" in err[0], err

@@ -212,7 +212,21 @@ def _check_multitask(spec: RunSpec, config: TrainConfig) -> None:
             f"prompt; MULTITASK_HOW={layout.how!r} takes "
             + ("MULTITASK_TASK_LENGTH >= 1" if layout.how == "concat" else "0")
         )
-    part = f"{multitask.TASKS_PATH}/" + ("u" if layout.how == "mpt" else "own")
+    if layout.distills and not layout.teachers:
+        raise TrainError(
+            "MULTITASK_DISTILL / MULTITASK_DISTILL_HIDDEN distill each task's prompt from its "
+            "single-task prompt: set MULTITASK_TEACHERS to the library that holds them"
+        )
+    if layout.distills and paths.folder_problem(layout.teachers):
+        raise TrainError(
+            f"MULTITASK_TEACHERS={layout.teachers!r} {paths.folder_problem(layout.teachers)}"
+        )
+    if layout.distills and re.fullmatch(spec.trainable_regex, f"{multitask.TEACHERS_PATH}/prompts"):
+        raise TrainError(
+            f"TRAINABLE={spec.trainable_regex!r} would train the teachers a multi-task run "
+            f"distills from ({multitask.TEACHERS_PATH}/...); use TRAINABLE='{multitask.TRAINABLE}'"
+        )
+    part = f"{multitask.TASKS_PATH}/" + {"mpt": "u", "add": "deltas", "concat": "own"}[layout.how]
     if not re.fullmatch(spec.trainable_regex, part):
         raise TrainError(
             f"MULTITASK_HOW={layout.how!r} trains each task's part ({multitask.TASKS_PATH}/...) "

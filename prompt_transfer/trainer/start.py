@@ -20,6 +20,7 @@ from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.fit import fit
+from prompt_transfer.trainer.train_state import TrainError
 from prompt_transfer.transfer import attention, initial, library, multitask, retrieval
 
 
@@ -45,13 +46,47 @@ def _start_tasks(spec, config, network, mesh, log, shared) -> None:
     own_start = lambda k: initial_prompt(  # noqa: E731
         dataclasses.replace(own, seed=spec.seed + 1 + k), config, network, mesh, log
     )
-    pieces = multitask.start(layout, names, shared, own_start)
+    teachers = _teachers(spec, layout, network, names) if layout.distills else None
+    pieces = multitask.start(layout, names, shared, own_start, teachers)
     runtime.chief_first("multitask parts", lambda: multitask.save(spec.model_dir, pieces))
     shown = ", ".join(names)
     log.info(
         f"multi-task prompt ({layout.how}) for {len(names)} tasks: {shown}; each task's prompt "
         f"is {layout.composed_length(spec.prompt_length)} positions"
+        + (
+            f"; distilled from their prompts in {layout.teachers} (KL x {layout.distill}, "
+            f"hidden states x {layout.distill_hidden})"
+            if layout.distills
+            else ""
+        )
     )
+
+
+def _teachers(spec, layout, network, names) -> np.ndarray:
+    """[K, P', W]: each task's newest trained prompt of this model in MULTITASK_TEACHERS, the
+    teacher its composed prompt distills from (MPT)."""
+    lib = library.Library(layout.teachers)
+    eligible = retrieval.eligible_sources(
+        lib, library.model_fingerprint(network.params), spec.model_config.emb_dim, (),
+        spec.deep_width,
+    )  # fmt: skip
+    length = layout.composed_length(spec.prompt_length)
+    out = []
+    for name in names:
+        held = [e for e in eligible if e.task == name and e.kind == "trained"]
+        if not held:
+            raise TrainError(
+                f"MULTITASK_TEACHERS={layout.teachers!r} holds no trained prompt of task {name!r} "
+                "for this model (and this DEEP_PROMPT); train it alone with LIBRARY_DIR set there"
+            )
+        prompt = np.asarray(lib.prompt(max(held, key=lambda e: e.created), deep=spec.deep_prompt))
+        if prompt.shape[0] != length:
+            raise TrainError(
+                f"MULTITASK_TEACHERS: the teacher of {name!r} has {prompt.shape[0]} positions "
+                f"and this run's prompts {length}; distill from teachers as long as them"
+            )
+        out.append(prompt)
+    return np.stack(out)
 
 
 def initial_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np.ndarray | None:

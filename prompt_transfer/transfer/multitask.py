@@ -15,6 +15,13 @@ initialiser starts a prompt, seeded by the task. W is the prompt's wide width (p
 a deep prompt's keys and values are composed with its input embeddings, so each example of a
 batch carries its own deep prompt.
 
+Distillation (MPT's first stage): with MULTITASK_DISTILL or MULTITASK_DISTILL_HIDDEN > 0 each
+task's prompt also learns from a frozen teacher, the task's own single-task prompt from the
+library MULTITASK_TEACHERS names: the loss adds KL(teacher || student) of the output
+distributions over the target tokens, and the squared error between the encoder's hidden states
+under the two prompts, each with its weight (the teacher's forward pass is a second one,
+without gradient or dropout). The teachers live at `encoder/prompt/teachers/...`, fixed.
+
 The shared prompt is the run's own (`encoder/prompt/prompt`, a deep prompt's keys and values
 where they always are); the task parts train beside it at `encoder/prompt/tasks/...`. A run
 keeps its layout (how, the task names, the starting parts) in MODEL_DIR/transfer/multitask.npz,
@@ -40,6 +47,7 @@ from prompt_transfer.errors import UserError
 from prompt_transfer.settings import setting
 
 TASKS_PATH = "encoder/prompt/tasks"
+TEACHERS_PATH = "encoder/prompt/teachers"
 HOWS = ("add", "concat", "mpt")
 # TRAINABLE of a multi-task run (gin/runs/multitask_prompt.gin): the shared prompt, a deep
 # prompt's keys and values when it has them, and every task's part.
@@ -59,6 +67,15 @@ class MultitaskPrompt:
     how: str = setting("", one_of=("", *HOWS), macro="MULTITASK_HOW")
     rank: int = setting(1, least=1, macro="MULTITASK_RANK")  # mpt's r
     task_length: int = setting(0, least=0, macro="MULTITASK_TASK_LENGTH")  # concat's P_task
+    # MPT's distillation from single-task teachers: the KL term's and the hidden states'
+    # squared error's weights, and the library holding each task's teacher prompt
+    distill: float = setting(0.0, least=0, macro="MULTITASK_DISTILL")
+    distill_hidden: float = setting(0.0, least=0, macro="MULTITASK_DISTILL_HIDDEN")
+    teachers: str = setting("", macro="MULTITASK_TEACHERS")
+
+    @property
+    def distills(self) -> bool:
+        return self.distill > 0 or self.distill_hidden > 0
 
     def __post_init__(self):
         settings.check(self)
@@ -77,9 +94,16 @@ class Pieces:
     how: str
     names: tuple[str, ...]
     parts: dict[str, np.ndarray]
+    # distillation: the teachers [K, P', W] and the weights (KL, hidden states); fixed
+    teachers: np.ndarray | None = None
+    distill: tuple[float, float] = (0.0, 0.0)
 
     def flat(self) -> dict[str, np.ndarray]:
-        return {f"{TASKS_PATH}/{k}": v for k, v in self.parts.items()}
+        out = {f"{TASKS_PATH}/{k}": v for k, v in self.parts.items()}
+        if self.teachers is not None:
+            out[f"{TEACHERS_PATH}/prompts"] = self.teachers
+            out[f"{TEACHERS_PATH}/weights"] = np.asarray(self.distill, np.float32)
+        return out
 
     def abstract(self) -> dict[str, nn.LogicallyPartitioned]:
         """{path: shape, dtype and logical axes}: small, replicated on every device."""
@@ -89,9 +113,12 @@ class Pieces:
         return {k: box(v) for k, v in self.flat().items()}
 
 
-def start(layout: MultitaskPrompt, names, shared: np.ndarray, own_start=None) -> Pieces:
+def start(
+    layout: MultitaskPrompt, names, shared: np.ndarray, own_start=None, teachers=None
+) -> Pieces:
     """The parts of a fresh run whose shared prompt starts at `shared` [P, W]; concat's parts
-    come from `own_start(k)` -> [P_task, W], the k-th task's own start."""
+    come from `own_start(k)` -> [P_task, W], the k-th task's own start; `teachers` [K, P', W]
+    when the run distills."""
     k, (length, width) = len(names), shared.shape
     if layout.how == "add":
         parts = {"deltas": np.zeros((k, length, width), np.float32)}
@@ -103,16 +130,24 @@ def start(layout: MultitaskPrompt, names, shared: np.ndarray, own_start=None) ->
             "u": np.ones((k, length, r), np.float32),
             "v": np.full((k, width, r), 1.0 / r, np.float32),
         }
-    return Pieces(layout.how, tuple(names), parts)
+    if teachers is None:
+        return Pieces(layout.how, tuple(names), parts)
+    teachers = np.asarray(teachers, np.float32)
+    distill = (float(layout.distill), float(layout.distill_hidden))
+    return Pieces(layout.how, tuple(names), parts, teachers, distill)
 
 
 def save(model_dir, pieces: Pieces) -> None:
     buffer = io.BytesIO()
+    extra = {}
+    if pieces.teachers is not None:
+        extra = {"teachers": pieces.teachers, "distill": np.asarray(pieces.distill, np.float32)}
     np.savez(
         buffer,
         how=np.asarray(pieces.how),
         names=np.asarray(pieces.names, dtype=str),
         **{f"part/{k}": v for k, v in pieces.parts.items()},
+        **extra,
     )
     paths.atomic_write_bytes(paths.path(model_dir) / "transfer" / FILE, buffer.getvalue())
 
@@ -126,7 +161,11 @@ def load(model_dir) -> Pieces | None:
         return None
     with np.load(io.BytesIO(file.read_bytes())) as saved:
         parts = {k.removeprefix("part/"): saved[k] for k in saved.files if k.startswith("part/")}
-        return Pieces(str(saved["how"]), tuple(str(n) for n in saved["names"]), parts)
+        names = tuple(str(n) for n in saved["names"])
+        if "teachers" not in saved.files:
+            return Pieces(str(saved["how"]), names, parts)
+        distill = tuple(float(w) for w in saved["distill"])
+        return Pieces(str(saved["how"]), names, parts, saved["teachers"], distill)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,11 +208,37 @@ def compose(params: dict, network: dict, task_index: jax.Array, config):
     return prompts.per_input(network, every[task_index], config)
 
 
+def distills(params: dict) -> bool:
+    return "teachers" in params.get("encoder", {}).get("prompt", {})
+
+
+def teacher_inputs(params: dict, network: dict, task_index: jax.Array, config):
+    """(network with each example's teacher deep prompt, teacher prompts [B, P', E]); `network`
+    is `params` without its prompt."""
+    teachers = params["encoder"]["prompt"]["teachers"]["prompts"].astype(jnp.float32)
+    return prompts.per_input(network, teachers[task_index], config)
+
+
+def distillation(student_logits, teacher_logits, student_states, teacher_states, weights, mask):
+    """(KL(teacher || student) per target token, the hidden states' squared error per encoder
+    position and width), token-weighted means: logits [B, T, V] with `weights` [B, T]; encoder
+    states [B, P' + L, E] with `mask` [B, P' + L]. The teacher's side carries no gradient."""
+    teacher_logits, teacher_states = jax.lax.stop_gradient((teacher_logits, teacher_states))
+    log_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32))
+    log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32))
+    kl = (jnp.exp(log_t) * (log_t - log_s)).sum(-1)
+    kl = (kl * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+    diff = jnp.square(student_states.astype(jnp.float32) - teacher_states.astype(jnp.float32))
+    m = mask.astype(jnp.float32)
+    hidden = (diff.mean(-1) * m).sum() / jnp.maximum(m.sum(), 1.0)
+    return kl, hidden
+
+
 def params_for(params: dict, k: int, config) -> dict:
     """`params` as a plain run of the k-th task: its composed prompt (and deep prompt) in the
     places a single-task run keeps them, the parts gone. What evaluation scores a task with."""
     wide = task_prompts(params, config)[k]
-    network, _ = prompts.split_prompt(params)
+    network, _ = prompts.split_prompt(params)  # the parts and the teachers go with the prompt
     network, prompt = prompts.per_input(network, wide[None], config)
     flat = traverse_util.flatten_dict(network, sep="/")
     for path in prompts.deep_prefix_paths(config):
