@@ -63,6 +63,9 @@ class RunSpec:
     # FROZEN_DTYPE: how the frozen network is stored ('bfloat16' halves its memory); what trains
     # (the prompt, or every weight in model tuning) and its optimizer state stay float32.
     frozen_dtype: str = setting("float32", one_of=("float32", "bfloat16"), macro="FROZEN_DTYPE")
+    # Which phase of a prompt-then-model run this is (trainer/phases.py sets it; never gin):
+    # 0 a run of one phase, 1 the prompt phase, 2 the model phase.
+    phase: int = setting(0, one_of=(0, 1, 2))
 
     def register_tasks(self) -> None:
         """Tasks take the model's vocabulary, and the run's own tasks (FILE_TASKS) register."""
@@ -86,6 +89,32 @@ class RunSpec:
     def deep_width(self) -> int:
         """Columns the run's deep prompt adds to its prompt's wide form (0 without one)."""
         return prompts.deep_width(self.model_config) if self.deep_prompt else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelPhase:
+    """Phase 2 of a prompt-then-model run (gin/runs/prompt_then_model.gin; trainer/phases.py):
+    after the prompt has trained, the network trains with it attached. None by default."""
+
+    steps: int = setting(0, least=0, macro="MODEL_STEPS")  # 0: no second phase
+    # MODEL_TRAINABLE: the network's parameters that train ('.*': all of it); the prompt is
+    # MODEL_PROMPT's, whatever this matches
+    trainable: str = setting(".*", valid=_paths_regex, macro="MODEL_TRAINABLE")
+    # 'frozen': phase 1's prompt stays as it ended (ProMoT); 'trains': it trains on, with the
+    # network's optimizer
+    prompt: str = setting("frozen", one_of=("frozen", "trains"), macro="MODEL_PROMPT")
+    # MODEL_LEARNING_RATE: the network's (T5X fine-tuning's 1e-3); 0 leaves it unchanged (weight
+    # decay off too), a check
+    learning_rate: float = setting(1e-3, least=0, macro="MODEL_LEARNING_RATE")
+    # the rest of phase 2's optimizer (gin scope model_phase/); its learning rate is the above
+    optimizer: OptimizerConfig = OptimizerConfig()
+
+    def regex(self) -> str:
+        """TRAINABLE of phase 2: MODEL_TRAINABLE without the prompt, or with it ('trains')."""
+        prompt = f"{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}"
+        if self.prompt == "trains":
+            return f"{prompt}|(?:{self.trainable})"
+        return f"(?!(?:{prompt})$)(?:{self.trainable})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +145,8 @@ class TrainConfig:
     )
     # a multi-task run's composition (gin/runs/multitask_prompt.gin); none by default
     multitask: multitask.MultitaskPrompt = multitask.MultitaskPrompt()
+    # a prompt-then-model run's second phase (gin/runs/prompt_then_model.gin); none by default
+    then_model: ModelPhase = ModelPhase()
 
 
 def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:
@@ -123,6 +154,10 @@ def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:
     (the flow's, a test's) as for those gin binds: one line names the macro
     (`TRAIN_STEPS=3e4`, `SAVE_PERIOD=0`, `TRAINABLE='['`)."""
     settings.check(spec)
+    if config is not None and spec.phase == 2:
+        # Phase 2's optimizer takes MODEL_LEARNING_RATE, checked (>= 0) where the user set it:
+        # 0 is allowed there (a check that phase 2 changes nothing).
+        config = dataclasses.replace(config, optimizer=OptimizerConfig())
     if config is not None:
         settings.check(config)
 
@@ -135,8 +170,10 @@ def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:
     init = config.prompt_init
     if spec.prompt_length and init.method == "file":
         prompts.from_file(init.file, spec.prompt_length, spec.model_config.emb_dim)
-    if spec.deep_prompt:
+    if spec.deep_prompt and spec.phase != 2:  # phase 2 may keep the deep prompt frozen
         _check_deep_prompt(spec)
+    if config.then_model.steps:
+        _check_then_model(spec, config)
     if init.method == "transfer" and init.transfer.mixes_per_input:
         _check_attention(spec)
     if config.multitask.how:
@@ -176,6 +213,44 @@ def _check_deep_prompt(spec: RunSpec) -> None:
             f"DEEP_PROMPT=True but TRAINABLE={spec.trainable_regex!r} leaves the deep prompt "
             f"({first}, ...) frozen; use TRAINABLE='{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}'"
         )
+
+
+def _check_then_model(spec: RunSpec, config: TrainConfig) -> None:
+    """A prompt-then-model run: phase 1 trains a prompt, phase 2 some of the network."""
+    if not spec.prompt_length:
+        raise TrainError(
+            "MODEL_STEPS > 0 tunes the prompt first, then the model with it: it needs "
+            "PROMPT_LENGTH > 0 (for model tuning alone use gin/runs/model_tuning.gin)"
+        )
+    network = _network_paths(spec.model_config)
+    if any(re.fullmatch(spec.trainable_regex, p) for p in network):
+        raise TrainError(
+            f"TRAINABLE={spec.trainable_regex!r} is phase 1's and trains the network; in a "
+            "prompt-then-model run phase 1 trains the prompt only (TRAINABLE="
+            f"'{prompts.PROMPT_PATH}'), and MODEL_TRAINABLE chooses what phase 2 trains"
+        )
+    phase = config.then_model
+    if not any(re.fullmatch(phase.regex(), p) for p in network):
+        raise TrainError(
+            f"MODEL_TRAINABLE={phase.trainable!r} matches none of the network's parameters "
+            f"(paths look like {network[0]}, ...); use '.*' (all of them) or a part of them"
+        )
+    init = config.prompt_init
+    if config.multitask.how or (init.method == "transfer" and init.transfer.mixes_per_input):
+        what = "MULTITASK_HOW" if config.multitask.how else f"strategy {init.transfer.strategy!r}"
+        raise TrainError(
+            f"{what} gives each input or task a prompt of its own, which phase 2 of a "
+            "prompt-then-model run (MODEL_STEPS > 0) does not carry; start phase 1 from one "
+            "prompt instead"
+        )
+
+
+def _network_paths(model_config: t5.T5Config) -> list[str]:
+    """The parameter paths of the network (prompt aside), e.g. 'encoder/layers_0/...'."""
+    from flax import traverse_util
+
+    abstract = t5.abstract_params(t5.T5(model_config))
+    return sorted(traverse_util.flatten_dict(abstract, sep="/"))
 
 
 def _check_attention(spec: RunSpec) -> None:

@@ -27,9 +27,15 @@ def trained(spec: RunSpec, checkpoint: str):
     network = network_of(spec, mesh)
     run_dir.check_model(spec.model_dir, model_record(spec, network), create=False)
     blank = prompts.blank(spec.prompt_length, spec.model_config, spec.deep_prompt)
-    params, step = weights.restore_trained(
-        spec.model_dir, network, spec.trainable_regex, blank, mesh, checkpoint
-    )
+    regex, boundary = spec.trainable_regex, run_dir.read_phases(spec.model_dir)
+    if boundary is not None:  # prompt, then model: phase 2's network and phase 1's prompt
+        regex, blank = boundary["trainable"], run_dir.phase1_prompt(spec.model_dir)
+    elif run_dir.subdir(spec.model_dir, run_dir.PHASE1).exists():
+        raise TrainError(
+            f"MODEL_DIR={spec.model_dir} is a prompt-then-model run still in phase 1; evaluate "
+            f"that phase's prompt with MODEL_DIR={run_dir.subdir(spec.model_dir, run_dir.PHASE1)}"
+        )
+    params, step = weights.restore_trained(spec.model_dir, network, regex, blank, mesh, checkpoint)
     return EncoderDecoderModel(network.module), params, step
 
 

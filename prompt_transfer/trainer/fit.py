@@ -142,11 +142,16 @@ def _trainable_line(trainable: dict, fixed: dict, runs: int) -> str:
 def _open(spec, config, state, store, log):
     """(state, data stream) of a run: from its latest checkpoint and saved iterator when
     MODEL_DIR holds one, else `state` and the data's first batch."""
-    position = 0
-    if store.latest_step() is not None:
+    position, restored = 0, store.latest_step() is not None
+    if restored:
         state, position = store.restore(state)
         log.info(f"resumed from checkpoint_{int(state.step)} (data position {position})")
-    saved = store.data_state(int(state.step)) if position else None
+    elif spec.phase == 2:  # phase 2 counts and reads on from phase 1's end (phases.py)
+        boundary = run_dir.read_phases(spec.model_dir)
+        step = jnp.asarray(boundary["phase1_step"], state.step.dtype)
+        state = state.replace(step=jax.device_put(step, state.step.sharding))
+        position = boundary["position"]
+    saved = store.data_state(int(state.step)) if position and restored else None
     stream = open_stream(spec, config, position, saved)
     if stream.restored:
         log.info(f"data iterator restored at batch {position} (no replay)")

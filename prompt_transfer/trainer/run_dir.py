@@ -9,6 +9,10 @@ MODEL_DIR layout (T5X's, plus prompt exports):
   train/ eval/                TensorBoard summaries
   log.txt                     the console progress, also on disk
   eval_history.jsonl          every evaluation: step, main metric and per-task results
+A prompt-then-model run (trainer/phases.py) adds:
+  phase1/                     phase 1, the prompt's run (this layout again); final_prompt.npy
+  phases.json                 the boundary: phase 1 done, how phase 2 trains (MODEL_DIR's own
+                              checkpoints are phase 2's)
 """
 
 from __future__ import annotations
@@ -51,8 +55,26 @@ _CHECKPOINT = re.compile(r"checkpoint_\d+")  # orbax's finished steps, not its t
 _RUN_FILES = re.compile(
     r"checkpoint_\d+.*|config\.gin|log\.txt|eval_history\.jsonl|eval_.*\.json"
     r"|predictions_.*\.jsonl|prompts|best|train|eval|transfer|events\.out\..*|model\.json"
-    r"|data_state"
+    r"|data_state|phase1|phases\.json"
 )
+
+
+PHASES_FILE = "phases.json"
+PHASE1 = "phase1"
+FINAL_PROMPT = "final_prompt.npy"
+
+
+def read_phases(model_dir: paths.PathLike) -> dict | None:
+    """The boundary of a prompt-then-model run whose phase 1 has finished (trainer/phases.py):
+    {"phase1_step", "position", "trainable", "prompt", "steps"}; None for any other run, or
+    before the boundary."""
+    path = subdir(model_dir, PHASES_FILE)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def phase1_prompt(model_dir: paths.PathLike) -> np.ndarray:
+    """Phase 1's final prompt (wide form), which phase 2 starts from."""
+    return paths.load_npy(subdir(model_dir, PHASE1, FINAL_PROMPT))
 
 
 def check_folder(model_dir: paths.PathLike) -> None:

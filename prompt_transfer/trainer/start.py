@@ -26,7 +26,10 @@ from prompt_transfer.transfer import attention, initial, library, multitask, ret
 
 def starting_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np.ndarray | None:
     """What the run starts from: zeros for a checkpoint in MODEL_DIR to overwrite, else its
-    initial prompt (None without a prompt)."""
+    initial prompt (None without a prompt); phase 2 of a prompt-then-model run, phase 1's final
+    prompt (trainer/phases.py), trained on or kept fixed."""
+    if spec.phase == 2:
+        return run_dir.phase1_prompt(spec.model_dir)
     if run_dir.holds_checkpoint(spec.model_dir):
         return prompts.blank(spec.prompt_length, spec.model_config, spec.deep_prompt)
     prompt = initial_prompt(spec, config, network, mesh, log)

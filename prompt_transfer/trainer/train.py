@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from prompt_transfer import partitioning, prompts, runtime
 from prompt_transfer.errors import UserError
-from prompt_transfer.trainer import run_dir, weights
+from prompt_transfer.trainer import phases, run_dir, weights
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, check_numbers, check_run
 from prompt_transfer.trainer.fit import fit
 from prompt_transfer.trainer.start import starting_prompt
@@ -42,8 +42,11 @@ def train(
 
     A MODEL_DIR that holds a run with the same config resumes from its latest checkpoint; one
     with a different config is refused unless `overwrite` (start over) or `resume` (continue
-    anyway). Everything is checked before the first compilation.
+    anyway). Everything is checked before the first compilation. With MODEL_STEPS > 0 the run
+    is a prompt-then-model run of two phases (phases.py).
     """
+    if config.then_model.steps:
+        return phases.train_two_phases(spec, config, config_text, overwrite, resume)
     [summary] = train_stack([(spec, config)], config_text, overwrite=overwrite, resume=resume)
     return summary
 
@@ -80,7 +83,13 @@ def stack_key(spec: RunSpec, config: TrainConfig) -> str | None:
         prompts.PROMPT_PATH,
         f"{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}",
     )
-    if not prompt_only or not spec.prompt_length or config.early_stopping_patience:
+    if (
+        not prompt_only
+        or not spec.prompt_length
+        or config.early_stopping_patience
+        or config.then_model.steps
+        or spec.phase
+    ):
         return None
     return repr(  # a repr: a spec's feature lengths are a dict, which does not hash
         (
@@ -108,9 +117,11 @@ def train_stack(
     *,
     overwrite: bool = False,
     resume: bool = False,
-) -> list[dict]:
+    with_final: bool = False,
+) -> list:
     """Runs of one stack key (one run, or several new ones): checked, locked and logged each,
-    started, fitted in one step, finished; returns each run's summary."""
+    started, fitted in one step, finished; returns each run's summary (`with_final`: each
+    run's (summary, final prompt in the wide form))."""
     specs = [spec for spec, _ in runs]
     for spec, config in runs:
         check_numbers(spec, config)
@@ -140,10 +151,13 @@ def train_stack(
                 if new and not run_dir.holds_checkpoint(spec.model_dir):
                     run_dir.clear_run(spec.model_dir)
             raise
-        return [
+        summaries = [
             finish(spec, config, network, log, summary, final, config_text)
             for (spec, config), log, (summary, final) in zip(runs, logs, results, strict=True)
         ]
+        if with_final:
+            return [(s, final) for s, (_, final) in zip(summaries, results, strict=True)]
+        return summaries
 
 
 def network_of(spec: RunSpec, mesh):

@@ -1,0 +1,119 @@
+"""Prompt, then model: one run in two phases (ProMoT, Wang et al. 2022, arXiv 2211.00635).
+
+Phase 1 tunes the prompt on the frozen network, from any initialiser or transfer strategy, as
+a run of its own in MODEL_DIR/phase1/ (its checkpoints, evaluations and log there). Phase 2 then
+tunes the network (MODEL_TRAINABLE: all of it, or a part) with phase 1's final prompt attached,
+frozen (MODEL_PROMPT='frozen', ProMoT) or still training ('trains'), with its own learning rate,
+optimizer and MODEL_STEPS, in MODEL_DIR itself: MODEL_DIR's checkpoints are phase 2's, holding
+what it trained and the prompt, and `eval`, `infer`, `score` and `forget` load them as they load
+a model-tuning run. Phase 2 counts on from phase 1's last step (its first checkpoint is
+checkpoint_{N1 + SAVE_PERIOD ...}) and reads the data on from where phase 1 stopped, so the run
+is one run of N1 + MODEL_STEPS steps.
+
+The boundary is one atomic step: phase 1's final prompt is written (phase1/final_prompt.npy),
+then MODEL_DIR/phases.json, whose presence says that phase 1 is done and how phase 2 trains. A
+kill before it resumes phase 1 (finished, it only writes the boundary again); a kill after it
+resumes phase 2 from its latest checkpoint, or starts it from the boundary's prompt. There is
+never a phase-2 checkpoint without the finished phase-1 prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from prompt_transfer import paths, prompts, runtime
+from prompt_transfer.trainer import run_dir
+from prompt_transfer.trainer.config import RunSpec, TrainConfig, ModelPhase
+
+
+def phase1_run(spec: RunSpec, config: TrainConfig) -> tuple[RunSpec, TrainConfig]:
+    """Phase 1 as a run of its own: the prompt, in MODEL_DIR/phase1/."""
+    return (
+        dataclasses.replace(spec, model_dir=str(_phase1_dir(spec)), phase=1),
+        dataclasses.replace(config, then_model=ModelPhase()),
+    )
+
+
+def phase2_run(
+    spec: RunSpec, config: TrainConfig, boundary: dict
+) -> tuple[RunSpec, TrainConfig]:
+    """Phase 2 as a run of its own in MODEL_DIR: N1 + MODEL_STEPS steps, of which it trains the
+    last MODEL_STEPS, what the boundary says trains, phase 2's optimizer; no library entry (its
+    prompt belongs to a changed network)."""
+    phase = config.then_model
+    optimizer = dataclasses.replace(phase.optimizer, learning_rate=phase.learning_rate)
+    if not phase.learning_rate:  # optax's Adafactor decays weights apart from the rate
+        optimizer = dataclasses.replace(optimizer, weight_decay=0.0)
+    return (
+        dataclasses.replace(spec, trainable_regex=boundary["trainable"], phase=2),
+        dataclasses.replace(
+            config,
+            steps=boundary["phase1_step"] + boundary["steps"],
+            optimizer=optimizer,
+            prompt_init=prompts.PromptInit(),
+            library_dir=None,
+            then_model=ModelPhase(),
+        ),
+    )
+
+
+def _phase1_dir(spec: RunSpec):
+    return run_dir.subdir(spec.model_dir, run_dir.PHASE1)
+
+
+def write_boundary(spec: RunSpec, config: TrainConfig, summary: dict, final) -> dict:
+    """Phase 1 is done: its final prompt, then phases.json (the commit)."""
+    phase = config.then_model
+    boundary = {
+        "phase1_step": summary["step"],
+        "position": summary["step"],  # one batch a step: phase 2 reads on from here
+        "trainable": phase.regex(),
+        "prompt": phase.prompt,
+        "steps": phase.steps,
+        "learning_rate": phase.learning_rate,
+    }
+
+    def write():
+        paths.save_npy(run_dir.subdir(_phase1_dir(spec), run_dir.FINAL_PROMPT), final)
+        paths.atomic_write_text(
+            run_dir.subdir(spec.model_dir, run_dir.PHASES_FILE), json.dumps(boundary, indent=1)
+        )
+        return boundary
+
+    return runtime.chief_first("phase boundary", write)
+
+
+def train_two_phases(
+    spec: RunSpec, config: TrainConfig, config_text: str, overwrite: bool, resume: bool
+) -> dict:
+    """Phase 1 (unless the boundary says it is done), the boundary, phase 2; returns phase 2's
+    summary with phase 1's under "phase1"."""
+    from prompt_transfer import partitioning
+    from prompt_transfer.trainer.config import check_numbers, check_run
+    from prompt_transfer.trainer.train import train_stack
+
+    check_numbers(spec, config)
+    check_run(spec, config, partitioning.make_mesh(spec.num_partitions))
+    with run_dir.lock(spec.model_dir):  # --overwrite clears both phases, a new config is refused
+        run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
+    runtime.barrier("two-phase model_dir checked")
+    boundary = run_dir.read_phases(spec.model_dir)
+    first = None
+    if boundary is None:
+        [(first, final)] = train_stack(
+            [phase1_run(spec, config)], config_text, resume=resume, with_final=True
+        )
+        boundary = write_boundary(spec, config, first, final)
+    second_spec, second_config = phase2_run(spec, config, boundary)
+    with run_dir.ProgressLog(spec.model_dir, second_config.steps) as log:
+        log.info(
+            f"phase 2: the network trains ({config.then_model.trainable!r}, learning rate "
+            f"{boundary['learning_rate']:g}) with phase 1's prompt "
+            f"{'frozen' if boundary['prompt'] == 'frozen' else 'training on'}, steps "
+            f"{boundary['phase1_step'] + 1}-{second_config.steps}"
+        )
+    [summary] = train_stack([(second_spec, second_config)], config_text, resume=resume)
+    if first is None:  # phase 1 finished in an earlier launch
+        first = {"step": boundary["phase1_step"]}
+    return dict(summary, phase1=first)

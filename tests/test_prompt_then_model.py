@@ -1,0 +1,199 @@
+"""Prompt, then model (trainer/phases.py): one run in two phases, the prompt first on the frozen
+network, then the network with that prompt attached; and what a changed network forgets."""
+
+import json
+
+import numpy as np
+import pytest
+from flax import traverse_util
+from synthetic_tasks import register_keyword_task
+
+from conftest import T5_VOCAB, tiny_run_args
+from prompt_transfer import cli, data, prompts
+from prompt_transfer.cli.runs import evaluate_main, train_main
+from prompt_transfer.trainer import phases, run_dir
+
+# Phase 1: steps 1-6 (saves at 3 and 6); phase 2: steps 7-12 (saves at 9 and 12).
+STEPS = [
+    "--gin.TRAIN_STEPS=6",
+    "--gin.MODEL_STEPS=6",
+    "--gin.SAVE_PERIOD=3",
+    "--gin.EVAL_PERIOD=3",
+    "--gin.LOG_PERIOD=3",
+    "--gin.MODEL_LEARNING_RATE=0.01",
+]
+DEEP = [
+    "--gin.DEEP_PROMPT=True",
+    f"--gin.TRAINABLE='{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}'",
+]
+
+
+@pytest.fixture(scope="module")
+def task(anchors):
+    return register_keyword_task(T5_VOCAB)
+
+
+def two_phase_args(model_dir, *overrides):
+    return ["--gin_file=runs/prompt_then_model", *tiny_run_args(model_dir, *STEPS, *overrides)]
+
+
+def _restored(model_dir, checkpoint="latest", config_of=None):
+    """The parameters of the run in `model_dir` as eval restores them, flattened, and its model
+    config; `config_of`: the folder whose config.gin to read (default `model_dir`)."""
+    import gin
+
+    from prompt_transfer import gin_utils
+    from prompt_transfer.trainer import config, evaluate
+
+    gin.clear_config()
+    config_file = (config_of or model_dir) / "config.gin"
+    launch = gin_utils.parse_command_line(
+        [f"--gin_file={config_file}", f"--gin.MODEL_DIR='{model_dir}'"]
+    )
+    gin_utils.configure(launch.files, launch.bindings)
+    spec = gin_utils.build(config.RunSpec)
+    _, params, _ = evaluate.trained(spec, checkpoint)
+    return traverse_util.flatten_dict(params, sep="/"), spec.model_config
+
+
+def _network(model_dir):
+    """The frozen network the run started from, flattened (a 0-step view of phase 1's run)."""
+    flat, _ = _restored(model_dir / run_dir.PHASE1, config_of=model_dir)
+    prompt = lambda k: k.startswith("encoder/prompt") or k.endswith(prompts.DEEP_PREFIX)
+    return {k: v for k, v in flat.items() if not prompt(k)}
+
+
+@pytest.mark.parametrize(
+    "mode,deep", [("frozen", False), ("frozen", True), ("trains", True)], ids=str
+)
+def test_two_phases_in_one_model_dir(task, tmp_path, capsys, mode, deep):
+    run = tmp_path / "run"
+    args = two_phase_args(run, f"--gin.MODEL_PROMPT='{mode}'", *(DEEP if deep else []))
+    summary = train_main(args)
+    assert summary["step"] == 12 and summary["phase1"]["step"] == 6
+    err = capsys.readouterr().err
+    assert "phase 2: the network trains ('.*'" in err and "steps 7-12" in err
+    assert "phase 2:" in (run / "log.txt").read_text()
+
+    # Phase 1 is a run of its own in phase1/; MODEL_DIR's checkpoints are phase 2's, and its
+    # steps count on from phase 1's.
+    assert sorted(p.name for p in (run / "phase1").glob("checkpoint_*")) == [
+        "checkpoint_3",
+        "checkpoint_6",
+    ]
+    assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_12", "checkpoint_9"]
+    boundary = json.loads((run / "phases.json").read_text())
+    assert boundary["phase1_step"] == 6 and boundary["prompt"] == mode
+
+    before, (after, model_config) = _network(run), _restored(run)
+    changed = [k for k, v in before.items() if not np.array_equal(v, after[k])]
+    assert len(changed) == len(before)  # MODEL_TRAINABLE '.*': every weight of the network
+
+    # The prompt (input and deep parts) as phase 1 left it: bit for bit when frozen (ProMoT).
+    phase1 = _restored(run / run_dir.PHASE1, config_of=run)[0]
+    prompt_paths = [k for k in phase1 if k not in before]
+    assert (len(prompt_paths) > 1) == deep
+    same = [np.array_equal(after[k], phase1[k]) for k in prompt_paths]
+    assert all(same) if mode == "frozen" else not any(same)
+    exported = np.load(run / "prompts" / "checkpoint_12.npy")  # the input prompt, as ever
+    assert np.array_equal(exported, phase1[prompts.PROMPT_PATH]) == (mode == "frozen")
+
+    # Evaluations: phase 1's in phase1/, phase 2's from the boundary step on; at the boundary
+    # the network is still the frozen one, so the scores are phase 1's last.
+    firsts = run_dir.read_eval_history(run / "phase1")
+    seconds = run_dir.read_eval_history(run)
+    assert [h["step"] for h in firsts] == [3, 6] and [h["step"] for h in seconds] == [6, 9, 12]
+    assert seconds[0]["results"] == firsts[-1]["results"]
+
+    # eval loads the run as it loads a model-tuning run.
+    report = evaluate_main(["--gin_file=" + str(run / "config.gin")])
+    assert report["step"] == 12 and report["results"] == seconds[-1]["results"]
+
+
+def test_a_kill_on_either_side_of_the_boundary_resumes_in_its_phase_bit_for_bit(
+    task, tmp_path, monkeypatch, capsys
+):
+    """Killed after phase 1's last checkpoint but before the boundary is written, the run
+    resumes in phase 1 (which only writes the boundary); killed after the boundary, before
+    phase 2's first checkpoint, it starts phase 2 from the boundary's prompt. Both end with the
+    uninterrupted run's parameters and evaluations, bit for bit."""
+    train_main(two_phase_args(tmp_path / "straight"))
+    straight, _ = _restored(tmp_path / "straight")
+
+    # Before the boundary: phase 1 finished, no phases.json, nothing of phase 2.
+    before = tmp_path / "before"
+    real_write = phases.write_boundary
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(phases, "write_boundary", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(two_phase_args(before))
+    monkeypatch.setattr(phases, "write_boundary", real_write)
+    assert (before / "phase1" / "checkpoint_6").exists()
+    assert not (before / "phases.json").exists() and not list(before.glob("checkpoint_*"))
+    # Until the boundary the run is phase 1's: eval says where its prompt is.
+    assert cli.main(["eval", f"--gin_file={before / 'phase1' / 'config.gin'}"]) == 2
+    assert "still in phase 1; evaluate that phase's prompt with MODEL_DIR=" in (
+        capsys.readouterr().err
+    )
+
+    # After the boundary: phase 2 dies at its second batch (data position 7), unsaved.
+    after = tmp_path / "after"
+    real_next = data.BatchStream.__next__
+
+    def dies_at_batch_7(self):
+        if self.position == 7:
+            raise KeyboardInterrupt("killed")
+        return real_next(self)
+
+    monkeypatch.setattr(data.BatchStream, "__next__", dies_at_batch_7)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(two_phase_args(after))
+    monkeypatch.setattr(data.BatchStream, "__next__", real_next)
+    assert (after / "phases.json").exists() and not list(after.glob("checkpoint_*"))
+
+    for run in (before, after):
+        train_main(two_phase_args(run))
+        resumed, _ = _restored(run)
+        assert sorted(resumed) == sorted(straight)
+        for path, value in straight.items():
+            np.testing.assert_array_equal(resumed[path], value, err_msg=f"{run.name}: {path}")
+        for phase in ("", "phase1"):
+            assert run_dir.read_eval_history(run / phase) == run_dir.read_eval_history(
+                tmp_path / "straight" / phase
+            )
+    assert "resumed from checkpoint_6" in (before / "phase1" / "log.txt").read_text()
+
+
+def test_phase_two_at_a_zero_learning_rate_keeps_phase_ones_scores(task, tmp_path):
+    run = tmp_path / "run"
+    train_main(two_phase_args(run, "--gin.MODEL_LEARNING_RATE=0"))
+    last = run_dir.read_eval_history(run / "phase1")[-1]
+    seconds = run_dir.read_eval_history(run)
+    assert [h["step"] for h in seconds] == [6, 9, 12]
+    assert all(h["results"] == last["results"] for h in seconds)
+    assert seconds[-1]["predictions"] == last["predictions"]
+    network, after = _network(run), _restored(run)[0]
+    assert all(np.array_equal(after[k], v) for k, v in network.items())
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--gin.TRAINABLE='.*'", "TRAINABLE='.*' is phase 1's and trains the network"),
+        ("--gin.PROMPT_LENGTH=0", "MODEL_STEPS > 0 tunes the prompt first"),
+        ("--gin.MODEL_TRAINABLE='nothing/.*'", "MODEL_TRAINABLE='nothing/.*' matches none"),
+        ("--gin.MODEL_PROMPT='thawed'", "MODEL_PROMPT"),
+        ("--gin.MODEL_LEARNING_RATE=-1.0", "MODEL_LEARNING_RATE"),
+    ],
+)
+def test_a_bad_two_phase_run_is_refused_before_any_work(
+    task, tmp_path, capsys, override, message
+):
+    run = tmp_path / "run"
+    assert cli.main(["train", *two_phase_args(run, override)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+    assert not run.exists()
