@@ -85,7 +85,7 @@ def test_two_phases_in_one_model_dir(task, tmp_path, capsys, mode, deep):
     boundary = json.loads((run / "phases.json").read_text())
     assert boundary["phase1_step"] == 6 and boundary["prompt"] == mode
 
-    before, (after, model_config) = _network(run), _restored(run)
+    before, (after, _) = _network(run), _restored(run)
     changed = [k for k, v in before.items() if not np.array_equal(v, after[k])]
     assert len(changed) == len(before)  # MODEL_TRAINABLE '.*': every weight of the network
 

@@ -24,7 +24,7 @@ import json
 
 from prompt_transfer import paths, prompts, runtime
 from prompt_transfer.trainer import run_dir
-from prompt_transfer.trainer.config import RunSpec, TrainConfig, ModelPhase
+from prompt_transfer.trainer.config import ModelPhase, RunSpec, TrainConfig
 
 
 def phase1_run(spec: RunSpec, config: TrainConfig) -> tuple[RunSpec, TrainConfig]:
