@@ -189,9 +189,7 @@ def test_phase_two_at_a_zero_learning_rate_keeps_phase_ones_scores(task, tmp_pat
         ("--gin.MODEL_LEARNING_RATE=-1.0", "MODEL_LEARNING_RATE"),
     ],
 )
-def test_a_bad_two_phase_run_is_refused_before_any_work(
-    task, tmp_path, capsys, override, message
-):
+def test_a_bad_two_phase_run_is_refused_before_any_work(task, tmp_path, capsys, override, message):
     run = tmp_path / "run"
     assert cli.main(["train", *two_phase_args(run, override)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

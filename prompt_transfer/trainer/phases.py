@@ -35,9 +35,7 @@ def phase1_run(spec: RunSpec, config: TrainConfig) -> tuple[RunSpec, TrainConfig
     )
 
 
-def phase2_run(
-    spec: RunSpec, config: TrainConfig, boundary: dict
-) -> tuple[RunSpec, TrainConfig]:
+def phase2_run(spec: RunSpec, config: TrainConfig, boundary: dict) -> tuple[RunSpec, TrainConfig]:
     """Phase 2 as a run of its own in MODEL_DIR: N1 + MODEL_STEPS steps, of which it trains the
     last MODEL_STEPS, what the boundary says trains, phase 2's optimizer; no library entry (its
     prompt belongs to a changed network)."""
