@@ -195,3 +195,42 @@ def test_a_bad_two_phase_run_is_refused_before_any_work(task, tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1]
     assert not run.exists()
+
+
+def test_forget_scores_other_tasks_before_and_after_a_run_changed_the_network(
+    task, tmp_path, capsys
+):
+    register_keyword_task(T5_VOCAB, name="test_keyword_other", labels=("fruit", "place"))
+    lib = tmp_path / "library"
+    quick = ["--gin.TRAIN_STEPS=4", "--gin.EVAL_PERIOD=4", "--gin.SAVE_PERIOD=4"]
+    train_main(
+        tiny_run_args(
+            tmp_path / "other", *quick, f"--gin.LIBRARY_DIR='{lib}'", task="test_keyword_other"
+        )  # fmt: skip
+    )
+    prompt_run = tmp_path / "prompt"
+    train_main(tiny_run_args(prompt_run, *quick, f"--gin.LIBRARY_DIR='{lib}'"))
+
+    # A run that left the network alone keeps everything, exactly; its own task is not scored.
+    assert cli.main(["forget", "--run", str(prompt_run), "--library", str(lib)]) == 0
+    assert "| mean | | | | 100.0% |" in capsys.readouterr().out
+    report = json.loads((prompt_run / "forget_validation_latest.json").read_text())
+    assert [r["task"] for r in report["tasks"]] == ["test_keyword_other"]
+    row = report["tasks"][0]
+    assert row["after"] == row["before"] and row["kept"] == 100.0
+
+    # After a prompt-then-model run the same prompt meets a changed network: the frozen
+    # network's score is the same, and what is kept is measured against it.
+    run = tmp_path / "two_phase"
+    train_main(two_phase_args(run, "--gin.MODEL_LEARNING_RATE=0.05"))
+    assert cli.main(["forget", "--run", str(run), "--library", str(lib)]) == 0
+    changed = json.loads((run / "forget_validation_latest.json").read_text())["tasks"][0]
+    assert changed["before"] == row["before"]
+    assert changed["kept"] == pytest.approx(100 * changed["after"] / changed["before"])
+
+    # Bad input: a folder with no run, a task the library does not hold.
+    assert cli.main(["forget", "--run", str(tmp_path), "--library", str(lib)]) == 2
+    assert "holds no run (no config.gin)" in capsys.readouterr().err
+    args = ["forget", "--run", str(run), "--library", str(lib), "--tasks", "test_keyword"]
+    assert cli.main(args) == 2
+    assert "--tasks 'test_keyword': the library" in capsys.readouterr().err

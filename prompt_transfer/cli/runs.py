@@ -49,6 +49,37 @@ def _configured(job, argv: list[str]):
     return gin_utils.configured(job)(spec)
 
 
+def forget_main(args) -> dict:
+    """`prompt-transfer forget --run MODEL_DIR --library DIR`: the run's own config.gin (and any
+    --gin.X=... after it) rebuilds the run."""
+    from prompt_transfer import gin_utils, remote
+    from prompt_transfer.trainer import config, forget
+
+    config_file = paths.path(args.run) / "config.gin"
+    if not config_file.exists():
+        raise forget.TrainError(
+            f"--run {args.run!r} holds no run (no config.gin); give a trained run's MODEL_DIR"
+        )
+    launch = gin_utils.parse_command_line(
+        [f"--gin_file={config_file}", *args.gin_args, f"--gin.MODEL_DIR='{args.run}'"]
+    )
+    gin_utils.configure(launch.files, launch.bindings)
+    spec = gin_utils.build(config.RunSpec)
+    remote.check_run(spec)
+    tasks = [t for t in (args.tasks or "").split(",") if t]
+    return forget.forget(
+        spec, args.library, split=args.split, checkpoint=args.checkpoint, tasks=tasks
+    )
+
+
+def cmd_forget(args) -> None:
+    from prompt_transfer.trainer import forget
+
+    report = forget_main(args)
+    print(forget.table(report))
+    print(f"wrote {args.run}/forget_{args.split}_{args.checkpoint}.json")
+
+
 def cmd_train(args) -> None:
     print(json.dumps(train_main(args.gin_args)))
 
@@ -143,6 +174,22 @@ def add_commands(sub) -> None:
         "--gin.MACRO=VALUE, --gin_bindings=..., plus --overwrite / --resume.",
     )
     p.set_defaults(func=cmd_train, takes_gin=True)
+
+    p = sub.add_parser(
+        "forget",
+        parents=parent,
+        help="what a run that changed the network forgets: other tasks' scores with their "
+        "library prompts, before and after",
+        description="Scores each other task of --library with its newest trained prompt on "
+        "the frozen network and on the run's network (model tuning, prompt then model); "
+        "prints the share kept and writes MODEL_DIR/forget_<split>_<checkpoint>.json.",
+    )
+    p.add_argument("--run", required=True, help="the run's MODEL_DIR")
+    p.add_argument("--library", required=True, help="the prompt library of the other tasks")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
+    p.add_argument("--tasks", help="comma-separated: only these tasks of the library")
+    p.set_defaults(func=cmd_forget, takes_gin=True)
 
     p = sub.add_parser(
         "task-embedding",

@@ -46,7 +46,7 @@ def train(
     is a prompt-then-model run of two phases (phases.py).
     """
     if config.then_model.steps:
-        return phases.train_two_phases(spec, config, config_text, overwrite, resume)
+        return train_two_phases(spec, config, config_text, overwrite, resume)
     [summary] = train_stack([(spec, config)], config_text, overwrite=overwrite, resume=resume)
     return summary
 
@@ -158,6 +158,37 @@ def train_stack(
         if with_final:
             return [(s, final) for s, (_, final) in zip(summaries, results, strict=True)]
         return summaries
+
+
+def train_two_phases(
+    spec: RunSpec, config: TrainConfig, config_text: str, overwrite: bool, resume: bool
+) -> dict:
+    """Phase 1 (unless the boundary says it is done), the boundary, phase 2; returns phase 2's
+    summary with phase 1's under "phase1"."""
+    check_numbers(spec, config)
+    check_run(spec, config, partitioning.make_mesh(spec.num_partitions))
+    with run_dir.lock(spec.model_dir):  # --overwrite clears both phases, a new config is refused
+        run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
+    runtime.barrier("two-phase model_dir checked")
+    boundary = run_dir.read_phases(spec.model_dir)
+    first = None
+    if boundary is None:
+        [(first, final)] = train_stack(
+            [phases.phase1_run(spec, config)], config_text, resume=resume, with_final=True
+        )
+        boundary = phases.write_boundary(spec, config, first, final)
+    second_spec, second_config = phases.phase2_run(spec, config, boundary)
+    with run_dir.ProgressLog(spec.model_dir, second_config.steps) as log:
+        log.info(
+            f"phase 2: the network trains ({config.then_model.trainable!r}, learning rate "
+            f"{boundary['learning_rate']:g}) with phase 1's prompt "
+            f"{'frozen' if boundary['prompt'] == 'frozen' else 'training on'}, steps "
+            f"{boundary['phase1_step'] + 1}-{second_config.steps}"
+        )
+    [summary] = train_stack([(second_spec, second_config)], config_text, resume=resume)
+    if first is None:  # phase 1 finished in an earlier launch
+        first = {"step": boundary["phase1_step"]}
+    return dict(summary, phase1=first)
 
 
 def network_of(spec: RunSpec, mesh):

@@ -1,0 +1,140 @@
+"""What a run that changed the network forgets (ProMoT's measurement, Wang et al. 2022).
+
+After a model-tuning or prompt-then-model run, the network is no longer the frozen one the
+library's prompts were trained on. Each other task of the library is scored with its own prompt
+(the newest trained entry of this frozen model) twice: on the frozen network, and on the run's
+network; "kept" is the second score as a share of the first. A run that left the network alone
+(prompt tuning) keeps 100% everywhere.
+
+    prompt-transfer forget --run MODEL_DIR --library DIR [--split validation] [--tasks a,b]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+from flax import traverse_util
+
+from prompt_transfer import data, errors, evaluation, partitioning, paths, prompts, registry
+from prompt_transfer.trainer import evaluate, run_dir
+from prompt_transfer.trainer.config import RunSpec
+from prompt_transfer.trainer.train import network_of
+from prompt_transfer.trainer.train_state import TrainError
+from prompt_transfer.transfer import library
+
+
+def without_prompt(params: dict) -> dict:
+    """The network alone: no input prompt, deep prompt, attention or multi-task pieces."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if not k.startswith("encoder/prompt/") and not k.endswith(f"/{prompts.DEEP_PREFIX}")
+    }
+    return traverse_util.unflatten_dict(kept, sep="/")
+
+
+def other_tasks(
+    lib: library.Library, fingerprint: str, own: Sequence[str], only: Sequence[str] = ()
+) -> list[library.Entry]:
+    """The newest trained prompt of this frozen model for each task of the library but the
+    run's own (`only`: these tasks, each of which must be there)."""
+    newest: dict[str, library.Entry] = {}
+    for entry in lib.entries():
+        if entry.kind != "trained" or entry.model_fingerprint != fingerprint:
+            continue
+        if entry.task in own or (only and entry.task not in only):
+            continue
+        if entry.task not in newest or entry.created > newest[entry.task].created:
+            newest[entry.task] = entry
+    missing = [t for t in only if t not in newest]
+    if missing:
+        raise TrainError(
+            f"--tasks {missing[0]!r}: the library {lib.root} holds no trained prompt of it for "
+            "this run's frozen model (or it is the run's own task)"
+        )
+    if not newest:
+        raise TrainError(
+            f"the library {lib.root} holds no trained prompt of another task for this run's "
+            "frozen model; train sources into it first (LIBRARY_DIR)"
+        )
+    return [newest[t] for t in sorted(newest)]
+
+
+def forget(
+    spec: RunSpec,
+    library_dir: str,
+    *,
+    split: str = "validation",
+    checkpoint: str = "latest",
+    tasks: Sequence[str] = (),
+    batch_size: int = 32,
+) -> dict:
+    """Each other task's score with its library prompt on the frozen network and on the run's
+    `checkpoint`, and the share kept; written to MODEL_DIR/forget_<split>_<checkpoint>.json."""
+    lib = library.Library(library_dir)
+    if not lib.root.exists():
+        raise TrainError(f"--library {library_dir!r} does not exist; give the run's prompt library")
+    model, changed, step = evaluate.trained(spec, checkpoint)
+    frozen = network_of(spec, partitioning.make_mesh(spec.num_partitions)).params
+    own = [t.name for t in registry.subtasks(data.get_task(spec.task))]
+    entries = other_tasks(lib, library.model_fingerprint(frozen), own, tasks)
+    networks = {"before": without_prompt(frozen), "after": without_prompt(changed)}
+    rows = []
+    for entry in entries:
+        try:
+            data.get_task(entry.task)
+        except data.TaskError as e:
+            raise TrainError(
+                f"library task {entry.task!r}: {errors.one_line(e)}; pass --tasks without it"
+            ) from e
+        prompt = lib.prompt(entry, deep=bool(entry.deep_width))  # as it was trained
+        evaluator = evaluation.TaskEvaluator(
+            model, entry.task, split, spec.feature_lengths, batch_size
+        )
+        scores = {}
+        for when, network in networks.items():
+            joined = prompts.join(network, spec.model_config, np.asarray(prompt))
+            scores[when] = evaluation.main_metric(evaluator.evaluate(joined))
+        (metric, before), (_, after) = scores["before"], scores["after"]
+        kept = 100.0 * after / before if before else float("nan")
+        rows.append(
+            {
+                "task": entry.task,
+                "entry": entry.id,
+                "metric": metric,
+                "before": before,
+                "after": after,
+                "kept": kept,
+            }  # fmt: skip
+        )
+    finite = [r["kept"] for r in rows if np.isfinite(r["kept"])]
+    report = {
+        "run": str(spec.model_dir),
+        "step": step,
+        "split": split,
+        "checkpoint": checkpoint,
+        "tasks": rows,
+        "mean_kept": float(np.mean(finite)) if finite else None,
+    }
+    target = run_dir.subdir(spec.model_dir, f"forget_{split}_{checkpoint}.json")
+    paths.atomic_write_text(target, json.dumps(report, indent=1))
+    return report
+
+
+def table(report: dict) -> str:
+    """The report as a Markdown table (the console's and the flow report's)."""
+    lines = [
+        "| task | metric | frozen network | after the run | kept |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in report["tasks"]:
+        lines.append(
+            f"| {r['task']} | {r['metric']} | {r['before']:.2f} | {r['after']:.2f} "
+            f"| {r['kept']:.1f}% |"
+        )
+    if report["mean_kept"] is not None:
+        lines.append(f"| mean | | | | {report['mean_kept']:.1f}% |")
+    return "\n".join(lines)
