@@ -175,21 +175,7 @@ def add_commands(sub) -> None:
     )
     p.set_defaults(func=cmd_train, takes_gin=True)
 
-    p = sub.add_parser(
-        "forget",
-        parents=parent,
-        help="what a run that changed the network forgets: other tasks' scores with their "
-        "library prompts, before and after",
-        description="Scores each other task of --library with its newest trained prompt on "
-        "the frozen network and on the run's network (model tuning, prompt then model); "
-        "prints the share kept and writes MODEL_DIR/forget_<split>_<checkpoint>.json.",
-    )
-    p.add_argument("--run", required=True, help="the run's MODEL_DIR")
-    p.add_argument("--library", required=True, help="the prompt library of the other tasks")
-    p.add_argument("--split", default="validation")
-    p.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
-    p.add_argument("--tasks", help="comma-separated: only these tasks of the library")
-    p.set_defaults(func=cmd_forget, takes_gin=True)
+    _add_forget(sub, parent)
 
     p = sub.add_parser(
         "task-embedding",
@@ -245,3 +231,21 @@ def add_commands(sub) -> None:
             "--gin.INFER_INPUT_FILE.",
         )
         p.set_defaults(func=func, takes_gin=True)
+
+
+def _add_forget(sub, parent) -> None:
+    p = sub.add_parser(
+        "forget",
+        parents=parent,
+        help="what a run that changed the network forgets: other tasks' scores with their "
+        "library prompts, before and after",
+        description="Scores each other task of --library with its newest trained prompt on "
+        "the frozen network and on the run's network (model tuning, prompt then model); "
+        "prints the share kept and writes MODEL_DIR/forget_<split>_<checkpoint>.json.",
+    )
+    p.add_argument("--run", required=True, help="the run's MODEL_DIR")
+    p.add_argument("--library", required=True, help="the prompt library of the other tasks")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
+    p.add_argument("--tasks", help="comma-separated: only these tasks of the library")
+    p.set_defaults(func=cmd_forget, takes_gin=True)
