@@ -178,6 +178,11 @@ def test_phase_two_at_a_zero_learning_rate_keeps_phase_ones_scores(task, tmp_pat
     network, after = _network(run), _restored(run)[0]
     assert all(np.array_equal(after[k], v) for k, v in network.items())
 
+    # More MODEL_STEPS extend phase 2, as more TRAIN_STEPS extend a run.
+    train_main(two_phase_args(run, "--gin.MODEL_LEARNING_RATE=0", "--gin.MODEL_STEPS=9"))
+    assert "resumed from checkpoint_12" in (run / "log.txt").read_text()
+    assert [h["step"] for h in run_dir.read_eval_history(run)] == [6, 9, 12, 15]
+
 
 @pytest.mark.parametrize(
     "override,message",

@@ -37,7 +37,8 @@ def phase1_run(spec: RunSpec, config: TrainConfig) -> tuple[RunSpec, TrainConfig
 
 def phase2_run(spec: RunSpec, config: TrainConfig, boundary: dict) -> tuple[RunSpec, TrainConfig]:
     """Phase 2 as a run of its own in MODEL_DIR: N1 + MODEL_STEPS steps, of which it trains the
-    last MODEL_STEPS, what the boundary says trains, phase 2's optimizer; no library entry (its
+    last MODEL_STEPS (a relaunch with more extends it, as TRAIN_STEPS extends a run), what the
+    boundary says trains, phase 2's optimizer; no library entry (its
     prompt belongs to a changed network)."""
     phase = config.then_model
     optimizer = dataclasses.replace(phase.optimizer, learning_rate=phase.learning_rate)
@@ -47,7 +48,7 @@ def phase2_run(spec: RunSpec, config: TrainConfig, boundary: dict) -> tuple[RunS
         dataclasses.replace(spec, trainable_regex=boundary["trainable"], phase=2),
         dataclasses.replace(
             config,
-            steps=boundary["phase1_step"] + boundary["steps"],
+            steps=boundary["phase1_step"] + phase.steps,  # MODEL_STEPS may extend a run
             optimizer=optimizer,
             prompt_init=prompts.PromptInit(),
             library_dir=None,

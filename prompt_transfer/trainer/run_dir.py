@@ -38,7 +38,7 @@ CONFIG_FILE = "config.gin"
 DATA_STATE = "data_state"  # the data iterator's saved states, per process and checkpoint
 EVAL_HISTORY = "eval_history.jsonl"
 # Lines that may change between a run and its continuation (extending a run is common).
-_RESUMABLE_MACROS = ("TRAIN_STEPS", "EVAL_PERIOD", "SAVE_PERIOD", "LOG_PERIOD")
+_RESUMABLE_MACROS = ("TRAIN_STEPS", "MODEL_STEPS", "EVAL_PERIOD", "SAVE_PERIOD", "LOG_PERIOD")
 
 
 class RunDirError(UserError):

@@ -181,7 +181,7 @@ def train_two_phases(
     with run_dir.ProgressLog(spec.model_dir, second_config.steps) as log:
         log.info(
             f"phase 2: the network trains ({config.then_model.trainable!r}, learning rate "
-            f"{boundary['learning_rate']:g}) with phase 1's prompt "
+            f"{config.then_model.learning_rate:g}) with phase 1's prompt "
             f"{'frozen' if boundary['prompt'] == 'frozen' else 'training on'}, steps "
             f"{boundary['phase1_step'] + 1}-{second_config.steps}"
         )
