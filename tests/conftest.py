@@ -175,3 +175,21 @@ def pytest_configure(config):
     from prompt_transfer import runtime
 
     runtime.enable_compilation_cache(tempfile.mkdtemp(prefix="prompt-transfer-jax-"))
+
+
+def killed_at_batch(monkeypatch, position: int, launch) -> None:
+    """`launch()` killed (KeyboardInterrupt, as a kill stops the process) when its data
+    stream is about to read batch `position`; the stream is itself again afterwards."""
+    from prompt_transfer import data
+
+    real_next = data.BatchStream.__next__
+
+    def dies(self):
+        if self.position == position:
+            raise KeyboardInterrupt("killed")
+        return real_next(self)
+
+    monkeypatch.setattr(data.BatchStream, "__next__", dies)
+    with pytest.raises(KeyboardInterrupt):
+        launch()
+    monkeypatch.setattr(data.BatchStream, "__next__", real_next)

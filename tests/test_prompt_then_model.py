@@ -8,8 +8,8 @@ import pytest
 from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, tiny_run_args
-from prompt_transfer import cli, data, prompts
+from conftest import T5_VOCAB, killed_at_batch, tiny_run_args
+from prompt_transfer import cli, prompts
 from prompt_transfer.cli.runs import evaluate_main, train_main
 from prompt_transfer.trainer import phases, run_dir
 
@@ -141,17 +141,7 @@ def test_a_kill_on_either_side_of_the_boundary_resumes_in_its_phase_bit_for_bit(
 
     # After the boundary: phase 2 dies at its second batch (data position 7), unsaved.
     after = tmp_path / "after"
-    real_next = data.BatchStream.__next__
-
-    def dies_at_batch_7(self):
-        if self.position == 7:
-            raise KeyboardInterrupt("killed")
-        return real_next(self)
-
-    monkeypatch.setattr(data.BatchStream, "__next__", dies_at_batch_7)
-    with pytest.raises(KeyboardInterrupt):
-        train_main(two_phase_args(after))
-    monkeypatch.setattr(data.BatchStream, "__next__", real_next)
+    killed_at_batch(monkeypatch, 7, lambda: train_main(two_phase_args(after)))
     assert (after / "phases.json").exists() and not list(after.glob("checkpoint_*"))
 
     for run in (before, after):

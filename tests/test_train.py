@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 from synthetic_tasks import keyword_examples, register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_run_args
+from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, killed_at_batch, tiny_run_args
 from prompt_transfer import (
     checkpoints,
     cli,
@@ -392,17 +392,9 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_prompt(task, tmp_pat
     ]
     train_main(tiny_run_args(tmp_path / "straight", *steps))
 
-    real_next = data.BatchStream.__next__
-
-    def dies_at_batch_25(self):
-        if self.position == 25:
-            raise KeyboardInterrupt("killed")
-        return real_next(self)
-
-    monkeypatch.setattr(data.BatchStream, "__next__", dies_at_batch_25)
-    with pytest.raises(KeyboardInterrupt):
-        train_main(tiny_run_args(tmp_path / "resumed", *steps))
-    monkeypatch.setattr(data.BatchStream, "__next__", real_next)
+    killed_at_batch(
+        monkeypatch, 25, lambda: train_main(tiny_run_args(tmp_path / "resumed", *steps))
+    )
     assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint_*")) == [
         "checkpoint_10",
         "checkpoint_20",

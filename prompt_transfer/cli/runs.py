@@ -39,6 +39,14 @@ def infer_main(argv: list[str]) -> str:
 
 def _configured(job, argv: list[str]):
     """`job(spec)` as the gin files of `argv` bind it and the run's RunSpec."""
+    from prompt_transfer import gin_utils
+
+    spec = _run_spec(argv)
+    return gin_utils.configured(job)(spec)
+
+
+def _run_spec(argv: list[str]):
+    """The RunSpec the gin files and overrides of `argv` bind, its gs:// reads checked."""
     from prompt_transfer import gin_utils, remote
     from prompt_transfer.trainer import config
 
@@ -46,26 +54,20 @@ def _configured(job, argv: list[str]):
     gin_utils.configure(launch.files, launch.bindings)
     spec = gin_utils.build(config.RunSpec)
     remote.check_run(spec)  # its gs:// reads answer before the model is built
-    return gin_utils.configured(job)(spec)
+    return spec
 
 
 def forget_main(args) -> dict:
     """`prompt-transfer forget --run MODEL_DIR --library DIR`: the run's own config.gin (and any
     --gin.X=... after it) rebuilds the run."""
-    from prompt_transfer import gin_utils, remote
-    from prompt_transfer.trainer import config, forget
+    from prompt_transfer.trainer import forget
 
     config_file = paths.path(args.run) / "config.gin"
     if not config_file.exists():
         raise forget.TrainError(
             f"--run {args.run!r} holds no run (no config.gin); give a trained run's MODEL_DIR"
         )
-    launch = gin_utils.parse_command_line(
-        [f"--gin_file={config_file}", *args.gin_args, f"--gin.MODEL_DIR='{args.run}'"]
-    )
-    gin_utils.configure(launch.files, launch.bindings)
-    spec = gin_utils.build(config.RunSpec)
-    remote.check_run(spec)
+    spec = _run_spec([f"--gin_file={config_file}", *args.gin_args, f"--gin.MODEL_DIR='{args.run}'"])
     tasks = [t for t in (args.tasks or "").split(",") if t]
     return forget.forget(
         spec, args.library, split=args.split, checkpoint=args.checkpoint, tasks=tasks

@@ -150,7 +150,7 @@ def _open(spec, config, state, store, log):
         boundary = run_dir.read_phases(spec.model_dir)
         step = jnp.asarray(boundary["phase1_step"], state.step.dtype)
         state = state.replace(step=jax.device_put(step, state.step.sharding))
-        position = boundary["position"]
+        position = boundary["phase1_step"]  # one batch a step
     saved = store.data_state(int(state.step)) if position and restored else None
     stream = open_stream(spec, config, position, saved)
     if stream.restored:

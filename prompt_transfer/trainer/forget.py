@@ -22,7 +22,7 @@ from prompt_transfer.trainer import evaluate, run_dir
 from prompt_transfer.trainer.config import RunSpec
 from prompt_transfer.trainer.train import network_of
 from prompt_transfer.trainer.train_state import TrainError
-from prompt_transfer.transfer import library
+from prompt_transfer.transfer import library, retrieval
 
 
 def without_prompt(params: dict) -> dict:
@@ -37,15 +37,14 @@ def without_prompt(params: dict) -> dict:
 
 
 def other_tasks(
-    lib: library.Library, fingerprint: str, own: Sequence[str], only: Sequence[str] = ()
+    lib: library.Library, fingerprint: str, width: int, own: Sequence[str], only: Sequence[str] = ()
 ) -> list[library.Entry]:
-    """The newest trained prompt of this frozen model for each task of the library but the
-    run's own (`only`: these tasks, each of which must be there)."""
+    """The newest trained prompt of this frozen model (`fingerprint`, embedding `width`) for
+    each task of the library but the run's own (`only`: these tasks, each of which must be
+    there)."""
     newest: dict[str, library.Entry] = {}
-    for entry in lib.entries():
-        if entry.kind != "trained" or entry.model_fingerprint != fingerprint:
-            continue
-        if entry.task in own or (only and entry.task not in only):
+    for entry in retrieval.eligible_sources(lib, fingerprint, width, own):
+        if entry.kind != "trained" or (only and entry.task not in only):
             continue
         if entry.task not in newest or entry.created > newest[entry.task].created:
             newest[entry.task] = entry
@@ -80,7 +79,8 @@ def forget(
     model, changed, step = evaluate.trained(spec, checkpoint)
     frozen = network_of(spec, partitioning.make_mesh(spec.num_partitions)).params
     own = [t.name for t in registry.subtasks(data.get_task(spec.task))]
-    entries = other_tasks(lib, library.model_fingerprint(frozen), own, tasks)
+    fingerprint, width = library.model_fingerprint(frozen), spec.model_config.emb_dim
+    entries = other_tasks(lib, fingerprint, width, own, tasks)
     networks = {"before": without_prompt(frozen), "after": without_prompt(changed)}
     rows = []
     for entry in entries:

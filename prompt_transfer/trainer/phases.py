@@ -64,14 +64,9 @@ def _phase1_dir(spec: RunSpec):
 def write_boundary(spec: RunSpec, config: TrainConfig, summary: dict, final) -> dict:
     """Phase 1 is done: its final prompt, then phases.json (the commit)."""
     phase = config.then_model
-    boundary = {
-        "phase1_step": summary["step"],
-        "position": summary["step"],  # one batch a step: phase 2 reads on from here
-        "trainable": phase.regex(),
-        "prompt": phase.prompt,
-        "steps": phase.steps,
-        "learning_rate": phase.learning_rate,
-    }
+    # Phase 2's steps and learning rate stay the config's (MODEL_STEPS may extend it); what
+    # its checkpoints hold (what trains) is fixed here.
+    boundary = {"phase1_step": summary["step"], "trainable": phase.regex(), "prompt": phase.prompt}
 
     def write():
         paths.save_npy(run_dir.subdir(_phase1_dir(spec), run_dir.FINAL_PROMPT), final)

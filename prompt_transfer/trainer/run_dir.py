@@ -66,7 +66,7 @@ FINAL_PROMPT = "final_prompt.npy"
 
 def read_phases(model_dir: paths.PathLike) -> dict | None:
     """The boundary of a prompt-then-model run whose phase 1 has finished (trainer/phases.py):
-    {"phase1_step", "position", "trainable", "prompt", "steps"}; None for any other run, or
+    {"phase1_step", "trainable", "prompt"}; None for any other run, or
     before the boundary."""
     path = subdir(model_dir, PHASES_FILE)
     return json.loads(path.read_text()) if path.exists() else None
