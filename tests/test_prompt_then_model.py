@@ -1,7 +1,9 @@
 """Prompt, then model (trainer/phases.py): one run in two phases, the prompt first on the frozen
 network, then the network with that prompt attached; and what a changed network forgets."""
 
+import dataclasses
 import json
+import types
 
 import numpy as np
 import pytest
@@ -229,3 +231,161 @@ def test_forget_scores_other_tasks_before_and_after_a_run_changed_the_network(
     args = ["forget", "--run", str(run), "--library", str(lib), "--tasks", "test_keyword"]
     assert cli.main(args) == 2
     assert "--tasks 'test_keyword': the library" in capsys.readouterr().err
+
+
+def test_the_flow_runs_prompt_then_model_beside_model_tuning_and_reports_what_each_kept(
+    anchors, tmp_path, monkeypatch
+):
+    """prompt_then_model and top_k_average_then_model: the prompt for half of TARGET_STEPS (from
+    random init, or from the transfer), then the network; one curve over both phases, a verdict
+    against model tuning, and the sources' scores kept by every run that trained the network."""
+    from conftest import CUT_DOWN_FLOW, TINY_CHECKPOINT
+    from prompt_transfer import offline_data
+
+    monkeypatch.setenv("PROMPT_TRANSFER_DATA", str(tmp_path / "offline"))
+    offline_data.prepare(tmp_path / "offline")
+    sources = ["offline_sentiment_coachella", "offline_bbc_topic"]
+    target, work = "offline_sentiment_apple_32shot", tmp_path / "work"
+    argv = [
+        "spot",
+        "--gin_file=experiments/spot_tiny",
+        f"--gin.WORK_DIR='{work}'",
+        f"--gin.SOURCES={sources}",
+        f"--gin.TARGETS=['{target}']",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}",
+        *CUT_DOWN_FLOW,
+        "--gin.STRATEGIES=['top_k_average_then_model']",
+        "--gin.BASELINES=['sampled_vocab', 'model_tuning', 'prompt_then_model']",
+        "--gin.MODEL_TUNING_LEARNING_RATE=0.05",
+    ]
+    assert cli.main(argv) == 0
+    built = json.loads((work / "report.json").read_text())
+    rows = {r["run"]: r for r in built["rows"]}
+    assert set(rows) == {
+        "sampled_vocab", "model_tuning", "prompt_then_model", "top_k_average_then_model"
+    }  # fmt: skip
+    for name in ("prompt_then_model", "top_k_average_then_model"):
+        run = work / "targets" / target / name / "seed_0"
+        # Phase 1 (steps 1-2) in phase1/, phase 2 (steps 3-4) in the run's folder: one curve.
+        assert json.loads((run / "phases.json").read_text())["phase1_step"] == 2
+        assert (run / "phase1" / "checkpoint_2").exists() and (run / "checkpoint_4").exists()
+        assert set(rows[name]["scores"]) == {"2", "4"}
+        assert None not in rows[name]["scores"].values()
+        record = json.loads((run / "flow_run.json").read_text())
+        assert record["then_model.steps"] == 2 and record["then_model.learning_rate"] == 0.05
+    assert set(rows["top_k_average_then_model"]["sources"]) == set(sources)  # phase 1's start
+    record = work / "targets" / target / "prompt_then_model" / "seed_0" / "flow_run.json"
+    assert json.loads(record.read_text())["prompt_init.method"] == "sampled_vocab"
+
+    # Every run that trained the network is measured on both sources, against the same frozen
+    # scores; prompt tuning is not.
+    kept = {r["run"]: r for r in built["kept"]}
+    assert set(kept) == {"model_tuning", "prompt_then_model", "top_k_average_then_model"}
+    befores = {
+        name: {t: cell["before"] for t, cell in row["tasks"].items()} for name, row in kept.items()
+    }
+    assert all(set(b) == set(sources) for b in befores.values())
+    assert len({json.dumps(b, sort_keys=True) for b in befores.values()}) == 1
+    forgot = json.loads(
+        (
+            work / "targets" / target / "model_tuning" / "seed_0" / "forget_validation_latest.json"
+        ).read_text()
+    )
+    assert forgot["step"] == 4 and forgot["mean_kept"] == kept["model_tuning"]["mean_kept"][0]
+    assert any(r["after"] != r["before"] for r in forgot["tasks"])  # the network did change
+    (verdict,) = [line for line in built["verdict"] if "prompt, then model (" in line]
+    assert verdict.startswith(f"{target}: prompt, then model (") and "model tuning" in verdict
+    assert "of the sources' scores it keeps" in verdict
+    markdown = (work / "report.md").read_text()
+    assert "## What training the network forgets" in markdown
+    assert f"| {target} | prompt_then_model |" in markdown
+
+    # A second run reuses the runs and their measurements.
+    written = {p: p.stat().st_mtime for p in work.rglob("forget_*.json")}
+    checkpoints = {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")}
+    assert len(written) == 3 and cli.main(argv) == 0
+    assert {p: p.stat().st_mtime for p in work.rglob("forget_*.json")} == written
+    assert {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")} == checkpoints
+    assert json.loads((work / "report.json").read_text())["kept"] == built["kept"]
+
+
+def test_then_model_rows_split_the_target_steps_and_train_as_model_tuning(tmp_path):
+    from prompt_transfer.spot import config, flow
+    from prompt_transfer.trainer.train_state import OptimizerConfig
+
+    settings = config.FlowConfig(
+        work_dir=str(tmp_path),
+        sources=("a", "b"),
+        targets=("t",),
+        target_steps=300,
+        then_model_steps=100,
+        strategies=("top_1", "best_of_top_k_then_model", "compose_concat_then_model"),
+        baselines=("random_uniform", "model_tuning", "prompt_then_model"),
+        compose_sources=("a", "b"),
+        model_tuning_optimizer=OptimizerConfig(learning_rate=2e-3),
+    )
+    rows = flow._target_inits(settings, tmp_path / "library", "t-embedding", prompt_length=20)
+    two_phase = {n: r for n, r in rows.items() if "then_model" in r}
+    assert set(two_phase) == {
+        "prompt_then_model", "best_of_top_k_then_model", "compose_concat_then_model"
+    }  # fmt: skip
+    for name, changes in two_phase.items():
+        assert changes["steps"] == 200 and changes["then_model"].steps == 100, name
+        phase = changes["then_model"]
+        assert (phase.trainable, phase.prompt, phase.learning_rate) == (".*", "frozen", 2e-3)
+        assert phase.optimizer == settings.model_tuning_optimizer
+    assert rows["prompt_then_model"]["prompt_init"].method == "random_uniform"
+    assert rows["best_of_top_k_then_model"]["prompt_init"].transfer.strategy == "best_of_top_k"
+    assert rows["compose_concat_then_model"]["prompt_length"] == 40
+    assert "steps" not in rows["top_1"] and "then_model" not in rows["model_tuning"]
+    half = dataclasses.replace(settings, then_model_steps=0)
+    assert flow._target_inits(half, tmp_path, "e", 20)["prompt_then_model"]["steps"] == 150
+
+    spec = types.SimpleNamespace(prompt_length=20)
+    with pytest.raises(flow.FlowError, match="THEN_MODEL_STEPS=300 leaves the prompt of"):
+        flow.check_flow(dataclasses.replace(settings, then_model_steps=300), spec)
+    with pytest.raises(flow.FlowError, match="PROMPT_LENGTH=0 leaves none"):
+        flow.check_flow(settings, types.SimpleNamespace(prompt_length=0))
+
+
+def test_forget_reports_balanced_accuracy_and_the_report_weighs_the_gap(tmp_path):
+    """A network that drifts to the majority class keeps most of an imbalanced task's accuracy
+    and little of its balanced accuracy: the kept table shows both, and the verdict compares
+    prompt-then-model with model tuning within the seeds' spread."""
+    from prompt_transfer.spot import report
+    from prompt_transfer.trainer import forget
+
+    def seed(kept, balanced):
+        task = {"task": "s", "metric": "accuracy", "before": 80.0, "after": 0.8 * kept}
+        task.update(kept=kept, balanced_before=60.0, balanced_kept=balanced)
+        return {"tasks": [task], "mean_kept": kept, "mean_kept_balanced": balanced}
+
+    curves = {
+        ("t", "model_tuning"): [([2, 4], [50.0, 70.0]), ([2, 4], [50.0, 74.0])],
+        ("t", "prompt_then_model"): [([2, 4], [40.0, 73.0]), ([2, 4], [40.0, 75.0])],
+    }
+    kept = {
+        ("t", "model_tuning"): [seed(90.0, 50.0), seed(80.0, 40.0)],
+        ("t", "prompt_then_model"): [seed(100.0, 95.0), seed(96.0, 85.0)],
+    }
+    runs = report.TargetRuns(curves=curves, kept=kept)
+    built = report.write_report(
+        tmp_path,
+        report.Results(["t"], ["s"], runs, {}, np.zeros((1, 1)), eval_period=2, target_steps=4),
+    )
+    (line,) = [v for v in built["verdict"] if "prompt, then model" in v]
+    assert line == (
+        "t: prompt, then model (prompt_then_model, 74.0; model tuning 72.0) is level with model "
+        "tuning (+2.0 points, within the seeds' spread 2.8) at step 4; of the sources' scores it "
+        "keeps 98.0% ± 2.8 (balanced accuracy 90.0% ± 7.1), model tuning 85.0% ± 7.1 (balanced "
+        "accuracy 45.0% ± 7.1)"
+    )
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| t | model_tuning | 85.0% ± 7.1 (45.0% ± 7.1) | 85.0% ± 7.1 (45.0% ± 7.1) |" in (
+        markdown
+    )
+    # the console table of one run: balanced accuracy beside the main metric
+    one = dict(seed(90.0, 50.0), run="r", step=4, split="validation", checkpoint="latest")
+    one["tasks"][0]["balanced_after"] = 30.0
+    assert "| s | accuracy | 80.00 | 72.00 | 90.0% | 60.00 | 30.00 | 50.0% |" in forget.table(one)

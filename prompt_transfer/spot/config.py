@@ -16,7 +16,16 @@ from prompt_transfer.settings import setting
 from prompt_transfer.trainer.train_state import OptimizerConfig
 from prompt_transfer.transfer import similarity, views
 
-BASELINES = ("random_uniform", "sampled_vocab", "class_labels", "model_tuning")
+BASELINES = (
+    "random_uniform",
+    "sampled_vocab",
+    "class_labels",
+    "model_tuning",
+    "prompt_then_model",
+)
+# The prompt run without transfer that transfer is judged against ("random init"), in order of
+# preference: the first of these the flow runs (prompt_then_model's phase 1 starts from it too).
+RANDOM_INIT = ("random_uniform", "sampled_vocab")
 # What a target can start from in the flow: each ranks the library for the target (attention
 # keeps the top k beside the target and mixes them per input); the compose_ rows build it from
 # COMPOSE_SOURCES (transfer/initial.py's compose, one row per way), and each_source trains one
@@ -28,6 +37,18 @@ MULTITASK_STRATEGIES = {
     "multitask_average": "average_source_tasks",
     "multitask_shared": "only_source_shared",
 }
+# <strategy>_then_model: the strategy's prompt trains for TARGET_STEPS - THEN_MODEL_STEPS steps,
+# then the network with it attached for THEN_MODEL_STEPS (ProMoT; trainer/phases.py). A prompt
+# per input (attention) or per task (multitask_) is not carried into phase 2.
+THEN_MODEL_FROM = (
+    "top_1",
+    "top_k_average",
+    "best_of_top_k",
+    "top_k_mixture",
+    "compose_concat",
+    "compose_weighted_sum",
+)
+THEN_MODEL = "_then_model"
 STRATEGIES = (
     "top_1",
     "top_k_average",
@@ -37,6 +58,7 @@ STRATEGIES = (
     *COMPOSE_STRATEGIES,
     *MULTITASK_STRATEGIES,
     "each_source",
+    *(f"{s}{THEN_MODEL}" for s in THEN_MODEL_FROM),
 )
 # The flow compares prompts with prompts; a model's activations or scores rank sources only.
 PROMPT_METRICS = similarity.PROMPT_METRICS
@@ -69,7 +91,7 @@ class FlowConfig:
         macro="STRATEGIES",
     )
     baselines: Sequence[str] = setting(
-        BASELINES, one_of=BASELINES, non_empty=True, macro="BASELINES"
+        BASELINES[:4], one_of=BASELINES, non_empty=True, macro="BASELINES"
     )
     metrics: Sequence[str] = setting(
         ("cosine_avg_tokens", "cosine_per_token"),
@@ -96,10 +118,22 @@ class FlowConfig:
     # Model tuning trains every weight, with T5X's fine-tuning recipe rather than the prompt
     # runs' optimizer (MODEL_TUNING_LEARNING_RATE, model_tuning/train_state.OptimizerConfig).
     model_tuning_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3)
+    # THEN_MODEL_STEPS: of a prompt_then_model or <strategy>_then_model row's TARGET_STEPS, those
+    # of phase 2, where the network trains with model tuning's optimizer (0: half of them), the
+    # prompt frozen or training on (THEN_MODEL_PROMPT)
+    then_model_steps: int = setting(0, least=0, macro="THEN_MODEL_STEPS")
+    then_model_prompt: str = setting(
+        "frozen", one_of=("frozen", "trains"), macro="THEN_MODEL_PROMPT"
+    )
     # SEEDS_PER_RUN: target runs repeat with seeds RANDOM_SEED, +1, ...
     seeds_per_run: int = setting(1, least=1, macro="SEEDS_PER_RUN")
     # STACK_RUNS: prompt runs trained together in one stacked step
     stack_runs: int = setting(3, least=1, macro="STACK_RUNS")
+
+    @property
+    def phase2_steps(self) -> int:
+        """Phase 2's steps of a then_model row (THEN_MODEL_STEPS, or half of TARGET_STEPS)."""
+        return self.then_model_steps or self.target_steps // 2
 
     def seeds(self, first: int) -> list[int]:
         """Each target run's seeds, from RANDOM_SEED (`first`) on."""
@@ -119,3 +153,9 @@ class FlowConfig:
     def multitask_runs(self) -> int:
         """1 when a multitask_ row needs the multi-task run over the sources, else 0."""
         return int(any(s in MULTITASK_STRATEGIES for s in self.strategies))
+
+
+def changes_network(run: str) -> bool:
+    """Whether a target row trains the network (model tuning, prompt then model), so that the
+    report measures what the network forgets."""
+    return run == "model_tuning" or run.endswith(THEN_MODEL)

@@ -24,13 +24,20 @@ import numpy as np
 
 from prompt_transfer import data, errors, gin_utils, partitioning, paths, prompts, remote
 from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.spot import against_study
-from prompt_transfer.spot.config import COMPOSE_STRATEGIES, MULTITASK_STRATEGIES, FlowConfig
+from prompt_transfer.spot import against_study, kept
+from prompt_transfer.spot.config import (
+    COMPOSE_STRATEGIES,
+    MULTITASK_STRATEGIES,
+    RANDOM_INIT,
+    THEN_MODEL,
+    FlowConfig,
+    changes_network,
+)
 from prompt_transfer.spot.report import Results, TargetRuns, write_report
 from prompt_transfer.spot.runs import FlowError, Runs, base_run
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer import start as start_lib
-from prompt_transfer.trainer.config import RunSpec, TrainConfig
+from prompt_transfer.trainer.config import ModelPhase, RunSpec, TrainConfig
 from prompt_transfer.trainer.train import network_of
 from prompt_transfer.transfer import (
     attention,
@@ -222,9 +229,14 @@ def retrieve(flow: FlowConfig, spec: RunSpec, lib: library.Library, network) -> 
 def _target_inits(
     flow: FlowConfig, library_root, embedding_id: str, prompt_length: int
 ) -> dict[str, dict]:
-    """{run name: RunSpec/TrainConfig changes} for the baselines and strategies on a target."""
+    """{run name: RunSpec/TrainConfig changes (and "steps" where not TARGET_STEPS)} for the
+    baselines and strategies on a target."""
     changes = {}
     for name in flow.baselines:
+        if name == "prompt_then_model":  # the flow's random init, then the network
+            random = next((n for n in RANDOM_INIT if n in flow.baselines), "sampled_vocab")
+            changes[name] = _then_model(flow, {"prompt_init": prompts.PromptInit(random)})
+            continue
         method = name if name != "model_tuning" else "random_uniform"
         changes[name] = {"prompt_init": prompts.PromptInit(method)}
         if name == "model_tuning":
@@ -244,29 +256,55 @@ def _target_inits(
                     "prompt_init": prompts.PromptInit("transfer", transfer=init)
                 }
             continue
-        if strategy in MULTITASK_STRATEGIES:
-            init = initial.TransferInit(
+        prompt_part = strategy.removesuffix(THEN_MODEL)
+        found = _strategy_init(flow, prompt_part, library_root, embedding_id, prompt_length)
+        changes[strategy] = found if prompt_part == strategy else _then_model(flow, found)
+    return changes
+
+
+def _then_model(flow: FlowConfig, changes: dict) -> dict:
+    """A row's prompt run as phase 1 of a prompt-then-model run of TARGET_STEPS in all: phase 2
+    trains every weight for THEN_MODEL_STEPS with model tuning's optimizer."""
+    phase = ModelPhase(
+        steps=flow.phase2_steps,
+        trainable=".*",
+        prompt=flow.then_model_prompt,
+        learning_rate=flow.model_tuning_optimizer.learning_rate,
+        optimizer=flow.model_tuning_optimizer,
+    )
+    return {**changes, "steps": flow.target_steps - flow.phase2_steps, "then_model": phase}
+
+
+def _strategy_init(
+    flow: FlowConfig, strategy: str, library_root, embedding_id: str, prompt_length: int
+) -> dict:
+    """The changes of a strategy's row (not each_source): where its prompt starts."""
+    transfer = lambda init: {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
+    if strategy in MULTITASK_STRATEGIES:
+        return transfer(
+            initial.TransferInit(
                 strategy="multitask",
                 multitask_run=str(paths.path(flow.work_dir) / "sources" / MULTITASK_RUN),
                 multitask_init=MULTITASK_STRATEGIES[strategy],
             )
-            changes[strategy] = {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
-            continue
-        if strategy in COMPOSE_STRATEGIES:
-            how = strategy.removeprefix("compose_")
-            init = initial.TransferInit(
+        )
+    if strategy in COMPOSE_STRATEGIES:
+        how = strategy.removeprefix("compose_")
+        changes = transfer(
+            initial.TransferInit(
                 strategy="compose",
                 library=str(library_root),
                 compose_sources=tuple(flow.compose_sources),
                 compose_how=how,
             )
-            changes[strategy] = {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
-            if how == "concat":  # the parts side by side: as long as all of them
-                changes[strategy]["prompt_length"] = prompt_length * len(flow.compose_sources)
-            if how == "attention":
-                changes[strategy]["trainable_regex"] = attention.TRAINABLE
-            continue
-        init = initial.TransferInit(
+        )
+        if how == "concat":  # the parts side by side: as long as all of them
+            changes["prompt_length"] = prompt_length * len(flow.compose_sources)
+        if how == "attention":
+            changes["trainable_regex"] = attention.TRAINABLE
+        return changes
+    changes = transfer(
+        initial.TransferInit(
             strategy=strategy,
             library=str(library_root),
             target_embedding=embedding_id,
@@ -278,28 +316,28 @@ def _target_inits(
             if views.needs_start(flow.retrieval_metric)
             else "",
         )
-        changes[strategy] = {"prompt_init": prompts.PromptInit("transfer", transfer=init)}
-        if strategy == "attention":  # its module trains too; its sources stay fixed
-            changes[strategy]["trainable_regex"] = attention.TRAINABLE
+    )
+    if strategy == "attention":  # its module trains too; its sources stay fixed
+        changes["trainable_regex"] = attention.TRAINABLE
     return changes
 
 
 def train_targets(
     flow: FlowConfig, runs: Runs, lib: library.Library, found: Retrieved, progress: Progress
 ) -> TargetRuns:
-    """4. Every baseline and strategy on every target, once per seed, a target at a time."""
+    """4. Every baseline and strategy on every target, once per seed, a target at a time; then
+    what each run that trained the network forgets of the sources (kept.py)."""
     seeds = flow.seeds(runs.spec.seed)
-    trained = TargetRuns()
+    trained, frozen = TargetRuns(), {}  # frozen: the sources' scores on the frozen network
     for task in flow.targets:
         by_name = _target_inits(flow, lib.root, found.embeddings[task].id, runs.spec.prompt_length)
         planned = {
             (name, seed): runs.make(
                 runs.work / "targets" / task / name / f"seed_{seed}",
                 task,
-                steps=flow.target_steps,
+                **{"steps": flow.target_steps, **changes},
                 eval_period=runs.config.eval_period,
                 seed=seed,
-                **changes,
             )
             for name, changes in by_name.items()
             for seed in seeds
@@ -311,12 +349,24 @@ def train_targets(
         runs.train(list(planned.values()))
         for (name, _), (spec, _) in planned.items():
             _gather(trained, task, name, paths.path(spec.model_dir))
+        changed = [(name, run) for (name, _), run in planned.items() if changes_network(name)]
+        if changed:
+            _log(f"what the {len(changed)} target runs that trained the network forget")
+            reports = kept.measure([r for _, r in changed], flow.sources, str(lib.root), frozen)
+            for (name, _), report in zip(changed, reports, strict=True):
+                trained.kept.setdefault((task, name), []).append(report)
     return trained
 
 
 def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
-    """Add one target run's (one seed's) curve, predictions and transfer report."""
+    """Add one target run's (one seed's) curve, predictions and transfer report; a
+    prompt-then-model run's curve is phase 1's (MODEL_DIR/phase1) then phase 2's."""
+    phase1 = run_dir.subdir(model_dir, run_dir.PHASE1)
     history = run_dir.read_eval_history(model_dir)
+    if phase1.exists():
+        later = {h["step"] for h in history}  # phase 2 evaluates at the boundary step too
+        history = [h for h in run_dir.read_eval_history(phase1) if h["step"] not in later]
+        history += run_dir.read_eval_history(model_dir)
     trained.curves.setdefault((task, name), []).append(
         ([h["step"] for h in history], [h["value"] for h in history])
     )
@@ -324,9 +374,10 @@ def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
         last = history[-1]
         trained.predictions.setdefault((task, name), []).append(last["predictions"].get(task))
         trained.labels[task] = last["labels"].get(task)
-    report_file = model_dir / "transfer" / "report.json"
-    if report_file.exists() and (task, name) not in trained.picked:
-        trained.picked[(task, name)] = json.loads(report_file.read_text())
+    for where in (model_dir, phase1):
+        report_file = where / "transfer" / "report.json"
+        if report_file.exists() and (task, name) not in trained.picked:
+            trained.picked[(task, name)] = json.loads(report_file.read_text())
 
 
 def zero_shot_matrix(
@@ -388,16 +439,27 @@ def main(argv: list[str]) -> dict:
 
 
 def check_flow(flow: FlowConfig, spec: RunSpec) -> FlowConfig:
-    """COMPOSE_SOURCES among the sources when a strategy composes, `check_tasks`, and a TOP_K
-    above the sources is clamped to them, with a note. (Types,
-    ranges, strategies, baselines, metrics and empty lists are the schema's: gin_utils.build.)"""
-    composing = [s for s in flow.strategies if s in COMPOSE_STRATEGIES]
+    """COMPOSE_SOURCES among the sources when a strategy composes, prompt steps left to the
+    *_then_model rows, `check_tasks`, and a TOP_K above the sources is clamped to them, with a
+    note. (Types, ranges, strategies, baselines, metrics and empty lists are the schema's:
+    gin_utils.build.)"""
+    composing = [s for s in flow.strategies if s.removesuffix(THEN_MODEL) in COMPOSE_STRATEGIES]
     if composing and (
         len(flow.compose_sources) < 2 or not set(flow.compose_sources) <= set(flow.sources)
     ):
         raise FlowError(
             f"STRATEGIES={list(flow.strategies)!r} compose sub-tasks' prompts: "
             f"COMPOSE_SOURCES={list(flow.compose_sources)!r} must name two or more of SOURCES"
+        )
+    two_phase = [n for n in (*flow.baselines, *flow.strategies) if n.endswith(THEN_MODEL)]
+    if two_phase and not 0 < flow.phase2_steps < flow.target_steps:
+        raise FlowError(
+            f"THEN_MODEL_STEPS={flow.then_model_steps} leaves the prompt of {two_phase[0]} no "
+            f"steps of TARGET_STEPS={flow.target_steps}; give fewer (phase 2's part of them)"
+        )
+    if two_phase and not spec.prompt_length:
+        raise FlowError(
+            f"{two_phase[0]} trains a prompt first: PROMPT_LENGTH=0 leaves none; give a length"
         )
     check_tasks(flow, spec)
     if flow.top_k > len(flow.sources):
@@ -432,6 +494,9 @@ _SET_PER_RUN = {
     "SAVE_PERIOD": "SOURCE_STEPS, EMBEDDING_STEPS or TARGET_STEPS (each run saves at its end)",
     "TRAINABLE": "DEEP_PROMPT (model tuning is a baseline: BASELINES)",
     "LIBRARY_DIR": "WORK_DIR (its library/ folder)",
+    "MODEL_STEPS": "THEN_MODEL_STEPS (phase 2's part of TARGET_STEPS in the *_then_model rows)",
+    "MODEL_PROMPT": "THEN_MODEL_PROMPT",
+    "MODEL_LEARNING_RATE": "MODEL_TUNING_LEARNING_RATE (phase 2 trains as model tuning does)",
 }
 
 

@@ -10,12 +10,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from prompt_transfer import evaluation, paths
-from prompt_transfer.spot import plots
-from prompt_transfer.spot.config import BASELINES
-
-# The prompt run without transfer that transfer is judged against ("random init"), in order of
-# preference: the first of these a target ran.
-RANDOM_INIT = ("random_uniform", "sampled_vocab")
+from prompt_transfer.spot import kept, plots
+from prompt_transfer.spot.config import BASELINES, RANDOM_INIT, changes_network
 
 
 def _random_init(names) -> str | None:
@@ -81,6 +77,9 @@ class TargetRuns:
     # evaluation; {target: {label: count}}: the true labels of the evaluation split.
     predictions: dict = dataclasses.field(default_factory=dict)
     labels: dict = dataclasses.field(default_factory=dict)
+    # {(target, run): [forget report of each seed]}: what a run that trained the network kept
+    # of the sources' scores (kept.py)
+    kept: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,10 +113,12 @@ def write_report(work, results: Results) -> dict:
         "rows": rows,
         "majority": majority,
         "verdict": _verdict(rows, results.targets, results.target_steps, majority),
+        "kept": kept.rows(results.runs.kept),
         "similarities": {m: v.tolist() for m, v in results.similarities.items()},
         "zero_shot": results.zero_shot.tolist(),
         "study": list(results.study),
     }
+    report["verdict"] += _then_model_verdict(rows, report["kept"], results)
     paths.atomic_write_text(work / "report.json", json.dumps(report, indent=1))
     _figures(work, results, curves)
     paths.atomic_write_text(work / "report.md", _markdown(report))
@@ -206,7 +207,10 @@ def _verdict(rows: list[dict], targets, target_steps: int, majority=None) -> lis
         transfers = {
             r["run"]: r
             for r in rows
-            if r["target"] == task and r["run"] not in BASELINES and final[r["run"]] is not None
+            if r["target"] == task
+            and r["run"] not in BASELINES
+            and not changes_network(r["run"])  # against model tuning: _then_model_verdict
+            and final[r["run"]] is not None
         }
         if random is None or not transfers:
             lines.append(f"{task}: no random-init run or no transfer run to compare")
@@ -245,6 +249,39 @@ def _verdict(rows: list[dict], targets, target_steps: int, majority=None) -> lis
             line += f"; but it predicts {constant[best]!r} for (nearly) every input"
         if task in majority:
             line += f" (majority class {majority[task]['label']!r}: {majority[task]['share']:.1f})"
+        lines.append(line)
+    return lines
+
+
+def _then_model_verdict(rows: list[dict], kept_rows: list[dict], results: Results) -> list[str]:
+    """Per target with model tuning and a prompt-then-model row: the best of those rows against
+    model tuning at the same total steps, and what each kept of the sources' scores."""
+    lines, steps = [], results.target_steps
+    for task in results.targets:
+        final = {r["run"]: r for r in rows if r["target"] == task and r["scores"].get(steps)}
+        both = [n for n in final if changes_network(n) and n != "model_tuning"]
+        if "model_tuning" not in final or not both:
+            continue
+        best = max(both, key=lambda n: final[n]["scores"][steps])
+        ours, theirs = final[best]["scores"][steps], final["model_tuning"]["scores"][steps]
+        gain = ours - theirs
+        spreads = [_final_spread(final[n], steps) for n in (best, "model_tuning")]
+        noise = max((x for x in spreads if x is not None), default=None)
+        if noise is not None and abs(gain) <= noise:
+            how = f"is level with model tuning ({gain:+.1f} points, within the seeds' spread "
+            how += f"{noise:.1f})"
+        else:
+            how = f"{'beats' if gain > 0 else 'is below'} model tuning by {abs(gain):.1f} points"
+        line = (
+            f"{task}: prompt, then model ({best}, {ours:.1f}; model tuning {theirs:.1f}) {how} "
+            f"at step {steps}"
+        )
+        held = {r["run"]: r for r in kept_rows if r["target"] == task}
+        if best in held and "model_tuning" in held:
+            line += (
+                f"; of the sources' scores it keeps {kept.share(held[best])}, model tuning "
+                f"{kept.share(held['model_tuning'])}"
+            )
         lines.append(line)
     return lines
 
@@ -305,7 +342,7 @@ def _markdown(report: dict) -> str:
     if report.get("study"):
         lines += ["", "## Retrieval against the transferability study", ""]
         lines += [f"- {line}" for line in report["study"]]
-    return "\n".join([*lines, *_matrices(report)])
+    return "\n".join([*lines, *kept.markdown(report.get("kept") or []), *_matrices(report)])
 
 
 def _matrices(report: dict) -> list[str]:

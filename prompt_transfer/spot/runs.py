@@ -89,11 +89,12 @@ class Runs:
 
 
 def _finished(spec: RunSpec, config: TrainConfig) -> bool:
-    """Whether MODEL_DIR already holds this run, trained this long (a rerun reuses it)."""
+    """Whether MODEL_DIR already holds this run, trained this long (a rerun reuses it; a
+    prompt-then-model run's both phases)."""
     history = run_dir.read_eval_history(spec.model_dir)
     done = run_dir.subdir(spec.model_dir, "prompts").exists()
     return bool((done or run_dir.holds_checkpoint(spec.model_dir)) and history) and (
-        history[-1]["step"] >= config.steps
+        history[-1]["step"] >= config.steps + config.then_model.steps
     )
 
 

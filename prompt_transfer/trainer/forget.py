@@ -62,6 +62,9 @@ def other_tasks(
     return [newest[t] for t in sorted(newest)]
 
 
+BALANCED = "balanced_accuracy"  # reported beside the main metric where a task has it
+
+
 def forget(
     spec: RunSpec,
     library_dir: str,
@@ -70,9 +73,14 @@ def forget(
     checkpoint: str = "latest",
     tasks: Sequence[str] = (),
     batch_size: int = 32,
+    frozen_scores: dict | None = None,
 ) -> dict:
     """Each other task's score with its library prompt on the frozen network and on the run's
-    `checkpoint`, and the share kept; written to MODEL_DIR/forget_<split>_<checkpoint>.json."""
+    `checkpoint`, and the share kept (of the main metric, and of balanced accuracy where the
+    task has it: a network that drifts to the majority class keeps much of the accuracy of an
+    imbalanced task and little of its balanced accuracy); written to
+    MODEL_DIR/forget_<split>_<checkpoint>.json. `frozen_scores`: a dict shared by calls on runs
+    of one frozen network, which then scores each library prompt on it once."""
     lib = library.Library(library_dir)
     if not lib.root.exists():
         raise TrainError(f"--library {library_dir!r} does not exist; give the run's prompt library")
@@ -81,7 +89,7 @@ def forget(
     own = [t.name for t in registry.subtasks(data.get_task(spec.task))]
     fingerprint, width = library.model_fingerprint(frozen), spec.model_config.emb_dim
     entries = other_tasks(lib, fingerprint, width, own, tasks)
-    networks = {"before": without_prompt(frozen), "after": without_prompt(changed)}
+    frozen_scores = {} if frozen_scores is None else frozen_scores
     rows = []
     for entry in entries:
         try:
@@ -90,51 +98,83 @@ def forget(
             raise TrainError(
                 f"library task {entry.task!r}: {errors.one_line(e)}; pass --tasks without it"
             ) from e
-        prompt = lib.prompt(entry, deep=bool(entry.deep_width))  # as it was trained
+        prompt = np.asarray(lib.prompt(entry, deep=bool(entry.deep_width)))  # as it was trained
         evaluator = evaluation.TaskEvaluator(
             model, entry.task, split, spec.feature_lengths, batch_size
         )
-        scores = {}
-        for when, network in networks.items():
-            joined = prompts.join(network, spec.model_config, np.asarray(prompt))
-            scores[when] = evaluation.main_metric(evaluator.evaluate(joined))
-        (metric, before), (_, after) = scores["before"], scores["after"]
-        kept = 100.0 * after / before if before else float("nan")
-        rows.append(
-            {
-                "task": entry.task,
-                "entry": entry.id,
-                "metric": metric,
-                "before": before,
-                "after": after,
-                "kept": kept,
-            }  # fmt: skip
-        )
-    finite = [r["kept"] for r in rows if np.isfinite(r["kept"])]
+        key = (fingerprint, entry.id, split, tuple(sorted(spec.feature_lengths.items())))
+        if key not in frozen_scores:
+            frozen_scores[key] = _scores(evaluator, without_prompt(frozen), spec, prompt)
+        after = _scores(evaluator, without_prompt(changed), spec, prompt)
+        rows.append(_row(entry, frozen_scores[key], after))
     report = {
         "run": str(spec.model_dir),
         "step": step,
         "split": split,
         "checkpoint": checkpoint,
         "tasks": rows,
-        "mean_kept": float(np.mean(finite)) if finite else None,
+        "mean_kept": _mean(r["kept"] for r in rows),
+        "mean_kept_balanced": _mean(r["balanced_kept"] for r in rows),
     }
     target = run_dir.subdir(spec.model_dir, f"forget_{split}_{checkpoint}.json")
     paths.atomic_write_text(target, json.dumps(report, indent=1))
     return report
 
 
+def _scores(evaluator, network, spec: RunSpec, prompt) -> tuple[str, float, float | None]:
+    """(main metric, its value, balanced accuracy or None) of `prompt` on `network`."""
+    results = evaluator.evaluate(prompts.join(network, spec.model_config, prompt))
+    metric, value = evaluation.main_metric(results)
+    balanced = [m[BALANCED] for m in results.values() if BALANCED in m]
+    return metric, value, float(np.mean(balanced)) if balanced else None
+
+
+def _kept(before: float | None, after: float | None) -> float | None:
+    if before is None or after is None:
+        return None
+    return 100.0 * after / before if before else float("nan")
+
+
+def _row(entry: library.Entry, before: tuple, after: tuple) -> dict:
+    (metric, value_before, balanced_before), (_, value_after, balanced_after) = before, after
+    return {
+        "task": entry.task,
+        "entry": entry.id,
+        "metric": metric,
+        "before": value_before,
+        "after": value_after,
+        "kept": _kept(value_before, value_after),
+        "balanced_before": balanced_before,
+        "balanced_after": balanced_after,
+        "balanced_kept": _kept(balanced_before, balanced_after),
+    }
+
+
+def _mean(values) -> float | None:
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
 def table(report: dict) -> str:
-    """The report as a Markdown table (the console's and the flow report's)."""
-    lines = [
-        "| task | metric | frozen network | after the run | kept |",
-        "|---|---|---:|---:|---:|",
-    ]
+    """The report as a Markdown table (the console's), balanced accuracy beside the main metric
+    where the tasks have it."""
+    balanced = report.get("mean_kept_balanced") is not None
+    pct = lambda v: "-" if v is None else f"{v:.1f}%"  # noqa: E731
+    num = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    head = "| task | metric | frozen network | after the run | kept |"
+    rule = "|---|---|---:|---:|---:|"
+    if balanced:
+        head += " balanced accuracy: frozen | after | kept |"
+        rule += "---:|---:|---:|"
+    lines = [head, rule]
     for r in report["tasks"]:
-        lines.append(
-            f"| {r['task']} | {r['metric']} | {r['before']:.2f} | {r['after']:.2f} "
-            f"| {r['kept']:.1f}% |"
-        )
+        line = f"| {r['task']} | {r['metric']} | {num(r['before'])} | {num(r['after'])} "
+        line += f"| {pct(r['kept'])} |"
+        if balanced:
+            line += f" {num(r.get('balanced_before'))} | {num(r.get('balanced_after'))} "
+            line += f"| {pct(r.get('balanced_kept'))} |"
+        lines.append(line)
     if report["mean_kept"] is not None:
-        lines.append(f"| mean | | | | {report['mean_kept']:.1f}% |")
+        line = f"| mean | | | | {pct(report['mean_kept'])} |"
+        lines.append(line + (f" | | {pct(report['mean_kept_balanced'])} |" if balanced else ""))
     return "\n".join(lines)

@@ -57,7 +57,8 @@ def train_together(
     """Several runs on one frozen network; new ones that can be (`stack_key`) train in one
     stacked step, up to `most` at a time (0: no limit), each in its own MODEL_DIR as if
     trained alone (equal within float rounding). Runs a MODEL_DIR already holds resume alone,
-    as do runs that stack with no other. Returns each run's summary, in order."""
+    as do runs that stack with no other and prompt-then-model runs (both phases, `train`).
+    Returns each run's summary, in order."""
     alone: list[list[int]] = []  # trained first, in order
     stacks: dict[str, list[int]] = {}
     for i, (spec, config) in enumerate(runs):
@@ -67,6 +68,9 @@ def train_together(
         else:
             stacks.setdefault(key, []).append(i)
     summaries: dict[int, dict] = {}
+    for [i] in [m for m in alone if runs[m[0]][1].then_model.steps]:  # two phases: train's
+        alone.remove([i])
+        summaries[i] = train(*runs[i], config_text=config_text, resume=True)
     for members in [*alone, *stacks.values()]:
         size = most or len(members)
         for chunk in (members[j : j + size] for j in range(0, len(members), size)):
