@@ -312,6 +312,7 @@ def test_the_flow_runs_prompt_then_model_beside_model_tuning_and_reports_what_ea
 
 def test_then_model_rows_split_the_target_steps_and_train_as_model_tuning(tmp_path):
     from prompt_transfer.spot import config, flow
+    from prompt_transfer.spot import rows as target_rows
     from prompt_transfer.trainer.train_state import OptimizerConfig
 
     settings = config.FlowConfig(
@@ -325,7 +326,7 @@ def test_then_model_rows_split_the_target_steps_and_train_as_model_tuning(tmp_pa
         compose_sources=("a", "b"),
         model_tuning_optimizer=OptimizerConfig(learning_rate=2e-3),
     )
-    rows = flow._target_inits(settings, tmp_path / "library", "t-embedding", prompt_length=20)
+    rows = target_rows.target_inits(settings, tmp_path / "library", "t-embedding", prompt_length=20)
     two_phase = {n: r for n, r in rows.items() if "then_model" in r}
     assert set(two_phase) == {
         "prompt_then_model", "best_of_top_k_then_model", "compose_concat_then_model"
@@ -340,7 +341,7 @@ def test_then_model_rows_split_the_target_steps_and_train_as_model_tuning(tmp_pa
     assert rows["compose_concat_then_model"]["prompt_length"] == 40
     assert "steps" not in rows["top_1"] and "then_model" not in rows["model_tuning"]
     half = dataclasses.replace(settings, then_model_steps=0)
-    assert flow._target_inits(half, tmp_path, "e", 20)["prompt_then_model"]["steps"] == 150
+    assert target_rows.target_inits(half, tmp_path, "e", 20)["prompt_then_model"]["steps"] == 150
 
     spec = types.SimpleNamespace(prompt_length=20)
     with pytest.raises(flow.FlowError, match="THEN_MODEL_STEPS=300 leaves the prompt of"):

@@ -344,6 +344,7 @@ def test_compose_and_each_source_rows(tmp_path):
     """The compose_ strategies combine COMPOSE_SOURCES (concat: a prompt as long as the parts;
     attention: its module trains too), and each_source is a row per source, from it alone."""
     from prompt_transfer.spot import config, flow
+    from prompt_transfer.spot import rows as target_rows
     from prompt_transfer.transfer import attention
 
     settings = config.FlowConfig(
@@ -354,7 +355,7 @@ def test_compose_and_each_source_rows(tmp_path):
         baselines=("sampled_vocab",),
         compose_sources=("a", "b"),
     )
-    rows = flow._target_inits(settings, tmp_path / "library", "t-embedding", prompt_length=20)
+    rows = target_rows.target_inits(settings, tmp_path / "library", "t-embedding", prompt_length=20)
     assert set(rows) == {
         "sampled_vocab", "compose_concat", "compose_weighted_sum", "compose_attention",
         "from_a", "from_b", "from_c",
@@ -373,7 +374,8 @@ def test_compose_and_each_source_rows(tmp_path):
 def test_multitask_rows_start_from_one_run_over_the_sources(tmp_path):
     """multitask_average and multitask_shared start from the flow's one multi-task run over
     SOURCES (its tasks' parts averaged, its shared prompt alone), counted once."""
-    from prompt_transfer.spot import config, flow
+    from prompt_transfer.spot import config
+    from prompt_transfer.spot import rows as target_rows
 
     settings = config.FlowConfig(
         work_dir=str(tmp_path),
@@ -382,7 +384,7 @@ def test_multitask_rows_start_from_one_run_over_the_sources(tmp_path):
         strategies=("multitask_average", "multitask_shared", "top_1"),
         baselines=("sampled_vocab",),
     )
-    rows = flow._target_inits(settings, tmp_path / "library", "t-embedding", prompt_length=20)
+    rows = target_rows.target_inits(settings, tmp_path / "library", "t-embedding", prompt_length=20)
     inits = {n: rows[n]["prompt_init"].transfer for n in ("multitask_average", "multitask_shared")}
     assert {n: t.multitask_init for n, t in inits.items()} == {
         "multitask_average": "average_source_tasks",
