@@ -390,3 +390,27 @@ def test_forget_reports_balanced_accuracy_and_the_report_weighs_the_gap(tmp_path
     one = dict(seed(90.0, 50.0), run="r", step=4, split="validation", checkpoint="latest")
     one["tasks"][0]["balanced_after"] = 30.0
     assert "| s | accuracy | 80.00 | 72.00 | 90.0% | 60.00 | 30.00 | 50.0% |" in forget.table(one)
+
+
+def test_the_offline_experiment_trains_phase_2_as_the_demo_model_tunes():
+    """experiments/prompt_then_model_flow_offline: the demo's flow with two targets; phase 2 of
+    its two-phase rows is model tuning's Adafactor at 1e-3 (not the prompts' Adam), half of the
+    300 steps."""
+    from prompt_transfer import gin_files, gin_utils
+    from prompt_transfer.spot import config
+    from prompt_transfer.spot import rows as target_rows
+    from prompt_transfer.trainer.train_state import OptimizerConfig
+
+    gin_utils.configure([str(gin_files.find("experiments/prompt_then_model_flow_offline"))], [])
+    flow = gin_utils.build(config.FlowConfig)
+    assert flow.targets == ["offline_bbc_topic_32shot", "offline_bbc_topic"]
+    rows = target_rows.target_inits(flow, "library", "embedding", prompt_length=20)
+    assert set(rows) == {
+        "sampled_vocab", "model_tuning", "prompt_then_model",
+        "top_k_average", "top_k_average_then_model",
+    }  # fmt: skip
+    phase = rows["prompt_then_model"]["then_model"]
+    assert rows["prompt_then_model"]["steps"] == phase.steps == 150
+    assert (
+        phase.optimizer == rows["model_tuning"]["optimizer"] == OptimizerConfig(learning_rate=1e-3)
+    )
