@@ -28,8 +28,10 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
         f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}",
         *CUT_DOWN_FLOW,
-        "--gin.STRATEGIES=['top_k_average', 'best_of_top_k', 'attention', 'multitask_average']",
-        "--gin.BASELINES=['random_uniform', 'class_labels', 'model_tuning']",
+        "--gin.STRATEGIES=['top_k_average', 'best_of_top_k', 'attention', 'multitask_average', "
+        "'top_k_average_then_model']",
+        "--gin.BASELINES=['random_uniform', 'class_labels', 'model_tuning', 'prompt_then_model']",
+        "--gin.MODEL_TUNING_LEARNING_RATE=0.05",
         "--gin.SEEDS_PER_RUN=2",
         f"--gin.STUDY_FILE='{tmp_path / 'study.json'}'",  # not there: the report says so
     ]
@@ -46,6 +48,8 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
             "best_of_top_k",
             "attention",
             "multitask_average",
+            "prompt_then_model",
+            "top_k_average_then_model",
         )
     }
     assert report["sources"] == sorted(SOURCES) and report["budgets"] == [2, 4]
@@ -82,19 +86,57 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
     assert "## Zero-shot transfer" in markdown and "## Similarity (cosine_per_token)" in markdown
     for png in ("zero_shot.png", "similarity_cosine_avg_tokens.png", f"curves_{TARGET}.png"):
         assert (work / png).read_bytes()[:4] == b"\x89PNG"
-    # A second run reuses every trained run: no new checkpoints, the same report.
-    mtimes = {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")}
+    _then_model_rows(work / "targets" / TARGET, report)
+    # A second run reuses every trained run and what it kept: no new checkpoints or
+    # measurements, the same report.
+    mtimes = {p: p.stat().st_mtime for p in (*work.rglob("checkpoint_*"), *work.rglob("forget_*"))}
+    assert len([p for p in mtimes if p.name.startswith("forget_")]) == 3 * 2  # 3 rows, 2 seeds
     assert cli.main(argv) == 0
-    assert {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")} == mtimes
-    assert json.loads((work / "report.json").read_text())["rows"] == report["rows"]
+    assert {p: p.stat().st_mtime for p in mtimes} == mtimes
+    again = json.loads((work / "report.json").read_text())
+    assert again["rows"] == report["rows"] and again["kept"] == report["kept"]
     # Other settings in the same WORK_DIR are refused before any work, not silently reused.
     capsys.readouterr()
     assert cli.main([*argv, "--gin.LEARNING_RATE=0.1"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     wanted = "holds a run with optimizer.learning_rate = 0.3, this flow asks for 0.1"
     assert len(err) == 1 and wanted in err[0] and f"{work}/sources/offline_" in err[0], err
-    assert {p: p.stat().st_mtime for p in work.rglob("checkpoint_*")} == mtimes
+    assert {p: p.stat().st_mtime for p in mtimes} == mtimes
     assert json.loads((work / "report.json").read_text())["rows"] == report["rows"]
+
+
+def _then_model_rows(target_dir, report) -> None:
+    """prompt_then_model (from random init) and top_k_average_then_model (from the transfer):
+    the prompt for half of the 4 steps, then the network with model tuning's optimizer; one
+    curve over both phases, a verdict against model tuning, and the sources' scores kept by
+    every run that trained the network, against one frozen score per source."""
+    rows = {r["run"]: r for r in report["rows"]}
+    for name in ("prompt_then_model", "top_k_average_then_model"):
+        run = target_dir / name / "seed_1"
+        assert json.loads((run / "phases.json").read_text())["phase1_step"] == 2
+        assert (run / "phase1" / "checkpoint_2").exists() and (run / "checkpoint_4").exists()
+        assert None not in rows[name]["scores"].values()  # phase 1's step 2, phase 2's step 4
+        record = json.loads((run / "flow_run.json").read_text())
+        assert record["then_model.steps"] == 2 and record["then_model.learning_rate"] == 0.05
+    assert set(rows["top_k_average_then_model"]["sources"]) == set(SOURCES)  # phase 1's start
+    record = json.loads((target_dir / "prompt_then_model" / "seed_0" / "flow_run.json").read_text())
+    assert record["prompt_init.method"] == "random_uniform"
+
+    kept = {r["run"]: r for r in report["kept"]}
+    assert set(kept) == {"model_tuning", "prompt_then_model", "top_k_average_then_model"}
+    assert all(row["seeds"] == 2 for row in kept.values())
+    befores = [{t: c["before"] for t, c in row["tasks"].items()} for row in kept.values()]
+    assert set(befores[0]) == set(SOURCES) and all(b == befores[0] for b in befores)
+    forgot = json.loads(
+        (target_dir / "model_tuning" / "seed_0" / "forget_validation_latest.json").read_text()
+    )
+    assert forgot["step"] == 4 and any(r["after"] != r["before"] for r in forgot["tasks"])
+    (verdict,) = [line for line in report["verdict"] if "prompt, then model (" in line]
+    assert verdict.startswith(f"{TARGET}: prompt, then model (") and "model tuning" in verdict
+    assert "of the sources' scores it keeps" in verdict
+    markdown = (target_dir.parent.parent / "report.md").read_text()
+    assert "## What training the network forgets" in markdown
+    assert f"| {TARGET} | prompt_then_model |" in markdown
 
 
 def _results(curves, sources=("s1",), similarities=None, zero_shot=None, **runs):
