@@ -262,8 +262,10 @@ def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
     history = run_dir.read_eval_history(model_dir)
     if phase1.exists():
         later = {h["step"] for h in history}  # phase 2 evaluates at the boundary step too
-        history = [h for h in run_dir.read_eval_history(phase1) if h["step"] not in later]
-        history += run_dir.read_eval_history(model_dir)
+        history = [
+            *(h for h in run_dir.read_eval_history(phase1) if h["step"] not in later),
+            *history,
+        ]
     trained.curves.setdefault((task, name), []).append(
         ([h["step"] for h in history], [h["value"] for h in history])
     )

@@ -32,10 +32,9 @@ def measure(
     reports = []
     for spec, config in runs:
         written = run_dir.subdir(spec.model_dir, f"forget_{SPLIT}_{CHECKPOINT}.json")
-        final = config.steps + config.then_model.steps
         if written.exists():
             held = json.loads(written.read_text())
-            if held.get("step") == final and "mean_kept_balanced" in held:
+            if held.get("step") == config.total_steps and "mean_kept_balanced" in held:
                 reports.append(held)
                 continue
         own = {t.name for t in registry.subtasks(data.get_task(spec.task))}
@@ -94,11 +93,12 @@ def rows(kept: Mapping[tuple[str, str], list[dict]]) -> list[dict]:
     return table
 
 
-def share(row: dict, what: str = "mean") -> str:
-    """`85.0% ± 3.1 (balanced accuracy 60.2% ± 5.0)`: a row's mean kept share over its tasks."""
+def share(row: dict, named: bool = True) -> str:
+    """`85.0% ± 3.1 (balanced accuracy 60.2% ± 5.0)`: a row's mean kept share over its tasks
+    (`named` False: without the words, as in the table)."""
     text = _pct(row["mean_kept"])
     if row["mean_kept_balanced"][0] is not None:
-        text += f" ({'balanced accuracy ' if what else ''}{_pct(row['mean_kept_balanced'])})"
+        text += f" ({'balanced accuracy ' if named else ''}{_pct(row['mean_kept_balanced'])})"
     return text
 
 
@@ -136,6 +136,6 @@ def markdown(table: list[dict]) -> list[str]:
             if cell["balanced_kept"][0] is not None:
                 text += f" ({_pct(cell['balanced_kept'])})"
             cells.append(text)
-        mean = share(row, what="")
+        mean = share(row, named=False)
         lines.append(f"| {row['target']} | {row['run']} | " + " | ".join(cells) + f" | {mean} |")
     return lines

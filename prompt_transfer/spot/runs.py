@@ -94,7 +94,7 @@ def _finished(spec: RunSpec, config: TrainConfig) -> bool:
     history = run_dir.read_eval_history(spec.model_dir)
     done = run_dir.subdir(spec.model_dir, "prompts").exists()
     return bool((done or run_dir.holds_checkpoint(spec.model_dir)) and history) and (
-        history[-1]["step"] >= config.steps + config.then_model.steps
+        history[-1]["step"] >= config.total_steps
     )
 
 

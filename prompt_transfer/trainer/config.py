@@ -148,6 +148,11 @@ class TrainConfig:
     # a prompt-then-model run's second phase (gin/runs/prompt_then_model.gin); none by default
     then_model: ModelPhase = ModelPhase()
 
+    @property
+    def total_steps(self) -> int:
+        """The step the run ends at: TRAIN_STEPS, plus MODEL_STEPS of a second phase."""
+        return self.steps + self.then_model.steps
+
 
 def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:
     """Every field of a run as its schema declares it (settings.py), for runs made in Python

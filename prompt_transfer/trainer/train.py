@@ -61,15 +61,18 @@ def train_together(
     Returns each run's summary, in order."""
     alone: list[list[int]] = []  # trained first, in order
     stacks: dict[str, list[int]] = {}
+    two_phases: list[int] = []  # prompt-then-model runs: `train` drives both phases
     for i, (spec, config) in enumerate(runs):
+        if config.then_model.steps:
+            two_phases.append(i)
+            continue
         key = None if run_dir.holds_run(spec.model_dir) else stack_key(spec, config)
         if key is None:
             alone.append([i])
         else:
             stacks.setdefault(key, []).append(i)
     summaries: dict[int, dict] = {}
-    for [i] in [m for m in alone if runs[m[0]][1].then_model.steps]:  # two phases: train's
-        alone.remove([i])
+    for i in two_phases:
         summaries[i] = train(*runs[i], config_text=config_text, resume=True)
     for members in [*alone, *stacks.values()]:
         size = most or len(members)
