@@ -46,9 +46,12 @@ def bound_name(binding: str) -> str:
     return binding.partition("=")[0].strip()
 
 
-def parse_command_line(argv: list[str], flags: tuple[str, ...] = ()) -> Launch:
+def parse_command_line(
+    argv: list[str], flags: tuple[str, ...] = (), need_files: bool = True
+) -> Launch:
     """Split argv into gin files (`--gin_file`), bindings (`--gin.X=`, `--gin_bindings`), and
-    boolean `flags` (`--overwrite`)."""
+    boolean `flags` (`--overwrite`); a command that reads a run needs no gin file
+    (`need_files` False)."""
     launch = Launch([], [], {f: False for f in flags})
     args = list(argv)
     while args:
@@ -71,12 +74,37 @@ def parse_command_line(argv: list[str], flags: tuple[str, ...] = ()) -> Launch:
                 ["--gin_file", "--gin.NAME=VALUE", "--gin_bindings"] + [f"--{f}" for f in flags]
             )
             raise GinFileError(f"unknown argument {arg!r}; expected {known}")
-    if not launch.files:
+    if not launch.files and need_files:
         raise GinFileError(
             "no --gin_file given; pass an experiment, e.g. "
             "--gin_file=experiments/prompt_tuning_tiny"
         )
     return launch
+
+
+def literal(binding: str):
+    """The value of a binding (`NAME = value`) as a Python value: gin's literals are Python's."""
+    import ast
+
+    text = binding.partition("=")[2].strip()
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise GinFileError(f"{binding!r}: the value is not a literal ({e})") from None
+
+
+def macro(name: str):
+    """The value the parsed config binds macro `name` to (None when unbound)."""
+    try:
+        return gin.query_parameter(f"%{name}")
+    except ValueError:
+        return None
+
+
+def binds_flow() -> bool:
+    """Whether the parsed gin files are a SPoT flow's or a study's (they bind WORK_DIR), whose
+    runs each set their own task, TRAINABLE and prompt."""
+    return ("WORK_DIR", "gin.macro") in gin.config._CONFIG
 
 
 def _is_required(value) -> bool:
@@ -122,6 +150,10 @@ def project_macros() -> frozenset[str]:
     return frozenset(names - {"gin"})
 
 
+# Macros the code reads itself (`macro`), not through a binding: a reading command's MODEL_DIR.
+_READ_BY_CODE = frozenset({"MODEL_DIR"})
+
+
 def _refuse_unused_macros(bindings: list[str]) -> None:
     """A macro set on the command line that no gin file of this launch uses would be ignored:
     one the project knows nowhere is a typo (`--gin.TRAIN_STEP=`) and is refused with a
@@ -129,7 +161,7 @@ def _refuse_unused_macros(bindings: list[str]) -> None:
     bound, used = _bound_and_used_macros()
     for text in bindings:
         name = bound_name(text)
-        if "." in name or "/" in name or name in used:
+        if "." in name or "/" in name or name in used or name in _READ_BY_CODE & bound:
             continue  # a configurable's parameter (gin checks those), or a macro in use
         if name in project_macros():
             print(

@@ -10,7 +10,7 @@ import numpy as np
 
 from prompt_transfer import paths
 from prompt_transfer.spot.report import significant
-from prompt_transfer.transfer import attention, library, multitask, peft_io
+from prompt_transfer.transfer import library, peft_io
 
 # What reads an existing library: a missing one is refused ("0 entries" would hide a typo).
 # `add` and `import` create it; `export --run` reads a run, not the library.
@@ -31,17 +31,50 @@ def _library(args) -> library.Library:
 
 
 def _add(lib, args) -> None:
+    """A prompt file, or a run's trained prompt (a deep prompt with its layers), as an entry;
+    a run gives its own task, model, seed, step, score and fingerprint unless told."""
+    from prompt_transfer.trainer import run_dir
+
+    deep, known = None, {}
+    if paths.path(args.path).is_dir() and run_dir.holds_run(args.path):
+        prompt, deep = _run_prompt(args.path, "latest")
+        known = _run_facts(args.path)
+    else:
+        prompt = library.read_t5x_prompt(args.path)
+    task, model = args.task or known.get("task"), args.model or known.get("model")
+    if not task or not model:
+        raise library.LibraryError(
+            "library add needs --task and --model (the frozen model's name) for a prompt file"
+        )
     entry = lib.add(
-        library.read_t5x_prompt(args.path),
-        task=args.task,
-        model=args.model,
-        model_fingerprint=args.fingerprint,
-        score=args.score,
-        metric=args.metric or "",
-        steps=args.steps,
-        seed=args.seed,
+        prompt,
+        deep=deep,
+        task=task,
+        model=model,
+        model_fingerprint=args.fingerprint or known.get("fingerprint", ""),
+        score=args.score if args.score is not None else known.get("score"),
+        metric=args.metric or known.get("metric", ""),
+        steps=args.steps or known.get("steps", 0),
+        seed=args.seed if args.seed is not None else known.get("seed", 0),
     )
     print(f"added {entry.id}")
+
+
+def _run_facts(model_dir: str) -> dict:
+    """What a run says of itself for its library entry: task, model name, fingerprint, seed,
+    and its last evaluation (step, main metric)."""
+    from prompt_transfer.trainer import run_dir, run_record
+
+    record = run_record.read(model_dir) or {}
+    spec = record.get("spec", {})
+    model_file = run_dir.subdir(model_dir, run_dir.MODEL_FILE)
+    model = json.loads(model_file.read_text()) if model_file.exists() else {}
+    last = (run_dir.read_eval_history(model_dir) or [None])[-1]
+    facts = {"task": spec.get("task"), "model": spec.get("model_name"),
+             "fingerprint": model.get("fingerprint", ""), "seed": spec.get("seed", 0)}  # fmt: skip
+    if last:
+        facts.update(score=last["value"], metric=last["metric"], steps=last["step"])
+    return {k: v for k, v in facts.items() if v is not None}
 
 
 def _import(lib, args) -> None:
@@ -118,18 +151,19 @@ def _export(lib, args) -> None:
     if bool(args.entry) == bool(args.run):
         raise library.LibraryError("library export takes an ENTRY or --run MODEL_DIR (one of them)")
     if args.run:
-        prompt, model = _run_prompt(args.run, args.checkpoint), "unnamed"
+        (prompt, deep), model, name = _run_prompt(args.run, args.checkpoint), "unnamed", args.run
     else:
         entry = lib.get(args.entry)
-        prompt, model = np.asarray(lib.prompt(entry)), entry.model
-        if entry.deep_width and args.format != "npy":
-            raise library.LibraryError(
-                f"{entry.id} is a deep prompt; a {args.format} prompt holds the input prompt "
-                "only and its layers' keys and values would be lost (--format npy writes the "
-                "input prompt alone, on purpose)"
-            )
-        if entry.deep_width:
-            print(f"note: {entry.id} is a deep prompt; the .npy holds its input prompt only")
+        prompt, model, name = np.asarray(lib.prompt(entry)), entry.model, entry.id
+        deep = np.zeros((1, entry.deep_width)) if entry.deep_width else None
+    if deep is not None and args.format != "npy":
+        raise library.LibraryError(
+            f"{name} is a deep prompt; a {args.format} prompt holds the input prompt "
+            "only and its layers' keys and values would be lost (--format npy writes the "
+            "input prompt alone, on purpose)"
+        )
+    if deep is not None:
+        print(f"note: {name} is a deep prompt; the .npy holds its input prompt only")
     output = paths.path(args.output)
     wrong = (
         paths.file_problem(args.output, "prompt.npy")
@@ -149,9 +183,10 @@ def _export(lib, args) -> None:
         print(f"wrote {output}")
 
 
-def _run_prompt(model_dir: str, which: str) -> np.ndarray:
-    """A run's best prompt (best/prompt.npy) or its latest saved one (prompts/*.npy)."""
-    from prompt_transfer.trainer import run_dir
+def _run_prompt(model_dir: str, which: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(input prompt, deep columns or None) of a run's best or latest checkpoint: the arrays the
+    checkpoint holds (trainer/weights.run_prompt), a deep prompt's layers with them."""
+    from prompt_transfer.trainer import weights
 
     wrong = paths.folder_problem(model_dir)
     if wrong:
@@ -160,31 +195,8 @@ def _run_prompt(model_dir: str, which: str) -> np.ndarray:
         raise library.LibraryError(
             f"--run={model_dir}: no run there (no such folder); give a run's MODEL_DIR"
         )
-    if pieces := attention.load(model_dir):
-        raise library.LibraryError(
-            f"--run={model_dir} is an attention run: each input's prompt mixes its own with "
-            f"{len(pieces.sources)} frozen sources through a trained module, which no prompt "
-            "file holds; eval, infer and score read the run itself, and its library entry "
-            "(LIBRARY_DIR) holds the prompt at its mean weights"
-        )
-    if pieces := multitask.load(model_dir):
-        raise library.LibraryError(
-            f"--run={model_dir} is a multi-task run: each of its {len(pieces.names)} tasks has "
-            "its own prompt, composed from the shared one and the task's part; its library "
-            "entries (LIBRARY_DIR) hold them, one per task, and eval scores each task with its own"
-        )
-    if which == "best":
-        path = run_dir.subdir(model_dir, "best", "prompt.npy")
-        if not path.exists():
-            raise library.LibraryError(f"no best prompt in {model_dir} (it never evaluated)")
-        return paths.load_npy(path)
-    saved = sorted(
-        run_dir.subdir(model_dir, "prompts").glob("checkpoint_*.npy"),
-        key=lambda p: int(p.stem.split("_")[1]),
-    )
-    if not saved:
-        raise library.LibraryError(f"no saved prompt in {model_dir}/prompts; train it first")
-    return paths.load_npy(saved[-1])
+    prompt, deep, _ = weights.run_prompt(model_dir, which)
+    return prompt, deep
 
 
 def _train_projector(lib, args) -> None:
@@ -261,12 +273,12 @@ def add_commands(sub) -> None:
             q.add_argument(
                 "path",
                 help=".npy, T5X numpy checkpoint dir, released-prompt dir"
+                + (", or a run's MODEL_DIR (its trained prompt)" if action == "add" else "")
                 + (", or PEFT prompt-tuning adapter dir" if action == "import" else ""),
             )
-            q.add_argument("--task", required=action == "add")
+            q.add_argument("--task", help="add: default, a run's own task")
             q.add_argument(
                 "--model",
-                required=action == "add",
                 help="e.g. t5_1_1_lm100k_base (import: default, a PEFT adapter's base model)",
             )
             q.add_argument("--fingerprint", default="", help="frozen checkpoint fingerprint")
@@ -274,7 +286,7 @@ def add_commands(sub) -> None:
             q.add_argument("--score", type=float)
             q.add_argument("--metric")
             q.add_argument("--steps", type=int, default=0)
-            q.add_argument("--seed", type=int, default=0)
+            q.add_argument("--seed", type=int)
         if action == "list":
             q.add_argument("--task")
         if action in ("show", "remove"):

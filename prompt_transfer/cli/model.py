@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -73,11 +75,16 @@ def cmd_score(args) -> None:
 
     from prompt_transfer import checkpoints, gin_files, prompts, t5, vocab
     from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
+    from prompt_transfer.trainer import run_dir
+    from prompt_transfer.transfer import library
 
     config = gin_files.read_model_config(_size_for(args.checkpoint, args.size))
     module = t5.T5(config)
     prompt = _score_prompt(args)  # before the restore: a bad prompt costs nothing
     params = checkpoints.restore_params(args.checkpoint, t5.abstract_params(module))
+    if args.prompt and run_dir.holds_run(args.prompt):  # the model the run's prompt trained on
+        found = {"fingerprint": library.model_fingerprint(params), "checkpoint": args.checkpoint}
+        run_dir.check_model(args.prompt, found, create=False)
     if prompt is not None:  # joined as in training (a deep prompt's layers too)
         params = prompts.join(params, config, prompt)
     v = vocab.get_vocabulary(args.vocab)
@@ -98,7 +105,8 @@ def _score_prompt(args):
     --prompt-entry ID of the library; None without either."""
     import numpy as np
 
-    from prompt_transfer.transfer import attention, library, multitask, peft_io
+    from prompt_transfer.trainer import run_dir, weights
+    from prompt_transfer.transfer import library, peft_io
 
     if args.prompt and args.prompt_entry:
         raise UserError("score takes --prompt or --prompt-entry, not both")
@@ -108,18 +116,10 @@ def _score_prompt(args):
         return np.asarray(lib.prompt(entry, deep=bool(entry.deep_width)))
     if args.prompt and peft_io.is_adapter(args.prompt):
         return peft_io.read_adapter(args.prompt)[0]
-    if args.prompt and attention.load(args.prompt):
-        raise UserError(
-            f"--prompt={args.prompt} is an attention run, whose prompt is mixed per input by a "
-            "trained module: score it with `prompt-transfer eval` or `infer` and the run's gin "
-            "files, or score its library entry (--prompt-entry)"
-        )
-    if args.prompt and multitask.load(args.prompt):
-        raise UserError(
-            f"--prompt={args.prompt} is a multi-task run, whose tasks each have their own "
-            "prompt: score one task's library entry (--prompt-entry), or the run with "
-            "`prompt-transfer eval` and its gin files"
-        )
+    if args.prompt and paths.path(args.prompt).is_dir() and run_dir.holds_run(args.prompt):
+        # A run's folder: its latest checkpoint's prompt, a deep prompt's layers with it.
+        prompt, deep, _ = weights.run_prompt(args.prompt, "latest")
+        return prompt if deep is None else np.concatenate([prompt, deep], 1)
     return library.read_t5x_prompt(args.prompt) if args.prompt else None
 
 
@@ -127,14 +127,49 @@ def cmd_export(args) -> None:
     import jax.numpy as jnp
 
     from prompt_transfer import checkpoints, gin_files, t5
+    from prompt_transfer.trainer import run_record
 
     output = _local_output(args.output)
     if output.exists():
         raise UserError(f"{output} already exists; choose a new --output or remove it")
-    config = gin_files.read_model_config(args.size)
+    folder = args.run.rstrip("/")
+    if re.fullmatch(r"checkpoint_\d+", os.path.basename(folder)):  # one checkpoint of the run
+        folder = os.path.dirname(folder)
+    record = run_record.read(folder)
+    if record is not None and record.get("prompt_kind") not in ("none", None):
+        raise UserError(
+            f"{args.run} trained a prompt ({record['prompt_kind']}) on the frozen network, not "
+            "the network: export its prompt with `prompt-transfer library export --run`"
+            + (
+                " (the network it trained with it is read by eval and infer)"
+                if record["spec"].get("phase") == 2
+                else ""
+            )  # fmt: skip
+        )
+    if record is None and not args.size:
+        raise UserError(
+            f"{args.run} holds no run.json to name its model: pass --size (the run's size gin)"
+        )
+    config = gin_files.read_model_config(args.size) if args.size else None
+    if record is not None:
+        trained = run_record.spec_of(record, folder).model_config
+        if config is not None and run_record.model_difference(trained, config):
+            field, was, given = run_record.model_difference(trained, config)
+            raise UserError(
+                f"--size={args.size}: the run's model has {field}={was!r}, that size "
+                f"{given!r}; leave --size out (the run names its model)"
+            )
+        config = trained
     abstract = t5.abstract_params(t5.T5(config))
     checkpoints.export_run(args.run, abstract, output / "checkpoint", jnp.dtype(args.dtype))
-    shutil.copyfile(gin_files.size_file(args.size), output / "model.gin")
+    if args.size:
+        shutil.copyfile(gin_files.size_file(args.size), output / "model.gin")
+    else:
+        text = gin_files.model_gin_text(config, f"exported from {folder}")
+        vocabulary = record["spec"].get("vocabulary")
+        if vocabulary:  # the run's own tokens, not T5's standard ones
+            text += f"VOCABULARY = {vocabulary!r}  # the run's (run.json)\n"
+        (output / "model.gin").write_text(text)
     size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
     print(f"wrote {output} ({size / 2**20:.1f} MiB, {args.dtype})")
 
@@ -217,7 +252,10 @@ def add_commands(sub) -> None:
     p.add_argument("--vocab", help="SentencePiece model (default: T5's standard gs:// one)")
     p.add_argument("--inputs", nargs="+", required=True)
     p.add_argument("--targets", nargs="+", required=True)
-    p.add_argument("--prompt", help="a prompt joined as in training: .npy, T5X or PEFT adapter")
+    p.add_argument(
+        "--prompt",
+        help="a prompt joined as in training: .npy, T5X, PEFT adapter, or a run's MODEL_DIR",
+    )
     p.add_argument("--prompt-entry", help="a library entry's prompt (see --library)")
     p.add_argument("--library", help="default: $PROMPT_TRANSFER_LIBRARY or ~/.cache/...")
     p.set_defaults(func=cmd_score)
@@ -228,7 +266,9 @@ def add_commands(sub) -> None:
         "a T5X checkpoint plus its size gin",
     )
     p.add_argument("run", help="the run's MODEL_DIR (or one checkpoint_N in it)")
-    p.add_argument("--size", required=True, help="size name or gin file of the run's model")
+    p.add_argument(
+        "--size", help="size name or gin file of the run's model (default: the run's run.json)"
+    )
     p.add_argument("--output", required=True)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.set_defaults(func=cmd_export)

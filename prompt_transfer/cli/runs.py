@@ -46,13 +46,25 @@ def _configured(job, argv: list[str]):
 
 
 def _run_spec(argv: list[str]):
-    """The RunSpec the gin files and overrides of `argv` bind, its gs:// reads checked."""
+    """The RunSpec to read a trained run with, its gs:// reads checked: the run's own record
+    (MODEL_DIR/run.json) read as the command asks (trainer/run_record.py). With gin files, what
+    they bind must agree with the run where it changes the output; with none, the run's record
+    alone, and the command line's --gin.X= of the run's macros read the same way."""
     from prompt_transfer import gin_utils, remote
-    from prompt_transfer.trainer import config
+    from prompt_transfer.trainer import config, run_record
 
-    launch = gin_utils.parse_command_line(argv)
-    gin_utils.configure(launch.files, launch.bindings)
-    spec = gin_utils.build(config.RunSpec)
+    launch = gin_utils.parse_command_line(argv, need_files=False)
+    explicit = {gin_utils.bound_name(b) for b in launch.bindings}
+    if launch.files:
+        gin_utils.configure(launch.files, launch.bindings)
+        asked = gin_utils.build(config.RunSpec)
+        spec = run_record.for_command(asked, explicit, per_run=gin_utils.binds_flow())
+    else:
+        own = [b for b in launch.bindings if gin_utils.bound_name(b) in run_record.macros()]
+        rest = [b for b in launch.bindings if b not in own]
+        gin_utils.configure(["runs/eval_run"], rest)
+        overrides = {gin_utils.bound_name(b): gin_utils.literal(b) for b in own}
+        spec = run_record.for_overrides(gin_utils.macro("MODEL_DIR"), overrides)
     remote.check_run(spec)  # its gs:// reads answer before the model is built
     return spec
 
@@ -60,14 +72,16 @@ def _run_spec(argv: list[str]):
 def forget_main(args) -> dict:
     """`prompt-transfer forget --run MODEL_DIR --library DIR`: the run's own config.gin (and any
     --gin.X=... after it) rebuilds the run."""
-    from prompt_transfer.trainer import forget
+    from prompt_transfer.trainer import forget, run_record
 
     config_file = paths.path(args.run) / "config.gin"
     if not config_file.exists():
         raise forget.TrainError(
             f"--run {args.run!r} holds no run (no config.gin); give a trained run's MODEL_DIR"
         )
-    spec = _run_spec([f"--gin_file={config_file}", *args.gin_args, f"--gin.MODEL_DIR='{args.run}'"])
+    # The run's record says what it is; a run older than records, its own config.gin.
+    own = [] if run_record.read(args.run) else [f"--gin_file={config_file}"]
+    spec = _run_spec([*own, *args.gin_args, f"--gin.MODEL_DIR='{args.run}'"])
     tasks = [t for t in (args.tasks or "").split(",") if t]
     return forget.forget(
         spec, args.library, split=args.split, checkpoint=args.checkpoint, tasks=tasks

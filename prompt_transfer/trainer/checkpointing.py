@@ -139,6 +139,19 @@ class CheckpointStore:
             state_dict["opt_state"] = _state_dict(template)["opt_state"]
         return serialization.from_state_dict(template, state_dict), restored.data["position"]
 
+    def trainable_arrays(self, step: int) -> dict[str, tuple] | None:
+        """{parameter path: shape} of every array checkpoint `step` holds of what trains, read
+        from orbax's metadata (None: a checkpoint without metadata)."""
+        handler = self._ocp.PyTreeCheckpointHandler()
+        try:
+            stored = handler.metadata(self.model_dir / f"checkpoint_{step}" / "state").tree
+        except Exception:  # no metadata to read (an older layout)
+            return None
+        finally:
+            handler.close()
+        flat = traverse_util.flatten_dict(stored.get("trainable") or {}, sep="/")
+        return {name: tuple(getattr(leaf, "shape", ()) or ()) for name, leaf in flat.items()}
+
     def _check_fits(self, step: int, abstract: dict) -> None:
         """Refuse checkpoint `step` when an array of `abstract` is not in it or has another
         shape, before orbax reads anything: orbax's restore reads every array at once, and when

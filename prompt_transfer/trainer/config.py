@@ -227,7 +227,7 @@ def _check_then_model(spec: RunSpec, config: TrainConfig) -> None:
             "MODEL_STEPS > 0 tunes the prompt first, then the model with it: it needs "
             "PROMPT_LENGTH > 0 (for model tuning alone use gin/runs/model_tuning.gin)"
         )
-    network = _network_paths(spec.model_config)
+    network = network_paths(spec.model_config)
     if any(re.fullmatch(spec.trainable_regex, p) for p in network):
         raise TrainError(
             f"TRAINABLE={spec.trainable_regex!r} is phase 1's and trains the network; in a "
@@ -250,7 +250,7 @@ def _check_then_model(spec: RunSpec, config: TrainConfig) -> None:
         )
 
 
-def _network_paths(model_config: t5.T5Config) -> list[str]:
+def network_paths(model_config: t5.T5Config) -> list[str]:
     """The parameter paths of the network (prompt aside), e.g. 'encoder/layers_0/...'."""
     from flax import traverse_util
 

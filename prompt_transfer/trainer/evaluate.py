@@ -7,7 +7,7 @@ import json
 
 from prompt_transfer import evaluation, inference, partitioning, paths, prompts
 from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.trainer import run_dir, weights
+from prompt_transfer.trainer import run_dir, run_record, weights
 from prompt_transfer.trainer.config import RunSpec, check_numbers
 from prompt_transfer.trainer.train import model_record, network_of
 from prompt_transfer.trainer.train_state import TrainError
@@ -17,33 +17,53 @@ CHECKPOINTS = ("latest", "best")
 
 
 def trained(spec: RunSpec, checkpoint: str):
-    """(model, parameters, step) of the run's `checkpoint` ("latest" or "best")."""
+    """(model, parameters, step) of the run's `checkpoint` ("latest" or "best"): every array
+    the checkpoint holds, over the run's frozen network (weights.restore_trained)."""
     if checkpoint not in CHECKPOINTS:
         raise TrainError(f"CHECKPOINT={checkpoint!r} is unknown; choose 'latest' or 'best'")
     check_numbers(spec)
     run_dir.check_folder(spec.model_dir)
+    record = run_record.read(spec.model_dir)
     spec.prepare_tasks()
     mesh = partitioning.make_mesh(spec.num_partitions)
     network = network_of(spec, mesh)
     run_dir.check_model(spec.model_dir, model_record(spec, network), create=False)
     blank = prompts.blank(spec.prompt_length, spec.model_config, spec.deep_prompt)
-    regex, boundary = spec.trainable_regex, run_dir.read_phases(spec.model_dir)
-    if boundary is not None:  # prompt, then model: phase 2's network and phase 1's prompt
-        regex, blank = boundary["trainable"], run_dir.phase1_prompt(spec.model_dir)
+    if run_dir.read_phases(spec.model_dir) is not None:  # prompt, then model: phase 1's prompt
+        blank = run_dir.phase1_prompt(spec.model_dir)
     elif run_dir.subdir(spec.model_dir, run_dir.PHASE1).exists():
         raise TrainError(
             f"MODEL_DIR={spec.model_dir} is a prompt-then-model run still in phase 1; evaluate "
             f"that phase's prompt with MODEL_DIR={run_dir.subdir(spec.model_dir, run_dir.PHASE1)}"
         )
-    params, step = weights.restore_trained(spec.model_dir, network, regex, blank, mesh, checkpoint)
+    params, step = weights.restore_trained(spec.model_dir, network, blank, mesh, checkpoint, record)
     return EncoderDecoderModel(network.module), params, step
 
 
+def read_settings(spec: RunSpec, split: str | None, batch_size: int | None) -> tuple[str, int]:
+    """(split, batch size) to read the run with: the command's, else those its evaluations
+    used (run.json), else 'validation' and 32; a command's that differ are said in a line."""
+    used = (run_record.read(spec.model_dir) or {}).get("eval") or {}
+    for name, asked, was in (("split", split, used.get("split")),
+                             ("batch size", batch_size, used.get("batch_size"))):  # fmt: skip
+        if asked is not None and was is not None and asked != was:
+            run_record.say(f"reading with {name} {asked}; the run evaluated with {was}")
+    return (
+        split or used.get("split") or "validation",
+        batch_size or used.get("batch_size") or 32,
+    )
+
+
 def evaluate(
-    spec: RunSpec, *, split: str = "validation", checkpoint: str = "latest", batch_size: int = 32
+    spec: RunSpec,
+    *,
+    split: str | None = None,
+    checkpoint: str = "latest",
+    batch_size: int | None = None,
 ) -> dict:
-    """{task: {metric: value}} of the run's `checkpoint` on `split`, also written to
-    MODEL_DIR/eval_<split>_<checkpoint>.json."""
+    """{task: {metric: value}} of the run's `checkpoint` on `split` (None: the split its
+    evaluations used), also written to MODEL_DIR/eval_<split>_<checkpoint>.json."""
+    split, batch_size = read_settings(spec, split, batch_size)
     model, params, step = trained(spec, checkpoint)
     if _one_task(spec):  # a multi-task run asked about one of its tasks: that task's prompt
         [(_, params)] = _each_task(spec, params, None)
@@ -65,15 +85,16 @@ def evaluate(
 def infer(
     spec: RunSpec,
     *,
-    split: str = "validation",
+    split: str | None = None,
     input_file: str | None = None,
     output_file: str | None = None,
     checkpoint: str = "latest",
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> str:
-    """Write the run's predictions (JSONL) for a task split or a text file (one input per
-    line); returns the output path."""
+    """Write the run's predictions (JSONL) for a task split (None: the one its evaluations
+    used) or a text file (one input per line); returns the output path."""
     check_files(input_file, output_file)
+    split, batch_size = read_settings(spec, split, batch_size)
     model, params, step = trained(spec, checkpoint)
     records = []
     for name, own in _each_task(spec, params, input_file):

@@ -21,7 +21,7 @@ import numpy as np
 
 from prompt_transfer import data, evaluation, paths, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
-from prompt_transfer.trainer import checkpointing, loop, run_dir, weights
+from prompt_transfer.trainer import checkpointing, loop, run_dir, run_record, weights
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, data_shards
 from prompt_transfer.trainer.train_state import (
     LazyStep,
@@ -69,7 +69,10 @@ def fit(
             state, stream = _open(
                 spec, config, create_state(trainable, optimizer, mesh), store, log
             )
-            run_dir.write_config(spec.model_dir, config_text)
+            run_dir.write_config(
+                spec.model_dir, run_record.operative_config(config_text, spec, config)
+            )
+            run_record.write(spec, config, trainable)
             bests.append(run_dir.BestTracker.load(spec.model_dir))
             hooks.append(run_hooks(spec, config, model, fixed, store, bests[-1], log, stream))
             states.append(state)

@@ -55,7 +55,7 @@ _CHECKPOINT = re.compile(r"checkpoint_\d+")  # orbax's finished steps, not its t
 _RUN_FILES = re.compile(
     r"checkpoint_\d+.*|config\.gin|log\.txt|eval_history\.jsonl|eval_.*\.json"
     r"|predictions_.*\.jsonl|prompts|best|train|eval|transfer|events\.out\..*|model\.json"
-    r"|data_state|phase1|phases\.json"
+    r"|data_state|phase1|phases\.json|run\.json"
 )
 
 
@@ -116,6 +116,9 @@ def clear_run(model_dir: paths.PathLike) -> list[str]:
 
 
 def _comparable(config_text: str) -> list[str]:
+    """The lines of a launch's config that a continuation must share: not the step counts,
+    nor what the code set in Python below them (run_record.operative_config)."""
+    config_text = config_text.split("\n# Set for this run in Python")[0]
     keep = lambda line: line.strip() and not line.lstrip("# ").startswith(_RESUMABLE_MACROS)
     return [line.rstrip() for line in config_text.splitlines() if keep(line)]
 

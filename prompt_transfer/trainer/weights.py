@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import collections
 import os
+import re
+import types
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 from jax.sharding import Mesh
 
 from prompt_transfer import checkpoints, partitioning, paths, prompts, t5
@@ -154,20 +157,101 @@ def input_prompt(state: TrainState, fixed: dict):
 def restore_trained(
     model_dir: str,
     network: Network,
-    regex: str,
     blank_prompt: np.ndarray | None,
     mesh: Mesh,
     which: str = "latest",
+    record: dict | None = None,
 ) -> tuple[dict, int]:
-    """(parameters, step) of a finished run: `network` with the trained subtree restored from
-    MODEL_DIR (`which` is "latest" or "best"; `blank_prompt` the run's prompt template in its
-    wide form, see prompts.blank); the optimizer state is not read."""
-    trainable, fixed, _ = place(network, blank_prompt, regex, mesh, run_pieces(model_dir))
+    """(parameters, step) of a finished run: `network` with every array the checkpoint holds
+    restored over it from MODEL_DIR (`which` is "latest" or "best"; `blank_prompt` the run's
+    prompt template in its wide form, see prompts.blank); the optimizer state is not read.
+
+    The checkpoint decides what is restored, never a TRAINABLE regex: an array it holds that
+    the model lacks, or one the run's record (run_record.py) says trained that it lacks, is
+    refused in one line naming it (issue 34: a deep prompt's layers were left at their
+    initial values when a command's TRAINABLE named the input prompt only)."""
+    from prompt_transfer.trainer import run_record
+
     directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
     with checkpointing.CheckpointStore(directory, keep=1_000_000, create=False) as store:
-        if store.latest_step() is None:
+        step = store.latest_step()
+        if step is None:
             raise TrainError(
                 f"no {which} checkpoint in {directory}; train first or check MODEL_DIR"
             )
+        where = f"checkpoint_{step} in {directory}"
+        held = store.trainable_arrays(step)
+        if held is None:
+            raise TrainError(
+                f"{where} has no metadata to say which arrays it holds (written by another "
+                "tool or cut short); use a checkpoint this project wrote"
+            )
+        run_record.check_checkpoint(record, held, where)
+        pieces = run_pieces(model_dir)
+        every = _paths_with(network, blank_prompt, pieces)
+        unknown = sorted(set(held) - every)
+        if unknown:
+            raise TrainError(
+                f"{where} holds {unknown[0]}, which this command's model has not (a deep "
+                "prompt, another PROMPT_LENGTH or model?); read the run as it trained: leave "
+                "the gin files out, or give its own"
+            )
+        regex = "|".join(re.escape(name) for name in sorted(held))
+        trainable, fixed, _ = place(network, blank_prompt, regex, mesh, pieces)
         state, _ = store.restore(init_state(trainable, optax.identity()), only_trainable=True)
     return merge(fixed, state.trainable), int(state.step)
+
+
+def _paths_with(network: Network, prompt, pieces) -> set[str]:
+    """Every parameter path of `network` with `prompt` (wide form) and `pieces` joined."""
+    abstract = network.abstract
+    if prompt is not None:
+        abstract = prompts.join_abstract(abstract, network.module.config, prompt)
+    if pieces is not None:
+        abstract = prompts.with_deep_prompt(abstract, pieces.abstract())
+    return set(traverse_util.flatten_dict(abstract, sep="/"))
+
+
+def run_prompt(model_dir: str, which: str = "latest") -> tuple[np.ndarray, np.ndarray | None, int]:
+    """(input prompt [P, E], a deep prompt's columns [P, deep width] or None, step) of a
+    prompt-tuning run's `which` checkpoint ("latest" or "best"), read from the checkpoint's own
+    arrays: what score, the library and the exports take from a run. A run whose prompt alone
+    is not the run (attention, multi-task, one that trained the network) is refused."""
+    from prompt_transfer.trainer import run_record
+
+    run_record.refuse_unless_prompt_only(model_dir, run_record.read(model_dir))
+    root = run_dir.subdir(model_dir, "best" if which == "best" else "")
+    steps = sorted(
+        int(p.name.split("_")[1]) for p in root.glob("checkpoint_*") if p.name[11:].isdigit()
+    )
+    if not steps:
+        raise TrainError(f"no {which} checkpoint in {root}; train the run first")
+    where = str(root / f"checkpoint_{steps[-1]}")
+    rows, _ = checkpoints.describe(where)
+    network = [name for name, _, _ in rows if not _is_prompt(name)]
+    if network:
+        raise TrainError(
+            f"{where} holds network weights ({network[0]}, ...): the run trained the network "
+            "(model tuning, or prompt then model), so its prompt alone is not the run; read it "
+            "with `prompt-transfer eval` or `infer`"
+        )
+    if prompts.PROMPT_PATH not in {name for name, _, _ in rows}:
+        raise TrainError(f"{where} holds no prompt ({prompts.PROMPT_PATH}); it is not a prompt run")
+    abstract = {name: jax.ShapeDtypeStruct(shape, jnp.float32) for name, shape, _ in rows}
+    arrays = checkpoints.restore_params(
+        where, traverse_util.unflatten_dict(abstract, sep="/"), strict=False
+    )
+    flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(arrays, sep="/").items()}
+    prompt = flat.pop(prompts.PROMPT_PATH)
+    if not flat:
+        return prompt, None, steps[-1]
+    layers = lambda stack: sum(p.startswith(f"{stack}/") for p in flat)  # noqa: E731
+    shape = types.SimpleNamespace(
+        num_encoder_layers=layers("encoder"), num_decoder_layers=layers("decoder")
+    )
+    wide = prompts.widen(prompt, flat, shape)  # its layers in deep_prefix_paths' order
+    return wide[:, : prompt.shape[1]], wide[:, prompt.shape[1] :], steps[-1]
+
+
+def _is_prompt(name: str) -> bool:
+    return name == prompts.PROMPT_PATH or name.endswith(f"/{prompts.DEEP_PREFIX}")
