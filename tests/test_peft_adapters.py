@@ -203,19 +203,19 @@ def test_other_adapters_are_refused_in_one_line(hf, tmp_path, capsys):
     )
 
 
-def test_a_run_exports_its_best_or_its_latest_prompt(tmp_path):
+def test_a_run_exports_from_its_checkpoints_not_its_prompt_files(tmp_path, capsys):
+    """The prompt files beside a run's checkpoints hold its input prompt only (a deep prompt's
+    layers are in the checkpoint): a folder of prompt files without checkpoints is refused.
+    Exports of real runs: tests/test_read_back.py."""
     run = tmp_path / "run"
     (run / "prompts").mkdir(parents=True)
-    (run / "best").mkdir()
-    steps = {4: 1.0, 10: 2.0, 9: 3.0}  # checkpoint_10 is the latest, though it sorts before _4
-    for step, value in steps.items():
-        np.save(run / "prompts" / f"checkpoint_{step}.npy", np.full((2, 3), value, np.float32))
-    np.save(run / "best" / "prompt.npy", np.full((2, 3), 7.0, np.float32))
-    for which, value in (("latest", 2.0), ("best", 7.0)):
-        out = tmp_path / f"{which}.npy"
-        argv = ["library", "export", "--run", str(run), "--checkpoint", which]
-        assert cli.main([*argv, "--output", str(out)]) == 0
-        np.testing.assert_array_equal(np.load(out), np.full((2, 3), value, np.float32))
+    np.save(run / "prompts" / "checkpoint_4.npy", np.ones((2, 3), np.float32))
+    (run / "config.gin").write_text("")
+    argv = ["library", "export", "--run", str(run), "--checkpoint", "latest"]
+    _one_line_refusal(
+        capsys, [*argv, "--output", str(tmp_path / "out.npy")], "no latest checkpoint in"
+    )
+    assert not (tmp_path / "out.npy").exists()
 
 
 def test_a_deep_prompt_is_not_exported_as_a_peft_adapter(tmp_path, capsys):

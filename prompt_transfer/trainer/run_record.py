@@ -240,6 +240,9 @@ def reconcile(
         trained = ", ".join(f"{k} {v}" for k, v in run.feature_lengths.items())
         notes.append(f"reading with {shown}; the run trained with {trained}")
         spec = dataclasses.replace(spec, feature_lengths=dict(asked.feature_lengths))
+    # The frozen checkpoint may have moved: the command's path is read, and MODEL_DIR's
+    # model.json refuses it unless it holds the run's weights (run_dir.check_model).
+    spec = dataclasses.replace(spec, initial_checkpoint=asked.initial_checkpoint)
     # Layout and registration are the command's: its devices, and its own file tasks beside
     # the run's (a file task it evaluates on).
     known = {t.name: t for t in run.file_tasks}
@@ -318,13 +321,14 @@ def refuse_unless_prompt_only(model_dir: str, record: dict | None) -> None:
             f"{model_dir} is an attention run: each input's prompt mixes its own with "
             f"{len(pieces.sources)} frozen sources through a trained module, which no prompt "
             "file holds; eval and infer read the run itself, and its library entry "
-            "(LIBRARY_DIR) holds the prompt at its mean weights"
+            "(LIBRARY_DIR; score --prompt-entry) holds the prompt at its mean weights"
         )
     if pieces := multitask.load(model_dir):
         raise RecordError(
             f"{model_dir} is a multi-task run: each of its {len(pieces.names)} tasks has its "
             "own prompt, composed from the shared one and the task's part; its library entries "
-            "(LIBRARY_DIR) hold them, one per task, and eval scores each task with its own"
+            "(LIBRARY_DIR; score --prompt-entry) hold them, one per task, and eval scores each "
+            "task with its own"
         )
     if record and record.get("prompt_kind") == "none":
         raise RecordError(

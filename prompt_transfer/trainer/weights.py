@@ -191,10 +191,10 @@ def restore_trained(
         every = _paths_with(network, blank_prompt, pieces)
         unknown = sorted(set(held) - every)
         if unknown:
+            way = "leave the gin files out, or give its own" if record else "give its own gin"
             raise TrainError(
                 f"{where} holds {unknown[0]}, which this command's model has not (a deep "
-                "prompt, another PROMPT_LENGTH or model?); read the run as it trained: leave "
-                "the gin files out, or give its own"
+                f"prompt, another PROMPT_LENGTH or model?); read the run as it trained: {way}"
             )
         regex = "|".join(re.escape(name) for name in sorted(held))
         trainable, fixed, _ = place(network, blank_prompt, regex, mesh, pieces)
