@@ -3,8 +3,10 @@ and vocabulary, with its deep prompts, one seed and a few steps per run."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -84,3 +86,30 @@ def test_cut_down_demo_end_to_end(tmp_path):
     assert start.shape == (20, 128 + DEEP_WIDTH)
     for png in ("zero_shot.png", "similarity_euclidean.png", f"curves_{TARGET}.png"):
         assert (work / png).read_bytes()[:4] == b"\x89PNG"
+    _readme_reads_a_flow_run(work, env, tmp_path)
+
+
+def _readme_reads_a_flow_run(work, env, tmp_path) -> None:
+    """The README's commands for reading a flow run, as written (the demo's folder and seed
+    for this one's): eval gives what the deep-prompt run logged, infer answers each article."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = [
+        line
+        for line in readme.replace("\\\n", " ").splitlines()
+        if line.startswith(".venv/bin/prompt-transfer ") and "MODEL_DIR=runs/demo/" in line
+    ]
+    assert [c.split()[1] for c in commands] == ["eval", "infer"], commands
+    (tmp_path / "articles.txt").write_text("the match ended in a draw\nshares fell sharply\n")
+    run = work / "targets" / TARGET / "best_of_top_k" / "seed_3"
+    outputs = []
+    for command in commands:
+        argv = shlex.split(command.replace("runs/demo", str(work)).replace("seed_0", "seed_3"))
+        argv = [sys.executable, "-m", "prompt_transfer", *argv[1:]]
+        done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(done.stdout)
+    logged = json.loads((run / "eval_history.jsonl").read_text().splitlines()[-1])
+    shown = json.loads(outputs[0])
+    assert (shown["step"], shown["results"]) == (logged["step"], logged["results"])
+    written = Path(outputs[1].split()[-1])
+    assert len(written.read_text().splitlines()) == 2

@@ -5,10 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from read_back import eval_equals_log
 
 from conftest import CUT_DOWN_FLOW, TINY_CHECKPOINT
 from prompt_transfer import cli, offline_data
 from prompt_transfer.spot import report
+from prompt_transfer.trainer import run_record
 from prompt_transfer.transfer import library, multitask
 
 SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic"]
@@ -87,6 +89,7 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
     for png in ("zero_shot.png", "similarity_cosine_avg_tokens.png", f"curves_{TARGET}.png"):
         assert (work / png).read_bytes()[:4] == b"\x89PNG"
     _then_model_rows(work / "targets" / TARGET, report)
+    _runs_read_back(work, argv[1:], capsys)
     # A second run reuses every trained run and what it kept: no new checkpoints or
     # measurements, the same report.
     mtimes = {p: p.stat().st_mtime for p in (*work.rglob("checkpoint_*"), *work.rglob("forget_*"))}
@@ -103,6 +106,28 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
     assert len(err) == 1 and wanted in err[0] and f"{work}/sources/offline_" in err[0], err
     assert {p: p.stat().st_mtime for p in mtimes} == mtimes
     assert json.loads((work / "report.json").read_text())["rows"] == report["rows"]
+
+
+def _runs_read_back(work, flow_args, capsys) -> None:
+    """Every kind of run the flow trains (a source, a baseline, model tuning, attention, a
+    multi-task run, both phases of prompt then model) is read by eval with no gin, with the
+    flow's own command line and with its config.gin, and equals what it logged (issue 34)."""
+    targets = work / "targets" / TARGET
+    kinds = [
+        work / "sources" / SOURCES[0],
+        work / "sources" / "multitask",
+        *(targets / name / "seed_1" for name in ("class_labels", "model_tuning", "attention")),
+        targets / "prompt_then_model" / "seed_0",
+        targets / "prompt_then_model" / "seed_0" / "phase1",
+    ]
+    for run in kinds:
+        for args in ([], flow_args, [f"--gin_file={run / 'config.gin'}"]):
+            eval_equals_log(run, *args, capsys=capsys)
+    # config.gin is the run's operative config: the flow's placeholders are overridden.
+    config = (targets / "model_tuning" / "seed_1" / "config.gin").read_text()
+    _, own = config.split(run_record.SET_IN_PYTHON)
+    for line in (f"MIXTURE_OR_TASK_NAME = '{TARGET}'", "TRAINABLE = '.*'", "PROMPT_LENGTH = 0"):
+        assert f"\n{line}\n" in own, own
 
 
 def _then_model_rows(target_dir, report) -> None:

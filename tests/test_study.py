@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from read_back import eval_equals_log
 
 from conftest import TINY_CHECKPOINT
 from prompt_transfer import cli, offline_data
@@ -50,6 +51,10 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
     for name in ("study.md", "study_gain.png", "study_scatter.png"):
         assert (work / name).exists()
     assert "[study] study:" in capsys.readouterr().err
+    # A study's run reads back as it trained: with no gin, and with the study's command line.
+    run = work / "study" / TARGET / f"from_{SOURCES[0]}" / "seed_0"
+    for args in ([], argv[1:]):
+        eval_equals_log(run, *args, capsys=capsys)
 
     # A second seed trains only the new seed's runs: no finished run is touched. The same runs
     # read as balanced accuracy, whose constant answer scores 100 / classes.
