@@ -2,10 +2,11 @@
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
-from read_back import eval_equals_log
+from read_back import eval_equals_log, last_logged
 
 from conftest import CUT_DOWN_FLOW, TINY_CHECKPOINT
 from prompt_transfer import cli, offline_data
@@ -123,6 +124,20 @@ def _runs_read_back(work, flow_args, capsys) -> None:
     for run in kinds:
         for args in ([], flow_args, [f"--gin_file={run / 'config.gin'}"]):
             eval_equals_log(run, *args, capsys=capsys)
+    # A multi-task run asked about one of its tasks: that task's prompt, that task's score.
+    multi = work / "sources" / "multitask"
+    assert (
+        cli.main(["eval", f"--gin.MODEL_DIR={multi}", f"--gin.MIXTURE_OR_TASK_NAME={SOURCES[0]}"])
+        == 0
+    )
+    one = json.loads((multi / "eval_validation_latest.json").read_text())["results"]
+    assert one == {SOURCES[0]: last_logged(multi)["results"][SOURCES[0]]}
+    # A flow run folder from before run.json: its flow_run.json says what it is.
+    older = work / "older_run"
+    shutil.copytree(targets / "model_tuning" / "seed_1", older)
+    (older / "run.json").unlink()
+    eval_equals_log(older, capsys=capsys)
+    shutil.rmtree(older)
     # config.gin is the run's operative config: the flow's placeholders are overridden.
     config = (targets / "model_tuning" / "seed_1" / "config.gin").read_text()
     _, own = config.split(run_record.SET_IN_PYTHON)
