@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import sys
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 from etils import epath
+
+from prompt_transfer.errors import UserError
 
 PathLike = str | os.PathLike
 
@@ -195,11 +198,54 @@ def save_npy(target: PathLike, array) -> None:
     atomic_write_bytes(target, npy_bytes(np.asarray(array, np.float32)))
 
 
-def load_npy(source: PathLike, mmap: bool = False) -> np.ndarray:
-    """A `.npy` array, local or remote; `mmap` maps a local file instead of reading it."""
-    if is_remote(source):
-        return np.load(io.BytesIO(path(source).read_bytes()), allow_pickle=False)
-    return np.load(native(source), mmap_mode="r" if mmap else None, allow_pickle=False)
+class DamagedFile(UserError):
+    """A file the project wrote and reads back is not whole (issue 38): one line names it,
+    what is wrong ("10 of 547 bytes") and the way out."""
+
+
+def load_npy(
+    source: PathLike, mmap: bool = False, fix: str = "restore it from a copy, or write it again"
+) -> np.ndarray:
+    """A `.npy` array, local or remote; `mmap` maps a local file instead of reading it. A file
+    cut short or garbled is refused in one line (DamagedFile) ending with `fix`."""
+    try:
+        if is_remote(source):
+            return np.load(io.BytesIO(path(source).read_bytes()), allow_pickle=False)
+        return np.load(native(source), mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, EOFError) as e:
+        raise DamagedFile(f"{source} is damaged ({npy_damage(source, e)}); {fix}") from None
+
+
+def npy_damage(source: PathLike, error: BaseException | None = None) -> str:
+    """What is wrong with a `.npy` file that does not load: its size against the size its
+    header promises ("10 of 547 bytes"), or a header cut short."""
+    data = path(source).read_bytes()
+    try:
+        stream = io.BytesIO(data)
+        version = np.lib.format.read_magic(stream)
+        read = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+            version, np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(stream)
+        expected = stream.tell() + int(np.prod(shape)) * dtype.itemsize
+    except Exception:
+        return f"{len(data)} bytes, its .npy header cut short or garbled"
+    if len(data) != expected:
+        return f"{len(data)} of {expected} bytes"
+    return f"unreadable: {str(error).splitlines()[0] if error else 'unknown'}"
+
+
+def read_json(source: PathLike, fix: str = "restore it from a copy, or write it again"):
+    """A JSON file the project wrote, parsed; one cut short or garbled is refused in one line
+    (DamagedFile) naming it and its size, ending with `fix`."""
+    data = path(source).read_bytes()
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        reason = str(e).splitlines()[0]
+        raise DamagedFile(
+            f"{source} is damaged ({len(data)} bytes, not JSON: {reason}); {fix}"
+        ) from None
 
 
 def _fsync_dir(directory: Path) -> None:

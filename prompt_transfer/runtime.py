@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import threading
 import weakref
 from collections.abc import Callable
 
@@ -182,6 +183,39 @@ def track(resource) -> None:
 
 def untrack(resource) -> None:
     _open.discard(resource)
+
+
+class _MainThreadOnly:
+    """sys.stderr for the main thread; what other threads write is dropped."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if threading.current_thread() is threading.main_thread():
+            return self._stream.write(text)
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def quiet_threads_on_failure():
+    """Within the block, a failure leaves the other threads silent for the rest of the
+    process: when one of orbax's reads of a damaged checkpoint fails, its event loop closes
+    under the reads still running in tensorstore's threads, which print "Event loop is closed"
+    tracebacks before and after the one-line refusal (issue 38). While the block runs, only
+    the main thread writes to stderr; after a success, every thread again."""
+    before = sys.stderr
+    if not isinstance(before, _MainThreadOnly):
+        sys.stderr = _MainThreadOnly(before)
+    try:
+        yield
+    except BaseException:
+        raise  # the threads stay silent: their reads may still be failing
+    else:
+        sys.stderr = before
 
 
 def close_tracked(keep=()) -> None:

@@ -81,7 +81,7 @@ def test_the_library_keeps_the_deep_part_beside_the_prompt(tmp_path):
         lib.add(prompt, deep=wide[:3, 6:], task="c", model="m", model_fingerprint="f")
 
     np.save(tmp_path / entry.id / "deep.npy", wide[:, 6:] * 2)  # bit rot in the deep part
-    with pytest.warns(UserWarning, match=f"{entry.id} is corrupted \\(deep.npy"):
+    with pytest.warns(UserWarning, match=f"{entry.id} is damaged: .*deep.npy does not hold"):
         good, _ = lib.load([entry, other], deep=True)
     assert [e.id for e in good] == [other.id]
     np.testing.assert_array_equal(lib.prompt(entry), prompt)  # the input prompt is intact

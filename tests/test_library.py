@@ -49,9 +49,9 @@ def test_corrupted_entry_is_reported_and_skipped(tmp_path):
     damaged = _prompt(1)
     damaged[0, 0] += 1.0
     np.save(tmp_path / bad.id / "prompt.npy", damaged)
-    with pytest.raises(library.LibraryError, match=f"{bad.id} is corrupted"):
+    with pytest.raises(library.LibraryError, match=f"{bad.id} is damaged"):
         lib.prompt(bad.id)
-    with pytest.warns(UserWarning, match=f"{bad.id} is corrupted"):
+    with pytest.warns(UserWarning, match=f"{bad.id} is damaged"):
         entries, prompts = lib.load()
     assert [e.id for e in entries] == [good.id] and prompts.shape == (1, 4, 8)
 
@@ -169,7 +169,7 @@ def test_ranking_reads_cached_summaries_and_scores_as_the_whole_prompts_do(tmp_p
     target = _prompt(7, (3, 8))
     _, stacked = lib.load(entries)
     for metric in similarity.SUMMARY_METRICS:
-        with pytest.warns(UserWarning, match=f"{damaged.id} is corrupted"):
+        with pytest.warns(UserWarning, match=f"{damaged.id} is damaged"):
             ranked = retrieval.rank_sources(lib, target, metric, [*entries, damaged])
         expected = similarity.score_library(metric, target, stacked)
         by_id = {r.entry.id: r.score for r in ranked}

@@ -14,7 +14,7 @@ from prompt_transfer.transfer import library, peft_io
 
 # What reads an existing library: a missing one is refused ("0 entries" would hide a typo).
 # `add` and `import` create it; `export --run` reads a run, not the library.
-READS = ("list", "show", "remove", "export", "rank", "train-projector", "project")
+READS = ("list", "show", "remove", "export", "rank", "train-projector", "project", "verify")
 
 
 def _library(args) -> library.Library:
@@ -128,16 +128,33 @@ def _import_adapter(lib, args, path: Path) -> None:
 
 def _list(lib, args) -> None:
     entries = lib.entries(**({"task": args.task} if args.task else {}))
+    damaged = 0
     for e in entries:
         score = "" if e.score is None else f"{e.score:.2f} {e.metric}"
         shape = f"{e.prompt_length}x{e.embed_dim}" + (f"+{e.deep_width}" if e.deep_width else "")
-        print(f"{e.id:<32} {e.task:<24} {e.model:<22} {shape:<14} {score}")
-    print(f"{len(entries)} entries in {lib.root}")
+        mark = "  DAMAGED" if lib.problem(e) else ""
+        damaged += bool(mark)
+        print(f"{e.id:<32} {e.task:<24} {e.model:<22} {shape:<14} {score}{mark}")
+    note = f" ({damaged} damaged: `prompt-transfer library verify` says how)" if damaged else ""
+    print(f"{len(entries)} entries in {lib.root}{note}")
+
+
+def _verify(lib, args) -> int:
+    """Every entry's files against its meta.json's hashes; exit 1 when one is damaged."""
+    entries, bad = lib.entries(), 0
+    for entry in entries:
+        problem = lib.problem(entry)
+        bad += problem is not None
+        print(f"damaged  {problem}" if problem else f"ok       {entry.id}")
+    print(f"{len(entries) - bad} of {len(entries)} entries intact in {lib.root}")
+    return 1 if bad else 0
 
 
 def _show(lib, args) -> None:
     entry = lib.get(args.entry)
     prompt = lib.prompt(entry)
+    if entry.deep_width:  # its deep part is checked too
+        lib.prompt(entry, deep=True)
     print(json.dumps(dict(dataclasses.asdict(entry), norm=float(np.linalg.norm(prompt))), indent=1))
 
 
@@ -154,6 +171,9 @@ def _export(lib, args) -> None:
         (prompt, deep), model, name = _run_prompt(args.run, args.checkpoint), "unnamed", args.run
     else:
         entry = lib.get(args.entry)
+        problem = lib.problem(entry)
+        if problem:  # its deep part too, though a .npy holds the input prompt only
+            raise library.LibraryError(problem)
         prompt, model, name = np.asarray(lib.prompt(entry)), entry.model, entry.id
         deep = np.zeros((1, entry.deep_width)) if entry.deep_width else None
     if deep is not None and args.format != "npy":
@@ -244,16 +264,18 @@ ACTIONS = {
     "train-projector": _train_projector,
     "project": _project,
     "rank": _rank,
+    "verify": _verify,
 }
 
 
-def cmd_library(args) -> None:
-    ACTIONS[args.action](_library(args), args)
+def cmd_library(args) -> int | None:
+    return ACTIONS[args.action](_library(args), args)
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser(
-        "library", help="the prompt library: add, list, show, remove, export, import, rank"
+        "library",
+        help="the prompt library: add, list, show, remove, export, import, rank, verify",
     )
     lib_sub = p.add_subparsers(dest="action", required=True)
     for action in (
@@ -266,6 +288,7 @@ def add_commands(sub) -> None:
         "train-projector",
         "project",
         "rank",
+        "verify",
     ):
         q = lib_sub.add_parser(action)
         q.add_argument("--library", help="default: $PROMPT_TRANSFER_LIBRARY or ~/.cache/...")

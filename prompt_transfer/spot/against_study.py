@@ -4,7 +4,6 @@ for each target whether the source retrieval ranks first is the one the study me
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -17,7 +16,9 @@ STUDY_COMMAND = "prompt-transfer study --gin_file=experiments/study_offline"
 def read(study_file: str | None) -> dict | None:
     """study.json's dict, or None when no file is named or none is there yet."""
     file = paths.path(study_file) if study_file else None
-    return json.loads(file.read_text()) if file is not None and file.exists() else None
+    if file is None or not file.exists():
+        return None
+    return paths.read_json(file, "run the study again, or set STUDY_FILE = None")
 
 
 def lines(

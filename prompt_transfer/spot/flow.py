@@ -17,7 +17,6 @@ which also reuses what a folder already holds, so a re-run only does what is mis
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 
 import numpy as np
@@ -276,7 +275,9 @@ def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
     for where in (model_dir, phase1):
         report_file = where / "transfer" / "report.json"
         if report_file.exists() and (task, name) not in trained.picked:
-            trained.picked[(task, name)] = json.loads(report_file.read_text())
+            trained.picked[(task, name)] = paths.read_json(
+                report_file, "remove that run's folder to train it again"
+            )
 
 
 def zero_shot_matrix(

@@ -9,12 +9,11 @@ when the flow runs again on the finished run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prompt_transfer import data, registry
+from prompt_transfer import data, paths, registry
 from prompt_transfer.trainer import forget, run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 
@@ -33,7 +32,7 @@ def measure(
     for spec, config in runs:
         written = run_dir.subdir(spec.model_dir, f"forget_{SPLIT}_{CHECKPOINT}.json")
         if written.exists():
-            held = json.loads(written.read_text())
+            held = paths.read_json(written, "remove it to measure it again")
             if held.get("step") == config.total_steps and "mean_kept_balanced" in held:
                 reports.append(held)
                 continue

@@ -124,7 +124,11 @@ def check_settings(planned: Sequence[Run], work: str) -> None:
     for spec, config in planned:
         record = run_dir.subdir(spec.model_dir, SETTINGS_FILE)
         wanted = settings(spec, config, work)
-        held = json.loads(record.read_text()) if record.exists() else None
+        held = (
+            paths.read_json(record, "remove that run's folder to train it again")
+            if record.exists()
+            else None
+        )
         trained = run_dir.holds_run(spec.model_dir)
         if held is None and trained:
             continue  # a run of a flow older than the records

@@ -5,7 +5,13 @@ state for a resume without replay (see run_dir.py for the whole layout).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import time
 import warnings
+from pathlib import Path
 
 import jax
 from flax import serialization, traverse_util
@@ -16,6 +22,77 @@ from prompt_transfer.trainer.run_dir import DATA_STATE, BestTracker, RunDirError
 
 def _state_dict(state) -> dict:
     return serialization.to_state_dict(state)
+
+
+# What each checkpoint held when it was written (issue 38): MODEL_DIR/checksums/checkpoint_N.json,
+# {file: [size, sha256]} (sha256 of files up to _HASHED_BELOW bytes; larger ones by size), so a
+# copy cut short, a full disk or a bad sector is named before orbax reads it. Local folders only.
+CHECKSUMS = "checksums"
+DAMAGED = "damaged"  # where a resume sets a damaged checkpoint aside (kept, not deleted)
+_HASHED_BELOW = 64 * 2**20
+
+
+def _files(folder: Path) -> dict[str, list]:
+    out = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        digest = hashlib.sha256(file.read_bytes()).hexdigest() if size < _HASHED_BELOW else None
+        out[file.relative_to(folder).as_posix()] = [size, digest]
+    return out
+
+
+def write_checksums(root: paths.PathLike, step: int, kept: list[int]) -> None:
+    """Record checkpoint `step` under `root` as written; drop the records of removed steps."""
+    if paths.is_remote(root) or not paths.is_chief():
+        return
+    root = Path(paths.native(root))
+    record = _files(root / f"checkpoint_{step}")
+    paths.atomic_write_text(root / CHECKSUMS / f"checkpoint_{step}.json", json.dumps(record))
+    for old in (root / CHECKSUMS).glob("checkpoint_*.json"):
+        if old.stem.split("_")[1].isdigit() and int(old.stem.split("_")[1]) not in kept:
+            old.unlink(missing_ok=True)
+
+
+def damage(root: paths.PathLike, step: int) -> str | None:
+    """What is wrong with checkpoint `step` under `root` against its checksums ("state/d/x: 10
+    of 547 bytes"), or None when it is whole or has no record to check against."""
+    if paths.is_remote(root):
+        return None
+    root = Path(paths.native(root))
+    record_file = root / CHECKSUMS / f"checkpoint_{step}.json"
+    if not record_file.exists():
+        return None
+    wanted = paths.read_json(
+        record_file, f"remove it ({record_file}): the checkpoint is then read unchecked"
+    )
+    folder = root / f"checkpoint_{step}"
+    for name, (size, digest) in wanted.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{name} is missing"
+        found = file.stat().st_size
+        if found != size:
+            return f"{name}: {found} of {size} bytes"
+        if digest and hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            return f"{name}: its bytes changed since it was written (sha256)"
+    return None
+
+
+def newest_intact(root: paths.PathLike, steps: list[int], say) -> int | None:
+    """The newest of `steps` whose checkpoint under `root` is whole; each damaged one newer than
+    it is said (`say`, one line each). All of them damaged is refused in one line."""
+    for step in sorted(steps, reverse=True):
+        wrong = damage(root, step)
+        if wrong is None:
+            return step
+        say(f"checkpoint_{step} in {root} is damaged ({wrong})")
+    if not steps:
+        return None
+    newest = max(steps)
+    raise RunDirError(
+        f"every checkpoint in {root} is damaged (checkpoint_{newest}: {damage(root, newest)}); "
+        "restore them from a copy, or start the run over with --overwrite"
+    )
 
 
 class CheckpointStore:
@@ -53,6 +130,36 @@ class CheckpointStore:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def newest_intact(self, say) -> int | None:
+        """The newest whole checkpoint (damaged newer ones said, `say`), None when none."""
+        return newest_intact(self.model_dir, list(self.manager.all_steps()), say)
+
+    def set_aside_damaged(self, say) -> None:
+        """Before a resume: damaged checkpoints newer than the newest whole one are moved to
+        MODEL_DIR/damaged/ (with their data iterator states), so that the run goes on from the
+        whole one and writes those steps again; each is said in a line."""
+        steps = list(self.manager.all_steps())
+        intact = self.newest_intact(lambda line: None)
+        damaged = [s for s in steps if intact is None or s > intact]
+        if not damaged or paths.is_remote(self.model_dir) or not paths.is_chief():
+            return
+        aside = Path(paths.native(self.model_dir)) / DAMAGED
+        aside.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for step in damaged:
+            wrong = damage(self.model_dir, step)
+            name = f"checkpoint_{step}"
+            os.replace(self.model_dir / name, aside / f"{name}.{stamp}")
+            (self.model_dir / CHECKSUMS / f"{name}.json").unlink(missing_ok=True)
+            for state in (self.model_dir / DATA_STATE).glob(f"p*/{name}"):
+                shutil.rmtree(state)
+            say(
+                f"{name} in {self.model_dir} is damaged ({wrong}); moved to "
+                f"{aside}/{name}.{stamp}, and the run goes on from checkpoint_{intact}, the "
+                "newest whole one"
+            )
+        self.manager.reload()
+
     def _save(self, manager, step: int, state, position: int):
         ocp = self._ocp
         manager.save(
@@ -64,6 +171,7 @@ class CheckpointStore:
             force=True,
         )
         manager.wait_until_finished()
+        write_checksums(manager.directory, step, list(manager.all_steps()))
 
     def save(self, state, position: int, prompt=None, stream=None) -> None:
         """A checkpoint of `state` at data `position`, the prompt's export beside it, and the
@@ -103,8 +211,11 @@ class CheckpointStore:
             if "checkpoint_" in old.name and old.name not in kept:
                 old.rmtree()
 
-    def restore(self, template, only_trainable: bool = False) -> tuple[object, int]:
-        """(state, data position) of the latest checkpoint, placed like `template`.
+    def restore(
+        self, template, only_trainable: bool = False, step: int | None = None
+    ) -> tuple[object, int]:
+        """(state, data position) of checkpoint `step` (None: the latest), placed like
+        `template`.
 
         `only_trainable` reads the parameters and step but not the optimizer state (eval, infer).
         """
@@ -122,18 +233,19 @@ class CheckpointStore:
             )
         else:
             item = ocp.args.StandardRestore(abstract)
-        step = self.manager.latest_step()
+        step = self.manager.latest_step() if step is None else step
         self._check_fits(step, abstract)
         try:
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(state=item, data=ocp.args.JsonRestore())
-            )
-        except ValueError as e:
+            with runtime.quiet_threads_on_failure():
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=item, data=ocp.args.JsonRestore())
+                )
+        except Exception as e:  # the shapes fit (_check_fits): what is left is a damaged file
             raise RunDirError(
-                f"checkpoint_{step} in {self.model_dir} does not fit this run's "
-                f"config ({str(e).splitlines()[0]}); use the run's own gin files "
-                "and overrides"
-            ) from e
+                f"checkpoint_{step} in {self.model_dir} could not be read ({type(e).__name__}): "
+                "it is damaged, or was written by another tool; use an intact checkpoint "
+                "(remove this one to resume from the one before it)"
+            ) from None
         state_dict = dict(restored.state)
         if only_trainable:
             state_dict["opt_state"] = _state_dict(template)["opt_state"]
@@ -143,10 +255,18 @@ class CheckpointStore:
         """{parameter path: shape} of every array checkpoint `step` holds of what trains, read
         from orbax's metadata (None: a checkpoint without metadata)."""
         handler = self._ocp.PyTreeCheckpointHandler()
+        folder = self.model_dir / f"checkpoint_{step}" / "state"
         try:
-            stored = handler.metadata(self.model_dir / f"checkpoint_{step}" / "state").tree
-        except Exception:  # no metadata to read (an older layout)
-            return None
+            with runtime.quiet_threads_on_failure():
+                stored = handler.metadata(folder).tree
+        except Exception as e:
+            if not (folder / "_METADATA").exists():
+                return None  # no metadata to read (an older layout)
+            raise RunDirError(
+                f"checkpoint_{step} in {self.model_dir} could not be read (its metadata: "
+                f"{type(e).__name__}): it is damaged, or was written by another tool; use an "
+                "intact checkpoint (remove this one to go on from the one before it)"
+            ) from None
         finally:
             handler.close()
         flat = traverse_util.flatten_dict(stored.get("trainable") or {}, sep="/")
@@ -159,7 +279,8 @@ class CheckpointStore:
         tracebacks after the refusal (issue 23: a resume with another PROMPT_LENGTH)."""
         handler = self._ocp.PyTreeCheckpointHandler()
         try:
-            stored = handler.metadata(self.model_dir / f"checkpoint_{step}" / "state").tree
+            with runtime.quiet_threads_on_failure():
+                stored = handler.metadata(self.model_dir / f"checkpoint_{step}" / "state").tree
         except Exception:  # no metadata to compare (an older layout): the restore will tell
             return
         finally:

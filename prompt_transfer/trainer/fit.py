@@ -145,6 +145,7 @@ def _trainable_line(trainable: dict, fixed: dict, runs: int) -> str:
 def _open(spec, config, state, store, log):
     """(state, data stream) of a run: from its latest checkpoint and saved iterator when
     MODEL_DIR holds one, else `state` and the data's first batch."""
+    store.set_aside_damaged(log.info)  # a damaged newest checkpoint: go on from a whole one
     position, restored = 0, store.latest_step() is not None
     if restored:
         state, position = store.restore(state)

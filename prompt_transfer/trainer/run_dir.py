@@ -55,7 +55,7 @@ _CHECKPOINT = re.compile(r"checkpoint_\d+")  # orbax's finished steps, not its t
 _RUN_FILES = re.compile(
     r"checkpoint_\d+.*|config\.gin|log\.txt|eval_history\.jsonl|eval_.*\.json"
     r"|predictions_.*\.jsonl|prompts|best|train|eval|transfer|events\.out\..*|model\.json"
-    r"|data_state|phase1|phases\.json|run\.json"
+    r"|data_state|phase1|phases\.json|run\.json|checksums|damaged"
 )
 
 
@@ -69,7 +69,11 @@ def read_phases(model_dir: paths.PathLike) -> dict | None:
     {"phase1_step", "trainable", "prompt"}; None for any other run, or
     before the boundary."""
     path = subdir(model_dir, PHASES_FILE)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    return paths.read_json(
+        path, "remove it and launch the run again: phase 1 is finished and writes it anew"
+    )
 
 
 def phase1_prompt(model_dir: paths.PathLike) -> np.ndarray:
@@ -219,7 +223,7 @@ def check_model(model_dir: paths.PathLike, record: dict, create: bool) -> None:
         if create:
             paths.atomic_write_text(path, json.dumps(record, indent=1))
         return
-    stored = json.loads(path.read_text())
+    stored = paths.read_json(path, "it names the run's frozen model: restore it from a copy")
     if stored.get("fingerprint") != record.get("fingerprint"):
         raise RunDirError(
             f"MODEL_DIR {paths.path(model_dir)} was trained with the frozen model "
@@ -258,7 +262,14 @@ def read_eval_history(model_dir: paths.PathLike) -> list[dict]:
     path = subdir(model_dir, EVAL_HISTORY)
     if not path.exists():
         return []
-    by_step, lines = {}, path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise RunDirError(
+            f"{path} is damaged ({len(path.read_bytes())} bytes, not text); restore it from a "
+            "copy, or remove it (the run's evaluations are then lost)"
+        ) from None
+    by_step = {}
     for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
@@ -294,7 +305,9 @@ class BestTracker:
     @classmethod
     def load(cls, model_dir: paths.PathLike) -> BestTracker:
         path = subdir(model_dir, "best", "best.json")
-        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+        if not path.exists():
+            return cls()
+        return cls(**paths.read_json(path, "restore it from a copy of the run"))
 
 
 # ---------------------------------------------------------------------------------------------

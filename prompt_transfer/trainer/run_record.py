@@ -95,15 +95,9 @@ def read(model_dir: paths.PathLike) -> dict | None:
 
 
 def _parse(path) -> dict:
-    try:
-        text = path.read_text()
-        record = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as e:
-        size = len(path.read_bytes())
-        raise RecordError(
-            f"{path} is damaged ({size} bytes, not JSON: {str(e).splitlines()[0]}); it is "
-            "the run's description: restore it from a copy of the run, or train it again"
-        ) from None
+    record = paths.read_json(
+        path, "it describes the run: restore it from a copy of the run, or train it again"
+    )
     if not isinstance(record, dict):
         raise RecordError(f"{path} is damaged (not a JSON object); restore it from a copy")
     return record

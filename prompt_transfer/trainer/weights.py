@@ -174,11 +174,14 @@ def restore_trained(
 
     directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
     with checkpointing.CheckpointStore(directory, keep=1_000_000, create=False) as store:
-        step = store.latest_step()
+        latest = store.latest_step()
+        step = store.newest_intact(run_record.say)
         if step is None:
             raise TrainError(
                 f"no {which} checkpoint in {directory}; train first or check MODEL_DIR"
             )
+        if step != latest:
+            run_record.say(f"reading checkpoint_{step}, the newest whole one")
         where = f"checkpoint_{step} in {directory}"
         held = store.trainable_arrays(step)
         if held is None:
@@ -198,7 +201,9 @@ def restore_trained(
             )
         regex = "|".join(re.escape(name) for name in sorted(held))
         trainable, fixed, _ = place(network, blank_prompt, regex, mesh, pieces)
-        state, _ = store.restore(init_state(trainable, optax.identity()), only_trainable=True)
+        state, _ = store.restore(
+            init_state(trainable, optax.identity()), only_trainable=True, step=step
+        )
     return merge(fixed, state.trainable), int(state.step)
 
 
@@ -224,9 +229,10 @@ def run_prompt(model_dir: str, which: str = "latest") -> tuple[np.ndarray, np.nd
     steps = sorted(
         int(p.name.split("_")[1]) for p in root.glob("checkpoint_*") if p.name[11:].isdigit()
     )
-    if not steps:
+    step = checkpointing.newest_intact(root, steps, run_record.say)
+    if step is None:
         raise TrainError(f"no {which} checkpoint in {root}; train the run first")
-    where = str(root / f"checkpoint_{steps[-1]}")
+    where = str(root / f"checkpoint_{step}")
     rows, _ = checkpoints.describe(where)
     network = [name for name, _, _ in rows if not _is_prompt(name)]
     if network:
@@ -244,13 +250,13 @@ def run_prompt(model_dir: str, which: str = "latest") -> tuple[np.ndarray, np.nd
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(arrays, sep="/").items()}
     prompt = flat.pop(prompts.PROMPT_PATH)
     if not flat:
-        return prompt, None, steps[-1]
+        return prompt, None, step
     layers = lambda stack: sum(p.startswith(f"{stack}/") for p in flat)  # noqa: E731
     shape = types.SimpleNamespace(
         num_encoder_layers=layers("encoder"), num_decoder_layers=layers("decoder")
     )
     wide = prompts.widen(prompt, flat, shape)  # its layers in deep_prefix_paths' order
-    return wide[:, : prompt.shape[1]], wide[:, prompt.shape[1] :], steps[-1]
+    return wide[:, : prompt.shape[1]], wide[:, prompt.shape[1] :], step
 
 
 def _is_prompt(name: str) -> bool:

@@ -227,7 +227,8 @@ class Library:
             close = [e.id for e in self.entries() if entry_id in e.id][:3]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise LibraryError(f"no library entry {entry_id!r} in {self.root}{hint}")
-        return Entry(**json.loads(path.read_text()))
+        fix = f"`prompt-transfer library remove {entry_id}`, then add the prompt again"
+        return Entry(**paths.read_json(path, fix))
 
     def entries(self, **where) -> list[Entry]:
         """Every entry (sorted by id), filtered by exact metadata matches (`task="rte"`)."""
@@ -263,13 +264,30 @@ class Library:
         return np.concatenate([prompt, deep_part], 1)
 
     def _array(self, entry: Entry, name: str, sha256: str, verify: bool) -> np.ndarray:
-        array = paths.load_npy(self.root / entry.id / name, mmap=True)
+        """An entry's array, refused in one line naming the entry and the file when it is
+        missing, cut short or not what its meta.json's hash says (issue 38)."""
+        file = self.root / entry.id / name
+        fix = f"`prompt-transfer library remove {entry.id}`, then add the prompt again"
+        if not file.exists():
+            raise LibraryError(f"library entry {entry.id} is damaged: {file} is missing; {fix}")
+        try:
+            array = paths.load_npy(file, mmap=True, fix=fix)
+        except paths.DamagedFile as e:
+            raise LibraryError(f"library entry {entry.id} is damaged: {e}") from None
         if verify and prompt_sha256(array) != sha256:
             raise LibraryError(
-                f"library entry {entry.id} is corrupted ({name} hash mismatch); "
-                "remove it and add the prompt again"
+                f"library entry {entry.id} is damaged: {file} does not hold what its "
+                f"meta.json's sha256 says; {fix}"
             )
         return array
+
+    def problem(self, entry: Entry) -> str | None:
+        """What is wrong with an entry's files (None: its arrays load and match their hashes)."""
+        try:
+            self.prompt(entry, deep=bool(entry.deep_width))
+        except LibraryError as e:
+            return str(e)
+        return None
 
     def load(
         self, entries: list[Entry] | None = None, deep: bool = False
@@ -388,10 +406,10 @@ def read_t5x_prompt(path: str | os.PathLike) -> np.ndarray:
         path = candidates[0]
     if not path.exists():
         raise LibraryError(f"prompt file not found: {path}")
-    try:
-        prompt = paths.load_npy(path)
-    except ValueError as e:
-        raise LibraryError(f"{path} is not a NumPy array file: {e}") from e
+    with path.open("rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise LibraryError(f"{path} is not a NumPy array file (no .npy header)")
+    prompt = paths.load_npy(path, fix="give a prompt saved whole with numpy.save")
     if prompt.ndim != 2:
         raise LibraryError(
             f"{path} holds an array of shape {prompt.shape}, not a prompt; give a 2-D array "
