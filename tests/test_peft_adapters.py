@@ -213,7 +213,7 @@ def test_a_run_exports_from_its_checkpoints_not_its_prompt_files(tmp_path, capsy
     (run / "config.gin").write_text("")
     argv = ["library", "export", "--run", str(run), "--checkpoint", "latest"]
     _one_line_refusal(
-        capsys, [*argv, "--output", str(tmp_path / "out.npy")], "no latest checkpoint in"
+        capsys, [*argv, "--output", str(tmp_path / "out.npy")], "no latest prompt in"
     )
     assert not (tmp_path / "out.npy").exists()
 

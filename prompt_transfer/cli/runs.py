@@ -24,7 +24,8 @@ def train_main(argv: list[str]) -> dict:
 
 
 def evaluate_main(argv: list[str]) -> dict:
-    """`prompt-transfer eval`: the run's own gin files, plus EVAL_SPLIT and CHECKPOINT."""
+    """`prompt-transfer eval --gin.MODEL_DIR=DIR`: the run as its record says, read as the
+    command's gin files (if any) ask (`_run_spec`), plus EVAL_SPLIT and CHECKPOINT."""
     from prompt_transfer.trainer import evaluate
 
     return _configured(evaluate.evaluate, argv)
@@ -58,14 +59,20 @@ def _run_spec(argv: list[str]):
     if launch.files:
         gin_utils.configure(launch.files, launch.bindings)
         asked = gin_utils.build(config.RunSpec)
+        remote.check_run(asked)  # its gs:// paths answer before the run's record is read
         spec = run_record.for_command(asked, explicit, per_run=gin_utils.binds_flow())
     else:
         own = [b for b in launch.bindings if gin_utils.bound_name(b) in run_record.macros()]
         rest = [b for b in launch.bindings if b not in own]
         gin_utils.configure(["runs/eval_run"], rest)
         overrides = {gin_utils.bound_name(b): gin_utils.literal(b) for b in own}
-        spec = run_record.for_overrides(gin_utils.macro("MODEL_DIR"), overrides)
-    remote.check_run(spec)  # its gs:// reads answer before the model is built
+        model_dir = gin_utils.macro("MODEL_DIR")
+        instead = "MODEL_DIR='/path/folder' (a local folder)"
+        remote.check([remote.Need(f"MODEL_DIR={model_dir!r}", model_dir, instead, output=True)])
+        spec = run_record.for_overrides(model_dir, overrides)
+        asked = None
+    if spec != asked:
+        remote.check_run(spec)  # the run's own reads (its checkpoint, vocabulary, tasks)
     return spec
 
 
@@ -242,8 +249,9 @@ def add_commands(sub) -> None:
             name,
             parents=parent,
             help=text,
-            description="Same gin files as the run, plus "
-            "--gin.EVAL_SPLIT, --gin.CHECKPOINT ('latest'/'best'), "
+            description="--gin.MODEL_DIR=DIR alone reads the run as it trained (its run.json); "
+            "gin files given too may change how it is read (lengths, split, batch, task), not "
+            "what it is. Plus --gin.EVAL_SPLIT, --gin.CHECKPOINT ('latest'/'best'), "
             "--gin.INFER_INPUT_FILE.",
         )
         p.set_defaults(func=func, takes_gin=True)

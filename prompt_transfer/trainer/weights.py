@@ -231,7 +231,8 @@ def run_prompt(model_dir: str, which: str = "latest") -> tuple[np.ndarray, np.nd
     )
     step = checkpointing.newest_intact(root, steps, run_record.say)
     if step is None:
-        raise TrainError(f"no {which} checkpoint in {root}; train the run first")
+        never = "it never evaluated; use --checkpoint latest" if which == "best" else "train it"
+        raise TrainError(f"no {which} prompt in {model_dir} (no checkpoint in {root}): {never}")
     where = str(root / f"checkpoint_{step}")
     rows, _ = checkpoints.describe(where)
     network = [name for name, _, _ in rows if not _is_prompt(name)]
