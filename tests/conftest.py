@@ -193,3 +193,23 @@ def killed_at_batch(monkeypatch, position: int, launch) -> None:
     with pytest.raises(KeyboardInterrupt):
         launch()
     monkeypatch.setattr(data.BatchStream, "__next__", real_next)
+
+
+# A deep prompt on the tiny model (DEEP_PROMPT, what trains, and the optimizer it trains with).
+DEEP_PROMPT_ARGS = [
+    "--gin.DEEP_PROMPT=True",
+    "--gin.TRAINABLE='encoder/prompt/prompt|.*/prompt_prefix'",
+    "--gin.train_state.OptimizerConfig.name='adam'",
+    "--gin.LEARNING_RATE=0.03",
+]
+
+
+def trained_arrays(step_dir) -> dict:
+    """{parameter path: array} of what trains in a run's checkpoint_N, read straight from
+    orbax (not through the project's restore)."""
+    import orbax.checkpoint as ocp
+    from flax import traverse_util
+
+    tree = ocp.PyTreeCheckpointer().restore(Path(step_dir) / "state")
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {k.removeprefix("trainable/"): v for k, v in flat.items() if k.startswith("trainable/")}

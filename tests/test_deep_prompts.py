@@ -14,12 +14,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_config, tiny_run_args
+from conftest import (
+    DEEP_PROMPT_ARGS,
+    T5_VOCAB,
+    TINY_CHECKPOINT,
+    TINY_LENGTHS,
+    tiny_config,
+    tiny_run_args,
+    trained_arrays,
+)
 from prompt_transfer import cli, gin_files, inference, partitioning, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel, shift_right
 from prompt_transfer.trainer import weights
@@ -29,12 +35,7 @@ TWO_BY_TWO_PATHS = [f"encoder/layers_{i}/attention/prompt_prefix" for i in range
     f"decoder/layers_{i}/self_attention/prompt_prefix" for i in range(2)
 ]
 
-DEEP = [
-    "--gin.DEEP_PROMPT=True",
-    f"--gin.TRAINABLE='{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}'",
-    "--gin.train_state.OptimizerConfig.name='adam'",
-    "--gin.LEARNING_RATE=0.03",
-]
+DEEP = DEEP_PROMPT_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +82,10 @@ def deep_run(anchors, tmp_path_factory):
     return model_dir
 
 
-def _checkpoint_arrays(step_dir) -> dict:
-    tree = ocp.PyTreeCheckpointer().restore(step_dir / "state")
-    flat = traverse_util.flatten_dict(tree, sep="/")
-    return {k.removeprefix("trainable/"): v for k, v in flat.items() if k.startswith("trainable/")}
-
-
 def test_deep_prompt_run_trains_and_saves_only_the_prompt(deep_run):
     first, last = (
-        _checkpoint_arrays(deep_run / "checkpoint_10"),
-        _checkpoint_arrays(deep_run / "checkpoint_20"),
+        trained_arrays(deep_run / "checkpoint_10"),
+        trained_arrays(deep_run / "checkpoint_20"),
     )
     assert sorted(last) == sorted([prompts.PROMPT_PATH, *TWO_BY_TWO_PATHS])  # no frozen weight
     assert all(last[p].shape == (2, 5, 4) for p in TWO_BY_TWO_PATHS)  # 2 heads x 2 dims, P = 5
@@ -115,7 +110,7 @@ def test_eval_and_infer_read_the_deep_prompt_back(deep_run, capsys):
     config = gin_files.read_model_config("tiny", {"DROPOUT_RATE": 0.0})
     mesh = partitioning.make_mesh(1)
     module, _, network = weights.frozen_network(config, str(TINY_CHECKPOINT), mesh, 0)
-    arrays = _checkpoint_arrays(deep_run / "checkpoint_20")
+    arrays = trained_arrays(deep_run / "checkpoint_20")
     plain = prompts.with_prompt(network, jnp.asarray(arrays.pop(prompts.PROMPT_PATH)))
     deep = prompts.with_deep_prompt(plain, {k: jnp.asarray(v) for k, v in arrays.items()})
     task, rows = inference.rows_from_file("test_keyword", str(inputs), TINY_LENGTHS)

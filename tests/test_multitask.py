@@ -7,12 +7,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_config, tiny_run_args
+from conftest import (
+    T5_VOCAB,
+    TINY_CHECKPOINT,
+    TINY_LENGTHS,
+    tiny_config,
+    tiny_run_args,
+    trained_arrays,
+)
 from prompt_transfer import cli, data, gin_files, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.tf_import import import_seqio
@@ -179,12 +185,6 @@ def _args(run, how, *extra):
     ]
 
 
-def _trained(step_dir) -> dict:
-    tree = ocp.PyTreeCheckpointer().restore(step_dir / "state")
-    flat = traverse_util.flatten_dict(tree, sep="/")
-    return {k.removeprefix("trainable/"): v for k, v in flat.items() if k.startswith("trainable/")}
-
-
 @pytest.mark.parametrize(
     "how, extra",
     [
@@ -202,7 +202,7 @@ def test_a_multitask_run_trains_every_tasks_prompt_and_resumes_bit_for_bit(
     assert pieces.how == how and pieces.names == ("mt_up", "mt_yes")  # the mixture's order
 
     # Only what trains is in a checkpoint: the shared prompt and the parts, which moved.
-    trained = _trained(run / "checkpoint_4")
+    trained = trained_arrays(run / "checkpoint_4")
     parts = {k.removeprefix(multitask.TASKS_PATH + "/"): v for k, v in trained.items()
              if k.startswith(multitask.TASKS_PATH)}  # fmt: skip
     assert set(parts) == set(pieces.parts) and prompts.PROMPT_PATH in trained
@@ -239,7 +239,7 @@ def test_a_multitask_run_trains_every_tasks_prompt_and_resumes_bit_for_bit(
     halves = tmp_path / "halves"
     assert cli.main(["train", *_args(halves, how, *extra, "--gin.TRAIN_STEPS=2")]) == 0
     assert cli.main(["train", *_args(halves, how, *extra), "--resume"]) == 0
-    again = _trained(halves / "checkpoint_4")
+    again = trained_arrays(halves / "checkpoint_4")
     assert set(again) == set(trained)
     for name, value in trained.items():
         np.testing.assert_array_equal(again[name], value, err_msg=name)
@@ -317,7 +317,7 @@ def test_a_new_task_starts_from_a_finished_multitask_run(pair, tmp_path, capsys)
     source = tmp_path / "multitask"
     extra = ("--gin.MULTITASK_RANK=2", "--gin.TRAIN_STEPS=2")
     assert cli.main(["train", *_args(source, "mpt", *extra)]) == 0
-    trained = _trained(source / "checkpoint_2")
+    trained = trained_arrays(source / "checkpoint_2")
     shared = trained[prompts.PROMPT_PATH]
     u, v = (trained[f"{multitask.TASKS_PATH}/{k}"] for k in ("u", "v"))
     expect = {
@@ -440,7 +440,7 @@ def test_a_distilled_run_learns_from_each_tasks_own_prompt(pair, tmp_path, capsy
     pieces = multitask.load(run)
     np.testing.assert_array_equal(pieces.teachers, np.stack([own[n] for n in pieces.names]))
     assert pieces.distill == (1.0, pytest.approx(0.1))
-    trained = _trained(run / "checkpoint_2")
+    trained = trained_arrays(run / "checkpoint_2")
     assert not any(k.startswith(multitask.TEACHERS_PATH) for k in trained)  # fixed, not saved
 
     capsys.readouterr()

@@ -212,9 +212,7 @@ def test_a_run_exports_from_its_checkpoints_not_its_prompt_files(tmp_path, capsy
     np.save(run / "prompts" / "checkpoint_4.npy", np.ones((2, 3), np.float32))
     (run / "config.gin").write_text("")
     argv = ["library", "export", "--run", str(run), "--checkpoint", "latest"]
-    _one_line_refusal(
-        capsys, [*argv, "--output", str(tmp_path / "out.npy")], "no latest prompt in"
-    )
+    _one_line_refusal(capsys, [*argv, "--output", str(tmp_path / "out.npy")], "no latest prompt in")
     assert not (tmp_path / "out.npy").exists()
 
 

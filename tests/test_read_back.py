@@ -13,23 +13,16 @@ import json
 import shutil
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from flax import traverse_util
 from read_back import eval_equals_log, infer_equals_log, last_logged
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT, tiny_run_args
+from conftest import DEEP_PROMPT_ARGS, T5_VOCAB, TINY_CHECKPOINT, tiny_run_args, trained_arrays
 from prompt_transfer import cli, prompts
 from prompt_transfer.transfer import library, peft_io
 
 STEPS = ["--gin.TRAIN_STEPS=4", "--gin.EVAL_PERIOD=4", "--gin.SAVE_PERIOD=4"]
-DEEP = [
-    "--gin.DEEP_PROMPT=True",
-    f"--gin.TRAINABLE='{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}'",
-    "--gin.train_state.OptimizerConfig.name='adam'",
-    "--gin.LEARNING_RATE=0.03",
-]
+DEEP = DEEP_PROMPT_ARGS
 MODEL_TUNING = ["--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0", "--gin.LEARNING_RATE=0.01"]
 TWO_PHASES = ["--gin_file=runs/prompt_then_model", "--gin.MODEL_STEPS=4",
               "--gin.MODEL_LEARNING_RATE=0.01"]  # fmt: skip
@@ -73,17 +66,11 @@ def test_the_record_says_what_trained(runs):
     record = json.loads((runs / "deep" / "run.json").read_text())
     assert record["prompt_kind"] == "deep" and record["spec"]["deep_prompt"] is True
     assert record["spec"]["task"] == "test_keyword" and "model_dir" not in record["spec"]
-    held = _arrays(runs / "deep" / "checkpoint_4")
+    held = trained_arrays(runs / "deep" / "checkpoint_4")
     assert {k: list(v.shape) for k, v in held.items()} == record["trainable"]
     assert json.loads((runs / "model_tuning" / "run.json").read_text())["prompt_kind"] == "none"
     phase2 = json.loads((runs / "two_phases" / "run.json").read_text())
     assert phase2["spec"]["phase"] == 2 and prompts.PROMPT_PATH not in phase2["trainable"]
-
-
-def _arrays(step_dir) -> dict:
-    tree = ocp.PyTreeCheckpointer().restore(step_dir / "state")
-    flat = traverse_util.flatten_dict(tree, sep="/")
-    return {k.removeprefix("trainable/"): v for k, v in flat.items() if k.startswith("trainable/")}
 
 
 @pytest.mark.parametrize(
@@ -199,7 +186,7 @@ def test_score_and_the_library_read_the_deep_prompt_with_its_layers(runs, tmp_pa
 
 
 def test_exports_read_the_checkpoint_and_refuse_what_they_would_lose(runs, tmp_path, capsys):
-    plain = _arrays(runs / "plain" / "checkpoint_4")[prompts.PROMPT_PATH]
+    plain = trained_arrays(runs / "plain" / "checkpoint_4")[prompts.PROMPT_PATH]
     out = tmp_path / "adapter"
     argv = ["library", "export", "--run", str(runs / "plain"), "--checkpoint", "latest"]
     assert cli.main([*argv, "--format", "peft", "--output", str(out)]) == 0
@@ -214,7 +201,7 @@ def test_exports_read_the_checkpoint_and_refuse_what_they_would_lose(runs, tmp_p
     from prompt_transfer import checkpoints
 
     rows, _ = checkpoints.describe(tmp_path / "mt" / "checkpoint")
-    trained = _arrays(runs / "model_tuning" / "checkpoint_4")
+    trained = trained_arrays(runs / "model_tuning" / "checkpoint_4")
     assert {name for name, _, _ in rows} == set(trained)
     assert "  num_heads = 2\n" in (tmp_path / "mt" / "model.gin").read_text()
     capsys.readouterr()

@@ -108,11 +108,11 @@ def _from_flow_settings(flat: dict) -> dict | None:
     flattened with dots), for folders the flow wrote before run.json existed."""
     nested: dict = {}
     for key, value in flat.items():
-        node, *parts = key.split(".")
+        *parents, name = key.split(".")
         target = nested
-        for part in [node, *parts][:-1]:
+        for part in parents:
             target = target.setdefault(part, {})
-        target[key.split(".")[-1]] = value
+        target[name] = value
     if not {"task", "model_config", "feature_lengths", "trainable_regex"} <= nested.keys():
         return None  # not the flow's layout: the command's gin must say what the run is
     names = {f.name for f in dataclasses.fields(RunSpec)} - {"model_dir", "num_partitions"}

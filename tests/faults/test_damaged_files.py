@@ -18,17 +18,12 @@ import pytest
 from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, tiny_run_args
-from prompt_transfer import cli, prompts
+from conftest import DEEP_PROMPT_ARGS, T5_VOCAB, tiny_run_args
+from prompt_transfer import cli
 from prompt_transfer.transfer import library
 
 STEPS = ["--gin.EVAL_PERIOD=2", "--gin.SAVE_PERIOD=2", "--gin.KEEP_CHECKPOINTS=3"]
-DEEP = [
-    "--gin.DEEP_PROMPT=True",
-    f"--gin.TRAINABLE='{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}'",
-    "--gin.train_state.OptimizerConfig.name='adam'",
-    "--gin.LEARNING_RATE=0.03",
-]
+DEEP = DEEP_PROMPT_ARGS
 
 
 @pytest.fixture(scope="module")
