@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from read_back import eval_equals_log, last_logged
+from read_back import eval_equals_log, infer_equals_log, last_logged
 
 from conftest import CUT_DOWN_FLOW, TINY_CHECKPOINT
 from prompt_transfer import cli, offline_data
@@ -112,7 +112,8 @@ def test_spot_flow_end_to_end_and_rerun_reuses(anchors, tmp_path, monkeypatch, c
 def _runs_read_back(work, flow_args, capsys) -> None:
     """Every kind of run the flow trains (a source, a baseline, model tuning, attention, a
     multi-task run, both phases of prompt then model) is read by eval with no gin, with the
-    flow's own command line and with its config.gin, and equals what it logged (issue 34)."""
+    flow's own command line and with its config.gin, and equals what it logged; infer with no
+    gin predicts what it logged (issue 34)."""
     targets = work / "targets" / TARGET
     kinds = [
         work / "sources" / SOURCES[0],
@@ -124,6 +125,8 @@ def _runs_read_back(work, flow_args, capsys) -> None:
     for run in kinds:
         for args in ([], flow_args, [f"--gin_file={run / 'config.gin'}"]):
             eval_equals_log(run, *args, capsys=capsys)
+        if run.name != "multitask":  # one task's predictions per record: eval reads it above
+            infer_equals_log(run, capsys=capsys)
     # A multi-task run asked about one of its tasks: that task's prompt, that task's score.
     multi = work / "sources" / "multitask"
     assert (
