@@ -216,6 +216,15 @@ def load_npy(
         raise DamagedFile(f"{source} is damaged ({npy_damage(source, e)}); {fix}") from None
 
 
+def npy_size(shape: tuple[int, ...], dtype=np.float32) -> int:
+    """The bytes numpy.save writes for an array of `shape` and `dtype`: its header, then data."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": tuple(shape)}
+    )
+    return len(header.getvalue()) + int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
 def npy_damage(source: PathLike, error: BaseException | None = None) -> str:
     """What is wrong with a `.npy` file that does not load: its size against the size its
     header promises ("10 of 547 bytes"), or a header cut short."""

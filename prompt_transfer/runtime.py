@@ -9,6 +9,7 @@ import dataclasses
 import os
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 
@@ -185,6 +186,13 @@ def untrack(resource) -> None:
     _open.discard(resource)
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning on the console as one line (a skipped library entry, say), not Python's two:
+    the file and the source line that raised it say nothing to a user."""
+    text = str(message).strip().splitlines()
+    return f"prompt-transfer: warning: {text[0] if text else category.__name__}\n"
+
+
 class _MainThreadOnly:
     """sys.stderr for the main thread; what other threads write is dropped."""
 
@@ -236,6 +244,7 @@ def run_entry(command: str, body: Callable[[], object], multihost: MultiHost | N
     first. Anything else is a bug and keeps its traceback.
     """
     earlier = weakref.WeakSet(_open)  # a caller's own (a test's), not this command's to close
+    warnings.formatwarning = one_line_warning
     try:
         start(multihost)
         status = body()

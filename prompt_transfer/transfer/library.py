@@ -281,6 +281,23 @@ class Library:
             )
         return array
 
+    def _cut_short(self, entry: Entry, deep: bool) -> str | None:
+        """What a file listing tells of an entry without reading it: a file missing or of
+        another size than its shape needs (a partial copy); None when the sizes are right."""
+        wanted = {"prompt.npy": (entry.prompt_length, entry.embed_dim)}
+        if deep and entry.deep_width:
+            wanted["deep.npy"] = (entry.prompt_length, entry.deep_width)
+        fix = f"`prompt-transfer library remove {entry.id}`, then add the prompt again"
+        for name, shape in wanted.items():
+            file = self.root / entry.id / name
+            size, expected = (file.stat().st_size if file.exists() else 0), paths.npy_size(shape)
+            if size != expected:
+                return (
+                    f"library entry {entry.id} is damaged: {file} is damaged ({size} of "
+                    f"{expected} bytes); {fix}"
+                )
+        return None
+
     def problem(self, entry: Entry) -> str | None:
         """What is wrong with an entry's files (None: its arrays load and match their hashes)."""
         try:
@@ -322,6 +339,10 @@ class Library:
         for entry in entries:
             key = f"{entry.sha256}:{entry.deep_sha256 if deep else ''}"
             row = cache.get(key)
+            cut = row is not None and self._cut_short(entry, deep)
+            if cut:  # its summary was cached while it was whole: the prompt is not any more
+                warnings.warn(cut, stacklevel=2)
+                continue
             if row is None:
                 try:
                     row = cache[key] = similarity.summary(self.prompt(entry, deep=deep))

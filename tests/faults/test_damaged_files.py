@@ -19,7 +19,7 @@ from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
 from conftest import DEEP_PROMPT_ARGS, T5_VOCAB, tiny_run_args
-from prompt_transfer import cli
+from prompt_transfer import cli, runtime
 from prompt_transfer.transfer import library
 
 STEPS = ["--gin.EVAL_PERIOD=2", "--gin.SAVE_PERIOD=2", "--gin.KEEP_CHECKPOINTS=3"]
@@ -199,3 +199,24 @@ def test_the_library_names_a_damaged_entry_everywhere(run, tmp_path, capfd):
     # Removing it, as the line says, leaves an intact library.
     assert cli.main(["library", "remove", entry.id, f"--library={lib_dir}"]) == 0
     assert cli.main(["library", "verify", f"--library={lib_dir}"]) == 0
+
+
+def test_rank_skips_a_damaged_entry_in_one_line(run, tmp_path, capfd):
+    lib_dir = _copy(run.parent / "library", tmp_path / "library")
+    lib = library.Library(lib_dir)
+    [entry] = lib.entries()
+    same = dict(model=entry.model, model_fingerprint=entry.model_fingerprint)
+    prompt = np.asarray(lib.prompt(entry))
+    healthy = lib.add(prompt + 1, task="other", **same)
+    target = lib.add(prompt + 2, task="target", **same)
+    _cut(lib_dir / entry.id / "prompt.npy", keep=200)  # its summary was cached while whole
+    capfd.readouterr()
+    with pytest.warns(
+        UserWarning, match=f"{entry.id} is damaged: .* \\(200 of 208 bytes\\)"
+    ) as seen:
+        assert cli.main(["library", "rank", target.id, f"--library={lib_dir}"]) == 0
+    out = capfd.readouterr().out
+    assert healthy.id in out and entry.id not in out
+    # On the console (the console script's format), that warning is one line.
+    shown = runtime.one_line_warning(seen[0].message, UserWarning, "library.py", 1)
+    assert shown.startswith("prompt-transfer: warning: library entry") and shown.count("\n") == 1
