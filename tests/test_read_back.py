@@ -208,3 +208,18 @@ def test_exports_read_the_checkpoint_and_refuse_what_they_would_lose(runs, tmp_p
     assert cli.main(["export", str(runs / "plain"), "--output", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained a prompt (plain)" in err[0], err
+
+
+def test_a_saved_step_is_read_by_its_name(runs, tmp_path, capsys):
+    """CHECKPOINT='checkpoint_N' (T5X's own name for a step): that step, or one line naming the
+    steps the run keeps."""
+    model_dir = runs / "two_phases" / "phase1"
+    argv = ["eval", f"--gin.MODEL_DIR={model_dir}", "--gin.CHECKPOINT='checkpoint_4'"]
+    assert cli.main(argv) == 0
+    report = json.loads((model_dir / "eval_validation_checkpoint_4.json").read_text())
+    assert report["step"] == 4 and report["results"] == last_logged(model_dir)["results"]
+    capsys.readouterr()
+    assert cli.main([*argv[:2], "--gin.CHECKPOINT='checkpoint_3'"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CHECKPOINT='checkpoint_3'" in err[0], err
+    assert "keeps checkpoint_4" in err[0]

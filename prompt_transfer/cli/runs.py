@@ -251,7 +251,7 @@ def add_commands(sub) -> None:
             help=text,
             description="--gin.MODEL_DIR=DIR alone reads the run as it trained (its run.json); "
             "gin files given too may change how it is read (lengths, split, batch, task), not "
-            "what it is. Plus --gin.EVAL_SPLIT, --gin.CHECKPOINT ('latest'/'best'), "
+            "what it is. Plus --gin.EVAL_SPLIT, --gin.CHECKPOINT ('latest'/'best'/'checkpoint_N'), "
             "--gin.INFER_INPUT_FILE.",
         )
         p.set_defaults(func=func, takes_gin=True)

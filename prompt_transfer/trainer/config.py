@@ -36,13 +36,25 @@ def _paths_regex(value: str) -> str | None:
     return wrong and f"{wrong}; it selects parameter paths, e.g. '{prompts.PROMPT_PATH}' or '.*'"
 
 
+def _feature_lengths(value: Mapping[str, int]) -> str | None:
+    missing = [k for k in ("inputs", "targets") if k not in value]
+    if missing:
+        return (
+            f"lacks {missing[0]!r}: an encoder-decoder run needs both, e.g. "
+            "{'inputs': 256, 'targets': 16}"
+        )
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """What a run is. Fields follow T5X's macros (gin/runs/prompt_tuning.gin binds them)."""
 
     model_dir: str = setting(valid=paths.folder_problem, macro="MODEL_DIR")  # or gs://
     task: str = setting(macro="MIXTURE_OR_TASK_NAME")
-    feature_lengths: Mapping[str, int] = setting(least=1, macro="TASK_FEATURE_LENGTHS")
+    feature_lengths: Mapping[str, int] = setting(
+        least=1, valid=_feature_lengths, macro="TASK_FEATURE_LENGTHS"
+    )
     model_config: t5.T5Config = setting()
     # INITIAL_CHECKPOINT_PATH (None: random init)
     initial_checkpoint: str | None = setting(None, macro="INITIAL_CHECKPOINT_PATH")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from prompt_transfer import evaluation, inference, partitioning, paths, prompts
 from prompt_transfer.models import EncoderDecoderModel
@@ -17,10 +18,14 @@ CHECKPOINTS = ("latest", "best")
 
 
 def trained(spec: RunSpec, checkpoint: str):
-    """(model, parameters, step) of the run's `checkpoint` ("latest" or "best"): every array
+    """(model, parameters, step) of the run's `checkpoint` ("latest", "best" or one step,
+    "checkpoint_N"): every array
     the checkpoint holds, over the run's frozen network (weights.restore_trained)."""
-    if checkpoint not in CHECKPOINTS:
-        raise TrainError(f"CHECKPOINT={checkpoint!r} is unknown; choose 'latest' or 'best'")
+    if checkpoint not in CHECKPOINTS and not re.fullmatch(r"checkpoint_\d+", str(checkpoint)):
+        raise TrainError(
+            f"CHECKPOINT={checkpoint!r} is unknown; choose 'latest', 'best' or a step the run "
+            "saved, e.g. 'checkpoint_1000'"
+        )
     check_numbers(spec)
     run_dir.check_folder(spec.model_dir)
     record = run_record.read(spec.model_dir)

@@ -163,8 +163,9 @@ def restore_trained(
     record: dict | None = None,
 ) -> tuple[dict, int]:
     """(parameters, step) of a finished run: `network` with every array the checkpoint holds
-    restored over it from MODEL_DIR (`which` is "latest" or "best"; `blank_prompt` the run's
-    prompt template in its wide form, see prompts.blank); the optimizer state is not read.
+    restored over it from MODEL_DIR (`which` is "latest", "best" or "checkpoint_N";
+    `blank_prompt` the run's prompt template in its wide form, see prompts.blank); the
+    optimizer state is not read.
 
     The checkpoint decides what is restored, never a TRAINABLE regex: an array it holds that
     the model lacks, or one the run's record (run_record.py) says trained that it lacks, is
@@ -175,7 +176,10 @@ def restore_trained(
     directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
     with checkpointing.CheckpointStore(directory, keep=1_000_000, create=False) as store:
         latest = store.latest_step()
-        step = store.newest_intact(run_record.say)
+        if which.startswith("checkpoint_"):  # the step asked for, whole, or refused
+            step = latest = _saved_step(store, int(which.split("_")[1]), directory)
+        else:
+            step = store.newest_intact(run_record.say)
         if step is None:
             raise TrainError(
                 f"no {which} checkpoint in {directory}; train first or check MODEL_DIR"
@@ -205,6 +209,18 @@ def restore_trained(
             init_state(trainable, optax.identity()), only_trainable=True, step=step
         )
     return merge(fixed, state.trainable), int(state.step)
+
+
+def _saved_step(store, step: int, directory) -> int:
+    """`step`, when the run saved it and it is whole; else one line naming what it keeps."""
+    kept = sorted(store.manager.all_steps())
+    if step not in kept:
+        shown = ", ".join(f"checkpoint_{s}" for s in kept) or "none"
+        raise TrainError(f"CHECKPOINT='checkpoint_{step}': {directory} keeps {shown}")
+    wrong = checkpointing.damage(directory, step)
+    if wrong:
+        raise TrainError(f"checkpoint_{step} in {directory} is damaged ({wrong}); choose another")
+    return step
 
 
 def _paths_with(network: Network, prompt, pieces) -> set[str]:

@@ -66,6 +66,10 @@ CATALOGUE = {
     "negative batch": (train("--gin.BATCH_SIZE=-8"), "BATCH_SIZE=-8 must be a whole number"),
     "fractional prompt": (train("--gin.PROMPT_LENGTH=2.5"), "PROMPT_LENGTH=2.5 must be"),
     "text period": (train("--gin.EVAL_PERIOD=often"), "EVAL_PERIOD='often' must be"),
+    "lengths without targets": (
+        train("--gin.TASK_FEATURE_LENGTHS={'inputs': 64}"),
+        "TASK_FEATURE_LENGTHS={'inputs': 64} lacks 'targets'",
+    ),
     "negative patience": (
         train("--gin.EARLY_STOPPING_PATIENCE=-1"),
         "EARLY_STOPPING_PATIENCE=-1 must be a whole number >= 0",
