@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 
 import gin
@@ -57,9 +58,11 @@ def available_sizes() -> list[str]:
     return available("models")
 
 
-def find(name: str | Path) -> Path:
-    """Resolve a gin file given as a path or as a name relative to `gin/`."""
-    candidates = [Path(name), GIN_DIR / name, GIN_DIR / f"{name}.gin"]
+def find(name: str | Path, search_paths: Sequence[str | Path] = ()) -> Path:
+    """Resolve a gin file given as a path, or as a name relative to one of `search_paths`
+    (T5X's --gin_search_paths, searched in order) or to `gin/`."""
+    folders = [*map(Path, search_paths), GIN_DIR]
+    candidates = [Path(name)] + [f / n for f in folders for n in (name, f"{name}.gin")]
     for path in candidates:
         if path.is_file():
             return path

@@ -10,8 +10,10 @@ import dataclasses
 import difflib
 import functools
 import logging
+import os
 import re
 import sys
+from collections.abc import Sequence
 
 import gin
 from gin import config_parser
@@ -27,6 +29,7 @@ class Launch:
     files: list[str]
     bindings: list[str]
     flags: dict[str, bool]
+    search_paths: list[str] = dataclasses.field(default_factory=list)  # --gin_search_paths
 
 
 def _binding(name: str, value: str) -> str:
@@ -57,12 +60,14 @@ def parse_command_line(
     while args:
         arg = args.pop(0)
         key, has_value, value = arg.partition("=")
-        if key in ("--gin_file", "--gin_bindings") and not has_value:
+        if key in ("--gin_file", "--gin_bindings", "--gin_search_paths") and not has_value:
             if not args:
                 raise GinFileError(f"{key} needs a value")
             value = args.pop(0)
         if key == "--gin_file":
             launch.files.append(value)
+        elif key == "--gin_search_paths":  # T5X's: folders searched first, comma-separated
+            launch.search_paths += [p for p in value.split(",") if p]
         elif key == "--gin_bindings":
             launch.bindings.append(value)
         elif key.startswith("--gin.") and has_value:
@@ -71,7 +76,8 @@ def parse_command_line(
             launch.flags[key[2:]] = True
         else:
             known = ", ".join(
-                ["--gin_file", "--gin.NAME=VALUE", "--gin_bindings"] + [f"--{f}" for f in flags]
+                ["--gin_file", "--gin.NAME=VALUE", "--gin_bindings", "--gin_search_paths"]
+                + [f"--{f}" for f in flags]
             )
             raise GinFileError(f"unknown argument {arg!r}; expected {known}")
     if not launch.files and need_files:
@@ -178,11 +184,20 @@ def _refuse_unused_macros(bindings: list[str]) -> None:
         )
 
 
-def configure(files: list[str], bindings: list[str]) -> str:
-    """Parse gin files (found by name) and bindings; check required macros before anything
-    compiles. Returns the config text (written to MODEL_DIR/config.gin)."""
+def configure(files: list[str], bindings: list[str], search_paths: Sequence[str] = ()) -> str:
+    """Parse gin files (found by name in `search_paths`, then in gin/) and bindings; check
+    required macros before anything compiles. Returns the config text (written to
+    MODEL_DIR/config.gin)."""
     gin.clear_config()
-    gin.add_config_file_search_path(str(GIN_DIR))
+    for folder in search_paths:
+        if not os.path.isdir(folder):
+            raise GinFileError(
+                f"--gin_search_paths: {folder!r} is not a folder; give folders of gin files, "
+                "comma-separated"
+            )
+    # Gin looks in these in order, an include as a --gin_file: the user's folders come first,
+    # as T5X's --gin_search_paths do, then the project's gin/ (reset on every launch).
+    gin.config._LOCATION_PREFIXES[:] = ["", *search_paths, str(GIN_DIR)]
     # Gin tries each include relative to the working directory first and logs an error for
     # every miss before it looks in gin/; those misses are expected, so keep them quiet.
     root = logging.getLogger()
@@ -190,7 +205,7 @@ def configure(files: list[str], bindings: list[str]) -> str:
     root.setLevel(logging.CRITICAL)
     try:
         gin.parse_config_files_and_bindings(
-            [str(find(f)) for f in files], bindings, finalize_config=False
+            [str(find(f, search_paths)) for f in files], bindings, finalize_config=False
         )
     except (ValueError, SyntaxError, ImportError, OSError) as e:
         raise GinFileError(f"gin config does not parse: {e}".splitlines()[0]) from e

@@ -1,6 +1,7 @@
 """The console script end to end: checkpoint-info, convert (HF -> T5X + gin), score, errors."""
 
 import re
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -141,3 +142,34 @@ def test_a_runs_folder_in_the_working_directory_does_not_break_gin_includes(tmp_
     sys.modules.pop("runs", None)
     text = gin_utils.configure([str(gin_files.find("experiments/demo"))], [])
     assert "FlowConfig" in text and "WORK_DIR = 'runs/demo'" in text
+
+
+def test_gin_search_paths_are_searched_first_as_in_t5x(anchors, tmp_path, capsys):
+    """--gin_search_paths (T5X's flag): a user's own gin files beside their jobs, found by name,
+    an include of theirs before the project's file of the same name; a missing folder is one
+    line."""
+    from synthetic_tasks import register_keyword_task
+
+    from conftest import tiny_run_args
+
+    register_keyword_task(T5_VOCAB)
+    mine = tmp_path / "configs"
+    (mine / "models").mkdir(parents=True)
+    # A models/tiny.gin of the user's own: the project's, with another dropout rate.
+    project = (Path(gin_files.GIN_DIR) / "models" / "tiny.gin").read_text()
+    (mine / "models" / "tiny.gin").write_text(project + "\nDROPOUT_RATE = 0.25\n")
+    # The project's experiment includes models/tiny.gin: the user's is found first.
+    (mine / "my_run.gin").write_text(
+        "include 'experiments/prompt_tuning_tiny.gin'\n"
+        "TRAIN_STEPS = 2\nSAVE_PERIOD = 2\nEVAL_PERIOD = 0\n"
+    )
+    model_dir = tmp_path / "run"
+    args = tiny_run_args(model_dir)[1:]  # without the project's experiment file
+    argv = ["train", f"--gin_search_paths={tmp_path / 'nowhere'},{mine}", "--gin_file=my_run"]
+    capsys.readouterr()
+    assert cli.main([*argv, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gin_search_paths" in err[0] and "nowhere" in err[0], err
+    assert cli.main(["train", f"--gin_search_paths={mine}", "--gin_file=my_run", *args]) == 0
+    config = (model_dir / "config.gin").read_text()
+    assert "DROPOUT_RATE = 0.25" in config and "TRAIN_STEPS = 2" in config

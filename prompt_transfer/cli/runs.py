@@ -17,7 +17,7 @@ def train_main(argv: list[str]) -> dict:
     from prompt_transfer.trainer import config, train
 
     launch = gin_utils.parse_command_line(argv, flags=("overwrite", "resume"))
-    config_text = gin_utils.configure(launch.files, launch.bindings)
+    config_text = gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
     spec, train_config = gin_utils.build(config.RunSpec), gin_utils.build(config.TrainConfig)
     remote.check_run(spec, {"MODEL_DIR": spec.model_dir, "LIBRARY_DIR": train_config.library_dir})
     return train.train(spec, train_config, config_text=config_text, **launch.flags)
@@ -57,14 +57,14 @@ def _run_spec(argv: list[str]):
     launch = gin_utils.parse_command_line(argv, need_files=False)
     explicit = {gin_utils.bound_name(b) for b in launch.bindings}
     if launch.files:
-        gin_utils.configure(launch.files, launch.bindings)
+        gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
         asked = gin_utils.build(config.RunSpec)
         remote.check_run(asked)  # its gs:// paths answer before the run's record is read
         spec = run_record.for_command(asked, explicit, per_run=gin_utils.binds_flow())
     else:
         own = [b for b in launch.bindings if gin_utils.bound_name(b) in run_record.macros()]
         rest = [b for b in launch.bindings if b not in own]
-        gin_utils.configure(["runs/eval_run"], rest)
+        gin_utils.configure(["runs/eval_run"], rest, launch.search_paths)
         overrides = {gin_utils.bound_name(b): gin_utils.literal(b) for b in own}
         model_dir = gin_utils.macro("MODEL_DIR")
         instead = "MODEL_DIR='/path/folder' (a local folder)"

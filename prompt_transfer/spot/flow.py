@@ -330,7 +330,7 @@ def main(argv: list[str]) -> dict:
     is checked before the first source trains (check_flow)."""
     launch = gin_utils.parse_command_line(argv)
     refuse_run_macros(launch.bindings)
-    config_text = gin_utils.configure(launch.files, launch.bindings)
+    config_text = gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
     flow = gin_utils.build(FlowConfig)
     spec, config = gin_utils.build(RunSpec), gin_utils.build(TrainConfig)
     remote.check_run(spec, {"WORK_DIR": flow.work_dir}, tasks=[*flow.sources, *flow.targets])

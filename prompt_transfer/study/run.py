@@ -208,7 +208,7 @@ def main(argv: list[str]) -> dict:
     setting and task is checked before the first source trains."""
     launch = gin_utils.parse_command_line(argv)
     spot_flow.refuse_run_macros(launch.bindings)
-    config_text = gin_utils.configure(launch.files, launch.bindings)
+    config_text = gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
     study = gin_utils.build(StudyConfig)
     spec, config = gin_utils.build(RunSpec), gin_utils.build(TrainConfig)
     remote.check_run(spec, {"WORK_DIR": study.work_dir}, tasks=[*study.sources, *study.targets])
