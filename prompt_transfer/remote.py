@@ -174,6 +174,10 @@ def _task_inputs(spec: RunSpec, tasks: Sequence[str]) -> tuple[set[str], bool]:
     the model's vocabulary, the run's own FILE_TASKS with the tasks' one (their files are read
     only when they register). A task unknown here is left to the run's own check."""
     vocab.follow_model(spec.vocabulary)
+    if spec.task_module:  # the user's tasks, as the run registers them
+        from prompt_transfer.trainer.config import import_task_module
+
+        import_task_module(spec.task_module)
     own = {file_task.name for file_task in spec.file_tasks}
     files, reads_tfds = set(), False
     for name in tasks:

@@ -1,5 +1,6 @@
 """The console script end to end: checkpoint-info, convert (HF -> T5X + gin), score, errors."""
 
+import json
 import re
 from pathlib import Path
 
@@ -173,3 +174,27 @@ def test_gin_search_paths_are_searched_first_as_in_t5x(anchors, tmp_path, capsys
     assert cli.main(["train", f"--gin_search_paths={mine}", "--gin_file=my_run", *args]) == 0
     config = (model_dir / "config.gin").read_text()
     assert "DROPOUT_RATE = 0.25" in config and "TRAIN_STEPS = 2" in config
+
+
+def test_a_task_module_of_the_users_registers_its_tasks(anchors, tmp_path, monkeypatch, capsys):
+    """MIXTURE_OR_TASK_MODULE (T5X's): the user's module is imported before the task is looked
+    up, for train and for reading the run back; one that cannot be imported is one line."""
+    from conftest import tiny_run_args
+
+    (tmp_path / "my_tasks.py").write_text(
+        "from synthetic_tasks import register_keyword_task\n"
+        "from conftest import T5_VOCAB\n"
+        "register_keyword_task(T5_VOCAB, name='users_own_task')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model_dir = tmp_path / "run"
+    steps = ["--gin.TRAIN_STEPS=2", "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=2"]
+    args = tiny_run_args(model_dir, *steps, task="users_own_task")
+    capsys.readouterr()
+    assert cli.main(["train", *args, "--gin.MIXTURE_OR_TASK_MODULE='no_such_tasks'"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MIXTURE_OR_TASK_MODULE='no_such_tasks' cannot be imported" in err[0]
+    assert not model_dir.exists()
+    assert cli.main(["train", *args, "--gin.MIXTURE_OR_TASK_MODULE='my_tasks'"]) == 0
+    assert json.loads((model_dir / "run.json").read_text())["spec"]["task_module"] == "my_tasks"
+    assert cli.main(["eval", f"--gin.MODEL_DIR={model_dir}"]) == 0

@@ -36,6 +36,20 @@ def _paths_regex(value: str) -> str | None:
     return wrong and f"{wrong}; it selects parameter paths, e.g. '{prompts.PROMPT_PATH}' or '.*'"
 
 
+def import_task_module(name: str) -> None:
+    """Import the user's module that registers SeqIO tasks (T5X's MIXTURE_OR_TASK_MODULE);
+    one line when it cannot be imported."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except Exception as e:  # its own import errors too: the user's code, named in one line
+        raise TrainError(
+            f"MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({type(e).__name__}: "
+            f"{errors.one_line(e)}); put its folder on PYTHONPATH or install it"
+        ) from None
+
+
 def _feature_lengths(value: Mapping[str, int]) -> str | None:
     missing = [k for k in ("inputs", "targets") if k not in value]
     if missing:
@@ -66,6 +80,9 @@ class RunSpec:
     num_partitions: int = setting(1, least=1, macro="NUM_PARTITIONS")
     # user tasks from TSV/JSONL
     file_tasks: Sequence[file_task_lib.FileTask] = setting((), macro="FILE_TASKS")
+    # MIXTURE_OR_TASK_MODULE (T5X's): a module of the user's that registers SeqIO tasks,
+    # imported before MIXTURE_OR_TASK_NAME is looked up
+    task_module: str | None = setting(None, macro="MIXTURE_OR_TASK_MODULE")
     model_name: str = setting("unnamed", macro="MODEL_NAME")  # the frozen model, in the library
     # VOCABULARY of the size gin file: the model's own tokens
     vocabulary: str | None = setting(None, macro="VOCABULARY")
@@ -82,6 +99,8 @@ class RunSpec:
     def register_tasks(self) -> None:
         """Tasks take the model's vocabulary, and the run's own tasks (FILE_TASKS) register."""
         vocab.follow_model(self.vocabulary)
+        if self.task_module:
+            import_task_module(self.task_module)
         for file_task in self.file_tasks:  # validated before any work
             file_task_lib.register_file_task(file_task)
 

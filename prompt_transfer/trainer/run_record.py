@@ -242,7 +242,10 @@ def reconcile(
     known = {t.name: t for t in run.file_tasks}
     known.update({t.name: t for t in asked.file_tasks})
     spec = dataclasses.replace(
-        spec, num_partitions=asked.num_partitions, file_tasks=tuple(known.values())
+        spec,
+        num_partitions=asked.num_partitions,
+        file_tasks=tuple(known.values()),
+        task_module=asked.task_module or run.task_module,
     )
     return spec, notes
 
