@@ -216,6 +216,15 @@ def load_npy(
         raise DamagedFile(f"{source} is damaged ({npy_damage(source, e)}); {fix}") from None
 
 
+def size(p: PathLike) -> int:
+    """A file's size in bytes, local or remote (0 when it is not there)."""
+    if is_remote(p):
+        file = path(p)
+        return file.stat().length if file.exists() else 0
+    local = native(p)
+    return os.path.getsize(local) if os.path.isfile(local) else 0
+
+
 def npy_size(shape: tuple[int, ...], dtype=np.float32) -> int:
     """The bytes numpy.save writes for an array of `shape` and `dtype`: its header, then data."""
     header = io.BytesIO()

@@ -290,7 +290,7 @@ class Library:
         fix = f"`prompt-transfer library remove {entry.id}`, then add the prompt again"
         for name, shape in wanted.items():
             file = self.root / entry.id / name
-            size, expected = (file.stat().st_size if file.exists() else 0), paths.npy_size(shape)
+            size, expected = paths.size(file), paths.npy_size(shape)
             if size != expected:
                 return (
                     f"library entry {entry.id} is damaged: {file} is damaged ({size} of "
