@@ -141,8 +141,14 @@ class CheckpointStore:
         steps = list(self.manager.all_steps())
         intact = self.newest_intact(lambda line: None)
         damaged = [s for s in steps if intact is None or s > intact]
-        if not damaged or paths.is_remote(self.model_dir) or not paths.is_chief():
+        if not damaged or paths.is_remote(self.model_dir):
             return
+        if paths.is_chief():
+            self._move_aside(damaged, intact, say)
+        runtime.barrier("damaged checkpoints set aside")  # every process sees them gone
+        self.manager.reload()
+
+    def _move_aside(self, damaged: list[int], intact: int | None, say) -> None:
         aside = Path(paths.native(self.model_dir)) / DAMAGED
         aside.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -158,7 +164,6 @@ class CheckpointStore:
                 f"{aside}/{name}.{stamp}, and the run goes on from checkpoint_{intact}, the "
                 "newest whole one"
             )
-        self.manager.reload()
 
     def _save(self, manager, step: int, state, position: int):
         ocp = self._ocp
