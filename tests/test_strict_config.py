@@ -43,7 +43,7 @@ CASES = {
     ),
     "a misspelled checkpoint": (
         ["eval", "--gin.CHECKPOINT='bset'"],
-        "CHECKPOINT='bset' is unknown; choose 'latest' or 'best'",
+        "CHECKPOINT='bset' is unknown; choose 'latest', 'best' or a step",
     ),
     "a misspelled optimizer parameter": (
         ["train", "--gin.train_state.OptimizerConfig.learning_rte=0.1"],
