@@ -169,20 +169,21 @@ def _export(lib, args) -> None:
         raise library.LibraryError("library export takes an ENTRY or --run MODEL_DIR (one of them)")
     if args.run:
         (prompt, deep), model, name = _run_prompt(args.run, args.checkpoint), "unnamed", args.run
+        is_deep = deep is not None
     else:
         entry = lib.get(args.entry)
         problem = lib.problem(entry)
         if problem:  # its deep part too, though a .npy holds the input prompt only
             raise library.LibraryError(problem)
         prompt, model, name = np.asarray(lib.prompt(entry)), entry.model, entry.id
-        deep = np.zeros((1, entry.deep_width)) if entry.deep_width else None
-    if deep is not None and args.format != "npy":
+        is_deep = bool(entry.deep_width)
+    if is_deep and args.format != "npy":
         raise library.LibraryError(
             f"{name} is a deep prompt; a {args.format} prompt holds the input prompt "
             "only and its layers' keys and values would be lost (--format npy writes the "
             "input prompt alone, on purpose)"
         )
-    if deep is not None:
+    if is_deep:
         print(f"note: {name} is a deep prompt; the .npy holds its input prompt only")
     output = paths.path(args.output)
     wrong = (

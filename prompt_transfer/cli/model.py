@@ -153,8 +153,9 @@ def cmd_export(args) -> None:
     config = gin_files.read_model_config(args.size) if args.size else None
     if record is not None:
         trained = run_record.spec_of(record, folder).model_config
-        if config is not None and run_record.model_difference(trained, config):
-            field, was, given = run_record.model_difference(trained, config)
+        differs = config is not None and run_record.model_difference(trained, config)
+        if differs:
+            field, was, given = differs
             raise UserError(
                 f"--size={args.size}: the run's model has {field}={was!r}, that size "
                 f"{given!r}; leave --size out (the run names its model)"

@@ -81,16 +81,26 @@ def damage(root: paths.PathLike, step: int) -> str | None:
 def newest_intact(root: paths.PathLike, steps: list[int], say) -> int | None:
     """The newest of `steps` whose checkpoint under `root` is whole; each damaged one newer than
     it is said (`say`, one line each). All of them damaged is refused in one line."""
+    step, damaged = _scan(root, steps)
+    for newer, wrong in damaged.items():
+        say(f"checkpoint_{newer} in {root} is damaged ({wrong})")
+    return step
+
+
+def _scan(root: paths.PathLike, steps: list[int]) -> tuple[int | None, dict[int, str]]:
+    """(the newest whole step, {each damaged step newer than it: what is wrong}), each
+    checkpoint checked once, newest first; all of them damaged is refused in one line."""
+    damaged = {}
     for step in sorted(steps, reverse=True):
         wrong = damage(root, step)
         if wrong is None:
-            return step
-        say(f"checkpoint_{step} in {root} is damaged ({wrong})")
+            return step, damaged
+        damaged[step] = wrong
     if not steps:
-        return None
+        return None, damaged
     newest = max(steps)
     raise RunDirError(
-        f"every checkpoint in {root} is damaged (checkpoint_{newest}: {damage(root, newest)}); "
+        f"every checkpoint in {root} is damaged (checkpoint_{newest}: {damaged[newest]}); "
         "restore them from a copy, or start the run over with --overwrite"
     )
 
@@ -138,9 +148,7 @@ class CheckpointStore:
         """Before a resume: damaged checkpoints newer than the newest whole one are moved to
         MODEL_DIR/damaged/ (with their data iterator states), so that the run goes on from the
         whole one and writes those steps again; each is said in a line."""
-        steps = list(self.manager.all_steps())
-        intact = self.newest_intact(lambda line: None)
-        damaged = [s for s in steps if intact is None or s > intact]
+        intact, damaged = _scan(self.model_dir, list(self.manager.all_steps()))
         if not damaged or paths.is_remote(self.model_dir):
             return
         if paths.is_chief():
@@ -148,12 +156,11 @@ class CheckpointStore:
         runtime.barrier("damaged checkpoints set aside")  # every process sees them gone
         self.manager.reload()
 
-    def _move_aside(self, damaged: list[int], intact: int | None, say) -> None:
+    def _move_aside(self, damaged: dict[int, str], intact: int | None, say) -> None:
         aside = Path(paths.native(self.model_dir)) / DAMAGED
         aside.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for step in damaged:
-            wrong = damage(self.model_dir, step)
+        for step, wrong in damaged.items():
             name = f"checkpoint_{step}"
             os.replace(self.model_dir / name, aside / f"{name}.{stamp}")
             (self.model_dir / CHECKSUMS / f"{name}.json").unlink(missing_ok=True)

@@ -89,13 +89,19 @@ def check_folder(model_dir: paths.PathLike) -> None:
         raise RunDirError(f"MODEL_DIR={str(model_dir)!r} {wrong} for the run")
 
 
-def holds_checkpoint(model_dir: paths.PathLike) -> bool:
-    """Whether MODEL_DIR holds a finished checkpoint (a save killed half-way leaves orbax's
-    temporary directory, which is not one)."""
+def saved_steps(model_dir: paths.PathLike) -> list[int]:
+    """The steps of MODEL_DIR's finished checkpoints, in order (a save killed half-way leaves
+    orbax's temporary directory, which is not one)."""
     directory = paths.path(model_dir)
-    return directory.exists() and any(
-        _CHECKPOINT.fullmatch(p.name) for p in directory.glob("checkpoint_*")
-    )
+    if not directory.exists():
+        return []
+    names = (p.name for p in directory.glob("checkpoint_*"))
+    return sorted(int(n.split("_")[1]) for n in names if _CHECKPOINT.fullmatch(n))
+
+
+def holds_checkpoint(model_dir: paths.PathLike) -> bool:
+    """Whether MODEL_DIR holds a finished checkpoint."""
+    return bool(saved_steps(model_dir))
 
 
 def holds_run(model_dir: paths.PathLike) -> bool:

@@ -175,17 +175,16 @@ def restore_trained(
 
     directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
     with checkpointing.CheckpointStore(directory, keep=1_000_000, create=False) as store:
-        latest = store.latest_step()
         if which.startswith("checkpoint_"):  # the step asked for, whole, or refused
-            step = latest = _saved_step(store, int(which.split("_")[1]), directory)
+            step = _saved_step(store, int(which.split("_")[1]), directory)
         else:
             step = store.newest_intact(run_record.say)
+            if step is not None and step != store.latest_step():
+                run_record.say(f"reading checkpoint_{step}, the newest whole one")
         if step is None:
             raise TrainError(
                 f"no {which} checkpoint in {directory}; train first or check MODEL_DIR"
             )
-        if step != latest:
-            run_record.say(f"reading checkpoint_{step}, the newest whole one")
         where = f"checkpoint_{step} in {directory}"
         held = store.trainable_arrays(step)
         if held is None:
@@ -242,10 +241,7 @@ def run_prompt(model_dir: str, which: str = "latest") -> tuple[np.ndarray, np.nd
 
     run_record.refuse_unless_prompt_only(model_dir, run_record.read(model_dir))
     root = run_dir.subdir(model_dir, "best" if which == "best" else "")
-    steps = sorted(
-        int(p.name.split("_")[1]) for p in root.glob("checkpoint_*") if p.name[11:].isdigit()
-    )
-    step = checkpointing.newest_intact(root, steps, run_record.say)
+    step = checkpointing.newest_intact(root, run_dir.saved_steps(root), run_record.say)
     if step is None:
         never = "it never evaluated; use --checkpoint latest" if which == "best" else "train it"
         raise TrainError(f"no {which} prompt in {model_dir} (no checkpoint in {root}): {never}")
