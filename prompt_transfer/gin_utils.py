@@ -20,6 +20,7 @@ from gin import config_parser
 
 from prompt_transfer import settings
 from prompt_transfer.gin_files import GIN_DIR, GinFileError, find
+from prompt_transfer.t5x import habits
 
 
 @dataclasses.dataclass
@@ -203,6 +204,7 @@ def configure(files: list[str], bindings: list[str], search_paths: Sequence[str]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.CRITICAL)
+    habits.stand_in()  # a T5X user's `from t5x import utils` reads T5X's names here
     try:
         gin.parse_config_files_and_bindings(
             [str(find(f, search_paths)) for f in files], bindings, finalize_config=False
@@ -211,6 +213,7 @@ def configure(files: list[str], bindings: list[str], search_paths: Sequence[str]
         raise GinFileError(f"gin config does not parse: {e}".splitlines()[0]) from e
     finally:
         root.setLevel(level)
+    habits.fold()  # T5X's configurables' values into the project's settings
     _refuse_unused_macros(bindings)
     unbound = _unbound_macros()
     if unbound:

@@ -162,6 +162,9 @@ class PromptInit:
     text: str = ""
     file: str = ""
     transfer: object = None  # transfer.TransferInit when method == "transfer"
+    # EMBEDDING_FILE (prompt-tuning's *_numpy.gin): a [V, E] .npy of token embeddings that
+    # sampled_vocab and class_labels read instead of the initial checkpoint's
+    embedding_file: str | None = setting(None, macro="EMBEDDING_FILE")
 
     def __post_init__(self):
         settings.check(self)

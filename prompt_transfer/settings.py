@@ -31,6 +31,11 @@ class SettingError(UserError):
     pass
 
 
+# Macro -> the binding the user wrote that set it (a T5X configurable's parameter, folded into
+# the macro by prompt_transfer.t5x.habits), so that a refusal names what the user typed.
+SAID_AS: dict[str, str] = {}
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """A field's range beyond its type. Numbers: `least` <= value, value > `above`, value <=
@@ -244,7 +249,9 @@ def check_bound(cls) -> None:
     for bound in bound_settings(cls):
         wrong = problem(bound.field, bound.type, bound.value)
         if wrong:
-            raise SettingError(f"{bound.name}={_shown(bound.value)} {wrong}")
+            said = SAID_AS.get(bound.name)
+            here = f" ({bound.name} here)" if said else ""
+            raise SettingError(f"{said or bound.name}={_shown(bound.value)} {wrong}{here}")
 
 
 def _shown(value) -> str:

@@ -18,11 +18,14 @@ UNKNOWN_LABEL = "<unk>"
 
 
 def _join(prefix: str, ex, keys: Sequence[str]):
+    """'rte sentence1: ... sentence2: ...' (T5's); without a prefix (prompt-tuning's "taskless"
+    tasks), 'sentence1: ... sentence2: ...'."""
     tf = import_tensorflow()
-    parts = [tf.constant(prefix)]
+    parts = []
     for key in keys:
-        parts += [tf.constant(f" {key}: "), tf.strings.strip(ex[key])]
-    return tf.strings.join(parts)
+        gap = " " if parts or prefix else ""
+        parts += [tf.constant(f"{gap}{key}: "), tf.strings.strip(ex[key])]
+    return tf.strings.join([tf.constant(prefix), *parts])
 
 
 def _label_text(label, label_names: Sequence[str]):

@@ -1,4 +1,10 @@
-"""GLUE from TFDS in T5's text-to-text format: glue_<task> and the `glue` mixture."""
+"""GLUE from TFDS in T5's text-to-text format: glue_<task> and the `glue` mixture.
+
+Each task is registered under T5's name too (glue_<task>_v002), and without the task's name
+opening the input under prompt-tuning's names (taskless_glue_<task>_v200, and
+taskless_glue_<task>_v200_examples, whose examples T5X writes to TensorBoard: here evaluations
+write their predictions anyway), so that a T5X job's MIXTURE_OR_TASK_NAME finds the same data.
+"""
 
 import functools
 
@@ -31,15 +37,22 @@ def _register(name, tfds_config, labels, metric_fns, splits=SPLITS, prefix=None)
         if labels is None
         else text_formats.string_label_to_class_id(labels)
     )
-    registry.register_text_task(
-        f"glue_{name}",
-        seqio.TfdsDataSource(tfds_name=f"glue/{tfds_config}:2.0.0", splits=splits),
-        vocab.task_vocabulary(),
-        labels=labels,
-        metric_fns=metric_fns,
-        preprocessors=[text_formats.glue_text(prefix or tfds_config, labels)],
-        postprocess_fn=postprocess,
-    )
+    names = {
+        f"glue_{name}": prefix or tfds_config,
+        f"glue_{name}_v002": prefix or tfds_config,  # T5's name (TFDS 2.0.0 here)
+        f"taskless_glue_{name}_v200": "",  # prompt-tuning's
+        f"taskless_glue_{name}_v200_examples": "",
+    }
+    for task_name, opening in names.items():
+        registry.register_text_task(
+            task_name,
+            seqio.TfdsDataSource(tfds_name=f"glue/{tfds_config}:2.0.0", splits=splits),
+            vocab.task_vocabulary(),
+            labels=labels,
+            metric_fns=metric_fns,
+            preprocessors=[text_formats.glue_text(opening, labels)],
+            postprocess_fn=postprocess,
+        )
 
 
 for _name, (_config, _labels, _metrics) in GLUE.items():

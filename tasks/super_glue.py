@@ -19,15 +19,16 @@ SUPER_GLUE = {
 }
 
 for _name, (_labels, _metrics) in SUPER_GLUE.items():
-    registry.register_text_task(
-        f"super_glue_{_name}",
-        seqio.TfdsDataSource(tfds_name=f"super_glue/{_name}:1.0.2", splits=SPLITS),
-        vocab.task_vocabulary(),
-        labels=_labels,
-        metric_fns=_metrics,
-        preprocessors=[text_formats.glue_text(_name, _labels)],
-        postprocess_fn=text_formats.string_label_to_class_id(_labels),
-    )
+    for _task_name in (f"super_glue_{_name}", f"super_glue_{_name}_v102"):  # ours, T5's
+        registry.register_text_task(
+            _task_name,
+            seqio.TfdsDataSource(tfds_name=f"super_glue/{_name}:1.0.2", splits=SPLITS),
+            vocab.task_vocabulary(),
+            labels=_labels,
+            metric_fns=_metrics,
+            preprocessors=[text_formats.glue_text(_name, _labels)],
+            postprocess_fn=text_formats.string_label_to_class_id(_labels),
+        )
 
 registry.register_text_task(
     "super_glue_multirc",

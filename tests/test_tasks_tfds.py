@@ -18,7 +18,11 @@ def _tfds_tasks():
         n
         for n in seqio.TaskRegistry.names()
         if isinstance(seqio.get_mixture_or_task(n).source, seqio.TfdsDataSource)
+        and not n.endswith(T5X_NAMES)  # the same tasks under T5's and prompt-tuning's names
     )
+
+
+T5X_NAMES = ("_v002", "_v102", "_v200", "_v200_examples")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,6 +67,34 @@ def test_task_yields_encoder_decoder_batches(name):
     labels = registry.class_labels(name)
     if labels:
         assert example["targets_pretokenized"].decode() in (*labels, "<unk>")
+
+
+def test_t5_and_prompt_tunings_names_read_the_same_examples():
+    """glue_sst2_v002 and super_glue_rte_v102 (T5's names) are this project's tasks;
+    taskless_glue_sst2_v200_examples (prompt-tuning's) the same examples without the task's
+    name opening the input."""
+    seqio = import_seqio()
+    data.load_registrations()
+
+    def first(name):
+        ds = seqio.get_mixture_or_task(name).get_dataset(
+            None, "validation", shuffle=False, try_in_mem_cache=False
+        )
+        return next(ds.as_numpy_iterator())
+
+    ours, t5s, taskless = (
+        first("glue_sst2"),
+        first("glue_sst2_v002"),
+        first("taskless_glue_sst2_v200_examples"),
+    )
+    assert t5s["inputs_pretokenized"] == ours["inputs_pretokenized"]
+    text = ours["inputs_pretokenized"].decode()
+    assert text.startswith("sst2 sentence: ")
+    assert taskless["inputs_pretokenized"].decode() == text.removeprefix("sst2 ")
+    assert taskless["targets_pretokenized"] == ours["targets_pretokenized"]
+    assert registry.class_labels("taskless_glue_sst2_v200_examples") == ("negative", "positive")
+    rte = first("super_glue_rte_v102")["inputs_pretokenized"]
+    assert rte == first("super_glue_rte")["inputs_pretokenized"]
 
 
 def test_glue_format_matches_t5():

@@ -36,13 +36,42 @@ def _paths_regex(value: str) -> str | None:
     return wrong and f"{wrong}; it selects parameter paths, e.g. '{prompts.PROMPT_PATH}' or '.*'"
 
 
+# Task modules of T5 and prompt-tuning whose GLUE and SuperGLUE tasks this project registers under
+# the same names (tasks/glue.py, tasks/super_glue.py): where they are not installed, those stand in.
+STOOD_IN_MODULES = (
+    "prompt_tuning.data.glue",
+    "prompt_tuning.data.super_glue",
+    "prompt_tuning.data.tasks",
+    "t5.data.tasks",
+    "t5.data.mixtures",
+)
+
+
+_SAID_STOOD_IN: set[str] = set()
+
+
 def import_task_module(name: str) -> None:
     """Import the user's module that registers SeqIO tasks (T5X's MIXTURE_OR_TASK_MODULE);
-    one line when it cannot be imported."""
+    one line when it cannot be imported. One of T5's or prompt-tuning's modules
+    (STOOD_IN_MODULES) that is not installed is the project's registrations, said in a line."""
     import importlib
+    import sys
 
     try:
         importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if name not in STOOD_IN_MODULES or not name.startswith(f"{e.name}"):
+            raise TrainError(
+                f"MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({errors.one_line(e)}); "
+                "put its folder on PYTHONPATH or install it"
+            ) from None
+        if name not in _SAID_STOOD_IN:
+            _SAID_STOOD_IN.add(name)
+            print(
+                f"prompt-transfer: MIXTURE_OR_TASK_MODULE={name!r} is not installed; its GLUE "
+                "and SuperGLUE tasks are this project's, under the same names",
+                file=sys.stderr,
+            )
     except Exception as e:  # its own import errors too: the user's code, named in one line
         raise TrainError(
             f"MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({type(e).__name__}: "
@@ -167,7 +196,7 @@ class TrainConfig:
     # evaluations without a new best; 0: never stop
     early_stopping_patience: int = setting(0, least=0, macro="EARLY_STOPPING_PATIENCE")
     save_period: int = setting(1000, least=1, macro="SAVE_PERIOD")
-    keep_checkpoints: int = setting(3, least=1, macro="KEEP_CHECKPOINTS")
+    keep_checkpoints: int | None = setting(3, least=1, macro="KEEP_CHECKPOINTS")  # None: all
     log_period: int = setting(50, least=1, macro="LOG_PERIOD")
     # when set, the final prompt joins this library
     library_dir: str | None = setting(None, valid=paths.folder_problem, macro="LIBRARY_DIR")

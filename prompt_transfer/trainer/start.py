@@ -92,6 +92,20 @@ def _teachers(spec, layout, network, names) -> np.ndarray:
     return np.stack(out)
 
 
+def _embeddings(spec: RunSpec, init: prompts.PromptInit, network) -> np.ndarray:
+    """[V, E] token embeddings an initialiser samples from: EMBEDDING_FILE's, else the network's."""
+    if not init.embedding_file:
+        return partitioning.host_array(network.params["token_embedder"]["embedding"])
+    table = paths.load_npy(init.embedding_file, fix="give a [vocabulary, width] .npy")
+    width = spec.model_config.emb_dim
+    if table.ndim != 2 or table.shape[1] != width:
+        raise TrainError(
+            f"EMBEDDING_FILE={init.embedding_file!r} holds an array of shape {table.shape}; "
+            f"it must be [vocabulary, {width}] (the model's token embeddings)"
+        )
+    return np.asarray(table, np.float32)
+
+
 def initial_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np.ndarray | None:
     """The prompt [P, E (+ deep width)] a fresh run starts from (None without a prompt)."""
     init = config.prompt_init
@@ -104,7 +118,7 @@ def initial_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np
     prompt = prompts.initial_prompt(
         dataclasses.replace(init, labels=tuple(labels)),
         spec.prompt_length,
-        partitioning.host_array(network.params["token_embedder"]["embedding"]),
+        _embeddings(spec, init, network),
         seed=spec.seed,
         encode=vocabulary.encode,
     )

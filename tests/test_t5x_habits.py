@@ -1,0 +1,232 @@
+"""A T5X prompt-tuning user's habits (issue 35): the anchors' gin files under their own names,
+T5X's configurables bound as T5X users bind them (each folded into the one schema, or refused in
+one line), T5's and prompt-tuning's task names, and prompt-tuning's sst2-demo.sh run as typed
+with local stand-ins for its remote paths (the T5X-written tiny checkpoint, the T5 vocabulary
+through $PROMPT_TRANSFER_VOCAB, TFDS's mock data)."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_CHECKPOINT
+from prompt_transfer import cli, gin_utils
+from prompt_transfer.t5x import habits
+from prompt_transfer.trainer import config
+from prompt_transfer.trainer.train_state import OptimizerConfig
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "t5x_users.md"
+# prompt-tuning's scripts/sst2-demo.sh, its gin files and flags as written there.
+SST2_DEMO_FILES = [
+    "--gin_file=prompt_tuning/configs/models/t5_1_1_base_prompt.gin",
+    "--gin_file=prompt_tuning/configs/prompts/from_class_labels.gin",
+    "--gin_file=prompt_tuning/configs/runs/prompt_finetune.gin",
+]
+SST2_DEMO_FLAGS = [
+    "--gin.CLASS_LABELS=['positive', 'negative']",
+    "--gin.MIXTURE_OR_TASK_NAME='taskless_glue_sst2_v200_examples'",
+    "--gin.MIXTURE_OR_TASK_MODULE='prompt_tuning.data.glue'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 8}",
+    "--gin.USE_CACHED_TASKS=False",
+]
+TINY = "--gin_file=prompt_tuning/configs/test/t5_1_1_tiny_prompt.gin"
+
+
+def configured(*argv: str):
+    launch = gin_utils.parse_command_line(list(argv))
+    gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
+    return gin_utils.build(config.RunSpec), gin_utils.build(config.TrainConfig)
+
+
+def sst2(*extra: str, files=SST2_DEMO_FILES):
+    return configured(*files, *SST2_DEMO_FLAGS, "--gin.MODEL_DIR='/tmp/m'",
+                      "--gin.INITIAL_CHECKPOINT_PATH='/tmp/ckpt'", "--gin.TRAIN_STEPS=10",
+                      *extra)  # fmt: skip
+
+
+def test_prompt_tunings_gin_files_give_its_model_and_recipe():
+    spec, train = sst2()
+    base = spec.model_config
+    assert (base.emb_dim, base.num_heads, base.num_encoder_layers, base.mlp_dim) == (
+        768, 12, 12, 2048)  # fmt: skip
+    assert spec.prompt_length == 100 and spec.trainable_regex == "encoder/prompt/prompt"
+    assert spec.model_config.dtype == "bfloat16"
+    assert train.prompt_init.method == "class_labels"
+    assert list(train.prompt_init.labels) == ["positive", "negative"]
+    # prompt_finetune.gin: constant 0.3, a save every 1,000 steps, one kept; T5X's batch 128.
+    assert (train.optimizer.learning_rate, train.save_period, train.keep_checkpoints) == (
+        0.3, 1000, 1)  # fmt: skip
+    assert train.batch_size == 128 and train.eval_period == 1000
+    # prompt-tuning's Adafactor, through adafactor.Adafactor's bindings.
+    assert train.optimizer == OptimizerConfig(
+        learning_rate=0.3, weight_decay=1e-5, decay_rate=0.8, multiply_by_parameter_scale=False
+    )
+    assert spec.task == "taskless_glue_sst2_v200_examples"
+    assert spec.task_module == "prompt_tuning.data.glue"
+
+
+def test_the_tiny_test_model_is_the_anchor_checkpoints_shape():
+    spec, _ = sst2(files=[TINY, *SST2_DEMO_FILES[1:]])
+    c = spec.model_config
+    assert (c.emb_dim, c.num_heads, c.head_dim, c.mlp_dim) == (4, 2, 2, 8)
+    assert (c.num_encoder_layers, c.num_decoder_layers) == (2, 2)
+    # Flaxformer's relative_position_biases.RelativePositionBiases, folded into T5Config.
+    assert (c.relative_attention_num_buckets, c.relative_attention_max_distance) == (4, 8)
+
+
+def test_t5xs_plain_model_files_tune_the_whole_model():
+    spec, train = configured(
+        "--gin_file=t5x/examples/t5/t5_1_1/small.gin", "--gin_file=t5x/configs/runs/finetune.gin",
+        "--gin.MODEL_DIR='/tmp/m'", "--gin.MIXTURE_OR_TASK_NAME='glue_sst2_v002'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 4}", "--gin.TRAIN_STEPS=10",
+        "--gin.INITIAL_CHECKPOINT_PATH='/tmp/ckpt'",
+    )  # fmt: skip
+    assert spec.trainable_regex == ".*" and spec.prompt_length == 0
+    assert spec.model_config.emb_dim == 512 and spec.model_config.dropout_rate == 0.1
+    assert train.optimizer.learning_rate == 0.001 and train.keep_checkpoints is None
+    assert train.optimizer.multiply_by_parameter_scale and train.optimizer.weight_decay == 0.0
+    assert train.save_period == 5000
+
+
+@pytest.mark.parametrize(
+    "binding, field, value",
+    [
+        ("utils.SaveCheckpointConfig.period=500", "save_period", 500),
+        ("utils.SaveCheckpointConfig.keep=4", "keep_checkpoints", 4),
+        ("train/utils.DatasetConfig.batch_size=16", "batch_size", 16),
+        ("train_eval/utils.DatasetConfig.batch_size=64", "eval_batch_size", 64),
+        ("train_eval/utils.DatasetConfig.split='test'", "eval_split", "test"),
+        ("trainer.Trainer.num_microbatches=4", "num_microbatches", 4),
+        ("trainer.Trainer.num_microbatches=None", "num_microbatches", 1),
+        ("train.eval_period=250", "eval_period", 250),
+        ("utils.create_learning_rate_scheduler.base_learning_rate=0.1", "learning_rate", 0.1),
+        ("partitioning.PjitPartitioner.num_partitions=2", "num_partitions", 2),
+        ("partitioning.PjitPartitioner.model_parallel_submesh=(4, 4, 1, 2)", "num_partitions", 32),
+        ("train.random_seed=7", "seed", 7),
+        ("utils.RestoreCheckpointConfig.path='/elsewhere'", "initial_checkpoint", "/elsewhere"),
+        ("utils.RestoreCheckpointConfig.dtype='bfloat16'", "frozen_dtype", "bfloat16"),
+        ("adafactor.Adafactor.decay_rate=0.9", "decay_rate", 0.9),
+        ("utils.DatasetConfig.module='my.tasks'", "task_module", "my.tasks"),
+    ],
+)
+def test_a_t5x_configurable_sets_the_projects_setting(binding, field, value):
+    spec, train = sst2(f"--gin.{binding}")
+    found = [getattr(obj, field) for obj in (spec, train, train.optimizer) if hasattr(obj, field)]
+    assert found[0] == value
+
+
+def test_the_settings_own_macro_after_it_still_wins_where_t5x_binds_the_macro():
+    # prompt_finetune.gin binds utils.SaveCheckpointConfig.period = %SAVE_PERIOD, as T5X users
+    # expect from a gin file; a user's --gin.SAVE_PERIOD= sets it.
+    _, train = sst2("--gin.SAVE_PERIOD=20", "--gin.LEARNING_RATE=0.5")
+    assert (train.save_period, train.optimizer.learning_rate) == (20, 0.5)
+
+
+@pytest.mark.parametrize(
+    "binding, said",
+    [
+        ("train/utils.DatasetConfig.pack=True", "train/utils.DatasetConfig.pack=True is not "
+         "supported here: examples are padded to TASK_FEATURE_LENGTHS here, never packed"),
+        ("utils.SaveCheckpointConfig.dtype='bfloat16'", "in float32; FROZEN_DTYPE"),
+        ("utils.SaveCheckpointConfig.period=0", "utils.SaveCheckpointConfig.period=0 must be a "
+         "whole number >= 1 (SAVE_PERIOD here)"),
+        ("train/utils.DatasetConfig.seed=42", "the data order follows RANDOM_SEED"),
+        ("utils.create_learning_rate_scheduler.factors='constant * rsqrt_decay'",
+         "schedule='rsqrt'"),
+        ("USE_CACHED_TASKS=True", "USE_CACHED_TASKS=True is not supported here: SeqIO's cached"),
+        ("TRAIN_STEPS_RELATIVE=50000", "TRAIN_STEPS_RELATIVE=50000 is not supported here"),
+        ("partitioning.standard_logical_axis_rules.parameter_partitioning_dims=2",
+         "one mesh axis"),
+        ("utils.SaveCheckpointConfig.perod=5", "perod"),
+        ("adafactor.Adafactor.beta1=0.9", "adafactor.Adafactor.beta1=0.9 is not supported here: "
+         "this project has no counterpart"),
+    ],
+)  # fmt: skip
+def test_a_binding_it_cannot_honour_is_refused_in_one_line(binding, said, capsys):
+    argv = ["train", *SST2_DEMO_FILES, *SST2_DEMO_FLAGS, "--gin.MODEL_DIR='/tmp/never'",
+            "--gin.INITIAL_CHECKPOINT_PATH='/tmp/ckpt'", "--gin.TRAIN_STEPS=10",
+            f"--gin.{binding}"]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and said in err, err
+    assert not Path("/tmp/never").exists()
+
+
+def test_a_users_own_gin_file_that_imports_t5x_parses(tmp_path):
+    """Where T5X is not installed, `from t5x import utils` reads this project's T5X names: a
+    gin file kept beside a job, found through --gin_search_paths, works unchanged."""
+    job = tmp_path / "job"
+    (job / "mine").mkdir(parents=True)
+    (job / "mine" / "short.gin").write_text(
+        "from __gin__ import dynamic_registration\n"
+        "from t5x import utils\nfrom t5x import partitioning\n"
+        "include 'prompt_tuning/configs/runs/prompt_finetune.gin'\n"
+        "partitioning.PjitPartitioner.num_partitions = 1\n"
+        "utils.SaveCheckpointConfig.period = 2\n"
+        "train/utils.DatasetConfig.batch_size = 8\n"
+    )
+    _, train = configured(
+        f"--gin_search_paths={job}", TINY, *SST2_DEMO_FILES[1:2], "--gin_file=mine/short.gin",
+        *SST2_DEMO_FLAGS, "--gin.MODEL_DIR='/tmp/m'", "--gin.TRAIN_STEPS=3",
+        "--gin.INITIAL_CHECKPOINT_PATH='/tmp/ckpt'",
+    )  # fmt: skip
+    assert (train.save_period, train.batch_size) == (2, 8)
+
+
+def test_every_habit_is_in_the_users_table():
+    rows = [line for line in DOCS.read_text().splitlines() if line.startswith("| `")]
+
+    def listed(name: str, param: str) -> bool:
+        return any(
+            f"{name}.{param}`" in row
+            or (f"`{name}." in row.split("|")[1] and f"`{param}`" in row.split("|")[1])
+            for row in rows
+        )
+
+    missing = [f"{name}.{param}" for name, param, _ in habits.HABITS if not listed(name, param)]
+    assert not missing, f"docs/t5x_users.md does not list {missing}"
+
+
+def test_a_task_module_that_is_not_installed(capsys):
+    config.import_task_module("prompt_tuning.data.glue")  # stood in by the project's tasks
+    assert "its GLUE and SuperGLUE tasks are this project's" in capsys.readouterr().err
+    with pytest.raises(config.TrainError, match="MIXTURE_OR_TASK_MODULE='my_tasks_nowhere'"):
+        config.import_task_module("my_tasks_nowhere")
+
+
+@pytest.fixture
+def mock_glue(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=16, data_dir=str(tmp_path / "tfds")):
+        yield
+
+
+def test_sst2_demo_sh_trains_as_typed(anchors, mock_glue, tmp_path, capsys):
+    """prompt-tuning's scripts/sst2-demo.sh with `python3 -m t5x.train` replaced by
+    `prompt-transfer train`, the tiny checkpoint and its test gin file for the base model, and
+    TRAIN_STEPS=4 for 1_150_000 (T5X counts on from the checkpoint's step; not yet here), and
+    TFDS's mock data in place of --tfds_data_dir's folder."""
+    model_dir = tmp_path / "model"
+    config._SAID_STOOD_IN.clear()  # said once a process
+    argv = [
+        "train", f"--gin_search_paths={tmp_path},{tmp_path}", TINY, *SST2_DEMO_FILES[1:],
+        *SST2_DEMO_FLAGS, f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=4",
+        "--gin.BATCH_SIZE=8", "--gin.utils.SaveCheckpointConfig.period=2",
+        "--gin.EVAL_PERIOD=0",  # TFDS's mock data has no split sizes, which SeqIO's evaluator reads
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr()
+    assert "MIXTURE_OR_TASK_MODULE='prompt_tuning.data.glue' is not installed" in out.err
+    summary = json.loads(out.out.strip().splitlines()[-1])
+    assert summary["step"] == 4
+    # SAVE_PERIOD from T5X's binding (2), KEEP_CHECKPOINTS=1 from prompt_finetune.gin.
+    saved = sorted(p.name for p in model_dir.iterdir() if re.fullmatch(r"checkpoint_\d+", p.name))
+    assert saved == ["checkpoint_4"]
+    record = json.loads((model_dir / "run.json").read_text())
+    assert record["spec"]["task"] == "taskless_glue_sst2_v200_examples"
+    assert record["spec"]["model_config"]["emb_dim"] == 4
+    # Each save writes the prompt too (prompts/), the only array that trained.
+    assert [p.name for p in (model_dir / "prompts").iterdir()]
