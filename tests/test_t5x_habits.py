@@ -230,3 +230,31 @@ def test_sst2_demo_sh_trains_as_typed(anchors, mock_glue, tmp_path, capsys):
     assert record["spec"]["model_config"]["emb_dim"] == 4
     # Each save writes the prompt too (prompts/), the only array that trained.
     assert [p.name for p in (model_dir / "prompts").iterdir()]
+
+
+def test_embedding_file_is_what_the_numpy_initialisers_sample(tmp_path):
+    """prompts/from_sampled_vocab_numpy.gin: the prompt's rows come from EMBEDDING_FILE's
+    table, not the network's; a table of another width is refused naming the file."""
+    import types
+
+    import numpy as np
+
+    from prompt_transfer import prompts
+    from prompt_transfer.trainer import start
+
+    spec, train = sst2(
+        f"--gin.EMBEDDING_FILE='{tmp_path / 'table.npy'}'",
+        files=[TINY, "--gin_file=prompt_tuning/configs/prompts/from_sampled_vocab_numpy.gin",
+               *SST2_DEMO_FILES[2:]],
+    )  # fmt: skip
+    init = train.prompt_init
+    assert (init.method, init.embedding_file) == ("sampled_vocab", str(tmp_path / "table.npy"))
+    table = np.arange(40 * 4, dtype=np.float32).reshape(40, 4)
+    np.save(tmp_path / "table.npy", table)
+    network = types.SimpleNamespace(params={"token_embedder": {"embedding": np.zeros((40, 4))}})
+    rows = start._embeddings(spec, init, network)
+    prompt = prompts.initial_prompt(init, 5, rows, seed=0)
+    assert {tuple(r) for r in prompt} <= {tuple(r) for r in table}  # sampled from the file
+    np.save(tmp_path / "table.npy", table[:, :3])
+    with pytest.raises(config.TrainError, match=r"EMBEDDING_FILE=.*\(40, 3\).*\[vocabulary, 4\]"):
+        start._embeddings(spec, init, network)
