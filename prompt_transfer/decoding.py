@@ -8,15 +8,39 @@ early once every row has finished.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from prompt_transfer.settings import setting
+
 StepFn = Callable[[jax.Array, dict], tuple[jax.Array, dict]]
 NEG_INF = -1.0e7
 _CACHED = ("cached_key", "cached_value")
+METHODS = ("greedy", "beam_search", "temperature_sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """How `eval` and `infer` decode a generative task (a task with labels ranks them, whatever
+    this says): T5X's decode_fn and its settings, as prompt-tuning's
+    configs/models/decoding/{beam_search,nucleus_sampling}.gin bind them. Beam search keeps the
+    best of `num_decodes` beams; sampling draws one sequence, seeded by RANDOM_SEED."""
+
+    method: str = setting("greedy", one_of=METHODS)
+    num_decodes: int = setting(1, least=1)  # beams of beam search
+    alpha: float = setting(0.6, least=0)  # beam search's length penalty ((5 + |Y|) / 6) ** alpha
+    temperature: float = setting(1.0, least=0)  # sampling; 0 is greedy
+    topk: int = setting(0, least=0)  # sampling among the k most likely tokens (0: all)
+    topp: float = setting(0.0, least=0, most=1)  # nucleus: the smallest set of this mass (0: all)
+
+    def __post_init__(self):
+        from prompt_transfer import settings
+
+        settings.check(self)
 
 
 def temperature_sample(
@@ -28,10 +52,13 @@ def temperature_sample(
     temperature: float = 0.0,
     topk: int = 0,
     eos_id: int = 1,
+    topp: float = 0.0,
 ) -> jax.Array:
     """Decoded tokens [B, max_length]; `temperature=0` is greedy (argmax) decoding.
 
-    With `topk > 0`, sampling is restricted to the k most likely tokens of each step.
+    With `topk > 0`, sampling is restricted to the k most likely tokens of each step; with
+    `topp > 0`, to the smallest set of most likely tokens whose probability reaches `topp`
+    (nucleus sampling, Holtzman et al. 2020).
     """
     rng = jax.random.PRNGKey(0) if rng is None else rng
 
@@ -45,6 +72,8 @@ def temperature_sample(
             if topk:
                 kth = jax.lax.top_k(logits, topk)[0][:, -1:]
                 logits = jnp.where(logits < kth, NEG_INF, logits)
+            if topp:
+                logits = _nucleus(logits / temperature, topp) * temperature
             rng, key = jax.random.split(rng)
             token = jax.random.categorical(key, logits / temperature)
         token = jnp.where(done, 0, token).astype(jnp.int32)
@@ -64,6 +93,17 @@ def temperature_sample(
         rng,
     )
     return jax.lax.while_loop(cond, body, init)[3]
+
+
+def _nucleus(logits: jax.Array, topp: float) -> jax.Array:
+    """`logits` [N, V] with every token outside the nucleus (the most likely tokens whose
+    probabilities, in order, first reach `topp`; the most likely one always in) set to NEG_INF."""
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+    mass = jnp.cumsum(jax.nn.softmax(ordered, axis=-1), axis=-1)
+    # The cut: the smallest logit still in; a token is in while the mass before it is < topp.
+    inside = jnp.concatenate([jnp.ones_like(mass[:, :1], bool), mass[:, :-1] < topp], axis=-1)
+    cut = jnp.min(jnp.where(inside, ordered, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits < cut, NEG_INF, logits)
 
 
 def _gather_beams(cache: dict, beam_index: jax.Array, batch_size: int, beam_size: int) -> dict:

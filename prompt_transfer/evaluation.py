@@ -38,9 +38,14 @@ class TaskEvaluator:
         split: str,
         feature_lengths: Mapping[str, int],
         batch_size: int,
+        log_dir: str | None = None,
+        how=None,
     ):
+        """`log_dir`: SeqIO's JSON and TensorBoard loggers write there, as T5X's evaluations do
+        (`<task>-metrics.jsonl`, `<task>-<step>.jsonl` predictions, event files). `how`: a
+        decoding.Decoding for generative tasks (None: greedy)."""
         seqio = import_seqio()
-        self.model, self.batch_size = model, batch_size
+        self.model, self.batch_size, self.how = model, batch_size, how
         self.max_decode_length = int(feature_lengths["targets"])
         self.input_length = int(feature_lengths["inputs"])
         self.evaluators, self.candidates, self.label_names = {}, {}, {}
@@ -54,7 +59,7 @@ class TaskEvaluator:
                     f"it has {sorted(task.splits)}"
                 )
             self.evaluators[task_name] = _seqio_evaluator(
-                task, split, tuple(sorted(feature_lengths.items()))
+                task, split, tuple(sorted(feature_lengths.items())), log_dir
             )
             if labels:
                 vocab = task.output_features["targets"].vocabulary
@@ -95,6 +100,11 @@ class TaskEvaluator:
                         label = by_ids.get(tuple(t for t in row.tolist() if t not in (0, eos)))
                         if label is not None:
                             truth[label] += 1
+                elif self.how is not None and self.how.method != "greedy":
+                    with rules():
+                        decoded = self.model.decode(
+                            params, tokens, self.max_decode_length, self.how, prompt=prompt
+                        )
                 else:
                     with rules():
                         decoded = self._decode(
@@ -194,17 +204,19 @@ def _pad_index(index: np.ndarray, size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _seqio_evaluator(task, split: str, feature_lengths: tuple):
-    """One SeqIO Evaluator per task object, split and lengths: it reads and caches the split
-    once, and every run of a flow that evaluates on it shares that (a task registered again is
-    a new object, so it is read again)."""
+def _seqio_evaluator(task, split: str, feature_lengths: tuple, log_dir: str | None = None):
+    """One SeqIO Evaluator per task object, split, lengths and log folder: it reads and caches
+    the split once, and every run of a flow that evaluates on it shares that (a task registered
+    again is a new object, so it is read again)."""
     seqio = import_seqio()
+    loggers = (seqio.JSONLogger, seqio.TensorBoardLogger) if log_dir else ()
     return seqio.Evaluator(
         task.name,
         data.feature_converter(),
         eval_split=split,
         sequence_length=dict(feature_lengths),
-        logger_cls=(),
+        logger_cls=loggers,
+        log_dir=log_dir,
     )
 
 

@@ -108,6 +108,16 @@ def macro(name: str):
         return None
 
 
+def binds(cls) -> bool:
+    """Whether the parsed gin files bind any parameter of configurable `cls`."""
+    return settings._selector(gin, cls) is not None
+
+
+def binds_macro(name: str) -> bool:
+    """Whether the parsed gin files bind macro `name` (to anything, None included)."""
+    return (name, "gin.macro") in gin.config._CONFIG
+
+
 def binds_flow() -> bool:
     """Whether the parsed gin files are a SPoT flow's or a study's (they bind WORK_DIR), whose
     runs each set their own task, TRAINABLE and prompt."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import jax
 import numpy as np
 
 from prompt_transfer import data, errors, evaluation, models, paths, registry
@@ -60,9 +61,12 @@ def predict(
     rows: list,
     feature_lengths: Mapping[str, int],
     batch_size: int,
+    how=None,
+    seed: int = 0,
 ) -> list[dict]:
     """One record per row: the prediction (rank classification over the task's labels, with
-    every label's log-likelihood, or greedy decoding), the input, and the target if known."""
+    every label's log-likelihood, or decoding as `how`, a decoding.Decoding, says: greedy by
+    default; a sample is seeded by `seed`), the input, and the target if known."""
     vocab = task.output_features["targets"].vocabulary
     labels = registry.class_labels(task.name)
     place, replicate, rules = evaluation.input_placers(params, batch_size)
@@ -92,7 +96,11 @@ def predict(
                 )
         else:
             with rules():
-                decoded = model.predict(params, place(tokens), max_length=length_out)
+                if how is None or how.method == "greedy":
+                    decoded = model.predict(params, place(tokens), max_length=length_out)
+                else:
+                    rng = jax.random.fold_in(jax.random.PRNGKey(seed), start)
+                    decoded = model.decode(params, place(tokens), length_out, how, rng)
             decoded = host_array(decoded)
             for (text, _, target), ids in zip(chunk, models.strip_after_eos(decoded), strict=False):
                 records.append(

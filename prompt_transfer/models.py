@@ -210,7 +210,9 @@ class EncoderDecoderModel:
 
         return step
 
-    @functools.partial(jax.jit, static_argnames=("self", "max_length", "temperature", "topk"))
+    @functools.partial(
+        jax.jit, static_argnames=("self", "max_length", "temperature", "topk", "topp")
+    )
     def predict(
         self,
         params,
@@ -220,8 +222,10 @@ class EncoderDecoderModel:
         topk: int = 0,
         rng: jax.Array | None = None,
         prompt=None,
+        topp: float = 0.0,
     ):
-        """Greedy (temperature 0) or sampled decoding: [B, L] -> tokens [B, max_length]."""
+        """Greedy (temperature 0) or sampled decoding (top-k, nucleus `topp`): [B, L] -> tokens
+        [B, max_length]."""
         network, encoded, mask = self._encode(params, encoder_input_tokens, prompt)
         cache = self._init_cache(network, encoded, mask, max_length)
         return decoding.temperature_sample(
@@ -233,7 +237,25 @@ class EncoderDecoderModel:
             temperature,
             topk,
             self.eos_id,
+            topp,
         )
+
+    def decode(
+        self, params, encoder_input_tokens, max_length: int, how, rng=None, prompt=None
+    ) -> jax.Array:
+        """Tokens [B, max_length] as `how` (a decoding.Decoding) decodes: greedy, one sample,
+        or the best of beam search's `num_decodes` beams."""
+        if how.method == "beam_search":
+            seqs, _ = self.predict_beam(
+                params, encoder_input_tokens, max_length, how.num_decodes, how.alpha, prompt
+            )
+            return seqs[:, 0]
+        if how.method == "temperature_sample":
+            return self.predict(
+                params, encoder_input_tokens, max_length, how.temperature, how.topk, rng,
+                prompt, how.topp,
+            )  # fmt: skip
+        return self.predict(params, encoder_input_tokens, max_length, prompt=prompt)
 
     @functools.partial(jax.jit, static_argnames=("self", "max_length", "beam_size", "alpha"))
     def predict_beam(

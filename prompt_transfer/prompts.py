@@ -22,6 +22,9 @@ from prompt_transfer.errors import UserError
 from prompt_transfer.settings import setting
 
 PROMPT_PATH = "encoder/prompt/prompt"
+# T5X prompt tuning's numpy checkpoint of the prompt (the parameter's dotted path, no extension):
+# MODEL_DIR/numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt
+T5X_PROMPT_FILE = "encoder.prompt.prompt.prompt"
 PROMPT_AXES = (pt.PROMPT, pt.PROMPT_EMBED)
 # A deep prompt (prefix tuning, P-tuning v2): P extra keys and values [2, P, H*D] in every
 # self-attention, stored in that attention's own scope under this name.

@@ -314,4 +314,6 @@ def check(obj) -> None:
         wrong = problem(field, hints.get(field.name, object), value)
         if wrong:
             name = rule_of(field).macro or f"{type(obj).__name__}.{field.name}"
-            raise SettingError(f"{name}={value!r} {wrong}")
+            said = SAID_AS.get(name)
+            here = f" ({name} here)" if said else ""
+            raise SettingError(f"{said or name}={value!r} {wrong}{here}")

@@ -337,12 +337,12 @@ def _macros(gin_file) -> set[str]:
 
 def test_spot_gin_overrides_only_what_differs_from_prompt_tuning_gin():
     """runs/spot.gin includes runs/prompt_tuning.gin: every run's settings are bound once,
-    there; spot.gin sets only the flow's own macros and the few it changes."""
+    there (and in runs/train.gin, which it includes); spot.gin sets only the flow's own macros
+    and the few it changes."""
     from prompt_transfer.gin_files import GIN_DIR
 
-    shared = _macros(GIN_DIR / "runs" / "spot.gin") & _macros(
-        GIN_DIR / "runs" / "prompt_tuning.gin"
-    )
+    runs = _macros(GIN_DIR / "runs" / "prompt_tuning.gin") | _macros(GIN_DIR / "runs" / "train.gin")
+    shared = _macros(GIN_DIR / "runs" / "spot.gin") & runs
     assert shared == {"MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "EVAL_PERIOD"}
     assert "include 'runs/prompt_tuning.gin'" in (GIN_DIR / "runs" / "spot.gin").read_text()
 

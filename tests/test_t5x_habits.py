@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_CHECKPOINT
-from prompt_transfer import cli, gin_utils
+from prompt_transfer import cli, gin_utils, t5
 from prompt_transfer.t5x import habits
 from prompt_transfer.trainer import config
 from prompt_transfer.trainer.train_state import OptimizerConfig
@@ -258,3 +258,266 @@ def test_embedding_file_is_what_the_numpy_initialisers_sample(tmp_path):
     np.save(tmp_path / "table.npy", table[:, :3])
     with pytest.raises(config.TrainError, match=r"EMBEDDING_FILE=.*\(40, 3\).*\[vocabulary, 4\]"):
         start._embeddings(spec, init, network)
+
+
+# ---- the anchors' command lines, chained on a task of the user's own module ----------------
+
+USER_MODULE = """
+import seqio
+from synthetic_tasks import keyword_examples, register_keyword_task
+from prompt_transfer import registry, vocab
+import tensorflow as tf
+
+register_keyword_task({vocab!r}, name="my_sst2", labels=("positive", "negative"))
+# A generative task: the input's words again.
+_rows = keyword_examples(8, 2)
+_source = seqio.FunctionDataSource(
+    lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+        {{"inputs": _rows["inputs"], "targets": _rows["inputs"]}}
+    ),
+    splits=("validation",),
+)
+registry.register_text_task("my_copy", _source, vocab.get_vocabulary({vocab!r}))
+"""
+
+
+@pytest.fixture(scope="module")
+def job(anchors, tmp_path_factory):
+    """A T5X user's job folder: their task module (MIXTURE_OR_TASK_MODULE='my_glue', a small
+    offline sentiment-like task with T5's vocabulary) on the path, and sst2-demo.sh's training
+    run in model/ (4 steps from the tiny checkpoint, a save every 2, evaluated at the end)."""
+    import sys
+
+    from conftest import T5_VOCAB
+
+    root = tmp_path_factory.mktemp("job")
+    (root / "my_glue.py").write_text(USER_MODULE.format(vocab=str(T5_VOCAB)))
+    sys.path.insert(0, str(root))
+    argv = [
+        "train", f"--gin_search_paths={root}", TINY, *SST2_DEMO_FILES[1:],
+        "--gin.CLASS_LABELS=['positive', 'negative']", f"--gin.MODEL_DIR='{root / 'model'}'",
+        "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=4",
+        "--gin.USE_CACHED_TASKS=False", "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=4",
+        "--gin.utils.SaveCheckpointConfig.period=2",
+    ]  # fmt: skip
+    try:
+        assert cli.main(argv) == 0
+        yield root
+    finally:
+        sys.path.remove(str(root))
+
+
+def test_spot_readmes_prompt_file_is_where_t5x_writes_it(job):
+    """SPoT's README: PROMPT_FILE=${MODEL_DIR}/numpy_checkpoints/checkpoint_${step}/
+    encoder.prompt.prompt.prompt, a file each save writes, equal to the run's prompt."""
+    import numpy as np
+
+    written = job / "model" / "numpy_checkpoints" / "checkpoint_4" / "encoder.prompt.prompt.prompt"
+    prompt = np.load(written)
+    assert prompt.shape == (100, 4)
+    np.testing.assert_array_equal(prompt, np.load(job / "model" / "prompts" / "checkpoint_4.npy"))
+
+
+def test_a_target_starts_from_a_source_prompt_file_as_spots_readme_says(job, capsys):
+    source = job / "model" / "numpy_checkpoints" / "checkpoint_4" / "encoder.prompt.prompt.prompt"
+    argv = [
+        "train", TINY, "--gin_file=prompt_tuning/configs/prompts/from_file.gin",
+        SST2_DEMO_FILES[2], f"--gin.PROMPT_FILE={source}", f"--gin.MODEL_DIR='{job / 'target'}'",
+        "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=2",
+        "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=0",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    import numpy as np
+
+    # The target's run starts from the source's prompt: its record says so, and its first save
+    # moved away from it by training, not from a fresh initialisation.
+    record = json.loads((job / "target" / "run.json").read_text())
+    assert record["spec"]["task"] == "my_sst2"
+    start = np.load(source)
+    after = np.load(job / "target" / "prompts" / "checkpoint_2.npy")
+    assert 0 < np.abs(after - start).max() < 0.5 * np.abs(start).max()
+
+
+def test_sst2_demo_eval_sh_scores_the_prompt_as_training_logged_it(job, capsys):
+    """sst2-demo-eval.sh: prompt_eval.gin, CHECKPOINT_PATH the frozen checkpoint, PROMPT_FILE the
+    trained prompt, the split and batch through utils.DatasetConfig: T5X's metrics file in
+    EVAL_OUTPUT_DIR/inference_eval/, at the checkpoint's step, equal to the run's logged score."""
+    prompt = job / "model" / "numpy_checkpoints" / "checkpoint_4" / "encoder.prompt.prompt.prompt"
+    out = job / "eval"
+    argv = [
+        "eval", f"--gin_search_paths={job}", TINY,
+        "--gin_file=prompt_tuning/configs/runs/prompt_eval.gin",
+        "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+        f"--gin.CHECKPOINT_PATH='{TINY_CHECKPOINT}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
+        "--gin.utils.DatasetConfig.split='validation'", "--gin.utils.DatasetConfig.batch_size=128",
+        "--gin.USE_CACHED_TASKS=False", f"--gin.PROMPT_FILE='{prompt}'",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    [metrics] = [
+        json.loads(line) for line in (out / "inference_eval" / "my_sst2-metrics.jsonl").open()
+    ]
+    assert metrics["step"] == 3  # the frozen checkpoint's own step, as T5X logs it
+    logged = [json.loads(line) for line in (job / "model" / "eval_history.jsonl").open()][-1]
+    assert metrics["accuracy"] == pytest.approx(logged["results"]["my_sst2"]["accuracy"], abs=1e-6)
+    assert (out / "inference_eval" / "my_sst2-000003.jsonl").exists()  # the predictions
+    assert list((out / "inference_eval").glob("my_sst2/events.out.tfevents.*"))
+
+
+def test_t5x_infer_writes_its_jsonl(job, capsys):
+    prompt = job / "model" / "prompts" / "checkpoint_4.npy"
+    out = job / "infer"
+    argv = [
+        "infer", TINY, "--gin_file=prompt_tuning/configs/runs/prompt_infer.gin",
+        "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+        f"--gin.CHECKPOINT_PATH='{TINY_CHECKPOINT}'", f"--gin.INFER_OUTPUT_DIR='{out}'",
+        "--gin.utils.DatasetConfig.split='validation'", f"--gin.PROMPT_FILE='{prompt}'",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    written = out / "my_sst2-predict.jsonl-00000-of-00001"
+    rows = [json.loads(line) for line in written.open()]
+    assert len(rows) == 32 and (out / f"{written.name}.COMPLETED").exists()
+    assert {r["prediction"] for r in rows} <= {"positive", "negative"}
+    assert rows[0]["inputs"]["inputs_pretokenized"].startswith("topic: ")
+    assert rows[0]["inputs"]["targets_pretokenized"] in ("positive", "negative")
+    # The same prompt, read back through the run: the same predictions as the run's own infer.
+    assert cli.main(["infer", f"--gin.MODEL_DIR={job / 'model'}"]) == 0
+    [own] = (job / "model").glob("predictions_validation_step4.jsonl")
+    assert [r["prediction"] for r in rows] == [
+        json.loads(line)["prediction"] for line in own.open()
+    ]
+
+
+def test_sst2_demo_xxl_shs_partitioning_flags(capsys):
+    """sst2-demo-xxl.sh's `--gin.partitioning.PjitPartitioner.model_parallel_submesh=(4, 4, 1, 2)`
+    asks for 32 model-parallel devices: resolved, then refused in one line on these 8."""
+    argv = ["train", TINY, *SST2_DEMO_FILES[1:], *SST2_DEMO_FLAGS, "--gin.MODEL_DIR='/tmp/never'",
+            f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=10",
+            "--gin.BATCH_SIZE=32",
+            "--gin.partitioning.PjitPartitioner.model_parallel_submesh=(4, 4, 1, 2)"]  # fmt: skip
+    assert cli.main(argv) == 2
+    [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert "NUM_PARTITIONS=32 does not divide the 8 devices" in err, err
+
+
+def test_t5x_eval_of_a_runs_own_checkpoint_reads_the_run(job, capsys):
+    """CHECKPOINT_PATH may name one of this project's run checkpoints (a prompt-only one): the
+    run is read as it trained, its prompt from the checkpoint, at that step."""
+    out = job / "eval_run"
+    argv = [
+        "eval", TINY, "--gin_file=t5x/configs/runs/eval.gin",
+        "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+        f"--gin.CHECKPOINT_PATH='{job / 'model' / 'checkpoint_4'}'",
+        f"--gin.EVAL_OUTPUT_DIR='{out}'", "--gin.utils.DatasetConfig.split='validation'",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    [metrics] = [
+        json.loads(line) for line in (out / "inference_eval" / "my_sst2-metrics.jsonl").open()
+    ]
+    logged = [json.loads(line) for line in (job / "model" / "eval_history.jsonl").open()][-1]
+    assert metrics["step"] == logged["step"] == 4
+    assert metrics["accuracy"] == pytest.approx(logged["results"]["my_sst2"]["accuracy"], abs=1e-6)
+    # With prompt_eval.gin's PROMPT_FILE as well: refused in one line (the run holds its prompt).
+    argv[2] = "--gin_file=prompt_tuning/configs/runs/prompt_eval.gin"
+    assert (
+        cli.main([*argv, f"--gin.PROMPT_FILE='{job / 'model' / 'prompts' / 'checkpoint_4.npy'}'"])
+        == 2
+    )
+    assert "leave PROMPT_FILE out" in capsys.readouterr().err
+
+
+# ---- decoding as T5X's gin files choose it ---------------------------------------------------
+
+
+def decoding_bound(*files: str, bindings=()):
+
+    from prompt_transfer.decoding import Decoding
+
+    gin_utils.configure(["runs/eval_run", *files], ["MODEL_DIR = '/tmp/m'", *bindings])
+    return gin_utils.configured(Decoding)()
+
+
+def test_the_decoding_gin_files_choose_beam_search_and_nucleus_sampling():
+    beam = decoding_bound("prompt_tuning/configs/models/decoding/beam_search.gin")
+    assert (beam.method, beam.num_decodes, beam.alpha) == ("beam_search", 4, 0.6)
+    nucleus = decoding_bound("prompt_tuning/configs/models/decoding/nucleus_sampling.gin")
+    assert (nucleus.method, nucleus.temperature, nucleus.topp, nucleus.topk) == (
+        "temperature_sample", 1.0, 0.9, 0)  # fmt: skip
+    assert decoding_bound().method == "greedy"  # the project's default
+    wider = decoding_bound(
+        "prompt_tuning/configs/models/decoding/beam_search.gin",
+        bindings=["models.EncoderDecoderModel.predict_batch_with_aux.num_decodes = 8"],
+    )
+    assert wider.num_decodes == 8
+    from prompt_transfer.settings import SettingError
+
+    with pytest.raises(SettingError, match=r"^decoding.temperature_sample.topp=1.5 must be .*<= 1"):
+        decoding_bound(
+            "prompt_tuning/configs/models/decoding/nucleus_sampling.gin",
+            bindings=["decoding.temperature_sample.topp = 1.5"],
+        )
+
+
+def test_decode_follows_the_chosen_method():
+    """Beam search keeps beam search's best beam; a nucleus so small it holds one token is
+    greedy decoding; top-k 1 likewise."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from conftest import tiny_config
+    from prompt_transfer.decoding import Decoding
+    from prompt_transfer.models import EncoderDecoderModel
+
+    module = t5.T5(tiny_config())
+    tokens = jnp.asarray(np.random.default_rng(0).integers(3, 60, (3, 7)), jnp.int32)
+    params = module.init(jax.random.PRNGKey(0), tokens, tokens)["params"]
+    model = EncoderDecoderModel(module)
+    greedy = np.asarray(model.predict(params, tokens, 6))
+    beams, _ = model.predict_beam(params, tokens, 6, 3, 0.6)
+    np.testing.assert_array_equal(
+        model.decode(params, tokens, 6, Decoding("beam_search", num_decodes=3)), beams[:, 0]
+    )
+    key = jax.random.PRNGKey(1)
+    for how in (Decoding("temperature_sample", topp=1e-6), Decoding("temperature_sample", topk=1)):
+        np.testing.assert_array_equal(model.decode(params, tokens, 6, how, key), greedy)
+    sampled = model.decode(params, tokens, 6, Decoding("temperature_sample", temperature=5.0), key)
+    assert not np.array_equal(np.asarray(sampled), greedy)  # a hot sample strays from greedy
+
+
+def test_a_runs_infer_with_a_decoding_file_still_ranks_labels(job, capsys):
+    """prompt-tuning's decoding gin file beside a run (no run gin): a task with labels still
+    ranks them, so the predictions are the run's own."""
+    model_dir = job / "model"
+    assert cli.main(["infer", f"--gin.MODEL_DIR={model_dir}"]) == 0
+    own = [
+        json.loads(x)["prediction"]
+        for x in (model_dir / "predictions_validation_step4.jsonl").open()
+    ]
+    beam = "--gin_file=prompt_tuning/configs/models/decoding/beam_search.gin"
+    out = job / "beam.jsonl"
+    assert cli.main(["infer", beam, f"--gin.MODEL_DIR={model_dir}",
+                     f"--gin.INFER_OUTPUT_FILE='{out}'"]) == 0  # fmt: skip
+    assert [json.loads(x)["prediction"] for x in out.open()] == own
+
+
+def test_t5x_infer_decodes_a_generative_task_by_beam_search(job, capsys):
+    out = job / "infer_copy"
+    argv = [
+        "infer", TINY, "--gin_file=t5x/configs/runs/infer.gin",
+        "--gin_file=prompt_tuning/configs/models/decoding/beam_search.gin",
+        "--gin.MIXTURE_OR_TASK_NAME='my_copy'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 6}", "--gin.PROMPT_LENGTH=0",
+        f"--gin.CHECKPOINT_PATH='{TINY_CHECKPOINT}'", f"--gin.INFER_OUTPUT_DIR='{out}'",
+        "--gin.utils.DatasetConfig.split='validation'", "--gin.utils.DatasetConfig.batch_size=4",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = [json.loads(x) for x in (out / "my_copy-predict.jsonl-00000-of-00001").open()]
+    assert len(rows) == 8 and all(isinstance(r["prediction"], str) for r in rows)
+    assert "method = 'beam_search'" in (out / "config.gin").read_text()

@@ -6,6 +6,8 @@ The trainer and the flow are imported when a command runs, so `--help` stays fas
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 from prompt_transfer import paths
@@ -25,23 +27,35 @@ def train_main(argv: list[str]) -> dict:
 
 def evaluate_main(argv: list[str]) -> dict:
     """`prompt-transfer eval --gin.MODEL_DIR=DIR`: the run as its record says, read as the
-    command's gin files (if any) ask (`_run_spec`), plus EVAL_SPLIT and CHECKPOINT."""
+    command's gin files (if any) ask (`_run_spec`), plus EVAL_SPLIT and CHECKPOINT. With T5X's
+    eval.gin (or prompt-tuning's prompt_eval.gin): CHECKPOINT_PATH and PROMPT_FILE instead."""
     from prompt_transfer.trainer import evaluate
 
-    return _configured(evaluate.evaluate, argv)
+    return _configured(evaluate.evaluate, evaluate.evaluate_checkpoint, argv)
 
 
 def infer_main(argv: list[str]) -> str:
-    """`prompt-transfer infer`: as eval, plus INFER_INPUT_FILE and INFER_OUTPUT_FILE."""
+    """`prompt-transfer infer`: as eval, plus INFER_INPUT_FILE and INFER_OUTPUT_FILE (T5X's
+    infer.gin, prompt_infer.gin: CHECKPOINT_PATH, PROMPT_FILE, INFER_OUTPUT_DIR)."""
     from prompt_transfer.trainer import evaluate
 
-    return _configured(evaluate.infer, argv)
+    return _configured(evaluate.infer, evaluate.infer_checkpoint, argv)
 
 
-def _configured(job, argv: list[str]):
-    """`job(spec)` as the gin files of `argv` bind it and the run's RunSpec."""
-    from prompt_transfer import gin_utils
+def _configured(job, on_checkpoint, argv: list[str]):
+    """`job(spec)` as the gin files of `argv` bind it and the run's RunSpec; gin files that bind
+    CHECKPOINT_PATH (T5X's eval.gin and infer.gin) read a checkpoint, not a run:
+    `on_checkpoint(spec)` with the RunSpec they bind."""
+    from prompt_transfer import gin_utils, remote
+    from prompt_transfer.trainer import config
 
+    launch = gin_utils.parse_command_line(argv, need_files=False)
+    if launch.files:
+        text = gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
+        if gin_utils.binds_macro("CHECKPOINT_PATH"):
+            spec = gin_utils.build(config.RunSpec)
+            remote.check_run(spec)
+            return gin_utils.configured(on_checkpoint)(spec, config_text=text)
     spec = _run_spec(argv)
     return gin_utils.configured(job)(spec)
 
@@ -56,15 +70,20 @@ def _run_spec(argv: list[str]):
 
     launch = gin_utils.parse_command_line(argv, need_files=False)
     explicit = {gin_utils.bound_name(b) for b in launch.bindings}
-    if launch.files:
-        gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
+    files = launch.files
+    if files:
+        with contextlib.redirect_stderr(io.StringIO()):  # its notes are the second parse's
+            gin_utils.configure(files, launch.bindings, launch.search_paths)
+        if not gin_utils.binds(config.RunSpec):  # how to read only (a decoding file): the run's
+            files = ["runs/eval_run", *files]
+    if files and files == launch.files:
         asked = gin_utils.build(config.RunSpec)
         remote.check_run(asked)  # its gs:// paths answer before the run's record is read
         spec = run_record.for_command(asked, explicit, per_run=gin_utils.binds_flow())
     else:
         own = [b for b in launch.bindings if gin_utils.bound_name(b) in run_record.macros()]
         rest = [b for b in launch.bindings if b not in own]
-        gin_utils.configure(["runs/eval_run"], rest, launch.search_paths)
+        gin_utils.configure(files or ["runs/eval_run"], rest, launch.search_paths)
         overrides = {gin_utils.bound_name(b): gin_utils.literal(b) for b in own}
         model_dir = gin_utils.macro("MODEL_DIR")
         instead = "MODEL_DIR='/path/folder' (a local folder)"

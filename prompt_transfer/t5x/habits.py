@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 
 from prompt_transfer import settings
+from prompt_transfer.decoding import METHODS
 from prompt_transfer.errors import UserError
 
 PACKAGE = "prompt_transfer.t5x"
@@ -39,6 +40,7 @@ class Habit:
     keeps: Callable[[object], bool] | None = None
     why: str = ""
     none_leaves: bool = False  # None leaves the setting as the gin files bind it
+    reference: bool = False  # the value is `@fn`: the function's name is what is set
 
 
 def _is(*values) -> Callable[[object], bool]:
@@ -182,6 +184,19 @@ HABITS: dict[tuple[str, str, tuple[str, ...] | None], Habit] = {
     ("train", "model_dir", None): Habit(("MODEL_DIR",)),
     ("train", "eval_steps", None): Habit(keeps=_anything),
     ("train", "use_hardware_rng", None): Habit(keeps=_anything),
+    ("models.EncoderDecoderModel", "decode_fn", None): Habit(
+        ("Decoding.method",),
+        reference=True,
+        keeps=_is(*METHODS[1:]),
+        why="decode_fn is @decoding.beam_search or @decoding.temperature_sample",
+    ),
+    ("models.EncoderDecoderModel.predict_batch_with_aux", "num_decodes", None): Habit(
+        ("Decoding.num_decodes",)
+    ),
+    ("decoding.beam_search", "alpha", None): Habit(("Decoding.alpha",)),
+    ("decoding.temperature_sample", "temperature", None): Habit(("Decoding.temperature",)),
+    ("decoding.temperature_sample", "topk", None): Habit(("Decoding.topk",)),
+    ("decoding.temperature_sample", "topp", None): Habit(("Decoding.topp",)),
     ("relative_position_biases.RelativePositionBiases", "num_buckets", None): Habit(
         ("T5Config.relative_attention_num_buckets",)
     ),
@@ -240,6 +255,9 @@ def fold() -> None:
             shown = f"{scope + '/' if scope else ''}{name}.{param}"
             macro, value = settings._resolve(gin, raw, [])
             found = habit(name, param, scope)
+            if found.reference:  # `decode_fn = @decoding.beam_search`: which function
+                wrapped = getattr(getattr(raw, "configurable", None), "wrapped", None)
+                value = getattr(wrapped, "__name__", repr(raw))
             if macro and macro in found.to:
                 continue  # bound to the setting's own macro: already that setting
             if isinstance(value, settings._Built) and (found.to or found.keeps):
@@ -274,4 +292,5 @@ def _assign(gin, targets: tuple[str, ...], value, shown: str) -> None:
         for (scope, selector), params in config.items():
             if not scope and selector.rpartition(".")[2] == cls_name and not _short(gin, selector):
                 params[field] = value
+                settings.SAID_AS[target] = shown
                 return

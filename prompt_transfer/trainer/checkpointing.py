@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 from flax import serialization, traverse_util
 
-from prompt_transfer import errors, paths, runtime
+from prompt_transfer import errors, paths, prompts, runtime
 from prompt_transfer.trainer.run_dir import DATA_STATE, BestTracker, RunDirError
 
 
@@ -193,6 +193,9 @@ class CheckpointStore:
             self._save(self.manager, step, state, position)
         if prompt is not None:
             paths.save_npy(self.model_dir / "prompts" / f"checkpoint_{step}.npy", prompt)
+            # T5X prompt tuning's numpy checkpoint, where SPoT's README points PROMPT_FILE.
+            numpy_dir = self.model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
+            paths.save_npy(numpy_dir / prompts.T5X_PROMPT_FILE, prompt)
         if stream is not None:
             self._save_data_state(stream, step)
 

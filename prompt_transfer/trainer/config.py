@@ -96,7 +96,10 @@ class RunSpec:
     model_dir: str = setting(valid=paths.folder_problem, macro="MODEL_DIR")  # or gs://
     task: str = setting(macro="MIXTURE_OR_TASK_NAME")
     feature_lengths: Mapping[str, int] = setting(
-        least=1, valid=_feature_lengths, macro="TASK_FEATURE_LENGTHS"
+        least=1,
+        valid=_feature_lengths,
+        macro="TASK_FEATURE_LENGTHS",
+        hint="T5X's None (the longest example) is not computed here: give both lengths",
     )
     model_config: t5.T5Config = setting()
     # INITIAL_CHECKPOINT_PATH (None: random init)

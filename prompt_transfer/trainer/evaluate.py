@@ -7,6 +7,7 @@ import json
 import re
 
 from prompt_transfer import evaluation, inference, partitioning, paths, prompts
+from prompt_transfer.decoding import Decoding
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.trainer import run_dir, run_record, weights
 from prompt_transfer.trainer.config import RunSpec, check_numbers
@@ -65,14 +66,18 @@ def evaluate(
     split: str | None = None,
     checkpoint: str = "latest",
     batch_size: int | None = None,
+    decoding: Decoding | None = None,
 ) -> dict:
     """{task: {metric: value}} of the run's `checkpoint` on `split` (None: the split its
-    evaluations used), also written to MODEL_DIR/eval_<split>_<checkpoint>.json."""
+    evaluations used), also written to MODEL_DIR/eval_<split>_<checkpoint>.json. `decoding`:
+    how a generative task decodes (greedy by default, as the run's own evaluations)."""
     split, batch_size = read_settings(spec, split, batch_size)
     model, params, step = trained(spec, checkpoint)
     if _one_task(spec):  # a multi-task run asked about one of its tasks: that task's prompt
         [(_, params)] = _each_task(spec, params, None)
-    evaluator = evaluation.TaskEvaluator(model, spec.task, split, spec.feature_lengths, batch_size)
+    evaluator = evaluation.TaskEvaluator(
+        model, spec.task, split, spec.feature_lengths, batch_size, how=decoding
+    )
     results = evaluator.evaluate(params, step)
     name, value = evaluation.main_metric(results)
     report = {
@@ -95,9 +100,11 @@ def infer(
     output_file: str | None = None,
     checkpoint: str = "latest",
     batch_size: int | None = None,
+    decoding: Decoding | None = None,
 ) -> str:
     """Write the run's predictions (JSONL) for a task split (None: the one its evaluations
-    used) or a text file (one input per line); returns the output path."""
+    used) or a text file (one input per line); returns the output path. `decoding`: how a
+    generative task decodes (greedy by default)."""
     check_files(input_file, output_file)
     split, batch_size = read_settings(spec, split, batch_size)
     model, params, step = trained(spec, checkpoint)
@@ -107,7 +114,9 @@ def infer(
             task, rows = inference.rows_from_file(name, input_file, spec.feature_lengths)
         else:
             task, rows = inference.rows_from_task(name, split, spec.feature_lengths)
-        found = inference.predict(model, own, task, rows, spec.feature_lengths, batch_size)
+        found = inference.predict(
+            model, own, task, rows, spec.feature_lengths, batch_size, decoding, spec.seed
+        )
         records += [dict(r, task=name) for r in found] if own is not params else found
     source = paths.path(input_file).stem if input_file else split
     out = output_file or run_dir.subdir(spec.model_dir, f"predictions_{source}_step{step}.jsonl")
@@ -151,3 +160,122 @@ def check_files(input_file: str | None, output_file: str | None) -> None:
     wrong = paths.file_problem(output_file, "predictions.jsonl")
     if wrong:
         raise TrainError(f"INFER_OUTPUT_FILE={output_file!r} {wrong}")
+
+
+# ---- a prompt on a frozen checkpoint, as T5X's eval and infer (prompt_eval.gin, eval.gin) ----
+
+
+def _of_a_run(path: str) -> tuple[str, str] | None:
+    """(MODEL_DIR, 'checkpoint_N') when `path` is a checkpoint of one of this project's runs."""
+    found = paths.path(path)
+    ours = any((found.parent / n).exists() for n in (run_record.RECORD_FILE, run_dir.MODEL_FILE))
+    if re.fullmatch(r"checkpoint_\d+", found.name) and ours:  # not just any T5X folder
+        return str(found.parent), found.name
+    return None
+
+
+def on_checkpoint(spec: RunSpec, prompt_file: str | None):
+    """(model, parameters, step, spec) of the frozen network at INITIAL_CHECKPOINT_PATH (T5X's
+    CHECKPOINT_PATH) with PROMPT_FILE's prompt joined (a `.npy`, or T5X's numpy checkpoint
+    file such as numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt); no prompt
+    when PROMPT_LENGTH is 0. The step is the checkpoint's own. A checkpoint of one of this
+    project's runs is that run's, read as it trained (its record), on the command's task and
+    lengths."""
+    from prompt_transfer import checkpoints
+
+    check_numbers(spec)
+    if not spec.initial_checkpoint:
+        raise TrainError("CHECKPOINT_PATH is None; give the T5X checkpoint to evaluate")
+    run = _of_a_run(spec.initial_checkpoint)
+    if run is not None:
+        if prompt_file:
+            raise TrainError(
+                f"CHECKPOINT_PATH={spec.initial_checkpoint!r} is a checkpoint of the run in "
+                f"{run[0]}, which holds its own prompt; leave PROMPT_FILE out "
+                "(t5x/configs/runs/eval.gin or infer.gin, not prompt_eval.gin)"
+            )
+        asked = {"MIXTURE_OR_TASK_NAME": spec.task, "TASK_FEATURE_LENGTHS": spec.feature_lengths}
+        own = run_record.for_overrides(run[0], asked)
+        return (*trained(own, run[1]), own)
+    prompt = None
+    if spec.prompt_length:
+        if not prompt_file:
+            raise TrainError(
+                f"PROMPT_LENGTH={spec.prompt_length} but no PROMPT_FILE: give the prompt to "
+                "evaluate (prompt_tuning/configs/runs/prompt_eval.gin reads it)"
+            )
+        prompt = prompts.from_file(prompt_file, spec.prompt_length, spec.model_config.emb_dim)
+    spec.prepare_tasks()
+    mesh = partitioning.make_mesh(spec.num_partitions)
+    network = network_of(spec, mesh)
+    params = (
+        network.params
+        if prompt is None
+        else prompts.join(network.params, spec.model_config, prompt)
+    )
+    _, step = checkpoints.describe(spec.initial_checkpoint)
+    return EncoderDecoderModel(network.module), params, step or 0, spec
+
+
+def evaluate_checkpoint(
+    spec: RunSpec,
+    *,
+    split: str = "test",
+    batch_size: int = 32,
+    prompt_file: str | None = None,
+    output_dir: str,
+    config_text: str = "",
+    decoding: Decoding | None = None,
+) -> dict:
+    """T5X's `eval`: the prompt (or none) on the frozen checkpoint, scored on `split`; SeqIO's
+    loggers write `output_dir/inference_eval/` as T5X's do (`<task>-metrics.jsonl` with the
+    checkpoint's step, `<task>-<step>.jsonl` predictions, TensorBoard events)."""
+    model, params, step, spec = on_checkpoint(spec, prompt_file)
+    log_dir = paths.path(output_dir) / "inference_eval"
+    if paths.is_chief():
+        log_dir.mkdir(parents=True, exist_ok=True)  # SeqIO's loggers write into it, not make it
+    log_dir = str(log_dir)
+    evaluator = evaluation.TaskEvaluator(
+        model, spec.task, split, spec.feature_lengths, batch_size, log_dir=log_dir, how=decoding
+    )
+    results = evaluator.evaluate(params, step)
+    if config_text:
+        paths.atomic_write_text(paths.path(output_dir) / "config.gin", config_text)
+    name, value = evaluation.main_metric(results)
+    return {"step": step, "split": split, "results": results, "main_metric": {name: value}}
+
+
+def infer_checkpoint(
+    spec: RunSpec,
+    *,
+    split: str = "test",
+    batch_size: int = 32,
+    prompt_file: str | None = None,
+    output_dir: str,
+    config_text: str = "",
+    decoding: Decoding | None = None,
+) -> str:
+    """T5X's `infer` (mode 'predict'): the prompt (or none) on the frozen checkpoint predicts
+    `split`, written as T5X writes it: `output_dir/<task>-predict.jsonl-00000-of-00001`, one
+    `{"inputs": {...pretokenized}, "prediction": ...}` a line, then a `.COMPLETED` marker."""
+    model, params, _, spec = on_checkpoint(spec, prompt_file)
+    task, rows = inference.rows_from_task(spec.task, split, spec.feature_lengths)
+    found = inference.predict(
+        model, params, task, rows, spec.feature_lengths, batch_size, decoding, spec.seed
+    )
+    lines = []
+    for record in found:
+        inputs = {"inputs_pretokenized": record["input"]}
+        if "target" in record:
+            inputs["targets_pretokenized"] = record["target"]
+        out = {"inputs": inputs, "prediction": record["prediction"]}
+        if "scores" in record:
+            out["scores"] = record["scores"]
+        lines.append(json.dumps(out) + "\n")
+    name = f"{spec.task}-predict.jsonl-00000-of-00001"
+    target = paths.path(output_dir) / name
+    paths.atomic_write_text(target, "".join(lines))
+    paths.atomic_write_text(paths.path(output_dir) / f"{name}.COMPLETED", "")
+    if config_text:
+        paths.atomic_write_text(paths.path(output_dir) / "config.gin", config_text)
+    return str(target)

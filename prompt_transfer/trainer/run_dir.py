@@ -5,6 +5,8 @@ MODEL_DIR layout (T5X's, plus prompt exports):
   checkpoint_N/               orbax: trainable parameters, optimizer state, step, data position
                               (checkpointing.py writes and reads these, best/ and prompts/)
   prompts/checkpoint_N.npy    the prompt at each save, float32 [P, E]
+  numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt
+                              the same, where T5X prompt tuning writes it (SPoT's PROMPT_FILE)
   best/                       the best checkpoint by the task's main metric, best.json, prompt.npy
   train/ eval/                TensorBoard summaries
   log.txt                     the console progress, also on disk
@@ -54,7 +56,8 @@ _CHECKPOINT = re.compile(r"checkpoint_\d+")  # orbax's finished steps, not its t
 # What a run writes in MODEL_DIR (`--overwrite` removes these and nothing else).
 _RUN_FILES = re.compile(
     r"checkpoint_\d+.*|config\.gin|log\.txt|eval_history\.jsonl|eval_.*\.json"
-    r"|predictions_.*\.jsonl|prompts|best|train|eval|transfer|events\.out\..*|model\.json"
+    r"|predictions_.*\.jsonl|prompts|numpy_checkpoints|best|train|eval|transfer"
+    r"|events\.out\..*|model\.json"
     r"|data_state|phase1|phases\.json|run\.json|checksums|damaged"
 )
 

@@ -396,7 +396,9 @@ class Library:
 
 
 SUMMARY_FILE = ".summaries.npz"
-T5X_PROMPT_FILE = "encoder.prompt.prompt.prompt"  # T5X prompt tuning's numpy checkpoint name
+# T5X prompt tuning's numpy checkpoint name, prompts.T5X_PROMPT_FILE (written out: the library
+# reads and writes files without importing JAX)
+T5X_PROMPT_FILE = "encoder.prompt.prompt.prompt"
 
 
 def write_t5x_prompt(prompt, directory: str | os.PathLike):
