@@ -37,7 +37,7 @@ def run(work: Path, target: str, init: str, tuning: str, steps: int, eval_period
                 f"--gin.MODEL_DIR='{model_dir}'",
                 f"--gin.MIXTURE_OR_TASK_NAME='{target}'",
                 f"--gin.INITIAL_CHECKPOINT_PATH={init}",
-                f"--gin.TRAIN_STEPS={steps}",
+                f"--gin.TRAIN_STEPS_RELATIVE={steps}",
                 f"--gin.EVAL_PERIOD={eval_period}",
                 *extra,
                 "--resume",

@@ -110,7 +110,7 @@ def run(work: Path, env: dict, task: str, tuning: str, seed: int, args) -> list[
                 f"--gin.MODEL_DIR='{model_dir}'",
                 f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
                 f"--gin.INITIAL_CHECKPOINT_PATH='{args.checkpoint}'",
-                f"--gin.TRAIN_STEPS={args.steps}",
+                f"--gin.TRAIN_STEPS_RELATIVE={args.steps}",
                 f"--gin.EVAL_PERIOD={args.eval_period}",
                 f"--gin.RANDOM_SEED={seed}",
                 *extra,

@@ -17,7 +17,7 @@ train() {  # train DIR ARGS...: a run, unless DIR holds a finished one
   local dir=$1
   shift
   [ -e "$dir/prompts" ] && return 0
-  $pt train --gin.MODEL_DIR="'$dir'" --gin.TRAIN_STEPS=300 --gin.EVAL_PERIOD=100 \
+  $pt train --gin.MODEL_DIR="'$dir'" --gin.TRAIN_STEPS_RELATIVE=300 --gin.EVAL_PERIOD=100 \
     --gin.SAVE_PERIOD=300 "$@" --overwrite
 }
 for seed in $seeds; do

@@ -218,6 +218,26 @@ def _restore_orbax(ckpt_dir, names, shardings, dtype) -> dict:
 # Public API.
 
 
+def initial_step(checkpoint: str | os.PathLike | None) -> int:
+    """The step of a run's initial checkpoint, where its own steps count on from (T5X's: a run
+    from the step-1,100,000 checkpoint saves checkpoint_1100100 after 100 steps); 0 without
+    one, or for a checkpoint that records none. Read once per checkpoint (and again when a
+    local one is rewritten)."""
+    if not checkpoint:
+        return 0
+    key = str(checkpoint)
+    if not paths.is_remote(key):
+        index = Path(paths.native(key))
+        index = index / "checkpoint" if index.is_dir() else index
+        key = (key, index.stat().st_mtime_ns if index.exists() else None)
+    if key not in _STEPS:
+        _STEPS[key] = describe(checkpoint)[1] or 0
+    return _STEPS[key]
+
+
+_STEPS: dict = {}  # a checkpoint's step, by path (and its index file's time)
+
+
 def describe(path: str | os.PathLike) -> tuple[list[tuple[str, tuple[int, ...], str]], int | None]:
     """([(parameter path, shape, dtype)], step) of a checkpoint, without reading arrays."""
     ckpt_dir, fmt = resolve_checkpoint(path)

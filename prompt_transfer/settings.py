@@ -180,12 +180,23 @@ def _in_range(value, rule: Rule) -> bool:
     return not (rule.non_empty and not value)
 
 
+def _optional(tp) -> tuple[object, bool]:
+    """(the type without None, whether None is allowed) of an annotation."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else tp), True
+    return tp, False
+
+
 def problem(field: dataclasses.Field, tp, value) -> str | None:
     """What is wrong with `value` for `field` (typed `tp`), or None."""
     rule = rule_of(field)
     if not _conforms(value, tp) or not _in_range(value, rule):
         hint = f"; {rule.hint}" if rule.hint else ""
-        return f"must be {describe(field, tp)}{_whole_hint(value, tp, rule)}{hint}"
+        base, optional = _optional(tp)
+        also = ", or None" if optional else ""
+        return f"must be {describe(field, base)}{_whole_hint(value, base, rule)}{also}{hint}"
     if rule.valid is not None and not isinstance(value, _Built):
         return rule.valid(value)
     return None

@@ -18,7 +18,9 @@ ANCHORS = Path(
         "PROMPT_TRANSFER_ANCHORS", Path(__file__).resolve().parents[2] / "shared" / "anchors"
     )
 )
-TINY_CHECKPOINT = ANCHORS / "t5x_checkpoints" / "test_t5_1_1_tiny" / "checkpoint_3"
+# The T5X-written tiny checkpoint, saved at step 3: runs from it count on from step 3 (T5X's
+# TRAIN_STEPS), as tests of that count and of the anchors' command lines use it.
+ANCHOR_TINY_CHECKPOINT = ANCHORS / "t5x_checkpoints" / "test_t5_1_1_tiny" / "checkpoint_3"
 T5_VOCAB = ANCHORS / "t5_vocab" / "sentencepiece.model"
 RELEASED_PROMPTS = ANCHORS / "released_prompts"
 # The SPoT flow cut down to a few steps per run (tests of `spot` and `demo`).
@@ -32,6 +34,35 @@ CUT_DOWN_FLOW = [
 ]
 if T5_VOCAB.exists():  # tasks/ registers with this vocabulary instead of T5's gs:// one
     os.environ.setdefault("PROMPT_TRANSFER_VOCAB", str(T5_VOCAB))
+
+
+def _at_step_zero(anchor: Path) -> Path:
+    """The anchor's checkpoint with its step set to 0 (as a converted or imported model has),
+    weights untouched: the trainer tests' runs count their steps from 0, so their step numbers
+    say what they test. Made once per machine (a temporary folder, renamed into place)."""
+    import shutil
+    import tempfile
+
+    target = Path(tempfile.gettempdir()) / "prompt_transfer_tests" / "tiny_step0" / "checkpoint_0"
+    if target.exists() or not anchor.exists():
+        return target
+    import numpy as np
+    from flax import serialization
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    made = Path(tempfile.mkdtemp(dir=target.parent)) / "checkpoint_0"
+    shutil.copytree(anchor, made)
+    state = serialization.msgpack_restore((anchor / "checkpoint").read_bytes())
+    state["optimizer"]["state"]["step"] = np.asarray(0, np.int32)
+    (made / "checkpoint").write_bytes(serialization.msgpack_serialize(state))
+    try:
+        made.rename(target)
+    except OSError:  # another test process made it first
+        shutil.rmtree(made.parent, ignore_errors=True)
+    return target
+
+
+TINY_CHECKPOINT = _at_step_zero(ANCHOR_TINY_CHECKPOINT)  # the anchor's weights at step 0
 
 # What the tiny runs read: 12 input and 4 target tokens hold the keyword task and its labels.
 TINY_LENGTHS = {"inputs": 12, "targets": 4}

@@ -13,7 +13,7 @@ import pytest
 from flax import serialization, traverse_util
 from jax.sharding import PartitionSpec
 
-from conftest import TINY_CHECKPOINT
+from conftest import ANCHOR_TINY_CHECKPOINT as TINY_CHECKPOINT
 from prompt_transfer import checkpoints, gin_files, partitioning, t5
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT, small_hf_t5
+from conftest import ANCHOR_TINY_CHECKPOINT, T5_VOCAB, TINY_CHECKPOINT, small_hf_t5
 from prompt_transfer import checkpoints, cli, gin_files, t5
 
 torch = pytest.importorskip("torch")
@@ -31,7 +31,7 @@ def converted(hf_dir, tmp_path_factory):
 
 
 def test_checkpoint_info_prints_tree_and_count(anchors, capsys):
-    assert cli.main(["checkpoint-info", str(TINY_CHECKPOINT)]) == 0
+    assert cli.main(["checkpoint-info", str(ANCHOR_TINY_CHECKPOINT)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert any(line.startswith("token_embedder/embedding") and "(32128, 4)" in line for line in out)
     assert out[-1] == "52 parameters, 257,856 values, step 3"

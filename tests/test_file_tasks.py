@@ -37,7 +37,7 @@ def test_file_task_trains_one_step_and_evaluates(anchors, files, tmp_path):
             f"--gin.FILE_TASK_VALIDATION='{validation_file}'",
             "--gin.FILE_TASK_INPUTS=('sentence',)",
             "--gin.FILE_TASK_LABELS=('yes', 'no')",
-            "--gin.TRAIN_STEPS=1",
+            "--gin.TRAIN_STEPS_RELATIVE=1",
             "--gin.EVAL_PERIOD=1",
             "--gin.SAVE_PERIOD=1",
             task=None,  # file_task.gin names it: FILE_TASK_NAME
@@ -156,12 +156,12 @@ def test_a_task_on_the_shipped_model_takes_its_vocabulary_with_no_setting(
             f"--gin.FILE_TASK_VALIDATION='{validation_file}'",
             "--gin.FILE_TASK_INPUTS=('sentence',)",
             "--gin.FILE_TASK_LABELS=('yes', 'no')",
-            "--gin.TRAIN_STEPS=1",
+            "--gin.TRAIN_STEPS_RELATIVE=1",
             "--gin.EVAL_PERIOD=1",
             "--gin.SAVE_PERIOD=1",
         ]
     )
-    assert summary["step"] == 1
+    assert summary["step"] == 8128 + 1  # one step after the shipped model's own
     task = data.get_task("my_offline_keyword")
     own = task.output_features["targets"].vocabulary.sentencepiece_model_file
     assert own == vocab.OFFLINE_VOCAB_PATH

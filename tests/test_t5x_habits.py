@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_CHECKPOINT
+from conftest import ANCHOR_TINY_CHECKPOINT as TINY_CHECKPOINT  # T5X-written, at step 3
 from prompt_transfer import cli, gin_utils, t5
 from prompt_transfer.t5x import habits
 from prompt_transfer.trainer import config
@@ -135,7 +135,6 @@ def test_the_settings_own_macro_after_it_still_wins_where_t5x_binds_the_macro():
         ("utils.create_learning_rate_scheduler.factors='constant * rsqrt_decay'",
          "schedule='rsqrt'"),
         ("USE_CACHED_TASKS=True", "USE_CACHED_TASKS=True is not supported here: SeqIO's cached"),
-        ("TRAIN_STEPS_RELATIVE=50000", "TRAIN_STEPS_RELATIVE=50000 is not supported here"),
         ("partitioning.standard_logical_axis_rules.parameter_partitioning_dims=2",
          "one mesh axis"),
         ("utils.SaveCheckpointConfig.perod=5", "perod"),
@@ -205,15 +204,15 @@ def mock_glue(tmp_path):
 
 def test_sst2_demo_sh_trains_as_typed(anchors, mock_glue, tmp_path, capsys):
     """prompt-tuning's scripts/sst2-demo.sh with `python3 -m t5x.train` replaced by
-    `prompt-transfer train`, the tiny checkpoint and its test gin file for the base model, and
-    TRAIN_STEPS=4 for 1_150_000 (T5X counts on from the checkpoint's step; not yet here), and
-    TFDS's mock data in place of --tfds_data_dir's folder."""
+    `prompt-transfer train`, the tiny checkpoint (at step 3) and its test gin file for the base
+    model, TRAIN_STEPS=7 for 1_150_000 (4 steps after the checkpoint's own, as 1_150_000 is
+    50,000 after checkpoint_1100000), and TFDS's mock data in place of --tfds_data_dir's folder."""
     model_dir = tmp_path / "model"
     config._SAID_STOOD_IN.clear()  # said once a process
     argv = [
         "train", f"--gin_search_paths={tmp_path},{tmp_path}", TINY, *SST2_DEMO_FILES[1:],
         *SST2_DEMO_FLAGS, f"--gin.MODEL_DIR='{model_dir}'",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=4",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=7",
         "--gin.BATCH_SIZE=8", "--gin.utils.SaveCheckpointConfig.period=2",
         "--gin.EVAL_PERIOD=0",  # TFDS's mock data has no split sizes, which SeqIO's evaluator reads
     ]  # fmt: skip
@@ -221,10 +220,14 @@ def test_sst2_demo_sh_trains_as_typed(anchors, mock_glue, tmp_path, capsys):
     out = capsys.readouterr()
     assert "MIXTURE_OR_TASK_MODULE='prompt_tuning.data.glue' is not installed" in out.err
     summary = json.loads(out.out.strip().splitlines()[-1])
-    assert summary["step"] == 4
-    # SAVE_PERIOD from T5X's binding (2), KEEP_CHECKPOINTS=1 from prompt_finetune.gin.
+    assert summary["step"] == 7
+    assert "steps 4-7: 4 steps (counting on from INITIAL_CHECKPOINT_PATH's step 3)" in out.err
+    # SAVE_PERIOD from T5X's binding (2, from the checkpoint's step: 5, 7), KEEP_CHECKPOINTS=1
+    # from prompt_finetune.gin.
     saved = sorted(p.name for p in model_dir.iterdir() if re.fullmatch(r"checkpoint_\d+", p.name))
-    assert saved == ["checkpoint_4"]
+    assert saved == ["checkpoint_7"]
+    assert sorted(p.name for p in (model_dir / "numpy_checkpoints").iterdir()) == [
+        "checkpoint_5", "checkpoint_7"]  # fmt: skip
     record = json.loads((model_dir / "run.json").read_text())
     assert record["spec"]["task"] == "taskless_glue_sst2_v200_examples"
     assert record["spec"]["model_config"]["emb_dim"] == 4
@@ -285,7 +288,8 @@ registry.register_text_task("my_copy", _source, vocab.get_vocabulary({vocab!r}))
 def job(anchors, tmp_path_factory):
     """A T5X user's job folder: their task module (MIXTURE_OR_TASK_MODULE='my_glue', a small
     offline sentiment-like task with T5's vocabulary) on the path, and sst2-demo.sh's training
-    run in model/ (4 steps from the tiny checkpoint, a save every 2, evaluated at the end)."""
+    run in model/ (4 steps from the tiny checkpoint's step 3, a save every 2, evaluated at the
+    end, step 7)."""
     import sys
 
     from conftest import T5_VOCAB
@@ -298,7 +302,7 @@ def job(anchors, tmp_path_factory):
         "--gin.CLASS_LABELS=['positive', 'negative']", f"--gin.MODEL_DIR='{root / 'model'}'",
         "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=4",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=7",
         "--gin.USE_CACHED_TASKS=False", "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=4",
         "--gin.utils.SaveCheckpointConfig.period=2",
     ]  # fmt: skip
@@ -314,20 +318,20 @@ def test_spot_readmes_prompt_file_is_where_t5x_writes_it(job):
     encoder.prompt.prompt.prompt, a file each save writes, equal to the run's prompt."""
     import numpy as np
 
-    written = job / "model" / "numpy_checkpoints" / "checkpoint_4" / "encoder.prompt.prompt.prompt"
+    written = job / "model" / "numpy_checkpoints" / "checkpoint_7" / "encoder.prompt.prompt.prompt"
     prompt = np.load(written)
     assert prompt.shape == (100, 4)
-    np.testing.assert_array_equal(prompt, np.load(job / "model" / "prompts" / "checkpoint_4.npy"))
+    np.testing.assert_array_equal(prompt, np.load(job / "model" / "prompts" / "checkpoint_7.npy"))
 
 
 def test_a_target_starts_from_a_source_prompt_file_as_spots_readme_says(job, capsys):
-    source = job / "model" / "numpy_checkpoints" / "checkpoint_4" / "encoder.prompt.prompt.prompt"
+    source = job / "model" / "numpy_checkpoints" / "checkpoint_7" / "encoder.prompt.prompt.prompt"
     argv = [
         "train", TINY, "--gin_file=prompt_tuning/configs/prompts/from_file.gin",
         SST2_DEMO_FILES[2], f"--gin.PROMPT_FILE={source}", f"--gin.MODEL_DIR='{job / 'target'}'",
         "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
-        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=2",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=5",
         "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=0",
     ]  # fmt: skip
     assert cli.main(argv) == 0
@@ -338,7 +342,7 @@ def test_a_target_starts_from_a_source_prompt_file_as_spots_readme_says(job, cap
     record = json.loads((job / "target" / "run.json").read_text())
     assert record["spec"]["task"] == "my_sst2"
     start = np.load(source)
-    after = np.load(job / "target" / "prompts" / "checkpoint_2.npy")
+    after = np.load(job / "target" / "prompts" / "checkpoint_5.npy")
     assert 0 < np.abs(after - start).max() < 0.5 * np.abs(start).max()
 
 
@@ -346,7 +350,7 @@ def test_sst2_demo_eval_sh_scores_the_prompt_as_training_logged_it(job, capsys):
     """sst2-demo-eval.sh: prompt_eval.gin, CHECKPOINT_PATH the frozen checkpoint, PROMPT_FILE the
     trained prompt, the split and batch through utils.DatasetConfig: T5X's metrics file in
     EVAL_OUTPUT_DIR/inference_eval/, at the checkpoint's step, equal to the run's logged score."""
-    prompt = job / "model" / "numpy_checkpoints" / "checkpoint_4" / "encoder.prompt.prompt.prompt"
+    prompt = job / "model" / "numpy_checkpoints" / "checkpoint_7" / "encoder.prompt.prompt.prompt"
     out = job / "eval"
     argv = [
         "eval", f"--gin_search_paths={job}", TINY,
@@ -369,7 +373,7 @@ def test_sst2_demo_eval_sh_scores_the_prompt_as_training_logged_it(job, capsys):
 
 
 def test_t5x_infer_writes_its_jsonl(job, capsys):
-    prompt = job / "model" / "prompts" / "checkpoint_4.npy"
+    prompt = job / "model" / "prompts" / "checkpoint_7.npy"
     out = job / "infer"
     argv = [
         "infer", TINY, "--gin_file=prompt_tuning/configs/runs/prompt_infer.gin",
@@ -387,7 +391,7 @@ def test_t5x_infer_writes_its_jsonl(job, capsys):
     assert rows[0]["inputs"]["targets_pretokenized"] in ("positive", "negative")
     # The same prompt, read back through the run: the same predictions as the run's own infer.
     assert cli.main(["infer", f"--gin.MODEL_DIR={job / 'model'}"]) == 0
-    [own] = (job / "model").glob("predictions_validation_step4.jsonl")
+    [own] = (job / "model").glob("predictions_validation_step7.jsonl")
     assert [r["prediction"] for r in rows] == [
         json.loads(line)["prediction"] for line in own.open()
     ]
@@ -413,7 +417,7 @@ def test_t5x_eval_of_a_runs_own_checkpoint_reads_the_run(job, capsys):
         "eval", TINY, "--gin_file=t5x/configs/runs/eval.gin",
         "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
-        f"--gin.CHECKPOINT_PATH='{job / 'model' / 'checkpoint_4'}'",
+        f"--gin.CHECKPOINT_PATH='{job / 'model' / 'checkpoint_7'}'",
         f"--gin.EVAL_OUTPUT_DIR='{out}'", "--gin.utils.DatasetConfig.split='validation'",
     ]  # fmt: skip
     assert cli.main(argv) == 0
@@ -421,12 +425,12 @@ def test_t5x_eval_of_a_runs_own_checkpoint_reads_the_run(job, capsys):
         json.loads(line) for line in (out / "inference_eval" / "my_sst2-metrics.jsonl").open()
     ]
     logged = [json.loads(line) for line in (job / "model" / "eval_history.jsonl").open()][-1]
-    assert metrics["step"] == logged["step"] == 4
+    assert metrics["step"] == logged["step"] == 7
     assert metrics["accuracy"] == pytest.approx(logged["results"]["my_sst2"]["accuracy"], abs=1e-6)
     # With prompt_eval.gin's PROMPT_FILE as well: refused in one line (the run holds its prompt).
     argv[2] = "--gin_file=prompt_tuning/configs/runs/prompt_eval.gin"
     assert (
-        cli.main([*argv, f"--gin.PROMPT_FILE='{job / 'model' / 'prompts' / 'checkpoint_4.npy'}'"])
+        cli.main([*argv, f"--gin.PROMPT_FILE='{job / 'model' / 'prompts' / 'checkpoint_7.npy'}'"])
         == 2
     )
     assert "leave PROMPT_FILE out" in capsys.readouterr().err
@@ -498,7 +502,7 @@ def test_a_runs_infer_with_a_decoding_file_still_ranks_labels(job, capsys):
     assert cli.main(["infer", f"--gin.MODEL_DIR={model_dir}"]) == 0
     own = [
         json.loads(x)["prediction"]
-        for x in (model_dir / "predictions_validation_step4.jsonl").open()
+        for x in (model_dir / "predictions_validation_step7.jsonl").open()
     ]
     beam = "--gin_file=prompt_tuning/configs/models/decoding/beam_search.gin"
     out = job / "beam.jsonl"
@@ -521,3 +525,73 @@ def test_t5x_infer_decodes_a_generative_task_by_beam_search(job, capsys):
     rows = [json.loads(x) for x in (out / "my_copy-predict.jsonl-00000-of-00001").open()]
     assert len(rows) == 8 and all(isinstance(r["prediction"], str) for r in rows)
     assert "method = 'beam_search'" in (out / "config.gin").read_text()
+
+
+# ---- T5X's step count ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keyword(anchors):
+    from synthetic_tasks import register_keyword_task
+
+    from conftest import T5_VOCAB
+
+    return register_keyword_task(T5_VOCAB)
+
+
+def anchor_run(model_dir, *extra):
+    from conftest import tiny_run_args
+
+    return ["train", *tiny_run_args(model_dir, *extra, checkpoint=TINY_CHECKPOINT)]
+
+
+def test_train_steps_count_on_from_the_checkpoints_step(keyword, tmp_path, capsys):
+    """From the T5X-written checkpoint at step 3: TRAIN_STEPS is the step to stop at, its saves
+    and evaluations count their periods from 3, TRAIN_STEPS_RELATIVE adds steps and decides
+    when both are set, a TRAIN_STEPS not beyond 3 is refused in one line, and the library's
+    entry says how many steps trained."""
+    run = tmp_path / "run"
+    periods = ["--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=2", "--gin.LOG_PERIOD=2"]
+    assert cli.main(anchor_run(run, "--gin.TRAIN_STEPS=3", *periods)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].endswith(
+        "TRAIN_STEPS=3 is not beyond INITIAL_CHECKPOINT_PATH's step 3: TRAIN_STEPS counts the "
+        "checkpoint's steps too (as T5X's), so give TRAIN_STEPS=6 for 3 steps more, or "
+        "TRAIN_STEPS_RELATIVE=3"
+    )
+    assert not run.exists()
+    lib = tmp_path / "lib"
+    argv = anchor_run(run, "--gin.TRAIN_STEPS=7", *periods, f"--gin.LIBRARY_DIR='{lib}'")
+    assert cli.main(argv) == 0
+    out = capsys.readouterr()
+    assert "steps 4-7: 4 steps (counting on from INITIAL_CHECKPOINT_PATH's step 3)" in out.err
+    assert json.loads(out.out.splitlines()[-1])["step"] == 7
+    assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_5", "checkpoint_7"]
+    history = [json.loads(x)["step"] for x in (run / "eval_history.jsonl").open()]
+    assert history == [5, 7]
+    assert json.loads((run / "run.json").read_text())["start_step"] == 3
+    [entry] = [json.loads(p.read_text()) for p in lib.glob("*/meta.json")]
+    assert entry["steps"] == 4  # steps trained, not the step reached
+    # Both set: TRAIN_STEPS_RELATIVE decides, as in T5X, and says so; a run resumes to it.
+    argv = anchor_run(run, "--gin.TRAIN_STEPS=100", "--gin.TRAIN_STEPS_RELATIVE=6", *periods,
+                      f"--gin.LIBRARY_DIR='{lib}'", "--resume")  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr()
+    assert "TRAIN_STEPS_RELATIVE=6 decides (as in T5X): the run stops at step 9" in out.err
+    assert json.loads(out.out.splitlines()[-1])["step"] == 9
+
+
+def test_a_run_that_counted_from_zero_is_not_counted_again(keyword, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(anchor_run(run, "--gin.TRAIN_STEPS_RELATIVE=2", "--gin.SAVE_PERIOD=2",
+                               "--gin.EVAL_PERIOD=0")) == 0  # fmt: skip
+    record = json.loads((run / "run.json").read_text())
+    del record["start_step"]  # as a run written before T5X's count
+    (run / "run.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    argv = anchor_run(run, "--gin.TRAIN_STEPS_RELATIVE=4", "--gin.SAVE_PERIOD=2",
+                      "--gin.EVAL_PERIOD=0", "--resume")  # fmt: skip
+    assert cli.main(argv) == 2
+    [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert "holds a run that counted its steps from 0" in err and "--overwrite" in err
+    assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_5"]

@@ -69,7 +69,7 @@ def _run_facts(model_dir: str) -> dict:
     spec = record.get("spec", {})
     model_file = run_dir.subdir(model_dir, run_dir.MODEL_FILE)
     model = json.loads(model_file.read_text()) if model_file.exists() else {}
-    last = (run_dir.read_eval_history(model_dir) or [None])[-1]
+    last = (run_dir.read_eval_history(model_dir, trained=True) or [None])[-1]  # steps trained
     facts = {"task": spec.get("task"), "model": spec.get("model_name"),
              "fingerprint": model.get("fingerprint", ""), "seed": spec.get("seed", 0)}  # fmt: skip
     if last:

@@ -7,6 +7,7 @@ The trainer and the flow are imported when a command runs, so `--help` stays fas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 
@@ -21,6 +22,11 @@ def train_main(argv: list[str]) -> dict:
     launch = gin_utils.parse_command_line(argv, flags=("overwrite", "resume"))
     config_text = gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
     spec, train_config = gin_utils.build(config.RunSpec), gin_utils.build(config.TrainConfig)
+    explicit = {gin_utils.bound_name(b) for b in launch.bindings}
+    if "TRAIN_STEPS" in explicit and "TRAIN_STEPS_RELATIVE" not in explicit:
+        # The command line's step count, not a gin file's TRAIN_STEPS_RELATIVE (which would
+        # decide otherwise, as in T5X): what the user typed is what the run does.
+        train_config = dataclasses.replace(train_config, relative_steps=None)
     remote.check_run(spec, {"MODEL_DIR": spec.model_dir, "LIBRARY_DIR": train_config.library_dir})
     return train.train(spec, train_config, config_text=config_text, **launch.flags)
 
@@ -130,7 +136,7 @@ def cmd_task_embedding(args) -> None:
     overrides = [
         f"--gin.LIBRARY_DIR='{args.library}'",
         "--gin.LIBRARY_KIND='task_embedding'",
-        f"--gin.TRAIN_STEPS={args.steps}",
+        f"--gin.TRAIN_STEPS_RELATIVE={args.steps}",
         "--gin.EVAL_PERIOD=0",
         f"--gin.SAVE_PERIOD={args.steps}",
     ]

@@ -169,7 +169,9 @@ def shared_start(spec: RunSpec, network, task: str) -> np.ndarray:
     """The prompt every source and task embedding of the flow starts from (wide form): sampled
     vocabulary, and its keys and values in every layer for a deep prompt, of RANDOM_SEED."""
     first = dataclasses.replace(spec, task=task)
-    sampled = TrainConfig(steps=1, batch_size=1, prompt_init=prompts.PromptInit("sampled_vocab"))
+    sampled = TrainConfig(
+        relative_steps=1, batch_size=1, prompt_init=prompts.PromptInit("sampled_vocab")
+    )
     mesh = partitioning.make_mesh(spec.num_partitions)
     return start_lib.initial_prompt(first, sampled, network, mesh, log=None)
 
@@ -258,11 +260,11 @@ def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
     """Add one target run's (one seed's) curve, predictions and transfer report; a
     prompt-then-model run's curve is phase 1's (MODEL_DIR/phase1) then phase 2's."""
     phase1 = run_dir.subdir(model_dir, run_dir.PHASE1)
-    history = run_dir.read_eval_history(model_dir)
+    history = run_dir.read_eval_history(model_dir, trained=True)  # steps after the checkpoint's
     if phase1.exists():
         later = {h["step"] for h in history}  # phase 2 evaluates at the boundary step too
         history = [
-            *(h for h in run_dir.read_eval_history(phase1) if h["step"] not in later),
+            *(h for h in run_dir.read_eval_history(phase1, trained=True) if h["step"] not in later),
             *history,
         ]
     trained.curves.setdefault((task, name), []).append(

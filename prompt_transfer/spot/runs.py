@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from prompt_transfer import errors, paths, prompts
+from prompt_transfer import checkpoints, errors, paths, prompts
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train import train_together
@@ -25,8 +25,8 @@ Run = tuple[RunSpec, TrainConfig]
 # same settings: everything but where it lives, how long it trains and how it is laid out.
 SETTINGS_FILE = "flow_run.json"
 _NOT_SETTINGS = frozenset(
-    {"model_dir", "steps", "eval_period", "save_period", "log_period", "keep_checkpoints",
-     "eval_batch_size", "num_partitions", "library_dir"}
+    {"model_dir", "steps", "relative_steps", "eval_period", "save_period", "log_period",
+     "keep_checkpoints", "eval_batch_size", "num_partitions", "library_dir"}
 )  # fmt: skip
 
 
@@ -44,7 +44,8 @@ def base_run(spec: RunSpec, config: TrainConfig) -> Run:
     spec = dataclasses.replace(spec, model_dir="", task="", trainable_regex=trainable)
     config = dataclasses.replace(
         config,
-        steps=0,
+        steps=None,
+        relative_steps=None,
         log_period=max(config.eval_period // 2, 1),
         library_dir=None,
         library_kind="trained",
@@ -73,7 +74,8 @@ class Runs:
         )
         config = dataclasses.replace(
             self.config,
-            steps=steps,
+            steps=None,
+            relative_steps=steps,  # each run trains `steps` after its checkpoint's step
             eval_period=eval_period,
             save_period=steps,
             **{k: v for k, v in changes.items() if k not in spec_fields},
@@ -93,8 +95,9 @@ def _finished(spec: RunSpec, config: TrainConfig) -> bool:
     prompt-then-model run's both phases)."""
     history = run_dir.read_eval_history(spec.model_dir)
     done = run_dir.subdir(spec.model_dir, "prompts").exists()
+    stop = config.resolved(checkpoints.initial_step(spec.initial_checkpoint)).total_steps
     return bool((done or run_dir.holds_checkpoint(spec.model_dir)) and history) and (
-        history[-1]["step"] >= config.total_steps
+        history[-1]["step"] >= stop
     )
 
 

@@ -178,7 +178,7 @@ def _budgets(eval_period: int, steps: int) -> list[int]:
 
 def _scores(model_dir: str, steps: list[int], task: str, measure: str) -> np.ndarray:
     """The run's `measure` of `task` at each of `steps` (its evaluation history)."""
-    history = run_dir.read_eval_history(model_dir)
+    history = run_dir.read_eval_history(model_dir, trained=True)  # steps after the checkpoint's
     by_step = {h["step"]: h["results"][task].get(measure) for h in history}
     if any(by_step.get(s) is None for s in steps):
         raise StudyError(

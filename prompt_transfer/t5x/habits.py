@@ -172,11 +172,7 @@ HABITS: dict[tuple[str, str, tuple[str, ...] | None], Habit] = {
     ("adafactor.Adafactor", "step_offset", None): Habit(keeps=_is(0)),
     ("adafactor.Adafactor", "logical_factor_rules", None): Habit(keeps=_anything),
     ("train", "total_steps", None): Habit(("TRAIN_STEPS",)),
-    ("train", "relative_steps", None): Habit(
-        keeps=_is(None),
-        why="TRAIN_STEPS here counts the run's own steps from 0, not on from the checkpoint's "
-        "step as T5X's does (not yet); give TRAIN_STEPS the steps to train",
-    ),
+    ("train", "relative_steps", None): Habit(("TRAIN_STEPS_RELATIVE",)),
     ("train", "eval_period", None): Habit(("EVAL_PERIOD",)),
     ("train", "random_seed", None): Habit(
         ("RANDOM_SEED",), convert=lambda v: 0 if v is None else v

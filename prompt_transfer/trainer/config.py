@@ -184,8 +184,13 @@ class ModelPhase:
 class TrainConfig:
     """How a run trains."""
 
-    steps: int = setting(least=1, macro="TRAIN_STEPS")
-    batch_size: int = setting(least=1, macro="BATCH_SIZE")
+    # TRAIN_STEPS: the step to stop at, counting the initial checkpoint's own steps (T5X's:
+    # from the step-1,100,000 checkpoint, 1_150_000 trains 50,000 steps); TRAIN_STEPS_RELATIVE:
+    # the steps to train after that step instead (T5X's, and it decides when both are set).
+    # `resolved` turns either into the step to stop at before a run starts.
+    steps: int | None = setting(None, least=1, macro="TRAIN_STEPS")
+    relative_steps: int | None = setting(None, least=1, macro="TRAIN_STEPS_RELATIVE")
+    batch_size: int = setting(32, least=1, macro="BATCH_SIZE")
     prompt_init: prompts.PromptInit = prompts.PromptInit()
     optimizer: OptimizerConfig = OptimizerConfig()
     num_microbatches: int = setting(1, least=1, macro="NUM_MICROBATCHES")
@@ -211,10 +216,39 @@ class TrainConfig:
     # a prompt-then-model run's second phase (gin/runs/prompt_then_model.gin); none by default
     then_model: ModelPhase = ModelPhase()
 
+    def stop_step(self, start: int) -> int:
+        """The step the run (its first phase) stops at, `start` being the initial checkpoint's
+        step (T5X's count): start + TRAIN_STEPS_RELATIVE, else TRAIN_STEPS, beyond start."""
+        if self.relative_steps is not None:
+            return start + self.relative_steps
+        if self.steps is None:
+            raise TrainError(
+                "TRAIN_STEPS (the step to stop at) or TRAIN_STEPS_RELATIVE (the steps to train): "
+                "set one"
+            )
+        if self.steps <= start:
+            raise TrainError(
+                f"TRAIN_STEPS={self.steps:,} is not beyond INITIAL_CHECKPOINT_PATH's step "
+                f"{start:,}: TRAIN_STEPS counts the checkpoint's steps too (as T5X's), so give "
+                f"TRAIN_STEPS={start + self.steps} for {self.steps:,} steps more, or "
+                f"TRAIN_STEPS_RELATIVE={self.steps}"
+            )
+        return self.steps
+
+    def resolved(self, start: int) -> TrainConfig:
+        """This config with `steps` the step to stop at (`stop_step`), ready to train."""
+        return dataclasses.replace(self, steps=self.stop_step(start), relative_steps=None)
+
     @property
     def total_steps(self) -> int:
-        """The step the run ends at: TRAIN_STEPS, plus MODEL_STEPS of a second phase."""
+        """The step a resolved run ends at: its stop step, plus MODEL_STEPS of a second phase."""
+        if self.steps is None or self.relative_steps is not None:
+            raise TrainError("total_steps of a config not resolved (TrainConfig.resolved)")
         return self.steps + self.then_model.steps
+
+    def steps_to_train(self, start: int) -> int:
+        """How many steps the run trains from `start`, both phases of a two-phase run."""
+        return self.stop_step(start) - start + self.then_model.steps
 
 
 def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import data, evaluation, paths, prompts, t5
+from prompt_transfer import checkpoints, data, evaluation, paths, prompts, t5
 from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
 from prompt_transfer.trainer import checkpointing, loop, run_dir, run_record, weights
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, data_shards
@@ -78,7 +78,11 @@ def fit(
             states.append(state)
             streams.append(stream)
         schedule = loop.Schedule(
-            config.steps, config.log_period, config.save_period, config.eval_period
+            config.steps,
+            config.log_period,
+            config.save_period,
+            config.eval_period,
+            start=checkpoints.initial_step(specs[0].initial_checkpoint),
         )
         runner = _Runner(specs, config, model, optimizer, mesh, fixed_shardings)
         state, stopped_early = loop.run(
@@ -147,19 +151,34 @@ def _open(spec, config, state, store, log):
     MODEL_DIR holds one, else `state` and the data's first batch."""
     store.set_aside_damaged(log.info)  # a damaged newest checkpoint: go on from a whole one
     position, restored = 0, store.latest_step() is not None
+    start = checkpoints.initial_step(spec.initial_checkpoint)  # T5X's count goes on from it
     if restored:
+        run_record.check_counted(spec.model_dir, start)
         state, position = store.restore(state)
         log.info(f"resumed from checkpoint_{int(state.step)} (data position {position})")
     elif spec.phase == 2:  # phase 2 counts and reads on from phase 1's end (phases.py)
         boundary = run_dir.read_phases(spec.model_dir)
-        step = jnp.asarray(boundary["phase1_step"], state.step.dtype)
-        state = state.replace(step=jax.device_put(step, state.step.sharding))
-        position = boundary["phase1_step"]  # one batch a step
+        state = _at_step(state, boundary["phase1_step"])
+        position = boundary["phase1_step"] - start  # one batch a step
+    else:
+        state = _at_step(state, start)
+        log.info(
+            f"steps {start + 1:,}-{config.steps:,}: {config.steps - start:,} steps"
+            + (f" (counting on from INITIAL_CHECKPOINT_PATH's step {start:,})" if start else "")
+        )
     saved = store.data_state(int(state.step)) if position and restored else None
     stream = open_stream(spec, config, position, saved)
     if stream.restored:
         log.info(f"data iterator restored at batch {position} (no replay)")
     return state, stream
+
+
+def _at_step(state, step: int):
+    """`state` with its step counter at `step` (a run counts on from its checkpoint's step)."""
+    if not step:
+        return state
+    value = jnp.asarray(step, state.step.dtype)
+    return state.replace(step=jax.device_put(value, state.step.sharding))
 
 
 class _Runner:

@@ -22,15 +22,18 @@ from prompt_transfer.errors import Diverged, Preempted
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """When the hooks run: every `log`, `save`, `evaluate` steps (0: never), and at `total`."""
+    """When the hooks run: every `log`, `save`, `evaluate` steps (0: never) counted from
+    `start` (the initial checkpoint's step, where the run's count begins, as T5X counts its
+    periods from the first step), and at `total`, the step the run stops at."""
 
     total: int
     log: int
     save: int
     evaluate: int = 0
+    start: int = 0
 
     def due(self, done: int, period: int) -> bool:
-        return bool(period) and (done % period == 0 or done == self.total)
+        return bool(period) and ((done - self.start) % period == 0 or done == self.total)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +101,11 @@ def run(state, fixed, step_fn, stream, rng, schedule: Schedule, hooks: Hooks):
     reads the data where the saved one stopped).
     """
     start = int(np.max(state.step))  # runs stacked in one step share their step count
-    if start and schedule.due(start, schedule.evaluate) and not hooks.evaluated(start):
+    if (
+        start > schedule.start
+        and schedule.due(start, schedule.evaluate)
+        and not hooks.evaluated(start)
+    ):
         # Pre-empted at an evaluation step, it saved without evaluating: evaluate now.
         if hooks.evaluate(state, start):
             return state, True

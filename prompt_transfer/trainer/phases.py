@@ -49,6 +49,7 @@ def phase2_run(spec: RunSpec, config: TrainConfig, boundary: dict) -> tuple[RunS
         dataclasses.replace(
             config,
             steps=boundary["phase1_step"] + phase.steps,  # MODEL_STEPS may extend a run
+            relative_steps=None,
             optimizer=optimizer,
             prompt_init=prompts.PromptInit(),
             library_dir=None,

@@ -266,8 +266,26 @@ def _drop_torn_line(path) -> None:
     paths.atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
 
 
-def read_eval_history(model_dir: paths.PathLike) -> list[dict]:
-    """The evaluations of a run, in order; a resumed run's repeated steps keep the last."""
+def start_step(model_dir: paths.PathLike) -> int:
+    """The step a run's count began at (its initial checkpoint's, run.json's start_step; 0 for
+    a run without one or from before T5X's count): its steps trained are step - start."""
+    record = subdir(model_dir, "run.json")
+    if not record.exists():
+        return 0
+    found = paths.read_json(record, "it describes the run: restore it from a copy of the run")
+    return int(found.get("start_step", 0)) if isinstance(found, dict) else 0
+
+
+def read_eval_history(model_dir: paths.PathLike, trained: bool = False) -> list[dict]:
+    """The evaluations of a run, in order; a resumed run's repeated steps keep the last.
+    `trained`: each entry's step is the steps trained (step - start_step), as a flow compares
+    runs."""
+    history = _read_eval_history(model_dir)
+    start = start_step(model_dir) if trained and history else 0
+    return [dict(h, step=h["step"] - start) for h in history] if start else history
+
+
+def _read_eval_history(model_dir: paths.PathLike) -> list[dict]:
     path = subdir(model_dir, EVAL_HISTORY)
     if not path.exists():
         return []

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping
 
 from flax import traverse_util
 
+from prompt_transfer import checkpoints, paths, prompts, settings, t5
 from prompt_transfer import file_tasks as file_task_lib
-from prompt_transfer import paths, prompts, settings, t5
 from prompt_transfer.settings import rule_of
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, network_paths
@@ -75,7 +75,21 @@ def describe(spec: RunSpec, config: TrainConfig, trainable: dict) -> dict:
         "trainable": shapes,
         "eval": {"split": config.eval_split, "batch_size": config.eval_batch_size},
         "steps": config.steps,
+        # the initial checkpoint's step: the run's steps count on from it (T5X's count)
+        "start_step": checkpoints.initial_step(spec.initial_checkpoint),
     }
+
+
+def check_counted(model_dir: str, start: int) -> None:
+    """Refuse, in one line, to resume a run that counted its steps from 0 while its initial
+    checkpoint has a step of its own (a run from before T5X's count), rather than count again."""
+    record = read(model_dir) if start else None
+    if start and (record is None or "start_step" not in record):
+        raise RecordError(
+            f"MODEL_DIR={model_dir} holds a run that counted its steps from 0; runs now count on "
+            f"from INITIAL_CHECKPOINT_PATH's step ({start:,}, as T5X's TRAIN_STEPS does): read it "
+            "as it is (eval, infer), or train it again with --overwrite"
+        )
 
 
 def write(spec: RunSpec, config: TrainConfig, trainable: dict) -> None:

@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from prompt_transfer import data, partitioning, paths, prompts, registry, runtime
+from prompt_transfer import checkpoints, data, partitioning, paths, prompts, registry, runtime
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
@@ -138,15 +138,17 @@ def _short_run(spec, config, network, mesh, name, task, steps, prompt, eval_peri
     )
     sub_config = dataclasses.replace(
         config,
-        steps=steps,
+        steps=None,
+        relative_steps=steps,
         eval_period=eval_period,
         save_period=steps,
         early_stopping_patience=0,
         keep_checkpoints=1,
         library_dir=None,
     )
+    sub_config = sub_config.resolved(checkpoints.initial_step(spec.initial_checkpoint))
     run_dir.check_model_dir(sub_spec.model_dir, "", overwrite=True, resume=False)
-    with run_dir.ProgressLog(sub_spec.model_dir, steps) as log:
+    with run_dir.ProgressLog(sub_spec.model_dir, sub_config.steps) as log:
         [result] = fit([sub_spec], sub_config, network, mesh, [prompt], [log])
         return result
 

@@ -21,9 +21,9 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 
-from prompt_transfer import partitioning, prompts, runtime
+from prompt_transfer import checkpoints, partitioning, prompts, runtime
 from prompt_transfer.errors import UserError
-from prompt_transfer.trainer import phases, run_dir, weights
+from prompt_transfer.trainer import phases, run_dir, run_record, weights
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, check_numbers, check_run
 from prompt_transfer.trainer.fit import fit
 from prompt_transfer.trainer.start import starting_prompt
@@ -45,10 +45,25 @@ def train(
     anyway). Everything is checked before the first compilation. With MODEL_STEPS > 0 the run
     is a prompt-then-model run of two phases (phases.py).
     """
+    config = resolve_steps(spec, config)
     if config.then_model.steps:
         return train_two_phases(spec, config, config_text, overwrite, resume)
     [summary] = train_stack([(spec, config)], config_text, overwrite=overwrite, resume=resume)
     return summary
+
+
+def resolve_steps(spec: RunSpec, config: TrainConfig) -> TrainConfig:
+    """`config` with TRAIN_STEPS the step to stop at, counting on from the initial checkpoint's
+    step as T5X does (TrainConfig.resolved); both macros set: TRAIN_STEPS_RELATIVE decides, as in
+    T5X, said in a line."""
+    check_numbers(spec, config)  # a wrong type or range first, in its own words
+    start = checkpoints.initial_step(spec.initial_checkpoint)
+    if config.relative_steps is not None and config.steps is not None:
+        run_record.say(
+            f"TRAIN_STEPS_RELATIVE={config.relative_steps} decides (as in T5X): the run stops at "
+            f"step {start + config.relative_steps:,}; TRAIN_STEPS={config.steps} is not used"
+        )
+    return config.resolved(start)
 
 
 def train_together(
@@ -59,6 +74,7 @@ def train_together(
     trained alone (equal within float rounding). Runs a MODEL_DIR already holds resume alone,
     as do runs that stack with no other and prompt-then-model runs (both phases, `train`).
     Returns each run's summary, in order."""
+    runs = [(spec, resolve_steps(spec, config)) for spec, config in runs]
     alone: list[list[int]] = []  # trained first, in order
     stacks: dict[str, list[int]] = {}
     two_phases: list[int] = []  # prompt-then-model runs: `train` drives both phases
@@ -250,17 +266,19 @@ def add_to_library(spec, config, network, prompt, summary, config_text):
     best = summary["best"]
     prompt, deep = prompts.columns(prompt, spec.model_config)
     store = library.Library(config.library_dir)
-    add = lambda: store.add(
-        prompt,
-        deep=deep,
-        task=spec.task,
-        model=spec.model_name or "unnamed",
-        model_fingerprint=library.model_fingerprint(network.params),
-        steps=summary["step"],
-        seed=spec.seed,
-        score=best["value"] if best["step"] >= 0 else None,
-        metric=best["metric"],
-        kind=config.library_kind,
-        config_hash=hashlib.sha256(config_text.encode()).hexdigest()[:16],
+    add = (
+        lambda: store.add(
+            prompt,
+            deep=deep,
+            task=spec.task,
+            model=spec.model_name or "unnamed",
+            model_fingerprint=library.model_fingerprint(network.params),
+            steps=summary["step"] - checkpoints.initial_step(spec.initial_checkpoint),  # trained
+            seed=spec.seed,
+            score=best["value"] if best["step"] >= 0 else None,
+            metric=best["metric"],
+            kind=config.library_kind,
+            config_hash=hashlib.sha256(config_text.encode()).hexdigest()[:16],
+        )
     )
     return runtime.chief_first("library entry", add)  # the others find it stored
