@@ -213,8 +213,14 @@ def on_checkpoint(spec: RunSpec, prompt_file: str | None):
         if prompt is None
         else prompts.join(network.params, spec.model_config, prompt)
     )
-    _, step = checkpoints.describe(spec.initial_checkpoint)
-    return EncoderDecoderModel(network.module), params, step or 0, spec
+    step = checkpoints.initial_step(spec.initial_checkpoint)  # the checkpoint's own, as T5X logs
+    return EncoderDecoderModel(network.module), params, step, spec
+
+
+def _with_config(output_dir: str, config_text: str) -> None:
+    """The command's operative gin config beside its outputs, as T5X's eval and infer write it."""
+    if config_text:
+        paths.atomic_write_text(paths.path(output_dir) / "config.gin", config_text)
 
 
 def evaluate_checkpoint(
@@ -239,8 +245,7 @@ def evaluate_checkpoint(
         model, spec.task, split, spec.feature_lengths, batch_size, log_dir=log_dir, how=decoding
     )
     results = evaluator.evaluate(params, step)
-    if config_text:
-        paths.atomic_write_text(paths.path(output_dir) / "config.gin", config_text)
+    _with_config(output_dir, config_text)
     name, value = evaluation.main_metric(results)
     return {"step": step, "split": split, "results": results, "main_metric": {name: value}}
 
@@ -263,19 +268,19 @@ def infer_checkpoint(
     found = inference.predict(
         model, params, task, rows, spec.feature_lengths, batch_size, decoding, spec.seed
     )
-    lines = []
-    for record in found:
-        inputs = {"inputs_pretokenized": record["input"]}
-        if "target" in record:
-            inputs["targets_pretokenized"] = record["target"]
-        out = {"inputs": inputs, "prediction": record["prediction"]}
-        if "scores" in record:
-            out["scores"] = record["scores"]
-        lines.append(json.dumps(out) + "\n")
     name = f"{spec.task}-predict.jsonl-00000-of-00001"
     target = paths.path(output_dir) / name
-    paths.atomic_write_text(target, "".join(lines))
+    paths.atomic_write_text(target, "".join(json.dumps(_t5x_row(r)) + "\n" for r in found))
     paths.atomic_write_text(paths.path(output_dir) / f"{name}.COMPLETED", "")
-    if config_text:
-        paths.atomic_write_text(paths.path(output_dir) / "config.gin", config_text)
+    _with_config(output_dir, config_text)
     return str(target)
+
+
+def _t5x_row(record: dict) -> dict:
+    """An inference record as T5X's infer writes it: the pretokenized inputs (and target) under
+    "inputs", the prediction, and rank classification's scores where there are labels."""
+    inputs = {"inputs_pretokenized": record["input"]}
+    if "target" in record:
+        inputs["targets_pretokenized"] = record["target"]
+    scores = {"scores": record["scores"]} if "scores" in record else {}
+    return {"inputs": inputs, "prediction": record["prediction"], **scores}
