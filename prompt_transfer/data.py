@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer import paths, registry
+from prompt_transfer import paths, registry, seqio_cache
 from prompt_transfer.errors import UserError
 from prompt_transfer.tf_import import import_seqio, import_tensorflow
 
@@ -139,6 +139,7 @@ def batched_dataset(
 def _converted(task, name, split, feature_lengths, seed, shuffle, num_epochs, shard, shards):
     """A task's (or mixture's) examples through the feature converter, unbatched."""
     seqio = import_seqio()
+    seqio_cache.check_cached(task, split)
     try:
         ds = task.get_dataset(
             dict(feature_lengths),
@@ -146,7 +147,7 @@ def _converted(task, name, split, feature_lengths, seed, shuffle, num_epochs, sh
             shuffle=shuffle,
             seed=seed,
             num_epochs=num_epochs,
-            use_cached=False,
+            use_cached=seqio_cache.reads_cached(),
             # Only multi-host runs shard: listing shards needs the TFDS split metadata.
             shard_info=seqio.ShardInfo(shard, shards) if shards > 1 else None,
             try_in_mem_cache=False,  # it asks TFDS for split sizes; the stream is prefetched anyway
@@ -256,7 +257,10 @@ MIXING_CAP = 2**19  # SPoT's K
 
 
 def examples_in(task, split: str = "train") -> int:
-    """Examples in a task's split: from the source's metadata, else counted once."""
+    """Examples in a task's split: from SeqIO's cache statistics when it is read cached, the
+    source's metadata, else counted once."""
+    if seqio_cache.reads_cached() and task.supports_caching and task.cache_dir:
+        return int(task.get_cached_stats(split)["examples"])
     n = task.source.num_input_examples(split)
     if n is None:
         n = int(task.source.get_dataset(split=split, shuffle=False).reduce(0, lambda c, _: c + 1))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import data, models, partitioning, registry
+from prompt_transfer import data, models, partitioning, registry, seqio_cache
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.tf_import import import_seqio
 from prompt_transfer.transfer import multitask
@@ -58,8 +58,13 @@ class TaskEvaluator:
                     f"task {task_name!r} has no split {split!r} to evaluate on; "
                     f"it has {sorted(task.splits)}"
                 )
+            seqio_cache.check_cached(task, split)
             self.evaluators[task_name] = _seqio_evaluator(
-                task, split, tuple(sorted(feature_lengths.items())), log_dir
+                task,
+                split,
+                tuple(sorted(feature_lengths.items())),
+                log_dir,
+                seqio_cache.reads_cached(),
             )
             if labels:
                 vocab = task.output_features["targets"].vocabulary
@@ -204,8 +209,11 @@ def _pad_index(index: np.ndarray, size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _seqio_evaluator(task, split: str, feature_lengths: tuple, log_dir: str | None = None):
-    """One SeqIO Evaluator per task object, split, lengths and log folder: it reads and caches
+def _seqio_evaluator(
+    task, split: str, feature_lengths: tuple, log_dir: str | None = None, cached: bool = False
+):
+    """One SeqIO Evaluator per task object, split, lengths, log folder and source (`cached`:
+    SeqIO's cache, else the task's source): it reads and caches
     the split once, and every run of a flow that evaluates on it shares that (a task registered
     again is a new object, so it is read again)."""
     seqio = import_seqio()
@@ -217,6 +225,7 @@ def _seqio_evaluator(task, split: str, feature_lengths: tuple, log_dir: str | No
         sequence_length=dict(feature_lengths),
         logger_cls=loggers,
         log_dir=log_dir,
+        use_cached=cached,
     )
 
 

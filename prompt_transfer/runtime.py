@@ -41,6 +41,7 @@ class MultiHost:
     coordinator_address: str | None = None
     process_count: int | None = None
     process_index: int | None = None
+    initialization_timeout: int | None = None  # seconds to wait for the others (JAX's: 300)
 
     @property
     def wanted(self) -> bool:
@@ -50,6 +51,11 @@ class MultiHost:
         return on_cloud_tpu() if chosen is None else chosen
 
     def check(self) -> None:
+        if self.initialization_timeout is not None and self.initialization_timeout < 1:
+            raise LaunchError(
+                f"--initialization_timeout={self.initialization_timeout} must be a whole number "
+                "of seconds >= 1 (how long a process waits for the others to join)"
+            )
         given = {
             "--process_count": self.process_count,
             "--process_index": self.process_index,
@@ -117,6 +123,11 @@ def join(multihost: MultiHost) -> None:
         coordinator_address=multihost.coordinator_address,
         num_processes=multihost.process_count,
         process_id=multihost.process_index,
+        **(
+            {"initialization_timeout": multihost.initialization_timeout}
+            if multihost.initialization_timeout
+            else {}
+        ),
     )
 
 

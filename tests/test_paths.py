@@ -129,3 +129,29 @@ def test_a_cloud_tpu_vm_joins_its_slice_unless_told_not_to(tmp_path, monkeypatch
     assert not runtime.MultiHost().wanted
     monkeypatch.setenv("PROMPT_TRANSFER_DISTRIBUTED", "1")
     assert runtime.MultiHost().wanted
+
+
+def test_t5xs_initialization_timeout_reaches_jax_distributed(monkeypatch, capsys):
+    """--initialization_timeout (T5X's) is how long a process waits for the others: the CLI
+    passes it to jax.distributed.initialize; 0 is refused in one line before anything starts."""
+    import jax
+
+    from prompt_transfer import cli
+
+    taken = {}
+    monkeypatch.setattr(runtime, "run_entry", lambda command, body, multihost: taken.update(
+        multihost=multihost) or 0)  # fmt: skip
+    flags = ["--coordinator_address=host0:12355", "--process_count=2", "--process_index=1"]
+    assert cli.main(["train", *flags, "--initialization_timeout=900"]) == 0
+    joined = {}
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: joined.update(kw))
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)  # gloo stays unset here
+    runtime.join(taken["multihost"])
+    assert joined == {
+        "coordinator_address": "host0:12355", "num_processes": 2, "process_id": 1,
+        "initialization_timeout": 900,
+    }  # fmt: skip
+    monkeypatch.undo()
+    assert cli.main(["train", *flags, "--initialization_timeout=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--initialization_timeout=0 must be" in err, err

@@ -134,7 +134,6 @@ def test_the_settings_own_macro_after_it_still_wins_where_t5x_binds_the_macro():
         ("train/utils.DatasetConfig.seed=42", "the data order follows RANDOM_SEED"),
         ("utils.create_learning_rate_scheduler.factors='constant * rsqrt_decay'",
          "schedule='rsqrt'"),
-        ("USE_CACHED_TASKS=True", "USE_CACHED_TASKS=True is not supported here: SeqIO's cached"),
         ("partitioning.standard_logical_axis_rules.parameter_partitioning_dims=2",
          "one mesh axis"),
         ("utils.SaveCheckpointConfig.perod=5", "perod"),
@@ -332,7 +331,7 @@ def test_a_target_starts_from_a_source_prompt_file_as_spots_readme_says(job, cap
         "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
         f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=5",
-        "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=0",
+        "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=0", "--gin.USE_CACHED_TASKS=False",
     ]  # fmt: skip
     assert cli.main(argv) == 0
     import numpy as np
@@ -595,3 +594,70 @@ def test_a_run_that_counted_from_zero_is_not_counted_again(keyword, tmp_path, ca
     [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert "holds a run that counted its steps from 0" in err and "--overwrite" in err
     assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_5"]
+
+
+def test_seqio_cached_tasks_are_read_with_use_cached_tasks(job, capsys):
+    """USE_CACHED_TASKS=True with --seqio_additional_cache_dirs reads SeqIO's cache, in the
+    format seqio_cache_tasks writes (`prompt-transfer cache-tasks` writes it without Beam), and
+    it is the cache that is read, not the source; a task that is not cached is refused in one
+    line before any work, as is a cache folder that does not exist."""
+    import tensorflow as tf
+
+    cache = job / "cache"
+    argv = ["cache-tasks", "--tasks=my_sst2", f"--output_cache_dir={cache}",
+            "--module_import=my_glue"]  # fmt: skip
+    assert cli.main(argv) == 0
+    folder = cache / "my_sst2"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "COMPLETED", "info.train.json", "info.validation.json", "stats.train.json",
+        "stats.validation.json", "train.tfrecord-00000-of-00001",
+        "validation.tfrecord-00000-of-00001",
+    ]  # fmt: skip
+    info = json.loads((folder / "info.validation.json").read_text())
+    assert info["features"]["inputs"] == {"dtype": "int32", "shape": [None]}
+    assert json.loads((folder / "stats.validation.json").read_text())["examples"] == 32
+    # Keep the first 12 cached validation examples: a read of the cache returns those 12.
+    record = folder / "validation.tfrecord-00000-of-00001"
+    kept = list(tf.data.TFRecordDataset(str(record)).take(12).as_numpy_iterator())
+    with tf.io.TFRecordWriter(str(record)) as out:
+        for row in kept:
+            out.write(row)
+    prompt = job / "model" / "prompts" / "checkpoint_7.npy"
+
+    def infer(out, *extra):
+        argv = [
+            "infer", TINY, "--gin_file=prompt_tuning/configs/runs/prompt_infer.gin",
+            "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+            f"--gin.CHECKPOINT_PATH='{TINY_CHECKPOINT}'", f"--gin.INFER_OUTPUT_DIR='{out}'",
+            "--gin.utils.DatasetConfig.split='validation'", f"--gin.PROMPT_FILE='{prompt}'",
+            *extra,
+        ]  # fmt: skip
+        status = cli.main(argv)
+        rows = out / "my_sst2-predict.jsonl-00000-of-00001"
+        return status, [json.loads(line) for line in rows.open()] if status == 0 else []
+
+    # T5X's infer.gin binds utils.DatasetConfig.use_cached itself (False): a user sets that.
+    status, cached = infer(job / "cached", "--gin.utils.DatasetConfig.use_cached=True",
+                           f"--seqio_additional_cache_dirs={cache}")  # fmt: skip
+    assert status == 0 and len(cached) == 12
+    status, source = infer(job / "source")
+    assert status == 0 and len(source) == 32
+    assert cached == source[:12]  # the same examples, in the order they were cached
+    capsys.readouterr()
+    # T5X's finetune.gin reads cached tasks (its USE_CACHED_TASKS = True): my_copy is not cached.
+    run = job / "never"
+    argv = ["train", TINY, *SST2_DEMO_FILES[1:], "--gin.CLASS_LABELS=['positive', 'negative']",
+            f"--gin.MODEL_DIR='{run}'", "--gin.MIXTURE_OR_TASK_NAME='my_copy'",
+            "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+            f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'", "--gin.TRAIN_STEPS=5",
+            f"--seqio_additional_cache_dirs={cache}"]  # fmt: skip
+    assert cli.main(argv) == 2
+    [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert "USE_CACHED_TASKS=True, but task 'my_copy' is not cached" in err
+    assert "--seqio_additional_cache_dirs=DIR" in err and not run.exists()
+    argv[-1] = f"--seqio_additional_cache_dirs={job / 'nowhere'}"
+    assert cli.main(argv) == 2
+    [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert f"--seqio_additional_cache_dirs: {job / 'nowhere'} is no folder" in err

@@ -1,7 +1,7 @@
 """`prompt-transfer`: one console script; each subcommand calls library functions.
 
   models     checkpoint-info, convert, score, export             (cli/model.py)
-  data       prepare-offline, cache-examples, add-task, build-vocab  (cli/data.py)
+  data       prepare-offline, cache-examples, cache-tasks, add-task, build-vocab  (cli/data.py)
   library    library add|import|list|show|remove|export|rank|...  (cli/library.py)
   runs       train, eval, infer, task-embedding, spot, study, demo  (cli/runs.py)
 
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "coordinator_address", None),
         getattr(args, "process_count", None),
         getattr(args, "process_index", None),
+        getattr(args, "initialization_timeout", None),
     )
     return runtime.run_entry(args.command, lambda: _run(args), multihost)
 
@@ -49,6 +50,10 @@ def _run(args):
         from prompt_transfer import data
 
         data.set_tfds_data_dir(args.tfds_data_dir)
+    if getattr(args, "seqio_additional_cache_dirs", None):
+        from prompt_transfer import seqio_cache
+
+        seqio_cache.add_dirs(args.seqio_additional_cache_dirs.split(","))
     return args.func(args)
 
 

@@ -44,6 +44,30 @@ def cmd_cache_examples(args) -> None:
     print(f"wrote {args.output} ({size / 2**20:.1f} MiB): {sizes} examples")
 
 
+def cmd_cache_tasks(args) -> None:
+    import importlib
+    import json
+
+    from prompt_transfer import data, errors, registry, seqio_cache
+
+    for module in args.module_import or ():
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # the user's module: any failure, said in one line
+            raise data.TaskError(
+                f"--module_import={module} cannot be imported ({errors.one_line(e)})"
+            ) from e
+    splits = args.splits.split(",") if args.splits else None
+    named = [data.get_task(t) for t in args.tasks.split(",") if t]  # unknown: the closest
+    for task in [sub for t in named for sub in registry.subtasks(t)]:  # a mixture: its tasks
+        folder = seqio_cache.write(task.name, args.output_cache_dir, splits)
+        counts = []
+        for split in splits or task.splits:
+            with open(f"{folder}/stats.{split}.json") as f:
+                counts.append(f"{split} {json.load(f)['examples']:,}")
+        print(f"cached {task.name} in {folder}: {', '.join(counts)} examples")
+
+
 def cmd_add_task(args) -> None:
     from prompt_transfer import file_tasks
 
@@ -90,6 +114,17 @@ def add_commands(sub) -> None:
     p.add_argument("--passes", type=int, default=1, help="shuffled passes over train, each seeded")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_cache_examples)
+
+    p = sub.add_parser(
+        "cache-tasks",
+        help="write SeqIO's cache of tasks as seqio_cache_tasks does (read with "
+        "--gin.USE_CACHED_TASKS=True --seqio_additional_cache_dirs=DIR)",
+    )
+    p.add_argument("--tasks", required=True, help="task names, comma-separated")
+    p.add_argument("--output_cache_dir", required=True, help="local or gs://")
+    p.add_argument("--module_import", action="append", help="a module that registers tasks")
+    p.add_argument("--splits", help="comma-separated (default: every split of the task)")
+    p.set_defaults(func=cmd_cache_tasks)
 
     p = sub.add_parser("add-task", help="register a task from local TSV/JSONL files")
     p.add_argument("--name", required=True)

@@ -199,6 +199,11 @@ def launch_flags():
         help="where TFDS data sets are prepared (local or gs://), as T5X's flag; "
         "default $TFDS_DATA_DIR or ~/tensorflow_datasets",
     )
+    parent.add_argument(
+        "--seqio_additional_cache_dirs",
+        help="folders (comma-separated, local or gs://) searched for SeqIO's cached tasks, read "
+        "with --gin.USE_CACHED_TASKS=True, as T5X's flag",
+    )
     group = parent.add_argument_group("multi-host (as T5X)")
     group.add_argument(
         "--multiprocess_gpu",
@@ -209,6 +214,11 @@ def launch_flags():
     group.add_argument("--coordinator_address", help="HOST:PORT of process 0")
     group.add_argument("--process_count", type=int, help="how many processes the job has")
     group.add_argument("--process_index", type=int, help="this process, 0..process_count-1")
+    group.add_argument(
+        "--initialization_timeout",
+        type=int,
+        help="seconds a process waits for the others to join (default JAX's, 300)",
+    )
     return parent
 
 

@@ -120,11 +120,7 @@ HABITS: dict[tuple[str, str, tuple[str, ...] | None], Habit] = {
         "--gin.RANDOM_SEED=",
     ),
     ("utils.DatasetConfig", "seed", _EVAL): Habit(keeps=_anything),
-    ("utils.DatasetConfig", "use_cached", None): Habit(
-        keeps=_is(False),
-        why="SeqIO's cached tasks are not read yet; leave USE_CACHED_TASKS=False (the task "
-        "reads its source)",
-    ),
+    ("utils.DatasetConfig", "use_cached", None): Habit(("USE_CACHED_TASKS",)),
     ("utils.DatasetConfig", "pack", None): Habit(
         keeps=_is(False), why="examples are padded to TASK_FEATURE_LENGTHS here, never packed"
     ),

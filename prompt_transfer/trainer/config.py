@@ -21,6 +21,7 @@ from prompt_transfer import (
     paths,
     prompts,
     registry,
+    seqio_cache,
     settings,
     t5,
     vocab,
@@ -115,6 +116,9 @@ class RunSpec:
     # MIXTURE_OR_TASK_MODULE (T5X's): a module of the user's that registers SeqIO tasks,
     # imported before MIXTURE_OR_TASK_NAME is looked up
     task_module: str | None = setting(None, macro="MIXTURE_OR_TASK_MODULE")
+    # USE_CACHED_TASKS (T5X's): read the tasks from SeqIO's cache (seqio_cache.py; the folders
+    # of --seqio_additional_cache_dirs) instead of their sources
+    use_cached: bool = setting(False, macro="USE_CACHED_TASKS")
     model_name: str = setting("unnamed", macro="MODEL_NAME")  # the frozen model, in the library
     # VOCABULARY of the size gin file: the model's own tokens
     vocabulary: str | None = setting(None, macro="VOCABULARY")
@@ -131,6 +135,7 @@ class RunSpec:
     def register_tasks(self) -> None:
         """Tasks take the model's vocabulary, and the run's own tasks (FILE_TASKS) register."""
         vocab.follow_model(self.vocabulary)
+        seqio_cache.read_cached(self.use_cached)
         if self.task_module:
             import_task_module(self.task_module)
         for file_task in self.file_tasks:  # validated before any work
@@ -144,6 +149,7 @@ class RunSpec:
             task = data.get_task(self.task)
         except data.TaskError as e:
             raise TrainError(f"MIXTURE_OR_TASK_NAME={self.task!r}: {errors.one_line(e)}") from e
+        seqio_cache.check_cached(task)  # before any work; each read checks its split
         for sub in registry.subtasks(task):
             vocab.check_model_reads(sub, self.model_config.vocab_size, self.vocabulary)
         return task
@@ -266,8 +272,11 @@ def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:
 
 def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:
     """Refuse bad input before any work: unknown task, labels too long, a bad prompt file, a
-    batch that does not split over the devices."""
-    spec.prepare_tasks()
+    batch that does not split over the devices, a split missing from SeqIO's cache."""
+    task = spec.prepare_tasks()
+    seqio_cache.check_cached(task, "train")
+    if config.eval_period:
+        seqio_cache.check_cached(task, config.eval_split)
     evaluation.check_labels_fit(spec.task, spec.feature_lengths)
     init = config.prompt_init
     if spec.prompt_length and init.method == "file":

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import checkpoints, data, evaluation, paths, prompts, t5
+from prompt_transfer import checkpoints, data, evaluation, paths, prompts, seqio_cache, t5
 from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
 from prompt_transfer.trainer import checkpointing, loop, run_dir, run_record, weights
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, data_shards
@@ -120,7 +120,10 @@ def _typical_prompt(spec, config, params, log) -> np.ndarray:
     the evaluation split (what its library entry holds); the weights go to the log and to
     MODEL_DIR/transfer/attention_weights.json."""
     dataset = data.get_task(spec.task).get_dataset(
-        spec.feature_lengths, config.eval_split, shuffle=False
+        spec.feature_lengths,
+        config.eval_split,
+        shuffle=False,
+        use_cached=seqio_cache.reads_cached(),
     )
     rows = [list(e["inputs"]) for e in dataset.take(4096).as_numpy_iterator()]
     prompt, mean = attention.typical_prompt(params, spec.model_config, pad_token_rows(rows))

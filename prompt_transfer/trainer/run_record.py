@@ -251,8 +251,8 @@ def reconcile(
     # The frozen checkpoint may have moved: the command's path is read, and MODEL_DIR's
     # model.json refuses it unless it holds the run's weights (run_dir.check_model).
     spec = dataclasses.replace(spec, initial_checkpoint=asked.initial_checkpoint)
-    # Layout and registration are the command's: its devices, and its own file tasks beside
-    # the run's (a file task it evaluates on).
+    # Layout and registration are the command's: its devices, where it reads the tasks from,
+    # and its own file tasks beside the run's (a file task it evaluates on).
     known = {t.name: t for t in run.file_tasks}
     known.update({t.name: t for t in asked.file_tasks})
     spec = dataclasses.replace(
@@ -260,6 +260,7 @@ def reconcile(
         num_partitions=asked.num_partitions,
         file_tasks=tuple(known.values()),
         task_module=asked.task_module or run.task_module,
+        use_cached=asked.use_cached,
     )
     return spec, notes
 
