@@ -661,3 +661,44 @@ def test_seqio_cached_tasks_are_read_with_use_cached_tasks(job, capsys):
     assert cli.main(argv) == 2
     [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert f"--seqio_additional_cache_dirs: {job / 'nowhere'} is no folder" in err
+
+
+def test_prompt_file_may_name_a_library_entry(job, capsys, monkeypatch):
+    """PROMPT_FILE may be a library entry, by its folder or by its id in the default library
+    ($PROMPT_TRANSFER_LIBRARY): scored as training logged it; on another frozen model than the
+    one it trained with, refused in one line."""
+    import numpy as np
+
+    lib = job / "lib"
+    assert cli.main(["library", "add", str(job / "model"), f"--library={lib}"]) == 0
+    [meta] = lib.glob("*/meta.json")
+    entry = meta.parent.name
+    trained = np.load(job / "model" / "prompts" / "checkpoint_7.npy")
+    np.testing.assert_array_equal(np.load(meta.parent / "prompt.npy"), trained)
+    logged = [json.loads(line) for line in (job / "model" / "eval_history.jsonl").open()][-1]
+    monkeypatch.setenv("PROMPT_TRANSFER_LIBRARY", str(lib))
+
+    def score(given, out):
+        argv = [
+            "eval", TINY, "--gin_file=prompt_tuning/configs/runs/prompt_eval.gin",
+            "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+            f"--gin.CHECKPOINT_PATH='{TINY_CHECKPOINT}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
+            "--gin.utils.DatasetConfig.split='validation'", f"--gin.PROMPT_FILE='{given}'",
+        ]  # fmt: skip
+        return cli.main(argv)
+
+    for given, out in ((entry, job / "eval_id"), (lib / entry, job / "eval_folder")):
+        assert score(given, out) == 0
+        [metrics] = [
+            json.loads(x) for x in (out / "inference_eval" / "my_sst2-metrics.jsonl").open()
+        ]
+        accuracy = logged["results"]["my_sst2"]["accuracy"]
+        assert metrics["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    record = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**record, "model_fingerprint": "0123456789abcdef"}))
+    capsys.readouterr()
+    assert score(entry, job / "eval_other") == 2
+    [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert f"library entry {entry} trained with the frozen model" in err
+    assert "give the checkpoint it trained with" in err

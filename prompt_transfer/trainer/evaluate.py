@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
+
 from prompt_transfer import evaluation, inference, partitioning, paths, prompts
 from prompt_transfer.decoding import Decoding
 from prompt_transfer.models import EncoderDecoderModel
@@ -13,7 +15,7 @@ from prompt_transfer.trainer import run_dir, run_record, weights
 from prompt_transfer.trainer.config import RunSpec, check_numbers
 from prompt_transfer.trainer.train import model_record, network_of
 from prompt_transfer.trainer.train_state import TrainError
-from prompt_transfer.transfer import multitask
+from prompt_transfer.transfer import library, multitask
 
 CHECKPOINTS = ("latest", "best")
 
@@ -176,8 +178,9 @@ def _of_a_run(path: str) -> tuple[str, str] | None:
 
 def on_checkpoint(spec: RunSpec, prompt_file: str | None):
     """(model, parameters, step, spec) of the frozen network at INITIAL_CHECKPOINT_PATH (T5X's
-    CHECKPOINT_PATH) with PROMPT_FILE's prompt joined (a `.npy`, or T5X's numpy checkpoint
-    file such as numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt); no prompt
+    CHECKPOINT_PATH) with PROMPT_FILE's prompt joined (a `.npy`, T5X's numpy checkpoint
+    file such as numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt, or a library
+    entry: its folder or its id in the default library, on the model it trained with); no prompt
     when PROMPT_LENGTH is 0. The step is the checkpoint's own. A checkpoint of one of this
     project's runs is that run's, read as it trained (its record), on the command's task and
     lengths."""
@@ -197,17 +200,19 @@ def on_checkpoint(spec: RunSpec, prompt_file: str | None):
         asked = {"MIXTURE_OR_TASK_NAME": spec.task, "TASK_FEATURE_LENGTHS": spec.feature_lengths}
         own = run_record.for_overrides(run[0], asked)
         return (*trained(own, run[1]), own)
-    prompt = None
+    prompt, entry = None, None
     if spec.prompt_length:
         if not prompt_file:
             raise TrainError(
                 f"PROMPT_LENGTH={spec.prompt_length} but no PROMPT_FILE: give the prompt to "
                 "evaluate (prompt_tuning/configs/runs/prompt_eval.gin reads it)"
             )
-        prompt = prompts.from_file(prompt_file, spec.prompt_length, spec.model_config.emb_dim)
+        prompt, entry = _given_prompt(spec, prompt_file)
     spec.prepare_tasks()
     mesh = partitioning.make_mesh(spec.num_partitions)
     network = network_of(spec, mesh)
+    if entry is not None and entry.model_fingerprint:
+        _check_entry_model(entry, library.model_fingerprint(network.params), spec)
     params = (
         network.params
         if prompt is None
@@ -215,6 +220,43 @@ def on_checkpoint(spec: RunSpec, prompt_file: str | None):
     )
     step = checkpoints.initial_step(spec.initial_checkpoint)  # the checkpoint's own, as T5X logs
     return EncoderDecoderModel(network.module), params, step, spec
+
+
+def _given_prompt(spec: RunSpec, prompt_file: str):
+    """(prompt [P, E], library entry or None) of PROMPT_FILE: a `.npy` or T5X numpy file, a
+    library entry's folder (LIBRARY/ENTRY_ID), or an entry id of the default library
+    ($PROMPT_TRANSFER_LIBRARY); an entry's files are checked against its hashes."""
+    where = paths.path(prompt_file)
+    if where.is_dir() and (where / "meta.json").exists():
+        lib, entry_id = library.Library(str(where.parent)), where.name
+    elif not where.exists() and library.is_entry_id(prompt_file):
+        lib, entry_id = library.Library(paths.library_dir()), prompt_file
+    else:
+        return prompts.from_file(prompt_file, spec.prompt_length, spec.model_config.emb_dim), None
+    entry = lib.get(entry_id)
+    wanted = (spec.prompt_length, spec.model_config.emb_dim)
+    if (entry.prompt_length, entry.embed_dim) != wanted:
+        raise TrainError(
+            f"PROMPT_FILE={prompt_file!r}: library entry {entry.id} holds a prompt of shape "
+            f"{(entry.prompt_length, entry.embed_dim)}, this model takes {wanted} "
+            "(PROMPT_LENGTH x model width)"
+        )
+    if entry.deep_width:
+        raise TrainError(
+            f"PROMPT_FILE={prompt_file!r}: library entry {entry.id} is a deep prompt; score "
+            "it through its run (--gin.MODEL_DIR=...), which holds every layer's part"
+        )
+    return np.asarray(lib.prompt(entry), np.float32), entry
+
+
+def _check_entry_model(entry, fingerprint: str, spec: RunSpec) -> None:
+    """A library prompt is scored on the frozen model it trained with, never another."""
+    if entry.model_fingerprint != fingerprint:
+        raise TrainError(
+            f"library entry {entry.id} trained with the frozen model {entry.model} (fingerprint "
+            f"{entry.model_fingerprint}); CHECKPOINT_PATH={spec.initial_checkpoint!r} holds "
+            f"another ({fingerprint}): give the checkpoint it trained with"
+        )
 
 
 def _with_config(output_dir: str, config_text: str) -> None:

@@ -96,6 +96,11 @@ def model_fingerprint(params) -> str:
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
+def is_entry_id(text: str) -> bool:
+    """Whether `text` can name a library entry (no folder, no file suffix of a prompt)."""
+    return bool(_ID.fullmatch(text)) and not text.endswith((".npy", ".prompt"))
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]+", "_", text).strip("_.") or "prompt"
 
