@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from prompt_transfer import paths
 from prompt_transfer.errors import UserError
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -53,6 +54,21 @@ def write_manifest(root: Path | None = None) -> Path:
     path = root / MANIFEST
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def record(relative: str, root: Path | None = None) -> None:
+    """Enter one rebuilt file's SHA-256 in the manifest (the other lines stay as they were, so a
+    damaged file elsewhere is still found)."""
+    root = Path(root or ASSETS_DIR)
+    manifest = root / MANIFEST
+    lines = [
+        line
+        for line in manifest.read_text().splitlines()
+        if line and line.partition("  ")[2] != relative
+    ]
+    lines.append(f"{_sha256(root / relative)}  {relative}")
+    lines.sort(key=lambda line: line.partition("  ")[2])
+    paths.atomic_write_text(manifest, "\n".join(lines) + "\n")
 
 
 def verify(name: str, root: Path | None = None) -> Path:

@@ -90,6 +90,19 @@ def unprepared_tfds(name: str) -> tuple[str, str] | None:
     return None
 
 
+def check_prepared(name: str) -> None:
+    """Refuse a task or mixture whose TFDS data is not prepared where TFDS looks (SeqIO would
+    try to download it), in one line that says how to prepare it."""
+    missing = unprepared_tfds(name)
+    if missing:
+        tfds_name, data_dir = missing
+        raise TaskError(
+            f"TFDS data {tfds_name} for {name!r} is not prepared in {data_dir}; build it "
+            f"where there is network access (`tfds build {tfds_name.split(':')[0]} "
+            f"--data_dir=DIR`) and point TFDS_DATA_DIR at DIR"
+        )
+
+
 def feature_converter():
     seqio = import_seqio()
     return seqio.EncDecFeatureConverter(pack=False)
@@ -152,15 +165,8 @@ def _converted(task, name, split, feature_lengths, seed, shuffle, num_epochs, sh
             shard_info=seqio.ShardInfo(shard, shards) if shards > 1 else None,
             try_in_mem_cache=False,  # it asks TFDS for split sizes; the stream is prefetched anyway
         )
-    except Exception as e:  # seqio tries to download an unprepared TFDS dataset
-        missing = unprepared_tfds(name)
-        if missing:
-            tfds_name, data_dir = missing
-            raise TaskError(
-                f"TFDS data {tfds_name} for {name!r} is not prepared in {data_dir}; build it "
-                f"where there is network access (`tfds build {tfds_name.split(':')[0]} "
-                f"--data_dir=DIR`) and point TFDS_DATA_DIR at DIR"
-            ) from e
+    except Exception:  # seqio tries to download an unprepared TFDS dataset
+        check_prepared(name)
         raise
     return feature_converter()(ds, dict(feature_lengths))
 

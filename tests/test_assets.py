@@ -73,3 +73,21 @@ def test_manifest_round_trip(tmp_path):
     (tmp_path / "a" / "x.bin").write_bytes(b"124")
     with pytest.raises(assets.AssetError, match="x.bin is corrupt"):
         assets.verify("a", tmp_path)
+
+
+def test_build_vocab_rebuilds_the_shipped_file_and_records_it(assets_copy, capsys):
+    """`prompt-transfer build-vocab` (the rebuild a damaged vocabulary's message names) writes
+    the shipped file and enters its new SHA-256 in the manifest, so it verifies; the other
+    files' lines are left as they were, so damage elsewhere is still found."""
+    from prompt_transfer import cli
+
+    manifest = (assets_copy / assets.MANIFEST).read_text().splitlines()
+    (assets_copy / "offline_spm.model").write_bytes(b"damaged")
+    assert cli.main(["build-vocab", "--size=500"]) == 0
+    assert "recorded its SHA-256" in capsys.readouterr().out
+    assert assets.verify("offline_spm.model").stat().st_size > 1000
+    after = (assets_copy / assets.MANIFEST).read_text().splitlines()
+    changed = [line for line in after if line not in manifest]
+    assert [line.split("  ")[1] for line in changed] == ["offline_spm.model"]
+    assert len(after) == len(manifest)
+    assert assets.verify("offline_t5").is_dir()

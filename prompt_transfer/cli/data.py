@@ -86,15 +86,19 @@ def cmd_add_task(args) -> None:
 
 
 def cmd_build_vocab(args) -> None:
-    from prompt_transfer import offline_data, vocab
+    from prompt_transfer import assets, offline_data, vocab
 
+    shipped = assets.ASSETS_DIR / "offline_spm.model"
     texts = offline_data.corpus_texts()
-    path = vocab.train_vocabulary(texts, args.output or vocab.OFFLINE_VOCAB_PATH, args.size)
+    path = vocab.train_vocabulary(texts, args.output or shipped, args.size)
     v = vocab.get_vocabulary(path)
     print(
         f"wrote {path}: {v.vocab_size} ids ({args.size} pieces + 100 sentinels) from "
         f"{len(texts):,} texts"
     )
+    if Path(path).resolve() == shipped.resolve():  # the shipped file, rebuilt on purpose
+        assets.record(shipped.name)
+        print(f"recorded its SHA-256 in {assets.ASSETS_DIR / assets.MANIFEST}")
 
 
 def add_commands(sub) -> None:

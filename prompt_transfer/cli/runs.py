@@ -19,7 +19,7 @@ def train_main(argv: list[str]) -> dict:
     from prompt_transfer import gin_utils, remote
     from prompt_transfer.trainer import config, train
 
-    launch = gin_utils.parse_command_line(argv, flags=("overwrite", "resume"))
+    launch = gin_utils.parse_command_line(argv, flags=("overwrite", "resume", "check"))
     config_text = gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
     spec, train_config = gin_utils.build(config.RunSpec), gin_utils.build(config.TrainConfig)
     explicit = {gin_utils.bound_name(b) for b in launch.bindings}
@@ -28,6 +28,8 @@ def train_main(argv: list[str]) -> dict:
         # decide otherwise, as in T5X): what the user typed is what the run does.
         train_config = dataclasses.replace(train_config, relative_steps=None)
     remote.check_run(spec, {"MODEL_DIR": spec.model_dir, "LIBRARY_DIR": train_config.library_dir})
+    if launch.flags.pop("check"):
+        return train.check_only(spec, train_config, config_text, **launch.flags)
     return train.train(spec, train_config, config_text=config_text, **launch.flags)
 
 
@@ -129,7 +131,12 @@ def cmd_forget(args) -> None:
 
 
 def cmd_train(args) -> None:
-    print(json.dumps(train_main(args.gin_args)))
+    summary = train_main(args.gin_args)
+    if summary.get("check") == "ok":  # --check: the run as it would go, one line a setting
+        print("\n".join(f"{k}: {v}" for k, v in summary.items() if k != "check"))
+        print("check passed: nothing trained or written")
+        return
+    print(json.dumps(summary))
 
 
 def cmd_task_embedding(args) -> None:
@@ -229,7 +236,8 @@ def add_commands(sub) -> None:
         parents=parent,
         help="train (prompt tuning, model tuning) from gin files",
         description="Arguments as T5X's: --gin_file=NAME (found in gin/), "
-        "--gin.MACRO=VALUE, --gin_bindings=..., plus --overwrite / --resume.",
+        "--gin.MACRO=VALUE, --gin_bindings=..., plus --overwrite / --resume, and --check "
+        "(validate everything and print the resolved run; nothing trained or written).",
     )
     p.set_defaults(func=cmd_train, takes_gin=True)
 

@@ -52,6 +52,42 @@ def train(
     return summary
 
 
+def check_only(
+    spec: RunSpec,
+    config: TrainConfig,
+    config_text: str = "",
+    overwrite: bool = False,
+    resume: bool = False,
+) -> dict:
+    """`train --check`: what `train` checks before its first compilation (settings, steps,
+    tasks and their data, labels, prompt file, devices, MODEL_DIR), nothing written and no
+    weights read; returns the run as it would go."""
+    from prompt_transfer import data
+
+    config = resolve_steps(spec, config)
+    mesh = partitioning.make_mesh(spec.num_partitions)
+    check_run(spec, config, mesh)
+    data.check_prepared(spec.task)
+    if overwrite and run_dir.holds_run(spec.model_dir):
+        folder = "holds a run that --overwrite would clear"
+    else:
+        run_dir.check_model_dir(spec.model_dir, config_text, overwrite=False, resume=resume)
+        folder = "holds a run that resumes" if run_dir.holds_run(spec.model_dir) else "new"
+    start = checkpoints.initial_step(spec.initial_checkpoint)
+    return {
+        "check": "ok",
+        "task": spec.task,
+        "model_dir": f"{spec.model_dir} ({folder})",
+        "initial_checkpoint": spec.initial_checkpoint or "none (random init)",
+        "steps": f"{start + 1}-{config.steps} ({config.steps - start} steps)",
+        "batch_size": config.batch_size,
+        "trainable": spec.trainable_regex,
+        "prompt": f"{spec.prompt_length} x {spec.model_config.emb_dim}, "
+        f"{config.prompt_init.method}",
+        "devices": f"{mesh.devices.size} ({dict(mesh.shape)})",
+    }
+
+
 def resolve_steps(spec: RunSpec, config: TrainConfig) -> TrainConfig:
     """`config` with TRAIN_STEPS the step to stop at, counting on from the initial checkpoint's
     step as T5X does (TrainConfig.resolved); both macros set: TRAIN_STEPS_RELATIVE decides, as in
