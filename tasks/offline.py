@@ -41,10 +41,17 @@ registry.register_span_corruption_task(
 )
 # LM adaptation (Lester et al. 2021): prefix LM over the same texts, after span corruption.
 registry.register_prefix_lm_task("offline_prefix_lm", _corpus_source(), vocab.offline_vocabulary())
+
+
 # The shipped model's objective: both, in equal parts, from the start.
-seqio.MixtureRegistry.add(
-    "offline_pretraining", [("offline_span_corruption", 1.0), ("offline_prefix_lm", 1.0)]
-)
+def _mixture(name, parts):
+    """A mixture of equal parts, registered again when this module is (another vocabulary)."""
+    if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, parts)
+
+
+_mixture("offline_pretraining", [("offline_span_corruption", 1.0), ("offline_prefix_lm", 1.0)])
 
 OFFLINE_TASKS = offline_data.task_labels()
 for _name, _labels in OFFLINE_TASKS.items():
@@ -60,7 +67,7 @@ for _name, _labels in OFFLINE_TASKS.items():
 
 # Related tasks trained together (gin/experiments/multitask_prompt_offline.gin): tweet sentiment
 # about two topics, 32 examples per class each, in equal parts.
-seqio.MixtureRegistry.add(
+_mixture(
     "offline_sentiment_32shot_pair",
     [("offline_sentiment_apple_32shot", 1.0), ("offline_sentiment_coachella_32shot", 1.0)],
 )

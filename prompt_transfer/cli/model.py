@@ -29,8 +29,9 @@ def _size_for(checkpoint: str, size: str | None) -> str:
 
 
 def cmd_checkpoint_info(args) -> None:
-    from prompt_transfer import checkpoints
+    from prompt_transfer import checkpoints, remote
 
+    remote.check([remote.Need(f"checkpoint {args.path}", args.path, "a local copy of it")])
     rows, step = checkpoints.describe(args.path)
     width = max(len(name) for name, _, _ in rows)
     for name, shape, dtype in rows:

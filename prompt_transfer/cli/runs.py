@@ -130,13 +130,19 @@ def cmd_forget(args) -> None:
     print(f"wrote {args.run}/forget_{args.split}_{args.checkpoint}.json")
 
 
+def _said_checked(summary: dict) -> bool:
+    """--check's answer, one line a setting; False when the command ran for real."""
+    if summary.get("check") != "ok":
+        return False
+    print("\n".join(f"{k}: {v}" for k, v in summary.items() if k != "check"))
+    print("check passed: nothing trained or written")
+    return True
+
+
 def cmd_train(args) -> None:
     summary = train_main(args.gin_args)
-    if summary.get("check") == "ok":  # --check: the run as it would go, one line a setting
-        print("\n".join(f"{k}: {v}" for k, v in summary.items() if k != "check"))
-        print("check passed: nothing trained or written")
-        return
-    print(json.dumps(summary))
+    if not _said_checked(summary):
+        print(json.dumps(summary))
 
 
 def cmd_task_embedding(args) -> None:
@@ -155,6 +161,8 @@ def cmd_spot(args) -> None:
     from prompt_transfer.spot import flow
 
     report = flow.main(args.gin_args)
+    if _said_checked(report):
+        return
     print(f"SPoT flow done: {len(report['rows'])} target runs; see report.md in WORK_DIR")
 
 
@@ -162,6 +170,8 @@ def cmd_study(args) -> None:
     from prompt_transfer.study import run
 
     study = run.main(args.gin_args)
+    if _said_checked(study):
+        return
     print(f"study done: {len(study['pairs'])} source-target pairs; see study.md in WORK_DIR")
 
 
@@ -183,6 +193,8 @@ def cmd_demo(args) -> None:
             *args.gin_args,
         ]
     )
+    if _said_checked(report):
+        return
     print("\n".join(report["verdict"]))
     print(f"demo done: {args.work_dir}/report.md (and its PNG figures beside it)")
 
@@ -258,7 +270,8 @@ def add_commands(sub) -> None:
         parents=parent,
         help="the offline demo: the SPoT flow on the shipped small T5 (about 10 min on 2 CPUs)",
         description="Runs gin/experiments/demo.gin; --gin.X=... overrides its macros "
-        "(step counts, SOURCES, TARGETS). A re-run reuses every finished run.",
+        "(step counts, SOURCES, TARGETS). A re-run reuses every finished run. --check: "
+        "validate and print the flow, nothing trained.",
     )
     p.add_argument("--work-dir", default="runs/demo", help="where runs and the report go")
     p.add_argument("--seed", type=int, default=0, help="seeds data order and prompt inits")
@@ -268,8 +281,9 @@ def add_commands(sub) -> None:
         "spot",
         parents=parent,
         help="the whole SPoT flow: sources, library, task embeddings, retrieval, transfer, report",
-        description="Gin files as for train (e.g. --gin_file=experiments/spot_tiny) and "
-        "--gin.WORK_DIR, --gin.SOURCES, --gin.TARGETS.",
+        description="Gin files as for train (e.g. --gin_file=experiments/demo) and "
+        "--gin.WORK_DIR, --gin.SOURCES, --gin.TARGETS; --check validates and prints the flow, "
+        "nothing trained.",
     )
     p.set_defaults(func=cmd_spot, takes_gin=True)
 
@@ -280,7 +294,7 @@ def add_commands(sub) -> None:
         "predicts the gain (study.json, study.md)",
         description="Gin files as for spot (e.g. --gin_file=experiments/study_offline); its "
         "macros are the flow's: WORK_DIR, SOURCES, TARGETS, SEEDS_PER_RUN, the step counts, "
-        "SIMILARITY_METRICS, RETRIEVAL_METRIC.",
+        "SIMILARITY_METRICS, RETRIEVAL_METRIC; --check validates and prints the study.",
     )
     p.set_defaults(func=cmd_study, takes_gin=True)
 

@@ -330,14 +330,37 @@ def main(argv: list[str]) -> dict:
     """`prompt-transfer spot --gin_file=experiments/spot_tiny --gin.WORK_DIR=...`: the flow as
     gin/runs/spot.gin binds it, its runs as gin/runs/prompt_tuning.gin binds them. Everything
     is checked before the first source trains (check_flow)."""
-    launch = gin_utils.parse_command_line(argv)
+    launch = gin_utils.parse_command_line(argv, flags=("check",))
     refuse_run_macros(launch.bindings)
     config_text = gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
     flow = gin_utils.build(FlowConfig)
     spec, config = gin_utils.build(RunSpec), gin_utils.build(TrainConfig)
     remote.check_run(spec, {"WORK_DIR": flow.work_dir}, tasks=[*flow.sources, *flow.targets])
     flow = check_flow(flow, spec)
+    if launch.flags["check"]:
+        return checked(flow, spec, {"strategies": flow.strategies, "baselines": flow.baselines})
     return run(flow, spec, config, config_text=config_text)
+
+
+def checked(settings, spec: RunSpec, more: dict) -> dict:
+    """`--check` of the flow or the study (`settings`), after their own checks: every task's
+    data is where it is read from, the frozen checkpoint's step is read; nothing is written.
+    Returns what the command would do."""
+    from prompt_transfer import checkpoints
+
+    for task in (*settings.sources, *settings.targets):
+        data.check_prepared(task)
+    start = checkpoints.initial_step(spec.initial_checkpoint)
+    return {
+        "check": "ok",
+        "work_dir": settings.work_dir,
+        "initial_checkpoint": f"{spec.initial_checkpoint or 'none (random init)'} (step {start})",
+        "sources": ", ".join(settings.sources),
+        "targets": ", ".join(settings.targets),
+        "steps": f"sources {settings.source_steps}, task embeddings {settings.embedding_steps}, "
+        f"targets {settings.target_steps}, each after step {start}",
+        **{k: ", ".join(v) for k, v in more.items()},
+    }
 
 
 def check_flow(flow: FlowConfig, spec: RunSpec) -> FlowConfig:

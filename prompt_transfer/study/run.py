@@ -206,11 +206,13 @@ def main(argv: list[str]) -> dict:
     """`prompt-transfer study --gin_file=experiments/study_offline`: the study as
     gin/runs/study.gin binds it, its runs as gin/runs/prompt_tuning.gin binds them; every
     setting and task is checked before the first source trains."""
-    launch = gin_utils.parse_command_line(argv)
+    launch = gin_utils.parse_command_line(argv, flags=("check",))
     spot_flow.refuse_run_macros(launch.bindings)
     config_text = gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
     study = gin_utils.build(StudyConfig)
     spec, config = gin_utils.build(RunSpec), gin_utils.build(TrainConfig)
     remote.check_run(spec, {"WORK_DIR": study.work_dir}, tasks=[*study.sources, *study.targets])
     spot_flow.check_tasks(study, spec)
+    if launch.flags["check"]:
+        return spot_flow.checked(study, spec, {"metrics": study.metrics})
     return run(study, spec, config, config_text=config_text)
