@@ -108,6 +108,11 @@ def macro(name: str):
         return None
 
 
+def set_macro(name: str, value) -> None:
+    """Bind macro `name` (which the parsed gin files bind) to `value`, as --gin.NAME= would."""
+    gin.config._CONFIG[(name, "gin.macro")]["value"] = value
+
+
 def binds(cls) -> bool:
     """Whether the parsed gin files bind any parameter of configurable `cls`."""
     return settings._selector(gin, cls) is not None

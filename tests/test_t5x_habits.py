@@ -702,3 +702,33 @@ def test_prompt_file_may_name_a_library_entry(job, capsys, monkeypatch):
     [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert f"library entry {entry} trained with the frozen model" in err
     assert "give the checkpoint it trained with" in err
+
+
+def test_t5x_eval_gin_measures_the_longest_example_when_lengths_are_none(job, capsys):
+    """T5X's eval.gin leaves TASK_FEATURE_LENGTHS None: the split's longest example (EOS
+    included) is measured and said in a line; the score is the one training logged."""
+    prompt = job / "model" / "prompts" / "checkpoint_7.npy"
+
+    def score(out):
+        argv = [
+            "eval", TINY, "--gin_file=prompt_tuning/configs/runs/prompt_eval.gin",
+            "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
+            f"--gin.CHECKPOINT_PATH='{TINY_CHECKPOINT}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
+            "--gin.utils.DatasetConfig.split='validation'", f"--gin.PROMPT_FILE='{prompt}'",
+        ]  # fmt: skip
+        assert cli.main(argv) == 0
+        [metrics] = [
+            json.loads(x) for x in (out / "inference_eval" / "my_sst2-metrics.jsonl").open()
+        ]
+        return metrics["accuracy"], capsys.readouterr().err
+
+    accuracy, said = score(job / "eval_none")
+    [line] = [x for x in said.splitlines() if "TASK_FEATURE_LENGTHS=None" in x]
+    measured = re.search(r"\{'inputs': (\d+), 'targets': (\d+)\}", line)
+    assert measured and line.count("validation example of my_sst2") == 1
+    inputs, targets = map(int, measured.groups())
+    # The keyword task's inputs are 'topic:' and a few words; its labels one or two pieces.
+    assert 3 <= inputs <= 16 and 2 <= targets <= 4
+    # Nothing cut, only less padding: the score training logged with {'inputs': 16, 'targets': 4}.
+    logged = [json.loads(line) for line in (job / "model" / "eval_history.jsonl").open()][-1]
+    assert accuracy == pytest.approx(logged["results"]["my_sst2"]["accuracy"], abs=1e-6)

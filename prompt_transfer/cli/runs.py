@@ -61,8 +61,16 @@ def _configured(job, on_checkpoint, argv: list[str]):
     if launch.files:
         text = gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
         if gin_utils.binds_macro("CHECKPOINT_PATH"):
+            from prompt_transfer.trainer import evaluate
+
+            # T5X's eval.gin: TASK_FEATURE_LENGTHS = None measures the split's longest example.
+            measure = gin_utils.macro("TASK_FEATURE_LENGTHS") is None
+            if measure:
+                gin_utils.set_macro("TASK_FEATURE_LENGTHS", {"inputs": 1, "targets": 1})
             spec = gin_utils.build(config.RunSpec)
             remote.check_run(spec)
+            if measure:
+                spec = evaluate.with_longest_lengths(spec, gin_utils.macro("EVAL_SPLIT"))
             return gin_utils.configured(on_checkpoint)(spec, config_text=text)
     spec = _run_spec(argv)
     return gin_utils.configured(job)(spec)

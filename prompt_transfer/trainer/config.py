@@ -100,7 +100,7 @@ class RunSpec:
         least=1,
         valid=_feature_lengths,
         macro="TASK_FEATURE_LENGTHS",
-        hint="T5X's None (the longest example) is not computed here: give both lengths",
+        hint="T5X's None (the longest example) is measured only by eval.gin: give both lengths",
     )
     model_config: t5.T5Config = setting()
     # INITIAL_CHECKPOINT_PATH (None: random init)

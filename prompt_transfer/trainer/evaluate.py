@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -220,6 +221,31 @@ def on_checkpoint(spec: RunSpec, prompt_file: str | None):
     )
     step = checkpoints.initial_step(spec.initial_checkpoint)  # the checkpoint's own, as T5X logs
     return EncoderDecoderModel(network.module), params, step, spec
+
+
+def with_longest_lengths(spec: RunSpec, split: str) -> RunSpec:
+    """`spec` with TASK_FEATURE_LENGTHS each feature's longest example of the split, EOS
+    included: T5X's eval.gin leaves TASK_FEATURE_LENGTHS None for its evaluator to measure."""
+    from prompt_transfer import data, registry, seqio_cache
+
+    spec.register_tasks()
+    task = data.get_task(spec.task)
+    longest = {"inputs": 1, "targets": 1}
+    for sub in registry.subtasks(task):
+        if split not in sub.splits:
+            raise data.TaskError(f"task {sub.name!r} has no split {split!r}; it has {sub.splits}")
+        seqio_cache.check_cached(sub, split)
+        ds = sub.get_dataset(
+            None, split=split, shuffle=False, num_epochs=1, use_cached=seqio_cache.reads_cached()
+        )
+        for example in ds.as_numpy_iterator():
+            for key in longest:
+                longest[key] = max(longest[key], len(example[key]))
+    run_record.say(
+        f"TASK_FEATURE_LENGTHS=None: the longest {split} example of {spec.task}, "
+        f"{longest} (as T5X's evaluator measures it)"
+    )
+    return dataclasses.replace(spec, feature_lengths=longest)
 
 
 def _given_prompt(spec: RunSpec, prompt_file: str):
