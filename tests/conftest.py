@@ -208,22 +208,6 @@ def pytest_configure(config):
     runtime.enable_compilation_cache(tempfile.mkdtemp(prefix="prompt-transfer-jax-"))
 
 
-# The longest test files first (a fresh 2-core clone's slowest tests, 2026-12-06): with
-# `--dist loadfile` and `--no-loadscope-reorder` (pyproject.toml) the two workers take files in
-# this order, so no long file starts last and runs alone at the end.
-FIRST = (
-    "test_spot.py", "test_study.py", "test_doc_commands.py", "test_demo.py",
-    "test_multihost_phases.py", "test_multihost.py", "test_t5x_habits.py", "test_read_back.py",
-    "test_pretraining.py", "test_remote_paths.py", "test_peft_adapters.py",
-    "test_deep_prompts.py", "test_prompts.py", "test_multitask.py", "test_t5.py",
-)  # fmt: skip
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: else as found
-
-
 def killed_at_batch(monkeypatch, position: int, launch) -> None:
     """`launch()` killed (KeyboardInterrupt, as a kill stops the process) when its data
     stream is about to read batch `position`; the stream is itself again afterwards."""
