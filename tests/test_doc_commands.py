@@ -146,7 +146,7 @@ def sandbox(tmp_path_factory):
     os.chdir(root)
     try:
         target = "runs/demo/targets/offline_bbc_topic_32shot/best_of_top_k/seed_0"
-        for model_dir, task in (("runs/source", "offline_tweet_domain"),
+        for model_dir, task in (("runs/source", "offline_sentiment_apple_32shot"),
                                 (target, "offline_bbc_topic_32shot")):  # fmt: skip
             argv = ["train", "--gin_file=experiments/deep_prompt_tuning_offline",
                     f"--gin.MODEL_DIR={model_dir}", f"--gin.MIXTURE_OR_TASK_NAME={task}",
