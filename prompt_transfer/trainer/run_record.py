@@ -88,7 +88,8 @@ def check_counted(model_dir: str, start: int) -> None:
         raise RecordError(
             f"MODEL_DIR={model_dir} holds a run that counted its steps from 0; runs now count on "
             f"from INITIAL_CHECKPOINT_PATH's step ({start:,}, as T5X's TRAIN_STEPS does): read it "
-            "as it is (eval, infer), or train it again with --overwrite"
+            "as it is (eval, infer), or train it again: --overwrite for train, a new WORK_DIR "
+            "(demo: --work-dir) for spot, study and demo"
         )
 
 
