@@ -90,6 +90,12 @@ def unprepared_tfds(name: str) -> tuple[str, str] | None:
     return None
 
 
+def check_split(task, split: str) -> None:
+    """Refuse a split the task (or mixture) does not have, naming those it has."""
+    if split not in task.splits:
+        raise TaskError(f"task {task.name!r} has no split {split!r}; it has {sorted(task.splits)}")
+
+
 def check_prepared(name: str) -> None:
     """Refuse a task or mixture whose TFDS data is not prepared where TFDS looks (SeqIO would
     try to download it), in one line that says how to prepare it."""
@@ -128,8 +134,7 @@ def batched_dataset(
     Mixture.get_dataset samples them (whose feature converter would drop the mark)."""
     seqio = import_seqio()
     task = get_task(name)
-    if split not in task.splits:
-        raise TaskError(f"task {name!r} has no split {split!r}; it has {sorted(task.splits)}")
+    check_split(task, split)
     read = lambda t: _converted(  # noqa: E731
         t, name, split, feature_lengths, seed, shuffle, num_epochs, shard_index, num_shards
     )
@@ -152,7 +157,7 @@ def batched_dataset(
 def _converted(task, name, split, feature_lengths, seed, shuffle, num_epochs, shard, shards):
     """A task's (or mixture's) examples through the feature converter, unbatched."""
     seqio = import_seqio()
-    seqio_cache.check_cached(task, split)
+    use_cached = seqio_cache.use_for(task, split)
     try:
         ds = task.get_dataset(
             dict(feature_lengths),
@@ -160,7 +165,7 @@ def _converted(task, name, split, feature_lengths, seed, shuffle, num_epochs, sh
             shuffle=shuffle,
             seed=seed,
             num_epochs=num_epochs,
-            use_cached=seqio_cache.reads_cached(),
+            use_cached=use_cached,
             # Only multi-host runs shard: listing shards needs the TFDS split metadata.
             shard_info=seqio.ShardInfo(shard, shards) if shards > 1 else None,
             try_in_mem_cache=False,  # it asks TFDS for split sizes; the stream is prefetched anyway

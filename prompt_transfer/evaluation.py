@@ -58,13 +58,12 @@ class TaskEvaluator:
                     f"task {task_name!r} has no split {split!r} to evaluate on; "
                     f"it has {sorted(task.splits)}"
                 )
-            seqio_cache.check_cached(task, split)
             self.evaluators[task_name] = _seqio_evaluator(
                 task,
                 split,
                 tuple(sorted(feature_lengths.items())),
                 log_dir,
-                seqio_cache.reads_cached(),
+                seqio_cache.use_for(task, split),
             )
             if labels:
                 vocab = task.output_features["targets"].vocabulary

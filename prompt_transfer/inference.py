@@ -22,13 +22,12 @@ from prompt_transfer.partitioning import host_array
 def rows_from_task(name: str, split: str, feature_lengths: Mapping[str, int]):
     """(task, [(input text, input ids, target text or None)]) of a task split, preprocessed."""
     task = data.get_task(name)
-    seqio_cache.check_cached(task, split)
     ds = task.get_dataset(
         dict(feature_lengths),
         split=split,
         shuffle=False,
         num_epochs=1,
-        use_cached=seqio_cache.reads_cached(),
+        use_cached=seqio_cache.use_for(task, split),
         try_in_mem_cache=False,
     )
     vocab = task.output_features["inputs"].vocabulary

@@ -119,15 +119,12 @@ def join(multihost: MultiHost) -> None:
     # Hosts without an accelerator (tests, CPU clusters) talk through gloo; GPUs and TPUs
     # have their own collectives and ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    timeout = multihost.initialization_timeout  # None: JAX's own default
     jax.distributed.initialize(
         coordinator_address=multihost.coordinator_address,
         num_processes=multihost.process_count,
         process_id=multihost.process_index,
-        **(
-            {"initialization_timeout": multihost.initialization_timeout}
-            if multihost.initialization_timeout
-            else {}
-        ),
+        **({"initialization_timeout": timeout} if timeout else {}),
     )
 
 

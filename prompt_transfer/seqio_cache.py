@@ -52,6 +52,13 @@ def add_dirs(directories) -> None:
     import_seqio().add_global_cache_dirs([paths.native(f) for f in folders])
 
 
+def use_for(task, split: str) -> bool:
+    """SeqIO's `use_cached` for reading `split` of `task` (a task or mixture): the run's
+    USE_CACHED_TASKS, after `check_cached` when it is True."""
+    check_cached(task, split)
+    return _read_cached
+
+
 def check_cached(task, split: str | None = None) -> None:
     """When tasks are read cached: every task of `task` (a task or mixture) that can be cached
     is cached (with `split`, when given), else one line that says where SeqIO looked and the
@@ -78,11 +85,11 @@ def check_cached(task, split: str | None = None) -> None:
             )
 
 
-def write(name: str, output_dir: str, splits=None) -> str:
+def write(name: str, output_dir: str, splits=None) -> tuple[str, dict[str, int]]:
     """Cache task `name` (not a mixture) under `output_dir` as seqio_cache_tasks does: each split
     (default: all the source has) through the preprocessors before the cache placeholder, in
     source order, one record file per split. The folder appears whole or not at all. Returns
-    the task's cache folder."""
+    (the task's cache folder, {split: examples cached})."""
     seqio = import_seqio()
     task = seqio.get_mixture_or_task(name)
     if not isinstance(task, seqio.Task):
@@ -103,16 +110,16 @@ def write(name: str, output_dir: str, splits=None) -> str:
     if staging.exists():
         shutil.rmtree(paths.native(staging))
     staging.mkdir(parents=True)
-    for split in splits:
-        _write_split(task, split, paths.native(staging))
+    counts = {split: _write_split(task, split, paths.native(staging)) for split in splits}
     (staging / "COMPLETED").write_text("")
     if final.exists():
         shutil.rmtree(paths.native(final))
     os.replace(paths.native(staging), paths.native(final))
-    return paths.native(final)
+    return paths.native(final), counts
 
 
-def _write_split(task, split: str, folder: str) -> None:
+def _write_split(task, split: str, folder: str) -> int:
+    """One split's records, info and statistics in `folder`; returns the examples written."""
     seqio, tf = import_seqio(), import_tensorflow()
     ds = task.source.get_dataset(split=split, shuffle=False, seed=None)
     ds = task.preprocess_precache(ds, seed=None)
@@ -137,6 +144,7 @@ def _write_split(task, split: str, folder: str) -> None:
         json.dump(info, f, indent=2, sort_keys=True)
     with open(seqio.utils.get_cached_stats_path(folder, split), "w") as f:
         json.dump(stats, f, indent=2, sort_keys=True)
+    return count
 
 
 def _feature(value) -> dict:

@@ -312,6 +312,32 @@ def job(anchors, tmp_path_factory):
         sys.path.remove(str(root))
 
 
+LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}"
+
+
+def on_checkpoint(verb: str, out, prompt, *extra: str) -> list[str]:
+    """prompt-tuning's prompt_eval.gin (`verb` 'eval') or prompt_infer.gin ('infer'): the tiny
+    checkpoint with PROMPT_FILE `prompt`, on my_sst2's validation split, written to `out`."""
+    return [
+        verb, TINY, f"--gin_file=prompt_tuning/configs/runs/prompt_{verb}.gin",
+        "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
+        f"--gin.CHECKPOINT_PATH='{TINY_CHECKPOINT}'", f"--gin.{verb.upper()}_OUTPUT_DIR='{out}'",
+        "--gin.utils.DatasetConfig.split='validation'", f"--gin.PROMPT_FILE='{prompt}'", *extra,
+    ]  # fmt: skip
+
+
+def logged_accuracy(job) -> float:
+    """The accuracy the sst2 run's last evaluation logged (eval_history.jsonl)."""
+    last = [json.loads(line) for line in (job / "model" / "eval_history.jsonl").open()][-1]
+    return last["results"]["my_sst2"]["accuracy"]
+
+
+def scored(out) -> dict:
+    """The one metrics line T5X's eval wrote in EVAL_OUTPUT_DIR/inference_eval/."""
+    [metrics] = [json.loads(x) for x in (out / "inference_eval" / "my_sst2-metrics.jsonl").open()]
+    return metrics
+
+
 def test_spot_readmes_prompt_file_is_where_t5x_writes_it(job):
     """SPoT's README: PROMPT_FILE=${MODEL_DIR}/numpy_checkpoints/checkpoint_${step}/
     encoder.prompt.prompt.prompt, a file each save writes, equal to the run's prompt."""
@@ -374,14 +400,7 @@ def test_sst2_demo_eval_sh_scores_the_prompt_as_training_logged_it(job, capsys):
 def test_t5x_infer_writes_its_jsonl(job, capsys):
     prompt = job / "model" / "prompts" / "checkpoint_7.npy"
     out = job / "infer"
-    argv = [
-        "infer", TINY, "--gin_file=prompt_tuning/configs/runs/prompt_infer.gin",
-        "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
-        f"--gin.CHECKPOINT_PATH='{TINY_CHECKPOINT}'", f"--gin.INFER_OUTPUT_DIR='{out}'",
-        "--gin.utils.DatasetConfig.split='validation'", f"--gin.PROMPT_FILE='{prompt}'",
-    ]  # fmt: skip
-    assert cli.main(argv) == 0
+    assert cli.main(on_checkpoint("infer", out, prompt, LENGTHS)) == 0
     written = out / "my_sst2-predict.jsonl-00000-of-00001"
     rows = [json.loads(line) for line in written.open()]
     assert len(rows) == 32 and (out / f"{written.name}.COMPLETED").exists()
@@ -625,15 +644,7 @@ def test_seqio_cached_tasks_are_read_with_use_cached_tasks(job, capsys):
     prompt = job / "model" / "prompts" / "checkpoint_7.npy"
 
     def infer(out, *extra):
-        argv = [
-            "infer", TINY, "--gin_file=prompt_tuning/configs/runs/prompt_infer.gin",
-            "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
-            f"--gin.CHECKPOINT_PATH='{TINY_CHECKPOINT}'", f"--gin.INFER_OUTPUT_DIR='{out}'",
-            "--gin.utils.DatasetConfig.split='validation'", f"--gin.PROMPT_FILE='{prompt}'",
-            *extra,
-        ]  # fmt: skip
-        status = cli.main(argv)
+        status = cli.main(on_checkpoint("infer", out, prompt, LENGTHS, *extra))
         rows = out / "my_sst2-predict.jsonl-00000-of-00001"
         return status, [json.loads(line) for line in rows.open()] if status == 0 else []
 
@@ -675,26 +686,14 @@ def test_prompt_file_may_name_a_library_entry(job, capsys, monkeypatch):
     entry = meta.parent.name
     trained = np.load(job / "model" / "prompts" / "checkpoint_7.npy")
     np.testing.assert_array_equal(np.load(meta.parent / "prompt.npy"), trained)
-    logged = [json.loads(line) for line in (job / "model" / "eval_history.jsonl").open()][-1]
     monkeypatch.setenv("PROMPT_TRANSFER_LIBRARY", str(lib))
 
     def score(given, out):
-        argv = [
-            "eval", TINY, "--gin_file=prompt_tuning/configs/runs/prompt_eval.gin",
-            "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
-            f"--gin.CHECKPOINT_PATH='{TINY_CHECKPOINT}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
-            "--gin.utils.DatasetConfig.split='validation'", f"--gin.PROMPT_FILE='{given}'",
-        ]  # fmt: skip
-        return cli.main(argv)
+        return cli.main(on_checkpoint("eval", out, given, LENGTHS))
 
     for given, out in ((entry, job / "eval_id"), (lib / entry, job / "eval_folder")):
         assert score(given, out) == 0
-        [metrics] = [
-            json.loads(x) for x in (out / "inference_eval" / "my_sst2-metrics.jsonl").open()
-        ]
-        accuracy = logged["results"]["my_sst2"]["accuracy"]
-        assert metrics["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+        assert scored(out)["accuracy"] == pytest.approx(logged_accuracy(job), abs=1e-6)
     record = json.loads(meta.read_text())
     meta.write_text(json.dumps({**record, "model_fingerprint": "0123456789abcdef"}))
     capsys.readouterr()
@@ -709,20 +708,9 @@ def test_t5x_eval_gin_measures_the_longest_example_when_lengths_are_none(job, ca
     included) is measured and said in a line; the score is the one training logged."""
     prompt = job / "model" / "prompts" / "checkpoint_7.npy"
 
-    def score(out):
-        argv = [
-            "eval", TINY, "--gin_file=prompt_tuning/configs/runs/prompt_eval.gin",
-            "--gin.MIXTURE_OR_TASK_NAME='my_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='my_glue'",
-            f"--gin.CHECKPOINT_PATH='{TINY_CHECKPOINT}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
-            "--gin.utils.DatasetConfig.split='validation'", f"--gin.PROMPT_FILE='{prompt}'",
-        ]  # fmt: skip
-        assert cli.main(argv) == 0
-        [metrics] = [
-            json.loads(x) for x in (out / "inference_eval" / "my_sst2-metrics.jsonl").open()
-        ]
-        return metrics["accuracy"], capsys.readouterr().err
-
-    accuracy, said = score(job / "eval_none")
+    out = job / "eval_none"
+    assert cli.main(on_checkpoint("eval", out, prompt)) == 0  # no TASK_FEATURE_LENGTHS
+    accuracy, said = scored(out)["accuracy"], capsys.readouterr().err
     [line] = [x for x in said.splitlines() if "TASK_FEATURE_LENGTHS=None" in x]
     measured = re.search(r"\{'inputs': (\d+), 'targets': (\d+)\}", line)
     assert measured and line.count("validation example of my_sst2") == 1
@@ -730,5 +718,4 @@ def test_t5x_eval_gin_measures_the_longest_example_when_lengths_are_none(job, ca
     # The keyword task's inputs are 'topic:' and a few words; its labels one or two pieces.
     assert 3 <= inputs <= 16 and 2 <= targets <= 4
     # Nothing cut, only less padding: the score training logged with {'inputs': 16, 'targets': 4}.
-    logged = [json.loads(line) for line in (job / "model" / "eval_history.jsonl").open()][-1]
-    assert accuracy == pytest.approx(logged["results"]["my_sst2"]["accuracy"], abs=1e-6)
+    assert accuracy == pytest.approx(logged_accuracy(job), abs=1e-6)

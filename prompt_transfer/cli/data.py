@@ -46,7 +46,6 @@ def cmd_cache_examples(args) -> None:
 
 def cmd_cache_tasks(args) -> None:
     import importlib
-    import json
 
     from prompt_transfer import data, errors, registry, seqio_cache
 
@@ -60,12 +59,9 @@ def cmd_cache_tasks(args) -> None:
     splits = args.splits.split(",") if args.splits else None
     named = [data.get_task(t) for t in args.tasks.split(",") if t]  # unknown: the closest
     for task in [sub for t in named for sub in registry.subtasks(t)]:  # a mixture: its tasks
-        folder = seqio_cache.write(task.name, args.output_cache_dir, splits)
-        counts = []
-        for split in splits or task.splits:
-            with open(f"{folder}/stats.{split}.json") as f:
-                counts.append(f"{split} {json.load(f)['examples']:,}")
-        print(f"cached {task.name} in {folder}: {', '.join(counts)} examples")
+        folder, counts = seqio_cache.write(task.name, args.output_cache_dir, splits)
+        shown = ", ".join(f"{split} {n:,}" for split, n in counts.items())
+        print(f"cached {task.name} in {folder}: {shown} examples")
 
 
 def cmd_add_task(args) -> None:

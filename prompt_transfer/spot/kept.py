@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prompt_transfer import checkpoints, data, paths, registry
+from prompt_transfer import data, paths, registry
 from prompt_transfer.trainer import forget, run_dir
-from prompt_transfer.trainer.config import RunSpec, TrainConfig
+from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
 
 SPLIT, CHECKPOINT = "validation", "latest"
 
@@ -33,7 +33,7 @@ def measure(
         written = run_dir.subdir(spec.model_dir, f"forget_{SPLIT}_{CHECKPOINT}.json")
         if written.exists():
             held = paths.read_json(written, "remove it to measure it again")
-            stop = config.resolved(checkpoints.initial_step(spec.initial_checkpoint)).total_steps
+            stop = resolved(spec, config).total_steps
             if held.get("step") == stop and "mean_kept_balanced" in held:
                 reports.append(held)
                 continue

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from prompt_transfer import checkpoints, errors, paths, prompts
+from prompt_transfer import errors, paths, prompts
 from prompt_transfer.trainer import run_dir
-from prompt_transfer.trainer.config import RunSpec, TrainConfig
+from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
 from prompt_transfer.trainer.train import train_together
 
 Run = tuple[RunSpec, TrainConfig]
@@ -95,7 +95,7 @@ def _finished(spec: RunSpec, config: TrainConfig) -> bool:
     prompt-then-model run's both phases)."""
     history = run_dir.read_eval_history(spec.model_dir)
     done = run_dir.subdir(spec.model_dir, "prompts").exists()
-    stop = config.resolved(checkpoints.initial_step(spec.initial_checkpoint)).total_steps
+    stop = resolved(spec, config).total_steps
     return bool((done or run_dir.holds_checkpoint(spec.model_dir)) and history) and (
         history[-1]["step"] >= stop
     )

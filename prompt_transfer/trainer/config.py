@@ -257,6 +257,13 @@ class TrainConfig:
         return self.stop_step(start) - start + self.then_model.steps
 
 
+def resolved(spec: RunSpec, config: TrainConfig) -> TrainConfig:
+    """`config` resolved (TrainConfig.resolved) from the step of `spec`'s initial checkpoint."""
+    from prompt_transfer import checkpoints
+
+    return config.resolved(checkpoints.initial_step(spec.initial_checkpoint))
+
+
 def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:
     """Every field of a run as its schema declares it (settings.py), for runs made in Python
     (the flow's, a test's) as for those gin binds: one line names the macro

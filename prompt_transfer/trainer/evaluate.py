@@ -232,12 +232,9 @@ def with_longest_lengths(spec: RunSpec, split: str) -> RunSpec:
     task = data.get_task(spec.task)
     longest = {"inputs": 1, "targets": 1}
     for sub in registry.subtasks(task):
-        if split not in sub.splits:
-            raise data.TaskError(f"task {sub.name!r} has no split {split!r}; it has {sub.splits}")
-        seqio_cache.check_cached(sub, split)
-        ds = sub.get_dataset(
-            None, split=split, shuffle=False, num_epochs=1, use_cached=seqio_cache.reads_cached()
-        )
+        data.check_split(sub, split)
+        cached = seqio_cache.use_for(sub, split)
+        ds = sub.get_dataset(None, split=split, shuffle=False, num_epochs=1, use_cached=cached)
         for example in ds.as_numpy_iterator():
             for key in longest:
                 longest[key] = max(longest[key], len(example[key]))

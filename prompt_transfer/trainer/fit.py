@@ -123,7 +123,7 @@ def _typical_prompt(spec, config, params, log) -> np.ndarray:
         spec.feature_lengths,
         config.eval_split,
         shuffle=False,
-        use_cached=seqio_cache.reads_cached(),
+        use_cached=seqio_cache.use_for(data.get_task(spec.task), config.eval_split),
     )
     rows = [list(e["inputs"]) for e in dataset.take(4096).as_numpy_iterator()]
     prompt, mean = attention.typical_prompt(params, spec.model_config, pad_token_rows(rows))

@@ -15,10 +15,10 @@ import json
 
 import numpy as np
 
-from prompt_transfer import checkpoints, data, partitioning, paths, prompts, registry, runtime
+from prompt_transfer import data, partitioning, paths, prompts, registry, runtime
 from prompt_transfer.models import EncoderDecoderModel
 from prompt_transfer.trainer import run_dir
-from prompt_transfer.trainer.config import RunSpec, TrainConfig
+from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
 from prompt_transfer.trainer.fit import fit
 from prompt_transfer.trainer.train_state import TrainError
 from prompt_transfer.transfer import attention, initial, library, multitask, retrieval
@@ -146,7 +146,7 @@ def _short_run(spec, config, network, mesh, name, task, steps, prompt, eval_peri
         keep_checkpoints=1,
         library_dir=None,
     )
-    sub_config = sub_config.resolved(checkpoints.initial_step(spec.initial_checkpoint))
+    sub_config = resolved(sub_spec, sub_config)
     run_dir.check_model_dir(sub_spec.model_dir, "", overwrite=True, resume=False)
     with run_dir.ProgressLog(sub_spec.model_dir, sub_config.steps) as log:
         [result] = fit([sub_spec], sub_config, network, mesh, [prompt], [log])
