@@ -18,8 +18,10 @@ from pathlib import Path
 
 import jax
 
-from prompt_transfer import gin_files, partitioning, prompts, t5
-from prompt_transfer.trainer import checkpointing, train_state, weights
+from prompt_transfer.configure import gin_files
+from prompt_transfer.network import partitioning, t5
+from prompt_transfer.prompt import prompts
+from prompt_transfer.trainer import saving, train_state, weights
 
 RESULTS = Path(__file__).with_name("checkpoint_size.jsonl")
 
@@ -39,7 +41,7 @@ def main() -> None:
         trainable, _, _ = weights.place(network, prompt, pattern, mesh)
         state = train_state.create_state(trainable, optimizer, mesh)
         with tempfile.TemporaryDirectory() as folder:
-            store = checkpointing.CheckpointStore(folder, keep=1)
+            store = saving.CheckpointStore(folder, keep=1)
             start = time.perf_counter()
             store.save(state, 0)
             seconds = time.perf_counter() - start

@@ -13,7 +13,7 @@ K tasks trains at >= 0.9x the examples per second of one single-task run.
 Each row compares with a single-task prompt as long as each task's composed prompt (concat's
 is PROMPT_LENGTH + its own positions). The step is the trainer's own (weights.place,
 train_state.compile_train_step) on a random network and one batch; the stream is
-data.BatchStream over offline tasks (a SeqIO mixture with `task_index` against one task), which
+batches.BatchStream over offline tasks (a SeqIO mixture with `task_index` against one task), which
 needs the offline suite (`prompt-transfer prepare-offline`).
 """
 
@@ -29,11 +29,13 @@ import jax
 import numpy as np
 import train_step
 
-from prompt_transfer import data, gin_files, partitioning, prompts
-from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.tf_import import import_seqio
+from prompt_transfer.base.tf_import import import_seqio
+from prompt_transfer.configure import gin_files
+from prompt_transfer.data import batches
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+from prompt_transfer.network import partitioning
+from prompt_transfer.prompt import multitask, prompts
 from prompt_transfer.trainer import train_state, weights
-from prompt_transfer.transfer import multitask
 
 RESULTS = Path(__file__).with_name("multitask.jsonl")
 STREAM_TASKS = (
@@ -108,7 +110,7 @@ def stream_seconds(args, k: int) -> float:
         if name not in seqio.MixtureRegistry.names():
             seqio.MixtureRegistry.add(name, [(t, 1.0) for t in STREAM_TASKS[:k]])
     lengths = {"inputs": args.inputs, "targets": args.targets}
-    stream = data.BatchStream(name, lengths, args.batch, seed=0, task_index=k > 1)
+    stream = batches.BatchStream(name, lengths, args.batch, seed=0, task_index=k > 1)
     for _ in range(10):
         next(stream)
     start = time.perf_counter()

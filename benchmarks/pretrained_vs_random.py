@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from prompt_transfer.cli.runs import train_main
+from prompt_transfer.cli.jobs import train_main
 from prompt_transfer.trainer import run_dir
 
 pass

@@ -21,7 +21,8 @@ import json
 import time
 from pathlib import Path
 
-from prompt_transfer import evaluation, gin_utils
+from prompt_transfer.configure import gin_utils
+from prompt_transfer.model import seqio_eval
 from prompt_transfer.trainer import config, evaluate
 
 RESULTS = Path(__file__).with_name("rank_vs_decode.jsonl")
@@ -43,7 +44,7 @@ def main() -> None:
     gin_utils.configure(launch.files, launch.bindings)
     spec = gin_utils.build(config.RunSpec)
     model, params, step = evaluate.trained(spec, "best")
-    evaluator = evaluation.TaskEvaluator(
+    evaluator = seqio_eval.TaskEvaluator(
         model, spec.task, args.split, spec.feature_lengths, args.batch_size
     )
     ranked, rank_seconds = timed_evaluation(evaluator, params)
@@ -54,9 +55,9 @@ def main() -> None:
         "task": spec.task,
         "step": step,
         "target_length": spec.feature_lengths["targets"],
-        "rank_classification": evaluation.main_metric(ranked),
+        "rank_classification": seqio_eval.main_metric(ranked),
         "rank_seconds": round(rank_seconds, 2),
-        "greedy_decoding": evaluation.main_metric(decoded),
+        "greedy_decoding": seqio_eval.main_metric(decoded),
         "decode_seconds": round(decode_seconds, 2),
         "date": time.strftime("%Y-%m-%d"),
     }

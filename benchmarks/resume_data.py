@@ -1,5 +1,5 @@
 """How long a resumed run waits for its first batch: replaying the input pipeline to the saved
-position against restoring the data iterator's saved state (data.BatchStream.save_state).
+position against restoring the data iterator's saved state (batches.BatchStream.save_state).
 
     .venv/bin/python benchmarks/resume_data.py [--task offline_tweet_domain] [--steps 10000]
 
@@ -18,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer import data, offline_data, runtime
+from prompt_transfer.base import runtime
+from prompt_transfer.data import batches, offline_data
 
 HERE = Path(__file__).resolve().parent
 
 
 def _first_batch(**kwargs) -> tuple[float, dict]:
     start = time.perf_counter()
-    stream = data.BatchStream(**kwargs)
+    stream = batches.BatchStream(**kwargs)
     batch = next(stream)
     return time.perf_counter() - start, batch
 
@@ -46,7 +47,7 @@ def main() -> None:
         seed=0,
     )
     # The run being resumed: read to the saved position, then save the iterator there.
-    stream = data.BatchStream(**common)
+    stream = batches.BatchStream(**common)
     start = time.perf_counter()
     for _ in range(args.steps):
         next(stream)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer import evaluation
+from prompt_transfer.model import seqio_eval
 from prompt_transfer.trainer import run_dir
 
 HERE = Path(__file__).resolve().parent
@@ -131,7 +131,7 @@ def summarize(histories: list[list[dict]]) -> dict:
         best.append(record["value"])
         (labels,) = record["labels"].values()
         (predicted,) = record["predictions"].values()
-        _, majority = evaluation.majority_share(labels)
+        _, majority = seqio_eval.majority_share(labels)
         top_share.append(100.0 * max(predicted.values()) / max(sum(labels.values()), 1))
     return {
         "best": best,

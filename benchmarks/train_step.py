@@ -25,8 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import gin_files, partitioning, prompts, t5
-from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.configure import gin_files
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+from prompt_transfer.network import partitioning, t5
+from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import train_state, weights
 
 

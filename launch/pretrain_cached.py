@@ -28,8 +28,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from prompt_transfer import checkpoints, data, gin_files, partitioning  # noqa: E402
-from prompt_transfer.models import EncoderDecoderModel  # noqa: E402
+from prompt_transfer.configure import gin_files  # noqa: E402
+from prompt_transfer.data import batches
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel  # noqa: E402
+from prompt_transfer.network import checkpoints, partitioning
 from prompt_transfer.trainer import train_state, weights
 
 
@@ -71,7 +73,7 @@ def main(argv=None) -> dict:
     output = Path(args.output)
     if output.exists():
         sys.exit(f"error: {output} already exists; choose a new --output")
-    caches = [data.read_example_cache(c) for c in args.cache]
+    caches = [batches.read_example_cache(c) for c in args.cache]
     splits = {
         s: {k: np.concatenate([c[s][k] for c in caches if s in c]) for k in caches[0][s]}
         for s in caches[0]

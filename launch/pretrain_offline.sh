@@ -18,4 +18,4 @@ rm -rf "$run/export"
 .venv/bin/prompt-transfer export "$run" --size offline_small --output "$run/export" \
   --dtype bfloat16
 echo "to ship: replace prompt_transfer/assets/offline_t5/{checkpoint,model.gin} with those in"
-echo "$run/export, then run: .venv/bin/python -m prompt_transfer.assets (rewrites SHA256SUMS)"
+echo "$run/export, then run: .venv/bin/python -m prompt_transfer.base.assets (rewrites SHA256SUMS)"

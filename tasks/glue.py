@@ -8,8 +8,8 @@ write their predictions anyway), so that a T5X job's MIXTURE_OR_TASK_NAME finds 
 
 import functools
 
-from prompt_transfer import metrics, registry, text_formats, vocab
-from prompt_transfer.tf_import import import_seqio
+from prompt_transfer.base.tf_import import import_seqio
+from prompt_transfer.data import metrics, registry, text_formats, vocab
 
 seqio = import_seqio()
 

@@ -4,8 +4,8 @@ They use the project's own vocabulary (trained on this corpus, shipped with the 
 the SentencePiece file named by $PROMPT_TRANSFER_VOCAB.
 """
 
-from prompt_transfer import metrics, offline_data, registry, text_formats, vocab
-from prompt_transfer.tf_import import import_seqio, import_tensorflow
+from prompt_transfer.base.tf_import import import_seqio, import_tensorflow
+from prompt_transfer.data import metrics, offline_data, registry, text_formats, vocab
 
 seqio = import_seqio()
 SPLITS = ("train", "validation", "test")

@@ -14,8 +14,8 @@ registered sources, examples-proportional with SPoT's cap K = 2^19).
 import functools
 import os
 
-from prompt_transfer import file_tasks, metrics, registry, text_formats, vocab
-from prompt_transfer.tf_import import import_seqio, import_tensorflow
+from prompt_transfer.base.tf_import import import_seqio, import_tensorflow
+from prompt_transfer.data import file_tasks, metrics, registry, text_formats, vocab
 
 from . import super_glue  # noqa: F401  (the aliases below name its tasks)
 from .glue import CAP

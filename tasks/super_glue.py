@@ -2,8 +2,8 @@
 
 import functools
 
-from prompt_transfer import metrics, registry, text_formats, vocab
-from prompt_transfer.tf_import import import_seqio
+from prompt_transfer.base.tf_import import import_seqio
+from prompt_transfer.data import metrics, registry, text_formats, vocab
 
 from .glue import CAP, GLUE_TASKS, SPLITS
 

@@ -96,7 +96,7 @@ def tiny_config(**changes):
     """A `t5.T5Config` small enough to build, run and differentiate in a test (V 64, E 16,
     2 heads of 8, M 32, 2 + 2 layers, 8 relative-position buckets); `changes` are the fields a
     test depends on."""
-    from prompt_transfer import t5
+    from prompt_transfer.network import t5
 
     fields = dict(
         vocab_size=64,
@@ -203,7 +203,7 @@ def pytest_configure(config):
     """One compilation cache for the session: the many short runs share compiled steps."""
     import tempfile
 
-    from prompt_transfer import runtime
+    from prompt_transfer.base import runtime
 
     runtime.enable_compilation_cache(tempfile.mkdtemp(prefix="prompt-transfer-jax-"))
 
@@ -211,19 +211,19 @@ def pytest_configure(config):
 def killed_at_batch(monkeypatch, position: int, launch) -> None:
     """`launch()` killed (KeyboardInterrupt, as a kill stops the process) when its data
     stream is about to read batch `position`; the stream is itself again afterwards."""
-    from prompt_transfer import data
+    from prompt_transfer.data import batches
 
-    real_next = data.BatchStream.__next__
+    real_next = batches.BatchStream.__next__
 
     def dies(self):
         if self.position == position:
             raise KeyboardInterrupt("killed")
         return real_next(self)
 
-    monkeypatch.setattr(data.BatchStream, "__next__", dies)
+    monkeypatch.setattr(batches.BatchStream, "__next__", dies)
     with pytest.raises(KeyboardInterrupt):
         launch()
-    monkeypatch.setattr(data.BatchStream, "__next__", real_next)
+    monkeypatch.setattr(batches.BatchStream, "__next__", real_next)
 
 
 # A deep prompt on the tiny model (DEEP_PROMPT, what trains, and the optimizer it trains with).

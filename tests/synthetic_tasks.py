@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from prompt_transfer import registry, vocab
-from prompt_transfer.tf_import import import_seqio, import_tensorflow
+from prompt_transfer.base.tf_import import import_seqio, import_tensorflow
+from prompt_transfer.data import registry, vocab
 
 WORDS_A = ["apple", "banana", "cherry", "grape", "lemon", "mango"]
 WORDS_B = ["river", "mountain", "forest", "desert", "ocean", "valley"]

@@ -6,7 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from prompt_transfer import assets, checkpoints, cli, errors, gin_files, t5
+from prompt_transfer import cli
+from prompt_transfer.base import assets, errors
+from prompt_transfer.configure import gin_files
+from prompt_transfer.network import checkpoints, t5
 
 
 @pytest.fixture

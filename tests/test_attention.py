@@ -1,4 +1,4 @@
-"""Attention over source prompts (ATTEMPT; transfer/attention.py): each input's prompt is the
+"""Attention over source prompts (ATTEMPT; prompt/attention.py): each input's prompt is the
 target prompt plus the sources weighted by a trained module, for plain and deep prompts."""
 
 import json
@@ -13,9 +13,12 @@ from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT, tiny_config, tiny_run_args
-from prompt_transfer import checkpoints, cli, gin_files, prompts, t5
-from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.transfer import attention, library
+from prompt_transfer import cli
+from prompt_transfer.configure import gin_files
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+from prompt_transfer.network import checkpoints, t5
+from prompt_transfer.prompt import attention, prompts
+from prompt_transfer.transfer import library
 
 CONFIG = tiny_config(emb_dim=6, head_dim=3, mlp_dim=8, num_decoder_layers=1)
 WIDTH = prompts.deep_width(CONFIG)

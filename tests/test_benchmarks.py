@@ -15,7 +15,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import peers  # noqa: E402
 import train_step  # noqa: E402
 
-from prompt_transfer import gin_files  # noqa: E402
+from prompt_transfer.configure import gin_files  # noqa: E402
 from prompt_transfer.trainer import train_state  # noqa: E402
 
 

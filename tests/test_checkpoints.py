@@ -14,7 +14,8 @@ from flax import serialization, traverse_util
 from jax.sharding import PartitionSpec
 
 from conftest import ANCHOR_TINY_CHECKPOINT as TINY_CHECKPOINT
-from prompt_transfer import checkpoints, gin_files, partitioning, t5
+from prompt_transfer.configure import gin_files
+from prompt_transfer.network import checkpoints, partitioning, t5
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import ANCHOR_TINY_CHECKPOINT, T5_VOCAB, TINY_CHECKPOINT, small_hf_t5
-from prompt_transfer import checkpoints, cli, gin_files, t5
+from prompt_transfer import cli
+from prompt_transfer.configure import gin_files
+from prompt_transfer.network import checkpoints, t5
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -135,7 +137,7 @@ def test_a_runs_folder_in_the_working_directory_does_not_break_gin_includes(tmp_
     sys.path is a namespace package without a file, on which gin itself raises TypeError."""
     import sys
 
-    from prompt_transfer import gin_files, gin_utils
+    from prompt_transfer.configure import gin_files, gin_utils
 
     (tmp_path / "runs" / "demo").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from prompt_transfer.models import EncoderDecoderModel, shift_right, token_log_likelihoods
-from prompt_transfer.t5 import T5
+from prompt_transfer.model.encoder_decoder import (
+    EncoderDecoderModel,
+    shift_right,
+    token_log_likelihoods,
+)
+from prompt_transfer.network.t5 import T5
 
 CONFIG = tiny_config(vocab_size=40, num_decoder_layers=3)
 

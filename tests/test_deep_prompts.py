@@ -26,8 +26,12 @@ from conftest import (
     tiny_run_args,
     trained_arrays,
 )
-from prompt_transfer import cli, gin_files, inference, partitioning, prompts, t5
-from prompt_transfer.models import EncoderDecoderModel, shift_right
+from prompt_transfer import cli
+from prompt_transfer.configure import gin_files
+from prompt_transfer.model import inference
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel, shift_right
+from prompt_transfer.network import partitioning, t5
+from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import weights
 
 # Where a model of 2 encoder and 2 decoder layers (both models here) keeps a deep prompt.

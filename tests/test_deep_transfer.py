@@ -13,8 +13,11 @@ from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
 from conftest import T5_VOCAB, tiny_config, tiny_run_args
-from prompt_transfer import cli, gin_files, prompts, t5
-from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer import cli
+from prompt_transfer.configure import gin_files
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+from prompt_transfer.network import t5
+from prompt_transfer.prompt import prompts
 from prompt_transfer.transfer import initial, library, retrieval
 
 CONFIG = tiny_config(emb_dim=6, head_dim=3, mlp_dim=8, num_decoder_layers=1)

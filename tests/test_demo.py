@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from conftest import CUT_DOWN_FLOW
-from prompt_transfer import gin_files, prompts
+from prompt_transfer.configure import gin_files
+from prompt_transfer.prompt import prompts
 from prompt_transfer.transfer import library
 
 SOURCES = ["offline_sentiment_coachella", "offline_sentiment_apple_32shot"]

@@ -33,7 +33,7 @@ PLACEHOLDER = re.compile(r"\.\.\.|^[^-].*\||^\[--|^(ID|DIR|MODEL_DIR)$|^i$|\.tsv
 # Paths on the user's machine (a local T5X or Hugging Face model, a run of theirs).
 THEIRS = re.compile(r"^/(models|adapters|runs)/")
 REMOTE = re.compile(r"gs://|glue|_base\b")
-# What a remote command's first remote read says (remote.py, data.check_prepared).
+# What a remote command's first remote read says (trainer/remote.py, batches.check_prepared).
 REMOTE_SAID = re.compile(r"cannot be (read|written): no network|is not prepared in")
 # Cut down, for the runs a later command reads: steps after the shipped model's own.
 CUT_DOWN = ["--gin.TRAIN_STEPS_RELATIVE=2", "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=2"]
@@ -131,7 +131,7 @@ def sandbox(tmp_path_factory):
     import importlib
     import os
 
-    from prompt_transfer import data, vocab
+    from prompt_transfer.data import batches, vocab
 
     root = tmp_path_factory.mktemp("user")
     (root / "articles.txt").write_text("the match ended in a draw\nshares fell sharply\n")
@@ -139,7 +139,7 @@ def sandbox(tmp_path_factory):
     # As in a user's shell: no $PROMPT_TRANSFER_VOCAB (this session sets T5's), and the offline
     # tasks registered with the shipped vocabulary, as a fresh process registers them.
     saved = os.environ.pop("PROMPT_TRANSFER_VOCAB", None)
-    data.load_registrations()
+    batches.load_registrations()
     offline = importlib.import_module("prompt_transfer_tasks.offline")
     vocab.follow_model(None)
     importlib.reload(offline)

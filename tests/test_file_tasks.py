@@ -6,8 +6,9 @@ import pytest
 from synthetic_tasks import keyword_examples
 
 from conftest import tiny_run_args
-from prompt_transfer import cli, data, file_tasks
-from prompt_transfer.cli.runs import train_main
+from prompt_transfer import cli
+from prompt_transfer.cli.jobs import train_main
+from prompt_transfer.data import batches, file_tasks
 
 
 def _write_tsv(path, examples, header=("sentence", "label")):
@@ -47,7 +48,7 @@ def test_file_task_trains_one_step_and_evaluates(anchors, files, tmp_path):
     assert summary["step"] == 1 and summary["best"]["metric"] == "accuracy"
     assert 0 <= summary["best"]["value"] <= 100
     example = next(
-        data.get_task("my_keyword")
+        batches.get_task("my_keyword")
         .get_dataset(None, "validation", shuffle=False)
         .as_numpy_iterator()
     )
@@ -141,7 +142,7 @@ def test_a_task_on_the_shipped_model_takes_its_vocabulary_with_no_setting(
 ):
     """A user's task on the shipped model: no $PROMPT_TRANSFER_VOCAB, no network; the task is
     tokenized with the vocabulary the model's size gin file names."""
-    from prompt_transfer import vocab
+    from prompt_transfer.data import vocab
 
     monkeypatch.delenv("PROMPT_TRANSFER_VOCAB", raising=False)
     monkeypatch.setattr(vocab, "_model_vocabulary", None)  # restored after the test
@@ -162,7 +163,7 @@ def test_a_task_on_the_shipped_model_takes_its_vocabulary_with_no_setting(
         ]
     )
     assert summary["step"] == 8128 + 1  # one step after the shipped model's own
-    task = data.get_task("my_offline_keyword")
+    task = batches.get_task("my_offline_keyword")
     own = task.output_features["targets"].vocabulary.sentencepiece_model_file
     assert own == vocab.OFFLINE_VOCAB_PATH
 

@@ -8,8 +8,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import small_hf_t5  # noqa: E402
-from prompt_transfer import hf_t5  # noqa: E402
-from prompt_transfer.t5 import T5  # noqa: E402
+from prompt_transfer.network import hf_t5  # noqa: E402
+from prompt_transfer.network.t5 import T5  # noqa: E402
 
 CONFIGS = {
     # T5 1.1 / LM-adapted / flan-t5: gated-GELU, untied, no output rescaling.

@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from prompt_transfer import metrics
+from prompt_transfer.data import metrics
 
 
 @pytest.fixture

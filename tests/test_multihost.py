@@ -11,7 +11,7 @@ import multihost_runs as mh
 import numpy as np
 import pytest
 
-from prompt_transfer.errors import EXIT_PREEMPTED
+from prompt_transfer.base.errors import EXIT_PREEMPTED
 
 STEPS = mh.STEPS
 

@@ -17,7 +17,7 @@ def _restored(model_dir):
     import gin
     from flax import traverse_util
 
-    from prompt_transfer import gin_utils
+    from prompt_transfer.configure import gin_utils
     from prompt_transfer.trainer import config, evaluate
 
     gin.clear_config()

@@ -1,4 +1,4 @@
-"""Related prompts trained together (transfer/multitask.py): one run on a mixture, each example
+"""Related prompts trained together (prompt/multitask.py): one run on a mixture, each example
 with its task's prompt composed from a shared prompt and the task's part (add, concat, MPT)."""
 
 import json
@@ -19,10 +19,14 @@ from conftest import (
     tiny_run_args,
     trained_arrays,
 )
-from prompt_transfer import cli, data, gin_files, prompts, t5
-from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.tf_import import import_seqio
-from prompt_transfer.transfer import library, multitask
+from prompt_transfer import cli
+from prompt_transfer.base.tf_import import import_seqio
+from prompt_transfer.configure import gin_files
+from prompt_transfer.data import batches
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+from prompt_transfer.network import t5
+from prompt_transfer.prompt import multitask, prompts
+from prompt_transfer.transfer import library
 
 CONFIG = tiny_config(emb_dim=6, head_dim=3, mlp_dim=8, num_decoder_layers=1)
 WIDTH = CONFIG.emb_dim + prompts.deep_width(CONFIG)
@@ -140,10 +144,10 @@ def pair():
 
 
 def test_a_multitask_stream_marks_each_example_with_its_task(pair):
-    vocabulary = data.get_task("mt_yes").output_features["targets"].vocabulary
+    vocabulary = batches.get_task("mt_yes").output_features["targets"].vocabulary
     by_task = {"mt_yes": {"yes", "no"}, "mt_up": {"up", "down"}}
-    labels = [by_task[t.name] for t in data.get_task(pair).tasks]  # SeqIO's order, by name
-    stream = data.BatchStream(pair, TINY_LENGTHS, 8, seed=0, task_index=True)
+    labels = [by_task[t.name] for t in batches.get_task(pair).tasks]  # SeqIO's order, by name
+    stream = batches.BatchStream(pair, TINY_LENGTHS, 8, seed=0, task_index=True)
     seen = np.zeros(2, int)
     for _ in range(8):
         batch = next(stream)
@@ -153,10 +157,10 @@ def test_a_multitask_stream_marks_each_example_with_its_task(pair):
             seen[k] += 1
     assert seen.min() > 16, seen  # equal rates: each task about half of 64 examples
     # The same seed, the same batches; the plain mixture stream has no mark.
-    again = next(data.BatchStream(pair, TINY_LENGTHS, 8, seed=0, task_index=True))
-    first = next(data.BatchStream(pair, TINY_LENGTHS, 8, seed=0, task_index=True))
+    again = next(batches.BatchStream(pair, TINY_LENGTHS, 8, seed=0, task_index=True))
+    first = next(batches.BatchStream(pair, TINY_LENGTHS, 8, seed=0, task_index=True))
     np.testing.assert_array_equal(again["task_index"], first["task_index"])
-    assert "task_index" not in next(data.BatchStream(pair, TINY_LENGTHS, 8, seed=0))
+    assert "task_index" not in next(batches.BatchStream(pair, TINY_LENGTHS, 8, seed=0))
 
 
 # ---------------------------------------------------------------------------------------------

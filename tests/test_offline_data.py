@@ -6,7 +6,9 @@ import shutil
 
 import pytest
 
-from prompt_transfer import cli, data, offline_data, ppt, wordnet
+from prompt_transfer import cli
+from prompt_transfer.data import batches as data
+from prompt_transfer.data import offline_data, ppt, wordnet
 
 # Split sizes of the prepared suite (train/validation/test), as documented in docs/tasks.md.
 SIZES = {

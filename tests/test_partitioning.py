@@ -11,8 +11,10 @@ from jax.sharding import PartitionSpec
 from synthetic_tasks import register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT, tiny_run_args
-from prompt_transfer import cli, gin_files, partitioning
-from prompt_transfer import partitioning as pt
+from prompt_transfer import cli
+from prompt_transfer.configure import gin_files
+from prompt_transfer.network import partitioning
+from prompt_transfer.network import partitioning as pt
 from prompt_transfer.trainer import weights
 
 STEPS = 4

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from prompt_transfer import errors, paths, runtime
+from prompt_transfer.base import errors, paths, runtime
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import T5_VOCAB, small_hf_t5
-from prompt_transfer import checkpoints, cli, gin_files, prompts, t5, vocab
-from prompt_transfer.models import shift_right
+from prompt_transfer import cli
+from prompt_transfer.configure import gin_files
+from prompt_transfer.data import vocab
+from prompt_transfer.model.encoder_decoder import shift_right
+from prompt_transfer.network import checkpoints, t5
+from prompt_transfer.prompt import prompts
 from prompt_transfer.transfer import library
 
 torch = pytest.importorskip("torch")

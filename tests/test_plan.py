@@ -6,8 +6,10 @@ import json
 import jax
 import numpy as np
 
-from prompt_transfer import cli, gin_files, partitioning, plan, t5
-from prompt_transfer.trainer import weights
+from prompt_transfer import cli
+from prompt_transfer.configure import gin_files
+from prompt_transfer.network import partitioning, t5
+from prompt_transfer.trainer import plan, weights
 
 
 def test_parameter_bytes_per_device_are_what_placement_puts_on_a_device():

@@ -7,9 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_transfer import checkpoints, cli, gin_files, offline_data, registry, t5, vocab
-from prompt_transfer.cli.runs import train_main
-from prompt_transfer.tf_import import import_seqio, import_tensorflow
+from prompt_transfer import cli
+from prompt_transfer.base.tf_import import import_seqio, import_tensorflow
+from prompt_transfer.cli.jobs import train_main
+from prompt_transfer.configure import gin_files
+from prompt_transfer.data import offline_data, registry, vocab
+from prompt_transfer.network import checkpoints, t5
 
 
 def test_pretrain_steps_export_bf16_and_restore(tmp_path, monkeypatch):
@@ -71,11 +74,11 @@ def test_pretrain_steps_export_bf16_and_restore(tmp_path, monkeypatch):
 
 
 def test_offline_pretraining_mixes_both_objectives():
-    from prompt_transfer import data
+    from prompt_transfer.data import batches
 
-    mixture = data.get_task("offline_pretraining")
+    mixture = batches.get_task("offline_pretraining")
     assert sorted(t.name for t in mixture.tasks) == ["offline_prefix_lm", "offline_span_corruption"]
-    ds = data.batched_dataset("offline_prefix_lm", "train", {"inputs": 32, "targets": 8}, 4, 0)
+    ds = batches.batched_dataset("offline_prefix_lm", "train", {"inputs": 32, "targets": 8}, 4, 0)
     batch = next(ds.as_numpy_iterator())
     assert (batch["encoder_input_tokens"] > 0).sum(1).min() >= 2  # a prefix and its EOS
     assert (batch["decoder_target_tokens"][:, -1] == 1).all()  # the continuation is trimmed
@@ -95,17 +98,17 @@ def _register_test_span(name="test_span_cache"):
 
 
 def test_example_cache_holds_what_the_feature_converter_makes(tmp_path, monkeypatch):
-    from prompt_transfer import data
+    from prompt_transfer.data import batches
 
     monkeypatch.setenv("PROMPT_TRANSFER_DATA", str(tmp_path / "offline"))
     name, lengths = _register_test_span(), {"inputs": 32, "targets": 8}
-    counts = data.write_example_cache(name, tmp_path / "c.npz", lengths, passes=2, seed=5)
+    counts = batches.write_example_cache(name, tmp_path / "c.npz", lengths, passes=2, seed=5)
     assert counts["train"] == 2 * counts["validation"] > 0
     with np.load(tmp_path / "c.npz") as f:
         assert f["train/encoder_input_tokens"].dtype == np.uint16  # 8,100 ids fit
-    cached = data.read_example_cache(tmp_path / "c.npz")
+    cached = batches.read_example_cache(tmp_path / "c.npz")
     first = next(
-        data.batched_dataset(name, "train", lengths, 16, 5, num_epochs=1).as_numpy_iterator()
+        batches.batched_dataset(name, "train", lengths, 16, 5, num_epochs=1).as_numpy_iterator()
     )
     for key, value in first.items():
         np.testing.assert_array_equal(cached["train"][key][:16], value, err_msg=key)
@@ -116,8 +119,8 @@ def test_example_cache_holds_what_the_feature_converter_makes(tmp_path, monkeypa
         cached["train"]["encoder_input_tokens"][half:],
     )
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(data.TaskError, match="cache-examples"):
-        data.read_example_cache(tmp_path / "bad.npz")
+    with pytest.raises(batches.TaskError, match="cache-examples"):
+        batches.read_example_cache(tmp_path / "bad.npz")
 
 
 def test_pretrain_from_cache_without_tensorflow_exports_a_loadable_model(tmp_path, monkeypatch):
@@ -126,11 +129,11 @@ def test_pretrain_from_cache_without_tensorflow_exports_a_loadable_model(tmp_pat
     import importlib.util
     import json
 
-    from prompt_transfer import data
+    from prompt_transfer.data import batches
 
     monkeypatch.setenv("PROMPT_TRANSFER_DATA", str(tmp_path / "offline"))
     name, lengths = _register_test_span(), {"inputs": 32, "targets": 8}
-    data.write_example_cache(name, tmp_path / "c.npz", lengths)
+    batches.write_example_cache(name, tmp_path / "c.npz", lengths)
     spec = importlib.util.spec_from_file_location(
         "pretrain_cached", Path(__file__).resolve().parents[1] / "launch" / "pretrain_cached.py"
     )

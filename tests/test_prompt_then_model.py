@@ -11,8 +11,9 @@ from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
 from conftest import T5_VOCAB, killed_at_batch, tiny_run_args
-from prompt_transfer import cli, prompts
-from prompt_transfer.cli.runs import evaluate_main, train_main
+from prompt_transfer import cli
+from prompt_transfer.cli.jobs import evaluate_main, train_main
+from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import phases, run_dir
 
 # Phase 1: steps 1-6 (saves at 3 and 6); phase 2: steps 7-12 (saves at 9 and 12).
@@ -44,7 +45,7 @@ def _restored(model_dir, checkpoint="latest", config_of=None):
     config; `config_of`: the folder whose config.gin to read (default `model_dir`)."""
     import gin
 
-    from prompt_transfer import gin_utils
+    from prompt_transfer.configure import gin_utils
     from prompt_transfer.trainer import config, evaluate
 
     gin.clear_config()
@@ -235,7 +236,7 @@ def test_forget_scores_other_tasks_before_and_after_a_run_changed_the_network(
 
 def test_then_model_rows_split_the_target_steps_and_train_as_model_tuning(tmp_path):
     from prompt_transfer.spot import config, flow
-    from prompt_transfer.spot import rows as target_rows
+    from prompt_transfer.spot import strategies as target_rows
     from prompt_transfer.trainer.train_state import OptimizerConfig
 
     settings = config.FlowConfig(
@@ -319,9 +320,9 @@ def test_the_offline_experiment_trains_phase_2_as_the_demo_model_tunes():
     """experiments/prompt_then_model_flow_offline: the demo's flow with two targets; phase 2 of
     its two-phase rows is model tuning's Adafactor at 1e-3 (not the prompts' Adam), half of the
     300 steps."""
-    from prompt_transfer import gin_files, gin_utils
+    from prompt_transfer.configure import gin_files, gin_utils
     from prompt_transfer.spot import config
-    from prompt_transfer.spot import rows as target_rows
+    from prompt_transfer.spot import strategies as target_rows
     from prompt_transfer.trainer.train_state import OptimizerConfig
 
     gin_utils.configure([str(gin_files.find("experiments/prompt_then_model_flow_offline"))], [])

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import RELEASED_PROMPTS, tiny_config
-from prompt_transfer import prompts, t5
-from prompt_transfer.errors import UserError
-from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.base.errors import UserError
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+from prompt_transfer.network import t5
+from prompt_transfer.prompt import prompts
 
 
 def _inputs():

@@ -18,7 +18,8 @@ from read_back import eval_equals_log, infer_equals_log, last_logged
 from synthetic_tasks import register_keyword_task
 
 from conftest import DEEP_PROMPT_ARGS, T5_VOCAB, TINY_CHECKPOINT, tiny_run_args, trained_arrays
-from prompt_transfer import cli, prompts
+from prompt_transfer import cli
+from prompt_transfer.prompt import prompts
 from prompt_transfer.transfer import library, peft_io
 
 STEPS = ["--gin.TRAIN_STEPS=4", "--gin.EVAL_PERIOD=4", "--gin.SAVE_PERIOD=4"]
@@ -198,7 +199,7 @@ def test_exports_read_the_checkpoint_and_refuse_what_they_would_lose(runs, tmp_p
     assert len(err) == 1 and "is a deep prompt" in err[0] and not (tmp_path / "d").exists()
     # The network of a model-tuning run, its size from the run's record.
     assert cli.main(["export", str(runs / "model_tuning"), "--output", str(tmp_path / "mt")]) == 0
-    from prompt_transfer import checkpoints
+    from prompt_transfer.network import checkpoints
 
     rows, _ = checkpoints.describe(tmp_path / "mt" / "checkpoint")
     trained = trained_arrays(runs / "model_tuning" / "checkpoint_4")

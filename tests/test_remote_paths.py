@@ -17,7 +17,7 @@ from pathlib import Path
 
 import remote_job
 
-from prompt_transfer import paths
+from prompt_transfer.base import paths
 
 TESTS = Path(__file__).parent
 

@@ -1,6 +1,6 @@
 """A gs:// path a run cannot use is refused before any work, in one line naming the setting, the
 path, the reason (no network, no credentials, not found) and the local setting to use instead
-(prompt_transfer/remote.py, issue 27).
+(prompt_transfer/trainer/remote.py, issue 27).
 
 The reasons come from TensorFlow's real gs:// client talking to the Cloud Storage stand-in
 (tests/fake_gcs.py), in this process: no network is a proxy whose host does not resolve, no
@@ -14,9 +14,11 @@ import tensorflow as tf
 from synthetic_tasks import register_keyword_task
 
 from conftest import T5_VOCAB, tiny_run_args
-from prompt_transfer import cli, data, paths, remote, vocab
-from prompt_transfer.tf_import import import_seqio
-from prompt_transfer.trainer import evaluate, train
+from prompt_transfer import cli
+from prompt_transfer.base import paths
+from prompt_transfer.base.tf_import import import_seqio
+from prompt_transfer.data import batches, vocab
+from prompt_transfer.trainer import evaluate, remote, train
 
 CHECKPOINT = "gs://bucket/models/tiny/checkpoint_3"
 
@@ -27,11 +29,11 @@ def gcs(anchors, fake_gcs, monkeypatch):
     answer remembered from another test, and any model built an error: a refusal must come
     first. The model's vocabulary and the TFDS folder a test sets are undone after it."""
     register_keyword_task(T5_VOCAB)
-    data.load_registrations()  # tasks/ take the local vocabulary of conftest, not a test's
+    batches.load_registrations()  # tasks/ take the local vocabulary of conftest, not a test's
     for name, value in {**fake_gcs.env(), "PROMPT_TRANSFER_MOUNTS": ""}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(remote, "_answers", {})
-    monkeypatch.setattr(data, "_tfds_data_dir", None)
+    monkeypatch.setattr(batches, "_tfds_data_dir", None)
     seqio_utils = import_seqio().utils
     monkeypatch.setattr(seqio_utils, "_TFDS_DATA_DIR_OVERRIDE", seqio_utils._TFDS_DATA_DIR_OVERRIDE)
 

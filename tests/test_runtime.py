@@ -1,9 +1,9 @@
 """How a command ends: a refusal closes what the command left open (orbax's checkpoint managers
 and their threads) before its one line, and only what the command opened."""
 
-from prompt_transfer import runtime
-from prompt_transfer.errors import EXIT_BAD_INPUT, UserError
-from prompt_transfer.trainer import checkpointing, run_dir
+from prompt_transfer.base import runtime
+from prompt_transfer.base.errors import EXIT_BAD_INPUT, UserError
+from prompt_transfer.trainer import run_dir, saving
 
 
 class Resource:
@@ -37,7 +37,7 @@ def _manager_closes(store) -> list:
 
 
 def test_a_checkpoint_store_closes_its_manager_once(tmp_path):
-    with checkpointing.CheckpointStore(tmp_path / "run", keep=1) as store:
+    with saving.CheckpointStore(tmp_path / "run", keep=1) as store:
         calls = _manager_closes(store)
         assert store.latest_step() is None
     assert calls == [1]
@@ -49,7 +49,7 @@ def test_a_store_left_open_by_a_refusal_is_closed_before_the_line(tmp_path, caps
     seen = []
 
     def body():
-        store = checkpointing.CheckpointStore(tmp_path / "run", keep=1)
+        store = saving.CheckpointStore(tmp_path / "run", keep=1)
         calls = _manager_closes(store)
         seen.append(calls)
         raise run_dir.RunDirError("checkpoint_2 does not fit")

@@ -1,4 +1,4 @@
-"""Every setting is typed and checked before any work (prompt_transfer/settings.py).
+"""Every setting is typed and checked before any work (prompt_transfer/base/settings.py).
 
 The cases are generated, not listed: for every macro that `train` or `spot` reads (found by
 walking what gin binds to RunSpec, TrainConfig and FlowConfig), a value of the wrong type, one
@@ -13,7 +13,9 @@ from collections.abc import Mapping
 import pytest
 
 from conftest import TINY_CHECKPOINT, tiny_run_args
-from prompt_transfer import cli, gin_utils, settings
+from prompt_transfer import cli
+from prompt_transfer.base import settings
+from prompt_transfer.configure import gin_utils
 from prompt_transfer.spot.config import FlowConfig
 from prompt_transfer.study.config import StudyConfig
 from prompt_transfer.trainer.config import RunSpec, TrainConfig

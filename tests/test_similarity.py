@@ -78,7 +78,8 @@ def test_activation_signature_reads_the_feed_forward_layers(anchors):
     import jax
     import jax.numpy as jnp
 
-    from prompt_transfer import gin_files, t5
+    from prompt_transfer.configure import gin_files
+    from prompt_transfer.network import t5
 
     module = t5.T5(gin_files.read_model_config("tiny"))
     tokens = jnp.ones((1, 4), jnp.int32)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from prompt_transfer import span_corruption as sc
-from prompt_transfer.tf_import import import_tensorflow
+from prompt_transfer.base.tf_import import import_tensorflow
+from prompt_transfer.data import span_corruption as sc
 
 VOCAB = 1000
 

@@ -9,10 +9,12 @@ import pytest
 from read_back import eval_equals_log, infer_equals_log, last_logged
 
 from conftest import CUT_DOWN_FLOW, TINY_CHECKPOINT
-from prompt_transfer import cli, offline_data
+from prompt_transfer import cli
+from prompt_transfer.data import offline_data
+from prompt_transfer.prompt import multitask
 from prompt_transfer.spot import report
 from prompt_transfer.trainer import run_record
-from prompt_transfer.transfer import library, multitask
+from prompt_transfer.transfer import library
 
 SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic"]
 TARGET = "offline_sentiment_apple_32shot"
@@ -339,7 +341,7 @@ def test_spot_gin_overrides_only_what_differs_from_prompt_tuning_gin():
     """runs/spot.gin includes runs/prompt_tuning.gin: every run's settings are bound once,
     there (and in runs/train.gin, which it includes); spot.gin sets only the flow's own macros
     and the few it changes."""
-    from prompt_transfer.gin_files import GIN_DIR
+    from prompt_transfer.configure.gin_files import GIN_DIR
 
     runs = _macros(GIN_DIR / "runs" / "prompt_tuning.gin") | _macros(GIN_DIR / "runs" / "train.gin")
     shared = _macros(GIN_DIR / "runs" / "spot.gin") & runs
@@ -348,7 +350,7 @@ def test_spot_gin_overrides_only_what_differs_from_prompt_tuning_gin():
 
 
 def _demo_config(*bindings):
-    from prompt_transfer import gin_files, gin_utils
+    from prompt_transfer.configure import gin_files, gin_utils
     from prompt_transfer.spot import config, runs
     from prompt_transfer.trainer.config import RunSpec, TrainConfig
 
@@ -358,7 +360,7 @@ def _demo_config(*bindings):
 
 
 def test_the_demo_flow_runs_with_prompt_tuning_gins_settings():
-    from prompt_transfer import prompts
+    from prompt_transfer.prompt import prompts
     from prompt_transfer.trainer.train_state import OptimizerConfig
 
     flow, (spec, config) = _demo_config()
@@ -401,7 +403,7 @@ def test_a_run_recorded_before_a_setting_existed_is_reused_only_at_its_default(
     """A field added to the code since a flow's runs were recorded (ATTENTION_HIDDEN, say) does
     not make every old run "other settings"; asked away from its default, it does."""
     from conftest import tiny_config
-    from prompt_transfer import prompts
+    from prompt_transfer.prompt import prompts
     from prompt_transfer.spot import runs
     from prompt_transfer.trainer.config import RunSpec, TrainConfig
     from prompt_transfer.transfer.initial import TransferInit
@@ -428,9 +430,9 @@ def test_a_run_recorded_before_a_setting_existed_is_reused_only_at_its_default(
 def test_compose_and_each_source_rows(tmp_path):
     """The compose_ strategies combine COMPOSE_SOURCES (concat: a prompt as long as the parts;
     attention: its module trains too), and each_source is a row per source, from it alone."""
+    from prompt_transfer.prompt import attention
     from prompt_transfer.spot import config, flow
-    from prompt_transfer.spot import rows as target_rows
-    from prompt_transfer.transfer import attention
+    from prompt_transfer.spot import strategies as target_rows
 
     settings = config.FlowConfig(
         work_dir=str(tmp_path),
@@ -460,7 +462,7 @@ def test_multitask_rows_start_from_one_run_over_the_sources(tmp_path):
     """multitask_average and multitask_shared start from the flow's one multi-task run over
     SOURCES (its tasks' parts averaged, its shared prompt alone), counted once."""
     from prompt_transfer.spot import config
-    from prompt_transfer.spot import rows as target_rows
+    from prompt_transfer.spot import strategies as target_rows
 
     settings = config.FlowConfig(
         work_dir=str(tmp_path),

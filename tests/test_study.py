@@ -7,7 +7,8 @@ import pytest
 from read_back import eval_equals_log
 
 from conftest import TINY_CHECKPOINT
-from prompt_transfer import cli, offline_data
+from prompt_transfer import cli
+from prompt_transfer.data import offline_data
 
 SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic", "offline_tweet_domain"]
 TARGET = "offline_sentiment_apple_32shot"
@@ -76,7 +77,7 @@ def test_the_views_weigh_the_input_prompt_and_each_key_and_value_block_alike():
     """Keys and values far larger than the input embeddings decide a cosine of the wide form;
     the blocks view gives the input prompt and each layer's keys and values one vote each."""
     from conftest import tiny_config
-    from prompt_transfer import prompts
+    from prompt_transfer.prompt import prompts
     from prompt_transfer.transfer import similarity, views
 
     config = tiny_config()

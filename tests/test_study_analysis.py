@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from prompt_transfer import paths
+from prompt_transfer.base import paths
 from prompt_transfer.study.analysis import StudyData, analyse
 from prompt_transfer.study.report import write_study
 

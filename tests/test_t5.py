@@ -11,7 +11,8 @@ import pytest
 from flax import traverse_util
 
 from conftest import tiny_config
-from prompt_transfer import gin_files, partitioning, t5
+from prompt_transfer.configure import gin_files
+from prompt_transfer.network import partitioning, t5
 
 # Published sizes of the T5 1.1 (LM-adapted) checkpoints, 3 significant digits.
 PUBLISHED = {"small": 77.0e6, "base": 248e6, "large": 783e6, "xl": 2.85e9, "xxl": 11.1e9}

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ANCHOR_TINY_CHECKPOINT as TINY_CHECKPOINT  # T5X-written, at step 3
-from prompt_transfer import cli, gin_utils, t5
-from prompt_transfer.t5x import habits
+from prompt_transfer import cli
+from prompt_transfer.configure import gin_utils, t5x_habits
+from prompt_transfer.network import t5
 from prompt_transfer.trainer import config
 from prompt_transfer.trainer.train_state import OptimizerConfig
 
@@ -182,7 +183,7 @@ def test_every_habit_is_in_the_users_table():
             for row in rows
         )
 
-    missing = [f"{name}.{param}" for name, param, _ in habits.HABITS if not listed(name, param)]
+    missing = [f"{name}.{param}" for name, param, _ in t5x_habits.HABITS if not listed(name, param)]
     assert not missing, f"docs/t5x_users.md does not list {missing}"
 
 
@@ -241,7 +242,7 @@ def test_embedding_file_is_what_the_numpy_initialisers_sample(tmp_path):
 
     import numpy as np
 
-    from prompt_transfer import prompts
+    from prompt_transfer.prompt import prompts
     from prompt_transfer.trainer import start
 
     spec, train = sst2(
@@ -459,7 +460,7 @@ def test_t5x_eval_of_a_runs_own_checkpoint_reads_the_run(job, capsys):
 
 def decoding_bound(*files: str, bindings=()):
 
-    from prompt_transfer.decoding import Decoding
+    from prompt_transfer.network.decoding import Decoding
 
     gin_utils.configure(["runs/eval_run", *files], ["MODEL_DIR = '/tmp/m'", *bindings])
     return gin_utils.configured(Decoding)()
@@ -477,7 +478,7 @@ def test_the_decoding_gin_files_choose_beam_search_and_nucleus_sampling():
         bindings=["models.EncoderDecoderModel.predict_batch_with_aux.num_decodes = 8"],
     )
     assert wider.num_decodes == 8
-    from prompt_transfer.settings import SettingError
+    from prompt_transfer.base.settings import SettingError
 
     with pytest.raises(SettingError, match=r"^decoding.temperature_sample.topp=1.5 must be .*<= 1"):
         decoding_bound(
@@ -494,8 +495,8 @@ def test_decode_follows_the_chosen_method():
     import numpy as np
 
     from conftest import tiny_config
-    from prompt_transfer.decoding import Decoding
-    from prompt_transfer.models import EncoderDecoderModel
+    from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+    from prompt_transfer.network.decoding import Decoding
 
     module = t5.T5(tiny_config())
     tokens = jnp.asarray(np.random.default_rng(0).integers(3, 60, (3, 7)), jnp.int32)

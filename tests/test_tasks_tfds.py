@@ -5,15 +5,15 @@ import re
 import numpy as np
 import pytest
 
-from prompt_transfer import data, registry
-from prompt_transfer.tf_import import import_seqio
+from prompt_transfer.base.tf_import import import_seqio
+from prompt_transfer.data import batches, registry
 
 LENGTHS = {"inputs": 64, "targets": 8}
 
 
 def _tfds_tasks():
     seqio = import_seqio()
-    data.load_registrations()
+    batches.load_registrations()
     return sorted(
         n
         for n in seqio.TaskRegistry.names()
@@ -46,7 +46,7 @@ SPAN_CORRUPTION = {"spot_source_c4"}
 
 @pytest.mark.parametrize("name", [n for n in _tfds_tasks() if n not in SPAN_CORRUPTION])
 def test_task_yields_encoder_decoder_batches(name):
-    ds = data.batched_dataset(
+    ds = batches.batched_dataset(
         name, "validation", LENGTHS, batch_size=2, seed=0, shuffle=False, num_epochs=1
     )
     batch = next(ds.as_numpy_iterator())
@@ -74,7 +74,7 @@ def test_t5_and_prompt_tunings_names_read_the_same_examples():
     taskless_glue_sst2_v200_examples (prompt-tuning's) the same examples without the task's
     name opening the input."""
     seqio = import_seqio()
-    data.load_registrations()
+    batches.load_registrations()
 
     def first(name):
         ds = seqio.get_mixture_or_task(name).get_dataset(
@@ -117,7 +117,7 @@ def test_mixtures_are_examples_proportional_with_a_cap(monkeypatch):
     rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
     assert rates["glue_rte"] == 2_490 and rates["glue_qqp"] == 2**19  # capped at K = 2^19
     assert len(rates) == 9 + 8
-    stream = data.BatchStream("glue_and_super_glue", LENGTHS, batch_size=4, seed=0)
+    stream = batches.BatchStream("glue_and_super_glue", LENGTHS, batch_size=4, seed=0)
     assert next(stream)["encoder_input_tokens"].shape == (4, 64) and stream.position == 1
 
 
@@ -138,7 +138,7 @@ def test_c4_span_corruption_yields_full_batches(tmp_path):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=300, data_dir=str(tmp_path)):
-        ds = data.batched_dataset(
+        ds = batches.batched_dataset(
             "spot_source_c4",
             "validation",
             LENGTHS,

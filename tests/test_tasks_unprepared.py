@@ -2,7 +2,7 @@
 
 import pytest
 
-from prompt_transfer import data
+from prompt_transfer.data import batches
 
 
 def test_unprepared_tfds_data_names_dir_and_how_to_build(anchors, tmp_path, monkeypatch):
@@ -16,11 +16,11 @@ def test_unprepared_tfds_data_names_dir_and_how_to_build(anchors, tmp_path, monk
         lambda *a, **k: (_ for _ in ()).throw(OSError("no network")),
     )
     with pytest.raises(
-        data.TaskError,
+        batches.TaskError,
         match=r"glue/rte:2.0.0 for 'glue_rte' is not prepared in "
         r"\S*empty; .*tfds build glue/rte",
     ):
-        data.batched_dataset("glue_rte", "validation", {"inputs": 16, "targets": 4}, 2, seed=0)
+        batches.batched_dataset("glue_rte", "validation", {"inputs": 16, "targets": 4}, 2, seed=0)
 
 
 def test_tfds_data_dir_flag_is_where_tfds_looks(anchors, tmp_path, monkeypatch, capsys):
@@ -29,7 +29,7 @@ def test_tfds_data_dir_flag_is_where_tfds_looks(anchors, tmp_path, monkeypatch, 
 
     from conftest import tiny_run_args
     from prompt_transfer import cli
-    from prompt_transfer.tf_import import import_seqio
+    from prompt_transfer.base.tf_import import import_seqio
 
     monkeypatch.setattr(
         tfds.core.DatasetBuilder,

@@ -13,18 +13,14 @@ from flax import traverse_util
 from synthetic_tasks import keyword_examples, register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, killed_at_batch, tiny_run_args
-from prompt_transfer import (
-    checkpoints,
-    cli,
-    data,
-    errors,
-    gin_files,
-    gin_utils,
-    partitioning,
-    prompts,
-)
-from prompt_transfer.cli.runs import train_main
-from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer import cli
+from prompt_transfer.base import errors
+from prompt_transfer.cli.jobs import train_main
+from prompt_transfer.configure import gin_files, gin_utils
+from prompt_transfer.data import batches as data
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+from prompt_transfer.network import checkpoints, partitioning
+from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import config as run_config
 from prompt_transfer.trainer import run_dir, train, train_state, weights
 
@@ -580,7 +576,7 @@ def test_early_stopping_after_patience_without_improvement(task, tmp_path):
 
 
 def test_task_embedding_is_stored_in_the_library(task, tmp_path, capsys):
-    from prompt_transfer import checkpoints, t5
+    from prompt_transfer.network import checkpoints, t5
     from prompt_transfer.transfer import library
 
     assert (
@@ -624,7 +620,8 @@ def test_rank_classification_with_labels_of_different_token_lengths(anchors):
     several-token label must still evaluate (they once raised 'inhomogeneous shape')."""
     from synthetic_tasks import keyword_examples
 
-    from prompt_transfer import evaluation, vocab
+    from prompt_transfer.data import vocab
+    from prompt_transfer.model import seqio_eval
 
     labels = ("yes", "not at all")
     name = register_keyword_task(T5_VOCAB, "test_keyword_long_label", labels=labels)
@@ -634,7 +631,7 @@ def test_rank_classification_with_labels_of_different_token_lengths(anchors):
     module, _, network = weights.frozen_network(
         config, str(TINY_CHECKPOINT), partitioning.make_mesh(1), 0
     )
-    evaluator = evaluation.TaskEvaluator(
+    evaluator = seqio_eval.TaskEvaluator(
         EncoderDecoderModel(module), name, "validation", {"inputs": 12, "targets": 6}, 32
     )
     # Scores that pick the labels alternately, example by example.

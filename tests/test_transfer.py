@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from prompt_transfer.errors import UserError
+from prompt_transfer.base.errors import UserError
 from prompt_transfer.transfer import initial, library, retrieval, similarity
 
 

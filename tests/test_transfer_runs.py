@@ -7,9 +7,11 @@ import pytest
 from synthetic_tasks import register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_run_args
-from prompt_transfer import checkpoints, gin_files, t5
-from prompt_transfer.cli.runs import train_main
-from prompt_transfer.transfer import attention, library, retrieval, similarity
+from prompt_transfer.cli.jobs import train_main
+from prompt_transfer.configure import gin_files
+from prompt_transfer.network import checkpoints, t5
+from prompt_transfer.prompt import attention
+from prompt_transfer.transfer import library, retrieval, similarity
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +143,7 @@ def test_length_mismatch_needs_an_explicit_fit(lib, tmp_path, capsys):
 
 @pytest.mark.parametrize("metric", ["zero_shot", "activation_overlap"])
 def test_retrieval_by_metrics_that_run_the_model(lib, tmp_path, metric):
-    from prompt_transfer.models import EncoderDecoderModel
+    from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
 
     _run(tmp_path, lib, "top_1", f"--gin.SIMILARITY_METRIC='{metric}'", "--gin.TOP_K=2")
     report, initial = _report(tmp_path)

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import T5_VOCAB
-from prompt_transfer import vocab
+from prompt_transfer.data import vocab
 
 
 def test_t5_id_layout(anchors):
@@ -24,7 +24,7 @@ def test_missing_vocabulary_is_named(tmp_path):
 def test_shipped_offline_vocabulary_has_t5_layout_and_covers_the_corpus():
     import numpy as np
 
-    from prompt_transfer import offline_data
+    from prompt_transfer.data import offline_data
 
     v = vocab.get_vocabulary(vocab.OFFLINE_VOCAB_PATH)
     assert (v.pad_id, v.eos_id, v.unk_id, v.vocab_size) == (0, 1, 2, 8100)

@@ -6,8 +6,11 @@ import pytest
 from synthetic_tasks import register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT
-from prompt_transfer import checkpoints, data, gin_files, metrics, prompts, t5
-from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
+from prompt_transfer.configure import gin_files
+from prompt_transfer.data import batches, metrics
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel, pad_token_rows
+from prompt_transfer.network import checkpoints, t5
+from prompt_transfer.prompt import prompts
 from prompt_transfer.spot import plots
 from prompt_transfer.transfer import retrieval
 
@@ -27,10 +30,10 @@ def setup(anchors):
 def _by_hand(model, network, prompt, task="test_keyword") -> tuple[float, float]:
     """Rank classification over yes/no on the validation split, computed directly: (accuracy,
     balanced accuracy)."""
-    ds = data.get_task(task).get_dataset(LENGTHS, "validation", shuffle=False)
+    ds = batches.get_task(task).get_dataset(LENGTHS, "validation", shuffle=False)
     examples = list(ds.as_numpy_iterator())
     tokens = jnp.asarray(pad_token_rows([list(e["inputs"]) for e in examples]))
-    vocab = data.get_task("test_keyword").output_features["targets"].vocabulary
+    vocab = batches.get_task("test_keyword").output_features["targets"].vocabulary
     candidates = jnp.asarray(pad_token_rows([vocab.encode(w) + [1] for w in ("yes", "no")]))
     scores = model.rank_classify(
         prompts.with_prompt(network, jnp.asarray(prompt)), tokens, candidates

@@ -3,9 +3,9 @@
   models     checkpoint-info, convert, score, export             (cli/model.py)
   data       prepare-offline, cache-examples, cache-tasks, add-task, build-vocab  (cli/data.py)
   library    library add|import|list|show|remove|export|rank|...  (cli/library.py)
-  runs       train, eval, infer, task-embedding, spot, study, demo  (cli/runs.py)
+  jobs       train, eval, infer, task-embedding, spot, study, demo  (cli/jobs.py)
 
-Exit statuses: 0 done, 2 bad input, 3 the loss diverged, 4 pre-empted (see errors.py).
+Exit statuses: 0 done, 2 bad input, 3 the loss diverged, 4 pre-empted (see base/errors.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prompt_transfer import runtime
-from prompt_transfer.cli import data, library, model, runs
+from prompt_transfer.base import runtime
+from prompt_transfer.cli import data, jobs, library, model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (model, data, library, runs):
+    for group in (model, data, library, jobs):
         group.add_commands(sub)
     return parser
 
@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args):
     if getattr(args, "tfds_data_dir", None):  # before any task reads its data
-        from prompt_transfer import data
+        from prompt_transfer.data import batches
 
-        data.set_tfds_data_dir(args.tfds_data_dir)
+        batches.set_tfds_data_dir(args.tfds_data_dir)
     if getattr(args, "seqio_additional_cache_dirs", None):
-        from prompt_transfer import seqio_cache
+        from prompt_transfer.data import seqio_cache
 
         seqio_cache.add_dirs(args.seqio_additional_cache_dirs.split(","))
     return args.func(args)

@@ -8,7 +8,7 @@ from pathlib import Path
 def cmd_prepare_offline(args) -> None:
     """Build the suite, or add what became buildable since (WordNet installed); a suite that is
     ready as it is gets one line (`make test` runs this every time)."""
-    from prompt_transfer import offline_data
+    from prompt_transfer.data import offline_data
 
     root = Path(args.data_dir) if args.data_dir else offline_data.cache_dir()
     before = None if args.force else offline_data.read_manifest(root)
@@ -35,10 +35,10 @@ def cmd_prepare_offline(args) -> None:
 
 
 def cmd_cache_examples(args) -> None:
-    from prompt_transfer import data
+    from prompt_transfer.data import batches
 
     lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
-    counts = data.write_example_cache(args.task, args.output, lengths, args.passes, args.seed)
+    counts = batches.write_example_cache(args.task, args.output, lengths, args.passes, args.seed)
     size = Path(args.output).stat().st_size
     sizes = ", ".join(f"{split} {n:,}" for split, n in counts.items())
     print(f"wrote {args.output} ({size / 2**20:.1f} MiB): {sizes} examples")
@@ -47,17 +47,18 @@ def cmd_cache_examples(args) -> None:
 def cmd_cache_tasks(args) -> None:
     import importlib
 
-    from prompt_transfer import data, errors, registry, seqio_cache
+    from prompt_transfer.base import errors
+    from prompt_transfer.data import batches, registry, seqio_cache
 
     for module in args.module_import or ():
         try:
             importlib.import_module(module)
         except Exception as e:  # the user's module: any failure, said in one line
-            raise data.TaskError(
+            raise batches.TaskError(
                 f"--module_import={module} cannot be imported ({errors.one_line(e)})"
             ) from e
     splits = args.splits.split(",") if args.splits else None
-    named = [data.get_task(t) for t in args.tasks.split(",") if t]  # unknown: the closest
+    named = [batches.get_task(t) for t in args.tasks.split(",") if t]  # unknown: the closest
     for task in [sub for t in named for sub in registry.subtasks(t)]:  # a mixture: its tasks
         folder, counts = seqio_cache.write(task.name, args.output_cache_dir, splits)
         shown = ", ".join(f"{split} {n:,}" for split, n in counts.items())
@@ -65,7 +66,7 @@ def cmd_cache_tasks(args) -> None:
 
 
 def cmd_add_task(args) -> None:
-    from prompt_transfer import file_tasks
+    from prompt_transfer.data import file_tasks
 
     task = file_tasks.FileTask(
         name=args.name,
@@ -82,7 +83,8 @@ def cmd_add_task(args) -> None:
 
 
 def cmd_build_vocab(args) -> None:
-    from prompt_transfer import assets, offline_data, vocab
+    from prompt_transfer.base import assets
+    from prompt_transfer.data import offline_data, vocab
 
     shipped = assets.ASSETS_DIR / "offline_spm.model"
     texts = offline_data.corpus_texts()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer import paths
+from prompt_transfer.base import paths
 from prompt_transfer.spot.report import significant
 from prompt_transfer.transfer import library, peft_io
 

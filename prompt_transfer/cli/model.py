@@ -8,15 +8,15 @@ import re
 import shutil
 from pathlib import Path
 
-from prompt_transfer import paths
-from prompt_transfer.errors import UserError
+from prompt_transfer.base import paths
+from prompt_transfer.base.errors import UserError
 
 
 def _size_for(checkpoint: str, size: str | None) -> str:
     """An explicit --size, else the `model.gin` that `convert` writes beside the checkpoints."""
     if size:
         return size
-    from prompt_transfer import checkpoints
+    from prompt_transfer.network import checkpoints
 
     ckpt_dir, _ = checkpoints.resolve_checkpoint(checkpoint)
     for folder in (Path(ckpt_dir), Path(ckpt_dir).parent, Path(ckpt_dir).parent.parent):
@@ -29,7 +29,8 @@ def _size_for(checkpoint: str, size: str | None) -> str:
 
 
 def cmd_checkpoint_info(args) -> None:
-    from prompt_transfer import checkpoints, remote
+    from prompt_transfer.network import checkpoints
+    from prompt_transfer.trainer import remote
 
     remote.check([remote.Need(f"checkpoint {args.path}", args.path, "a local copy of it")])
     rows, step = checkpoints.describe(args.path)
@@ -53,7 +54,8 @@ def _local_output(output: str) -> Path:
 
 
 def cmd_convert(args) -> None:
-    from prompt_transfer import checkpoints, gin_files, hf_t5, t5
+    from prompt_transfer.configure import gin_files
+    from prompt_transfer.network import checkpoints, hf_t5, t5
 
     output = _local_output(args.output)
     if output.exists():
@@ -74,8 +76,11 @@ def cmd_score(args) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from prompt_transfer import checkpoints, gin_files, prompts, t5, vocab
-    from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
+    from prompt_transfer.configure import gin_files
+    from prompt_transfer.data import vocab
+    from prompt_transfer.model.encoder_decoder import EncoderDecoderModel, pad_token_rows
+    from prompt_transfer.network import checkpoints, t5
+    from prompt_transfer.prompt import prompts
     from prompt_transfer.trainer import run_dir
     from prompt_transfer.transfer import library
 
@@ -127,7 +132,8 @@ def _score_prompt(args):
 def cmd_export(args) -> None:
     import jax.numpy as jnp
 
-    from prompt_transfer import checkpoints, gin_files, t5
+    from prompt_transfer.configure import gin_files
+    from prompt_transfer.network import checkpoints, t5
     from prompt_transfer.trainer import run_record
 
     output = _local_output(args.output)
@@ -188,7 +194,7 @@ def cmd_plan(args) -> int:
     import subprocess
     import sys
 
-    from prompt_transfer import plan
+    from prompt_transfer.trainer import plan
 
     shape = plan.Shape(
         size=args.size,

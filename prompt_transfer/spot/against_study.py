@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prompt_transfer import paths
+from prompt_transfer.base import paths
 
 STUDY_COMMAND = "prompt-transfer study --gin_file=experiments/study_offline"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from prompt_transfer import paths
-from prompt_transfer.settings import setting
+from prompt_transfer.base import paths
+from prompt_transfer.base.settings import setting
 from prompt_transfer.trainer.train_state import OptimizerConfig
 from prompt_transfer.transfer import similarity, views
 
@@ -30,7 +30,7 @@ RANDOM_INIT = ("random_uniform", "sampled_vocab")
 # keeps the top k beside the target and mixes them per input); the compose_ rows build it from
 # COMPOSE_SOURCES (transfer/initial.py's compose, one row per way), and each_source trains one
 # row per source, from that source alone (`from_<source>`). The multitask_ rows start from one
-# multi-task run over all the SOURCES (transfer/multitask.py), trained beside the sources:
+# multi-task run over all the SOURCES (prompt/multitask.py), trained beside the sources:
 # its tasks' parts averaged, or its shared prompt alone.
 COMPOSE_STRATEGIES = ("compose_concat", "compose_weighted_sum", "compose_attention")
 MULTITASK_STRATEGIES = {

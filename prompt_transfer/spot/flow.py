@@ -21,9 +21,13 @@ import sys
 
 import numpy as np
 
-from prompt_transfer import data, errors, gin_utils, partitioning, paths, prompts, remote
-from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.spot import against_study, kept, rows
+from prompt_transfer.base import errors, paths
+from prompt_transfer.configure import gin_utils
+from prompt_transfer.data import batches
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+from prompt_transfer.network import partitioning
+from prompt_transfer.prompt import multitask, prompts
+from prompt_transfer.spot import against_study, kept, strategies
 from prompt_transfer.spot.config import (
     COMPOSE_STRATEGIES,
     MULTITASK_RUN,
@@ -34,17 +38,11 @@ from prompt_transfer.spot.config import (
 )
 from prompt_transfer.spot.report import Results, TargetRuns, write_report
 from prompt_transfer.spot.runs import FlowError, Runs, base_run
-from prompt_transfer.trainer import run_dir
+from prompt_transfer.trainer import remote, run_dir
 from prompt_transfer.trainer import start as start_lib
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train import network_of
-from prompt_transfer.transfer import (
-    library,
-    multitask,
-    retrieval,
-    similarity,
-    views,
-)
+from prompt_transfer.transfer import library, retrieval, similarity, views
 
 
 def run(flow: FlowConfig, spec: RunSpec, config: TrainConfig, *, config_text: str = "") -> dict:
@@ -126,7 +124,7 @@ def train_multitask(flow: FlowConfig, runs: Runs, progress: Progress) -> None:
     if not flow.multitask_runs:
         return
     progress.stage(f"multi-task prompt ({flow.multitask_how}) over the sources")
-    mixture = data.register_mixture("spot_multitask_sources", flow.sources)
+    mixture = batches.register_mixture("spot_multitask_sources", flow.sources)
     runs.train(
         [
             runs.make(
@@ -228,7 +226,7 @@ def train_targets(
     trained, frozen = TargetRuns(), {}  # frozen: the sources' scores on the frozen network
     for task in flow.targets:
         embedding = found.embeddings[task].id
-        by_name = rows.target_inits(flow, lib.root, embedding, runs.spec.prompt_length)
+        by_name = strategies.target_inits(flow, lib.root, embedding, runs.spec.prompt_length)
         planned = {
             (name, seed): runs.make(
                 runs.work / "targets" / task / name / f"seed_{seed}",
@@ -346,10 +344,10 @@ def checked(settings, spec: RunSpec, more: dict) -> dict:
     """`--check` of the flow or the study (`settings`), after their own checks: every task's
     data is where it is read from, the frozen checkpoint's step is read; nothing is written.
     Returns what the command would do."""
-    from prompt_transfer import checkpoints
+    from prompt_transfer.network import checkpoints
 
     for task in (*settings.sources, *settings.targets):
-        data.check_prepared(task)
+        batches.check_prepared(task)
     start = checkpoints.initial_step(spec.initial_checkpoint)
     return {
         "check": "ok",
@@ -403,7 +401,7 @@ def check_tasks(settings, spec: RunSpec) -> None:
     for macro, tasks in (("SOURCES", settings.sources), ("TARGETS", settings.targets)):
         for task in tasks:
             try:
-                data.get_task(task)
+                batches.get_task(task)
             except errors.UserError as e:
                 raise FlowError(f"{macro}={list(tasks)!r}: {errors.one_line(e)}") from e
         twice = sorted({t for t in tasks if list(tasks).count(t) > 1})

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prompt_transfer import data, paths, registry
+from prompt_transfer.base import paths
+from prompt_transfer.data import batches, registry
 from prompt_transfer.trainer import forget, run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
 
@@ -37,7 +38,7 @@ def measure(
             if held.get("step") == stop and "mean_kept_balanced" in held:
                 reports.append(held)
                 continue
-        own = {t.name for t in registry.subtasks(data.get_task(spec.task))}
+        own = {t.name for t in registry.subtasks(batches.get_task(spec.task))}
         reports.append(
             forget.forget(
                 spec,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer import paths
+from prompt_transfer.base import paths
 
 
 def pyplot():

@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prompt_transfer import evaluation, paths
+from prompt_transfer.base import paths
+from prompt_transfer.model import seqio_eval
 from prompt_transfer.spot import kept, plots
 from prompt_transfer.spot.config import BASELINES, RANDOM_INIT, changes_network
 
@@ -104,7 +105,7 @@ def write_report(work, results: Results) -> dict:
     rows = _rows(curves, budgets, results.runs)
     majority = {}
     for task, counts in results.runs.labels.items():
-        label, share = evaluation.majority_share(counts)
+        label, share = seqio_eval.majority_share(counts)
         majority[task] = {"label": label, "share": share, "labels": counts}
     report = {
         "targets": list(results.targets),

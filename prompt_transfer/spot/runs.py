@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from prompt_transfer import errors, paths, prompts
+from prompt_transfer.base import errors, paths
+from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
 from prompt_transfer.trainer.train import train_together

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from prompt_transfer import paths
-from prompt_transfer.settings import setting
+from prompt_transfer.base import paths
+from prompt_transfer.base.settings import setting
 from prompt_transfer.transfer import similarity, views
 
 # Source prompts are compared with the target's task embedding by these; `zero_shot` (each

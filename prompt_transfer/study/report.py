@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from prompt_transfer import paths
+from prompt_transfer.base import paths
 from prompt_transfer.spot import plots
 from prompt_transfer.spot.report import significant
 from prompt_transfer.study import analysis

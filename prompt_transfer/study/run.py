@@ -19,11 +19,14 @@ import time
 
 import numpy as np
 
-from prompt_transfer import errors, gin_utils, partitioning, paths, prompts, remote
+from prompt_transfer.base import errors, paths
+from prompt_transfer.configure import gin_utils
+from prompt_transfer.network import partitioning
+from prompt_transfer.prompt import prompts
 from prompt_transfer.spot import flow as spot_flow
 from prompt_transfer.spot.runs import Runs, base_run
 from prompt_transfer.study.config import StudyConfig
-from prompt_transfer.trainer import run_dir
+from prompt_transfer.trainer import remote, run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train import network_of
 from prompt_transfer.transfer import initial, library, similarity, views

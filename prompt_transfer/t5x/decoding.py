@@ -1,5 +1,6 @@
-"""T5X's `t5x.decoding` functions, as gin names (habits.fold): what is bound to them becomes
-prompt_transfer.decoding.Decoding's settings (`decode_fn = @decoding.beam_search` its method)."""
+"""T5X's `t5x.decoding` functions, as gin names (t5x_habits.fold): what is bound to them
+becomes prompt_transfer.network.decoding.Decoding's settings (`decode_fn =
+@decoding.beam_search` its method)."""
 
 from __future__ import annotations
 

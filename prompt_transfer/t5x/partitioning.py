@@ -1,6 +1,6 @@
 """T5X's `t5x.partitioning` configurables, as gin names (habits.fold): the partitioner's
 model-parallel ways become NUM_PARTITIONS; the logical axis rules are the project's
-(prompt_transfer.partitioning.standard_logical_axis_rules, T5X's plus the prompt's axes)."""
+(prompt_transfer.network.partitioning.standard_logical_axis_rules, T5X's plus the prompt's axes)."""
 
 from __future__ import annotations
 

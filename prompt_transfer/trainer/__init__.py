@@ -11,5 +11,5 @@ run_dir.py        MODEL_DIR: its checks and lock, evaluations, logs, summaries
 checkpointing.py  a run's orbax checkpoints, its best one, prompt exports, data iterator states
 evaluate.py       evaluate and infer of a trained run
 
-The command lines (`prompt-transfer train`, `eval`, `infer`) live in cli/runs.py.
+The command lines (`prompt-transfer train`, `eval`, `infer`) live in cli/jobs.py.
 """

@@ -13,23 +13,14 @@ from collections.abc import Mapping, Sequence
 
 import jax
 
-from prompt_transfer import (
-    data,
-    errors,
-    evaluation,
-    partitioning,
-    paths,
-    prompts,
-    registry,
-    seqio_cache,
-    settings,
-    t5,
-    vocab,
-)
-from prompt_transfer import file_tasks as file_task_lib
-from prompt_transfer.settings import setting
+from prompt_transfer.base import errors, paths, settings
+from prompt_transfer.base.settings import setting
+from prompt_transfer.data import batches, registry, seqio_cache, vocab
+from prompt_transfer.data import file_tasks as file_task_lib
+from prompt_transfer.model import seqio_eval
+from prompt_transfer.network import partitioning, t5
+from prompt_transfer.prompt import attention, multitask, prompts
 from prompt_transfer.trainer.train_state import OptimizerConfig, TrainError
-from prompt_transfer.transfer import attention, multitask
 
 
 def _paths_regex(value: str) -> str | None:
@@ -116,7 +107,7 @@ class RunSpec:
     # MIXTURE_OR_TASK_MODULE (T5X's): a module of the user's that registers SeqIO tasks,
     # imported before MIXTURE_OR_TASK_NAME is looked up
     task_module: str | None = setting(None, macro="MIXTURE_OR_TASK_MODULE")
-    # USE_CACHED_TASKS (T5X's): read the tasks from SeqIO's cache (seqio_cache.py; the folders
+    # USE_CACHED_TASKS (T5X's): read the tasks from SeqIO's cache (data/seqio_cache.py; the folders
     # of --seqio_additional_cache_dirs) instead of their sources
     use_cached: bool = setting(False, macro="USE_CACHED_TASKS")
     model_name: str = setting("unnamed", macro="MODEL_NAME")  # the frozen model, in the library
@@ -146,8 +137,8 @@ class RunSpec:
         or mixture."""
         self.register_tasks()
         try:
-            task = data.get_task(self.task)
-        except data.TaskError as e:
+            task = batches.get_task(self.task)
+        except batches.TaskError as e:
             raise TrainError(f"MIXTURE_OR_TASK_NAME={self.task!r}: {errors.one_line(e)}") from e
         seqio_cache.check_cached(task)  # before any work; each read checks its split
         for sub in registry.subtasks(task):
@@ -259,13 +250,13 @@ class TrainConfig:
 
 def resolved(spec: RunSpec, config: TrainConfig) -> TrainConfig:
     """`config` resolved (TrainConfig.resolved) from the step of `spec`'s initial checkpoint."""
-    from prompt_transfer import checkpoints
+    from prompt_transfer.network import checkpoints
 
     return config.resolved(checkpoints.initial_step(spec.initial_checkpoint))
 
 
 def check_numbers(spec: RunSpec, config: TrainConfig | None = None) -> None:
-    """Every field of a run as its schema declares it (settings.py), for runs made in Python
+    """Every field of a run as its schema declares it (base/settings.py), for runs made in Python
     (the flow's, a test's) as for those gin binds: one line names the macro
     (`TRAIN_STEPS=3e4`, `SAVE_PERIOD=0`, `TRAINABLE='['`)."""
     settings.check(spec)
@@ -284,7 +275,7 @@ def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:
     seqio_cache.check_cached(task, "train")
     if config.eval_period:
         seqio_cache.check_cached(task, config.eval_split)
-    evaluation.check_labels_fit(spec.task, spec.feature_lengths)
+    seqio_eval.check_labels_fit(spec.task, spec.feature_lengths)
     init = config.prompt_init
     if spec.prompt_length and init.method == "file":
         prompts.from_file(init.file, spec.prompt_length, spec.model_config.emb_dim)
@@ -387,8 +378,8 @@ def _check_attention(spec: RunSpec) -> None:
 
 
 def _check_multitask(spec: RunSpec, config: TrainConfig) -> None:
-    layout, seqio = config.multitask, data.import_seqio()
-    task = data.get_task(spec.task)
+    layout, seqio = config.multitask, batches.import_seqio()
+    task = batches.get_task(spec.task)
     if not isinstance(task, seqio.Mixture) or len(task.tasks) < 2:
         raise TrainError(
             f"MULTITASK_HOW={layout.how!r} trains the prompts of several tasks together, but "

@@ -9,14 +9,17 @@ import re
 
 import numpy as np
 
-from prompt_transfer import evaluation, inference, partitioning, paths, prompts
-from prompt_transfer.decoding import Decoding
-from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.base import paths
+from prompt_transfer.model import inference, seqio_eval
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+from prompt_transfer.network import partitioning
+from prompt_transfer.network.decoding import Decoding
+from prompt_transfer.prompt import multitask, prompts
 from prompt_transfer.trainer import run_dir, run_record, weights
 from prompt_transfer.trainer.config import RunSpec, check_numbers
 from prompt_transfer.trainer.train import model_record, network_of
 from prompt_transfer.trainer.train_state import TrainError
-from prompt_transfer.transfer import library, multitask
+from prompt_transfer.transfer import library
 
 CHECKPOINTS = ("latest", "best")
 
@@ -78,11 +81,11 @@ def evaluate(
     model, params, step = trained(spec, checkpoint)
     if _one_task(spec):  # a multi-task run asked about one of its tasks: that task's prompt
         [(_, params)] = _each_task(spec, params, None)
-    evaluator = evaluation.TaskEvaluator(
+    evaluator = seqio_eval.TaskEvaluator(
         model, spec.task, split, spec.feature_lengths, batch_size, how=decoding
     )
     results = evaluator.evaluate(params, step)
-    name, value = evaluation.main_metric(results)
+    name, value = seqio_eval.main_metric(results)
     report = {
         "step": step,
         "split": split,
@@ -185,7 +188,7 @@ def on_checkpoint(spec: RunSpec, prompt_file: str | None):
     when PROMPT_LENGTH is 0. The step is the checkpoint's own. A checkpoint of one of this
     project's runs is that run's, read as it trained (its record), on the command's task and
     lengths."""
-    from prompt_transfer import checkpoints
+    from prompt_transfer.network import checkpoints
 
     check_numbers(spec)
     if not spec.initial_checkpoint:
@@ -226,13 +229,13 @@ def on_checkpoint(spec: RunSpec, prompt_file: str | None):
 def with_longest_lengths(spec: RunSpec, split: str) -> RunSpec:
     """`spec` with TASK_FEATURE_LENGTHS each feature's longest example of the split, EOS
     included: T5X's eval.gin leaves TASK_FEATURE_LENGTHS None for its evaluator to measure."""
-    from prompt_transfer import data, registry, seqio_cache
+    from prompt_transfer.data import batches, registry, seqio_cache
 
     spec.register_tasks()
-    task = data.get_task(spec.task)
+    task = batches.get_task(spec.task)
     longest = {"inputs": 1, "targets": 1}
     for sub in registry.subtasks(task):
-        data.check_split(sub, split)
+        batches.check_split(sub, split)
         cached = seqio_cache.use_for(sub, split)
         ds = sub.get_dataset(None, split=split, shuffle=False, num_epochs=1, use_cached=cached)
         for example in ds.as_numpy_iterator():
@@ -306,12 +309,12 @@ def evaluate_checkpoint(
     if paths.is_chief():
         log_dir.mkdir(parents=True, exist_ok=True)  # SeqIO's loggers write into it, not make it
     log_dir = str(log_dir)
-    evaluator = evaluation.TaskEvaluator(
+    evaluator = seqio_eval.TaskEvaluator(
         model, spec.task, split, spec.feature_lengths, batch_size, log_dir=log_dir, how=decoding
     )
     results = evaluator.evaluate(params, step)
     _with_config(output_dir, config_text)
-    name, value = evaluation.main_metric(results)
+    name, value = seqio_eval.main_metric(results)
     return {"step": step, "split": split, "results": results, "main_metric": {name: value}}
 
 

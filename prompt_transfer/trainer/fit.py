@@ -19,9 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import checkpoints, data, evaluation, paths, prompts, seqio_cache, t5
-from prompt_transfer.models import EncoderDecoderModel, pad_token_rows
-from prompt_transfer.trainer import checkpointing, loop, run_dir, run_record, weights
+from prompt_transfer.base import paths
+from prompt_transfer.data import batches as data
+from prompt_transfer.data import seqio_cache
+from prompt_transfer.model import seqio_eval
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel, pad_token_rows
+from prompt_transfer.network import checkpoints, t5
+from prompt_transfer.prompt import attention, multitask, prompts
+from prompt_transfer.trainer import loop, run_dir, run_record, saving, weights
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, data_shards
 from prompt_transfer.trainer.train_state import (
     LazyStep,
@@ -33,7 +38,6 @@ from prompt_transfer.trainer.train_state import (
     stack_states,
     unstack_state,
 )
-from prompt_transfer.transfer import attention, multitask
 
 
 def fit(
@@ -63,7 +67,7 @@ def fit(
         states, streams, hooks, bests = [], [], [], []
         for spec, log, (trainable, _, _) in zip(specs, logs, placed, strict=True):
             store = open_stores.enter_context(
-                checkpointing.CheckpointStore(spec.model_dir, config.keep_checkpoints)
+                saving.CheckpointStore(spec.model_dir, config.keep_checkpoints)
             )
             log.info(_trainable_line(trainable, fixed, len(specs)))
             state, stream = _open(
@@ -283,7 +287,7 @@ def open_stream(
 def run_hooks(spec, config, model, fixed, store, best, log, stream) -> loop.Hooks:
     """What the loop does at log, save and evaluation points."""
     evaluator = (
-        evaluation.TaskEvaluator(
+        seqio_eval.TaskEvaluator(
             model, spec.task, config.eval_split, spec.feature_lengths, config.eval_batch_size
         )
         if config.eval_period
@@ -298,7 +302,7 @@ def run_hooks(spec, config, model, fixed, store, best, log, stream) -> loop.Hook
 
     def evaluate(state, step: int) -> bool:
         results = evaluator.evaluate(merge(fixed, state.trainable), step)
-        name, value = evaluation.main_metric(results)
+        name, value = seqio_eval.main_metric(results)
         log.eval_metrics(step, results, name, value, evaluator.predictions, evaluator.labels)
         if best.update(step, name, value):
             store.save_best(state, weights.input_prompt(state, fixed), best)

@@ -17,7 +17,11 @@ from collections.abc import Sequence
 import numpy as np
 from flax import traverse_util
 
-from prompt_transfer import data, errors, evaluation, partitioning, paths, prompts, registry
+from prompt_transfer.base import errors, paths
+from prompt_transfer.data import batches, registry
+from prompt_transfer.model import seqio_eval
+from prompt_transfer.network import partitioning
+from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import evaluate, run_dir
 from prompt_transfer.trainer.config import RunSpec
 from prompt_transfer.trainer.train import network_of
@@ -86,20 +90,20 @@ def forget(
         raise TrainError(f"--library {library_dir!r} does not exist; give the run's prompt library")
     model, changed, step = evaluate.trained(spec, checkpoint)
     frozen = network_of(spec, partitioning.make_mesh(spec.num_partitions)).params
-    own = [t.name for t in registry.subtasks(data.get_task(spec.task))]
+    own = [t.name for t in registry.subtasks(batches.get_task(spec.task))]
     fingerprint, width = library.model_fingerprint(frozen), spec.model_config.emb_dim
     entries = other_tasks(lib, fingerprint, width, own, tasks)
     frozen_scores = {} if frozen_scores is None else frozen_scores
     rows = []
     for entry in entries:
         try:
-            data.get_task(entry.task)
-        except data.TaskError as e:
+            batches.get_task(entry.task)
+        except batches.TaskError as e:
             raise TrainError(
                 f"library task {entry.task!r}: {errors.one_line(e)}; pass --tasks without it"
             ) from e
         prompt = np.asarray(lib.prompt(entry, deep=bool(entry.deep_width)))  # as it was trained
-        evaluator = evaluation.TaskEvaluator(
+        evaluator = seqio_eval.TaskEvaluator(
             model, entry.task, split, spec.feature_lengths, batch_size
         )
         key = (fingerprint, entry.id, split, tuple(sorted(spec.feature_lengths.items())))
@@ -124,7 +128,7 @@ def forget(
 def _scores(evaluator, network, spec: RunSpec, prompt) -> tuple[str, float, float | None]:
     """(main metric, its value, balanced accuracy or None) of `prompt` on `network`."""
     results = evaluator.evaluate(prompts.join(network, spec.model_config, prompt))
-    metric, value = evaluation.main_metric(results)
+    metric, value = seqio_eval.main_metric(results)
     balanced = [m[BALANCED] for m in results.values() if BALANCED in m]
     return metric, value, float(np.mean(balanced)) if balanced else None
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 import jax
 import numpy as np
 
-from prompt_transfer.errors import Diverged, Preempted
+from prompt_transfer.base.errors import Diverged, Preempted
 
 
 @dataclasses.dataclass(frozen=True)

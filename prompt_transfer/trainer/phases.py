@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from prompt_transfer import paths, prompts, runtime
+from prompt_transfer.base import paths, runtime
+from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import ModelPhase, RunSpec, TrainConfig
 

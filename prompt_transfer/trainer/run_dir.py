@@ -33,8 +33,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from prompt_transfer import paths
-from prompt_transfer.errors import UserError
+from prompt_transfer.base import moved, paths
+from prompt_transfer.base.errors import UserError
 
 CONFIG_FILE = "config.gin"
 DATA_STATE = "data_state"  # the data iterator's saved states, per process and checkpoint
@@ -130,10 +130,13 @@ def clear_run(model_dir: paths.PathLike) -> list[str]:
 
 def _comparable(config_text: str) -> list[str]:
     """The lines of a launch's config that a continuation must share: not the step counts,
-    nor what the code set in Python below them (run_record.operative_config)."""
+    nor what the code set in Python below them (run_record.operative_config); a module's old
+    name (a run folder from before the layer folders) reads as its new one."""
     config_text = config_text.split("\n# Set for this run in Python")[0]
     keep = lambda line: line.strip() and not line.lstrip("# ").startswith(_RESUMABLE_MACROS)
-    return [line.rstrip() for line in config_text.splitlines() if keep(line)]
+    return moved.canonical_imports(
+        [line.rstrip() for line in config_text.splitlines() if keep(line)]
+    )
 
 
 def check_model_dir(

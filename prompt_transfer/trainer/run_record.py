@@ -23,12 +23,13 @@ from collections.abc import Iterable, Mapping
 
 from flax import traverse_util
 
-from prompt_transfer import checkpoints, paths, prompts, settings, t5
-from prompt_transfer import file_tasks as file_task_lib
-from prompt_transfer.settings import rule_of
+from prompt_transfer.base import paths, settings
+from prompt_transfer.base.settings import rule_of
+from prompt_transfer.data import file_tasks as file_task_lib
+from prompt_transfer.network import checkpoints, t5
+from prompt_transfer.prompt import attention, multitask, prompts
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, network_paths
-from prompt_transfer.transfer import attention, multitask
 
 RECORD_FILE = "run.json"
 FORMAT = 1

@@ -4,7 +4,7 @@ An initialiser (random, sampled vocabulary, class labels, text, a file) gives it
 transfer strategy retrieves sources from the library first, and for best_of_top_k and
 top_k_mixture trains short runs under MODEL_DIR/transfer/ (through the same `fit`); then the run
 trains once from that array. An attention run also keeps its frozen sources there
-(transfer/attention.py), which `fit` and every later command read back.
+(prompt/attention.py), which `fit` and every later command read back.
 """
 
 from __future__ import annotations
@@ -15,13 +15,16 @@ import json
 
 import numpy as np
 
-from prompt_transfer import data, partitioning, paths, prompts, registry, runtime
-from prompt_transfer.models import EncoderDecoderModel
+from prompt_transfer.base import paths, runtime
+from prompt_transfer.data import batches, registry
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+from prompt_transfer.network import partitioning
+from prompt_transfer.prompt import attention, multitask, prompts
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
 from prompt_transfer.trainer.fit import fit
 from prompt_transfer.trainer.train_state import TrainError
-from prompt_transfer.transfer import attention, initial, library, multitask, retrieval
+from prompt_transfer.transfer import initial, library, retrieval
 
 
 def starting_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np.ndarray | None:
@@ -39,10 +42,10 @@ def starting_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> n
 
 
 def _start_tasks(spec, config, network, mesh, log, shared) -> None:
-    """A multi-task run's task parts, kept in MODEL_DIR/transfer/ (transfer/multitask.py): every
+    """A multi-task run's task parts, kept in MODEL_DIR/transfer/ (prompt/multitask.py): every
     task's prompt starts as `shared`, concat's own positions as the initialiser starts them."""
     layout = config.multitask
-    names = [t.name for t in registry.subtasks(data.get_task(spec.task))]
+    names = [t.name for t in registry.subtasks(batches.get_task(spec.task))]
     own = dataclasses.replace(spec, prompt_length=layout.task_length)
     if config.prompt_init.method == "transfer":  # the source fills the shared prompt only
         config = dataclasses.replace(config, prompt_init=prompts.PromptInit("sampled_vocab"))
@@ -114,7 +117,7 @@ def initial_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np
     if init.method == "transfer":
         return _transfer_prompt(spec, config, network, mesh, log)
     labels = init.labels or registry.class_labels(spec.task) or ()
-    vocabulary = data.get_task(spec.task).output_features["targets"].vocabulary
+    vocabulary = batches.get_task(spec.task).output_features["targets"].vocabulary
     prompt = prompts.initial_prompt(
         dataclasses.replace(init, labels=tuple(labels)),
         spec.prompt_length,
@@ -166,7 +169,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
         return summary["best"]["value"]
 
     def run_mixture(source_tasks):
-        mixture = data.register_mixture(f"transfer_mixture_{spec.task}", source_tasks)
+        mixture = batches.register_mixture(f"transfer_mixture_{spec.task}", source_tasks)
         sampled = dataclasses.replace(config, prompt_init=prompts.PromptInit("sampled_vocab"))
         on_mixture = dataclasses.replace(spec, task=mixture)
         start = initial_prompt(on_mixture, sampled, network, mesh, log)

@@ -21,8 +21,10 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 
-from prompt_transfer import checkpoints, partitioning, prompts, runtime
-from prompt_transfer.errors import UserError
+from prompt_transfer.base import runtime
+from prompt_transfer.base.errors import UserError
+from prompt_transfer.network import checkpoints, partitioning
+from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import phases, run_dir, run_record, weights
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, check_numbers, check_run
 from prompt_transfer.trainer.fit import fit
@@ -62,12 +64,12 @@ def check_only(
     """`train --check`: what `train` checks before its first compilation (settings, steps,
     tasks and their data, labels, prompt file, devices, MODEL_DIR), nothing written and no
     weights read; returns the run as it would go."""
-    from prompt_transfer import data
+    from prompt_transfer.data import batches
 
     config = resolve_steps(spec, config)
     mesh = partitioning.make_mesh(spec.num_partitions)
     check_run(spec, config, mesh)
-    data.check_prepared(spec.task)
+    batches.check_prepared(spec.task)
     if overwrite and run_dir.holds_run(spec.model_dir):
         folder = "holds a run that --overwrite would clear"
     else:

@@ -20,10 +20,11 @@ import optax
 from flax import struct, traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prompt_transfer import partitioning, prompts
-from prompt_transfer.errors import UserError
-from prompt_transfer.models import EncoderDecoderModel
-from prompt_transfer.settings import setting
+from prompt_transfer.base.errors import UserError
+from prompt_transfer.base.settings import setting
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
+from prompt_transfer.network import partitioning
+from prompt_transfer.prompt import prompts
 
 
 class TrainError(UserError):

@@ -20,8 +20,10 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from prompt_transfer import checkpoints, partitioning, paths, prompts, t5
-from prompt_transfer.trainer import checkpointing, run_dir
+from prompt_transfer.base import paths
+from prompt_transfer.network import checkpoints, partitioning, t5
+from prompt_transfer.prompt import attention, multitask, prompts
+from prompt_transfer.trainer import run_dir, saving
 from prompt_transfer.trainer.train_state import (
     TrainError,
     TrainState,
@@ -30,7 +32,6 @@ from prompt_transfer.trainer.train_state import (
     split_trainable,
     trainable_regex,
 )
-from prompt_transfer.transfer import attention, multitask
 
 
 class Network(NamedTuple):
@@ -143,7 +144,7 @@ def place(
 
 def run_pieces(model_dir):
     """What a run in `model_dir` keeps beside its prompt: an attention run's sources and module
-    (transfer/attention.py), a multi-task run's task parts (transfer/multitask.py), or None."""
+    (prompt/attention.py), a multi-task run's task parts (prompt/multitask.py), or None."""
     return attention.load(model_dir) or multitask.load(model_dir)
 
 
@@ -174,7 +175,7 @@ def restore_trained(
     from prompt_transfer.trainer import run_record
 
     directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
-    with checkpointing.CheckpointStore(directory, keep=1_000_000, create=False) as store:
+    with saving.CheckpointStore(directory, keep=1_000_000, create=False) as store:
         if which.startswith("checkpoint_"):  # the step asked for, whole, or refused
             step = _saved_step(store, int(which.split("_")[1]), directory)
         else:
@@ -216,7 +217,7 @@ def _saved_step(store, step: int, directory) -> int:
     if step not in kept:
         shown = ", ".join(f"checkpoint_{s}" for s in kept) or "none"
         raise TrainError(f"CHECKPOINT='checkpoint_{step}': {directory} keeps {shown}")
-    wrong = checkpointing.damage(directory, step)
+    wrong = saving.damage(directory, step)
     if wrong:
         raise TrainError(f"checkpoint_{step} in {directory} is damaged ({wrong}); choose another")
     return step
@@ -241,7 +242,7 @@ def run_prompt(model_dir: str, which: str = "latest") -> tuple[np.ndarray, np.nd
 
     run_record.refuse_unless_prompt_only(model_dir, run_record.read(model_dir))
     root = run_dir.subdir(model_dir, "best" if which == "best" else "")
-    step = checkpointing.newest_intact(root, run_dir.saved_steps(root), run_record.say)
+    step = saving.newest_intact(root, run_dir.saved_steps(root), run_record.say)
     if step is None:
         never = "it never evaluated; use --checkpoint latest" if which == "best" else "train it"
         raise TrainError(f"no {which} prompt in {model_dir} (no checkpoint in {root}): {never}")

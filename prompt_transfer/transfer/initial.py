@@ -16,9 +16,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from prompt_transfer import paths, settings
-from prompt_transfer.settings import setting
-from prompt_transfer.transfer import multitask, retrieval, similarity, views
+from prompt_transfer.base import paths, settings
+from prompt_transfer.base.settings import setting
+from prompt_transfer.prompt import multitask
+from prompt_transfer.transfer import retrieval, similarity, views
 from prompt_transfer.transfer.library import Library, read_t5x_prompt
 from prompt_transfer.transfer.retrieval import TransferError
 
@@ -45,10 +46,10 @@ class TransferInit:
       best_of_top_k (a short run from each of the top k, keep the best on validation);
       top_k_mixture (one prompt trained on the top-k sources' mixture starts the target);
       attention (the top k stay frozen beside the target, which starts from the first, and a
-      trained module mixes them per input: transfer/attention.py); compose (the prompts of the
+      trained module mixes them per input: prompt/attention.py); compose (the prompts of the
       target's sub-tasks, `compose_sources`, joined along the sequence, summed with weights, or
       mixed per input by attention); multitask (a finished multi-task run's prompts,
-      `multitask_run`, as `multitask_init` says: transfer/multitask.py).
+      `multitask_run`, as `multitask_init` says: prompt/multitask.py).
     target_embedding: the target's task embedding (library entry id or .npy) for retrieval.
     """
 
@@ -85,7 +86,7 @@ class TransferInit:
 
     @property
     def mixes_per_input(self) -> bool:
-        """Whether the run keeps its sources beside the prompt (transfer/attention.py)."""
+        """Whether the run keeps its sources beside the prompt (prompt/attention.py)."""
         return self.strategy == "attention" or (
             self.strategy == "compose" and self.compose_how == "attention"
         )

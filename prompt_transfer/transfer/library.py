@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer import paths
-from prompt_transfer.errors import UserError
+from prompt_transfer.base import paths
+from prompt_transfer.base.errors import UserError
 
 
 class LibraryError(UserError):
@@ -81,7 +81,7 @@ def model_fingerprint(params) -> str:
     """
     from flax import traverse_util
 
-    from prompt_transfer.partitioning import host_array
+    from prompt_transfer.network.partitioning import host_array
 
     flat = traverse_util.flatten_dict(params, sep="/")
     h = hashlib.sha256()

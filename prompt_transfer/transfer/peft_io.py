@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
-from prompt_transfer import paths
-from prompt_transfer.errors import UserError
+from prompt_transfer.base import paths
+from prompt_transfer.base.errors import UserError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

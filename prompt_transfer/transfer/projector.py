@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_transfer import paths
-from prompt_transfer.errors import UserError
+from prompt_transfer.base import paths
+from prompt_transfer.base.errors import UserError
 
 
 class ProjectorError(UserError):

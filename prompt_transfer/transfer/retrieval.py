@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from prompt_transfer import evaluation
-from prompt_transfer import prompts as prompts_lib
-from prompt_transfer.errors import UserError
+from prompt_transfer.base.errors import UserError
+from prompt_transfer.model import seqio_eval
+from prompt_transfer.prompt import prompts as prompts_lib
 from prompt_transfer.transfer import similarity, views
 from prompt_transfer.transfer.library import Entry, Library
 
@@ -145,11 +145,11 @@ def zero_shot_matrix(
     `measure` (e.g. balanced_accuracy) when given, else its main metric."""
     matrix = np.zeros((len(prompts), len(targets)))
     for j, target in enumerate(targets):
-        evaluator = evaluation.TaskEvaluator(model, target, split, feature_lengths, batch_size)
+        evaluator = seqio_eval.TaskEvaluator(model, target, split, feature_lengths, batch_size)
         for i, prompt in enumerate(prompts):
             results = evaluator.evaluate(prompts_lib.join(network, model.module.config, prompt))
             matrix[i, j] = (
-                results[target][measure] if measure else evaluation.main_metric(results)[1]
+                results[target][measure] if measure else seqio_eval.main_metric(results)[1]
             )
     return matrix
 

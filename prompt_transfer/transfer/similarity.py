@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer import prompts
-from prompt_transfer.errors import UserError
+from prompt_transfer.base.errors import UserError
+from prompt_transfer.prompt import prompts
 
 EPS = 1e-12
 
@@ -162,7 +162,7 @@ def activation_signature(module, network_params, prompt, layers: tuple[int, int]
     """
     import flax.linen as nn
 
-    from prompt_transfer.t5 import T5
+    from prompt_transfer.network.t5 import T5
 
     start, stop = layers or (0, module.config.num_encoder_layers)
     hidden = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from prompt_transfer import prompts
+from prompt_transfer.prompt import prompts
 
 VIEWS = ("input", "blocks", "trained", "trained_blocks")
 VIEWED_METRIC = "cosine_avg_tokens"

@@ -22,8 +22,9 @@ sys.path[:0] = [str(HERE.parent)]  # synthetic_tasks, conftest's paths
 from synthetic_tasks import register_keyword_task  # noqa: E402
 
 from conftest import T5_VOCAB  # noqa: E402
-from prompt_transfer import cli, paths  # noqa: E402
-from prompt_transfer.trainer import checkpointing, run_dir, train_state  # noqa: E402
+from prompt_transfer import cli  # noqa: E402
+from prompt_transfer.base import paths  # noqa: E402
+from prompt_transfer.trainer import run_dir, saving, train_state  # noqa: E402
 from prompt_transfer.transfer import library  # noqa: E402
 
 
@@ -58,14 +59,14 @@ def main(point: str, n: int, argv: list[str]) -> int:
 
         paths.os.replace = replace
     elif point == "checkpoint":
-        real_save = checkpointing.CheckpointStore._save
+        real_save = saving.CheckpointStore._save
 
         def save(self, *args):
             real_save(self, *args)
             if due():
                 die()
 
-        checkpointing.CheckpointStore._save = save
+        saving.CheckpointStore._save = save
     elif point == "eval":
         real_open = run_dir.ProgressLog.eval_metrics
 

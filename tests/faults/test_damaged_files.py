@@ -19,7 +19,8 @@ from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
 from conftest import DEEP_PROMPT_ARGS, T5_VOCAB, tiny_run_args
-from prompt_transfer import cli, runtime
+from prompt_transfer import cli
+from prompt_transfer.base import runtime
 from prompt_transfer.transfer import library
 
 STEPS = ["--gin.EVAL_PERIOD=2", "--gin.SAVE_PERIOD=2", "--gin.KEEP_CHECKPOINTS=3"]

@@ -1,0 +1,344 @@
+"""A run's checkpoints in MODEL_DIR: orbax checkpoints of what trains (never the frozen
+model), the best one under best/, the prompt exported beside each, and the data iterator's own
+state for a resume without replay (see run_dir.py for the whole layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import jax
+from flax import serialization, traverse_util
+
+from prompt_transfer.base import errors, paths, runtime
+from prompt_transfer.prompt import prompts
+from prompt_transfer.trainer.run_dir import DATA_STATE, BestTracker, RunDirError
+
+
+def _state_dict(state) -> dict:
+    return serialization.to_state_dict(state)
+
+
+# What each checkpoint held when it was written (issue 38): MODEL_DIR/checksums/checkpoint_N.json,
+# {file: [size, sha256]} (sha256 of files up to _HASHED_BELOW bytes; larger ones by size), so a
+# copy cut short, a full disk or a bad sector is named before orbax reads it. Local folders only.
+CHECKSUMS = "checksums"
+DAMAGED = "damaged"  # where a resume sets a damaged checkpoint aside (kept, not deleted)
+_HASHED_BELOW = 64 * 2**20
+
+
+def _files(folder: Path) -> dict[str, list]:
+    out = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        digest = hashlib.sha256(file.read_bytes()).hexdigest() if size < _HASHED_BELOW else None
+        out[file.relative_to(folder).as_posix()] = [size, digest]
+    return out
+
+
+def write_checksums(root: paths.PathLike, step: int, kept: list[int]) -> None:
+    """Record checkpoint `step` under `root` as written; drop the records of removed steps."""
+    if paths.is_remote(root) or not paths.is_chief():
+        return
+    root = Path(paths.native(root))
+    record = _files(root / f"checkpoint_{step}")
+    paths.atomic_write_text(root / CHECKSUMS / f"checkpoint_{step}.json", json.dumps(record))
+    for old in (root / CHECKSUMS).glob("checkpoint_*.json"):
+        if old.stem.split("_")[1].isdigit() and int(old.stem.split("_")[1]) not in kept:
+            old.unlink(missing_ok=True)
+
+
+def damage(root: paths.PathLike, step: int) -> str | None:
+    """What is wrong with checkpoint `step` under `root` against its checksums ("state/d/x: 10
+    of 547 bytes"), or None when it is whole or has no record to check against."""
+    if paths.is_remote(root):
+        return None
+    root = Path(paths.native(root))
+    record_file = root / CHECKSUMS / f"checkpoint_{step}.json"
+    if not record_file.exists():
+        return None
+    wanted = paths.read_json(
+        record_file, f"remove it ({record_file}): the checkpoint is then read unchecked"
+    )
+    folder = root / f"checkpoint_{step}"
+    for name, (size, digest) in wanted.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{name} is missing"
+        found = file.stat().st_size
+        if found != size:
+            return f"{name}: {found} of {size} bytes"
+        if digest and hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            return f"{name}: its bytes changed since it was written (sha256)"
+    return None
+
+
+def newest_intact(root: paths.PathLike, steps: list[int], say) -> int | None:
+    """The newest of `steps` whose checkpoint under `root` is whole; each damaged one newer than
+    it is said (`say`, one line each). All of them damaged is refused in one line."""
+    step, damaged = _scan(root, steps)
+    for newer, wrong in damaged.items():
+        say(f"checkpoint_{newer} in {root} is damaged ({wrong})")
+    return step
+
+
+def _scan(root: paths.PathLike, steps: list[int]) -> tuple[int | None, dict[int, str]]:
+    """(the newest whole step, {each damaged step newer than it: what is wrong}), each
+    checkpoint checked once, newest first; all of them damaged is refused in one line."""
+    damaged = {}
+    for step in sorted(steps, reverse=True):
+        wrong = damage(root, step)
+        if wrong is None:
+            return step, damaged
+        damaged[step] = wrong
+    if not steps:
+        return None, damaged
+    newest = max(steps)
+    raise RunDirError(
+        f"every checkpoint in {root} is damaged (checkpoint_{newest}: {damaged[newest]}); "
+        "restore them from a copy, or start the run over with --overwrite"
+    )
+
+
+class CheckpointStore:
+    """Orbax checkpoints of the trainable state (never the frozen model), plus prompt exports.
+
+    Close it (`with CheckpointStore(...) as store:`, or `close()`): orbax's managers own threads
+    that otherwise die at interpreter exit, mid-print. A store left open when a command stops
+    on an error is closed by the entry point before it prints the refusal (runtime.run_entry).
+    """
+
+    def __init__(self, model_dir: paths.PathLike, keep: int, create: bool = True):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.model_dir = paths.path(paths.absolute(model_dir))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            step_prefix="checkpoint",
+            create=create,
+            enable_async_checkpointing=False,
+            read_only=not create,
+        )
+        self.manager = ocp.CheckpointManager(self.model_dir, options=options)
+        self._best = None
+        self._warned_data_state = False
+        self._closed = False
+        runtime.track(self)
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def newest_intact(self, say) -> int | None:
+        """The newest whole checkpoint (damaged newer ones said, `say`), None when none."""
+        return newest_intact(self.model_dir, list(self.manager.all_steps()), say)
+
+    def set_aside_damaged(self, say) -> None:
+        """Before a resume: damaged checkpoints newer than the newest whole one are moved to
+        MODEL_DIR/damaged/ (with their data iterator states), so that the run goes on from the
+        whole one and writes those steps again; each is said in a line."""
+        intact, damaged = _scan(self.model_dir, list(self.manager.all_steps()))
+        if not damaged or paths.is_remote(self.model_dir):
+            return
+        if paths.is_chief():
+            self._move_aside(damaged, intact, say)
+        runtime.barrier("damaged checkpoints set aside")  # every process sees them gone
+        self.manager.reload()
+
+    def _move_aside(self, damaged: dict[int, str], intact: int | None, say) -> None:
+        aside = Path(paths.native(self.model_dir)) / DAMAGED
+        aside.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for step, wrong in damaged.items():
+            name = f"checkpoint_{step}"
+            os.replace(self.model_dir / name, aside / f"{name}.{stamp}")
+            (self.model_dir / CHECKSUMS / f"{name}.json").unlink(missing_ok=True)
+            for state in (self.model_dir / DATA_STATE).glob(f"p*/{name}"):
+                shutil.rmtree(state)
+            say(
+                f"{name} in {self.model_dir} is damaged ({wrong}); moved to "
+                f"{aside}/{name}.{stamp}, and the run goes on from checkpoint_{intact}, the "
+                "newest whole one"
+            )
+
+    def _save(self, manager, step: int, state, position: int):
+        ocp = self._ocp
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_state_dict(state)),
+                data=ocp.args.JsonSave({"position": int(position), "step": int(step)}),
+            ),
+            force=True,
+        )
+        manager.wait_until_finished()
+        write_checksums(manager.directory, step, list(manager.all_steps()))
+
+    def save(self, state, position: int, prompt=None, stream=None) -> None:
+        """A checkpoint of `state` at data `position`, the prompt's export beside it, and the
+        data iterator's own state (`stream`, a data.BatchStream) for a fast resume."""
+        step = int(state.step)
+        if self.manager.latest_step() != step:
+            self._save(self.manager, step, state, position)
+        if prompt is not None:
+            paths.save_npy(self.model_dir / "prompts" / f"checkpoint_{step}.npy", prompt)
+            # T5X prompt tuning's numpy checkpoint, where SPoT's README points PROMPT_FILE.
+            numpy_dir = self.model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
+            paths.save_npy(numpy_dir / prompts.T5X_PROMPT_FILE, prompt)
+        if stream is not None:
+            self._save_data_state(stream, step)
+
+    def data_state(self, step: int) -> str:
+        """Where this process keeps the data iterator's state saved with checkpoint `step`."""
+        folder = self.model_dir / DATA_STATE / f"p{jax.process_index()}" / f"checkpoint_{step}"
+        return str(folder / "iterator")
+
+    def _save_data_state(self, stream, step: int) -> None:
+        target = paths.path(self.data_state(step)).parent
+        try:
+            if paths.is_remote(target):
+                stream.save_state(self.data_state(step))
+            elif not target.exists():
+                with paths.atomic_directory(target) as tmp:  # whole, or absent: it replays
+                    stream.save_state(str(tmp / "iterator"))
+        except Exception as e:  # a pipeline op tf.data cannot checkpoint (a py_function, say)
+            if not self._warned_data_state:
+                warnings.warn(
+                    f"the data iterator's state is not saved ({errors.one_line(e)}); a resume "
+                    "will replay the input pipeline to its position instead",
+                    stacklevel=2,
+                )
+                self._warned_data_state = True
+            return
+        kept = {f"checkpoint_{s}" for s in self.manager.all_steps()}
+        for old in target.parent.iterdir():  # older states, and a killed save's temporary
+            if "checkpoint_" in old.name and old.name not in kept:
+                old.rmtree()
+
+    def restore(
+        self, template, only_trainable: bool = False, step: int | None = None
+    ) -> tuple[object, int]:
+        """(state, data position) of checkpoint `step` (None: the latest), placed like
+        `template`.
+
+        `only_trainable` reads the parameters and step but not the optimizer state (eval, infer).
+        """
+        ocp = self._ocp
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            _state_dict(template),
+        )
+        if only_trainable:
+            abstract = {k: v for k, v in abstract.items() if k != "opt_state"}
+            item = ocp.args.PyTreeRestore(
+                item=abstract,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=True,
+            )
+        else:
+            item = ocp.args.StandardRestore(abstract)
+        step = self.manager.latest_step() if step is None else step
+        self._check_fits(step, abstract)
+        try:
+            with runtime.quiet_threads_on_failure():
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=item, data=ocp.args.JsonRestore())
+                )
+        except Exception as e:  # the shapes fit (_check_fits): what is left is a damaged file
+            raise RunDirError(
+                f"checkpoint_{step} in {self.model_dir} could not be read ({type(e).__name__}): "
+                "it is damaged, or was written by another tool; use an intact checkpoint "
+                "(remove this one to resume from the one before it)"
+            ) from None
+        state_dict = dict(restored.state)
+        if only_trainable:
+            state_dict["opt_state"] = _state_dict(template)["opt_state"]
+        return serialization.from_state_dict(template, state_dict), restored.data["position"]
+
+    def trainable_arrays(self, step: int) -> dict[str, tuple] | None:
+        """{parameter path: shape} of every array checkpoint `step` holds of what trains, read
+        from orbax's metadata (None: a checkpoint without metadata)."""
+        handler = self._ocp.PyTreeCheckpointHandler()
+        folder = self.model_dir / f"checkpoint_{step}" / "state"
+        try:
+            with runtime.quiet_threads_on_failure():
+                stored = handler.metadata(folder).tree
+        except Exception as e:
+            if not (folder / "_METADATA").exists():
+                return None  # no metadata to read (an older layout)
+            raise RunDirError(
+                f"checkpoint_{step} in {self.model_dir} could not be read (its metadata: "
+                f"{type(e).__name__}): it is damaged, or was written by another tool; use an "
+                "intact checkpoint (remove this one to go on from the one before it)"
+            ) from None
+        finally:
+            handler.close()
+        flat = traverse_util.flatten_dict(stored.get("trainable") or {}, sep="/")
+        return {name: tuple(getattr(leaf, "shape", ()) or ()) for name, leaf in flat.items()}
+
+    def _check_fits(self, step: int, abstract: dict) -> None:
+        """Refuse checkpoint `step` when an array of `abstract` is not in it or has another
+        shape, before orbax reads anything: orbax's restore reads every array at once, and when
+        one read fails it closes its event loop under the others, whose threads then print
+        tracebacks after the refusal (issue 23: a resume with another PROMPT_LENGTH)."""
+        handler = self._ocp.PyTreeCheckpointHandler()
+        try:
+            with runtime.quiet_threads_on_failure():
+                stored = handler.metadata(self.model_dir / f"checkpoint_{step}" / "state").tree
+        except Exception:  # no metadata to compare (an older layout): the restore will tell
+            return
+        finally:
+            handler.close()
+        stored = traverse_util.flatten_dict(stored, sep="/")
+        wanted_by_name = traverse_util.flatten_dict(abstract, sep="/")
+        # The parameters first: their shapes are what a changed setting changed.
+        for name in sorted(wanted_by_name, key=lambda n: n.startswith("opt_state")):
+            wanted = wanted_by_name[name]
+            shape = getattr(stored.get(name), "shape", None)
+            if name not in stored:
+                found = "is not in it"
+            elif shape is not None and tuple(shape) != tuple(wanted.shape):
+                found = f"is {tuple(shape)} there, {tuple(wanted.shape)} here"
+            else:
+                continue
+            raise RunDirError(
+                f"checkpoint_{step} in {self.model_dir} does not fit this run's config "
+                f"({name} {found}); use the run's own gin files and overrides"
+            )
+
+    def save_best(self, state, prompt, best: BestTracker) -> None:
+        ocp = self._ocp
+        if self._best is None:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=1,
+                step_prefix="checkpoint",
+                create=True,
+                enable_async_checkpointing=False,
+            )
+            self._best = ocp.CheckpointManager(self.model_dir / "best", options=options)
+        if self._best.latest_step() != int(state.step):  # else a killed attempt saved it
+            self._save(self._best, int(state.step), state, 0)
+        if prompt is not None:
+            paths.save_npy(self.model_dir / "best" / "prompt.npy", prompt)
+        best.save(self.model_dir)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        runtime.untrack(self)
+        self.manager.close()
+        if self._best is not None:
+            self._best.close()
