@@ -1,5 +1,6 @@
-"""The package's layout stays one-way: no import cycle between modules, every function short
-enough to hold in one's head and every module well under T5X's largest (issues 10 and 23)."""
+"""The package's layout stays one-way: folders in layers that import only downwards, no import
+cycle between modules, every function short enough to hold in one's head and every module well
+under T5X's largest (issues 10, 23 and 36)."""
 
 import ast
 from pathlib import Path
@@ -74,18 +75,79 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_library_layers_import_nothing_above_them():
-    """Data flows one way: the trainer never imports the CLI or the SPoT flow, transfer never
-    imports the trainer, and nothing but the CLI (and `python -m prompt_transfer`) imports the
-    CLI."""
+# The layers, bottom up; a folder imports only folders of a lower layer (and its own modules).
+LAYERS = {
+    "base": 0,
+    "network": 1,
+    "data": 1,
+    "prompt": 2,
+    "configure": 2,
+    "model": 3,
+    "transfer": 4,
+    "trainer": 5,
+    "spot": 6,
+    "study": 7,
+    "cli": 8,
+    "t5x": 8,
+}
+ENTRY_POINTS = {"__init__.py", "__main__.py"}
+
+
+def _folder(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or parts[-1] in LAYERS else "."
+
+
+def upward_arrows(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
+    """Every import of a folder from its own layer or above ("a -> b"); the package root's
+    entry points may import anything."""
+    arrows = []
+    for name, targets in sorted(graph.items()):
+        here = _folder(name)
+        for target in sorted(targets):
+            there = _folder(target)
+            if here != "." and there != here and (there == "." or layers[there] >= layers[here]):
+                arrows.append(f"{name} -> {target}")
+    return arrows
+
+
+def test_imports_only_go_down_the_layers():
     graph = import_graph()
-    for name, targets in graph.items():
-        if not name.startswith(("prompt_transfer.cli", "prompt_transfer.__main__")):
-            assert not any(t.startswith("prompt_transfer.cli") for t in targets), name
-        if name.startswith(("prompt_transfer.trainer", "prompt_transfer.transfer")):
-            assert not any(t.startswith("prompt_transfer.spot") for t in targets), name
-        if name.startswith("prompt_transfer.transfer"):
-            assert not any(t.startswith("prompt_transfer.trainer") for t in targets), name
+    assert {_folder(m) for m in graph} == {".", *LAYERS}, "a folder LAYERS does not place"
+    assert upward_arrows(graph, LAYERS) == []
+
+
+def test_the_layer_check_finds_an_upward_arrow():
+    graph = {
+        "prompt_transfer.base.paths": {"prompt_transfer.network.t5"},
+        "prompt_transfer.data.vocab": {"prompt_transfer.network.t5", "prompt_transfer.base.x"},
+        "prompt_transfer.cli.jobs": {"prompt_transfer.trainer.train", "prompt_transfer.cli.x"},
+        "prompt_transfer.__main__": {"prompt_transfer.cli"},
+    }
+    assert upward_arrows(graph, LAYERS) == [
+        "prompt_transfer.base.paths -> prompt_transfer.network.t5",  # up
+        "prompt_transfer.data.vocab -> prompt_transfer.network.t5",  # sideways
+    ]
+
+
+def test_only_the_entry_points_sit_at_the_root():
+    assert {p.name for p in PACKAGE.glob("*.py")} == ENTRY_POINTS
+
+
+@pytest.mark.parametrize("folder", sorted(LAYERS))
+def test_every_folder_says_what_it_may_import(folder):
+    """Each folder's docstring ends with the rule this file checks: "May import: base, network."
+    (the folders below it), "nothing of the package", or "every folder but X" (the top)."""
+    doc = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text()))
+    said = doc.rsplit("May import: ", 1)[-1].strip().rstrip(".")
+    below = [f for f in LAYERS if LAYERS[f] < LAYERS[folder]]
+    if LAYERS[folder] == max(LAYERS.values()):
+        peers = [f for f in LAYERS if LAYERS[f] == LAYERS[folder] and f != folder]
+        assert said == f"every folder but {', '.join(peers)}"
+    elif not below:
+        assert said == "nothing of the package"
+    else:
+        assert said == ", ".join(below), f"{folder}/__init__.py says {said!r}"
 
 
 def _folders() -> list[str]:
@@ -98,7 +160,7 @@ def _folders() -> list[str]:
 
 
 def test_every_folder_is_held_to_the_rules():
-    assert {".", "cli", "spot", "trainer", "transfer"} <= set(_folders())
+    assert set(_folders()) == {".", *LAYERS}
 
 
 @pytest.mark.parametrize("folder", _folders())

@@ -8,7 +8,7 @@ import pytest
 from conftest import RELEASED_PROMPTS, tiny_config
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
-from prompt_transfer.network import t5
+from prompt_transfer.network import prompt_slots, t5
 from prompt_transfer.prompt import prompts
 
 
@@ -21,7 +21,7 @@ def _inputs():
 
 def test_prefix_puts_prompt_first_and_unmasks_it():
     x, mask, prompt = _inputs()
-    joined, joined_mask = prompts.join_prompt(x, mask, prompt, "prefix")
+    joined, joined_mask = prompt_slots.join_prompt(x, mask, prompt, "prefix")
     assert joined.shape == (2, 7, 3)
     np.testing.assert_array_equal(joined[:, :2], jnp.broadcast_to(prompt, (2, 2, 3)))
     np.testing.assert_array_equal(joined[:, 2:], x)
@@ -30,7 +30,7 @@ def test_prefix_puts_prompt_first_and_unmasks_it():
 
 def test_suffix_follows_each_rows_last_real_token():
     x, mask, prompt = _inputs()
-    joined, joined_mask = prompts.join_prompt(x, mask, prompt, "suffix")
+    joined, joined_mask = prompt_slots.join_prompt(x, mask, prompt, "suffix")
     np.testing.assert_array_equal(joined[0, :3], x[0, :3])
     np.testing.assert_array_equal(joined[0, 3:5], prompt)
     np.testing.assert_array_equal(joined_mask[0], [1, 1, 1, 1, 1, 0, 0])
@@ -42,7 +42,7 @@ def test_suffix_follows_each_rows_last_real_token():
 def test_per_example_prompts():
     x, mask, _ = _inputs()
     per_example = jnp.stack([jnp.zeros((2, 3)), jnp.ones((2, 3))])
-    joined, _ = prompts.join_prompt(x, mask, per_example, "prefix")
+    joined, _ = prompt_slots.join_prompt(x, mask, per_example, "prefix")
     assert joined[0, :2].sum() == 0 and joined[1, :2].sum() == 6
 
 

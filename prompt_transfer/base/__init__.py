@@ -1,1 +1,12 @@
-"""base."""
+"""The machinery every layer stands on; it imports no other folder of the package.
+
+errors.py      UserError (exit 2), Diverged (3), Preempted (4); what a refusal looks like
+paths.py       the one path layer (local and gs://), atomic writes, .npy files, process 0
+settings.py    the one schema of every setting (macro): type, range, the line that refuses it
+runtime.py     how a process starts and ends: multi-host join, barriers, compile cache, exits
+tf_import.py   TensorFlow and SeqIO, imported on first use and quietly
+assets.py      the shipped vocabulary and model (prompt_transfer/assets/), hash-checked
+moved.py       the flat package's old module names, still importable
+
+May import: nothing of the package.
+"""

@@ -6,6 +6,8 @@
   jobs       train, eval, infer, task-embedding, spot, study, demo  (cli/jobs.py)
 
 Exit statuses: 0 done, 2 bad input, 3 the loss diverged, 4 pre-empted (see base/errors.py).
+
+May import: every folder but t5x.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 from prompt_transfer.base import settings
 from prompt_transfer.base.settings import setting
 from prompt_transfer.network import partitioning as pt
-from prompt_transfer.prompt import prompts
+from prompt_transfer.network import prompt_slots
 
 NEG_INF = -1e10  # T5X's mask value: large but finite so fully-masked rows stay NaN-free.
 
@@ -195,26 +195,6 @@ def mask_to_bias(mask: jax.Array, dtype=jnp.float32) -> jax.Array:
     return jnp.where(mask, 0.0, NEG_INF).astype(dtype)
 
 
-def join_prefix(prefix: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array):
-    """Put a deep prompt's P keys and values [2, P, H*D] (or one per input, [B, 2, P, H*D])
-    before an attention's own [B, L, H, D].
-
-    The prefix positions are visible from every query (no mask) and carry no position bias, as in
-    prefix tuning; the cache of a decoding step keeps only the network's own keys and values.
-    """
-    b, _, h, d = k.shape
-    if prefix.ndim == 4:  # [B, 2, P, H*D]: each input its own (attention over source prompts)
-        p = prefix.shape[2]
-        pk, pv = (x.reshape(b, p, h, d).astype(k.dtype) for x in (prefix[:, 0], prefix[:, 1]))
-    else:
-        p = prefix.shape[1]
-        pk, pv = (
-            jnp.broadcast_to(x.reshape(1, p, h, d).astype(k.dtype), (b, p, h, d)) for x in prefix
-        )
-    bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(p, 0)])
-    return jnp.concatenate([pk, k], 1), jnp.concatenate([pv, v], 1), bias
-
-
 class MultiHeadDotProductAttention(nn.Module):
     """T5 attention: no 1/sqrt(D) on the logits (T5 folds it into the query init)."""
 
@@ -259,8 +239,10 @@ class MultiHeadDotProductAttention(nn.Module):
                 k = cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, at)
                 v = cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, at)
 
-        if self.has_variable("params", prompts.DEEP_PREFIX):  # a deep prompt's own keys/values
-            k, v, bias = join_prefix(self.get_variable("params", prompts.DEEP_PREFIX), k, v, bias)
+        if self.has_variable("params", prompt_slots.DEEP_PREFIX):  # a deep prompt's own keys/values
+            k, v, bias = prompt_slots.join_prefix(
+                self.get_variable("params", prompt_slots.DEEP_PREFIX), k, v, bias
+            )
 
         if self.float32_logits:
             q, k = q.astype(jnp.float32), k.astype(jnp.float32)
@@ -381,7 +363,7 @@ class Encoder(nn.Module):
         cfg = self.config
         x, mask = self.shared_embedding(tokens), tokens > 0
         if prompt is not None:
-            x, mask = prompts.join_prompt(x, mask, prompt.astype(x.dtype), prompt_position)
+            x, mask = prompt_slots.join_prompt(x, mask, prompt.astype(x.dtype), prompt_position)
         x = _constrain(x, (pt.BATCH, pt.LENGTH, pt.EMBED))
         pos = jnp.arange(x.shape[1])
         bias = _relpos(cfg)(pos, pos, bidirectional=True) + mask_to_bias(mask[:, None, None, :])

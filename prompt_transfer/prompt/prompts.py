@@ -1,4 +1,5 @@
-"""Soft prompts: how a prompt joins the encoder input, and how it is initialised.
+"""Soft prompts: their parameters and how they are initialised (where one enters the network:
+network/prompt_slots.py).
 
 A prompt is a [P, E] float32 matrix stored at `encoder/prompt/prompt` of the parameter tree (the
 path T5X prompt tuning uses) with logical axes (`prompt`, `prompt_embed`), replicated by
@@ -20,56 +21,22 @@ from prompt_transfer.base import paths, settings
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.base.settings import setting
 from prompt_transfer.network import partitioning as pt
+from prompt_transfer.network import prompt_slots
 
 PROMPT_PATH = "encoder/prompt/prompt"
 # T5X prompt tuning's numpy checkpoint of the prompt (the parameter's dotted path, no extension):
 # MODEL_DIR/numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt
 T5X_PROMPT_FILE = "encoder.prompt.prompt.prompt"
 PROMPT_AXES = (pt.PROMPT, pt.PROMPT_EMBED)
-# A deep prompt (prefix tuning, P-tuning v2): P extra keys and values [2, P, H*D] in every
-# self-attention, stored in that attention's own scope under this name.
-DEEP_PREFIX = "prompt_prefix"
+DEEP_PREFIX = prompt_slots.DEEP_PREFIX
 DEEP_PREFIX_AXES = (None, pt.PROMPT, pt.JOINED_KV)
 DEEP_REGEX = f".*/{DEEP_PREFIX}"
-POSITIONS = ("prefix", "suffix")
 INIT_METHODS = ("random_uniform", "sampled_vocab", "class_labels", "text", "file", "transfer")
 FIRST_REGULAR_ID = 3  # after pad 0, eos 1, unk 2
 
 
 class PromptError(UserError):
     pass
-
-
-def join_prompt(x: jax.Array, mask: jax.Array, prompt: jax.Array, position: str = "prefix"):
-    """Join a prompt to embedded inputs.
-
-    Args:
-      x: [B, L, E] embedded input tokens (right-padded).
-      mask: [B, L] bool, True at real tokens.
-      prompt: [P, E] shared by the batch, or [B, P, E] one per example.
-      position: "prefix" (before the input) or "suffix" (right after each row's last real token,
-        so prompt positions stay contiguous with the text for the relative position biases).
-
-    Returns:
-      ([B, P + L, E], [B, P + L]) with the prompt positions unmasked.
-    """
-    b, length = mask.shape
-    if prompt.ndim == 2:
-        prompt = jnp.broadcast_to(prompt[None], (b, *prompt.shape))
-    p = prompt.shape[1]
-    ones = jnp.ones((b, p), bool)
-    if position == "prefix":
-        return jnp.concatenate([prompt, x], 1), jnp.concatenate([ones, mask], 1)
-    if position != "suffix":
-        raise PromptError(f"prompt position {position!r} is unknown; choose one of {POSITIONS}")
-    joined, joined_mask = jnp.concatenate([x, prompt], 1), jnp.concatenate([mask, ones], 1)
-    n = mask.sum(1, keepdims=True)  # [B, 1] real tokens per row
-    j = jnp.arange(length + p)[None]  # output positions
-    src = jnp.where(j < n, j, jnp.where(j < n + p, length + j - n, j - p))  # [B, L + P]
-    return (
-        jnp.take_along_axis(joined, src[..., None], axis=1),
-        jnp.take_along_axis(joined_mask, src, axis=1),
-    )
 
 
 def abstract_prompt(length: int, dim: int) -> nn.LogicallyPartitioned:

@@ -1,4 +1,4 @@
-"""T5X's `t5x.adafactor.Adafactor`, as a gin name (habits.fold): its settings are the project's
+"""T5X's `t5x.adafactor.Adafactor`, as a gin name (t5x_habits.fold): its settings are the project's
 optimizer's (trainer/train_state.OptimizerConfig)."""
 
 from __future__ import annotations
@@ -29,5 +29,5 @@ class Adafactor:
 
 
 def standard_logical_factor_rules(rules=None):
-    """T5X's factor rules factory; here only its bindings count (habits.fold)."""
+    """T5X's factor rules factory; here only its bindings count (t5x_habits.fold)."""
     return None

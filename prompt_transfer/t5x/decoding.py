@@ -17,7 +17,7 @@ def beam_search(
     cache_offset=0,
     initial_index=None,
 ):
-    """Here only its bindings count (habits.fold)."""
+    """Here only its bindings count (t5x_habits.fold)."""
 
 
 def temperature_sample(
@@ -34,4 +34,4 @@ def temperature_sample(
     initial_index=None,
     max_decode_steps=None,
 ):
-    """Here only its bindings count (habits.fold)."""
+    """Here only its bindings count (t5x_habits.fold)."""

@@ -1,4 +1,4 @@
-"""T5X's `t5x.models.EncoderDecoderModel`, as a gin name (habits.fold): its `decode_fn` and
+"""T5X's `t5x.models.EncoderDecoderModel`, as a gin name (t5x_habits.fold): its `decode_fn` and
 `predict_batch_with_aux.num_decodes` are decoding.Decoding's method and beams."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class EncoderDecoderModel:
         z_loss=0.0,
         loss_normalizing_factor=None,
     ):
-        """Here only its bindings count (habits.fold)."""
+        """Here only its bindings count (t5x_habits.fold)."""
 
     def predict_batch_with_aux(
         self,
@@ -29,4 +29,4 @@ class EncoderDecoderModel:
         num_decodes=1,
         prompt_with_targets=False,
     ):
-        """Here only its bindings count (habits.fold)."""
+        """Here only its bindings count (t5x_habits.fold)."""

@@ -1,4 +1,4 @@
-"""T5X's `t5x.partitioning` configurables, as gin names (habits.fold): the partitioner's
+"""T5X's `t5x.partitioning` configurables, as gin names (t5x_habits.fold): the partitioner's
 model-parallel ways become NUM_PARTITIONS; the logical axis rules are the project's
 (prompt_transfer.network.partitioning.standard_logical_axis_rules, T5X's plus the prompt's axes)."""
 
@@ -24,5 +24,5 @@ def standard_logical_axis_rules(
     parameter_partitioning_dims: int = 1,
     additional_rules: object = None,
 ):
-    """T5X's rules factory; here only its bindings count (habits.fold)."""
+    """T5X's rules factory; here only its bindings count (t5x_habits.fold)."""
     return None

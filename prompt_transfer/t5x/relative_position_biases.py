@@ -1,4 +1,4 @@
-"""Flaxformer's `relative_position_biases.RelativePositionBiases`, as a gin name (habits.fold):
+"""Flaxformer's `relative_position_biases.RelativePositionBiases`, as a gin name (t5x_habits.fold):
 its buckets and distance are t5.T5Config's (prompt-tuning's test/t5_1_1_tiny_prompt.gin binds
 them)."""
 

@@ -1,5 +1,5 @@
 """T5X's `train` entry point (`train_script.train` in its gin files), as a gin name
-(habits.fold): total_steps is TRAIN_STEPS, relative_steps TRAIN_STEPS_RELATIVE, and so on."""
+(t5x_habits.fold): total_steps is TRAIN_STEPS, relative_steps TRAIN_STEPS_RELATIVE, and so on."""
 
 from __future__ import annotations
 
@@ -33,5 +33,5 @@ def train(
     gc_period=0,
     relative_steps=None,
 ):
-    """Here only its bindings count (habits.fold)."""
+    """Here only its bindings count (t5x_habits.fold)."""
     return None

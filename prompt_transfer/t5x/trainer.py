@@ -1,4 +1,4 @@
-"""T5X's `t5x.trainer.Trainer`, as a gin name (habits.fold): num_microbatches is
+"""T5X's `t5x.trainer.Trainer`, as a gin name (t5x_habits.fold): num_microbatches is
 NUM_MICROBATCHES; its learning rate comes from `utils.create_learning_rate_scheduler`."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """T5X's `t5x.utils` configurables (checkpoints, data sets, the learning-rate schedule), as gin
-names only: `habits.fold` gives their bound values to the project's settings."""
+names only: `t5x_habits.fold` gives their bound values to the project's settings."""
 
 from __future__ import annotations
 
@@ -63,5 +63,5 @@ def create_learning_rate_scheduler(
     step_offset: int = 0,
     min_learning_rate: float = 1e-8,
 ):
-    """T5X's schedule factory; here only its bindings count (habits.fold)."""
+    """T5X's schedule factory; here only its bindings count (t5x_habits.fold)."""
     return None
