@@ -1,6 +1,7 @@
 """Attention over source prompts (ATTEMPT; prompt/attention.py): each input's prompt is the
 target prompt plus the sources weighted by a trained module, for plain and deep prompts."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -36,6 +37,11 @@ def small():
     return EncoderDecoderModel(module), network, sources, x, y
 
 
+def _mixing(model):
+    """The model of an attention run: its kind mixes each input's prompt (prompt/kinds.py)."""
+    return dataclasses.replace(model, kind=attention.KIND)
+
+
 def _with_pieces(network, target, pieces):
     return prompts.with_deep_prompt(prompts.join(network, CONFIG, target), pieces.flat())
 
@@ -65,8 +71,8 @@ def test_each_input_gets_the_target_plus_its_weighted_sources(small, deep):
     # Each input scores as if its own mixed prompt were the run's one prompt, in every verb
     # (rank classification repeats each input's deep prompt over the candidates).
     candidates = jnp.asarray(np.random.default_rng(2).integers(3, 64, (2, 3)))
-    scores = np.asarray(model.score(params, x, y))
-    ranked = np.asarray(model.rank_classify(params, x, candidates))
+    scores = np.asarray(_mixing(model).score(params, x, y))
+    ranked = np.asarray(_mixing(model).rank_classify(params, x, candidates))
     for b in range(len(x)):
         own = target + np.tensordot(weights[b], sources, axes=1)
         np.testing.assert_allclose(np.asarray(mixed[b]), own[:, : CONFIG.emb_dim], rtol=1e-5)
@@ -87,11 +93,11 @@ def test_a_source_given_all_the_weight_is_that_source(small):
         _, _, weights = attention.compose(params, prompts.split_prompt(params)[0], x, CONFIG)
         np.testing.assert_allclose(np.asarray(weights)[:, j], 1.0, atol=1e-6)
         np.testing.assert_allclose(
-            model.score(params, x, y),
+            _mixing(model).score(params, x, y),
             model.score(prompts.join(network, CONFIG, sources[j]), x, y),
             rtol=1e-5,
         )
-        tokens = model.predict(params, x, max_length=4)
+        tokens = _mixing(model).predict(params, x, max_length=4)
         alone = model.predict(prompts.join(network, CONFIG, sources[j]), x, max_length=4)
         np.testing.assert_array_equal(tokens, alone)
 

@@ -1,6 +1,7 @@
 """Related prompts trained together (prompt/multitask.py): one run on a mixture, each example
 with its task's prompt composed from a shared prompt and the task's part (add, concat, MPT)."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -61,6 +62,12 @@ def small():
     return EncoderDecoderModel(module), network, x, y
 
 
+def _composing(model, distills=False):
+    """The model of a multi-task run: its kind composes each example's prompt for its task
+    (prompt/kinds.py), and distills it from a teacher when the run does."""
+    return dataclasses.replace(model, kind=multitask.Multitask(distills=distills))
+
+
 @pytest.mark.parametrize("how", multitask.HOWS)
 @pytest.mark.parametrize("deep", [True, False])
 def test_each_example_gets_its_tasks_composed_prompt(small, how, deep):
@@ -90,7 +97,7 @@ def test_each_example_gets_its_tasks_composed_prompt(small, how, deep):
         "decoder_target_tokens": y,
         "task_index": index,
     }
-    mixed, _ = model.loss(params, batch)
+    mixed, _ = _composing(model).loss(params, batch)
     singles = []
     for b, k in enumerate(np.asarray(index)):
         one = {name: v[b : b + 1] for name, v in batch.items() if name != "task_index"}
@@ -105,7 +112,7 @@ def test_a_run_of_one_task_has_no_task_to_compose_without_its_index(small):
         prompts.join(network, CONFIG, np.zeros((P, 6), np.float32)), pieces.flat()
     )
     with pytest.raises(multitask.MultitaskError, match="task_index"):
-        model.score(params, x, y)
+        _composing(model).score(params, x, y)
 
 
 def test_every_task_starts_as_the_shared_prompt():
@@ -395,8 +402,8 @@ def test_distillation_adds_the_teachers_kl_and_hidden_state_error(small, deep):
 
     plain = params_with(multitask.Pieces("add", ("a", "b", "c"), parts))
     taught = params_with(multitask.Pieces("add", ("a", "b", "c"), parts, teachers, (1.0, 0.5)))
-    without, _ = model.loss(plain, batch)
-    with_, metrics = model.loss(taught, batch)
+    without, _ = _composing(model).loss(plain, batch)
+    with_, metrics = _composing(model, distills=True).loss(taught, batch)
 
     # The same terms computed apart: each example under its task's prompt and its teacher,
     # each a plain run of that one prompt.
@@ -418,7 +425,7 @@ def test_distillation_adds_the_teachers_kl_and_hidden_state_error(small, deep):
 
     # A teacher equal to its task's prompt teaches nothing.
     same = params_with(multitask.Pieces("add", ("a", "b", "c"), parts, every, (1.0, 1.0)))
-    _, metrics = model.loss(same, batch)
+    _, metrics = _composing(model, distills=True).loss(same, batch)
     assert abs(float(metrics["distill_kl"])) < 1e-6 and float(metrics["distill_hidden"]) < 1e-9
 
 

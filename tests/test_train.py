@@ -615,7 +615,7 @@ def test_labels_longer_than_the_target_length_are_refused_before_any_work(task, 
     assert not run.exists()
 
 
-def test_rank_classification_with_labels_of_different_token_lengths(anchors):
+def test_rank_classification_with_labels_of_different_token_lengths(anchors, monkeypatch):
     """SeqIO stacks the predictions into one array: mixed predictions of a 1-token and a
     several-token label must still evaluate (they once raised 'inhomogeneous shape')."""
     from synthetic_tasks import keyword_examples
@@ -635,9 +635,10 @@ def test_rank_classification_with_labels_of_different_token_lengths(anchors):
         EncoderDecoderModel(module), name, "validation", {"inputs": 12, "targets": 6}, 32
     )
     # Scores that pick the labels alternately, example by example.
-    evaluator._rank = lambda params, tokens, candidates, prompt: jnp.stack(
+    alternate = lambda params, tokens, candidates, prompt: jnp.stack(
         [jnp.arange(tokens.shape[0]) % 2 == 0, jnp.arange(tokens.shape[0]) % 2 == 1], -1
     ).astype(jnp.float32)
+    monkeypatch.setattr(seqio_eval, "_jitted", lambda model: (alternate, None))
     accuracy = evaluator.evaluate(network)[name]["accuracy"]
     targets = keyword_examples(32, 1, labels)["targets"]
     expected = np.mean([t == labels[i % 2] for i, t in enumerate(targets)]) * 100

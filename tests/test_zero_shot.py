@@ -8,7 +8,8 @@ from synthetic_tasks import register_keyword_task
 from conftest import T5_VOCAB, TINY_CHECKPOINT
 from prompt_transfer.configure import gin_files
 from prompt_transfer.data import batches, metrics
-from prompt_transfer.model.encoder_decoder import EncoderDecoderModel, pad_token_rows
+from prompt_transfer.data.batches import pad_token_rows
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
 from prompt_transfer.network import checkpoints, t5
 from prompt_transfer.prompt import prompts
 from prompt_transfer.spot import plots

@@ -78,7 +78,8 @@ def cmd_score(args) -> None:
 
     from prompt_transfer.configure import gin_files
     from prompt_transfer.data import vocab
-    from prompt_transfer.model.encoder_decoder import EncoderDecoderModel, pad_token_rows
+    from prompt_transfer.data.batches import pad_token_rows
+    from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
     from prompt_transfer.network import checkpoints, t5
     from prompt_transfer.prompt import prompts
     from prompt_transfer.trainer import run_dir

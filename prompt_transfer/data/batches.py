@@ -358,3 +358,11 @@ def read_example_cache(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
             f"example cache {path} is unreadable ({e}); write it again with "
             "`prompt-transfer cache-examples`"
         ) from None
+
+
+def pad_token_rows(rows: list[list[int]]) -> np.ndarray:
+    """Right-pad token id lists with 0 into an int32 array [N, max length]."""
+    out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out

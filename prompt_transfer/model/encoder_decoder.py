@@ -17,7 +17,7 @@ from flax import traverse_util
 
 from prompt_transfer.network import decoding
 from prompt_transfer.network.t5 import T5
-from prompt_transfer.prompt import attention, multitask, prompts
+from prompt_transfer.prompt import kinds, multitask, prompts
 
 
 def shift_right(targets: jax.Array) -> jax.Array:
@@ -36,15 +36,16 @@ class EncoderDecoderModel:
     """The T5 module plus the functions training, evaluation and inference call.
 
     `params` is the whole tree: the network's, plus the soft prompt at `encoder/prompt/prompt`
-    when there is one (and an attention run's module and sources beside it: each input's prompt
-    is then mixed from them, prompt/attention.py; a multi-task run's task parts, and each
-    example's prompt is composed for its task, prompt/multitask.py). Every verb also takes
+    when there is one, and what the run's `kind` of prompt keeps beside it (prompt/kinds.py:
+    an attention run's module and sources, each input's prompt mixed from them; a multi-task
+    run's task parts, each example's prompt composed for its task). Every verb also takes
     `prompt`, a per-example [B, P, E] override that lets one batch carry examples of several
     tasks, each with its own prompt.
     """
 
     module: T5
     eos_id: int = 1
+    kind: kinds.PromptKind = kinds.SINGLE
 
     def _encode(
         self,
@@ -56,13 +57,10 @@ class EncoderDecoderModel:
         task_index=None,
     ):
         network, own = prompts.split_prompt(params)
-        if prompt is None and multitask.present(params):
-            network, prompt = multitask.compose(params, network, task_index, self.module.config)
-        elif prompt is None and attention.present(params):
-            network, prompt, _ = attention.compose(
-                params, network, encoder_input_tokens, self.module.config
+        if prompt is None:
+            network, prompt = self.kind.compose(
+                params, network, own, encoder_input_tokens, task_index, self.module.config
             )
-        prompt = own if prompt is None else prompt
         encoded, mask = self.module.apply(
             {"params": network},
             encoder_input_tokens,
@@ -120,16 +118,14 @@ class EncoderDecoderModel:
             "token_accuracy": correct.sum() / tokens,
             "tokens": weights.sum(),
         }
-        if multitask.distills(params):  # MPT: each task's prompt learns from its teacher too
-            teacher_net, teacher = multitask.teacher_inputs(
-                params, prompts.split_prompt(params)[0], task_index, self.module.config
-            )
+        frozen = prompts.split_prompt(params)[0]
+        if taught := self.kind.teacher(params, frozen, task_index, self.module.config):
+            teacher_net, teacher, w = taught  # MPT: each task's prompt learns from it too
             t_encoded, _ = self.module.apply(
                 {"params": teacher_net}, tokens_in, False, teacher, method=T5.encode
             )
             t_logits = self._decode(teacher_net, t_encoded, mask, batch["decoder_input_tokens"])
             kl, hidden = multitask.distillation(logits, t_logits, encoded, t_encoded, weights, mask)
-            w = params["encoder"]["prompt"]["teachers"]["weights"]
             loss = loss + w[0] * kl + w[1] * hidden
             metrics.update(distill_kl=kl, distill_hidden=hidden)
         return loss, metrics
@@ -164,7 +160,7 @@ class EncoderDecoderModel:
         rep = lambda x: jnp.repeat(x, c, axis=0)  # [B*C, ...], candidate-major within an input
         targets = jnp.tile(candidates, (b, 1))
         logits = self.module.apply(
-            {"params": attention.repeat_examples(network, c)},
+            {"params": self.kind.repeat(network, c)},
             rep(encoded),
             rep(mask),
             shift_right(targets),
@@ -270,7 +266,7 @@ class EncoderDecoderModel:
         """Beam search: [B, L] -> (tokens [B, K, max_length], scores [B, K]), best first."""
         network, encoded, mask = self._encode(params, encoder_input_tokens, prompt)
         encoded, mask = (jnp.repeat(x, beam_size, axis=0) for x in (encoded, mask))
-        network = attention.repeat_examples(network, beam_size)
+        network = self.kind.repeat(network, beam_size)
         cache = self._init_cache(network, encoded, mask, max_length)
         return decoding.beam_search(
             self._step_fn(network, encoded, mask),
@@ -281,14 +277,6 @@ class EncoderDecoderModel:
             alpha,
             self.eos_id,
         )
-
-
-def pad_token_rows(rows: list[list[int]]) -> np.ndarray:
-    """Right-pad token id lists with 0 into an int32 array [N, max length]."""
-    out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
 
 
 def pad_batch(x: np.ndarray, size: int) -> np.ndarray:

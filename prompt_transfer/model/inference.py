@@ -73,7 +73,7 @@ def predict(
     labels = registry.class_labels(task.name)
     place, replicate, rules = seqio_eval.input_placers(params, batch_size)
     candidates = (
-        replicate(encoder_decoder.pad_token_rows([vocab.encode(label) + [1] for label in labels]))
+        replicate(batches.pad_token_rows([vocab.encode(label) + [1] for label in labels]))
         if labels
         else None
     )

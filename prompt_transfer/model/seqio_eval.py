@@ -9,6 +9,7 @@ task's metric functions, so a task's metrics are the same whichever way it is ev
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Mapping
 
@@ -21,7 +22,6 @@ from prompt_transfer.data import batches, registry, seqio_cache
 from prompt_transfer.model import encoder_decoder
 from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
 from prompt_transfer.network import partitioning
-from prompt_transfer.prompt import multitask
 
 
 class TaskEvaluator:
@@ -72,22 +72,24 @@ class TaskEvaluator:
                 self.candidates[task_name] = [vocab.encode(label) for label in labels]
                 self.label_names[task_name] = list(labels)
         check_labels_fit(name, feature_lengths)
-        self._rank, self._decode = _jitted(model)
 
-    def _predict_fn(self, params, task_name: str, prompt=None):
+    def _predict_fn(self, params, task_name: str, model=None, prompt=None):
+        """SeqIO's predict_fn: `model` (the evaluator's by default) on `params`."""
+        model = model or self.model
+        rank, decode = _jitted(model)
         candidates = self.candidates.get(task_name)
         labels = self.label_names.get(task_name, [])  # in the candidates' order
         counts = self.predictions[task_name] = dict.fromkeys(labels, 0)
         truth = self.labels[task_name] = dict.fromkeys(labels, 0)
         by_ids = {tuple(c): label for c, label in zip(candidates or [], labels, strict=True)}
-        eos = self.model.eos_id
+        eos = model.eos_id
         place, replicate, rules = input_placers(params, self.batch_size)
         candidate_ids = (
             None
             if candidates is None
-            else replicate(encoder_decoder.pad_token_rows([c + [eos] for c in candidates]))
+            else replicate(batches.pad_token_rows([c + [eos] for c in candidates]))
         )
-        padded = None if candidates is None else encoder_decoder.pad_token_rows(candidates)
+        padded = None if candidates is None else batches.pad_token_rows(candidates)
 
         def predict(ds) -> list[tuple[int, list[int]]]:
             outputs = []
@@ -95,7 +97,7 @@ class TaskEvaluator:
                 real = index >= 0  # padding rows say -1
                 if candidate_ids is not None:
                     with rules():
-                        scores = self._rank(params, tokens, candidate_ids, prompt)
+                        scores = rank(params, tokens, candidate_ids, prompt)
                     best = partitioning.host_array(jnp.argmax(scores, -1))[real]
                     # Equal-length rows: SeqIO stacks predictions into one array (as T5X's
                     # padded decodes are); the pad id decodes to nothing.
@@ -108,12 +110,12 @@ class TaskEvaluator:
                             truth[label] += 1
                 elif self.how is not None and self.how.method != "greedy":
                     with rules():
-                        decoded = self.model.decode(
+                        decoded = model.decode(
                             params, tokens, self.max_decode_length, self.how, prompt=prompt
                         )
                 else:
                     with rules():
-                        decoded = self._decode(
+                        decoded = decode(
                             params, tokens, max_length=self.max_decode_length, prompt=prompt
                         )
                     rows = [list(r) for r in partitioning.host_array(decoded)[real]]
@@ -175,11 +177,11 @@ class TaskEvaluator:
         """{task name: {metric: value}} for `params` (network + prompt)."""
         results = {}
         for k, (task_name, evaluator) in enumerate(self.evaluators.items()):
-            own = params
-            if multitask.present(params):  # a multi-task run: each task with its own prompt
-                own = multitask.params_for(params, k, self.model.module.config)
+            # a multi-task run scores each task with its own prompt (its kind's for_task)
+            kind, own = self.model.kind.for_task(params, k, self.model.module.config)
+            model = dataclasses.replace(self.model, kind=kind)
             future, _ = evaluator.evaluate(
-                compute_metrics=True, step=step, predict_fn=self._predict_fn(own, task_name)
+                compute_metrics=True, step=step, predict_fn=self._predict_fn(own, task_name, model)
             )
             results[task_name] = {k: float(v) for k, v in future.result()[task_name].items()}
         return results

@@ -14,18 +14,20 @@ so each example carries its own deep prompt.
 
 Everything lives in the parameter tree, beside the prompt that `prompts.split_prompt` takes out
 of the network: `encoder/prompt/attention/...` (trainable) and `encoder/prompt/sources/...` (the
-source prompts and T, fixed), so that every verb of `models.EncoderDecoderModel` mixes the
-prompt per input from the tree alone. A run keeps its sources in MODEL_DIR/transfer/attention.npz
-(written once, at its start): its checkpoints hold only what trains, and `eval` and `infer`
-read the sources back from there (`score` and `library export`, which take one prompt, refuse
-such a run; its library entry is the prompt at its mean weights, `typical_prompt`).
+source prompts and T, fixed), so that every verb of an EncoderDecoderModel whose kind is
+`Attention` (model/encoder_decoder.py, prompt/kinds.py) mixes the prompt per input. A run keeps
+its sources in MODEL_DIR/transfer/attention.npz (written once, at its start): its checkpoints
+hold only what trains, and `eval` and `infer` read the sources back from there (`score` and
+`library export`, which take one prompt, refuse such a run; its library entry is the prompt at
+its mean weights, `typical_prompt`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
+import json
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -35,7 +37,9 @@ from flax import traverse_util
 
 from prompt_transfer.base import paths
 from prompt_transfer.base.errors import UserError
+from prompt_transfer.data import batches, seqio_cache
 from prompt_transfer.network import partitioning as pt
+from prompt_transfer.prompt import pieces as pieces_file
 from prompt_transfer.prompt import prompts
 
 ATTENTION_PATH = "encoder/prompt/attention"
@@ -121,42 +125,30 @@ def start(
 
 
 def save(model_dir, pieces: Pieces) -> None:
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        sources=pieces.sources,
-        temperature=np.float32(pieces.temperature),
-        names=np.asarray(pieces.names, dtype=str),
-        **{f"module/{k}": v for k, v in pieces.module.items()},
-    )
-    paths.atomic_write_bytes(paths.path(model_dir) / "transfer" / FILE, buffer.getvalue())
+    arrays = {
+        "sources": pieces.sources,
+        "temperature": np.float32(pieces.temperature),
+        "names": np.asarray(pieces.names, dtype=str),
+    }
+    module = {f"module/{k}": v for k, v in pieces.module.items()}
+    pieces_file.write(model_dir, FILE, {**arrays, **module})
 
 
 def load(model_dir) -> Pieces | None:
     """The pieces a run in `model_dir` was started with (None: not an attention run)."""
-    if not model_dir:
+    saved = pieces_file.read(model_dir, FILE)
+    if saved is None:
         return None
-    file = paths.path(model_dir) / "transfer" / FILE
-    if not file.exists():
-        return None
-    with np.load(io.BytesIO(file.read_bytes())) as saved:
-        module = {
-            k.removeprefix("module/"): saved[k] for k in saved.files if k.startswith("module/")
-        }
-        return Pieces(
-            saved["sources"],
-            float(saved["temperature"]),
-            module,
-            tuple(str(n) for n in saved["names"]),
-        )
+    return Pieces(
+        saved["sources"],
+        float(saved["temperature"]),
+        pieces_file.prefixed(saved, "module/"),
+        tuple(str(n) for n in saved["names"]),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Inside the model (jitted): the per-input prompt.
-
-
-def present(params: dict) -> bool:
-    return "attention" in params.get("encoder", {}).get("prompt", {})
 
 
 def pooled_inputs(embedding: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -219,14 +211,84 @@ def typical_prompt(params: dict, config, tokens) -> tuple[np.ndarray, np.ndarray
     return target + np.tensordot(weights, sources, axes=1).astype(np.float32), weights
 
 
-def repeat_examples(network: dict, times: int) -> dict:
-    """`network` whose per-input deep prompts [B, 2, P, H*D] are repeated `times` along the
-    batch, as the caller repeats its encodings (candidates in rank classification, beams)."""
-    flat = traverse_util.flatten_dict(network, sep="/")
-    if not any(k.endswith(prompts.DEEP_PREFIX) and v.ndim == 4 for k, v in flat.items()):
-        return network
-    flat = {
-        k: jnp.repeat(v, times, axis=0) if k.endswith(prompts.DEEP_PREFIX) and v.ndim == 4 else v
-        for k, v in flat.items()
-    }
-    return traverse_util.unflatten_dict(flat, sep="/")
+# ---------------------------------------------------------------------------------------------
+# The kind (prompt/kinds.py).
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention:
+    """Each input's prompt mixed from frozen sources by a trained module; the sources and the
+    module's start are kept in MODEL_DIR/transfer/attention.npz."""
+
+    name: str = "attention"
+    task_index: bool = False
+
+    def load(self, model_dir) -> Pieces | None:
+        return load(model_dir)
+
+    def found(self, model_dir) -> Attention | None:
+        return self if pieces_file.exists(model_dir, FILE) else None
+
+    def check(self, spec, config) -> None:
+        module = f"{ATTENTION_PATH}/down/kernel"
+        if not spec.prompt_length:
+            raise AttentionError("attention mixes prompts per input: it needs PROMPT_LENGTH > 0")
+        if not re.fullmatch(spec.trainable_regex, module) or re.fullmatch(
+            spec.trainable_regex, f"{SOURCES_PATH}/prompts"
+        ):
+            raise AttentionError(
+                f"strategy 'attention' trains its module ({ATTENTION_PATH}/...) and keeps its "
+                f"sources fixed, but TRAINABLE={spec.trainable_regex!r} does not; use "
+                f"TRAINABLE='{TRAINABLE}' (gin/transfer/attention.gin sets it)"
+            )
+
+    def compose(self, params, network, own, tokens, task_index, config):
+        network, prompt, _ = compose(params, network, tokens, config)
+        return network, prompt
+
+    def repeat(self, network: dict, times: int) -> dict:
+        return prompts.repeat_per_input(network, times)
+
+    def teacher(self, params, network, task_index, config) -> None:
+        return None
+
+    def for_task(self, params: dict, k: int, config):
+        return self, params
+
+    def tasks(self, model_dir) -> None:
+        return None
+
+    def exported(self, spec, config, params, log) -> np.ndarray:
+        """The run's one prompt: the target plus its sources at their mean weights over the
+        evaluation split (what its library entry holds); the weights go to the log and to
+        MODEL_DIR/transfer/attention_weights.json."""
+        task = batches.get_task(spec.task)
+        dataset = task.get_dataset(
+            spec.feature_lengths,
+            config.eval_split,
+            shuffle=False,
+            use_cached=seqio_cache.use_for(task, config.eval_split),
+        )
+        rows = [list(e["inputs"]) for e in dataset.take(4096).as_numpy_iterator()]
+        prompt, mean = typical_prompt(params, spec.model_config, batches.pad_token_rows(rows))
+        names = load(spec.model_dir).names or [str(j) for j in range(len(mean))]
+        weights = dict(zip(names, mean.round(4).tolist(), strict=True))
+        record = {"split": config.eval_split, "inputs": len(rows), "mean_weights": weights}
+        paths.atomic_write_text(
+            paths.path(spec.model_dir) / pieces_file.FOLDER / "attention_weights.json",
+            json.dumps(record, indent=1),
+        )
+        shown = ", ".join(f"{name} {w:.2f}" for name, w in weights.items())
+        log.info(f"attention: mean weights over {len(rows)} {config.eval_split} inputs: {shown}")
+        return prompt
+
+    def refusal(self, model_dir) -> str:
+        return (
+            f"{model_dir} is an attention run: each input's prompt mixes its own with "
+            f"{len(load(model_dir).sources)} frozen sources through a trained module, which no "
+            "prompt file holds; eval and infer read the run itself, and its library entry "
+            "(LIBRARY_DIR; score --prompt-entry) holds the prompt at its mean weights"
+        )
+
+
+KIND = Attention()

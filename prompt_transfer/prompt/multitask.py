@@ -1,5 +1,6 @@
 """Related prompts trained together: one run on a mixture of K tasks, each example with its
-task's prompt, composed from a shared prompt and a part of the task's own.
+task's prompt, composed from a shared prompt and a part of the task's own (the `Multitask` kind,
+prompt/kinds.py).
 
     add       P_k = P_shared + D_k                    D_k [P, W] ('deltas'), starts at 0
     concat    P_k = [P_shared; O_k]                   O_k [P_task, W] ('own'), the prompt is
@@ -26,14 +27,15 @@ The shared prompt is the run's own (`encoder/prompt/prompt`, a deep prompt's key
 where they always are); the task parts train beside it at `encoder/prompt/tasks/...`. A run
 keeps its layout (how, the task names, the starting parts) in MODEL_DIR/transfer/multitask.npz,
 written once at its start, so that `eval` scores each task with its own prompt. The verbs of
-models.EncoderDecoderModel compose the prompt per example from a batch's `task_index` [B] (the
-position of the example's task in the mixture, data.BatchStream(task_index=True)).
+an EncoderDecoderModel whose kind is `Multitask` compose the prompt per example from a batch's
+`task_index` [B] (the position of the example's task in the mixture,
+batches.BatchStream(task_index=True)).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
+import re
 
 import flax.linen as nn
 import jax
@@ -44,7 +46,9 @@ from flax import traverse_util
 from prompt_transfer.base import paths, settings
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.base.settings import setting
+from prompt_transfer.data import batches
 from prompt_transfer.network import partitioning as pt
+from prompt_transfer.prompt import pieces as pieces_file
 from prompt_transfer.prompt import prompts
 
 TASKS_PATH = "encoder/prompt/tasks"
@@ -138,43 +142,78 @@ def start(
     return Pieces(layout.how, tuple(names), parts, teachers, distill)
 
 
+def _arrays(pieces: Pieces, **more) -> dict[str, np.ndarray]:
+    arrays = {"how": np.asarray(pieces.how), "names": np.asarray(pieces.names, dtype=str), **more}
+    return {**arrays, **{f"part/{k}": v for k, v in pieces.parts.items()}}
+
+
 def save(model_dir, pieces: Pieces) -> None:
-    buffer = io.BytesIO()
     extra = {}
     if pieces.teachers is not None:
         extra = {"teachers": pieces.teachers, "distill": np.asarray(pieces.distill, np.float32)}
-    np.savez(
-        buffer,
-        how=np.asarray(pieces.how),
-        names=np.asarray(pieces.names, dtype=str),
-        **{f"part/{k}": v for k, v in pieces.parts.items()},
-        **extra,
-    )
-    paths.atomic_write_bytes(paths.path(model_dir) / "transfer" / FILE, buffer.getvalue())
+    pieces_file.write(model_dir, FILE, _arrays(pieces, **extra))
+
+
+def _pieces(saved: dict) -> Pieces:
+    parts = pieces_file.prefixed(saved, "part/")
+    names = tuple(str(n) for n in saved["names"])
+    if "teachers" not in saved:
+        return Pieces(str(saved["how"]), names, parts)
+    distill = tuple(float(w) for w in saved["distill"])
+    return Pieces(str(saved["how"]), names, parts, saved["teachers"], distill)
 
 
 def load(model_dir) -> Pieces | None:
     """The layout a run in `model_dir` was started with (None: not a multi-task run)."""
-    if not model_dir:
-        return None
-    file = paths.path(model_dir) / "transfer" / FILE
-    if not file.exists():
-        return None
-    with np.load(io.BytesIO(file.read_bytes())) as saved:
-        parts = {k.removeprefix("part/"): saved[k] for k in saved.files if k.startswith("part/")}
-        names = tuple(str(n) for n in saved["names"])
-        if "teachers" not in saved.files:
-            return Pieces(str(saved["how"]), names, parts)
-        distill = tuple(float(w) for w in saved["distill"])
-        return Pieces(str(saved["how"]), names, parts, saved["teachers"], distill)
+    saved = pieces_file.read(model_dir, FILE)
+    return None if saved is None else _pieces(saved)
+
+
+def check(spec, layout: MultitaskPrompt) -> None:
+    """Refuse, before any work, a run `spec` whose multi-task `layout` cannot train."""
+    seqio = batches.import_seqio()
+    task = batches.get_task(spec.task)
+    if not isinstance(task, seqio.Mixture) or len(task.tasks) < 2:
+        raise MultitaskError(
+            f"MULTITASK_HOW={layout.how!r} trains the prompts of several tasks together, but "
+            f"MIXTURE_OR_TASK_NAME={spec.task!r} is one task; give a SeqIO mixture of them"
+        )
+    lacking = [t.name for t in task.tasks if "train" not in t.splits]
+    if lacking:
+        raise MultitaskError(f"multi-task mixture {spec.task!r}: {lacking[0]} has no train split")
+    if not spec.prompt_length:
+        raise MultitaskError("MULTITASK_HOW needs PROMPT_LENGTH > 0 (the shared prompt's length)")
+    if (layout.how == "concat") != bool(layout.task_length):
+        raise MultitaskError(
+            "MULTITASK_TASK_LENGTH is concat's: each task's own positions after the shared "
+            f"prompt; MULTITASK_HOW={layout.how!r} takes "
+            + ("MULTITASK_TASK_LENGTH >= 1" if layout.how == "concat" else "0")
+        )
+    if layout.distills and not layout.teachers:
+        raise MultitaskError(
+            "MULTITASK_DISTILL / MULTITASK_DISTILL_HIDDEN distill each task's prompt from its "
+            "single-task prompt: set MULTITASK_TEACHERS to the library that holds them"
+        )
+    if layout.distills and paths.folder_problem(layout.teachers):
+        raise MultitaskError(
+            f"MULTITASK_TEACHERS={layout.teachers!r} {paths.folder_problem(layout.teachers)}"
+        )
+    if layout.distills and re.fullmatch(spec.trainable_regex, f"{TEACHERS_PATH}/prompts"):
+        raise MultitaskError(
+            f"TRAINABLE={spec.trainable_regex!r} would train the teachers a multi-task run "
+            f"distills from ({TEACHERS_PATH}/...); use TRAINABLE='{TRAINABLE}'"
+        )
+    part = f"{TASKS_PATH}/" + {"mpt": "u", "add": "deltas", "concat": "own"}[layout.how]
+    if not re.fullmatch(spec.trainable_regex, part):
+        raise MultitaskError(
+            f"MULTITASK_HOW={layout.how!r} trains each task's part ({TASKS_PATH}/...) "
+            f"but TRAINABLE={spec.trainable_regex!r} leaves it frozen; use "
+            f"TRAINABLE='{TRAINABLE}' (gin/runs/multitask_prompt.gin sets it)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Inside the model (jitted).
-
-
-def present(params: dict) -> bool:
-    return "tasks" in params.get("encoder", {}).get("prompt", {})
 
 
 def combine(shared: jax.Array, parts: dict) -> jax.Array:
@@ -207,17 +246,6 @@ def compose(params: dict, network: dict, task_index: jax.Array, config):
         )
     every = task_prompts(params, config)
     return prompts.per_input(network, every[task_index], config)
-
-
-def distills(params: dict) -> bool:
-    return "teachers" in params.get("encoder", {}).get("prompt", {})
-
-
-def teacher_inputs(params: dict, network: dict, task_index: jax.Array, config):
-    """(network with each example's teacher deep prompt, teacher prompts [B, P', E]); `network`
-    is `params` without its prompt."""
-    teachers = params["encoder"]["prompt"]["teachers"]["prompts"].astype(jnp.float32)
-    return prompts.per_input(network, teachers[task_index], config)
 
 
 def distillation(student_logits, teacher_logits, student_states, teacher_states, weights, mask):
@@ -255,15 +283,14 @@ def host_task_prompts(params: dict, config) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# A finished run as a start for a new task (MPT's and PEFT's inits).
+# The run's last step, for a new task to start from (transfer/from_multitask.py).
 
-TRAINED = "multitask_trained.npz"  # under MODEL_DIR/transfer/: the run's last step
-# PEFT's MultitaskPromptTuningInit AVERAGE_SOURCE_TASKS, EXACT_SOURCE_TASK, ONLY_SOURCE_SHARED
-TRANSFER_INITS = ("average_source_tasks", "exact_source_task", "only_source_shared")
+TRAINED = "multitask_trained.npz"  # under MODEL_DIR/transfer/
 
 
 def save_trained(model_dir, params: dict, config) -> None:
-    """The run's shared prompt (wide form) and parts at its last step, for `transfer_start`."""
+    """The run's shared prompt (wide form) and parts at its last step, for a new task to start
+    from (transfer/from_multitask.py)."""
     held = jax.tree.map(pt.host_array, params)
     flat = traverse_util.flatten_dict(held, sep="/")
     deep = [flat[p] for p in prompts.deep_prefix_paths(config) if p in flat]
@@ -273,53 +300,74 @@ def save_trained(model_dir, params: dict, config) -> None:
         pieces,
         parts={k: np.asarray(v, np.float32) for k, v in held["encoder"]["prompt"]["tasks"].items()},
     )
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        shared=shared.astype(np.float32),
-        how=np.asarray(trained.how),
-        names=np.asarray(trained.names, dtype=str),
-        **{f"part/{k}": v for k, v in trained.parts.items()},
-    )
-    paths.atomic_write_bytes(paths.path(model_dir) / "transfer" / TRAINED, buffer.getvalue())
+    pieces_file.write(model_dir, TRAINED, _arrays(trained, shared=shared.astype(np.float32)))
 
 
-def read_trained(model_dir) -> tuple[np.ndarray, Pieces]:
-    """(shared prompt [P, W], the trained parts) of a finished multi-task run."""
-    file = paths.path(model_dir) / "transfer" / TRAINED
-    if not file.exists():
-        started = load(model_dir) is not None
-        raise MultitaskError(
-            f"MULTITASK_RUN={str(model_dir)!r} "
-            + (
-                "has not finished (no transfer/multitask_trained.npz); train it to its last step"
-                if started
-                else "is not a multi-task run (gin/runs/multitask_prompt.gin)"
-            )
+def read_trained(model_dir) -> tuple[np.ndarray, Pieces] | None:
+    """(shared prompt [P, W], the trained parts) of a finished multi-task run (None: none)."""
+    saved = pieces_file.read(model_dir, TRAINED)
+    return None if saved is None else (saved["shared"], _pieces(saved))
+
+
+# ---------------------------------------------------------------------------------------------
+# The kind (prompt/kinds.py).
+
+
+@dataclasses.dataclass(frozen=True)
+class Multitask:
+    """Each example's prompt composed for its task from the shared prompt and the task's part;
+    the layout is kept in MODEL_DIR/transfer/multitask.npz. `distills`: each task's prompt also
+    learns from its frozen teacher (MPT)."""
+
+    name: str = "multitask"
+    task_index: bool = True  # each batch says each example's task
+    distills: bool = False
+
+    def load(self, model_dir) -> Pieces | None:
+        return load(model_dir)
+
+    def found(self, model_dir) -> Multitask | None:
+        pieces = load(model_dir)
+        return None if pieces is None else Multitask(distills=pieces.teachers is not None)
+
+    def check(self, spec, config) -> None:
+        check(spec, config.multitask)
+
+    def compose(self, params, network, own, tokens, task_index, config):
+        return compose(params, network, task_index, config)
+
+    def repeat(self, network: dict, times: int) -> dict:
+        return prompts.repeat_per_input(network, times)
+
+    def teacher(self, params, network, task_index, config):
+        """(network with each example's teacher deep prompt, teacher prompts [B, P', E], the
+        weights of the KL and hidden-state terms) when the run distills, else None."""
+        if not self.distills:
+            return None
+        teachers = params["encoder"]["prompt"]["teachers"]
+        network, prompt = prompts.per_input(
+            network, teachers["prompts"].astype(jnp.float32)[task_index], config
         )
-    with np.load(io.BytesIO(file.read_bytes())) as saved:
-        parts = {k.removeprefix("part/"): saved[k] for k in saved.files if k.startswith("part/")}
-        pieces = Pieces(str(saved["how"]), tuple(str(n) for n in saved["names"]), parts)
-        return saved["shared"], pieces
+        return network, prompt, teachers["weights"]
 
+    def for_task(self, params: dict, k: int, config):
+        """(the kind, parameters) that score the k-th task alone: a single prompt."""
+        return prompts.SINGLE, params_for(params, k, config)
 
-def transfer_start(model_dir, init: str, task: str = "") -> tuple[np.ndarray, dict]:
-    """(wide prompt, report) a new task starts from, out of a finished multi-task run:
-    `exact_source_task` is `task`'s own prompt; `only_source_shared` the shared prompt alone;
-    `average_source_tasks` the shared prompt with the tasks' parts averaged (for mpt, as PEFT
-    does: U and V averaged over the tasks, then multiplied)."""
-    shared, pieces = read_trained(model_dir)
-    report = {"sources": [str(model_dir)], "init": init, "how": pieces.how}
-    if init == "only_source_shared":
-        return shared, report
-    if init == "exact_source_task":
-        if task not in pieces.names:
-            raise MultitaskError(
-                f"MULTITASK_SOURCE_TASK={task!r} is not one of the run's tasks: "
-                f"{', '.join(pieces.names)}"
-            )
-        k = pieces.names.index(task)
-        every = np.asarray(combine(jnp.asarray(shared), pieces.parts))
-        return every[k], dict(report, task=task)
-    mean = {k: v.mean(0, keepdims=True) for k, v in pieces.parts.items()}
-    return np.asarray(combine(jnp.asarray(shared), mean))[0], dict(report, tasks=list(pieces.names))
+    def tasks(self, model_dir) -> tuple[str, ...]:
+        return load(model_dir).names
+
+    def exported(self, spec, config, params, log) -> dict[str, np.ndarray]:
+        """{task: its composed prompt} (the library's entries); the run's last step is kept
+        for a new task to start from (transfer/from_multitask.py)."""
+        save_trained(spec.model_dir, params, spec.model_config)
+        every = host_task_prompts(params, spec.model_config)
+        return dict(zip(load(spec.model_dir).names, every, strict=True))
+
+    def refusal(self, model_dir) -> str:
+        return (
+            f"{model_dir} is a multi-task run: each of its {len(load(model_dir).names)} tasks has "
+            "its own prompt, composed from the shared one and the task's part; its library "
+            "entries (LIBRARY_DIR; score --prompt-entry) hold them, one per task, and eval "
+            "scores each task with its own"
+        )

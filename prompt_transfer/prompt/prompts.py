@@ -361,3 +361,63 @@ def wide_of(params: dict, config) -> np.ndarray | None:
     paths = deep_prefix_paths(config)
     deep = {p: pt.host_array(flat[p]) for p in paths} if paths[0] in flat else None
     return widen(pt.host_array(prompt), deep, config)
+
+
+def repeat_per_input(network: dict, times: int) -> dict:
+    """`network` whose per-input deep prompts [B, 2, P, H*D] (per_input's) are repeated
+    `times` along the batch, as the caller repeats its encodings (candidates in rank
+    classification, beams)."""
+    flat = traverse_util.flatten_dict(network, sep="/")
+    if not any(k.endswith(DEEP_PREFIX) and v.ndim == 4 for k, v in flat.items()):
+        return network
+    flat = {
+        k: jnp.repeat(v, times, axis=0) if k.endswith(DEEP_PREFIX) and v.ndim == 4 else v
+        for k, v in flat.items()
+    }
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+# ---------------------------------------------------------------------------------------------
+# The single prompt as a kind (prompt/kinds.py): one prompt, plain or deep, for every input.
+
+
+@dataclasses.dataclass(frozen=True)
+class Single:
+    """One prompt [P, W] for every input, in the tree where T5X prompt tuning keeps it; nothing
+    beside it in the run folder. The default kind, and what a run without a prompt is."""
+
+    name: str = "single"
+    task_index: bool = False  # batches need not say each example's task
+
+    def load(self, model_dir) -> None:
+        return None
+
+    def found(self, model_dir) -> None:  # the kind of a run no other kind claims
+        return None
+
+    def check(self, spec, config) -> None:
+        pass
+
+    def compose(self, params, network, own, tokens, task_index, config):
+        return network, own
+
+    def repeat(self, network: dict, times: int) -> dict:
+        return network
+
+    def teacher(self, params, network, task_index, config) -> None:
+        return None
+
+    def for_task(self, params: dict, k: int, config):
+        return self, params
+
+    def tasks(self, model_dir) -> None:
+        return None
+
+    def exported(self, spec, config, params, log) -> np.ndarray | None:
+        return wide_of(params, spec.model_config)
+
+    def refusal(self, model_dir) -> None:
+        return None
+
+
+SINGLE = Single()

@@ -19,7 +19,7 @@ from prompt_transfer.data import batches, registry, seqio_cache, vocab
 from prompt_transfer.data import file_tasks as file_task_lib
 from prompt_transfer.model import seqio_eval
 from prompt_transfer.network import partitioning, t5
-from prompt_transfer.prompt import attention, multitask, prompts
+from prompt_transfer.prompt import kinds, multitask, prompts
 from prompt_transfer.trainer.train_state import OptimizerConfig, TrainError
 
 
@@ -283,10 +283,7 @@ def check_run(spec: RunSpec, config: TrainConfig, mesh) -> None:
         _check_deep_prompt(spec)
     if config.then_model.steps:
         _check_then_model(spec, config)
-    if init.method == "transfer" and init.transfer.mixes_per_input:
-        _check_attention(spec)
-    if config.multitask.how:
-        _check_multitask(spec, config)
+    kinds.of_config(config).check(spec, config)  # attention's, a multi-task run's checks
     shards, processes = data_shards(config), jax.process_count()
     if shards % processes or config.batch_size % shards:
         raise TrainError(
@@ -345,7 +342,7 @@ def _check_then_model(spec: RunSpec, config: TrainConfig) -> None:
             f"(paths look like {network[0]}, ...); use '.*' (all of them) or a part of them"
         )
     init = config.prompt_init
-    if config.multitask.how or (init.method == "transfer" and init.transfer.mixes_per_input):
+    if kinds.of_config(config) is not kinds.SINGLE:
         what = "MULTITASK_HOW" if config.multitask.how else f"strategy {init.transfer.strategy!r}"
         raise TrainError(
             f"{what} gives each input or task a prompt of its own, which phase 2 of a "
@@ -360,69 +357,6 @@ def network_paths(model_config: t5.T5Config) -> list[str]:
 
     abstract = t5.abstract_params(t5.T5(model_config))
     return sorted(traverse_util.flatten_dict(abstract, sep="/"))
-
-
-def _check_attention(spec: RunSpec) -> None:
-    module = f"{attention.ATTENTION_PATH}/down/kernel"
-    if not spec.prompt_length:
-        raise TrainError("attention mixes prompts per input: it needs PROMPT_LENGTH > 0")
-    if not re.fullmatch(spec.trainable_regex, module) or re.fullmatch(
-        spec.trainable_regex, f"{attention.SOURCES_PATH}/prompts"
-    ):
-        raise TrainError(
-            f"strategy 'attention' trains its module ({attention.ATTENTION_PATH}/...) and keeps "
-            f"its sources fixed, but TRAINABLE={spec.trainable_regex!r} does not; use "
-            f"TRAINABLE='{attention.TRAINABLE}' "
-            "(gin/transfer/attention.gin sets it)"
-        )
-
-
-def _check_multitask(spec: RunSpec, config: TrainConfig) -> None:
-    layout, seqio = config.multitask, batches.import_seqio()
-    task = batches.get_task(spec.task)
-    if not isinstance(task, seqio.Mixture) or len(task.tasks) < 2:
-        raise TrainError(
-            f"MULTITASK_HOW={layout.how!r} trains the prompts of several tasks together, but "
-            f"MIXTURE_OR_TASK_NAME={spec.task!r} is one task; give a SeqIO mixture of them"
-        )
-    lacking = [t.name for t in task.tasks if "train" not in t.splits]
-    if lacking:
-        raise TrainError(f"multi-task mixture {spec.task!r}: {lacking[0]} has no train split")
-    if not spec.prompt_length:
-        raise TrainError("MULTITASK_HOW needs PROMPT_LENGTH > 0 (the shared prompt's length)")
-    if (layout.how == "concat") != bool(layout.task_length):
-        raise TrainError(
-            "MULTITASK_TASK_LENGTH is concat's: each task's own positions after the shared "
-            f"prompt; MULTITASK_HOW={layout.how!r} takes "
-            + ("MULTITASK_TASK_LENGTH >= 1" if layout.how == "concat" else "0")
-        )
-    if layout.distills and not layout.teachers:
-        raise TrainError(
-            "MULTITASK_DISTILL / MULTITASK_DISTILL_HIDDEN distill each task's prompt from its "
-            "single-task prompt: set MULTITASK_TEACHERS to the library that holds them"
-        )
-    if layout.distills and paths.folder_problem(layout.teachers):
-        raise TrainError(
-            f"MULTITASK_TEACHERS={layout.teachers!r} {paths.folder_problem(layout.teachers)}"
-        )
-    if layout.distills and re.fullmatch(spec.trainable_regex, f"{multitask.TEACHERS_PATH}/prompts"):
-        raise TrainError(
-            f"TRAINABLE={spec.trainable_regex!r} would train the teachers a multi-task run "
-            f"distills from ({multitask.TEACHERS_PATH}/...); use TRAINABLE='{multitask.TRAINABLE}'"
-        )
-    part = f"{multitask.TASKS_PATH}/" + {"mpt": "u", "add": "deltas", "concat": "own"}[layout.how]
-    if not re.fullmatch(spec.trainable_regex, part):
-        raise TrainError(
-            f"MULTITASK_HOW={layout.how!r} trains each task's part ({multitask.TASKS_PATH}/...) "
-            f"but TRAINABLE={spec.trainable_regex!r} leaves it frozen; use "
-            f"TRAINABLE='{multitask.TRAINABLE}' (gin/runs/multitask_prompt.gin sets it)"
-        )
-    init = config.prompt_init
-    if init.method == "transfer" and init.transfer.mixes_per_input:
-        raise TrainError(
-            f"strategy {init.transfer.strategy!r} mixes sources per input, which a multi-task "
-            "run does not compose with; start its shared prompt from one prompt instead"
-        )
 
 
 def data_devices(mesh) -> int:

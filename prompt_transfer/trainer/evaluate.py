@@ -14,7 +14,7 @@ from prompt_transfer.model import inference, seqio_eval
 from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
 from prompt_transfer.network import partitioning
 from prompt_transfer.network.decoding import Decoding
-from prompt_transfer.prompt import multitask, prompts
+from prompt_transfer.prompt import kinds, prompts
 from prompt_transfer.trainer import run_dir, run_record, weights
 from prompt_transfer.trainer.config import RunSpec, check_numbers
 from prompt_transfer.trainer.train import model_record, network_of
@@ -49,7 +49,7 @@ def trained(spec: RunSpec, checkpoint: str):
             f"that phase's prompt with MODEL_DIR={run_dir.subdir(spec.model_dir, run_dir.PHASE1)}"
         )
     params, step = weights.restore_trained(spec.model_dir, network, blank, mesh, checkpoint, record)
-    return EncoderDecoderModel(network.module), params, step
+    return EncoderDecoderModel(network.module, kind=kinds.of_run(spec.model_dir)), params, step
 
 
 def read_settings(spec: RunSpec, split: str | None, batch_size: int | None) -> tuple[str, int]:
@@ -79,8 +79,8 @@ def evaluate(
     how a generative task decodes (greedy by default, as the run's own evaluations)."""
     split, batch_size = read_settings(spec, split, batch_size)
     model, params, step = trained(spec, checkpoint)
-    if _one_task(spec):  # a multi-task run asked about one of its tasks: that task's prompt
-        [(_, params)] = _each_task(spec, params, None)
+    if _one_task(spec, model):  # a multi-task run asked about one of its tasks: that task's prompt
+        [(_, model, params)] = _each_task(spec, model, params, None)
     evaluator = seqio_eval.TaskEvaluator(
         model, spec.task, split, spec.feature_lengths, batch_size, how=decoding
     )
@@ -115,43 +115,46 @@ def infer(
     split, batch_size = read_settings(spec, split, batch_size)
     model, params, step = trained(spec, checkpoint)
     records = []
-    for name, own in _each_task(spec, params, input_file):
+    for name, own_model, own in _each_task(spec, model, params, input_file):
         if input_file:
             task, rows = inference.rows_from_file(name, input_file, spec.feature_lengths)
         else:
             task, rows = inference.rows_from_task(name, split, spec.feature_lengths)
         found = inference.predict(
-            model, own, task, rows, spec.feature_lengths, batch_size, decoding, spec.seed
+            own_model, own, task, rows, spec.feature_lengths, batch_size, decoding, spec.seed
         )
-        records += [dict(r, task=name) for r in found] if own is not params else found
+        records += [dict(r, task=name) for r in found] if own_model is not model else found
     source = paths.path(input_file).stem if input_file else split
     out = output_file or run_dir.subdir(spec.model_dir, f"predictions_{source}_step{step}.jsonl")
     paths.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     return str(out)
 
 
-def _each_task(spec: RunSpec, params, input_file):
-    """[(task, its parameters)] to predict with: the run's task and its parameters; for a
-    multi-task run each of its tasks with its own prompt (MIXTURE_OR_TASK_NAME set to one of
-    them: that one only)."""
-    pieces = multitask.load(spec.model_dir)
-    if pieces is None:
-        return [(spec.task, params)]
-    names = [spec.task] if spec.task in pieces.names else list(pieces.names)
+def _each_task(spec: RunSpec, model, params, input_file):
+    """[(task, model, its parameters)] to predict with: the run's task, model and parameters;
+    for a run whose kind gives each task its own prompt (multi-task), each of its tasks with its
+    own (MIXTURE_OR_TASK_NAME set to one of them: that one only)."""
+    tasks = model.kind.tasks(spec.model_dir)
+    if tasks is None:
+        return [(spec.task, model, params)]
+    names = [spec.task] if spec.task in tasks else list(tasks)
     if input_file and len(names) > 1:
         raise TrainError(
             f"MODEL_DIR={spec.model_dir} is a multi-task run, whose prompt depends on the task: "
             "to predict for INFER_INPUT_FILE, set MIXTURE_OR_TASK_NAME to one of its tasks: "
-            + ", ".join(pieces.names)
+            + ", ".join(tasks)
         )
-    config = spec.model_config
-    return [(n, multitask.params_for(params, pieces.names.index(n), config)) for n in names]
+    each = []
+    for name in names:
+        kind, own = model.kind.for_task(params, tasks.index(name), spec.model_config)
+        each.append((name, dataclasses.replace(model, kind=kind), own))
+    return each
 
 
-def _one_task(spec: RunSpec) -> bool:
-    """Whether a multi-task run is asked about one of its tasks (MIXTURE_OR_TASK_NAME)."""
-    pieces = multitask.load(spec.model_dir)
-    return pieces is not None and spec.task in pieces.names
+def _one_task(spec: RunSpec, model) -> bool:
+    """Whether a run with a prompt per task is asked about one of its tasks."""
+    tasks = model.kind.tasks(spec.model_dir)
+    return tasks is not None and spec.task in tasks
 
 
 def check_files(input_file: str | None, output_file: str | None) -> None:

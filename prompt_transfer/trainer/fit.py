@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_transfer.base import paths
 from prompt_transfer.data import batches as data
-from prompt_transfer.data import seqio_cache
 from prompt_transfer.model import seqio_eval
-from prompt_transfer.model.encoder_decoder import EncoderDecoderModel, pad_token_rows
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
 from prompt_transfer.network import checkpoints, t5
-from prompt_transfer.prompt import attention, multitask, prompts
+from prompt_transfer.prompt import kinds
 from prompt_transfer.trainer import loop, run_dir, run_record, saving, weights
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, data_shards
 from prompt_transfer.trainer.train_state import (
@@ -55,14 +52,13 @@ def fit(
     {task: its composed prompt}). Runs of one call share every
     setting of `config` but where they live, what they start from and their library entry."""
     optimizer = make_optimizer(config.optimizer)
+    kind = kinds.of_config(config)
     placed = [
-        weights.place(
-            network, start, spec.trainable_regex, mesh, weights.run_pieces(spec.model_dir)
-        )
+        weights.place(network, start, spec.trainable_regex, mesh, kind.load(spec.model_dir))
         for spec, start in zip(specs, starts, strict=True)
     ]
     fixed, fixed_shardings = placed[0][1], placed[0][2]
-    model = EncoderDecoderModel(network.module)
+    model = EncoderDecoderModel(network.module, kind=kind)
     with contextlib.ExitStack() as open_stores:
         states, streams, hooks, bests = [], [], [], []
         for spec, log, (trainable, _, _) in zip(specs, logs, placed, strict=True):
@@ -106,41 +102,9 @@ def fit(
             "best": dataclasses.asdict(bests[k]),
             "stopped_early": stopped_early,
         }
-        params = merge(fixed, run.trainable)
-        final = prompts.wide_of(params, spec.model_config)
-        if attention.present(params):
-            final = _typical_prompt(spec, config, params, logs[k])
-        if multitask.present(params):
-            multitask.save_trained(spec.model_dir, params, spec.model_config)
-            names = multitask.load(spec.model_dir).names
-            every = multitask.host_task_prompts(params, spec.model_config)
-            final = dict(zip(names, every, strict=True))
+        final = kind.exported(spec, config, merge(fixed, run.trainable), logs[k])
         results.append((summary, final))
     return results
-
-
-def _typical_prompt(spec, config, params, log) -> np.ndarray:
-    """An attention run's one prompt: the target plus its sources at their mean weights over
-    the evaluation split (what its library entry holds); the weights go to the log and to
-    MODEL_DIR/transfer/attention_weights.json."""
-    dataset = data.get_task(spec.task).get_dataset(
-        spec.feature_lengths,
-        config.eval_split,
-        shuffle=False,
-        use_cached=seqio_cache.use_for(data.get_task(spec.task), config.eval_split),
-    )
-    rows = [list(e["inputs"]) for e in dataset.take(4096).as_numpy_iterator()]
-    prompt, mean = attention.typical_prompt(params, spec.model_config, pad_token_rows(rows))
-    names = attention.load(spec.model_dir).names or [str(j) for j in range(len(mean))]
-    weights = dict(zip(names, mean.round(4).tolist(), strict=True))
-    record = {"split": config.eval_split, "inputs": len(rows), "mean_weights": weights}
-    paths.atomic_write_text(
-        run_dir.subdir(spec.model_dir, "transfer") / "attention_weights.json",
-        json.dumps(record, indent=1),
-    )
-    shown = ", ".join(f"{name} {w:.2f}" for name, w in weights.items())
-    log.info(f"attention: mean weights over {len(rows)} {config.eval_split} inputs: {shown}")
-    return prompt
 
 
 def _trainable_line(trainable: dict, fixed: dict, runs: int) -> str:
@@ -280,7 +244,7 @@ def open_stream(
         num_shards=shards,
         shards=tuple(range(me * mine, (me + 1) * mine)),
         state_file=state_file,
-        task_index=multitask.load(spec.model_dir) is not None,
+        task_index=kinds.of_config(config).task_index,
     )
 
 

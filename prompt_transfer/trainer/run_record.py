@@ -19,7 +19,7 @@ import dataclasses
 import json
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from flax import traverse_util
 
@@ -27,7 +27,7 @@ from prompt_transfer.base import paths, settings
 from prompt_transfer.base.settings import rule_of
 from prompt_transfer.data import file_tasks as file_task_lib
 from prompt_transfer.network import checkpoints, t5
-from prompt_transfer.prompt import attention, multitask, prompts
+from prompt_transfer.prompt import kinds, prompts
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, network_paths
 
@@ -51,13 +51,11 @@ class RecordError(run_dir.RunDirError):
     pass
 
 
-def prompt_kind(spec: RunSpec, trainable: Iterable[str]) -> str:
+def prompt_kind(spec: RunSpec, config: TrainConfig) -> str:
     """'none', 'plain', 'deep', 'attention' or 'multitask': what joins the run's input."""
-    names = list(trainable)
-    if any(n.startswith(attention.ATTENTION_PATH) for n in names):
-        return "attention"
-    if any(n.startswith(multitask.TASKS_PATH) for n in names):
-        return "multitask"
+    kind = kinds.of_config(config)
+    if kind is not kinds.SINGLE:
+        return kind.name
     if not spec.prompt_length:
         return "none"
     return "deep" if spec.deep_prompt else "plain"
@@ -72,7 +70,7 @@ def describe(spec: RunSpec, config: TrainConfig, trainable: dict) -> dict:
     return {
         "format": FORMAT,
         "spec": fields,
-        "prompt_kind": prompt_kind(spec, shapes),
+        "prompt_kind": prompt_kind(spec, config),
         "trainable": shapes,
         "eval": {"split": config.eval_split, "batch_size": config.eval_batch_size},
         "steps": config.steps,
@@ -330,20 +328,8 @@ def refuse_unless_prompt_only(model_dir: str, record: dict | None) -> None:
     """Refuse, in one line, a run whose trained prompt alone is not the run: an attention run
     (each input mixes its prompt with frozen sources through a trained module), a multi-task
     run (a prompt per task), a run without a prompt."""
-    if pieces := attention.load(model_dir):
-        raise RecordError(
-            f"{model_dir} is an attention run: each input's prompt mixes its own with "
-            f"{len(pieces.sources)} frozen sources through a trained module, which no prompt "
-            "file holds; eval and infer read the run itself, and its library entry "
-            "(LIBRARY_DIR; score --prompt-entry) holds the prompt at its mean weights"
-        )
-    if pieces := multitask.load(model_dir):
-        raise RecordError(
-            f"{model_dir} is a multi-task run: each of its {len(pieces.names)} tasks has its "
-            "own prompt, composed from the shared one and the task's part; its library entries "
-            "(LIBRARY_DIR; score --prompt-entry) hold them, one per task, and eval scores each "
-            "task with its own"
-        )
+    if refusal := kinds.of_run(model_dir).refusal(model_dir):
+        raise RecordError(refusal)
     if record and record.get("prompt_kind") == "none":
         raise RecordError(
             f"{model_dir} trained no prompt (model tuning); read it with `prompt-transfer eval` "

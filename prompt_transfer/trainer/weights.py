@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from prompt_transfer.base import paths
 from prompt_transfer.network import checkpoints, partitioning, t5
-from prompt_transfer.prompt import attention, multitask, prompts
+from prompt_transfer.prompt import kinds, prompts
 from prompt_transfer.trainer import run_dir, saving
 from prompt_transfer.trainer.train_state import (
     TrainError,
@@ -113,11 +113,12 @@ def place(
     prompt: np.ndarray | None,
     regex: str,
     mesh: Mesh,
-    pieces: attention.Pieces | multitask.Pieces | None = None,
+    pieces=None,
 ):
     """(trainable, fixed, the fixed part's shardings) of the network with `prompt` joined to it
-    (its wide form [P, E + deep width], see prompts.widen; None: no prompt), and an attention
-    or multi-task run's `pieces` beside it, sharded on `mesh` and split by the TRAINABLE `regex`."""
+    (its wide form [P, E + deep width], see prompts.widen; None: no prompt), and what the run's
+    kind of prompt keeps beside it (`pieces`, prompt/kinds.py), sharded on `mesh` and split by
+    the TRAINABLE `regex`."""
     abstract, params = network.abstract, network.params
     if prompt is not None:
         config = network.module.config
@@ -140,12 +141,6 @@ def place(
     )
     _, fixed_shardings = split_trainable(shardings, trainable_regex(trainable))
     return trainable, fixed, fixed_shardings
-
-
-def run_pieces(model_dir):
-    """What a run in `model_dir` keeps beside its prompt: an attention run's sources and module
-    (prompt/attention.py), a multi-task run's task parts (prompt/multitask.py), or None."""
-    return attention.load(model_dir) or multitask.load(model_dir)
 
 
 def input_prompt(state: TrainState, fixed: dict):
@@ -194,7 +189,7 @@ def restore_trained(
                 "tool or cut short); use a checkpoint this project wrote"
             )
         run_record.check_checkpoint(record, held, where)
-        pieces = run_pieces(model_dir)
+        pieces = kinds.of_run(model_dir).load(model_dir)
         every = _paths_with(network, blank_prompt, pieces)
         unknown = sorted(set(held) - every)
         if unknown:

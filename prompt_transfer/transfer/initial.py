@@ -18,8 +18,7 @@ import numpy as np
 
 from prompt_transfer.base import paths, settings
 from prompt_transfer.base.settings import setting
-from prompt_transfer.prompt import multitask
-from prompt_transfer.transfer import retrieval, similarity, views
+from prompt_transfer.transfer import from_multitask, retrieval, similarity, views
 from prompt_transfer.transfer.library import Library, read_t5x_prompt
 from prompt_transfer.transfer.retrieval import TransferError
 
@@ -80,7 +79,7 @@ class TransferInit:
     # exact_source_task takes
     multitask_run: str = setting("", macro="MULTITASK_RUN")
     multitask_init: str = setting(
-        "average_source_tasks", one_of=multitask.TRANSFER_INITS, macro="MULTITASK_INIT"
+        "average_source_tasks", one_of=from_multitask.TRANSFER_INITS, macro="MULTITASK_INIT"
     )
     multitask_task: str = setting("", macro="MULTITASK_SOURCE_TASK")
 
@@ -314,7 +313,7 @@ def _by_strategy(init, length, fit, ranked_sources, deep, run_candidate, run_mix
     if init.strategy == "multitask":
         if not init.multitask_run:
             raise TransferError("strategy multitask needs MULTITASK_RUN (a multi-task run's dir)")
-        prompt, report = multitask.transfer_start(
+        prompt, report = from_multitask.transfer_start(
             init.multitask_run, init.multitask_init, init.multitask_task
         )
         return fit(prompt), report
