@@ -13,6 +13,7 @@ from prompt_transfer import cli
 from prompt_transfer.data import offline_data
 from prompt_transfer.prompt import multitask
 from prompt_transfer.spot import report
+from prompt_transfer.stages import figures
 from prompt_transfer.trainer import run_record
 from prompt_transfer.transfer import library
 
@@ -326,9 +327,9 @@ def test_similarities_print_enough_digits_to_tell_sources_apart():
     """1/(1+||A-B||) of prompts with norm ~60 is about 0.007 for every pair: a fixed 3 decimals
     printed 0.007 for all of them. Now: the fewest significant digits (3 or more) that keep
     different values apart."""
-    assert report.significant([0.0071234, 0.0071299, 0.0069]) == ["0.00712", "0.00713", "0.0069"]
-    assert report.significant([0.0071231, 0.0071234]) == ["0.0071231", "0.0071234"]
-    assert report.significant([0.78, 0.34, 0.78]) == ["0.78", "0.34", "0.78"]
+    assert figures.significant([0.0071234, 0.0071299, 0.0069]) == ["0.00712", "0.00713", "0.0069"]
+    assert figures.significant([0.0071231, 0.0071234]) == ["0.0071231", "0.0071234"]
+    assert figures.significant([0.78, 0.34, 0.78]) == ["0.78", "0.34", "0.78"]
 
 
 def _macros(gin_file) -> set[str]:
@@ -351,7 +352,8 @@ def test_spot_gin_overrides_only_what_differs_from_prompt_tuning_gin():
 
 def _demo_config(*bindings):
     from prompt_transfer.configure import gin_files, gin_utils
-    from prompt_transfer.spot import config, runs
+    from prompt_transfer.spot import config
+    from prompt_transfer.stages import runs
     from prompt_transfer.trainer.config import RunSpec, TrainConfig
 
     gin_utils.configure([str(gin_files.find("experiments/demo"))], list(bindings))
@@ -404,7 +406,7 @@ def test_a_run_recorded_before_a_setting_existed_is_reused_only_at_its_default(
     not make every old run "other settings"; asked away from its default, it does."""
     from conftest import tiny_config
     from prompt_transfer.prompt import prompts
-    from prompt_transfer.spot import runs
+    from prompt_transfer.stages import runs
     from prompt_transfer.trainer.config import RunSpec, TrainConfig
     from prompt_transfer.transfer.initial import TransferInit
 

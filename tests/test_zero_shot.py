@@ -12,7 +12,7 @@ from prompt_transfer.data.batches import pad_token_rows
 from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
 from prompt_transfer.network import checkpoints, t5
 from prompt_transfer.prompt import prompts
-from prompt_transfer.spot import plots
+from prompt_transfer.stages import figures
 from prompt_transfer.transfer import retrieval
 
 LENGTHS = {"inputs": 12, "targets": 4}
@@ -54,7 +54,7 @@ def test_zero_shot_matrix_scores_each_prompt_on_each_target(setup, tmp_path):
     assert matrix.shape == (2, 1)
     for i in range(2):
         assert matrix[i, 0] == pytest.approx(_by_hand(model, network, stack[i])[0])
-    png = plots.heatmap(
+    png = figures.heatmap(
         matrix, ["p0", "p1"], ["test_keyword"], tmp_path / "zero_shot.png", "zero-shot accuracy"
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

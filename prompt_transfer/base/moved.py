@@ -52,6 +52,8 @@ MOVED = {
     "trainer.checkpointing": "trainer.saving",
     "cli.runs": "cli.jobs",
     "spot.rows": "spot.strategies",
+    "spot.runs": "stages.runs",
+    "spot.plots": "stages.figures",
 }  # not here: `data` (now the data layer's folder; its module is data/batches.py) and `assets`
 # (prompt_transfer/assets is the package's data folder; its module is base/assets.py)
 PACKAGE = "prompt_transfer"

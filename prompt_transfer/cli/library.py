@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from prompt_transfer.base import paths
-from prompt_transfer.spot.report import significant
+from prompt_transfer.stages.figures import significant
 from prompt_transfer.transfer import library, peft_io
 
 # What reads an existing library: a missing one is refused ("0 entries" would hide a typo).

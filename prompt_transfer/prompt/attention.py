@@ -216,12 +216,11 @@ def typical_prompt(params: dict, config, tokens) -> tuple[np.ndarray, np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
-class Attention:
+class Attention(prompts.Single):
     """Each input's prompt mixed from frozen sources by a trained module; the sources and the
     module's start are kept in MODEL_DIR/transfer/attention.npz."""
 
     name: str = "attention"
-    task_index: bool = False
 
     def load(self, model_dir) -> Pieces | None:
         return load(model_dir)
@@ -248,15 +247,6 @@ class Attention:
 
     def repeat(self, network: dict, times: int) -> dict:
         return prompts.repeat_per_input(network, times)
-
-    def teacher(self, params, network, task_index, config) -> None:
-        return None
-
-    def for_task(self, params: dict, k: int, config):
-        return self, params
-
-    def tasks(self, model_dir) -> None:
-        return None
 
     def exported(self, spec, config, params, log) -> np.ndarray:
         """The run's one prompt: the target plus its sources at their mean weights over the

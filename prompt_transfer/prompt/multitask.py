@@ -314,7 +314,7 @@ def read_trained(model_dir) -> tuple[np.ndarray, Pieces] | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Multitask:
+class Multitask(prompts.Single):
     """Each example's prompt composed for its task from the shared prompt and the task's part;
     the layout is kept in MODEL_DIR/transfer/multitask.npz. `distills`: each task's prompt also
     learns from its frozen teacher (MPT)."""

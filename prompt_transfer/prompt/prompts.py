@@ -384,7 +384,8 @@ def repeat_per_input(network: dict, times: int) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Single:
     """One prompt [P, W] for every input, in the tree where T5X prompt tuning keeps it; nothing
-    beside it in the run folder. The default kind, and what a run without a prompt is."""
+    beside it in the run folder. The default kind, and what a run without a prompt is; the
+    other kinds start from its members (prompt/kinds.py)."""
 
     name: str = "single"
     task_index: bool = False  # batches need not say each example's task

@@ -61,7 +61,6 @@ STRATEGIES = (
     *(f"{s}{THEN_MODEL}" for s in THEN_MODEL_FROM),
 )
 MULTITASK_RUN = "multitask"  # WORK_DIR/sources/multitask: the multitask_ rows' source run
-SHARED_START = "shared_start.npy"  # in WORK_DIR: what the trained_ metrics subtract
 # The flow compares prompts with prompts; a model's activations or scores rank sources only.
 PROMPT_METRICS = similarity.PROMPT_METRICS
 RETRIEVAL_METRICS = (

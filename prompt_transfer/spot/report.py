@@ -11,25 +11,15 @@ import numpy as np
 
 from prompt_transfer.base import paths
 from prompt_transfer.model import seqio_eval
-from prompt_transfer.spot import kept, plots
 from prompt_transfer.spot.config import BASELINES, RANDOM_INIT, changes_network
+from prompt_transfer.stages import figures
+from prompt_transfer.stages.figures import significant
+from prompt_transfer.trainer import forget
 
 
 def _random_init(names) -> str | None:
     names = set(names)
     return next((n for n in RANDOM_INIT if n in names), None)
-
-
-def significant(values, least: int = 3, most: int = 8) -> list[str]:
-    """`values` with the fewest significant digits (at least `least`) that keep different
-    values apart: 1/(1+||A-B||) of prompts with norm ~60 is about 0.007 for every pair, and a
-    fixed 3 decimals printed 0.007 for all of them."""
-    distinct = len(set(values))
-    for digits in range(least, most + 1):
-        text = [f"{v:.{digits}g}" for v in values]
-        if len(set(text)) == distinct:
-            return text
-    return text
 
 
 def _over_seeds(per_seed: list) -> tuple[list[int], list[float], list[float] | None]:
@@ -79,7 +69,7 @@ class TargetRuns:
     predictions: dict = dataclasses.field(default_factory=dict)
     labels: dict = dataclasses.field(default_factory=dict)
     # {(target, run): [forget report of each seed]}: what a run that trained the network kept
-    # of the sources' scores (kept.py)
+    # of the sources' scores (trainer/forget.py)
     kept: dict = dataclasses.field(default_factory=dict)
 
 
@@ -114,7 +104,7 @@ def write_report(work, results: Results) -> dict:
         "rows": rows,
         "majority": majority,
         "verdict": _verdict(rows, results.targets, results.target_steps, majority),
-        "kept": kept.rows(results.runs.kept),
+        "kept": forget.seed_rows(results.runs.kept),
         "similarities": {m: v.tolist() for m, v in results.similarities.items()},
         "zero_shot": results.zero_shot.tolist(),
         "study": list(results.study),
@@ -166,14 +156,14 @@ def _figures(work, results: Results, curves: dict) -> None:
     """The similarity heatmaps, the zero-shot matrix and each target's convergence curves."""
     targets, sources = list(results.targets), list(results.sources)
     for metric, matrix in results.similarities.items():
-        plots.heatmap(
+        figures.heatmap(
             matrix,
             targets,
             sources,
             work / f"similarity_{metric}.png",
             f"task similarity ({metric}): target embedding vs source prompt",
         )
-    plots.heatmap(
+    figures.heatmap(
         results.zero_shot,
         sources,
         targets,
@@ -183,7 +173,7 @@ def _figures(work, results: Results, curves: dict) -> None:
     )
     seeded = any(spread for _, _, spread in curves.values())
     for task in targets:
-        plots.curves(
+        figures.curves(
             {name: curves[(t, name)] for (t, name) in curves if t == task},
             work / f"curves_{task}.png",
             f"{task}: validation score"
@@ -280,8 +270,8 @@ def _then_model_verdict(rows: list[dict], kept_rows: list[dict], results: Result
         held = {r["run"]: r for r in kept_rows if r["target"] == task}
         if best in held and "model_tuning" in held:
             line += (
-                f"; of the sources' scores it keeps {kept.share(held[best])}, model tuning "
-                f"{kept.share(held['model_tuning'])}"
+                f"; of the sources' scores it keeps {forget.kept_share(held[best])}, model tuning "
+                f"{forget.kept_share(held['model_tuning'])}"
             )
         lines.append(line)
     return lines
@@ -343,7 +333,7 @@ def _markdown(report: dict) -> str:
     if report.get("study"):
         lines += ["", "## Retrieval against the transferability study", ""]
         lines += [f"- {line}" for line in report["study"]]
-    return "\n".join([*lines, *kept.markdown(report.get("kept") or []), *_matrices(report)])
+    return "\n".join([*lines, *forget.seed_markdown(report.get("kept") or []), *_matrices(report)])
 
 
 def _matrices(report: dict) -> list[str]:

@@ -11,10 +11,10 @@ from prompt_transfer.spot.config import (
     MULTITASK_RUN,
     MULTITASK_STRATEGIES,
     RANDOM_INIT,
-    SHARED_START,
     THEN_MODEL,
     FlowConfig,
 )
+from prompt_transfer.stages.plan import SHARED_START
 from prompt_transfer.trainer.config import ModelPhase
 from prompt_transfer.transfer import initial, views
 

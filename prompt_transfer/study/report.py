@@ -10,8 +10,8 @@ import math
 import numpy as np
 
 from prompt_transfer.base import paths
-from prompt_transfer.spot import plots
-from prompt_transfer.spot.report import significant
+from prompt_transfer.stages import figures
+from prompt_transfer.stages.figures import significant
 from prompt_transfer.study import analysis
 from prompt_transfer.study.analysis import StudyData
 
@@ -195,7 +195,7 @@ def _gains_by_step(study: dict) -> list[str]:
 def gain_figure(study: dict, path) -> None:
     """The gain heatmap, sources x targets: 0 is random init (white), each cell ± the std of the
     transfer's seeds; each target's random-init score and chance under its name."""
-    plt = plots.pyplot()
+    plt = figures.pyplot()
     sources, targets, pair = study["sources"], study["targets"], _pair(study)
     gain = np.full((len(sources), len(targets)), np.nan)  # [S, T]
     for (s, t), p in pair.items():
@@ -229,7 +229,7 @@ def gain_figure(study: dict, path) -> None:
         fontsize=9,
     )
     fig.colorbar(image, ax=ax, label="gain (points); 0 = random init")
-    plots.save(fig, path)
+    figures.save(fig, path)
     plt.close(fig)
 
 
@@ -237,7 +237,7 @@ def scatter_figure(study: dict, path) -> None:
     """One panel per metric: each pair's similarity against its gain (± the std of the
     transfer's seeds), a colour per target; the dashed line is random init and the grey band
     the largest std of random init's seeds over targets: the noise a gain must clear."""
-    plt = plots.pyplot()
+    plt = figures.pyplot()
     names, targets = list(study["metrics"]), study["targets"]
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
@@ -279,5 +279,5 @@ def scatter_figure(study: dict, path) -> None:
         f"similarity against gain at step {study['steps'][-1]} (a point per pair)", fontsize=10
     )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    plots.save(fig, path)
+    figures.save(fig, path)
     plt.close(fig)

@@ -3,7 +3,7 @@ predicts it (SPoT's Figure 5 and Table 3; Su et al.'s indicators of transferabil
 
 Stages, each reusing the SPoT flow's runs (so a rerun, or a rerun with more seeds, only trains
 what is missing):
-1. Sources and task embeddings, as the flow trains them (spot/flow.py).
+1. Sources and task embeddings, as the flow trains them (the shared stages, stages/).
 2. Similarity of every target's embedding to every source prompt, by each metric; activation
    overlap runs the frozen model on each prompt.
 3. Transfer: each target trained from each source prompt alone (single_source), and from the
@@ -23,8 +23,9 @@ from prompt_transfer.base import errors, paths
 from prompt_transfer.configure import gin_utils
 from prompt_transfer.network import partitioning
 from prompt_transfer.prompt import prompts
-from prompt_transfer.spot import flow as spot_flow
-from prompt_transfer.spot.runs import Runs, base_run
+from prompt_transfer.stages import checks
+from prompt_transfer.stages import sources as sources_stage
+from prompt_transfer.stages.runs import Runs, base_run
 from prompt_transfer.study.config import StudyConfig
 from prompt_transfer.trainer import remote, run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
@@ -41,13 +42,13 @@ def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: 
     work = paths.path(study.work_dir)
     runs = Runs(*base_run(spec, config), work, study.stack_runs, config_text)
     lib = library.Library(work / "library")
-    progress = spot_flow.Progress(study.total_runs)
-    spot_flow.train_sources(study, runs, lib, progress)
-    spot_flow.train_embeddings(study, runs, lib, progress)
+    progress = sources_stage.Progress(study.total_runs, "study")
+    sources_stage.train_sources(study, runs, lib, progress)
+    sources_stage.train_embeddings(study, runs, lib, progress)
     network = network_of(runs.spec, partitioning.make_mesh(runs.spec.num_partitions))
     found, entries = _similarities(study, runs.spec, lib, network)
     steps, transfer, baseline = _transfer(study, runs, lib, entries, progress)
-    zero_shot = spot_flow.zero_shot_matrix(runs, network, found, study.targets, study.measure)
+    zero_shot = sources_stage.zero_shot_matrix(runs, network, found, study.targets, study.measure)
     data = StudyData(
         sources=found.sources,
         targets=list(study.targets),
@@ -87,7 +88,7 @@ def _similarities(study: StudyConfig, spec: RunSpec, lib, network):
     on each prompt); returns it and {source task: its library entry}."""
     measured = [*study.metrics, study.retrieval_metric]  # retrieval's own metric, always
     prompt_metrics = list(dict.fromkeys(m for m in measured if m in similarity.PROMPT_METRICS))
-    found = spot_flow.retrieve(
+    found = sources_stage.retrieve(
         dataclasses.replace(study, metrics=prompt_metrics), spec, lib, network
     )
     if "activation_overlap" in study.metrics:
@@ -112,9 +113,9 @@ def _similarities(study: StudyConfig, spec: RunSpec, lib, network):
 def _viewed(study: StudyConfig, spec: RunSpec, lib, network, found) -> dict[str, np.ndarray]:
     """views.VIEWED_METRIC on each view of the prompts (transfer/views.py):
     `{view}_cosine_avg_tokens` [targets, sources]. The trained views subtract the start every
-    source and embedding shared (spot/flow.py's shared_start); a plain prompt's one block is
+    source and embedding shared (stages/sources.py's shared_start); a plain prompt's one block is
     its input prompt, each position scaled to unit norm."""
-    initial = spot_flow.shared_start(spec, network, study.sources[0])
+    initial = sources_stage.shared_start(spec, network, study.sources[0])
     names = views.VIEWS if spec.deep_prompt else ("blocks", "trained", "trained_blocks")
     config = spec.model_config
     targets = np.stack(
@@ -210,12 +211,12 @@ def main(argv: list[str]) -> dict:
     gin/runs/study.gin binds it, its runs as gin/runs/prompt_tuning.gin binds them; every
     setting and task is checked before the first source trains."""
     launch = gin_utils.parse_command_line(argv, flags=("check",))
-    spot_flow.refuse_run_macros(launch.bindings)
+    checks.refuse_run_macros(launch.bindings)
     config_text = gin_utils.configure(launch.files, launch.bindings, launch.search_paths)
     study = gin_utils.build(StudyConfig)
     spec, config = gin_utils.build(RunSpec), gin_utils.build(TrainConfig)
     remote.check_run(spec, {"WORK_DIR": study.work_dir}, tasks=[*study.sources, *study.targets])
-    spot_flow.check_tasks(study, spec)
+    checks.check_tasks(study, spec)
     if launch.flags["check"]:
-        return spot_flow.checked(study, spec, {"metrics": study.metrics})
+        return checks.checked(study, spec, {"metrics": study.metrics})
     return run(study, spec, config, config_text=config_text)

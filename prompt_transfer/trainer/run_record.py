@@ -33,7 +33,7 @@ from prompt_transfer.trainer.config import RunSpec, TrainConfig, network_paths
 
 RECORD_FILE = "run.json"
 FORMAT = 1
-FLOW_SETTINGS = "flow_run.json"  # spot/runs.py's record of a flow run's settings
+FLOW_SETTINGS = "flow_run.json"  # stages/runs.py's record of a flow run's settings
 
 # What a reader may change, and says it does: how the run is read, not what it is.
 HONOURED = ("task", "feature_lengths")
@@ -118,7 +118,7 @@ def _parse(path) -> dict:
 
 
 def _from_flow_settings(flat: dict) -> dict | None:
-    """A record from a flow run's flow_run.json (spot/runs.py: RunSpec and TrainConfig fields,
+    """A record from a flow run's flow_run.json (stages/runs.py: RunSpec and TrainConfig fields,
     flattened with dots), for folders the flow wrote before run.json existed."""
     nested: dict = {}
     for key, value in flat.items():

@@ -1,5 +1,6 @@
-"""The flow's runs: each one is the base RunSpec and TrainConfig with its own folder, task and
-steps (`Runs.make`), and is trained only if its folder does not already hold it (`Runs.train`).
+"""The runs of a flow or a study: each one is the base RunSpec and TrainConfig with its own
+folder, task and steps (`Runs.make`), and is trained only if its folder does not already hold it
+(`Runs.train`).
 
 Every run lives in its own directory under WORK_DIR and resumes or is reused when the flow runs
 again with the same settings, so a re-run only does what is missing. Its settings are recorded
