@@ -5,55 +5,55 @@ import os
 import numpy as np
 import pytest
 
-from prompt_transfer.base import errors, paths, runtime
+from prompt_transfer.base import environment, errors, files, paths, runtime
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     target = tmp_path / "report.json"
-    paths.atomic_write_text(target, "old")
+    files.atomic_write_text(target, "old")
 
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space"):
-        paths.atomic_write_text(target, "new, but cut short")
+        files.atomic_write_text(target, "new, but cut short")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
 def test_npy_round_trip_is_float32(tmp_path):
-    paths.save_npy(tmp_path / "sub" / "p.npy", np.arange(6, dtype=np.float64).reshape(2, 3))
-    loaded = paths.load_npy(tmp_path / "sub" / "p.npy")
+    files.save_npy(tmp_path / "sub" / "p.npy", np.arange(6, dtype=np.float64).reshape(2, 3))
+    loaded = files.load_npy(tmp_path / "sub" / "p.npy")
     assert loaded.dtype == np.float32 and loaded.tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_a_directory_appears_only_complete(tmp_path):
     final = tmp_path / "checkpoint"
     with pytest.raises(RuntimeError, match="interrupted"):
-        with paths.atomic_directory(final) as tmp:
+        with files.atomic_directory(final) as tmp:
             (tmp / "a").write_text("half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []  # neither the directory nor its temporary sibling
-    with paths.atomic_directory(final) as tmp:
+    with files.atomic_directory(final) as tmp:
         (tmp / "a").write_text("whole")
     assert (final / "a").read_text() == "whole"
 
 
 def test_an_existing_directory_is_replaced_only_when_asked_and_only_once_complete(tmp_path):
     final = tmp_path / "suite"
-    with paths.atomic_directory(final) as tmp:
+    with files.atomic_directory(final) as tmp:
         (tmp / "v").write_text("1")
     with pytest.raises(OSError):
-        with paths.atomic_directory(final) as tmp:
+        with files.atomic_directory(final) as tmp:
             (tmp / "v").write_text("2")
     assert (final / "v").read_text() == "1"
     with pytest.raises(RuntimeError):
-        with paths.atomic_directory(final, replace=True) as tmp:
+        with files.atomic_directory(final, replace=True) as tmp:
             (tmp / "v").write_text("2")
             raise RuntimeError("build failed")
     assert (final / "v").read_text() == "1"  # the old one stays until the new one is whole
-    with paths.atomic_directory(final, replace=True) as tmp:
+    with files.atomic_directory(final, replace=True) as tmp:
         (tmp / "v").write_text("2")
     assert (final / "v").read_text() == "2" and len(list(tmp_path.iterdir())) == 1
 
@@ -62,12 +62,12 @@ def test_settings_come_from_the_environment_in_one_place(tmp_path, monkeypatch):
     for name in ("JAX_CACHE", "DATA", "LIBRARY", "TASKS", "VOCAB"):
         monkeypatch.delenv(f"PROMPT_TRANSFER_{name}", raising=False)
     monkeypatch.setenv("PROMPT_TRANSFER_CACHE", str(tmp_path / "cache"))
-    assert paths.jax_cache_dir() == str(tmp_path / "cache" / "jax")
-    assert paths.offline_data_dir() == tmp_path / "cache" / "offline"
-    assert paths.library_dir() == str(tmp_path / "cache" / "library")
-    assert paths.vocab_override() is None
+    assert environment.jax_cache_dir() == str(tmp_path / "cache" / "jax")
+    assert environment.offline_data_dir() == tmp_path / "cache" / "offline"
+    assert environment.library_dir() == str(tmp_path / "cache" / "library")
+    assert environment.vocab_override() is None
     monkeypatch.setenv("PROMPT_TRANSFER_DATA", str(tmp_path / "data"))
-    assert paths.offline_data_dir() == tmp_path / "data"
+    assert environment.offline_data_dir() == tmp_path / "data"
     assert paths.is_remote("gs://bucket/run") and not paths.is_remote(tmp_path)
     assert paths.absolute("gs://bucket/run") == "gs://bucket/run"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files
 from prompt_transfer.base.errors import UserError
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"  # the package's data folder
@@ -68,7 +68,7 @@ def record(relative: str, root: Path | None = None) -> None:
     ]
     lines.append(f"{_sha256(root / relative)}  {relative}")
     lines.sort(key=lambda line: line.partition("  ")[2])
-    paths.atomic_write_text(manifest, "\n".join(lines) + "\n")
+    files.atomic_write_text(manifest, "\n".join(lines) + "\n")
 
 
 def verify(name: str, root: Path | None = None) -> Path:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 # before a command's own lines. The console script imports this module before any of them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from prompt_transfer.base import errors, paths  # noqa: E402
+from prompt_transfer.base import environment, errors, files  # noqa: E402
 from prompt_transfer.base.errors import UserError  # noqa: E402
 
 _started = False
@@ -47,7 +47,7 @@ class MultiHost:
     def wanted(self) -> bool:
         if self.multiprocess_gpu or self.coordinator_address:
             return True
-        chosen = paths.distributed()
+        chosen = environment.distributed()
         return on_cloud_tpu() if chosen is None else chosen
 
     def check(self) -> None:
@@ -141,8 +141,8 @@ def barrier(name: str) -> None:
 
 def chief_first(name: str, work: Callable[[], object]):
     """`work` on process 0, then on the others once it is done (they find its files written
-    and write nothing: see paths.is_chief); returns `work`'s result on each process."""
-    if paths.is_chief():
+    and write nothing: see files.is_chief); returns `work`'s result on each process."""
+    if files.is_chief():
         result = work()
         barrier(name)
         return result
@@ -162,7 +162,7 @@ def enable_compilation_cache(directory: str | None = None) -> str | None:
     import jax
 
     if jax.config.jax_compilation_cache_dir is None:
-        jax.config.update("jax_compilation_cache_dir", directory or paths.jax_cache_dir())
+        jax.config.update("jax_compilation_cache_dir", directory or environment.jax_cache_dir())
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_compilation_cache_max_size", 2**30)  # oldest entries go first
     return jax.config.jax_compilation_cache_dir

@@ -11,7 +11,7 @@ import dataclasses
 import io
 import json
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import environment, paths
 
 
 def train_main(argv: list[str]) -> dict:
@@ -189,7 +189,7 @@ def cmd_demo(args) -> None:
 
     for name in ("offline_spm.model", "offline_t5"):  # fail before any work on a bad artifact
         assets.verify(name)
-    if paths.drop_vocab_override():  # the shipped model needs its own vocabulary
+    if environment.drop_vocab_override():  # the shipped model needs its own vocabulary
         print("demo: ignoring $PROMPT_TRANSFER_VOCAB (the shipped model has its own vocabulary)")
     offline_data.prepare(offline_data.cache_dir())  # a no-op once prepared
     from prompt_transfer.spot import flow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import environment, files, paths
 from prompt_transfer.stages.figures import significant
 from prompt_transfer.transfer import library, peft_io
 
@@ -19,8 +19,8 @@ READS = ("list", "show", "remove", "export", "rank", "train-projector", "project
 
 def _library(args) -> library.Library:
     """The library of `--library` (or the default), refused when it cannot be one."""
-    given_as = "--library" if args.library else paths.library_dir_set_by()
-    lib = library.Library(args.library or paths.library_dir())
+    given_as = "--library" if args.library else environment.library_dir_set_by()
+    lib = library.Library(args.library or environment.library_dir())
     if getattr(args, "run", None):  # `export --run` reads a run, not the library
         return lib
     if args.action in READS:
@@ -84,13 +84,13 @@ def _import(lib, args) -> None:
         return
     if not args.model:
         raise library.LibraryError("library import needs --model (the frozen model's name)")
-    files = sorted(path.glob("*.npy")) if path.is_dir() and any(path.glob("*.npy")) else [path]
+    arrays = sorted(path.glob("*.npy")) if path.is_dir() and any(path.glob("*.npy")) else [path]
     meta = (
         library.released_prompt_metadata(path / "README.md")
         if path.is_dir() and (path / "README.md").exists()
         else {}
     )
-    for f in files:
+    for f in arrays:
         info = meta.get(f.name, {})
         score = info.get("score_text", "").split("/")[0] or None
         entry = lib.add(
@@ -200,7 +200,7 @@ def _export(lib, args) -> None:
     elif args.format == "t5x":
         print(f"wrote the T5X numpy prompt {library.write_t5x_prompt(prompt, output)}")
     else:
-        paths.save_npy(output, np.asarray(prompt, np.float32))
+        files.save_npy(output, np.asarray(prompt, np.float32))
         print(f"wrote {output}")
 
 

@@ -8,7 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import environment, files, paths
 from prompt_transfer.base.errors import UserError
 
 
@@ -61,7 +61,7 @@ def cmd_convert(args) -> None:
     if output.exists():
         raise UserError(f"{output} already exists; choose a new --output or remove it")
     config, params = hf_t5.load_hf_t5(args.hf)
-    with paths.atomic_directory(output.absolute()) as tmp:
+    with files.atomic_directory(output.absolute()) as tmp:
         checkpoints.save_legacy_checkpoint(params, tmp / "checkpoint_0", step=0)
         (tmp / "model.gin").write_text(
             gin_files.model_gin_text(config, f"converted from {Path(args.hf).resolve()}")
@@ -118,7 +118,7 @@ def _score_prompt(args):
     if args.prompt and args.prompt_entry:
         raise UserError("score takes --prompt or --prompt-entry, not both")
     if args.prompt_entry:
-        lib = library.Library(args.library or paths.library_dir())
+        lib = library.Library(args.library or environment.library_dir())
         entry = lib.get(args.prompt_entry)
         return np.asarray(lib.prompt(entry, deep=bool(entry.deep_width)))
     if args.prompt and peft_io.is_adapter(args.prompt):

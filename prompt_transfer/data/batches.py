@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import environment, files, paths
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.base.tf_import import import_seqio, import_tensorflow
 from prompt_transfer.data import registry, seqio_cache
@@ -70,7 +70,7 @@ def tfds_data_dir() -> tuple[str, str] | None:
     --tfds_data_dir, else $TFDS_DATA_DIR; None: TFDS's own default (~/tensorflow_datasets)."""
     if _tfds_data_dir:
         return "--tfds_data_dir", _tfds_data_dir
-    if directory := paths.tfds_data_dir():
+    if directory := environment.tfds_data_dir():
         return "$TFDS_DATA_DIR", directory
     return None
 
@@ -318,7 +318,6 @@ def write_example_cache(
     """Write `passes` shuffled passes over each split (each with its own seed, so random
     preprocessing such as span corruption differs between passes) to one .npz; returns the
     examples written per split. The file appears only once complete."""
-    from prompt_transfer.base import paths
 
     task = get_task(name)
     vocab_size = task.output_features["targets"].vocabulary.vocab_size
@@ -340,7 +339,7 @@ def write_example_cache(
 
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    paths.atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
     return counts
 
 

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from prompt_transfer.base import errors, paths
+from prompt_transfer.base import environment, errors, files, paths
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.base.tf_import import import_seqio, import_tensorflow
 from prompt_transfer.data import metrics, registry, text_formats, vocab
@@ -151,7 +151,7 @@ def register_file_task(task: FileTask) -> str:
 
 
 def user_tasks_dir() -> Path:
-    return paths.user_tasks_dir()
+    return environment.user_tasks_dir()
 
 
 def save_file_task(task: FileTask) -> Path:
@@ -160,7 +160,7 @@ def save_file_task(task: FileTask) -> Path:
     spec = dataclasses.asdict(task)
     spec.update({s: paths.absolute(p) for s, p in task.files().items()})
     path = user_tasks_dir() / f"{task.name}.json"
-    paths.atomic_write_text(path, json.dumps(spec, indent=1))
+    files.atomic_write_text(path, json.dumps(spec, indent=1))
     return path
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import environment, files
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.data.text_formats import clean_text
 
@@ -63,7 +63,7 @@ class OfflineSourceError(UserError):
 
 
 def cache_dir() -> Path:
-    return paths.offline_data_dir()
+    return environment.offline_data_dir()
 
 
 def _package_dir(package: str) -> Path:
@@ -366,12 +366,12 @@ def _add_sources(root: Path, manifest: dict, sources: list[str]) -> dict:
     each task's folder appears whole, and the manifest, written last, lists them."""
     splits = build_tasks(sources)
     for name, by_split in splits.items():
-        with paths.atomic_directory(root / name, replace=True) as tmp:
+        with files.atomic_directory(root / name, replace=True) as tmp:
             _write_task(tmp, by_split)
         manifest["tasks"][name] = _task_info(by_split)
     skipped = {s: lack for s, lack in skipped_sources(manifest).items() if s not in sources}
     manifest.update(skipped=skipped, wordnet="wordnet" not in skipped)
-    paths.atomic_write_text(_manifest_path(root), json.dumps(manifest, indent=1))
+    files.atomic_write_text(_manifest_path(root), json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -396,7 +396,7 @@ def prepare(root: Path | None = None, force: bool = False) -> dict:
         )
     skipped = missing_sources()
     splits = build_tasks([s for s in SOURCES if s not in skipped])
-    with paths.atomic_directory(root, replace=True) as tmp:
+    with files.atomic_directory(root, replace=True) as tmp:
         manifest = {"version": VERSION, "wordnet": "wordnet" not in skipped, "skipped": skipped}
         manifest["tasks"] = {}
         for name, by_split in splits.items():

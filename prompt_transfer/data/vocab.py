@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from prompt_transfer.base import assets, paths
+from prompt_transfer.base import assets, environment, files
 from prompt_transfer.base.errors import UserError
 
 DEFAULT_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
@@ -60,13 +60,13 @@ def task_vocabulary():
 
 def task_vocabulary_path() -> str:
     """The file `task_vocabulary` reads (T5's gs:// one when nothing else is named)."""
-    return str(_model_vocabulary or paths.vocab_override() or DEFAULT_VOCAB_PATH)
+    return str(_model_vocabulary or environment.vocab_override() or DEFAULT_VOCAB_PATH)
 
 
 def offline_vocabulary():
     """The offline suite's vocabulary: the model's own, else $PROMPT_TRANSFER_VOCAB, else the
     project's own (trained on the offline corpus, shipped in prompt_transfer/assets)."""
-    return get_vocabulary(_model_vocabulary or paths.vocab_override() or OFFLINE_VOCAB_PATH)
+    return get_vocabulary(_model_vocabulary or environment.vocab_override() or OFFLINE_VOCAB_PATH)
 
 
 def check_model_reads(task, model_vocab_size: int, model_vocabulary: str | None) -> None:
@@ -126,5 +126,5 @@ def train_vocabulary(
             minloglevel=2,
         )
         with open(os.path.join(tmp, "spm.model"), "rb") as f:
-            paths.atomic_write_bytes(output, f.read())
+            files.atomic_write_bytes(output, f.read())
     return str(output)

@@ -26,7 +26,7 @@ import tensorstore as ts
 from flax import serialization, traverse_util
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from prompt_transfer.base import assets, paths
+from prompt_transfer.base import assets, files, paths
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.network import partitioning
 
@@ -365,7 +365,7 @@ def save_legacy_checkpoint(params: dict, directory: str | os.PathLike, step: int
     final = Path(paths.native(directory))
     if final.exists():
         raise CheckpointError(f"{final} already exists; choose a new output path or remove it")
-    with paths.atomic_directory(final.absolute()) as tmp:
+    with files.atomic_directory(final.absolute()) as tmp:
         target = {}
         for name, value in traverse_util.flatten_dict(params, sep="/").items():
             array = np.asarray(value)

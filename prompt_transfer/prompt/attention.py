@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files, paths
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.data import batches, seqio_cache
 from prompt_transfer.network import partitioning as pt
@@ -264,7 +264,7 @@ class Attention(prompts.Single):
         names = load(spec.model_dir).names or [str(j) for j in range(len(mean))]
         weights = dict(zip(names, mean.round(4).tolist(), strict=True))
         record = {"split": config.eval_split, "inputs": len(rows), "mean_weights": weights}
-        paths.atomic_write_text(
+        files.atomic_write_text(
             paths.path(spec.model_dir) / pieces_file.FOLDER / "attention_weights.json",
             json.dumps(record, indent=1),
         )

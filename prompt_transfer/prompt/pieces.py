@@ -8,7 +8,7 @@ import io
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files, paths
 
 FOLDER = "transfer"
 
@@ -16,7 +16,7 @@ FOLDER = "transfer"
 def write(model_dir, file: str, arrays: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    paths.atomic_write_bytes(paths.path(model_dir) / FOLDER / file, buffer.getvalue())
+    files.atomic_write_bytes(paths.path(model_dir) / FOLDER / file, buffer.getvalue())
 
 
 def read(model_dir, file: str) -> dict[str, np.ndarray] | None:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from prompt_transfer.base import paths, settings
+from prompt_transfer.base import files, paths, settings
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.base.settings import setting
 from prompt_transfer.network import partitioning as pt
@@ -104,7 +104,7 @@ def from_file(path: str | os.PathLike, length: int, dim: int) -> np.ndarray:
     if not paths.path(path).is_file():
         raise PromptError(f"prompt file not found: {path}")
     try:
-        prompt = paths.load_npy(path)
+        prompt = files.load_npy(path)
     except ValueError as e:
         raise PromptError(f"prompt file {path} is not a readable .npy array: {e}") from e
     if prompt.shape != (length, dim):

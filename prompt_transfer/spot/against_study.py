@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files, paths
 
 STUDY_COMMAND = "prompt-transfer study --gin_file=experiments/study_offline"
 
@@ -18,7 +18,7 @@ def read(study_file: str | None) -> dict | None:
     file = paths.path(study_file) if study_file else None
     if file is None or not file.exists():
         return None
-    return paths.read_json(file, "run the study again, or set STUDY_FILE = None")
+    return files.read_json(file, "run the study again, or set STUDY_FILE = None")
 
 
 def lines(

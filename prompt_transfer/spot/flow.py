@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files, paths
 from prompt_transfer.configure import gin_utils
 from prompt_transfer.data import batches
 from prompt_transfer.network import partitioning
@@ -153,7 +153,7 @@ def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
     for where in (model_dir, phase1):
         report_file = where / "transfer" / "report.json"
         if report_file.exists() and (task, name) not in trained.picked:
-            trained.picked[(task, name)] = paths.read_json(
+            trained.picked[(task, name)] = files.read_json(
                 report_file, "remove that run's folder to train it again"
             )
 

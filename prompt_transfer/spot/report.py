@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files
 from prompt_transfer.model import seqio_eval
 from prompt_transfer.spot.config import BASELINES, RANDOM_INIT, changes_network
 from prompt_transfer.stages import figures
@@ -110,9 +110,9 @@ def write_report(work, results: Results) -> dict:
         "study": list(results.study),
     }
     report["verdict"] += _then_model_verdict(rows, report["kept"], results)
-    paths.atomic_write_text(work / "report.json", json.dumps(report, indent=1))
+    files.atomic_write_text(work / "report.json", json.dumps(report, indent=1))
     _figures(work, results, curves)
-    paths.atomic_write_text(work / "report.md", _markdown(report))
+    files.atomic_write_text(work / "report.md", _markdown(report))
     return report
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files, paths
 
 
 def pyplot():
@@ -25,7 +25,7 @@ def pyplot():
 def save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    paths.atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
     return paths.path(path)
 
 

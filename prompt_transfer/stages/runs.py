@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from prompt_transfer.base import errors, paths
+from prompt_transfer.base import errors, files
 from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
@@ -130,7 +130,7 @@ def check_settings(planned: Sequence[Run], work: str) -> None:
         record = run_dir.subdir(spec.model_dir, SETTINGS_FILE)
         wanted = settings(spec, config, work)
         held = (
-            paths.read_json(record, "remove that run's folder to train it again")
+            files.read_json(record, "remove that run's folder to train it again")
             if record.exists()
             else None
         )
@@ -154,7 +154,7 @@ def check_settings(planned: Sequence[Run], work: str) -> None:
                 "that folder to train it again"
             )
         if held != wanted:  # new here (process 0 writes it)
-            paths.atomic_write_text(record, json.dumps(wanted, indent=1, sort_keys=True))
+            files.atomic_write_text(record, json.dumps(wanted, indent=1, sort_keys=True))
 
 
 def _default(spec: RunSpec, config: TrainConfig, key: str) -> bool:

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files, paths
 from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
 from prompt_transfer.network import partitioning
 from prompt_transfer.prompt import prompts
@@ -138,7 +138,7 @@ def retrieve(plan: Plan, spec: RunSpec, lib: library.Library, network) -> Retrie
         start = None
         if views.needs_start(plan.retrieval_metric):
             start = shared_start(spec, network, plan.sources[0])
-            paths.save_npy(paths.path(plan.work_dir) / SHARED_START, start)
+            files.save_npy(paths.path(plan.work_dir) / SHARED_START, start)
         seen = lambda x: views.view(view, x, spec.model_config, start)  # noqa: E731
         targets = [lib.prompt(embeddings[t], deep=spec.deep_prompt) for t in plan.targets]
         similarities[plan.retrieval_metric] = np.stack(

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files, paths
 from prompt_transfer.stages import figures
 from prompt_transfer.stages.figures import significant
 from prompt_transfer.study import analysis
@@ -21,10 +21,10 @@ def write_study(work_dir: paths.PathLike, data: StudyData) -> dict:
     returns `analysis.analyse(data)`, the dict study.json holds."""
     work = paths.path(work_dir)
     study = analysis.analyse(data)
-    paths.atomic_write_text(work / "study.json", json.dumps(study, indent=1))
+    files.atomic_write_text(work / "study.json", json.dumps(study, indent=1))
     gain_figure(study, work / "study_gain.png")
     scatter_figure(study, work / "study_scatter.png")
-    paths.atomic_write_text(work / "study.md", markdown(study))
+    files.atomic_write_text(work / "study.md", markdown(study))
     return study
 
 

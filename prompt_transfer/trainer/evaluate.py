@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import environment, files, paths
 from prompt_transfer.model import inference, seqio_eval
 from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
 from prompt_transfer.network import partitioning
@@ -94,7 +94,7 @@ def evaluate(
         "main_metric": {name: value},
     }
     target = run_dir.subdir(spec.model_dir, f"eval_{split}_{checkpoint}.json")
-    paths.atomic_write_text(target, json.dumps(report, indent=1))
+    files.atomic_write_text(target, json.dumps(report, indent=1))
     return report
 
 
@@ -126,7 +126,7 @@ def infer(
         records += [dict(r, task=name) for r in found] if own_model is not model else found
     source = paths.path(input_file).stem if input_file else split
     out = output_file or run_dir.subdir(spec.model_dir, f"predictions_{source}_step{step}.jsonl")
-    paths.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    files.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     return str(out)
 
 
@@ -259,7 +259,7 @@ def _given_prompt(spec: RunSpec, prompt_file: str):
     if where.is_dir() and (where / "meta.json").exists():
         lib, entry_id = library.Library(str(where.parent)), where.name
     elif not where.exists() and library.is_entry_id(prompt_file):
-        lib, entry_id = library.Library(paths.library_dir()), prompt_file
+        lib, entry_id = library.Library(environment.library_dir()), prompt_file
     else:
         return prompts.from_file(prompt_file, spec.prompt_length, spec.model_config.emb_dim), None
     entry = lib.get(entry_id)
@@ -291,7 +291,7 @@ def _check_entry_model(entry, fingerprint: str, spec: RunSpec) -> None:
 def _with_config(output_dir: str, config_text: str) -> None:
     """The command's operative gin config beside its outputs, as T5X's eval and infer write it."""
     if config_text:
-        paths.atomic_write_text(paths.path(output_dir) / "config.gin", config_text)
+        files.atomic_write_text(paths.path(output_dir) / "config.gin", config_text)
 
 
 def evaluate_checkpoint(
@@ -309,7 +309,7 @@ def evaluate_checkpoint(
     checkpoint's step, `<task>-<step>.jsonl` predictions, TensorBoard events)."""
     model, params, step, spec = on_checkpoint(spec, prompt_file)
     log_dir = paths.path(output_dir) / "inference_eval"
-    if paths.is_chief():
+    if files.is_chief():
         log_dir.mkdir(parents=True, exist_ok=True)  # SeqIO's loggers write into it, not make it
     log_dir = str(log_dir)
     evaluator = seqio_eval.TaskEvaluator(
@@ -341,8 +341,8 @@ def infer_checkpoint(
     )
     name = f"{spec.task}-predict.jsonl-00000-of-00001"
     target = paths.path(output_dir) / name
-    paths.atomic_write_text(target, "".join(json.dumps(_t5x_row(r)) + "\n" for r in found))
-    paths.atomic_write_text(paths.path(output_dir) / f"{name}.COMPLETED", "")
+    files.atomic_write_text(target, "".join(json.dumps(_t5x_row(r)) + "\n" for r in found))
+    files.atomic_write_text(paths.path(output_dir) / f"{name}.COMPLETED", "")
     _with_config(output_dir, config_text)
     return str(target)
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flax import traverse_util
 
-from prompt_transfer.base import errors, paths
+from prompt_transfer.base import errors, files
 from prompt_transfer.data import batches, registry
 from prompt_transfer.model import seqio_eval
 from prompt_transfer.network import partitioning
@@ -126,7 +126,7 @@ def forget(
         "mean_kept_balanced": _mean(r["balanced_kept"] for r in rows),
     }
     target = run_dir.subdir(spec.model_dir, f"forget_{split}_{checkpoint}.json")
-    paths.atomic_write_text(target, json.dumps(report, indent=1))
+    files.atomic_write_text(target, json.dumps(report, indent=1))
     return report
 
 
@@ -208,7 +208,7 @@ def measure_runs(
     for spec, config in runs:
         written = run_dir.subdir(spec.model_dir, f"forget_{SPLIT}_{CHECKPOINT}.json")
         if written.exists():
-            held = paths.read_json(written, "remove it to measure it again")
+            held = files.read_json(written, "remove it to measure it again")
             stop = config_lib.resolved(spec, config).total_steps
             if held.get("step") == stop and "mean_kept_balanced" in held:
                 reports.append(held)

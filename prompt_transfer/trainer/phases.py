@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from prompt_transfer.base import paths, runtime
+from prompt_transfer.base import files, runtime
 from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import ModelPhase, RunSpec, TrainConfig
@@ -71,8 +71,8 @@ def write_boundary(spec: RunSpec, config: TrainConfig, summary: dict, final) -> 
     boundary = {"phase1_step": summary["step"], "trainable": phase.regex(), "prompt": phase.prompt}
 
     def write():
-        paths.save_npy(run_dir.subdir(_phase1_dir(spec), run_dir.FINAL_PROMPT), final)
-        paths.atomic_write_text(
+        files.save_npy(run_dir.subdir(_phase1_dir(spec), run_dir.FINAL_PROMPT), final)
+        files.atomic_write_text(
             run_dir.subdir(spec.model_dir, run_dir.PHASES_FILE), json.dumps(boundary, indent=1)
         )
         return boundary

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from prompt_transfer.base import errors, paths
+from prompt_transfer.base import environment, errors, paths
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.base.tf_import import import_seqio, import_tensorflow
 from prompt_transfer.data import batches, registry, vocab
@@ -203,6 +203,6 @@ def _vocabulary_need(spec: RunSpec, file: str) -> Need:
     if spec.vocabulary == file:
         return Need(f"VOCABULARY={file!r}", file, f"VOCABULARY={local} (a local copy)")
     instead = f"PROMPT_TRANSFER_VOCAB={local[1:-1]} (a local copy) or VOCABULARY={local}"
-    if paths.vocab_override() == file:
+    if environment.vocab_override() == file:
         return Need(f"$PROMPT_TRANSFER_VOCAB={file}", file, instead)
     return Need(f"the tasks' vocabulary {file!r} ($PROMPT_TRANSFER_VOCAB unset)", file, instead)

@@ -33,7 +33,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from prompt_transfer.base import moved, paths
+from prompt_transfer.base import files, moved, paths
 from prompt_transfer.base.errors import UserError
 
 CONFIG_FILE = "config.gin"
@@ -74,14 +74,14 @@ def read_phases(model_dir: paths.PathLike) -> dict | None:
     path = subdir(model_dir, PHASES_FILE)
     if not path.exists():
         return None
-    return paths.read_json(
+    return files.read_json(
         path, "remove it and launch the run again: phase 1 is finished and writes it anew"
     )
 
 
 def phase1_prompt(model_dir: paths.PathLike) -> np.ndarray:
     """Phase 1's final prompt (wide form), which phase 2 starts from."""
-    return paths.load_npy(subdir(model_dir, PHASE1, FINAL_PROMPT))
+    return files.load_npy(subdir(model_dir, PHASE1, FINAL_PROMPT))
 
 
 def check_folder(model_dir: paths.PathLike) -> None:
@@ -119,7 +119,7 @@ def clear_run(model_dir: paths.PathLike) -> list[str]:
     for entry in sorted(directory.iterdir()):
         if not _RUN_FILES.fullmatch(entry.name):
             kept.append(entry.name)
-        elif not paths.is_chief():
+        elif not files.is_chief():
             continue
         elif entry.is_dir():
             entry.rmtree()
@@ -233,9 +233,9 @@ def check_model(model_dir: paths.PathLike, record: dict, create: bool) -> None:
     path = subdir(model_dir, MODEL_FILE)
     if not path.exists():
         if create:
-            paths.atomic_write_text(path, json.dumps(record, indent=1))
+            files.atomic_write_text(path, json.dumps(record, indent=1))
         return
-    stored = paths.read_json(path, "it names the run's frozen model: restore it from a copy")
+    stored = files.read_json(path, "it names the run's frozen model: restore it from a copy")
     if stored.get("fingerprint") != record.get("fingerprint"):
         raise RunDirError(
             f"MODEL_DIR {paths.path(model_dir)} was trained with the frozen model "
@@ -246,7 +246,7 @@ def check_model(model_dir: paths.PathLike, record: dict, create: bool) -> None:
 
 
 def write_config(model_dir: paths.PathLike, config_text: str) -> None:
-    paths.atomic_write_text(subdir(model_dir, CONFIG_FILE), config_text)
+    files.atomic_write_text(subdir(model_dir, CONFIG_FILE), config_text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def _drop_torn_line(path) -> None:
         if f.read(1) == b"\n":
             return
     data = path.read_bytes()
-    paths.atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
+    files.atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
 
 
 def start_step(model_dir: paths.PathLike) -> int:
@@ -275,7 +275,7 @@ def start_step(model_dir: paths.PathLike) -> int:
     record = subdir(model_dir, "run.json")
     if not record.exists():
         return 0
-    found = paths.read_json(record, "it describes the run: restore it from a copy of the run")
+    found = files.read_json(record, "it describes the run: restore it from a copy of the run")
     return int(found.get("start_step", 0)) if isinstance(found, dict) else 0
 
 
@@ -328,7 +328,7 @@ class BestTracker:
         return False
 
     def save(self, model_dir: paths.PathLike) -> None:
-        paths.atomic_write_text(
+        files.atomic_write_text(
             subdir(model_dir, "best", "best.json"), json.dumps(dataclasses.asdict(self), indent=1)
         )
 
@@ -337,7 +337,7 @@ class BestTracker:
         path = subdir(model_dir, "best", "best.json")
         if not path.exists():
             return cls()
-        return cls(**paths.read_json(path, "restore it from a copy of the run"))
+        return cls(**files.read_json(path, "restore it from a copy of the run"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ class ProgressLog:
     """
 
     def __init__(self, model_dir: paths.PathLike, total_steps: int, quiet: bool = False):
-        chief = paths.is_chief()  # the other processes of a multi-host job say nothing
+        chief = files.is_chief()  # the other processes of a multi-host job say nothing
         self.total, self.quiet, self.chief = total_steps, quiet or not chief, chief
         self.model_dir = paths.path(model_dir)
         self.log = self.model_dir / "log.txt"
@@ -368,7 +368,7 @@ class ProgressLog:
         if self._held is not None:
             self._held.append(line)
         else:
-            paths.append_text(self.log, line + "\n")  # process 0 only
+            files.append_text(self.log, line + "\n")  # process 0 only
 
     def _begin(self) -> None:
         """The run has begun: write the held lines, open the summary writers."""
@@ -377,7 +377,7 @@ class ProgressLog:
         held, self._held = self._held, None
         self.model_dir.mkdir(parents=True, exist_ok=True)
         if held:
-            paths.append_text(self.log, "".join(line + "\n" for line in held))
+            files.append_text(self.log, "".join(line + "\n" for line in held))
 
     def _writer(self, name: str):
         from clu import metric_writers
@@ -446,7 +446,7 @@ class ProgressLog:
             return
         history = self.model_dir / EVAL_HISTORY
         _drop_torn_line(history)
-        paths.append_text(history, json.dumps(record) + "\n")  # one JSON line per evaluation
+        files.append_text(history, json.dumps(record) + "\n")  # one JSON line per evaluation
 
     def close(self) -> None:
         self._begin()

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 from flax import traverse_util
 
-from prompt_transfer.base import paths, settings
+from prompt_transfer.base import files, paths, settings
 from prompt_transfer.base.settings import rule_of
 from prompt_transfer.data import file_tasks as file_task_lib
 from prompt_transfer.network import checkpoints, t5
@@ -95,7 +95,7 @@ def check_counted(model_dir: str, start: int) -> None:
 def write(spec: RunSpec, config: TrainConfig, trainable: dict) -> None:
     """MODEL_DIR/run.json, atomically (process 0)."""
     text = json.dumps(describe(spec, config, trainable), indent=1)
-    paths.atomic_write_text(run_dir.subdir(spec.model_dir, RECORD_FILE), text + "\n")
+    files.atomic_write_text(run_dir.subdir(spec.model_dir, RECORD_FILE), text + "\n")
 
 
 def read(model_dir: paths.PathLike) -> dict | None:
@@ -109,7 +109,7 @@ def read(model_dir: paths.PathLike) -> dict | None:
 
 
 def _parse(path) -> dict:
-    record = paths.read_json(
+    record = files.read_json(
         path, "it describes the run: restore it from a copy of the run, or train it again"
     )
     if not isinstance(record, dict):
@@ -285,7 +285,7 @@ def check_checkpoint(record: dict | None, held: Mapping[str, tuple], where: str)
 
 def say(line: str) -> None:
     """A line on the console (process 0), as the run's progress lines are written."""
-    if paths.is_chief():
+    if files.is_chief():
         print(f"[prompt-transfer] {line}", file=sys.stderr, flush=True)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 from flax import serialization, traverse_util
 
-from prompt_transfer.base import errors, paths, runtime
+from prompt_transfer.base import errors, files, paths, runtime
 from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer.run_dir import DATA_STATE, BestTracker, RunDirError
 
@@ -44,11 +44,11 @@ def _files(folder: Path) -> dict[str, list]:
 
 def write_checksums(root: paths.PathLike, step: int, kept: list[int]) -> None:
     """Record checkpoint `step` under `root` as written; drop the records of removed steps."""
-    if paths.is_remote(root) or not paths.is_chief():
+    if paths.is_remote(root) or not files.is_chief():
         return
     root = Path(paths.native(root))
     record = _files(root / f"checkpoint_{step}")
-    paths.atomic_write_text(root / CHECKSUMS / f"checkpoint_{step}.json", json.dumps(record))
+    files.atomic_write_text(root / CHECKSUMS / f"checkpoint_{step}.json", json.dumps(record))
     for old in (root / CHECKSUMS).glob("checkpoint_*.json"):
         if old.stem.split("_")[1].isdigit() and int(old.stem.split("_")[1]) not in kept:
             old.unlink(missing_ok=True)
@@ -63,7 +63,7 @@ def damage(root: paths.PathLike, step: int) -> str | None:
     record_file = root / CHECKSUMS / f"checkpoint_{step}.json"
     if not record_file.exists():
         return None
-    wanted = paths.read_json(
+    wanted = files.read_json(
         record_file, f"remove it ({record_file}): the checkpoint is then read unchecked"
     )
     folder = root / f"checkpoint_{step}"
@@ -152,7 +152,7 @@ class CheckpointStore:
         intact, damaged = _scan(self.model_dir, list(self.manager.all_steps()))
         if not damaged or paths.is_remote(self.model_dir):
             return
-        if paths.is_chief():
+        if files.is_chief():
             self._move_aside(damaged, intact, say)
         runtime.barrier("damaged checkpoints set aside")  # every process sees them gone
         self.manager.reload()
@@ -193,10 +193,10 @@ class CheckpointStore:
         if self.manager.latest_step() != step:
             self._save(self.manager, step, state, position)
         if prompt is not None:
-            paths.save_npy(self.model_dir / "prompts" / f"checkpoint_{step}.npy", prompt)
+            files.save_npy(self.model_dir / "prompts" / f"checkpoint_{step}.npy", prompt)
             # T5X prompt tuning's numpy checkpoint, where SPoT's README points PROMPT_FILE.
             numpy_dir = self.model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
-            paths.save_npy(numpy_dir / prompts.T5X_PROMPT_FILE, prompt)
+            files.save_npy(numpy_dir / prompts.T5X_PROMPT_FILE, prompt)
         if stream is not None:
             self._save_data_state(stream, step)
 
@@ -211,7 +211,7 @@ class CheckpointStore:
             if paths.is_remote(target):
                 stream.save_state(self.data_state(step))
             elif not target.exists():
-                with paths.atomic_directory(target) as tmp:  # whole, or absent: it replays
+                with files.atomic_directory(target) as tmp:  # whole, or absent: it replays
                     stream.save_state(str(tmp / "iterator"))
         except Exception as e:  # a pipeline op tf.data cannot checkpoint (a py_function, say)
             if not self._warned_data_state:
@@ -331,7 +331,7 @@ class CheckpointStore:
         if self._best.latest_step() != int(state.step):  # else a killed attempt saved it
             self._save(self._best, int(state.step), state, 0)
         if prompt is not None:
-            paths.save_npy(self.model_dir / "best" / "prompt.npy", prompt)
+            files.save_npy(self.model_dir / "best" / "prompt.npy", prompt)
         best.save(self.model_dir)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from prompt_transfer.base import paths, runtime
+from prompt_transfer.base import files, runtime
 from prompt_transfer.data import batches, registry
 from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
 from prompt_transfer.network import partitioning
@@ -99,7 +99,7 @@ def _embeddings(spec: RunSpec, init: prompts.PromptInit, network) -> np.ndarray:
     """[V, E] token embeddings an initialiser samples from: EMBEDDING_FILE's, else the network's."""
     if not init.embedding_file:
         return partitioning.host_array(network.params["token_embedder"]["embedding"])
-    table = paths.load_npy(init.embedding_file, fix="give a [vocabulary, width] .npy")
+    table = files.load_npy(init.embedding_file, fix="give a [vocabulary, width] .npy")
     width = spec.model_config.emb_dim
     if table.ndim != 2 or table.shape[1] != width:
         raise TrainError(
@@ -208,8 +208,8 @@ def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
         )
         attention.save(spec.model_dir, pieces)
     folder = run_dir.subdir(spec.model_dir, "transfer")
-    paths.save_npy(folder / "initial_prompt.npy", prompt)
+    files.save_npy(folder / "initial_prompt.npy", prompt)
     report = dict(report, strategy=init.strategy)
-    paths.atomic_write_text(folder / "report.json", json.dumps(report, indent=1))
+    files.atomic_write_text(folder / "report.json", json.dumps(report, indent=1))
     log.info(f"transfer ({init.strategy}): sources {report['sources']}")
     return prompt

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files, paths
 from prompt_transfer.base.errors import UserError
 
 
@@ -173,17 +173,17 @@ class Library:
         final = self.root / entry.id
         if final.exists():  # same task, same prompt: already stored; new metadata replaces old
             return self._update(self.get(entry.id), entry)
-        if not paths.is_chief():  # process 0 of a multi-host job stores it
+        if not files.is_chief():  # process 0 of a multi-host job stores it
             return entry
         meta = json.dumps(dataclasses.asdict(entry), indent=1)
         if paths.is_remote(final):  # objects are whole each; meta.json, written last, lists it
-            paths.atomic_write_bytes(final / "prompt.npy", paths.npy_bytes(prompt))
+            files.atomic_write_bytes(final / "prompt.npy", files.npy_bytes(prompt))
             if deep is not None:
-                paths.atomic_write_bytes(final / "deep.npy", paths.npy_bytes(deep))
-            paths.atomic_write_text(final / "meta.json", meta)
+                files.atomic_write_bytes(final / "deep.npy", files.npy_bytes(deep))
+            files.atomic_write_text(final / "meta.json", meta)
             return entry
         try:
-            with paths.atomic_directory(final) as tmp:
+            with files.atomic_directory(final) as tmp:
                 np.save(tmp / "prompt.npy", prompt)
                 if deep is not None:
                     np.save(tmp / "deep.npy", deep)
@@ -197,7 +197,7 @@ class Library:
     def _update(self, old: Entry, new: Entry) -> Entry:
         merged = dataclasses.replace(new, created=old.created)
         if merged != old:
-            paths.atomic_write_text(
+            files.atomic_write_text(
                 self.root / old.id / "meta.json", json.dumps(dataclasses.asdict(merged), indent=1)
             )
         return merged
@@ -233,7 +233,7 @@ class Library:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise LibraryError(f"no library entry {entry_id!r} in {self.root}{hint}")
         fix = f"`prompt-transfer library remove {entry_id}`, then add the prompt again"
-        return Entry(**paths.read_json(path, fix))
+        return Entry(**files.read_json(path, fix))
 
     def entries(self, **where) -> list[Entry]:
         """Every entry (sorted by id), filtered by exact metadata matches (`task="rte"`)."""
@@ -276,8 +276,8 @@ class Library:
         if not file.exists():
             raise LibraryError(f"library entry {entry.id} is damaged: {file} is missing; {fix}")
         try:
-            array = paths.load_npy(file, mmap=True, fix=fix)
-        except paths.DamagedFile as e:
+            array = files.load_npy(file, mmap=True, fix=fix)
+        except files.DamagedFile as e:
             raise LibraryError(f"library entry {entry.id} is damaged: {e}") from None
         if verify and prompt_sha256(array) != sha256:
             raise LibraryError(
@@ -295,7 +295,7 @@ class Library:
         fix = f"`prompt-transfer library remove {entry.id}`, then add the prompt again"
         for name, shape in wanted.items():
             file = self.root / entry.id / name
-            size, expected = paths.size(file), paths.npy_size(shape)
+            size, expected = files.size(file), files.npy_size(shape)
             if size != expected:
                 return (
                     f"library entry {entry.id} is damaged: {file} is damaged ({size} of "
@@ -395,7 +395,7 @@ class Library:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         try:
-            paths.atomic_write_bytes(self.root / SUMMARY_FILE, buffer.getvalue())
+            files.atomic_write_bytes(self.root / SUMMARY_FILE, buffer.getvalue())
         except OSError as e:  # a read-only library ranks all the same, only slower
             warnings.warn(f"library summaries not saved in {self.root}: {e}", stacklevel=3)
 
@@ -413,9 +413,9 @@ def write_t5x_prompt(prompt, directory: str | os.PathLike):
     if directory.exists():
         raise LibraryError(f"{directory} already exists; choose a new --output")
     if paths.is_remote(directory):
-        paths.atomic_write_bytes(directory / T5X_PROMPT_FILE, paths.npy_bytes(prompt))
+        files.atomic_write_bytes(directory / T5X_PROMPT_FILE, files.npy_bytes(prompt))
         return directory / T5X_PROMPT_FILE
-    with paths.atomic_directory(paths.absolute(directory)) as tmp:
+    with files.atomic_directory(paths.absolute(directory)) as tmp:
         with open(tmp / T5X_PROMPT_FILE, "wb") as f:
             np.save(f, np.asarray(prompt, np.float32))
     return directory / T5X_PROMPT_FILE
@@ -437,7 +437,7 @@ def read_t5x_prompt(path: str | os.PathLike) -> np.ndarray:
     with path.open("rb") as f:
         if f.read(6) != b"\x93NUMPY":
             raise LibraryError(f"{path} is not a NumPy array file (no .npy header)")
-    prompt = paths.load_npy(path, fix="give a prompt saved whole with numpy.save")
+    prompt = files.load_npy(path, fix="give a prompt saved whole with numpy.save")
     if prompt.ndim != 2:
         raise LibraryError(
             f"{path} holds an array of shape {prompt.shape}, not a prompt; give a 2-D array "

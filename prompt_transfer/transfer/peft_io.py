@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files, paths
 from prompt_transfer.base.errors import UserError
 
 CONFIG_FILE = "adapter_config.json"
@@ -57,10 +57,10 @@ def write_adapter(prompt, directory: str | os.PathLike, base_model: str | None =
     }
     weights = save({TENSOR: prompt}, metadata={"format": "pt"})
     if paths.is_remote(directory):  # the weights first: the config makes it an adapter
-        paths.atomic_write_bytes(directory / WEIGHTS_FILE, weights)
-        paths.atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
+        files.atomic_write_bytes(directory / WEIGHTS_FILE, weights)
+        files.atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
         return directory
-    with paths.atomic_directory(paths.absolute(directory)) as tmp:
+    with files.atomic_directory(paths.absolute(directory)) as tmp:
         (tmp / WEIGHTS_FILE).write_bytes(weights)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return directory

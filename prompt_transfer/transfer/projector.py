@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_transfer.base import paths
+from prompt_transfer.base import files, paths
 from prompt_transfer.base.errors import UserError
 
 
@@ -51,7 +51,7 @@ class Projector:
     def save(self, path: str | os.PathLike):
         buffer = io.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in self.params.items()})
-        paths.atomic_write_bytes(path, buffer.getvalue())
+        files.atomic_write_bytes(path, buffer.getvalue())
         return paths.path(path)
 
     @classmethod

@@ -23,7 +23,7 @@ from synthetic_tasks import register_keyword_task  # noqa: E402
 
 from conftest import T5_VOCAB  # noqa: E402
 from prompt_transfer import cli  # noqa: E402
-from prompt_transfer.base import paths  # noqa: E402
+from prompt_transfer.base import files, paths  # noqa: E402
 from prompt_transfer.trainer import run_dir, saving, train_state  # noqa: E402
 from prompt_transfer.transfer import library  # noqa: E402
 
@@ -79,7 +79,7 @@ def main(point: str, n: int, argv: list[str]) -> int:
 
         run_dir.ProgressLog.eval_metrics = eval_metrics
     elif point == "library":
-        real_directory = paths.atomic_directory
+        real_directory = files.atomic_directory
 
         @contextlib.contextmanager
         def atomic_directory(target, *args, **kwargs):
@@ -88,7 +88,7 @@ def main(point: str, n: int, argv: list[str]) -> int:
                 if "library" in Path(target).parts and due():  # a library entry, no other
                     die()
 
-        library.paths.atomic_directory = atomic_directory
+        library.files.atomic_directory = atomic_directory
     else:
         raise SystemExit(f"unknown point {point!r}")
     register_keyword_task(T5_VOCAB)
