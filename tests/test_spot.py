@@ -338,16 +338,27 @@ def _macros(gin_file) -> set[str]:
     return set(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=", gin_file.read_text(), flags=re.M))
 
 
-def test_spot_gin_overrides_only_what_differs_from_prompt_tuning_gin():
-    """runs/spot.gin includes runs/prompt_tuning.gin: every run's settings are bound once,
-    there (and in runs/train.gin, which it includes); spot.gin sets only the flow's own macros
-    and the few it changes."""
+def test_spot_and_study_gin_override_only_what_differs_from_prompt_tuning_gin():
+    """runs/spot.gin and runs/study.gin include runs/stages.gin, which includes
+    runs/prompt_tuning.gin: every run's settings are bound once, there (and in runs/train.gin,
+    which it includes); stages.gin sets the few the flow and the study change and the macros
+    they share, and neither command's file sets any of those again."""
     from prompt_transfer.configure.gin_files import GIN_DIR
 
     runs = _macros(GIN_DIR / "runs" / "prompt_tuning.gin") | _macros(GIN_DIR / "runs" / "train.gin")
-    shared = _macros(GIN_DIR / "runs" / "spot.gin") & runs
-    assert shared == {"MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "EVAL_PERIOD"}
-    assert "include 'runs/prompt_tuning.gin'" in (GIN_DIR / "runs" / "spot.gin").read_text()
+    stages = _macros(GIN_DIR / "runs" / "stages.gin")
+    assert stages & runs == {
+        "MODEL_DIR",
+        "MIXTURE_OR_TASK_NAME",
+        "TASK_FEATURE_LENGTHS",
+        "EVAL_PERIOD",
+    }
+    assert {"WORK_DIR", "SOURCES", "TARGETS", "RETRIEVAL_METRIC"} <= stages
+    assert "include 'runs/prompt_tuning.gin'" in (GIN_DIR / "runs" / "stages.gin").read_text()
+    for command in ("spot", "study"):
+        file = GIN_DIR / "runs" / f"{command}.gin"
+        assert not _macros(file) & (runs | stages), command
+        assert "include 'runs/stages.gin'" in file.read_text()
 
 
 def _demo_config(*bindings):
