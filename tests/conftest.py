@@ -200,21 +200,12 @@ def fake_gcs(tmp_path):
 
 
 def pytest_configure(config):
-    """One compilation cache for the session, shared by its xdist workers and by the processes
-    its tests start (unless a test names its own): the many short runs share compiled steps,
-    and a program one worker compiled is not compiled again by the other."""
+    """One compilation cache for the session: the many short runs share compiled steps."""
     import tempfile
 
     from prompt_transfer.base import runtime
 
-    session = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of a run
-    if session:
-        directory = os.path.join(tempfile.gettempdir(), f"prompt-transfer-jax-{session}")
-        os.makedirs(directory, exist_ok=True)
-    else:
-        directory = tempfile.mkdtemp(prefix="prompt-transfer-jax-")
-    os.environ["PROMPT_TRANSFER_JAX_CACHE"] = directory
-    runtime.enable_compilation_cache(directory)
+    runtime.enable_compilation_cache(tempfile.mkdtemp(prefix="prompt-transfer-jax-"))
 
 
 def killed_at_batch(monkeypatch, position: int, launch) -> None:
