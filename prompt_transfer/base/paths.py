@@ -78,11 +78,22 @@ def _file_above(local: Path) -> Path | None:
     return next((p for p in local.absolute().parents if p.is_file()), None)
 
 
+def _quoted(value: PathLike) -> str | None:
+    """A path that starts with a quote mark: quoted for gin and again around that, both kept
+    (a shell variable expanded unquoted does it), it would name a folder that starts with one."""
+    if str(value)[:1] in ("'", '"'):
+        return "starts with a quote mark (quoted twice?); quote the path once, for gin: '/a/b'"
+    return None
+
+
 def folder_problem(value: PathLike | None) -> str | None:
     """What keeps `value` from being a folder: a file there, or a file above it (the OS says
-    only "File exists" or "Not a directory", naming neither the setting nor the fix)."""
-    if value is None or is_remote(value):
+    only "File exists" or "Not a directory", naming neither the setting nor the fix), or a
+    quote mark it starts with."""
+    if value is None:
         return None
+    if _quoted(value) or is_remote(value):
+        return _quoted(value)
     local = Path(native(value))
     if local.is_file():
         return "is a file, not a folder; give a folder's path"
@@ -92,9 +103,11 @@ def folder_problem(value: PathLike | None) -> str | None:
 
 def file_problem(value: PathLike | None, example: str) -> str | None:
     """What keeps a file from being written at `value`: a folder there (e.g. `{value}/example`
-    is what was meant), or a file above it."""
-    if value is None or is_remote(value):
+    is what was meant), or a file above it, or a quote mark it starts with."""
+    if value is None:
         return None
+    if _quoted(value) or is_remote(value):
+        return _quoted(value)
     local = Path(native(value))
     if local.is_dir():
         return f"is a folder; give a file's path, e.g. {local / example}"

@@ -135,6 +135,10 @@ CATALOGUE = {
         train("--gin.LIBRARY_DIR='{w}/train.tsv'"),
         "LIBRARY_DIR='{w}/train.tsv' is a file, not a folder; give a folder's path",
     ),
+    "LIBRARY_DIR quoted twice (a shell's quotes and gin's)": (
+        train("--gin.LIBRARY_DIR=\"'{w}/lib'\""),
+        "LIBRARY_DIR=\"'{w}/lib'\" starts with a quote mark (quoted twice?); quote the path once",
+    ),
     "WORK_DIR is a file": (
         ["spot", "--gin_file=experiments/spot_tiny", "--gin.WORK_DIR='{w}/train.tsv'"]
         + ["--gin.SOURCES=['test_keyword']", "--gin.TARGETS=['test_keyword']", TINY[2]],
