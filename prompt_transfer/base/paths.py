@@ -86,15 +86,22 @@ def _quoted(value: PathLike) -> str | None:
     return None
 
 
+def _local(value: PathLike | None) -> tuple[str | None, Path | None]:
+    """(what is wrong with `value` before it is looked at, the local path to look at): no path,
+    a remote one (an object store has no folders to mistake) and a quoted one are not."""
+    if value is None or is_remote(value):
+        return None, None
+    quoted = _quoted(value)
+    return quoted, None if quoted else Path(native(value))
+
+
 def folder_problem(value: PathLike | None) -> str | None:
     """What keeps `value` from being a folder: a file there, or a file above it (the OS says
     only "File exists" or "Not a directory", naming neither the setting nor the fix), or a
     quote mark it starts with."""
-    if value is None:
-        return None
-    if _quoted(value) or is_remote(value):
-        return _quoted(value)
-    local = Path(native(value))
+    problem, local = _local(value)
+    if local is None:
+        return problem
     if local.is_file():
         return "is a file, not a folder; give a folder's path"
     above = _file_above(local)
@@ -104,11 +111,9 @@ def folder_problem(value: PathLike | None) -> str | None:
 def file_problem(value: PathLike | None, example: str) -> str | None:
     """What keeps a file from being written at `value`: a folder there (e.g. `{value}/example`
     is what was meant), or a file above it, or a quote mark it starts with."""
-    if value is None:
-        return None
-    if _quoted(value) or is_remote(value):
-        return _quoted(value)
-    local = Path(native(value))
+    problem, local = _local(value)
+    if local is None:
+        return problem
     if local.is_dir():
         return f"is a folder; give a file's path, e.g. {local / example}"
     above = _file_above(local)
