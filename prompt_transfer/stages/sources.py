@@ -59,39 +59,38 @@ def _tasks(kind: str, tasks) -> str:
 def train_sources(plan: Plan, runs: Runs, lib: library.Library, progress: Progress) -> None:
     """1. A prompt on each source task, evaluated once at the end; each joins the library."""
     progress.stage(_tasks("source prompt", plan.sources), len(plan.sources))
-    sampled = prompts.PromptInit("sampled_vocab")
-    runs.train(
-        [
-            runs.make(
-                runs.work / "sources" / task,
-                task,
-                steps=plan.source_steps,
-                eval_period=plan.source_steps,
-                prompt_init=sampled,
-                library_dir=str(lib.root),
-            )
-            for task in plan.sources
-        ]
-    )
+    steps = plan.source_steps
+    _train_each(runs, "sources", plan.sources, lib, steps=steps, eval_period=steps)
 
 
 def train_embeddings(plan: Plan, runs: Runs, lib: library.Library, progress: Progress) -> None:
     """2. A short run on each target, never evaluated; its prompt joins the library as the
     target's task embedding."""
     progress.stage(_tasks("task embedding", plan.targets), len(plan.targets))
+    _train_each(
+        runs,
+        "embeddings",
+        plan.targets,
+        lib,
+        steps=plan.embedding_steps,
+        eval_period=0,
+        library_kind="task_embedding",
+    )
+
+
+def _train_each(runs: Runs, folder: str, tasks, lib: library.Library, **changes) -> None:
+    """A run per task in WORK_DIR/`folder`/<task>, from sampled vocabulary, into the library."""
     sampled = prompts.PromptInit("sampled_vocab")
     runs.train(
         [
             runs.make(
-                runs.work / "embeddings" / task,
+                runs.work / folder / task,
                 task,
-                steps=plan.embedding_steps,
-                eval_period=0,
                 prompt_init=sampled,
                 library_dir=str(lib.root),
-                library_kind="task_embedding",
+                **changes,
             )
-            for task in plan.targets
+            for task in tasks
         ]
     )
 
