@@ -3,6 +3,7 @@ cycle between modules, every function short enough to hold in one's head and eve
 under T5X's largest (issues 10, 23 and 36)."""
 
 import ast
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -134,6 +135,25 @@ def test_the_layer_check_finds_an_upward_arrow():
 
 def test_only_the_entry_points_sit_at_the_root():
     assert {p.name for p in PACKAGE.glob("*.py")} == ENTRY_POINTS
+
+
+# What the repository holds at its top: the design's folders, the CI script and the tools' files.
+TOP_LEVEL = {
+    *("prompt_transfer", "gin", "tasks", "tests", "launch", "benchmarks", "docs", ".ci"),
+    *("pyproject.toml", "README.md", "Makefile", ".gitignore"),
+}
+
+
+def test_the_repository_holds_only_the_designed_top_level():
+    """A test's output committed by mistake shows up here (a library written under a folder
+    named `'` once reached a commit)."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files"], cwd=PACKAGE.parent, capture_output=True, text=True, check=True
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    assert {f.split("/")[0] for f in listed if f} <= TOP_LEVEL
 
 
 @pytest.mark.parametrize("folder", sorted(LAYERS))
