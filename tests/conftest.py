@@ -3,9 +3,19 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Must be set before jax initialises its backend: sharding tests use an 8-device CPU mesh.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+# Must be set before jax initialises its backend: sharding tests use an 8-device CPU mesh. The
+# tests' programs are compiled without LLVM's costly optimisation passes (XLA's own passes over
+# the program still run): the suite's tiny models spend far longer compiling than running, and
+# test_multitask's 7 train steps compiled in 12 s instead of 32 (its file: 64 s instead of 86).
+# Subprocesses inherit these flags; a test that measures a learned outcome against figures taken
+# with a user's settings drops them (test_deep_prompts' steer).
+os.environ["XLA_FLAGS"] = " ".join(
+    [
+        os.environ.get("XLA_FLAGS", ""),
+        "--xla_force_host_platform_device_count=8",
+        "--xla_backend_optimization_level=0",
+        "--xla_llvm_disable_expensive_passes=true",
+    ]
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -205,7 +215,15 @@ def pytest_configure(config):
 
     from prompt_transfer.base import runtime
 
-    runtime.enable_compilation_cache(tempfile.mkdtemp(prefix="prompt-transfer-jax-"))
+    config._jax_cache = tempfile.mkdtemp(prefix="prompt-transfer-jax-")
+    runtime.enable_compilation_cache(config._jax_cache)
+
+
+def pytest_unconfigure(config):
+    """The session's compilation cache goes with it."""
+    import shutil
+
+    shutil.rmtree(getattr(config, "_jax_cache", ""), ignore_errors=True)
 
 
 def killed_at_batch(monkeypatch, position: int, launch) -> None:

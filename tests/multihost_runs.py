@@ -63,7 +63,10 @@ def launch(
     env = dict(
         os.environ,
         **(bucket.env() if bucket else {}),
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=" ".join(  # the session's flags (conftest.py), with this run's devices
+            f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f
+        )
+        + f" --xla_force_host_platform_device_count={devices}",
         JAX_PLATFORMS="cpu",
         PROMPT_TRANSFER_VOCAB=str(T5_VOCAB),
         PROMPT_TRANSFER_JAX_CACHE=str(jax_cache),
