@@ -14,6 +14,8 @@ import math
 import numpy as np
 from scipy import stats
 
+from prompt_transfer.study import out_of_sample
+
 ZERO_SHOT = "zero_shot"  # ranks each target's sources by their zero-shot score on it
 TOP_K = 3
 # Issue 24's goals for the metric retrieval uses.
@@ -91,6 +93,13 @@ def analyse(data: StudyData) -> dict:
             str(s): _beyond_spread(data, pairs, i, retrieved=True) for i, s in _ends(first, final)
         },
         "cost": dict(data.cost),
+        "out_of_sample": out_of_sample.judge(
+            rankings,
+            [[data.transfer.get((s, t)) for s in data.sources] for t in data.targets],
+            [data.random_init[t] for t in data.targets],
+            data.targets,
+            data.sources,
+        ),
     }
     result["verdict"] = _verdict(result)
     return result
@@ -312,8 +321,32 @@ def _verdict(study: dict) -> list[str]:
     if best is not None:
         lines.append(f"The best metric is {best}: {_summary(metrics[best])}.")
     lines.append(_default_line(study))
+    lines.append(_out_of_sample_line(study["out_of_sample"]))
     lines += _noise_lines(study)
     return lines
+
+
+def _out_of_sample_line(held: dict) -> str:
+    """The choice of predictor judged where it was not made (study/out_of_sample.py)."""
+    if held["regret"] is None:
+        return "Out of sample: no target has a measured source."
+    low, high = held["intervals"]["regret"]
+    interval = f" [{low:.1f}, {high:.1f}]" if low is not None else ""
+    inside = held["in_sample"]
+    beyond = (
+        f", beats random init by more than the seeds' spread at the first budget on "
+        f"{held['beyond_spread']:.0%} of {held['beyond_spread_targets']}"
+        if held["beyond_spread"] is not None
+        else ""
+    )
+    missed = [goal for goal, ok in held["goals"].items() if ok is False]
+    return (
+        f"Out of sample (each target's predictor chosen by its regret on the other targets), "
+        f"the chosen source's regret is {held['regret']:.1f}{interval} points, it is the oracle "
+        f"on {held['oracle_rate']:.0%} of {held['regret_targets']} targets{beyond}; in sample "
+        f"the best predictor ({inside['predictor']}) shows regret {_f(inside['regret'], '.1f')}"
+        + (f". Issue 37's goals missed: {', '.join(missed)}." if missed else ".")
+    )
 
 
 def _summary(metric: dict) -> str:

@@ -110,7 +110,37 @@ def markdown(study: dict) -> str:
         f"| {s} | " + " | ".join(_fmt(v) for v in row) + " |"
         for s, row in zip(sources, study["zero_shot"], strict=True)
     ]
-    return "\n".join([*lines, *_metrics_table(study), *_gains_by_step(study)])
+    return "\n".join(
+        [*lines, *_metrics_table(study), *_out_of_sample(study), *_gains_by_step(study)]
+    )
+
+
+def _out_of_sample(study: dict) -> list[str]:
+    """Per target, the predictor chosen on the other targets and what its pick cost."""
+    held = study["out_of_sample"]
+    lines = [
+        "",
+        "## Chosen out of sample (leave one target out)",
+        "",
+        "For each target, the predictor with the lowest mean regret on the other targets, the "
+        "source it ranks first here, and that source's regret against this target's oracle. "
+        "Intervals (95%) resample each run's seeds, then the targets.",
+        "",
+        "| target | predictor chosen | source | regret |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {t} | {c['predictor']} | {c['source']} | {c['regret']:.1f} |"
+        for t, c in held["chosen"].items()
+    ]
+    low, high = held["intervals"]["regret"]
+    if held["regret"] is not None:
+        lines.append(
+            f"| mean | | | {held['regret']:.1f}"
+            + (f" [{low:.1f}, {high:.1f}]" if low is not None else "")
+            + " |"
+        )
+    return lines
 
 
 def _share(part: float | None, whole: float | None) -> str:
