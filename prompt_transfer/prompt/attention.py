@@ -228,6 +228,19 @@ class Attention(prompts.Single):
     def found(self, model_dir) -> Attention | None:
         return self if pieces_file.exists(model_dir, FILE) else None
 
+    def begin(self, context: prompts.Start) -> None:
+        """The sources a transfer strategy retrieved, kept frozen beside the module's start."""
+        init = context.config.prompt_init.transfer
+        pieces = start(
+            context.sources,
+            context.width,
+            init.attention_hidden,
+            init.attention_temperature,
+            seed=context.seed,
+            names=context.source_names,
+        )
+        save(context.model_dir, pieces)
+
     def check(self, spec, config) -> None:
         module = f"{ATTENTION_PATH}/down/kernel"
         if not spec.prompt_length:

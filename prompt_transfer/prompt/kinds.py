@@ -14,7 +14,8 @@ find it. Deep or not is the prompt's width, not a kind: every kind carries a dee
 and values where the run has them (prompts.widen; network/prompt_slots.py is where they enter).
 
 A new kind is one module with a frozen dataclass that has the members below, and a line in
-`_READ_BACK` (and `of_config`).
+`_READ_BACK` (and `of_config`); the trainer starts every kind the same way (`begin`, with a
+`Start`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class PromptKind(Protocol):
     def check(self, spec, config) -> None:
         """Refuse, in one line before any work, a run this kind cannot train."""
 
+    def begin(self, context: Start) -> None:
+        """A fresh run's start: keep what the kind needs beside the prompt (what `load` reads)."""
+
     def compose(self, params, network, own, tokens, task_index, config):
         """Inside the model (jitted): (network with any per-input deep prompt, the prompt that
         joins the encoder input: [P, E] or [B, P, E]); `network` is `params` without its
@@ -66,6 +70,7 @@ class PromptKind(Protocol):
         """Why the run's trained prompt alone is not the run (None: it is)."""
 
 
+Start = prompts.Start  # what `begin` draws on
 SINGLE: PromptKind = prompts.SINGLE
 _READ_BACK = (attention.KIND, multitask.Multitask())  # kinds that keep pieces in the run folder
 

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from prompt_transfer.base import paths, settings
+from prompt_transfer.base import paths, runtime, settings
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.base.settings import setting
 from prompt_transfer.data import batches
@@ -332,6 +332,25 @@ class Multitask(prompts.Single):
 
     def check(self, spec, config) -> None:
         check(spec, config.multitask)
+
+    def begin(self, context: prompts.Start) -> None:
+        """Every task's part: each task's prompt starts as the run's prompt (concat's own
+        positions as the initialiser starts them), with the teachers when the run distills."""
+        layout = context.config.multitask
+        teachers = context.teachers() if layout.distills else None
+        pieces = start(layout, context.tasks, context.prompt, context.own_start, teachers)
+        runtime.chief_first("multitask parts", lambda: save(context.model_dir, pieces))
+        context.log(
+            f"multi-task prompt ({layout.how}) for {len(context.tasks)} tasks: "
+            f"{', '.join(context.tasks)}; each task's prompt is "
+            f"{layout.composed_length(len(context.prompt))} positions"
+            + (
+                f"; distilled from their prompts in {layout.teachers} (KL x {layout.distill}, "
+                f"hidden states x {layout.distill_hidden})"
+                if layout.distills
+                else ""
+            )
+        )
 
     def compose(self, params, network, own, tokens, task_index, config):
         return compose(params, network, task_index, config)

@@ -382,6 +382,25 @@ def repeat_per_input(network: dict, times: int) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
+class Start:
+    """What a kind's start (`begin`) may draw on when a fresh run begins; the trainer fills it
+    once (trainer/start.py) and the kind keeps what it needs beside the prompt, under
+    MODEL_DIR/transfer/. What needs the library or the trainer comes as a function."""
+
+    model_dir: str
+    prompt: np.ndarray  # [P, W]: the run's prompt as its initialiser or strategy started it
+    seed: int
+    width: int  # the model's embedding width
+    config: object  # the run's TrainConfig (its prompt_init and multi-task layout)
+    tasks: tuple[str, ...] = ()  # the run's tasks: its mixture's parts, in order
+    sources: np.ndarray | None = None  # [K, P, W] the prompts a transfer strategy retrieved
+    source_names: tuple[str, ...] = ()
+    own_start: object = None  # k -> [P_task, W], task k's own part as the initialiser starts it
+    teachers: object = None  # () -> [K, P', W], each task's trained prompt (MPT's teachers)
+    log: object = print  # str -> None, the run's progress log
+
+
+@dataclasses.dataclass(frozen=True)
 class Single:
     """One prompt [P, W] for every input, in the tree where T5X prompt tuning keeps it; nothing
     beside it in the run folder. The default kind, and what a run without a prompt is; the
@@ -397,6 +416,9 @@ class Single:
         return None
 
     def check(self, spec, config) -> None:
+        pass
+
+    def begin(self, context: Start) -> None:  # nothing beside the prompt
         pass
 
     def compose(self, params, network, own, tokens, task_index, config):

@@ -3,8 +3,9 @@
 An initialiser (random, sampled vocabulary, class labels, text, a file) gives it directly. A
 transfer strategy retrieves sources from the library first, and for best_of_top_k and
 top_k_mixture trains short runs under MODEL_DIR/transfer/ (through the same `fit`); then the run
-trains once from that array. An attention run also keeps its frozen sources there
-(prompt/attention.py), which `fit` and every later command read back.
+trains once from that array. Then the run's kind begins (prompt/kinds.py: `begin` with a
+`Start`): an attention run keeps its frozen sources under MODEL_DIR/transfer/, a multi-task run
+every task's part, which `fit` and every later command read back; a single prompt keeps nothing.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import json
 
 import numpy as np
 
-from prompt_transfer.base import files, runtime
+from prompt_transfer.base import files
 from prompt_transfer.data import batches, registry
 from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
 from prompt_transfer.network import partitioning
-from prompt_transfer.prompt import attention, multitask, prompts
+from prompt_transfer.prompt import kinds, prompts
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
 from prompt_transfer.trainer.fit import fit
@@ -30,41 +31,41 @@ from prompt_transfer.transfer import initial, library, retrieval
 def starting_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np.ndarray | None:
     """What the run starts from: zeros for a checkpoint in MODEL_DIR to overwrite, else its
     initial prompt (None without a prompt); phase 2 of a prompt-then-model run, phase 1's final
-    prompt (trainer/phases.py), trained on or kept fixed."""
+    prompt (trainer/phases.py), trained on or kept fixed. A fresh run's kind begins here, the
+    same call for every kind (prompt/kinds.py)."""
     if spec.phase == 2:
         return run_dir.phase1_prompt(spec.model_dir)
     if run_dir.holds_checkpoint(spec.model_dir):
         return prompts.blank(spec.prompt_length, spec.model_config, spec.deep_prompt)
-    prompt = initial_prompt(spec, config, network, mesh, log)
-    if config.multitask.how:
-        _start_tasks(spec, config, network, mesh, log, prompt)
+    prompt, retrieved = _initial(spec, config, network, mesh, log)
+    if prompt is not None:
+        kinds.of_config(config).begin(_context(spec, config, network, mesh, log, prompt, retrieved))
     return prompt
 
 
-def _start_tasks(spec, config, network, mesh, log, shared) -> None:
-    """A multi-task run's task parts, kept in MODEL_DIR/transfer/ (prompt/multitask.py): every
-    task's prompt starts as `shared`, concat's own positions as the initialiser starts them."""
-    layout = config.multitask
-    names = [t.name for t in registry.subtasks(batches.get_task(spec.task))]
-    own = dataclasses.replace(spec, prompt_length=layout.task_length)
+def _context(spec, config, network, mesh, log, prompt, retrieved) -> kinds.Start:
+    """What a kind's start may draw on: the run's tasks, a task's own start as the initialiser
+    makes it, the teachers in the library, the sources a transfer strategy retrieved."""
+    names = tuple(t.name for t in registry.subtasks(batches.get_task(spec.task)))
+    own = dataclasses.replace(spec, prompt_length=config.multitask.task_length)
+    own_config = config
     if config.prompt_init.method == "transfer":  # the source fills the shared prompt only
-        config = dataclasses.replace(config, prompt_init=prompts.PromptInit("sampled_vocab"))
-    own_start = lambda k: initial_prompt(  # noqa: E731
-        dataclasses.replace(own, seed=spec.seed + 1 + k), config, network, mesh, log
-    )
-    teachers = _teachers(spec, layout, network, names) if layout.distills else None
-    pieces = multitask.start(layout, names, shared, own_start, teachers)
-    runtime.chief_first("multitask parts", lambda: multitask.save(spec.model_dir, pieces))
-    shown = ", ".join(names)
-    log.info(
-        f"multi-task prompt ({layout.how}) for {len(names)} tasks: {shown}; each task's prompt "
-        f"is {layout.composed_length(spec.prompt_length)} positions"
-        + (
-            f"; distilled from their prompts in {layout.teachers} (KL x {layout.distill}, "
-            f"hidden states x {layout.distill_hidden})"
-            if layout.distills
-            else ""
-        )
+        own_config = dataclasses.replace(config, prompt_init=prompts.PromptInit("sampled_vocab"))
+    sources, source_names = retrieved or (None, ())
+    return kinds.Start(
+        model_dir=spec.model_dir,
+        prompt=prompt,
+        seed=spec.seed,
+        width=spec.model_config.emb_dim,
+        config=config,
+        tasks=names,
+        sources=sources,
+        source_names=tuple(source_names),
+        own_start=lambda k: initial_prompt(
+            dataclasses.replace(own, seed=spec.seed + 1 + k), own_config, network, mesh, log
+        ),
+        teachers=lambda: _teachers(spec, config.multitask, network, names),
+        log=log.info,
     )
 
 
@@ -111,9 +112,15 @@ def _embeddings(spec: RunSpec, init: prompts.PromptInit, network) -> np.ndarray:
 
 def initial_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np.ndarray | None:
     """The prompt [P, E (+ deep width)] a fresh run starts from (None without a prompt)."""
+    return _initial(spec, config, network, mesh, log)[0]
+
+
+def _initial(spec, config, network, mesh, log) -> tuple[np.ndarray | None, tuple | None]:
+    """(initial_prompt, (source prompts [K, P, W], their names) when a transfer strategy keeps
+    its sources beside the prompt, else None)."""
     init = config.prompt_init
     if not spec.prompt_length:
-        return None
+        return None, None
     if init.method == "transfer":
         return _transfer_prompt(spec, config, network, mesh, log)
     labels = init.labels or registry.class_labels(spec.task) or ()
@@ -130,7 +137,7 @@ def initial_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> np
         deep = prompts.initial_deep_prompt(
             network.params, spec.model_config, spec.prompt_length, seed=spec.seed + 1
         )
-    return prompts.widen(prompt, deep, spec.model_config)
+    return prompts.widen(prompt, deep, spec.model_config), None
 
 
 def _short_run(spec, config, network, mesh, name, task, steps, prompt, eval_period):
@@ -156,8 +163,9 @@ def _short_run(spec, config, network, mesh, name, task, steps, prompt, eval_peri
         return result
 
 
-def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
-    """The initial prompt of a transfer strategy, with its report in MODEL_DIR/transfer/."""
+def _transfer_prompt(spec, config, network, mesh, log) -> tuple[np.ndarray, tuple | None]:
+    """The initial prompt of a transfer strategy, with its report in MODEL_DIR/transfer/, and
+    the sources it keeps beside the prompt (see `_initial`)."""
     init = config.prompt_init.transfer
     short_run = functools.partial(_short_run, spec, config, network, mesh)
 
@@ -196,20 +204,10 @@ def _transfer_prompt(spec, config, network, mesh, log) -> np.ndarray:
         spec.deep_width,
         spec.model_config,
     )
-    sources = report.pop("source_prompts", None)
-    if sources is not None:  # attention: the sources stay beside the prompt, frozen
-        pieces = attention.start(
-            sources,
-            spec.model_config.emb_dim,
-            init.attention_hidden,
-            init.attention_temperature,
-            seed=spec.seed,
-            names=report["sources"],
-        )
-        attention.save(spec.model_dir, pieces)
+    sources = report.pop("source_prompts", None)  # attention keeps them (its `begin`)
     folder = run_dir.subdir(spec.model_dir, "transfer")
     files.save_npy(folder / "initial_prompt.npy", prompt)
     report = dict(report, strategy=init.strategy)
     files.atomic_write_text(folder / "report.json", json.dumps(report, indent=1))
     log.info(f"transfer ({init.strategy}): sources {report['sources']}")
-    return prompt
+    return prompt, None if sources is None else (sources, report["sources"])
