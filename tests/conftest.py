@@ -219,6 +219,44 @@ def pytest_configure(config):
     runtime.enable_compilation_cache(config._jax_cache)
 
 
+# Seconds each file took in a whole run on 2 cores (`--durations=0`, summed per file; files
+# under 15 s count 0). pytest-xdist hands out whole files (--dist loadfile) in collection order
+# (pyproject: --no-loadscope-reorder; its default order is by test count, so the one-test demo
+# came last): the longest first keeps the two workers from ending far apart.
+FILE_SECONDS = {
+    "test_spot.py": 151,
+    "test_train.py": 97,
+    "test_multitask.py": 88,
+    "test_prompt_then_model.py": 86,
+    "test_demo.py": 84,
+    "faults/test_kill_points.py": 77,
+    "test_deep_prompts.py": 65,
+    "test_doc_commands.py": 64,
+    "test_benchmarks.py": 64,
+    "test_remote_paths.py": 61,
+    "test_pretraining.py": 59,
+    "test_multihost.py": 53,
+    "test_study.py": 52,
+    "test_read_back.py": 51,
+    "test_t5x_habits.py": 51,
+    "test_multihost_phases.py": 44,
+    "test_decoding.py": 37,
+    "test_transfer_runs.py": 35,
+    "test_tasks_tfds.py": 35,
+    "test_partitioning.py": 32,
+    "test_t5.py": 31,
+    "test_attention.py": 30,
+    "test_plan.py": 20,
+    "faults/test_damaged_files.py": 18,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first (FILE_SECONDS); a file's tests stay together and in order."""
+    tests = Path(__file__).parent
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.relative_to(tests).as_posix(), 0))
+
+
 def pytest_unconfigure(config):
     """The session's compilation cache goes with it."""
     import shutil
