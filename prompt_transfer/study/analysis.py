@@ -276,14 +276,14 @@ def _beyond_spread(data: StudyData, pairs: list[dict], index: int, retrieved=Fal
                 continue
         else:
             best = max(ours, key=lambda p: p["gain_at"][step])
-        spreads = [
-            _std(np.asarray(data.transfer[(best["source"], target)])[:, index]),
-            _std(np.asarray(data.random_init[target])[:, index]),
-        ]
-        if None in spreads:
+        beats = out_of_sample.beats_spread(
+            np.asarray(data.transfer[(best["source"], target)], float)[:, index],
+            np.asarray(data.random_init[target], float)[:, index],
+        )
+        if beats is None:
             continue
         judged += 1
-        wins += best["gain_at"][step] > max(spreads)
+        wins += beats
     return {"targets": wins, "judged": judged}
 
 

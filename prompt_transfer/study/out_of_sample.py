@@ -81,26 +81,36 @@ def _gains(transfer, random_init, index: int, rng=None) -> np.ndarray:
     return out
 
 
+def beats_spread(ours, base) -> bool | None:
+    """Whether scores `ours` [R] beat `base` [R'] by more than the seeds' spread, the larger
+    standard deviation (ddof 1) of the two runs' seeds; None with one seed on either side."""
+    ours, base = np.asarray(ours, float), np.asarray(base, float)
+    if len(ours) < 2 or len(base) < 2:
+        return None
+    return bool(ours.mean() - base.mean() > max(np.std(ours, ddof=1), np.std(base, ddof=1)))
+
+
 def _beats_spread(transfer, random_init) -> np.ndarray:
-    """[T, S] whether the pair's gain at the first budget beats random init by more than the
-    larger standard deviation of the two runs' seeds (NaN: one seed, or not measured)."""
+    """[T, S] `beats_spread` of each pair at the first budget (NaN: not judged)."""
     out = np.full((len(transfer), len(transfer[0])), np.nan)
     for t, row in enumerate(transfer):
-        base = np.asarray(random_init[t], float)[:, 0]
         for s, scores in enumerate(row):
-            if scores is None or len(scores) < 2 or len(base) < 2:
-                continue
-            ours = np.asarray(scores, float)[:, 0]
-            spread = max(np.std(ours, ddof=1), np.std(base, ddof=1))
-            out[t, s] = float(ours.mean() - base.mean() > spread)
+            if scores is not None:
+                beats = beats_spread(np.asarray(scores)[:, 0], np.asarray(random_init[t])[:, 0])
+                out[t, s] = np.nan if beats is None else beats
     return out
 
 
-def _held_out(values: np.ndarray, gains: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(chosen predictor per target [T], outcomes [T, 3] of its first-ranked source)."""
-    outcomes = np.stack([_outcomes(v, gains) for v in values])  # [P, T, 3]
-    chosen = _choose(outcomes[:, :, 0])
-    return chosen, outcomes[chosen, np.arange(len(chosen))]
+def _each(values: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """[P, T, 3] `_outcomes` of every predictor in `values` [P, T, S]."""
+    return np.stack([_outcomes(v, gains) for v in values])
+
+
+def _held_out(each: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen predictor per target [T], outcomes [T, 3] of its first-ranked source), from
+    every predictor's outcomes `each` [P, T, 3]."""
+    chosen = _choose(each[:, :, 0])
+    return chosen, each[chosen, np.arange(len(chosen))]
 
 
 def judge(
@@ -121,7 +131,8 @@ def judge(
     names = list(rankings)
     values = np.stack([np.asarray(rankings[n], float) for n in names])  # [P, T, S]
     gains = _gains(transfer, random_init, -1)
-    chosen, outcomes = _held_out(values, gains)
+    in_sample = _each(values, gains)  # [P, T, 3]: every predictor judged on every target
+    chosen, outcomes = _held_out(in_sample)
     beats = _beats_spread(transfer, random_init)
     firsts = [
         first_choice(np.where(np.isfinite(gains[t]), values[c, t], np.nan))
@@ -129,7 +140,6 @@ def judge(
     ]
     beyond = np.asarray([_expected(p, b) for p, b in zip(firsts, beats, strict=True)])
     per_target = np.column_stack([outcomes, beyond])  # [T, 4]
-    in_sample = np.stack([_outcomes(v, gains) for v in values])  # [P, T, 3]
     best = int(np.argmin(np.nanmean(in_sample[:, :, 0], 1)))
     result = {
         "chosen": {
@@ -179,8 +189,7 @@ def _intervals(values, transfer, random_init) -> dict:
     rng = np.random.default_rng(SEED)
     draws = []
     for _ in range(RESAMPLES):
-        gains = _gains(transfer, random_init, -1, rng)
-        _, outcomes = _held_out(values, gains)
+        _, outcomes = _held_out(_each(values, _gains(transfer, random_init, -1, rng)))
         rows = rng.integers(0, len(outcomes), len(outcomes))
         draws.append([np.nanmean(outcomes[rows, j]) if np.isfinite(outcomes[rows, j]).any()
                       else np.nan for j in range(3)])  # fmt: skip
