@@ -41,11 +41,20 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
         "trained_cosine_avg_tokens",
         "trained_blocks_cosine_avg_tokens",  # RETRIEVAL_METRIC, always measured
         "zero_shot",
+        "zero_shot_loss",  # the target's training loss under each source, before any step
+        "race",  # the sources' race on the target: its order of elimination
+        "first_rung",  # and its first rung's scores
     }
     assert study["default_metric"] == "trained_blocks_cosine_avg_tokens"
     assert study["steps"] == [2, 4]
-    # 3 sources x 4 steps, 1 embedding x 2, (3 sources + the baseline) x 1 seed x 4
-    assert study["cost"]["runs"] == 8 and study["cost"]["steps"] == 30
+    # 3 sources x 4 steps, 1 embedding x 2, (3 sources + the baseline) x 1 seed x 4, and the
+    # race: 3 sources x 2 steps, then the better 2 x 2 more
+    assert study["cost"]["runs"] == 9 and study["cost"]["steps"] == 40
+    assert study["cost"]["race_steps"] == {TARGET: 10}
+    race = json.loads((work / "study" / TARGET / "race" / "race.json").read_text())
+    assert race["asked"]["seed"] == 1000 and sorted(race["ranking"]) == sorted(SOURCES)
+    order = study["similarity"]["race"][0]
+    assert [study["sources"][i] for i in np.argsort(order)[::-1]] == race["ranking"]
     for pair in study["pairs"]:
         assert set(pair["gain_at"]) == {"2", "4"} and pair["gain"] == pair["gain_at"]["4"]
         assert 0 <= pair["zero_shot"] <= 100

@@ -1,6 +1,7 @@
 """Transfer strategies chosen by gin, end to end on the tiny model and synthetic tasks."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from prompt_transfer.cli.jobs import train_main
 from prompt_transfer.configure import gin_files
 from prompt_transfer.network import checkpoints, t5
 from prompt_transfer.prompt import attention
+from prompt_transfer.trainer import race, run_dir
 from prompt_transfer.transfer import library, retrieval, similarity
 
 
@@ -283,3 +285,57 @@ def test_compose_starts_from_the_prompts_two_subtask_runs_trained(anchors, tmp_p
         )
         assert report["how"] == "weighted_sum" and report["weights"] == expected
         np.testing.assert_allclose(start, _summed(expected, parts), rtol=1e-6)
+
+
+def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, tmp_path):
+    """Three sources race: rung 1 trains all three in one stacked step, rung 2 the better two
+    from their checkpoints, and the survivor's prompt where the race ended starts the run;
+    each rung's scores are what its runs' evaluations logged."""
+    root = tmp_path / "library"
+    shutil.copytree(lib[0], root)
+    register_keyword_task(T5_VOCAB, name="source_c")
+    store = library.Library(root)
+    known = store.entries(task="source_a")[0]
+    store.add(
+        np.random.default_rng(1).normal(size=(5, 4)),
+        task="source_c",
+        model="tiny",
+        model_fingerprint=known.model_fingerprint,
+    )
+    run = tmp_path / "run"
+    _run(run, (root, lib[1]), "race", "--gin.RACE_STEPS=2", "--gin.EVAL_PERIOD=2")
+    report, initial = _report(run)
+    race = report["race"]
+    assert sorted(race["ranking"]) == ["source_a", "source_b", "source_c"]
+    first, second = race["rungs"]
+    assert list(first["scores"]) == report["sources"]  # every source, retrieval's order
+    assert first["step"] == 2 and second["step"] == 4 and len(first["kept"]) == 2
+    assert list(second["scores"]) == first["kept"] and second["kept"] == [race["chosen"]]
+    assert report["chosen"] == race["chosen"] == race["ranking"][0]
+    assert race["steps"] == 2 * 3 + 2 * 2  # every runner in every rung
+    folder = run / "transfer" / "race"
+    for rung in race["rungs"]:
+        for name, score in rung["scores"].items():
+            history = run_dir.read_eval_history(folder / name / "seed_0")
+            logged = {h["step"]: h["results"]["test_keyword"] for h in history}
+            assert score == pytest.approx(next(iter(logged[rung["step"]].values())))
+    assert (folder / race["chosen"] / "seed_0" / "checkpoint_4").exists()
+    np.testing.assert_array_equal(
+        initial, np.load(folder / race["chosen"] / "seed_0" / "prompts" / "checkpoint_4.npy")
+    )
+    assert (
+        "trained together with 2 other run(s) in one stacked step"
+        in (folder / "source_a" / "seed_0" / "log.txt").read_text()
+    )
+
+
+def test_race_keeps_the_best_half_and_breaks_ties_by_retrieval():
+    scores = {"a": 50.0, "b": 70.0, "c": 50.0, "d": 40.0, "e": 70.0}
+    order = ["e", "d", "c", "b", "a"]
+    assert race.halve(scores, order) == ["e", "b", "c"]  # ceil(5 / 2); c before a: retrieval
+    rungs = [
+        {"step": 2, "scores": scores, "kept": ["e", "b", "c"]},
+        {"step": 4, "scores": {"e": 60.0, "b": 65.0, "c": 61.0}, "kept": ["b", "c"]},
+        {"step": 6, "scores": {"b": 70.0, "c": 72.0}, "kept": ["c"]},
+    ]
+    assert race.ranking(rungs, order) == ["c", "b", "e", "a", "d"]

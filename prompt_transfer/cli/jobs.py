@@ -204,7 +204,7 @@ def cmd_demo(args) -> None:
     )
     if _said_checked(report):
         return
-    print("\n".join(report["verdict"]))
+    print("\n".join([*report["verdict"], *report.get("races", [])]))
     print(f"demo done: {args.work_dir}/report.md (and its PNG figures beside it)")
 
 

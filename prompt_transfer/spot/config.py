@@ -45,6 +45,7 @@ THEN_MODEL_FROM = (
     "top_k_average",
     "best_of_top_k",
     "top_k_mixture",
+    "race",
     "compose_concat",
     "compose_weighted_sum",
 )
@@ -54,6 +55,7 @@ STRATEGIES = (
     "top_k_average",
     "best_of_top_k",
     "top_k_mixture",
+    "race",
     "attention",
     *COMPOSE_STRATEGIES,
     *MULTITASK_STRATEGIES,
@@ -68,6 +70,7 @@ RETRIEVAL_METRICS = (
     *similarity.INPUT_METRICS,
     *views.VIEW_METRICS,
     "zero_shot",
+    "zero_shot_loss",
 )
 
 
@@ -116,6 +119,11 @@ class FlowConfig:
     multitask_rank: int = setting(1, least=1, macro="MULTITASK_RANK")
     # CANDIDATE_STEPS: best_of_top_k's trial run per candidate
     candidate_steps: int = setting(50, least=1, macro="CANDIDATE_STEPS")
+    # RACE_SOURCES, RACE_STEPS, RACE_SEEDS: the race row's sources (the first by
+    # RETRIEVAL_METRIC; 0: all), each rung's steps, and the runs per source that decide
+    race_sources: int = setting(0, least=0, macro="RACE_SOURCES")
+    race_steps: int = setting(20, least=1, macro="RACE_STEPS")
+    race_seeds: int = setting(1, least=1, macro="RACE_SEEDS")
     # Model tuning trains every weight, with T5X's fine-tuning recipe rather than the prompt
     # runs' optimizer (MODEL_TUNING_LEARNING_RATE, model_tuning/train_state.OptimizerConfig).
     model_tuning_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3)

@@ -152,10 +152,12 @@ def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
         trained.labels[task] = last["labels"].get(task)
     for where in (model_dir, phase1):
         report_file = where / "transfer" / "report.json"
-        if report_file.exists() and (task, name) not in trained.picked:
-            trained.picked[(task, name)] = files.read_json(
-                report_file, "remove that run's folder to train it again"
-            )
+        if not report_file.exists():
+            continue
+        picked = files.read_json(report_file, "remove that run's folder to train it again")
+        trained.picked.setdefault((task, name), picked)
+        if "race" in picked:  # every seed's race: what it picked and what it cost
+            trained.races.setdefault((task, name), []).append(picked["race"])
 
 
 def report(flow: FlowConfig, runs: Runs, found: Retrieved, trained: TargetRuns, network) -> dict:
@@ -180,7 +182,7 @@ def report(flow: FlowConfig, runs: Runs, found: Retrieved, trained: TargetRuns, 
         ),
     )
     written = write_report(runs.work, results)
-    for line in [*written["verdict"], *written["study"]]:
+    for line in [*written["verdict"], *written["races"], *written["study"]]:
         log(line)
     log(f"report: {runs.work / 'report.md'}")
     return written

@@ -71,6 +71,8 @@ class TargetRuns:
     # {(target, run): [forget report of each seed]}: what a run that trained the network kept
     # of the sources' scores (trainer/forget.py)
     kept: dict = dataclasses.field(default_factory=dict)
+    # {(target, run): [race report of each seed]}: a race row's picks and cost (trainer/race.py)
+    races: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +106,7 @@ def write_report(work, results: Results) -> dict:
         "rows": rows,
         "majority": majority,
         "verdict": _verdict(rows, results.targets, results.target_steps, majority),
+        "races": _races(results.runs.races, results.target_steps),
         "kept": forget.seed_rows(results.runs.kept),
         "similarities": {m: v.tolist() for m, v in results.similarities.items()},
         "zero_shot": results.zero_shot.tolist(),
@@ -244,6 +247,25 @@ def _verdict(rows: list[dict], targets, target_steps: int, majority=None) -> lis
     return lines
 
 
+def _races(races: dict, target_steps: int) -> list[str]:
+    """One line per race row and target: the source each seed's race picked, over how many,
+    and what racing cost against one target run."""
+    lines = []
+    for (task, name), seeds in races.items():
+        picks = [r["chosen"] for r in seeds]
+        steps = float(np.mean([r["steps"] for r in seeds]))
+        seconds = float(np.mean([r["seconds"] for r in seeds]))
+        counted = {p: picks.count(p) for p in dict.fromkeys(picks)}
+        picked = ", ".join(f"{p} ({n} of {len(picks)} seeds)" for p, n in counted.items())
+        lines.append(
+            f"{task}: the race ({name}) picked {picked} among {len(seeds[0]['ranking'])} "
+            f"sources in {len(seeds[0]['rungs'])} rung(s); it cost {steps:,.0f} prompt steps "
+            f"a seed ({steps / target_steps:.2f}x one target run of {target_steps:,} steps), "
+            f"{seconds:.0f} s"
+        )
+    return lines
+
+
 def _then_model_verdict(rows: list[dict], kept_rows: list[dict], results: Results) -> list[str]:
     """Per target with model tuning and a prompt-then-model row: the best of those rows against
     model tuning at the same total steps, and what each kept of the sources' scores."""
@@ -293,7 +315,7 @@ def _markdown(report: dict) -> str:
         "",
         f"Sources: {', '.join(report['sources'])}. Targets: {', '.join(report['targets'])}.",
         "",
-        *(f"- {line}" for line in report["verdict"]),
+        *(f"- {line}" for line in [*report["verdict"], *report.get("races", [])]),
         "",
         "Scores are the validation main metric at each step budget (the mean over seeds, ± their "
         "standard deviation); the majority-class row is what a constant predictor scores, and "

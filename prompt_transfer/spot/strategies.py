@@ -104,6 +104,9 @@ def _strategy_init(
             metric=flow.retrieval_metric,
             top_k=flow.top_k,
             candidate_steps=flow.candidate_steps,
+            race_sources=flow.race_sources,
+            race_steps=flow.race_steps,
+            race_seeds=flow.race_seeds,
             mixture_steps=flow.source_steps,
             start=str(paths.path(flow.work_dir) / SHARED_START)
             if views.needs_start(flow.retrieval_metric)

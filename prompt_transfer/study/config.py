@@ -53,8 +53,12 @@ class StudyConfig:
     measure: str = setting(
         "accuracy", one_of=("accuracy", "balanced_accuracy"), macro="STUDY_MEASURE"
     )
-    seeds_per_run: int = setting(3, least=1, macro="SEEDS_PER_RUN")
+    seeds_per_run: int = setting(3, least=1, most=999, macro="SEEDS_PER_RUN")
     stack_runs: int = setting(3, least=1, macro="STACK_RUNS")  # prompt runs in one step
+    # the race of the sources on each target (a predictor, and what it costs): each rung's
+    # steps and the runs per source that decide
+    race_steps: int = setting(20, least=1, macro="RACE_STEPS")
+    race_seeds: int = setting(1, least=1, macro="RACE_SEEDS")
 
     def seeds(self, first: int) -> list[int]:
         return [first + i for i in range(self.seeds_per_run)]
@@ -63,17 +67,28 @@ class StudyConfig:
         """(source, target) pairs the study transfers: every source to every other task."""
         return [(s, t) for t in self.targets for s in self.sources if s != t]
 
+    def race_steps_of(self, target: str) -> int:
+        """Prompt steps of the race on `target`: every source but the target races, and the
+        worse half leaves after each rung of `race_steps` (trainer/race.py)."""
+        alive, steps = len([s for s in self.sources if s != target]), 0
+        while alive > 1:
+            steps += alive * self.race_steps * self.race_seeds
+            alive = -(-alive // 2)
+        return steps
+
     @property
     def total_steps(self) -> int:
-        """Training steps of all the study's runs."""
+        """Training steps of all the study's runs, the races' included."""
         transfer = self.seeds_per_run * (len(self.pairs()) + len(self.targets))
         return (
             len(self.sources) * self.source_steps
             + len(self.targets) * self.embedding_steps
             + transfer * self.target_steps
+            + sum(self.race_steps_of(t) for t in self.targets)
         )
 
     @property
     def total_runs(self) -> int:
+        """Runs the study trains (or reuses), one race per target counted as one."""
         per_seed = len(self.pairs()) + len(self.targets)
-        return len(self.sources) + len(self.targets) + self.seeds_per_run * per_seed
+        return 2 * len(self.targets) + len(self.sources) + self.seeds_per_run * per_seed

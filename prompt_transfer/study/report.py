@@ -163,11 +163,14 @@ def _metrics_table(study: dict) -> list[str]:
         "metric's top k, as a share of the oracle's mean gain (its points in brackets). Oracle "
         "rates: the share of targets whose best source is ranked first / in the top "
         f"{analysis.TOP_K}. Regret: the oracle's gain minus the first-ranked source's, mean "
-        "over targets, in points. Ties in a metric count at their expected value.",
+        "over targets, in points. Ties in a metric count at their expected value. Training: "
+        "the prompt steps a predictor trains per target before it ranks (`race`: the race of "
+        "the sources; `first_rung`: its first rung), against one transfer run's; the others "
+        "train nothing (zero-shot and activation overlap evaluate the frozen model).",
         "",
         "| metric | Spearman [95% CI] | Pearson | targets | best of top-1 | best of top-3 "
-        "| top-1 is the oracle | oracle in top-3 | regret |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| top-1 is the oracle | oracle in top-3 | regret | training |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in study["metrics"].items():
         low, high = m["spearman_ci95"]
@@ -178,9 +181,19 @@ def _metrics_table(study: dict) -> list[str]:
             f"| {label} | {_fmt(m['spearman'], '.2f')}{interval} | {_fmt(m['pearson'], '.2f')} "
             f"| {m['targets']} | {_share(m['top1_gain'], m['oracle_gain'])} "
             f"| {_share(m['top3_gain'], m['oracle_gain'])} | {_fmt(m['top1_oracle_rate'], '.0%')} "
-            f"| {_fmt(m['top3_oracle_rate'], '.0%')} | {_fmt(m['regret'], '.1f')} |"
+            f"| {_fmt(m['top3_oracle_rate'], '.0%')} | {_fmt(m['regret'], '.1f')} "
+            f"| {_training(study.get('cost') or {}, name)} |"
         )
     return lines
+
+
+def _training(cost: dict, predictor: str) -> str:
+    """`260 steps (1.3x a run)`: what `predictor` trains per target; `0` for the others."""
+    steps = (cost.get("predictor_steps") or {}).get(predictor)
+    if not steps:
+        return "0"
+    run = cost.get("run_steps")
+    return f"{steps:,.0f} steps" + (f" ({steps / run:.1f}x a run)" if run else "")
 
 
 def _gains_by_step(study: dict) -> list[str]:

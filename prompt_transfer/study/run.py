@@ -8,7 +8,11 @@ what is missing):
    overlap runs the frozen model on each prompt.
 3. Transfer: each target trained from each source prompt alone (single_source), and from the
    baseline initialisation, with the same seeds.
-4. The zero-shot matrix, then study.json, study.md and the figures (study/report.py).
+4. A race of the sources on each target (trainer/race.py), with a seed none of the judged runs
+   has: its order of elimination (`race`) and its first rung's scores (`first_rung`) are
+   predictors beside the similarities, and what they cost is said; so is each source's loss on
+   the target's first training batches before any step (`zero_shot_loss`, nothing trained).
+5. The zero-shot matrix, then study.json, study.md and the figures (study/report.py).
 """
 
 from __future__ import annotations
@@ -21,16 +25,17 @@ import numpy as np
 
 from prompt_transfer.base import errors, paths
 from prompt_transfer.configure import gin_utils
+from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
 from prompt_transfer.network import partitioning
 from prompt_transfer.prompt import prompts
 from prompt_transfer.stages import checks
 from prompt_transfer.stages import sources as sources_stage
 from prompt_transfer.stages.runs import Runs, base_run
 from prompt_transfer.study.config import StudyConfig
-from prompt_transfer.trainer import remote, run_dir
+from prompt_transfer.trainer import race, remote, run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train import network_of
-from prompt_transfer.transfer import initial, library, similarity, views
+from prompt_transfer.transfer import initial, library, retrieval, similarity, views
 
 
 def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: str = "") -> dict:
@@ -48,6 +53,16 @@ def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: 
     network = network_of(runs.spec, partitioning.make_mesh(runs.spec.num_partitions))
     found, entries = _similarities(study, runs.spec, lib, network)
     steps, transfer, baseline = _transfer(study, runs, lib, entries, progress)
+    raced = _races(study, runs, network, found, progress)
+    found.similarities.update(raced.pop("predictors"))
+    found.similarities[ZERO_SHOT_LOSS] = -retrieval.zero_shot_loss_matrix(
+        EncoderDecoderModel(network.module),
+        network.params,
+        found.source_prompts,
+        study.targets,
+        runs.spec.feature_lengths,
+        runs.config.batch_size,
+    ).T
     zero_shot = sources_stage.zero_shot_matrix(runs, network, found, study.targets, study.measure)
     data = StudyData(
         sources=found.sources,
@@ -64,6 +79,7 @@ def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: 
             runs=study.total_runs,
             steps=study.total_steps,
             minutes=(time.monotonic() - started) / 60,
+            **raced,
         ),
     )
     written = write_study(work, data)
@@ -174,6 +190,59 @@ def _transfer(study: StudyConfig, runs: Runs, lib, entries: dict, progress):
                 name = f"from_{source}"
                 transfer[(source, target)] = np.stack([curves[(target, name, s)] for s in seeds])
     return steps, transfer, baseline
+
+
+RACE = "race"  # the race's order of elimination, the survivor first
+# The races' seed is RANDOM_SEED + this, which no judged run has (SEEDS_PER_RUN is below it)
+# and which more seeds leave as it is, so a rerun reads the races back.
+RACE_SEED_OFFSET = 1000
+# minus the target's loss on its first training batches under each source, before any step
+ZERO_SHOT_LOSS = "zero_shot_loss"
+FIRST_RUNG = "first_rung"  # each source's score after the race's first rung
+
+
+def _races(study: StudyConfig, runs: Runs, network, found, progress) -> dict:
+    """4. Every source but the target races on each target (in RETRIEVAL_METRIC's order, which
+    breaks ties), with seed RANDOM_SEED + RACE_SEED_OFFSET; returns {"predictors": {race,
+    first_rung: [T, S], NaN where a source is the target}, "race_steps": per target,
+    "race_minutes": all races', "predictor_steps": {predictor: its prompt steps per target,
+    mean} with "run_steps": one transfer run's}."""
+    seed = runs.spec.seed + RACE_SEED_OFFSET
+    mesh = partitioning.make_mesh(runs.spec.num_partitions)
+    shape = (len(study.targets), len(found.sources))
+    order, first = np.full(shape, np.nan), np.full(shape, np.nan)
+    progress.stage(
+        f"races: the sources on each of {len(study.targets)} target(s), {study.race_steps} "
+        f"steps a rung, seed {seed}",
+        len(study.targets),
+    )
+    started, spent, first_steps = time.monotonic(), [], []
+    for t, target in enumerate(study.targets):
+        rank = found.similarities.get(study.retrieval_metric, np.zeros(shape))[t]
+        ours = [i for i in np.argsort(-rank, kind="stable") if found.sources[i] != target]
+        candidates = [(found.sources[i], found.source_prompts[i]) for i in ours]
+        folder = runs.work / "study" / target / "race"
+        spec, config = runs.make(
+            folder, target, steps=study.race_steps, eval_period=study.race_steps, seed=seed
+        )
+        say = lambda line, target=target: _log(f"{target}: {line}")  # noqa: E731
+        found_race = race.race(
+            spec, config, network, mesh, candidates, study.race_steps, study.race_seeds,
+            folder, say,
+        )  # fmt: skip
+        spent.append(found_race.steps)
+        first_steps.append(len(candidates) * study.race_steps * study.race_seeds)
+        for place, name in enumerate(found_race.ranking):
+            order[t, found.sources.index(name)] = len(found_race.ranking) - place
+        for name, score in (found_race.rungs[0]["scores"] if found_race.rungs else {}).items():
+            first[t, found.sources.index(name)] = score
+    return {
+        "predictors": {RACE: order, FIRST_RUNG: first},
+        "race_steps": dict(zip(study.targets, spent, strict=True)),
+        "race_minutes": (time.monotonic() - started) / 60,
+        "predictor_steps": {RACE: float(np.mean(spent)), FIRST_RUNG: float(np.mean(first_steps))},
+        "run_steps": study.target_steps,
+    }
 
 
 def _budgets(eval_period: int, steps: int) -> list[int]:

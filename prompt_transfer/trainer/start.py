@@ -1,8 +1,8 @@
 """The prompt a run starts from, computed before training (in its wide form, prompts.widen).
 
 An initialiser (random, sampled vocabulary, class labels, text, a file) gives it directly. A
-transfer strategy retrieves sources from the library first, and for best_of_top_k and
-top_k_mixture trains short runs under MODEL_DIR/transfer/ (through the same `fit`); then the run
+transfer strategy retrieves sources from the library first, and for best_of_top_k, top_k_mixture
+and race trains short runs under MODEL_DIR/transfer/ (through the same `fit`); then the run
 trains once from that array. Then the run's kind begins (prompt/kinds.py: `begin` with a
 `Start`): an attention run keeps its frozen sources under MODEL_DIR/transfer/, a multi-task run
 every task's part, which `fit` and every later command read back; a single prompt keeps nothing.
@@ -19,9 +19,9 @@ import numpy as np
 from prompt_transfer.base import files
 from prompt_transfer.data import batches, registry
 from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
-from prompt_transfer.network import partitioning
+from prompt_transfer.network import checkpoints, partitioning
 from prompt_transfer.prompt import kinds, prompts
-from prompt_transfer.trainer import run_dir
+from prompt_transfer.trainer import race, run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
 from prompt_transfer.trainer.fit import fit
 from prompt_transfer.trainer.train_state import TrainError
@@ -183,6 +183,13 @@ def _transfer_prompt(spec, config, network, mesh, log) -> tuple[np.ndarray, tupl
         start = initial_prompt(on_mixture, sampled, network, mesh, log)
         return short_run("mixture", mixture, init.mixture_steps, start, 0)[1]
 
+    def run_race(candidates):
+        folder = run_dir.subdir(spec.model_dir, "transfer", "race")
+        steps, seeds = init.race_steps, init.race_seeds
+        found = race.race(spec, config, network, mesh, candidates, steps, seeds, folder, log.info)
+        log.info(found.cost_line(config.steps - checkpoints.initial_step(spec.initial_checkpoint)))
+        return found.prompt, found.report()
+
     model_scores = functools.partial(
         retrieval.model_scores,
         EncoderDecoderModel(network.module),
@@ -203,6 +210,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> tuple[np.ndarray, tupl
         model_scores,
         spec.deep_width,
         spec.model_config,
+        run_race,
     )
     sources = report.pop("source_prompts", None)  # attention keeps them (its `begin`)
     folder = run_dir.subdir(spec.model_dir, "transfer")

@@ -2,7 +2,9 @@
 
 single_source (one named prompt), top_1 (the most similar source), top_k_average (their
 similarity-weighted average), best_of_top_k (a short run from each of the top k, keep the best
-on validation) and top_k_mixture (one prompt trained on the top-k sources' mixture). Prompts of
+on validation), top_k_mixture (one prompt trained on the top-k sources' mixture) and race (every
+eligible source, or the RACE_SOURCES first, trained at once with the worse half dropped after
+each rung until one is left: trainer/race.py). Prompts of
 another length are fitted explicitly (truncate, pad, interpolate); prompts of another model
 width only through a trained projector (projector.py). The short runs are the caller's: this
 module receives them as functions, so it never imports the trainer.
@@ -29,6 +31,7 @@ STRATEGIES = (
     "top_k_average",
     "best_of_top_k",
     "top_k_mixture",
+    "race",
     "attention",
     "compose",
     "multitask",
@@ -44,6 +47,8 @@ class TransferInit:
       top_1 (the most similar source); top_k_average (similarity-weighted average of the top k);
       best_of_top_k (a short run from each of the top k, keep the best on validation);
       top_k_mixture (one prompt trained on the top-k sources' mixture starts the target);
+      race (the RACE_SOURCES most similar sources, 0: all, race on the target by successive
+      halving, RACE_STEPS a rung, RACE_SEEDS runs each; the survivor's raced prompt starts it);
       attention (the top k stay frozen beside the target, which starts from the first, and a
       trained module mixes them per input: prompt/attention.py); compose (the prompts of the
       target's sub-tasks, `compose_sources`, joined along the sequence, summed with weights, or
@@ -58,7 +63,13 @@ class TransferInit:
     target_embedding: str = ""
     metric: str = setting(
         "cosine_avg_tokens",
-        one_of=(*similarity.METRICS, *similarity.INPUT_METRICS, *views.VIEW_METRICS, "zero_shot"),
+        one_of=(
+            *similarity.METRICS,
+            *similarity.INPUT_METRICS,
+            *views.VIEW_METRICS,
+            "zero_shot",
+            "zero_shot_loss",
+        ),
     )
     # SHARED_START: the start every library prompt and the target embedding trained from (.npy,
     # wide form), for the trained_ metrics, which compare what training added
@@ -67,6 +78,11 @@ class TransferInit:
     length_fit: str = setting("error", one_of=LENGTH_FITS)
     candidate_steps: int = setting(100, least=1)  # best_of_top_k: steps of each short run
     mixture_steps: int = setting(1000, least=1)  # top_k_mixture: steps on the sources' mixture
+    # race: how many sources race (the first by `metric`; 0: every eligible one), the steps of
+    # each rung, and the runs per source whose mean score decides
+    race_sources: int = setting(0, least=0, macro="RACE_SOURCES")
+    race_steps: int = setting(20, least=1, macro="RACE_STEPS")
+    race_seeds: int = setting(1, least=1, macro="RACE_SEEDS")
     # attention (ATTEMPT): the module's down-projection width, and the softmax temperature
     # (0: the paper's e x the model width); its sources are the top k retrieved
     attention_hidden: int = setting(64, least=1, macro="ATTENTION_HIDDEN")
@@ -248,7 +264,10 @@ def _ranked_sources(
     if not entries:
         raise TransferError(f"no eligible source prompt in {lib.root} (only task embeddings)")
     viewer = _viewer(init, model_config)
-    found = retrieval.retrieve(lib, target, entries, init.metric, init.top_k, model_scores, viewer)
+    top_k = init.top_k
+    if init.strategy == "race":
+        top_k = init.race_sources or len(entries)
+    found = retrieval.retrieve(lib, target, entries, init.metric, top_k, model_scores, viewer)
     return lib, found
 
 
@@ -263,6 +282,7 @@ def initial_prompt(
     model_scores=None,
     deep_width: int = 0,
     model_config=None,
+    run_race=None,
 ):
     """(prompt [length, dim + deep_width], report) for a transfer strategy.
 
@@ -290,9 +310,8 @@ def initial_prompt(
     find = lambda ref, setting: _by_task_or_id(  # noqa: E731
         init, ref, setting, eligible, bool(deep_width)
     )
-    prompt, report = _by_strategy(
-        init, length, fit, retrieve, bool(deep_width), run_candidate, run_mixture, find
-    )
+    runners = (run_candidate, run_mixture, run_race)
+    prompt, report = _by_strategy(init, length, fit, retrieve, bool(deep_width), runners, find)
     if prompt.shape[1] != dim + deep_width:
         kind = f"a deep prompt's {dim} + {deep_width}" if deep_width else f"{dim}"
         raise TransferError(
@@ -302,8 +321,10 @@ def initial_prompt(
     return prompt, report
 
 
-def _by_strategy(init, length, fit, ranked_sources, deep, run_candidate, run_mixture, find):
-    """(prompt, report) of `init.strategy`; `ranked_sources()` retrieves (library, top k)."""
+def _by_strategy(init, length, fit, ranked_sources, deep, runners, find):
+    """(prompt, report) of `init.strategy`; `ranked_sources()` retrieves (library, top k);
+    `runners` train what best_of_top_k, top_k_mixture and race need (see `initial_prompt`)."""
+    run_candidate, run_mixture, run_race = runners
     if init.strategy == "single_source":
         if not init.source:
             raise TransferError("strategy single_source needs SOURCE_PROMPT (entry id or .npy)")
@@ -336,5 +357,11 @@ def _by_strategy(init, length, fit, ranked_sources, deep, run_candidate, run_mix
         return candidates[best], dict(
             report, candidate_scores=scores, chosen=ranked[best].entry.task
         )
+    if init.strategy == "race":
+        names = [r.entry.task for r in ranked]
+        if len(set(names)) < len(names):  # two prompts of one task: tell them apart
+            names = [f"{r.entry.task}_{r.entry.id}" for r in ranked]
+        prompt, race = run_race(list(zip(names, candidates, strict=True)))
+        return prompt, dict(report, chosen=race["chosen"], race=race)
     mixture_prompt = run_mixture([r.entry.task for r in ranked])
     return fit(mixture_prompt), report

@@ -19,7 +19,11 @@ from prompt_transfer.prompt import prompts as prompts_lib
 from prompt_transfer.transfer import similarity, views
 from prompt_transfer.transfer.library import Entry, Library
 
-MODEL_METRICS = ("activation_overlap", "zero_shot")  # need the frozen model to score
+# need the frozen model to score: activation overlap with the target's embedding, each source
+# used as is on the target's validation split (its score), or on a few of the target's training
+# batches (minus its loss: no validation example seen, nothing trained)
+MODEL_METRICS = ("activation_overlap", "zero_shot", "zero_shot_loss")
+LOSS_BATCHES = 8  # zero_shot_loss: the target's training batches each source is scored on
 
 
 class TransferError(UserError):
@@ -154,11 +158,37 @@ def zero_shot_matrix(
     return matrix
 
 
+def zero_shot_loss_matrix(
+    model, network, prompts: np.ndarray, targets: Sequence[str], feature_lengths, batch_size: int
+) -> np.ndarray:
+    """[N prompts, T targets]: the token-mean cross entropy of each target's first
+    LOSS_BATCHES training batches (seed 0, the same for every prompt) under each prompt used as
+    is: the loss a target run would start from, before any step."""
+    import jax
+
+    from prompt_transfer.data.batches import BatchStream
+
+    loss = jax.jit(lambda params, batch: model.loss(params, batch)[1]["cross_entropy"])
+    matrix = np.zeros((len(prompts), len(targets)))
+    for j, target in enumerate(targets):
+        stream = BatchStream(target, feature_lengths, batch_size, seed=0)
+        batches = [next(stream) for _ in range(LOSS_BATCHES)]
+        for i, prompt in enumerate(prompts):
+            params = prompts_lib.join(network, model.module.config, prompt)
+            matrix[i, j] = float(np.mean([loss(params, b) for b in batches]))
+    return matrix
+
+
 def model_scores(
     model, network, task_name, feature_lengths, split, batch_size, metric, target, sources
 ):
     """Scores of source prompts [N, P, E] that need the frozen model: activation overlap with
-    the target's embedding, or each source's zero-shot score on the target's `split`."""
+    the target's embedding, each source's zero-shot score on the target's `split`, or minus
+    its loss on the target's first training batches (higher: more promising)."""
+    if metric == "zero_shot_loss":
+        return -zero_shot_loss_matrix(
+            model, network, sources, [task_name], feature_lengths, batch_size
+        )[:, 0]
     if metric == "activation_overlap":
         signature = lambda p: similarity.activation_signature(model.module, network, p)
         return similarity.score_library(

@@ -1,0 +1,198 @@
+"""Source racing: every candidate source starts the target at once, and the worse half goes.
+
+Each candidate prompt (a library source, fitted to the run) is a short run on the target under
+MODEL_DIR/transfer/race/<name>/seed_<j>; all of a rung's runs train in one stacked step
+(fit.py), RACE_STEPS more steps each, and are evaluated on the whole validation split. The
+better half by their mean score over RACE_SEEDS seeds goes on from its checkpoint (successive
+halving; a tie keeps the retrieval order), until one source is left. Its prompt at the end of
+the race starts the target run, so the steps it raced are not lost: the race's cost is the
+steps of every runner in every rung, against one plain run's TRAIN_STEPS.
+
+The order in which sources leave is a ranking of all of them (the survivor first); the study
+scores it as a predictor of transfer beside the similarities (study/run.py). A finished race
+is written to race.json beside its runs and read back when the same race is asked again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from prompt_transfer.base import files, paths
+from prompt_transfer.model import seqio_eval
+from prompt_transfer.prompt import prompts
+from prompt_transfer.trainer import run_dir
+from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
+from prompt_transfer.trainer.fit import fit
+
+RACE_FILE = "race.json"
+PROMPT_FILE = "survivor_prompt.npy"
+
+
+@dataclasses.dataclass(frozen=True)
+class Race:
+    """What a race found, and what it cost."""
+
+    chosen: str  # the surviving source
+    prompt: np.ndarray  # its prompt at the end of the race (wide form)
+    ranking: list[str]  # every candidate, best first: by the rung each left at, then its score
+    rungs: list[dict]  # per rung: {"step", "scores": {source: mean score}, "kept": [...]}
+    steps: int  # prompt-training steps of every runner in every rung
+    seconds: float
+    seeds: int  # runs per source in each rung
+
+    def report(self) -> dict:
+        return {
+            "chosen": self.chosen,
+            "ranking": self.ranking,
+            "rungs": self.rungs,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 1),
+            "seeds": self.seeds,
+        }
+
+    def cost_line(self, run_steps: int) -> str:
+        """`race: offline_x won ...; cost 100 steps (0.33x one run of 300), 12 s`."""
+        return (
+            f"race: {self.chosen} won over {len(self.ranking) - 1} other source(s) in "
+            f"{len(self.rungs)} rung(s); cost {self.steps:,} prompt steps "
+            f"({self.steps / run_steps:.2f}x one run of {run_steps:,}), {self.seconds:.0f} s"
+        )
+
+
+def halve(scores: dict[str, float], order: Sequence[str]) -> list[str]:
+    """The better half of the sources in `scores` (ceil(n / 2) of n), best first; a tie keeps
+    `order`'s ranking (retrieval's), so a race on a coarse score is still deterministic."""
+    ranked = sorted(scores, key=lambda name: (-scores[name], list(order).index(name)))
+    return ranked[: math.ceil(len(ranked) / 2)]
+
+
+def ranking(rungs: Sequence[dict], order: Sequence[str]) -> list[str]:
+    """Every source, best first: the later a source left the race the better, and among those
+    that left at the same rung the higher score (then `order`)."""
+    left_at = {name: (0, 0.0) for name in order}
+    for r, rung in enumerate(rungs, 1):
+        for name, score in rung["scores"].items():
+            left_at[name] = (r + (name in rung["kept"]), score)
+    return sorted(order, key=lambda n: (-left_at[n][0], -left_at[n][1], list(order).index(n)))
+
+
+def race(
+    spec: RunSpec,
+    config: TrainConfig,
+    network,
+    mesh,
+    candidates: Sequence[tuple[str, np.ndarray]],
+    steps: int,
+    seeds: int,
+    folder,
+    say=print,
+) -> Race:
+    """Race `candidates` ((source name, its prompt in the run's wide form), in retrieval's
+    order) on `spec.task`, RACE_STEPS `steps` a rung, `seeds` runs per source from
+    `spec.seed`, under `folder`; a race.json there of the same race is read back instead."""
+    names = [name for name, _ in candidates]
+    if len(set(names)) != len(names):
+        raise ValueError(f"race candidates must have distinct names: {names}")
+    asked = {"candidates": names, "steps_per_rung": steps, "seeds": seeds, "seed": spec.seed}
+    done = _read_back(folder, asked)
+    if done is not None:
+        say(f"race: read back from {paths.path(folder) / RACE_FILE}")
+        return done
+    started = time.monotonic()
+    alive, rungs, finals, spent = names, [], {}, 0
+    starts = {(name, j): prompt for name, prompt in candidates for j in range(seeds)}
+    while len(alive) > 1:
+        runners = [(name, j) for name in alive for j in range(seeds)]
+        reached = steps * (len(rungs) + 1)
+        results = _rung(spec, config, network, mesh, folder, runners, reached, steps, starts)
+        spent += steps * len(runners)
+        scores = {
+            name: float(np.mean([results[(name, j)][0] for j in range(seeds)])) for name in alive
+        }
+        kept = halve(scores, names)
+        rungs.append({"step": reached, "scores": scores, "kept": kept})
+        say(
+            f"race rung {len(rungs)} (steps {reached - steps + 1}-{reached}, "
+            f"{len(runners)} runs in one stacked step): "
+            + ", ".join(f"{n} {scores[n]:.2f}{'' if n in kept else ' (out)'}" for n in scores)
+        )
+        finals.update(results)
+        alive = kept
+    chosen = alive[0]
+    if rungs:  # its best seed's prompt where the race ended
+        best = max(range(seeds), key=lambda j: finals[(chosen, j)][0])
+        prompt = finals[(chosen, best)][1]
+    else:  # one candidate: nothing to race
+        prompt = dict(candidates)[chosen]
+    found = Race(
+        chosen,
+        np.asarray(prompt, np.float32),
+        ranking(rungs, names),
+        rungs,
+        spent,
+        time.monotonic() - started,
+        seeds,
+    )
+    files.save_npy(paths.path(folder) / PROMPT_FILE, found.prompt)
+    record = dict(found.report(), asked=asked)
+    files.atomic_write_text(paths.path(folder) / RACE_FILE, json.dumps(record, indent=1))
+    return found
+
+
+def _read_back(folder, asked: dict) -> Race | None:
+    """The race finished in `folder` before, if it was this one (same candidates, rungs and
+    seeds); None otherwise."""
+    record_file, prompt_file = paths.path(folder) / RACE_FILE, paths.path(folder) / PROMPT_FILE
+    if not (record_file.exists() and prompt_file.exists()):
+        return None
+    record = files.read_json(record_file)
+    if record.get("asked") != asked:
+        return None
+    prompt = files.load_npy(prompt_file, fix="delete the race folder to race again")
+    fields = ("chosen", "ranking", "rungs", "steps", "seconds", "seeds")
+    return Race(prompt=prompt, **{f: record[f] for f in fields})
+
+
+def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts) -> dict:
+    """{(source, seed index): (score at `reached`, final prompt)}: each runner trained up to
+    step `reached` (from its source's prompt on the first rung, from its checkpoint after), all
+    in one stacked step, evaluated at the end."""
+    first = reached == steps
+    sub = dataclasses.replace(
+        config,
+        steps=None,
+        relative_steps=reached,
+        eval_period=steps,
+        save_period=steps,
+        early_stopping_patience=0,
+        keep_checkpoints=1,
+        library_dir=None,
+    )
+    specs = [
+        dataclasses.replace(
+            spec,
+            model_dir=str(run_dir.subdir(folder, name, f"seed_{j}")),
+            seed=spec.seed + j,
+        )
+        for name, j in runners
+    ]
+    sub = resolved(specs[0], sub)
+    blank = prompts.blank(spec.prompt_length, spec.model_config, spec.deep_prompt)
+    with contextlib.ExitStack() as held:
+        for s in specs:
+            run_dir.check_model_dir(s.model_dir, "", overwrite=first, resume=not first)
+        logs = [held.enter_context(run_dir.ProgressLog(s.model_dir, sub.steps)) for s in specs]
+        begin = [starts[r] if first else blank for r in runners]
+        results = fit(specs, sub, network, mesh, begin, logs)
+    out = {}
+    for runner, s, (_, final) in zip(runners, specs, results, strict=True):
+        last = run_dir.read_eval_history(s.model_dir)[-1]
+        out[runner] = (seqio_eval.main_metric(last["results"])[1], final)
+    return out
