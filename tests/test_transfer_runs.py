@@ -12,7 +12,8 @@ from prompt_transfer.cli.jobs import train_main
 from prompt_transfer.configure import gin_files
 from prompt_transfer.network import checkpoints, t5
 from prompt_transfer.prompt import attention
-from prompt_transfer.trainer import race, run_dir
+from prompt_transfer.trainer import race as race_lib
+from prompt_transfer.trainer import run_dir
 from prompt_transfer.transfer import library, retrieval, similarity
 
 
@@ -327,15 +328,22 @@ def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, 
         "trained together with 2 other run(s) in one stacked step"
         in (folder / "source_a" / "seed_0" / "log.txt").read_text()
     )
+    assert first["examples"] == second["examples"] == 32  # the whole validation split
+    # The same race asked again is read back, not run; another (a seed) is not.
+    asked = json.loads((folder / race_lib.RACE_FILE).read_text())["asked"]
+    again = race_lib._read_back(folder, asked)
+    assert again.chosen == race["chosen"] and again.rungs == race["rungs"]
+    np.testing.assert_array_equal(again.prompt, initial)
+    assert race_lib._read_back(folder, dict(asked, seed=1)) is None
 
 
 def test_race_keeps_the_best_half_and_breaks_ties_by_retrieval():
     scores = {"a": 50.0, "b": 70.0, "c": 50.0, "d": 40.0, "e": 70.0}
     order = ["e", "d", "c", "b", "a"]
-    assert race.halve(scores, order) == ["e", "b", "c"]  # ceil(5 / 2); c before a: retrieval
+    assert race_lib.halve(scores, order) == ["e", "b", "c"]  # ceil(5 / 2); c before a: retrieval
     rungs = [
         {"step": 2, "scores": scores, "kept": ["e", "b", "c"]},
         {"step": 4, "scores": {"e": 60.0, "b": 65.0, "c": 61.0}, "kept": ["b", "c"]},
         {"step": 6, "scores": {"b": 70.0, "c": 72.0}, "kept": ["c"]},
     ]
-    assert race.ranking(rungs, order) == ["c", "b", "e", "a", "d"]
+    assert race_lib.ranking(rungs, order) == ["c", "b", "e", "a", "d"]

@@ -42,7 +42,9 @@ class Race:
     chosen: str  # the surviving source
     prompt: np.ndarray  # its prompt at the end of the race (wide form)
     ranking: list[str]  # every candidate, best first: by the rung each left at, then its score
-    rungs: list[dict]  # per rung: {"step", "scores": {source: mean score}, "kept": [...]}
+    # per rung: {"step", "scores": {source: mean score}, "kept": [...], "examples": the
+    # validation examples each runner was scored on (0: a task without labels)}
+    rungs: list[dict]
     steps: int  # prompt-training steps of every runner in every rung
     seconds: float
     seeds: int  # runs per source in each rung
@@ -117,10 +119,11 @@ def race(
             name: float(np.mean([results[(name, j)][0] for j in range(seeds)])) for name in alive
         }
         kept = halve(scores, names)
-        rungs.append({"step": reached, "scores": scores, "kept": kept})
+        examples = results[runners[0]][2]  # every runner reads the same validation split
+        rungs.append({"step": reached, "scores": scores, "kept": kept, "examples": examples})
         say(
             f"race rung {len(rungs)} (steps {reached - steps + 1}-{reached}, "
-            f"{len(runners)} runs in one stacked step): "
+            f"{len(runners)} runs in one stacked step, {examples} validation examples each): "
             + ", ".join(f"{n} {scores[n]:.2f}{'' if n in kept else ' (out)'}" for n in scores)
         )
         finals.update(results)
@@ -161,9 +164,9 @@ def _read_back(folder, asked: dict) -> Race | None:
 
 
 def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts) -> dict:
-    """{(source, seed index): (score at `reached`, final prompt)}: each runner trained up to
-    step `reached` (from its source's prompt on the first rung, from its checkpoint after), all
-    in one stacked step, evaluated at the end."""
+    """{(source, seed index): (score at `reached`, final prompt, validation examples scored)}:
+    each runner trained up to step `reached` (from its source's prompt on the first rung, from
+    its checkpoint after), all in one stacked step, evaluated at the end."""
     first = reached == steps
     sub = dataclasses.replace(
         config,
@@ -194,5 +197,6 @@ def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts) 
     out = {}
     for runner, s, (_, final) in zip(runners, specs, results, strict=True):
         last = run_dir.read_eval_history(s.model_dir)[-1]
-        out[runner] = (seqio_eval.main_metric(last["results"])[1], final)
+        examples = sum(((last.get("labels") or {}).get(s.task) or {}).values())
+        out[runner] = (seqio_eval.main_metric(last["results"])[1], final, examples)
     return out
