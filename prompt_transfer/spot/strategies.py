@@ -104,9 +104,7 @@ def _strategy_init(
             metric=flow.retrieval_metric,
             top_k=flow.top_k,
             candidate_steps=flow.candidate_steps,
-            race_sources=flow.race_sources,
-            race_steps=flow.race_steps,
-            race_seeds=flow.race_seeds,
+            **_race(flow) if strategy == "race" else {},
             mixture_steps=flow.source_steps,
             start=str(paths.path(flow.work_dir) / SHARED_START)
             if views.needs_start(flow.retrieval_metric)
@@ -116,3 +114,11 @@ def _strategy_init(
     if strategy == "attention":  # its module trains too; its sources stay fixed
         changes["trainable_regex"] = attention.TRAINABLE
     return changes
+
+
+def _race(flow: FlowConfig) -> dict:
+    """The race row's settings (the other rows keep TransferInit's defaults, so that a run
+    recorded before the race existed is still the same run)."""
+    return dict(
+        race_sources=flow.race_sources, race_steps=flow.race_steps, race_seeds=flow.race_seeds
+    )
