@@ -111,3 +111,20 @@ def test_study_md_has_a_row_per_target_for_the_out_of_sample_choice():
     rows = [line for line in table.splitlines() if line.startswith("| t") and "target" not in line]
     assert [r.split(" | ")[:2] for r in rows] == [[f"| {t}", "cosine"] for t in TARGETS]
     assert "| mean | | | 0.0 [0.0, 0.0] |" in table
+
+
+def test_the_predictors_that_train_nothing_are_also_chosen_among_alone():
+    """A race that ranks like the gains wins out of sample; chosen among the predictors that
+    train nothing, the reversed metric and a constant zero-shot score (a blind pick) are all
+    there is. The verdict says both, and a study without a training predictor has no second
+    choice."""
+    similarity = {"reversed": -GAINS, "race": GAINS}
+    cost = {"predictor_steps": {"race": 120.0}, "run_steps": 100}
+    study = analyse(study_data(similarity=similarity, cost=cost))
+    assert study["out_of_sample"]["regret"] == 0.0
+    free = study["out_of_sample_free"]
+    assert {c["predictor"] for c in free["chosen"].values()} == {"zero_shot"}  # blind < reversed
+    assert free["regret"] == pytest.approx((GAINS.max(1) - GAINS.mean(1)).mean())
+    lines = [v for v in study["verdict"] if v.startswith("Out of sample")]
+    assert len(lines) == 2 and "among the predictors that train nothing" in lines[1]
+    assert analyse(study_data(similarity={"reversed": -GAINS}))["out_of_sample_free"] is None

@@ -66,6 +66,15 @@ def analyse(data: StudyData) -> dict:
     rankings = {**data.similarity, ZERO_SHOT: np.asarray(data.zero_shot, float).T}
     metrics = {m: judge(np.asarray(v, float), gains, data.targets) for m, v in rankings.items()}
     ranked = [m for m in metrics if metrics[m]["spearman"] is not None]
+    held_out = lambda chosen_from: out_of_sample.judge(  # noqa: E731
+        chosen_from,
+        [[data.transfer.get((s, t)) for s in data.sources] for t in data.targets],
+        [data.random_init[t] for t in data.targets],
+        data.targets,
+        data.sources,
+    )
+    trains = (data.cost or {}).get("predictor_steps") or {}  # {predictor: steps per target}
+    free = {m: v for m, v in rankings.items() if not trains.get(m)}
     first, final = data.steps[0], data.steps[-1]
     finals = {t: np.asarray(data.random_init[t], float)[:, -1] for t in data.targets}  # [R]
     result = {
@@ -93,13 +102,10 @@ def analyse(data: StudyData) -> dict:
             str(s): _beyond_spread(data, pairs, i, retrieved=True) for i, s in _ends(first, final)
         },
         "cost": dict(data.cost),
-        "out_of_sample": out_of_sample.judge(
-            rankings,
-            [[data.transfer.get((s, t)) for s in data.sources] for t in data.targets],
-            [data.random_init[t] for t in data.targets],
-            data.targets,
-            data.sources,
-        ),
+        "out_of_sample": held_out(rankings),
+        # the same choice among the predictors that train nothing (no race): what the race's
+        # training buys is the difference
+        "out_of_sample_free": held_out(free) if len(free) < len(rankings) and free else None,
     }
     result["verdict"] = _verdict(result)
     return result
@@ -322,14 +328,18 @@ def _verdict(study: dict) -> list[str]:
         lines.append(f"The best metric is {best}: {_summary(metrics[best])}.")
     lines.append(_default_line(study))
     lines.append(_out_of_sample_line(study["out_of_sample"]))
+    if study.get("out_of_sample_free"):
+        lines.append(_out_of_sample_line(study["out_of_sample_free"], free=True))
     lines += _noise_lines(study)
     return lines
 
 
-def _out_of_sample_line(held: dict) -> str:
-    """The choice of predictor judged where it was not made (study/out_of_sample.py)."""
+def _out_of_sample_line(held: dict, free: bool = False) -> str:
+    """The choice of predictor judged where it was not made (study/out_of_sample.py); `free`:
+    among the predictors that train nothing."""
+    among = "among the predictors that train nothing, " if free else ""
     if held["regret"] is None:
-        return "Out of sample: no target has a measured source."
+        return f"Out of sample, {among}no target has a measured source."
     low, high = held["intervals"]["regret"]
     interval = f" [{low:.1f}, {high:.1f}]" if low is not None else ""
     inside = held["in_sample"]
@@ -341,7 +351,8 @@ def _out_of_sample_line(held: dict) -> str:
     )
     missed = [goal for goal, ok in held["goals"].items() if ok is False]
     return (
-        f"Out of sample (each target's predictor chosen by its regret on the other targets), "
+        f"Out of sample ({among}each target's predictor chosen by its regret on the other "
+        "targets), "
         f"the chosen source's regret is {held['regret']:.1f}{interval} points, it is the oracle "
         f"on {held['oracle_rate']:.0%} of {held['regret_targets']} targets{beyond}; in sample "
         f"the best predictor ({inside['predictor']}) shows regret {_f(inside['regret'], '.1f')}"

@@ -140,6 +140,17 @@ def _out_of_sample(study: dict) -> list[str]:
             + (f" [{low:.1f}, {high:.1f}]" if low is not None else "")
             + " |"
         )
+    free = study.get("out_of_sample_free")
+    if free and free["regret"] is not None:
+        low, high = free["intervals"]["regret"]
+        chosen = sorted({c["predictor"] for c in free["chosen"].values()})
+        lines += [
+            "",
+            f"Chosen the same way among the predictors that train nothing ({', '.join(chosen)} "
+            f"chosen): mean regret {free['regret']:.1f}"
+            + (f" [{low:.1f}, {high:.1f}]" if low is not None else "")
+            + f", the oracle on {free['oracle_rate']:.0%} of {free['regret_targets']} targets.",
+        ]
     return lines
 
 
