@@ -236,6 +236,21 @@ class TrainConfig:
         """This config with `steps` the step to stop at (`stop_step`), ready to train."""
         return dataclasses.replace(self, steps=self.stop_step(start), relative_steps=None)
 
+    def nested(self, steps: int, eval_period: int, save_period: int) -> TrainConfig:
+        """This config for a short run a transfer trains first (a best_of_top_k candidate,
+        the top_k_mixture run, a race's runner): `steps` after the initial checkpoint's, no
+        early stopping, one checkpoint kept, nothing added to the library."""
+        return dataclasses.replace(
+            self,
+            steps=None,
+            relative_steps=steps,
+            eval_period=eval_period,
+            save_period=save_period,
+            early_stopping_patience=0,
+            keep_checkpoints=1,
+            library_dir=None,
+        )
+
     @property
     def total_steps(self) -> int:
         """The step a resolved run ends at: its stop step, plus MODEL_STEPS of a second phase."""

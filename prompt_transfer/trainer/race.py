@@ -168,16 +168,7 @@ def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts) 
     each runner trained up to step `reached` (from its source's prompt on the first rung, from
     its checkpoint after), all in one stacked step, evaluated at the end."""
     first = reached == steps
-    sub = dataclasses.replace(
-        config,
-        steps=None,
-        relative_steps=reached,
-        eval_period=steps,
-        save_period=steps,
-        early_stopping_patience=0,
-        keep_checkpoints=1,
-        library_dir=None,
-    )
+    sub = config.nested(reached, eval_period=steps, save_period=steps)
     specs = [
         dataclasses.replace(
             spec,

@@ -146,17 +146,7 @@ def _short_run(spec, config, network, mesh, name, task, steps, prompt, eval_peri
     sub_spec = dataclasses.replace(
         spec, model_dir=str(run_dir.subdir(spec.model_dir, "transfer", name)), task=task
     )
-    sub_config = dataclasses.replace(
-        config,
-        steps=None,
-        relative_steps=steps,
-        eval_period=eval_period,
-        save_period=steps,
-        early_stopping_patience=0,
-        keep_checkpoints=1,
-        library_dir=None,
-    )
-    sub_config = resolved(sub_spec, sub_config)
+    sub_config = resolved(sub_spec, config.nested(steps, eval_period, steps))
     run_dir.check_model_dir(sub_spec.model_dir, "", overwrite=True, resume=False)
     with run_dir.ProgressLog(sub_spec.model_dir, sub_config.steps) as log:
         [result] = fit([sub_spec], sub_config, network, mesh, [prompt], [log])
