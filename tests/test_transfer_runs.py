@@ -329,12 +329,14 @@ def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, 
         in (folder / "source_a" / "seed_0" / "log.txt").read_text()
     )
     assert first["examples"] == second["examples"] == 32  # the whole validation split
-    # The same race asked again is read back, not run; another (a seed) is not.
+    # The same race asked again is read back, not run; another (a seed, a source trained
+    # again) is not.
     asked = json.loads((folder / race_lib.RACE_FILE).read_text())["asked"]
     again = race_lib._read_back(folder, asked)
     assert again.chosen == race["chosen"] and again.rungs == race["rungs"]
     np.testing.assert_array_equal(again.prompt, initial)
     assert race_lib._read_back(folder, dict(asked, seed=1)) is None
+    assert race_lib._read_back(folder, dict(asked, prompts="0" * 16)) is None  # retrained
 
 
 def test_race_keeps_the_best_half_and_breaks_ties_by_retrieval():

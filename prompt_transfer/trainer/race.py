@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -102,7 +103,13 @@ def race(
     names = [name for name, _ in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"race candidates must have distinct names: {names}")
-    asked = {"candidates": names, "steps_per_rung": steps, "seeds": seeds, "seed": spec.seed}
+    asked = {
+        "candidates": names,
+        "prompts": _fingerprint([prompt for _, prompt in candidates]),
+        "steps_per_rung": steps,
+        "seeds": seeds,
+        "seed": spec.seed,
+    }
     done = _read_back(folder, asked)
     if done is not None:
         say(f"race: read back from {paths.path(folder) / RACE_FILE}")
@@ -149,9 +156,18 @@ def race(
     return found
 
 
+def _fingerprint(prompts_: Sequence[np.ndarray]) -> str:
+    """What the candidates' prompts are, in 16 hex digits (a source trained again is another
+    race)."""
+    digest = hashlib.sha256()
+    for prompt in prompts_:
+        digest.update(np.ascontiguousarray(prompt, np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _read_back(folder, asked: dict) -> Race | None:
-    """The race finished in `folder` before, if it was this one (same candidates, rungs and
-    seeds); None otherwise."""
+    """The race finished in `folder` before, if it was this one (same candidates and their
+    prompts, rungs and seeds); None otherwise."""
     record_file, prompt_file = paths.path(folder) / RACE_FILE, paths.path(folder) / PROMPT_FILE
     if not (record_file.exists() and prompt_file.exists()):
         return None
