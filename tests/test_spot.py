@@ -493,3 +493,70 @@ def test_multitask_rows_start_from_one_run_over_the_sources(tmp_path):
     assert {t.multitask_run for t in inits.values()} == {str(tmp_path / "sources" / "multitask")}
     assert settings.total_runs == 2 + 1 + 1 + 4  # sources, the multi-task run, embedding, rows
     assert dataclasses.replace(settings, strategies=("top_1",)).total_runs == 2 + 1 + 2
+
+
+def test_the_race_row_races_with_its_own_settings_and_the_others_keep_theirs(tmp_path):
+    """The race row's TransferInit carries RACE_SOURCES, RACE_STEPS and RACE_SEEDS; every other
+    row keeps TransferInit's defaults, so that a run recorded before the race existed is still
+    the same run (stages/runs.check_settings). A race row trains alone: it goes on from its
+    race's last step."""
+    from conftest import tiny_config
+    from prompt_transfer.spot import config
+    from prompt_transfer.spot import strategies as target_rows
+    from prompt_transfer.trainer.config import RunSpec, TrainConfig
+    from prompt_transfer.trainer.train import stack_key
+    from prompt_transfer.transfer.initial import TransferInit
+
+    settings = config.FlowConfig(
+        work_dir=str(tmp_path),
+        sources=("a", "b", "c"),
+        targets=("t",),
+        strategies=("race", "best_of_top_k"),
+        baselines=("sampled_vocab",),
+        race_sources=2,
+        race_steps=7,
+        race_seeds=2,
+    )
+    rows = target_rows.target_inits(settings, tmp_path / "library", "t-embedding", prompt_length=20)
+    raced, best = (rows[n]["prompt_init"].transfer for n in ("race", "best_of_top_k"))
+    assert (raced.strategy, raced.race_sources, raced.race_steps, raced.race_seeds) == (
+        "race",
+        2,
+        7,
+        2,
+    )
+    default = TransferInit()
+    assert (best.race_sources, best.race_steps, best.race_seeds) == (
+        default.race_sources,
+        default.race_steps,
+        default.race_seeds,
+    )
+    spec = RunSpec(str(tmp_path / "r"), "t", {"inputs": 8, "targets": 4}, tiny_config())
+    assert stack_key(spec, TrainConfig(prompt_init=rows["race"]["prompt_init"])) is None
+    assert stack_key(spec, TrainConfig(prompt_init=rows["best_of_top_k"]["prompt_init"]))
+
+
+def test_the_report_says_what_each_race_picked_and_cost(tmp_path):
+    """One line per race row: each seed's pick, among how many sources, the cost against one
+    target run, and the step the winner's run went on from; the Markdown has it too."""
+    results = _results(
+        {
+            ("t", "random_uniform"): [([2, 4], [50.0, 60.0])],
+            ("t", "race"): [([2, 4], [55.0, 66.0])],
+        },
+        sources=["s1", "s2", "s3"],
+        similarities={"cosine_avg_tokens": np.array([[0.1, 0.2, 0.3]])},
+        zero_shot=np.array([[30.0], [40.0], [35.0]]),
+    )
+    rungs = [{"step": 1, "scores": {}, "kept": []}, {"step": 2, "scores": {}, "kept": []}]
+    results.runs.races[("t", "race")] = [
+        {"chosen": c, "ranking": ["s1", "s2", "s3"], "rungs": rungs, "steps": 5, "seconds": 3.0}
+        for c in ("s2", "s1", "s2")
+    ]
+    written = report.write_report(tmp_path, results)
+    assert written["races"] == [
+        "t: the race (race) picked s2 (2 of 3 seeds), s1 (1 of 3 seeds) among 3 sources in 2 "
+        "rung(s); it cost 5 prompt steps a seed (1.25x one target run of 4 steps), 3 s, and the "
+        "winner's run went on from its step 2"
+    ]
+    assert f"- {written['races'][0]}" in (tmp_path / "report.md").read_text()

@@ -8,6 +8,7 @@ import pytest
 from synthetic_tasks import register_keyword_task
 
 from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_run_args
+from prompt_transfer.base.errors import UserError
 from prompt_transfer.cli.jobs import train_main
 from prompt_transfer.configure import gin_files
 from prompt_transfer.network import checkpoints, t5
@@ -290,8 +291,9 @@ def test_compose_starts_from_the_prompts_two_subtask_runs_trained(anchors, tmp_p
 
 def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, tmp_path):
     """Three sources race: rung 1 trains all three in one stacked step, rung 2 the better two
-    from their checkpoints, and the survivor's prompt where the race ended starts the run;
-    each rung's scores are what its runs' evaluations logged."""
+    from their checkpoints, and the survivor's run goes on as the target run from the race's
+    last step (its checkpoint adopted) to TRAIN_STEPS; each rung's scores are what its runs'
+    evaluations logged."""
     root = tmp_path / "library"
     shutil.copytree(lib[0], root)
     register_keyword_task(T5_VOCAB, name="source_c")
@@ -304,7 +306,10 @@ def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, 
         model_fingerprint=known.model_fingerprint,
     )
     run = tmp_path / "run"
-    _run(run, (root, lib[1]), "race", "--gin.RACE_STEPS=2", "--gin.EVAL_PERIOD=2")
+    args = ("--gin.RACE_STEPS=2", "--gin.EVAL_PERIOD=2")
+    with pytest.raises(UserError, match="trains its winner 4 steps .* as many as the run's 2"):
+        _run(run, (root, lib[1]), "race", *args)  # TRAIN_STEPS=2: the race would be all of it
+    _run(run, (root, lib[1]), "race", *args, "--gin.TRAIN_STEPS=6")
     report, initial = _report(run)
     race = report["race"]
     assert sorted(race["ranking"]) == ["source_a", "source_b", "source_c"]
@@ -320,10 +325,16 @@ def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, 
             history = run_dir.read_eval_history(folder / name / "seed_0")
             logged = {h["step"]: h["results"]["test_keyword"] for h in history}
             assert score == pytest.approx(next(iter(logged[rung["step"]].values())))
-    assert (folder / race["chosen"] / "seed_0" / "checkpoint_4").exists()
-    np.testing.assert_array_equal(
-        initial, np.load(folder / race["chosen"] / "seed_0" / "prompts" / "checkpoint_4.npy")
-    )
+    survivor = folder / race["chosen"] / "seed_0"
+    assert race["folder"] == str(survivor) and (survivor / "checkpoint_4").exists()
+    np.testing.assert_array_equal(initial, np.load(survivor / "prompts" / "checkpoint_4.npy"))
+    # The run adopted the survivor's run: it resumed at step 4 and trained steps 5-6 only, its
+    # history the survivor's evaluations, then its own.
+    assert "resumed from checkpoint_4" in (run / "log.txt").read_text()
+    history = run_dir.read_eval_history(run)
+    assert [h["step"] for h in history] == [2, 4, 6]
+    assert history[:2] == run_dir.read_eval_history(survivor)
+    assert (run / "checkpoint_6").exists()
     assert (
         "trained together with 2 other run(s) in one stacked step"
         in (folder / "source_a" / "seed_0" / "log.txt").read_text()

@@ -4,9 +4,11 @@ Each candidate prompt (a library source, fitted to the run) is a short run on th
 MODEL_DIR/transfer/race/<name>/seed_<j>; all of a rung's runs train in one stacked step
 (fit.py), RACE_STEPS more steps each, and are evaluated on the whole validation split. The
 better half by their mean score over RACE_SEEDS seeds goes on from its checkpoint (successive
-halving; a tie keeps the retrieval order), until one source is left. Its prompt at the end of
-the race starts the target run, so the steps it raced are not lost: the race's cost is the
-steps of every runner in every rung, against one plain run's TRAIN_STEPS.
+halving; a tie keeps the retrieval order), until one source is left. The survivor's run then
+becomes the target run (`adopt`): MODEL_DIR takes over its checkpoint, optimizer state and data
+position included, and goes on from the race's last step to TRAIN_STEPS, so the steps it raced
+count in the run's budget. What racing costs is every runner's steps in every rung; with the
+rest of the survivor's run, the race row trains that plus TRAIN_STEPS minus the raced steps.
 
 The order in which sources leave is a ranking of all of them (the survivor first); the study
 scores it as a predictor of transfer beside the similarities (study/run.py). A finished race
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from prompt_transfer.base import files, paths
+from prompt_transfer.base import files, paths, runtime
 from prompt_transfer.model import seqio_eval
 from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import run_dir
@@ -34,6 +36,11 @@ from prompt_transfer.trainer.fit import fit
 
 RACE_FILE = "race.json"
 PROMPT_FILE = "survivor_prompt.npy"
+# What the survivor's run folder hands on to the target run (`adopt`): its checkpoint with the
+# optimizer's state, the data iterator's state, the exported prompts, its evaluations and its
+# record (which says the steps count on from the initial checkpoint's).
+ADOPTED = ("checkpoint_{step}", "checksums/checkpoint_{step}.json", "data_state",
+           "numpy_checkpoints", "prompts", "eval_history.jsonl", "run.json")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +49,7 @@ class Race:
 
     chosen: str  # the surviving source
     prompt: np.ndarray  # its prompt at the end of the race (wide form)
+    folder: str  # the survivor's run folder (its best seed's), which the target run adopts
     ranking: list[str]  # every candidate, best first: by the rung each left at, then its score
     # per rung: {"step", "scores": {source: mean score}, "kept": [...], "examples": the
     # validation examples each runner was scored on (0: a task without labels)}
@@ -53,6 +61,7 @@ class Race:
     def report(self) -> dict:
         return {
             "chosen": self.chosen,
+            "folder": self.folder,
             "ranking": self.ranking,
             "rungs": self.rungs,
             "steps": self.steps,
@@ -60,12 +69,18 @@ class Race:
             "seeds": self.seeds,
         }
 
+    @property
+    def reached(self) -> int:
+        """The steps the survivor trained in the race (0: no race, one candidate)."""
+        return self.rungs[-1]["step"] if self.rungs else 0
+
     def cost_line(self, run_steps: int) -> str:
-        """`race: offline_x won ...; cost 100 steps (0.33x one run of 300), 12 s`."""
+        """`race: offline_x won ...; cost 100 steps (0.33x one run of 300), 12 s; ...`."""
         return (
             f"race: {self.chosen} won over {len(self.ranking) - 1} other source(s) in "
             f"{len(self.rungs)} rung(s); cost {self.steps:,} prompt steps "
-            f"({self.steps / run_steps:.2f}x one run of {run_steps:,}), {self.seconds:.0f} s"
+            f"({self.steps / run_steps:.2f}x one run of {run_steps:,}), {self.seconds:.0f} s; "
+            f"its run goes on from its step {self.reached:,} to the run's last"
         )
 
 
@@ -135,7 +150,7 @@ def race(
         )
         finals.update(results)
         alive = kept
-    chosen = alive[0]
+    chosen, best = alive[0], 0
     if rungs:  # its best seed's prompt where the race ended
         best = max(range(seeds), key=lambda j: finals[(chosen, j)][0])
         prompt = finals[(chosen, best)][1]
@@ -144,6 +159,7 @@ def race(
     found = Race(
         chosen,
         np.asarray(prompt, np.float32),
+        str(run_dir.subdir(folder, chosen, f"seed_{best}")),
         ranking(rungs, names),
         rungs,
         spent,
@@ -154,6 +170,43 @@ def race(
     record = dict(found.report(), asked=asked)
     files.atomic_write_text(paths.path(folder) / RACE_FILE, json.dumps(record, indent=1))
     return found
+
+
+def rungs_for(candidates: int) -> int:
+    """How many rungs a race of `candidates` sources runs (halving until one is left)."""
+    rungs = 0
+    while candidates > 1:
+        candidates, rungs = math.ceil(candidates / 2), rungs + 1
+    return rungs
+
+
+def adopt(found: Race, model_dir, start: int) -> None:
+    """Make the survivor's run MODEL_DIR's own up to the race's end (`ADOPTED`; `start`: the
+    initial checkpoint's step, from which the steps count), so that the target run resumes
+    from it, optimizer state and data position included, instead of starting over. Process
+    0 copies; the others wait for it."""
+    if not found.rungs:
+        return
+    step = start + found.reached
+
+    def copy() -> None:
+        for name in ADOPTED:
+            _copy(paths.path(found.folder) / name.format(step=step),
+                  paths.path(model_dir) / name.format(step=step))  # fmt: skip
+
+    if files.is_chief():
+        copy()
+    runtime.barrier("the race's survivor adopted")
+
+
+def _copy(source, target) -> None:
+    """`source` (a file or a folder, local or gs://) copied to `target`, file by file."""
+    if source.is_dir():
+        for child in source.iterdir():
+            _copy(child, target / child.name)
+    elif source.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
 
 
 def _fingerprint(prompts_: Sequence[np.ndarray]) -> str:
@@ -175,7 +228,7 @@ def _read_back(folder, asked: dict) -> Race | None:
     if record.get("asked") != asked:
         return None
     prompt = files.load_npy(prompt_file, fix="delete the race folder to race again")
-    fields = ("chosen", "ranking", "rungs", "steps", "seconds", "seeds")
+    fields = ("chosen", "folder", "ranking", "rungs", "steps", "seconds", "seeds")
     return Race(prompt=prompt, **{f: record[f] for f in fields})
 
 

@@ -176,8 +176,17 @@ def _transfer_prompt(spec, config, network, mesh, log) -> tuple[np.ndarray, tupl
     def run_race(candidates):
         folder = run_dir.subdir(spec.model_dir, "transfer", "race")
         steps, seeds = init.race_steps, init.race_seeds
+        start = checkpoints.initial_step(spec.initial_checkpoint)
+        raced = steps * race.rungs_for(len(candidates))
+        if raced >= config.steps - start:
+            raise initial.TransferError(
+                f"the race of {len(candidates)} sources trains its winner {raced} steps "
+                f"(RACE_STEPS={steps} a rung), as many as the run's {config.steps - start}: "
+                "lower RACE_STEPS or RACE_SOURCES, or train longer"
+            )
         found = race.race(spec, config, network, mesh, candidates, steps, seeds, folder, log.info)
-        log.info(found.cost_line(config.steps - checkpoints.initial_step(spec.initial_checkpoint)))
+        race.adopt(found, spec.model_dir, start)  # the winner's run goes on as this one
+        log.info(found.cost_line(config.steps - start))
         return found.prompt, found.report()
 
     model_scores = functools.partial(

@@ -144,12 +144,15 @@ def stack_key(spec: RunSpec, config: TrainConfig) -> str | None:
         prompts.PROMPT_PATH,
         f"{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}",
     )
+    transfer = config.prompt_init.transfer
+    raced = config.prompt_init.method == "transfer" and transfer.strategy == "race"
     if (
         not prompt_only
         or not spec.prompt_length
         or config.early_stopping_patience
         or config.then_model.steps
         or spec.phase
+        or raced  # it goes on from its race's last step, where no other run of a stack is
     ):
         return None
     return repr(  # a repr: a spec's feature lengths are a dict, which does not hash
