@@ -13,12 +13,16 @@ from collections.abc import Sequence
 
 from prompt_transfer.base import paths
 from prompt_transfer.base.settings import setting
+from prompt_transfer.trainer import race
 from prompt_transfer.transfer import similarity, views
 
 # Source prompts are compared with the target's task embedding by these; `zero_shot` (each
 # source used as is on the target) is always measured and ranked too.
 METRICS = (*similarity.METRICS, *similarity.INPUT_METRICS)
 BASELINES = ("sampled_vocab", "random_uniform")
+# The races' seed is RANDOM_SEED + this, which no judged run has (SEEDS_PER_RUN stays below it)
+# and which more seeds leave as it is, so a rerun reads the races back.
+RACE_SEED_OFFSET = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +57,7 @@ class StudyConfig:
     measure: str = setting(
         "accuracy", one_of=("accuracy", "balanced_accuracy"), macro="STUDY_MEASURE"
     )
-    seeds_per_run: int = setting(3, least=1, most=999, macro="SEEDS_PER_RUN")
+    seeds_per_run: int = setting(3, least=1, most=RACE_SEED_OFFSET - 1, macro="SEEDS_PER_RUN")
     stack_runs: int = setting(3, least=1, macro="STACK_RUNS")  # prompt runs in one step
     # the race of the sources on each target (a predictor, and what it costs): each rung's
     # steps and the runs per source that decide
@@ -67,14 +71,14 @@ class StudyConfig:
         """(source, target) pairs the study transfers: every source to every other task."""
         return [(s, t) for t in self.targets for s in self.sources if s != t]
 
+    def race_rungs(self, target: str) -> list[int]:
+        """The sources in each rung of the race on `target` (every source but the target;
+        trainer/race.py's halving)."""
+        return race.rung_sizes(len([s for s in self.sources if s != target]))
+
     def race_steps_of(self, target: str) -> int:
-        """Prompt steps of the race on `target`: every source but the target races, and the
-        worse half leaves after each rung of `race_steps` (trainer/race.py)."""
-        alive, steps = len([s for s in self.sources if s != target]), 0
-        while alive > 1:
-            steps += alive * self.race_steps * self.race_seeds
-            alive = -(-alive // 2)
-        return steps
+        """Prompt steps of the race on `target`: each rung's runners, `race_steps` each."""
+        return sum(self.race_rungs(target)) * self.race_steps * self.race_seeds
 
     @property
     def total_steps(self) -> int:

@@ -31,7 +31,7 @@ from prompt_transfer.prompt import prompts
 from prompt_transfer.stages import checks
 from prompt_transfer.stages import sources as sources_stage
 from prompt_transfer.stages.runs import Runs, base_run
-from prompt_transfer.study.config import StudyConfig
+from prompt_transfer.study.config import RACE_SEED_OFFSET, StudyConfig
 from prompt_transfer.trainer import race, remote, run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train import network_of
@@ -193,9 +193,6 @@ def _transfer(study: StudyConfig, runs: Runs, lib, entries: dict, progress):
 
 
 RACE = "race"  # the race's order of elimination, the survivor first
-# The races' seed is RANDOM_SEED + this, which no judged run has (SEEDS_PER_RUN is below it)
-# and which more seeds leave as it is, so a rerun reads the races back.
-RACE_SEED_OFFSET = 1000
 # minus the target's loss on its first training batches under each source, before any step
 ZERO_SHOT_LOSS = "zero_shot_loss"
 FIRST_RUNG = "first_rung"  # each source's score after the race's first rung
@@ -231,7 +228,7 @@ def _races(study: StudyConfig, runs: Runs, network, found, progress) -> dict:
             folder, say,
         )  # fmt: skip
         spent.append(found_race.steps)
-        first_steps.append(len(candidates) * study.race_steps * study.race_seeds)
+        first_steps.append(study.race_rungs(target)[0] * study.race_steps * study.race_seeds)
         for place, name in enumerate(found_race.ranking):
             order[t, found.sources.index(name)] = len(found_race.ranking) - place
         for name, score in (found_race.rungs[0]["scores"] if found_race.rungs else {}).items():

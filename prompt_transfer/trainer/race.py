@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import time
+import typing
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,15 +60,9 @@ class Race:
     seeds: int  # runs per source in each rung
 
     def report(self) -> dict:
-        return {
-            "chosen": self.chosen,
-            "folder": self.folder,
-            "ranking": self.ranking,
-            "rungs": self.rungs,
-            "steps": self.steps,
-            "seconds": round(self.seconds, 1),
-            "seeds": self.seeds,
-        }
+        """Every field but the prompt (race.json keeps that beside it, PROMPT_FILE)."""
+        out = {f: getattr(self, f) for f in REPORTED}
+        return dict(out, seconds=round(self.seconds, 1))
 
     @property
     def reached(self) -> int:
@@ -82,6 +77,27 @@ class Race:
             f"({self.steps / run_steps:.2f}x one run of {run_steps:,}), {self.seconds:.0f} s; "
             f"its run goes on from its step {self.reached:,} to the run's last"
         )
+
+
+REPORTED = tuple(f.name for f in dataclasses.fields(Race) if f.name != "prompt")
+
+
+class Runner(typing.NamedTuple):
+    """What one run of a rung ended with."""
+
+    score: float  # its main metric at the rung's last step
+    prompt: np.ndarray  # its prompt there (wide form)
+    examples: int  # validation examples it was scored on (0: a task without labels)
+
+
+def rung_sizes(candidates: int) -> list[int]:
+    """The sources that train in each rung of a race of `candidates` (halving, ceil(n / 2)
+    going on, until one is left): 6 -> [6, 3, 2]."""
+    sizes = []
+    while candidates > 1:
+        sizes.append(candidates)
+        candidates = math.ceil(candidates / 2)
+    return sizes
 
 
 def halve(scores: dict[str, float], order: Sequence[str]) -> list[str]:
@@ -130,7 +146,7 @@ def race(
         say(f"race: read back from {paths.path(folder) / RACE_FILE}")
         return done
     started = time.monotonic()
-    alive, rungs, finals, spent = names, [], {}, 0
+    alive, rungs, results, spent = names, [], {}, 0
     starts = {(name, j): prompt for name, prompt in candidates for j in range(seeds)}
     while len(alive) > 1:
         runners = [(name, j) for name in alive for j in range(seeds)]
@@ -138,22 +154,21 @@ def race(
         results = _rung(spec, config, network, mesh, folder, runners, reached, steps, starts)
         spent += steps * len(runners)
         scores = {
-            name: float(np.mean([results[(name, j)][0] for j in range(seeds)])) for name in alive
+            name: float(np.mean([results[(name, j)].score for j in range(seeds)])) for name in alive
         }
         kept = halve(scores, names)
-        examples = results[runners[0]][2]  # every runner reads the same validation split
+        examples = results[runners[0]].examples  # every runner reads the same validation split
         rungs.append({"step": reached, "scores": scores, "kept": kept, "examples": examples})
         say(
             f"race rung {len(rungs)} (steps {reached - steps + 1}-{reached}, "
             f"{len(runners)} runs in one stacked step, {examples} validation examples each): "
             + ", ".join(f"{n} {scores[n]:.2f}{'' if n in kept else ' (out)'}" for n in scores)
         )
-        finals.update(results)
         alive = kept
     chosen, best = alive[0], 0
-    if rungs:  # its best seed's prompt where the race ended
-        best = max(range(seeds), key=lambda j: finals[(chosen, j)][0])
-        prompt = finals[(chosen, best)][1]
+    if rungs:  # its best seed's prompt where the race ended (the last rung's results)
+        best = max(range(seeds), key=lambda j: results[(chosen, j)].score)
+        prompt = results[(chosen, best)].prompt
     else:  # one candidate: nothing to race
         prompt = dict(candidates)[chosen]
     found = Race(
@@ -170,14 +185,6 @@ def race(
     record = dict(found.report(), asked=asked)
     files.atomic_write_text(paths.path(folder) / RACE_FILE, json.dumps(record, indent=1))
     return found
-
-
-def rungs_for(candidates: int) -> int:
-    """How many rungs a race of `candidates` sources runs (halving until one is left)."""
-    rungs = 0
-    while candidates > 1:
-        candidates, rungs = math.ceil(candidates / 2), rungs + 1
-    return rungs
 
 
 def adopt(found: Race, model_dir, start: int) -> None:
@@ -225,17 +232,16 @@ def _read_back(folder, asked: dict) -> Race | None:
     if not (record_file.exists() and prompt_file.exists()):
         return None
     record = files.read_json(record_file)
-    if record.get("asked") != asked:
-        return None
+    if record.get("asked") != asked or not set(REPORTED) <= record.keys():
+        return None  # another race, or one recorded before a field existed: race again
     prompt = files.load_npy(prompt_file, fix="delete the race folder to race again")
-    fields = ("chosen", "folder", "ranking", "rungs", "steps", "seconds", "seeds")
-    return Race(prompt=prompt, **{f: record[f] for f in fields})
+    return Race(prompt=prompt, **{f: record[f] for f in REPORTED})
 
 
 def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts) -> dict:
-    """{(source, seed index): (score at `reached`, final prompt, validation examples scored)}:
-    each runner trained up to step `reached` (from its source's prompt on the first rung, from
-    its checkpoint after), all in one stacked step, evaluated at the end."""
+    """{(source, seed index): its `Runner`}: each trained up to step `reached` (from its
+    source's prompt on the first rung, from its checkpoint after), all in one stacked step,
+    evaluated at the end."""
     first = reached == steps
     sub = config.nested(reached, eval_period=steps, save_period=steps)
     specs = [
@@ -258,5 +264,5 @@ def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts) 
     for runner, s, (_, final) in zip(runners, specs, results, strict=True):
         last = run_dir.read_eval_history(s.model_dir)[-1]
         examples = sum(((last.get("labels") or {}).get(s.task) or {}).values())
-        out[runner] = (seqio_eval.main_metric(last["results"])[1], final, examples)
+        out[runner] = Runner(seqio_eval.main_metric(last["results"])[1], final, examples)
     return out

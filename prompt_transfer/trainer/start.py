@@ -177,7 +177,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> tuple[np.ndarray, tupl
         folder = run_dir.subdir(spec.model_dir, "transfer", "race")
         steps, seeds = init.race_steps, init.race_seeds
         start = checkpoints.initial_step(spec.initial_checkpoint)
-        raced = steps * race.rungs_for(len(candidates))
+        raced = steps * len(race.rung_sizes(len(candidates)))
         if raced >= config.steps - start:
             raise initial.TransferError(
                 f"the race of {len(candidates)} sources trains its winner {raced} steps "

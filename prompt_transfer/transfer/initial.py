@@ -48,7 +48,8 @@ class TransferInit:
       best_of_top_k (a short run from each of the top k, keep the best on validation);
       top_k_mixture (one prompt trained on the top-k sources' mixture starts the target);
       race (the RACE_SOURCES most similar sources, 0: all, race on the target by successive
-      halving, RACE_STEPS a rung, RACE_SEEDS runs each; the survivor's raced prompt starts it);
+      halving, RACE_STEPS a rung, RACE_SEEDS runs each; the winner's run goes on as the
+      target run: trainer/race.py);
       attention (the top k stay frozen beside the target, which starts from the first, and a
       trained module mixes them per input: prompt/attention.py); compose (the prompts of the
       target's sub-tasks, `compose_sources`, joined along the sequence, summed with weights, or

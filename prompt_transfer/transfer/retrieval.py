@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 from prompt_transfer.base.errors import UserError
+from prompt_transfer.data.batches import BatchStream
 from prompt_transfer.model import seqio_eval
 from prompt_transfer.prompt import prompts as prompts_lib
 from prompt_transfer.transfer import similarity, views
@@ -164,10 +166,6 @@ def zero_shot_loss_matrix(
     """[N prompts, T targets]: the token-mean cross entropy of each target's first
     LOSS_BATCHES training batches (seed 0, the same for every prompt) under each prompt used as
     is: the loss a target run would start from, before any step."""
-    import jax
-
-    from prompt_transfer.data.batches import BatchStream
-
     loss = jax.jit(lambda params, batch: model.loss(params, batch)[1]["cross_entropy"])
     matrix = np.zeros((len(prompts), len(targets)))
     for j, target in enumerate(targets):
