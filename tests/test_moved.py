@@ -67,10 +67,10 @@ PROMPT_LENGTH = 4
 
 def test_a_run_folder_from_before_the_move_takes_the_same_config(tmp_path):
     (tmp_path / run_dir.CONFIG_FILE).write_text(OLD_CONFIG)
-    run_dir.check_model_dir(tmp_path, NEW_CONFIG, overwrite=False, resume=False)  # no refusal
+    run_dir.RunDir(tmp_path).check_config(NEW_CONFIG, overwrite=False, resume=False)  # no refusal
     other = NEW_CONFIG.replace("LEARNING_RATE = 0.3", "LEARNING_RATE = 0.1")
     with pytest.raises(run_dir.RunDirError, match="LEARNING_RATE = 0.3"):
-        run_dir.check_model_dir(tmp_path, other, overwrite=False, resume=False)
+        run_dir.RunDir(tmp_path).check_config(other, overwrite=False, resume=False)
     renamed = NEW_CONFIG.replace("import prompts", "import prompts as p")
     with pytest.raises(run_dir.RunDirError, match="different config"):
-        run_dir.check_model_dir(tmp_path, renamed, overwrite=False, resume=False)
+        run_dir.RunDir(tmp_path).check_config(renamed, overwrite=False, resume=False)

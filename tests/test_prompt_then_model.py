@@ -103,8 +103,8 @@ def test_two_phases_in_one_model_dir(task, tmp_path, capsys, mode, deep):
 
     # Evaluations: phase 1's in phase1/, phase 2's from the boundary step on; at the boundary
     # the network is still the frozen one, so the scores are phase 1's last.
-    firsts = run_dir.read_eval_history(run / "phase1")
-    seconds = run_dir.read_eval_history(run)
+    firsts = run_dir.RunDir(run / "phase1").read_eval_history()
+    seconds = run_dir.RunDir(run).read_eval_history()
     assert [h["step"] for h in firsts] == [3, 6] and [h["step"] for h in seconds] == [6, 9, 12]
     assert seconds[0]["results"] == firsts[-1]["results"]
 
@@ -154,8 +154,9 @@ def test_a_kill_on_either_side_of_the_boundary_resumes_in_its_phase_bit_for_bit(
         for path, value in straight.items():
             np.testing.assert_array_equal(resumed[path], value, err_msg=f"{run.name}: {path}")
         for phase in ("", "phase1"):
-            assert run_dir.read_eval_history(run / phase) == run_dir.read_eval_history(
-                tmp_path / "straight" / phase
+            assert (
+                run_dir.RunDir(run / phase).read_eval_history()
+                == run_dir.RunDir(tmp_path / "straight" / phase).read_eval_history()
             )
     assert "resumed from checkpoint_6" in (before / "phase1" / "log.txt").read_text()
 
@@ -163,8 +164,8 @@ def test_a_kill_on_either_side_of_the_boundary_resumes_in_its_phase_bit_for_bit(
 def test_phase_two_at_a_zero_learning_rate_keeps_phase_ones_scores(task, tmp_path):
     run = tmp_path / "run"
     train_main(two_phase_args(run, "--gin.MODEL_LEARNING_RATE=0"))
-    last = run_dir.read_eval_history(run / "phase1")[-1]
-    seconds = run_dir.read_eval_history(run)
+    last = run_dir.RunDir(run / "phase1").read_eval_history()[-1]
+    seconds = run_dir.RunDir(run).read_eval_history()
     assert [h["step"] for h in seconds] == [6, 9, 12]
     assert all(h["results"] == last["results"] for h in seconds)
     assert seconds[-1]["predictions"] == last["predictions"]
@@ -174,7 +175,7 @@ def test_phase_two_at_a_zero_learning_rate_keeps_phase_ones_scores(task, tmp_pat
     # More MODEL_STEPS extend phase 2, as more TRAIN_STEPS extend a run.
     train_main(two_phase_args(run, "--gin.MODEL_LEARNING_RATE=0", "--gin.MODEL_STEPS=9"))
     assert "resumed from checkpoint_12" in (run / "log.txt").read_text()
-    assert [h["step"] for h in run_dir.read_eval_history(run)] == [6, 9, 12, 15]
+    assert [h["step"] for h in run_dir.RunDir(run).read_eval_history()] == [6, 9, 12, 15]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from prompt_transfer.data import offline_data
 from prompt_transfer.prompt import multitask
 from prompt_transfer.spot import report
 from prompt_transfer.stages import figures
-from prompt_transfer.trainer import run_record
+from prompt_transfer.trainer import run_dir, run_record
 from prompt_transfer.transfer import library
 
 SOURCES = ["offline_sentiment_coachella", "offline_bbc_topic"]
@@ -431,7 +431,7 @@ def test_a_run_recorded_before_a_setting_existed_is_reused_only_at_its_default(
     record = tmp_path / "run" / runs.SETTINGS_FILE
     record.parent.mkdir()
     record.write_text(json.dumps(old))
-    monkeypatch.setattr(runs.run_dir, "holds_run", lambda model_dir: True)
+    monkeypatch.setattr(run_dir.RunDir, "holds_run", lambda self: True)
     with pytest.raises(runs.FlowError, match="attention_hidden = null, this flow asks for 32"):
         runs.check_settings([run(attention_hidden=32)], str(tmp_path))
     runs.check_settings([run()], str(tmp_path))  # the default: the run is this one

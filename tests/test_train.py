@@ -371,7 +371,8 @@ def test_runs_trained_together_end_where_each_alone_does(task, tmp_path):
                 np.load(mine / name), np.load(theirs / name), atol=5e-5, err_msg=name
             )
         histories = [
-            [(h["step"], h["value"]) for h in run_dir.read_eval_history(d)] for d in (mine, theirs)
+            [(h["step"], h["value"]) for h in run_dir.RunDir(d).read_eval_history()]
+            for d in (mine, theirs)
         ]
         assert histories[0] == histories[1] and len(histories[0]) == 2
         assert "trained together with 2 other run(s)" in (mine / "log.txt").read_text()
@@ -427,16 +428,17 @@ def test_sigterm_saves_exits_4_and_the_rerun_ends_where_an_uninterrupted_run_doe
     assert cli.main(args) == errors.EXIT_PREEMPTED
     assert "SIGTERM at step 17: saved checkpoint_17" in capsys.readouterr().err
     assert (tmp_path / "preempted" / "checkpoint_17").exists()
-    assert run_dir.read_eval_history(tmp_path / "preempted") == []  # stopped, not evaluated
+    preempted = run_dir.RunDir(tmp_path / "preempted")
+    assert preempted.read_eval_history() == []  # stopped, not evaluated
     monkeypatch.setattr(data.BatchStream, "__next__", real_next)
     assert cli.main(args) == 0
     np.testing.assert_array_equal(
         np.load(tmp_path / "preempted" / "prompts" / "checkpoint_30.npy"),
         np.load(tmp_path / "straight" / "prompts" / "checkpoint_30.npy"),
     )
-    history = run_dir.read_eval_history(tmp_path / "preempted")
+    history = run_dir.RunDir(tmp_path / "preempted").read_eval_history()
     assert [h["step"] for h in history] == [17, 30]
-    assert history == run_dir.read_eval_history(tmp_path / "straight")
+    assert history == run_dir.RunDir(tmp_path / "straight").read_eval_history()
 
 
 def test_nan_loss_stops_naming_steps_and_keeps_last_good_checkpoint(
@@ -491,9 +493,9 @@ def test_an_interrupted_first_save_is_not_a_checkpoint_to_resume(tmp_path):
     from prompt_transfer.trainer import run_dir
 
     (tmp_path / "checkpoint_10.orbax-checkpoint-tmp-1700000000").mkdir()  # killed mid-save
-    assert not run_dir.holds_checkpoint(tmp_path)
+    assert not run_dir.RunDir(tmp_path).holds_checkpoint()
     (tmp_path / "checkpoint_10").mkdir()
-    assert run_dir.holds_checkpoint(tmp_path)
+    assert run_dir.RunDir(tmp_path).holds_checkpoint()
 
 
 def test_a_torn_last_evaluation_line_is_dropped_and_appends_stay_jsonl(tmp_path):
@@ -502,14 +504,14 @@ def test_a_torn_last_evaluation_line_is_dropped_and_appends_stay_jsonl(tmp_path)
     good = [{"step": s, "metric": "accuracy", "value": 50.0 + s, "results": {}} for s in (2, 4)]
     history = tmp_path / run_dir.EVAL_HISTORY
     history.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"step": 6, "met')
-    assert [r["step"] for r in run_dir.read_eval_history(tmp_path)] == [2, 4]
-    with run_dir.ProgressLog(tmp_path, 10, quiet=True) as log:
+    assert [r["step"] for r in run_dir.RunDir(tmp_path).read_eval_history()] == [2, 4]
+    with run_dir.ProgressLog(run_dir.RunDir(tmp_path), 10, quiet=True) as log:
         log.eval_metrics(6, {"t": {"accuracy": 57.0}}, "accuracy", 57.0)
-    assert [r["step"] for r in run_dir.read_eval_history(tmp_path)] == [2, 4, 6]
+    assert [r["step"] for r in run_dir.RunDir(tmp_path).read_eval_history()] == [2, 4, 6]
     assert all(json.loads(line) for line in history.read_text().splitlines())
     history.write_text('{"step": 2}\nnot json\n{"step": 4}\n')  # damage inside is named
     with pytest.raises(run_dir.RunDirError, match="line 2 is not JSON"):
-        run_dir.read_eval_history(tmp_path)
+        run_dir.RunDir(tmp_path).read_eval_history()
 
 
 @pytest.mark.parametrize(

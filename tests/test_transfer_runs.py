@@ -322,7 +322,7 @@ def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, 
     folder = run / "transfer" / "race"
     for rung in race["rungs"]:
         for name, score in rung["scores"].items():
-            history = run_dir.read_eval_history(folder / name / "seed_0")
+            history = run_dir.RunDir(folder / name / "seed_0").read_eval_history()
             logged = {h["step"]: h["results"]["test_keyword"] for h in history}
             assert score == pytest.approx(next(iter(logged[rung["step"]].values())))
     survivor = folder / race["chosen"] / "seed_0"
@@ -331,9 +331,9 @@ def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, 
     # The run adopted the survivor's run: it resumed at step 4 and trained steps 5-6 only, its
     # history the survivor's evaluations, then its own.
     assert "resumed from checkpoint_4" in (run / "log.txt").read_text()
-    history = run_dir.read_eval_history(run)
+    history = run_dir.RunDir(run).read_eval_history()
     assert [h["step"] for h in history] == [2, 4, 6]
-    assert history[:2] == run_dir.read_eval_history(survivor)
+    assert history[:2] == run_dir.RunDir(survivor).read_eval_history()
     assert (run / "checkpoint_6").exists()
     assert (
         "trained together with 2 other run(s) in one stacked step"

@@ -1,7 +1,7 @@
 """Where the modules of the flat package (up to session 17) live now, so that what was written
 with the old names still reads: a size file that `convert` or `export` wrote
 (`from prompt_transfer import t5`), a user's own gin file or script, and the config.gin of a run
-folder, which a relaunch compares line by line (`run_dir.check_model_dir`).
+folder, which a relaunch compares line by line (`RunDir.check_config`).
 
 `install()` (run by `prompt_transfer/__init__.py`) puts a finder first on `sys.meta_path` that
 answers an old name with the module of its new one: the same module object, so a gin binding

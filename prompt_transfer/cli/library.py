@@ -36,7 +36,7 @@ def _add(lib, args) -> None:
     from prompt_transfer.trainer import run_dir
 
     deep, known = None, {}
-    if paths.path(args.path).is_dir() and run_dir.holds_run(args.path):
+    if paths.path(args.path).is_dir() and run_dir.RunDir(args.path).holds_run():
         prompt, deep = _run_prompt(args.path, "latest")
         known = _run_facts(args.path)
     else:
@@ -67,9 +67,10 @@ def _run_facts(model_dir: str) -> dict:
 
     record = run_record.read(model_dir) or {}
     spec = record.get("spec", {})
-    model_file = run_dir.subdir(model_dir, run_dir.MODEL_FILE)
+    folder = run_dir.RunDir(model_dir)
+    model_file = folder.file(run_dir.MODEL_FILE)
     model = json.loads(model_file.read_text()) if model_file.exists() else {}
-    last = (run_dir.read_eval_history(model_dir, trained=True) or [None])[-1]  # steps trained
+    last = (folder.read_eval_history(trained=True) or [None])[-1]  # steps trained
     facts = {"task": spec.get("task"), "model": spec.get("model_name"),
              "fingerprint": model.get("fingerprint", ""), "seed": spec.get("seed", 0)}  # fmt: skip
     if last:

@@ -89,9 +89,10 @@ def cmd_score(args) -> None:
     module = t5.T5(config)
     prompt = _score_prompt(args)  # before the restore: a bad prompt costs nothing
     params = checkpoints.restore_params(args.checkpoint, t5.abstract_params(module))
-    if args.prompt and run_dir.holds_run(args.prompt):  # the model the run's prompt trained on
+    folder = run_dir.RunDir(args.prompt) if args.prompt else None
+    if folder and folder.holds_run():  # the model the run's prompt trained on
         found = {"fingerprint": library.model_fingerprint(params), "checkpoint": args.checkpoint}
-        run_dir.check_model(args.prompt, found, create=False)
+        folder.check_model(found, create=False)
     if prompt is not None:  # joined as in training (a deep prompt's layers too)
         params = prompts.join(params, config, prompt)
     v = vocab.get_vocabulary(args.vocab)
@@ -123,7 +124,7 @@ def _score_prompt(args):
         return np.asarray(lib.prompt(entry, deep=bool(entry.deep_width)))
     if args.prompt and peft_io.is_adapter(args.prompt):
         return peft_io.read_adapter(args.prompt)[0]
-    if args.prompt and paths.path(args.prompt).is_dir() and run_dir.holds_run(args.prompt):
+    if args.prompt and paths.path(args.prompt).is_dir() and run_dir.RunDir(args.prompt).holds_run():
         # A run's folder: its latest checkpoint's prompt, a deep prompt's layers with it.
         prompt, deep, _ = weights.run_prompt(args.prompt, "latest")
         return prompt if deep is None else np.concatenate([prompt, deep], 1)

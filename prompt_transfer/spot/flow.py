@@ -121,7 +121,7 @@ def train_targets(
         progress.stage(f"target {task}: {described}", len(planned))
         runs.train(list(planned.values()))
         for (name, _), (spec, _) in planned.items():
-            _gather(trained, task, name, paths.path(spec.model_dir))
+            _gather(trained, task, name, spec.run_dir)
         changed = [(name, run) for (name, _), run in planned.items() if changes_network(name)]
         if changed:
             log(f"what the {len(changed)} target runs that trained the network forget")
@@ -132,15 +132,15 @@ def train_targets(
     return trained
 
 
-def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
+def _gather(trained: TargetRuns, task: str, name: str, folder: run_dir.RunDir) -> None:
     """Add one target run's (one seed's) curve, predictions and transfer report; a
     prompt-then-model run's curve is phase 1's (MODEL_DIR/phase1) then phase 2's."""
-    phase1 = run_dir.subdir(model_dir, run_dir.PHASE1)
-    history = run_dir.read_eval_history(model_dir, trained=True)  # steps after the checkpoint's
-    if phase1.exists():
+    phase1 = folder.below(run_dir.PHASE1)
+    history = folder.read_eval_history(trained=True)  # steps after the checkpoint's
+    if phase1.root.exists():
         later = {h["step"] for h in history}  # phase 2 evaluates at the boundary step too
         history = [
-            *(h for h in run_dir.read_eval_history(phase1, trained=True) if h["step"] not in later),
+            *(h for h in phase1.read_eval_history(trained=True) if h["step"] not in later),
             *history,
         ]
     trained.curves.setdefault((task, name), []).append(
@@ -150,8 +150,8 @@ def _gather(trained: TargetRuns, task: str, name: str, model_dir) -> None:
         last = history[-1]
         trained.predictions.setdefault((task, name), []).append(last["predictions"].get(task))
         trained.labels[task] = last["labels"].get(task)
-    for where in (model_dir, phase1):
-        report_file = where / "transfer" / "report.json"
+    for where in (folder, phase1):
+        report_file = where.file("transfer", "report.json")
         if not report_file.exists():
             continue
         picked = files.read_json(report_file, "remove that run's folder to train it again")

@@ -17,7 +17,6 @@ from etils import epath
 
 from prompt_transfer.base import errors, files
 from prompt_transfer.prompt import prompts
-from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
 from prompt_transfer.trainer.train import train_together
 
@@ -95,10 +94,10 @@ class Runs:
 def _finished(spec: RunSpec, config: TrainConfig) -> bool:
     """Whether MODEL_DIR already holds this run, trained this long (a rerun reuses it; a
     prompt-then-model run's both phases)."""
-    history = run_dir.read_eval_history(spec.model_dir)
-    done = run_dir.subdir(spec.model_dir, "prompts").exists()
+    history = spec.run_dir.read_eval_history()
+    done = spec.run_dir.file("prompts").exists()
     stop = resolved(spec, config).total_steps
-    return bool((done or run_dir.holds_checkpoint(spec.model_dir)) and history) and (
+    return bool((done or spec.run_dir.holds_checkpoint()) and history) and (
         history[-1]["step"] >= stop
     )
 
@@ -127,14 +126,14 @@ def check_settings(planned: Sequence[Run], work: str) -> None:
     """Refuse, before any training, a run directory of WORK_DIR that was trained with other
     settings (a rerun would reuse or resume it as if it were this run); record new ones."""
     for spec, config in planned:
-        record = run_dir.subdir(spec.model_dir, SETTINGS_FILE)
+        record = spec.run_dir.file(SETTINGS_FILE)
         wanted = settings(spec, config, work)
         held = (
             files.read_json(record, "remove that run's folder to train it again")
             if record.exists()
             else None
         )
-        trained = run_dir.holds_run(spec.model_dir)
+        trained = spec.run_dir.holds_run()
         if held is None and trained:
             continue  # a run of a flow older than the records
         # A setting added to the code since the record was written, asked at its default, is

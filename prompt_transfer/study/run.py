@@ -248,7 +248,8 @@ def _budgets(eval_period: int, steps: int) -> list[int]:
 
 def _scores(model_dir: str, steps: list[int], task: str, measure: str) -> np.ndarray:
     """The run's `measure` of `task` at each of `steps` (its evaluation history)."""
-    history = run_dir.read_eval_history(model_dir, trained=True)  # steps after the checkpoint's
+    # steps after the checkpoint's
+    history = run_dir.RunDir(model_dir).read_eval_history(trained=True)
     by_step = {h["step"]: h["results"][task].get(measure) for h in history}
     if any(by_step.get(s) is None for s in steps):
         raise StudyError(
@@ -263,7 +264,7 @@ def _chance(runs: Runs, study: StudyConfig, target: str) -> float | None:
     last evaluation), in points: the majority class's share for accuracy, 100 / classes for
     balanced accuracy; None for a task without labels."""
     folder = runs.work / "study" / target / study.baseline / f"seed_{runs.spec.seed}"
-    history = run_dir.read_eval_history(folder)
+    history = run_dir.RunDir(folder).read_eval_history()
     labels = (history[-1].get("labels") or {}).get(target) if history else None
     if not labels:
         return None

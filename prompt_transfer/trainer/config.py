@@ -8,6 +8,7 @@ the first compilation: bad input is refused in one line that names the macro.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
@@ -20,6 +21,7 @@ from prompt_transfer.data import file_tasks as file_task_lib
 from prompt_transfer.model import seqio_eval
 from prompt_transfer.network import partitioning, t5
 from prompt_transfer.prompt import kinds, multitask, prompts
+from prompt_transfer.trainer.run_dir import RunDir
 from prompt_transfer.trainer.train_state import OptimizerConfig, TrainError
 
 
@@ -144,6 +146,11 @@ class RunSpec:
         for sub in registry.subtasks(task):
             vocab.check_model_reads(sub, self.model_config.vocab_size, self.vocabulary)
         return task
+
+    @functools.cached_property
+    def run_dir(self) -> RunDir:
+        """MODEL_DIR, resolved once for the whole run."""
+        return RunDir(self.model_dir)
 
     @property
     def deep_width(self) -> int:

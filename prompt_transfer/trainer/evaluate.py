@@ -34,19 +34,19 @@ def trained(spec: RunSpec, checkpoint: str):
             "saved, e.g. 'checkpoint_1000'"
         )
     check_numbers(spec)
-    run_dir.check_folder(spec.model_dir)
+    spec.run_dir.check_folder()
     record = run_record.read(spec.model_dir)
     spec.prepare_tasks()
     mesh = partitioning.make_mesh(spec.num_partitions)
     network = network_of(spec, mesh)
-    run_dir.check_model(spec.model_dir, model_record(spec, network), create=False)
+    spec.run_dir.check_model(model_record(spec, network), create=False)
     blank = prompts.blank(spec.prompt_length, spec.model_config, spec.deep_prompt)
-    if run_dir.read_phases(spec.model_dir) is not None:  # prompt, then model: phase 1's prompt
-        blank = run_dir.phase1_prompt(spec.model_dir)
-    elif run_dir.subdir(spec.model_dir, run_dir.PHASE1).exists():
+    if spec.run_dir.read_phases() is not None:  # prompt, then model: phase 1's prompt
+        blank = spec.run_dir.phase1_prompt()
+    elif spec.run_dir.file(run_dir.PHASE1).exists():
         raise TrainError(
             f"MODEL_DIR={spec.model_dir} is a prompt-then-model run still in phase 1; evaluate "
-            f"that phase's prompt with MODEL_DIR={run_dir.subdir(spec.model_dir, run_dir.PHASE1)}"
+            f"that phase's prompt with MODEL_DIR={spec.run_dir.file(run_dir.PHASE1)}"
         )
     params, step = weights.restore_trained(spec.model_dir, network, blank, mesh, checkpoint, record)
     return EncoderDecoderModel(network.module, kind=kinds.of_run(spec.model_dir)), params, step
@@ -93,7 +93,7 @@ def evaluate(
         "results": results,
         "main_metric": {name: value},
     }
-    target = run_dir.subdir(spec.model_dir, f"eval_{split}_{checkpoint}.json")
+    target = spec.run_dir.file(f"eval_{split}_{checkpoint}.json")
     files.atomic_write_text(target, json.dumps(report, indent=1))
     return report
 
@@ -125,7 +125,7 @@ def infer(
         )
         records += [dict(r, task=name) for r in found] if own_model is not model else found
     source = paths.path(input_file).stem if input_file else split
-    out = output_file or run_dir.subdir(spec.model_dir, f"predictions_{source}_step{step}.jsonl")
+    out = output_file or spec.run_dir.file(f"predictions_{source}_step{step}.jsonl")
     files.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     return str(out)
 

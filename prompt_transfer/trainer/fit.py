@@ -69,11 +69,9 @@ def fit(
             state, stream = _open(
                 spec, config, create_state(trainable, optimizer, mesh), store, log
             )
-            run_dir.write_config(
-                spec.model_dir, run_record.operative_config(config_text, spec, config)
-            )
+            spec.run_dir.write_config(run_record.operative_config(config_text, spec, config))
             run_record.write(spec, config, trainable)
-            bests.append(run_dir.BestTracker.load(spec.model_dir))
+            bests.append(run_dir.BestTracker.load(spec.run_dir.root))
             hooks.append(run_hooks(spec, config, model, fixed, store, bests[-1], log, stream))
             states.append(state)
             streams.append(stream)
@@ -128,7 +126,7 @@ def _open(spec, config, state, store, log):
         state, position = store.restore(state)
         log.info(f"resumed from checkpoint_{int(state.step)} (data position {position})")
     elif spec.phase == 2:  # phase 2 counts and reads on from phase 1's end (phases.py)
-        boundary = run_dir.read_phases(spec.model_dir)
+        boundary = spec.run_dir.read_phases()
         state = _at_step(state, boundary["phase1_step"])
         position = boundary["phase1_step"] - start  # one batch a step
     else:
@@ -280,8 +278,6 @@ def run_hooks(spec, config, model, fixed, store, best, log, stream) -> loop.Hook
         return False
 
     def evaluated(step: int) -> bool:
-        return not evaluator or any(
-            h["step"] == step for h in run_dir.read_eval_history(spec.model_dir)
-        )
+        return not evaluator or any(h["step"] == step for h in spec.run_dir.read_eval_history())
 
     return loop.Hooks(log_window, save, evaluate, evaluated)

@@ -27,7 +27,7 @@ from prompt_transfer.model import seqio_eval
 from prompt_transfer.network import partitioning
 from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import config as config_lib
-from prompt_transfer.trainer import evaluate, run_dir
+from prompt_transfer.trainer import evaluate
 from prompt_transfer.trainer.config import RunSpec, TrainConfig
 from prompt_transfer.trainer.train import network_of
 from prompt_transfer.trainer.train_state import TrainError
@@ -125,7 +125,7 @@ def forget(
         "mean_kept": _mean(r["kept"] for r in rows),
         "mean_kept_balanced": _mean(r["balanced_kept"] for r in rows),
     }
-    target = run_dir.subdir(spec.model_dir, f"forget_{split}_{checkpoint}.json")
+    target = spec.run_dir.file(f"forget_{split}_{checkpoint}.json")
     files.atomic_write_text(target, json.dumps(report, indent=1))
     return report
 
@@ -206,7 +206,7 @@ def measure_runs(
     `frozen_scores` is shared, so each source prompt meets the frozen network once."""
     reports = []
     for spec, config in runs:
-        written = run_dir.subdir(spec.model_dir, f"forget_{SPLIT}_{CHECKPOINT}.json")
+        written = spec.run_dir.file(f"forget_{SPLIT}_{CHECKPOINT}.json")
         if written.exists():
             held = files.read_json(written, "remove it to measure it again")
             stop = config_lib.resolved(spec, config).total_steps

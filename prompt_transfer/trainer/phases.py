@@ -60,7 +60,7 @@ def phase2_run(spec: RunSpec, config: TrainConfig, boundary: dict) -> tuple[RunS
 
 
 def _phase1_dir(spec: RunSpec):
-    return run_dir.subdir(spec.model_dir, run_dir.PHASE1)
+    return spec.run_dir.file(run_dir.PHASE1)
 
 
 def write_boundary(spec: RunSpec, config: TrainConfig, summary: dict, final) -> dict:
@@ -71,9 +71,9 @@ def write_boundary(spec: RunSpec, config: TrainConfig, summary: dict, final) -> 
     boundary = {"phase1_step": summary["step"], "trainable": phase.regex(), "prompt": phase.prompt}
 
     def write():
-        files.save_npy(run_dir.subdir(_phase1_dir(spec), run_dir.FINAL_PROMPT), final)
+        files.save_npy(spec.run_dir.file(run_dir.PHASE1, run_dir.FINAL_PROMPT), final)
         files.atomic_write_text(
-            run_dir.subdir(spec.model_dir, run_dir.PHASES_FILE), json.dumps(boundary, indent=1)
+            spec.run_dir.file(run_dir.PHASES_FILE), json.dumps(boundary, indent=1)
         )
         return boundary
 

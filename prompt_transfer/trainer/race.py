@@ -131,6 +131,7 @@ def race(
     """Race `candidates` ((source name, its prompt in the run's wide form), in retrieval's
     order) on `spec.task`, RACE_STEPS `steps` a rung, `seeds` runs per source from
     `spec.seed`, under `folder`; a race.json there of the same race is read back instead."""
+    folder = paths.path(folder)
     names = [name for name, _ in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"race candidates must have distinct names: {names}")
@@ -143,7 +144,7 @@ def race(
     }
     done = _read_back(folder, asked)
     if done is not None:
-        say(f"race: read back from {paths.path(folder) / RACE_FILE}")
+        say(f"race: read back from {folder / RACE_FILE}")
         return done
     started = time.monotonic()
     alive, rungs, results, spent = names, [], {}, 0
@@ -174,32 +175,31 @@ def race(
     found = Race(
         chosen,
         np.asarray(prompt, np.float32),
-        str(run_dir.subdir(folder, chosen, f"seed_{best}")),
+        str(folder / chosen / f"seed_{best}"),
         ranking(rungs, names),
         rungs,
         spent,
         time.monotonic() - started,
         seeds,
     )
-    files.save_npy(paths.path(folder) / PROMPT_FILE, found.prompt)
+    files.save_npy(folder / PROMPT_FILE, found.prompt)
     record = dict(found.report(), asked=asked)
-    files.atomic_write_text(paths.path(folder) / RACE_FILE, json.dumps(record, indent=1))
+    files.atomic_write_text(folder / RACE_FILE, json.dumps(record, indent=1))
     return found
 
 
-def adopt(found: Race, model_dir, start: int) -> None:
-    """Make the survivor's run MODEL_DIR's own up to the race's end (`ADOPTED`; `start`: the
-    initial checkpoint's step, from which the steps count), so that the target run resumes
-    from it, optimizer state and data position included, instead of starting over. Process
-    0 copies; the others wait for it."""
+def adopt(found: Race, target: run_dir.RunDir, start: int) -> None:
+    """Make the survivor's run the target run's own (`target`: its MODEL_DIR) up to the
+    race's end (`ADOPTED`; `start`: the initial checkpoint's step, from which the steps count),
+    so that the target run resumes from it, optimizer state and data position included,
+    instead of starting over. Process 0 copies; the others wait for it."""
     if not found.rungs:
         return
-    step = start + found.reached
+    step, survivor = start + found.reached, run_dir.RunDir(found.folder)
 
     def copy() -> None:
         for name in ADOPTED:
-            _copy(paths.path(found.folder) / name.format(step=step),
-                  paths.path(model_dir) / name.format(step=step))  # fmt: skip
+            _copy(survivor.file(name.format(step=step)), target.file(name.format(step=step)))
 
     if files.is_chief():
         copy()
@@ -228,7 +228,7 @@ def _fingerprint(prompts_: Sequence[np.ndarray]) -> str:
 def _read_back(folder, asked: dict) -> Race | None:
     """The race finished in `folder` before, if it was this one (same candidates and their
     prompts, rungs and seeds); None otherwise."""
-    record_file, prompt_file = paths.path(folder) / RACE_FILE, paths.path(folder) / PROMPT_FILE
+    record_file, prompt_file = folder / RACE_FILE, folder / PROMPT_FILE
     if not (record_file.exists() and prompt_file.exists()):
         return None
     record = files.read_json(record_file)
@@ -247,7 +247,7 @@ def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts) 
     specs = [
         dataclasses.replace(
             spec,
-            model_dir=str(run_dir.subdir(folder, name, f"seed_{j}")),
+            model_dir=str(folder / name / f"seed_{j}"),
             seed=spec.seed + j,
         )
         for name, j in runners
@@ -256,13 +256,13 @@ def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts) 
     blank = prompts.blank(spec.prompt_length, spec.model_config, spec.deep_prompt)
     with contextlib.ExitStack() as held:
         for s in specs:
-            run_dir.check_model_dir(s.model_dir, "", overwrite=first, resume=not first)
-        logs = [held.enter_context(run_dir.ProgressLog(s.model_dir, sub.steps)) for s in specs]
+            s.run_dir.check_config("", overwrite=first, resume=not first)
+        logs = [held.enter_context(run_dir.ProgressLog(s.run_dir, sub.steps)) for s in specs]
         begin = [starts[r] if first else blank for r in runners]
         results = fit(specs, sub, network, mesh, begin, logs)
     out = {}
     for runner, s, (_, final) in zip(runners, specs, results, strict=True):
-        last = run_dir.read_eval_history(s.model_dir)[-1]
+        last = s.run_dir.read_eval_history()[-1]
         examples = sum(((last.get("labels") or {}).get(s.task) or {}).values())
         out[runner] = Runner(seqio_eval.main_metric(last["results"])[1], final, examples)
     return out

@@ -43,15 +43,12 @@ EVAL_HISTORY = "eval_history.jsonl"
 _RESUMABLE_MACROS = ("TRAIN_STEPS", "MODEL_STEPS", "EVAL_PERIOD", "SAVE_PERIOD", "LOG_PERIOD")
 
 
-class RunDirError(UserError):
-    pass
-
-
-def subdir(model_dir: paths.PathLike, *names: str):
-    """MODEL_DIR/name/... through the path layer (local or gs://)."""
-    return paths.path(model_dir).joinpath(*[n for n in names if n])
-
-
+PHASES_FILE = "phases.json"
+PHASE1 = "phase1"
+FINAL_PROMPT = "final_prompt.npy"
+LOCK_FILE = ".lock"
+MODEL_FILE = "model.json"
+RECORD_FILE = "run.json"  # what the run is (run_record.py writes it)
 _CHECKPOINT = re.compile(r"checkpoint_\d+")  # orbax's finished steps, not its temporaries
 # What a run writes in MODEL_DIR (`--overwrite` removes these and nothing else).
 _RUN_FILES = re.compile(
@@ -62,70 +59,170 @@ _RUN_FILES = re.compile(
 )
 
 
-PHASES_FILE = "phases.json"
-PHASE1 = "phase1"
-FINAL_PROMPT = "final_prompt.npy"
+class RunDirError(UserError):
+    pass
 
 
-def read_phases(model_dir: paths.PathLike) -> dict | None:
-    """The boundary of a prompt-then-model run whose phase 1 has finished (trainer/phases.py):
-    {"phase1_step", "trainable", "prompt"}; None for any other run, or
-    before the boundary."""
-    path = subdir(model_dir, PHASES_FILE)
-    if not path.exists():
-        return None
-    return files.read_json(
-        path, "remove it and launch the run again: phase 1 is finished and writes it anew"
-    )
+class RunDir:
+    """One run's MODEL_DIR, resolved through the path layer once, where a command takes the
+    folder (`RunSpec.run_dir`, or `RunDir(path)` for a folder a command is given); every question
+    about the run's files is asked of it. Local and gs:// alike."""
 
+    def __init__(self, model_dir: paths.PathLike | RunDir):
+        if isinstance(model_dir, RunDir):
+            model_dir = model_dir.given
+        self.given = os.fspath(model_dir)  # as the user wrote it: messages, remote or not
+        self.root = paths.path(model_dir)
 
-def phase1_prompt(model_dir: paths.PathLike) -> np.ndarray:
-    """Phase 1's final prompt (wide form), which phase 2 starts from."""
-    return files.load_npy(subdir(model_dir, PHASE1, FINAL_PROMPT))
+    def __repr__(self) -> str:
+        return f"RunDir({self.given!r})"
 
+    def __str__(self) -> str:
+        return str(self.root)
 
-def check_folder(model_dir: paths.PathLike) -> None:
-    """Refuse a MODEL_DIR that cannot be a folder (a file, or a path inside one) before any work;
-    the OS would say only "File exists", naming neither MODEL_DIR nor the fix."""
-    wrong = paths.folder_problem(model_dir)
-    if wrong:
-        raise RunDirError(f"MODEL_DIR={str(model_dir)!r} {wrong} for the run")
+    def file(self, *names: str):
+        """MODEL_DIR/name/... (empty names are skipped)."""
+        return self.root.joinpath(*[n for n in names if n])
 
+    def below(self, *names: str) -> RunDir:
+        """The run folder MODEL_DIR/name/... (a phase's or a race's run)."""
+        return RunDir(self.file(*names))
 
-def saved_steps(model_dir: paths.PathLike) -> list[int]:
-    """The steps of MODEL_DIR's finished checkpoints, in order (a save killed half-way leaves
-    orbax's temporary directory, which is not one)."""
-    directory = paths.path(model_dir)
-    if not directory.exists():
-        return []
-    names = (p.name for p in directory.glob("checkpoint_*"))
-    return sorted(int(n.split("_")[1]) for n in names if _CHECKPOINT.fullmatch(n))
+    def read_phases(self) -> dict | None:
+        """The boundary of a prompt-then-model run whose phase 1 has finished
+        (trainer/phases.py): {"phase1_step", "trainable", "prompt"}; None for any other run, or
+        before the boundary."""
+        path = self.file(PHASES_FILE)
+        if not path.exists():
+            return None
+        return files.read_json(
+            path, "remove it and launch the run again: phase 1 is finished and writes it anew"
+        )
 
+    def phase1_prompt(self) -> np.ndarray:
+        """Phase 1's final prompt (wide form), which phase 2 starts from."""
+        return files.load_npy(self.file(PHASE1, FINAL_PROMPT))
 
-def holds_checkpoint(model_dir: paths.PathLike) -> bool:
-    """Whether MODEL_DIR holds a finished checkpoint."""
-    return bool(saved_steps(model_dir))
+    def check_folder(self) -> None:
+        """Refuse a MODEL_DIR that cannot be a folder (a file, or a path inside one) before any
+        work; the OS would say only "File exists", naming neither MODEL_DIR nor the fix."""
+        wrong = paths.folder_problem(self.given)
+        if wrong:
+            raise RunDirError(f"MODEL_DIR={self.given!r} {wrong} for the run")
 
+    def saved_steps(self) -> list[int]:
+        """The steps of MODEL_DIR's finished checkpoints, in order (a save killed half-way
+        leaves orbax's temporary directory, which is not one)."""
+        if not self.root.exists():
+            return []
+        names = (p.name for p in self.root.glob("checkpoint_*"))
+        return sorted(int(n.split("_")[1]) for n in names if _CHECKPOINT.fullmatch(n))
 
-def holds_run(model_dir: paths.PathLike) -> bool:
-    """Whether MODEL_DIR holds a run already (its config or a checkpoint)."""
-    return subdir(model_dir, CONFIG_FILE).exists() or holds_checkpoint(model_dir)
+    def holds_checkpoint(self) -> bool:
+        """Whether MODEL_DIR holds a finished checkpoint."""
+        return bool(self.saved_steps())
 
+    def holds_run(self) -> bool:
+        """Whether MODEL_DIR holds a run already (its config or a checkpoint)."""
+        return self.file(CONFIG_FILE).exists() or self.holds_checkpoint()
 
-def clear_run(model_dir: paths.PathLike) -> list[str]:
-    """Remove what a run wrote in MODEL_DIR and nothing else; returns what stays (the user's
-    own files). Only process 0 of a multi-host job removes."""
-    directory, kept = paths.path(model_dir), []
-    for entry in sorted(directory.iterdir()):
-        if not _RUN_FILES.fullmatch(entry.name):
-            kept.append(entry.name)
-        elif not files.is_chief():
-            continue
-        elif entry.is_dir():
-            entry.rmtree()
-        else:
-            entry.unlink()
-    return kept
+    def clear_run(self) -> list[str]:
+        """Remove what a run wrote in MODEL_DIR and nothing else; returns what stays (the
+        user's own files). Only process 0 of a multi-host job removes."""
+        kept = []
+        for entry in sorted(self.root.iterdir()):
+            if not _RUN_FILES.fullmatch(entry.name):
+                kept.append(entry.name)
+            elif not files.is_chief():
+                continue
+            elif entry.is_dir():
+                entry.rmtree()
+            else:
+                entry.unlink()
+        return kept
+
+    def check_config(self, config_text: str, overwrite: bool, resume: bool) -> None:
+        """Refuse a MODEL_DIR that holds a run with another config (or clear it: `overwrite`).
+
+        The run's config.gin is written later (`write_config`), once set-up has succeeded, so
+        a launch that fails on bad input leaves nothing that a corrected launch would trip over.
+        """
+        existing = self.file(CONFIG_FILE)
+        held = self.holds_run()
+        if held and overwrite:
+            self.clear_run()
+        elif held and not resume:
+            old = _comparable(existing.read_text()) if existing.exists() else ["<no config.gin>"]
+            new = _comparable(config_text)
+            if old != new:
+                diff = next(
+                    (f"{a!r} vs {b!r}" for a, b in zip(old, new, strict=False) if a != b),
+                    f"{len(old)} vs {len(new)} lines",
+                )
+                raise RunDirError(
+                    f"MODEL_DIR {self} holds a run with a different config ({diff}); "
+                    "pass --overwrite to start over or --resume to continue it"
+                )
+
+    def write_config(self, config_text: str) -> None:
+        files.atomic_write_text(self.file(CONFIG_FILE), config_text)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold MODEL_DIR for this run: a second run there (whose checkpoint manager would
+        delete this one's checkpoints) is refused in one line; a lock whose process is gone (a
+        kill) is taken over. Local directories only: an object store has no atomic create, so
+        there the scheduler must keep runs apart. Only the first host of a multi-host job takes
+        it."""
+        self.check_folder()  # on every host: each refuses alike
+        if paths.is_remote(self.given) or jax.process_index() != 0:
+            yield
+            return
+        created = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        target = Path(paths.absolute(self.root)) / LOCK_FILE
+        _take(target, self)
+        try:
+            yield
+        finally:
+            target.unlink(missing_ok=True)
+            if created and not any(target.parent.iterdir()):  # refused before writing anything
+                target.parent.rmdir()
+
+    def check_model(self, record: dict, create: bool) -> None:
+        """The frozen model a run belongs to (MODEL_DIR/model.json: its fingerprint, checkpoint
+        and vocabulary). Resuming, evaluating or inferring with another model is refused; a new
+        run records its own (`create`)."""
+        path = self.file(MODEL_FILE)
+        if not path.exists():
+            if create:
+                files.atomic_write_text(path, json.dumps(record, indent=1))
+            return
+        stored = files.read_json(path, "it names the run's frozen model: restore it from a copy")
+        if stored.get("fingerprint") != record.get("fingerprint"):
+            raise RunDirError(
+                f"MODEL_DIR {self} was trained with the frozen model "
+                f"{stored.get('checkpoint')} (fingerprint {stored.get('fingerprint')}), not "
+                f"{record.get('checkpoint')} (fingerprint {record.get('fingerprint')}); use the "
+                "run's own INITIAL_CHECKPOINT_PATH"
+            )
+
+    def start_step(self) -> int:
+        """The step a run's count began at (its initial checkpoint's, run.json's start_step; 0
+        for a run without one or from before T5X's count): its steps trained are step - start."""
+        record = self.file(RECORD_FILE)
+        if not record.exists():
+            return 0
+        found = files.read_json(record, "it describes the run: restore it from a copy of the run")
+        return int(found.get("start_step", 0)) if isinstance(found, dict) else 0
+
+    def read_eval_history(self, trained: bool = False) -> list[dict]:
+        """The evaluations of a run, in order; a resumed run's repeated steps keep the last.
+        `trained`: each entry's step is the steps trained (step - start_step), as a flow
+        compares runs."""
+        history = _read_eval_history(self.file(EVAL_HISTORY))
+        start = self.start_step() if trained and history else 0
+        return [dict(h, step=h["step"] - start) for h in history] if start else history
 
 
 def _comparable(config_text: str) -> list[str]:
@@ -139,40 +236,6 @@ def _comparable(config_text: str) -> list[str]:
     )
 
 
-def check_model_dir(
-    model_dir: paths.PathLike, config_text: str, overwrite: bool, resume: bool
-) -> None:
-    """Refuse a `model_dir` that holds a run with another config (or clear it: `overwrite`).
-
-    The run's config.gin is written later (`write_config`), once set-up has succeeded, so a
-    launch that fails on bad input leaves nothing that a corrected launch would trip over.
-    """
-    model_dir = paths.path(model_dir)
-    existing = model_dir / CONFIG_FILE
-    held = holds_run(model_dir)
-    if held and overwrite:
-        clear_run(model_dir)
-    elif held and not resume:
-        old = _comparable(existing.read_text()) if existing.exists() else ["<no config.gin>"]
-        new = _comparable(config_text)
-        if old != new:
-            diff = next(
-                (f"{a!r} vs {b!r}" for a, b in zip(old, new, strict=False) if a != b),
-                f"{len(old)} vs {len(new)} lines",
-            )
-            raise RunDirError(
-                f"MODEL_DIR {model_dir} holds a run with a different config ({diff}); "
-                "pass --overwrite to start over or --resume to continue it"
-            )
-
-
-# ---------------------------------------------------------------------------------------------
-# One run at a time, and the model it belongs to.
-
-LOCK_FILE = ".lock"
-MODEL_FILE = "model.json"
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -183,20 +246,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def lock(model_dir: paths.PathLike):
-    """Hold MODEL_DIR for this run: a second run there (whose checkpoint manager would delete
-    this one's checkpoints) is refused in one line; a lock whose process is gone (a kill) is
-    taken over. Local directories only: an object store has no atomic create, so there the
-    scheduler must keep runs apart. Only the first host of a multi-host job takes it."""
-    check_folder(model_dir)  # on every host: each refuses alike
-    directory = paths.path(model_dir)
-    if paths.is_remote(model_dir) or jax.process_index() != 0:
-        yield
-        return
-    created = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
-    target = Path(paths.absolute(directory)) / LOCK_FILE
+def _take(target: Path, folder: RunDir) -> None:
+    """Create the lock file `target`, or refuse: another live process holds the run."""
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
     for _ in range(2):
         try:
@@ -212,45 +263,12 @@ def lock(model_dir: paths.PathLike):
                 continue
             since = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder.get("since", 0)))
             raise RunDirError(
-                f"MODEL_DIR {directory} is in use by process {pid} on {host} since {since}; "
+                f"MODEL_DIR {folder.root} is in use by process {pid} on {host} since {since}; "
                 f"wait for it, stop it, or remove {target} if that run is gone"
             ) from None
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(me))
-        break
-    try:
-        yield
-    finally:
-        target.unlink(missing_ok=True)
-        if created and not any(target.parent.iterdir()):  # refused before writing anything
-            target.parent.rmdir()
-
-
-def check_model(model_dir: paths.PathLike, record: dict, create: bool) -> None:
-    """The frozen model a run belongs to (MODEL_DIR/model.json: its fingerprint, checkpoint and
-    vocabulary). Resuming, evaluating or inferring with another model is refused; a new run
-    records its own (`create`)."""
-    path = subdir(model_dir, MODEL_FILE)
-    if not path.exists():
-        if create:
-            files.atomic_write_text(path, json.dumps(record, indent=1))
         return
-    stored = files.read_json(path, "it names the run's frozen model: restore it from a copy")
-    if stored.get("fingerprint") != record.get("fingerprint"):
-        raise RunDirError(
-            f"MODEL_DIR {paths.path(model_dir)} was trained with the frozen model "
-            f"{stored.get('checkpoint')} (fingerprint {stored.get('fingerprint')}), not "
-            f"{record.get('checkpoint')} (fingerprint {record.get('fingerprint')}); use the "
-            "run's own INITIAL_CHECKPOINT_PATH"
-        )
-
-
-def write_config(model_dir: paths.PathLike, config_text: str) -> None:
-    files.atomic_write_text(subdir(model_dir, CONFIG_FILE), config_text)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints.
 
 
 def _drop_torn_line(path) -> None:
@@ -269,27 +287,7 @@ def _drop_torn_line(path) -> None:
     files.atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
 
 
-def start_step(model_dir: paths.PathLike) -> int:
-    """The step a run's count began at (its initial checkpoint's, run.json's start_step; 0 for
-    a run without one or from before T5X's count): its steps trained are step - start."""
-    record = subdir(model_dir, "run.json")
-    if not record.exists():
-        return 0
-    found = files.read_json(record, "it describes the run: restore it from a copy of the run")
-    return int(found.get("start_step", 0)) if isinstance(found, dict) else 0
-
-
-def read_eval_history(model_dir: paths.PathLike, trained: bool = False) -> list[dict]:
-    """The evaluations of a run, in order; a resumed run's repeated steps keep the last.
-    `trained`: each entry's step is the steps trained (step - start_step), as a flow compares
-    runs."""
-    history = _read_eval_history(model_dir)
-    start = start_step(model_dir) if trained and history else 0
-    return [dict(h, step=h["step"] - start) for h in history] if start else history
-
-
-def _read_eval_history(model_dir: paths.PathLike) -> list[dict]:
-    path = subdir(model_dir, EVAL_HISTORY)
+def _read_eval_history(path) -> list[dict]:
     if not path.exists():
         return []
     try:
@@ -327,14 +325,15 @@ class BestTracker:
         self.evals_since_best += 1
         return False
 
-    def save(self, model_dir: paths.PathLike) -> None:
+    def save(self, root) -> None:
+        """To `root` (MODEL_DIR, a resolved path)/best/best.json."""
         files.atomic_write_text(
-            subdir(model_dir, "best", "best.json"), json.dumps(dataclasses.asdict(self), indent=1)
+            root / "best" / "best.json", json.dumps(dataclasses.asdict(self), indent=1)
         )
 
     @classmethod
-    def load(cls, model_dir: paths.PathLike) -> BestTracker:
-        path = subdir(model_dir, "best", "best.json")
+    def load(cls, root) -> BestTracker:
+        path = root / "best" / "best.json"
         if not path.exists():
             return cls()
         return cls(**files.read_json(path, "restore it from a copy of the run"))
@@ -352,10 +351,10 @@ class ProgressLog:
     whose checkpoint does not fit) leaves the run's files as they were.
     """
 
-    def __init__(self, model_dir: paths.PathLike, total_steps: int, quiet: bool = False):
+    def __init__(self, folder: RunDir, total_steps: int, quiet: bool = False):
         chief = files.is_chief()  # the other processes of a multi-host job say nothing
         self.total, self.quiet, self.chief = total_steps, quiet or not chief, chief
-        self.model_dir = paths.path(model_dir)
+        self.model_dir = folder.root
         self.log = self.model_dir / "log.txt"
         self._held: list[str] | None = []  # log.txt's lines until the run has begun
         self._writers = None

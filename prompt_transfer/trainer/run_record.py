@@ -31,7 +31,7 @@ from prompt_transfer.prompt import kinds, prompts
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, network_paths
 
-RECORD_FILE = "run.json"
+RECORD_FILE = run_dir.RECORD_FILE
 FORMAT = 1
 FLOW_SETTINGS = "flow_run.json"  # stages/runs.py's record of a flow run's settings
 
@@ -95,16 +95,17 @@ def check_counted(model_dir: str, start: int) -> None:
 def write(spec: RunSpec, config: TrainConfig, trainable: dict) -> None:
     """MODEL_DIR/run.json, atomically (process 0)."""
     text = json.dumps(describe(spec, config, trainable), indent=1)
-    files.atomic_write_text(run_dir.subdir(spec.model_dir, RECORD_FILE), text + "\n")
+    files.atomic_write_text(spec.run_dir.file(RECORD_FILE), text + "\n")
 
 
 def read(model_dir: paths.PathLike) -> dict | None:
     """The record of the run in `model_dir` (None: none written), or the one a SPoT flow's
     settings give for a folder older than records. A damaged record is refused in one line."""
-    path = run_dir.subdir(model_dir, RECORD_FILE)
+    folder = run_dir.RunDir(model_dir)
+    path = folder.file(RECORD_FILE)
     if path.exists():
         return _parse(path)
-    older = run_dir.subdir(model_dir, FLOW_SETTINGS)
+    older = folder.file(FLOW_SETTINGS)
     return _from_flow_settings(_parse(older)) if older.exists() else None
 
 
@@ -155,7 +156,7 @@ def spec_of(record: dict, model_dir: str) -> RunSpec:
         return RunSpec(model_dir=str(model_dir), **fields)
     except (TypeError, KeyError, ValueError) as e:
         raise RecordError(
-            f"{run_dir.subdir(model_dir, RECORD_FILE)} does not describe a run this version "
+            f"{run_dir.RunDir(model_dir).file(RECORD_FILE)} does not describe a run this version "
             f"reads ({str(e).splitlines()[0]}); give the run's gin files instead"
         ) from None
 
@@ -249,7 +250,7 @@ def reconcile(
         notes.append(f"reading with {shown}; the run trained with {trained}")
         spec = dataclasses.replace(spec, feature_lengths=dict(asked.feature_lengths))
     # The frozen checkpoint may have moved: the command's path is read, and MODEL_DIR's
-    # model.json refuses it unless it holds the run's weights (run_dir.check_model).
+    # model.json refuses it unless it holds the run's weights (RunDir.check_model).
     spec = dataclasses.replace(spec, initial_checkpoint=asked.initial_checkpoint)
     # Layout and registration are the command's: its devices, where it reads the tasks from,
     # and its own file tasks beside the run's (a file task it evaluates on).

@@ -34,8 +34,8 @@ def starting_prompt(spec: RunSpec, config: TrainConfig, network, mesh, log) -> n
     prompt (trainer/phases.py), trained on or kept fixed. A fresh run's kind begins here, the
     same call for every kind (prompt/kinds.py)."""
     if spec.phase == 2:
-        return run_dir.phase1_prompt(spec.model_dir)
-    if run_dir.holds_checkpoint(spec.model_dir):
+        return spec.run_dir.phase1_prompt()
+    if spec.run_dir.holds_checkpoint():
         return prompts.blank(spec.prompt_length, spec.model_config, spec.deep_prompt)
     prompt, retrieved = _initial(spec, config, network, mesh, log)
     if prompt is not None:
@@ -144,11 +144,11 @@ def _short_run(spec, config, network, mesh, name, task, steps, prompt, eval_peri
     """A nested run under MODEL_DIR/transfer/<name> (a best_of_top_k candidate or the
     top_k_mixture run); returns (summary, final prompt). It never transfers itself."""
     sub_spec = dataclasses.replace(
-        spec, model_dir=str(run_dir.subdir(spec.model_dir, "transfer", name)), task=task
+        spec, model_dir=str(spec.run_dir.file("transfer", name)), task=task
     )
     sub_config = resolved(sub_spec, config.nested(steps, eval_period, steps))
-    run_dir.check_model_dir(sub_spec.model_dir, "", overwrite=True, resume=False)
-    with run_dir.ProgressLog(sub_spec.model_dir, sub_config.steps) as log:
+    sub_spec.run_dir.check_config("", overwrite=True, resume=False)
+    with run_dir.ProgressLog(sub_spec.run_dir, sub_config.steps) as log:
         [result] = fit([sub_spec], sub_config, network, mesh, [prompt], [log])
         return result
 
@@ -174,7 +174,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> tuple[np.ndarray, tupl
         return short_run("mixture", mixture, init.mixture_steps, start, 0)[1]
 
     def run_race(candidates):
-        folder = run_dir.subdir(spec.model_dir, "transfer", "race")
+        folder = spec.run_dir.file("transfer", "race")
         steps, seeds = init.race_steps, init.race_seeds
         start = checkpoints.initial_step(spec.initial_checkpoint)
         raced = steps * len(race.rung_sizes(len(candidates)))
@@ -185,7 +185,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> tuple[np.ndarray, tupl
                 "lower RACE_STEPS or RACE_SOURCES, or train longer"
             )
         found = race.race(spec, config, network, mesh, candidates, steps, seeds, folder, log.info)
-        race.adopt(found, spec.model_dir, start)  # the winner's run goes on as this one
+        race.adopt(found, spec.run_dir, start)  # the winner's run goes on as this one
         log.info(found.cost_line(config.steps - start))
         return found.prompt, found.report()
 
@@ -212,7 +212,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> tuple[np.ndarray, tupl
         run_race,
     )
     sources = report.pop("source_prompts", None)  # attention keeps them (its `begin`)
-    folder = run_dir.subdir(spec.model_dir, "transfer")
+    folder = spec.run_dir.file("transfer")
     files.save_npy(folder / "initial_prompt.npy", prompt)
     report = dict(report, strategy=init.strategy)
     files.atomic_write_text(folder / "report.json", json.dumps(report, indent=1))

@@ -70,11 +70,11 @@ def check_only(
     mesh = partitioning.make_mesh(spec.num_partitions)
     check_run(spec, config, mesh)
     batches.check_prepared(spec.task)
-    if overwrite and run_dir.holds_run(spec.model_dir):
+    if overwrite and spec.run_dir.holds_run():
         folder = "holds a run that --overwrite would clear"
     else:
-        run_dir.check_model_dir(spec.model_dir, config_text, overwrite=False, resume=resume)
-        folder = "holds a run that resumes" if run_dir.holds_run(spec.model_dir) else "new"
+        spec.run_dir.check_config(config_text, overwrite=False, resume=resume)
+        folder = "holds a run that resumes" if spec.run_dir.holds_run() else "new"
     start = checkpoints.initial_step(spec.initial_checkpoint)
     return {
         "check": "ok",
@@ -120,7 +120,7 @@ def train_together(
         if config.then_model.steps:
             two_phases.append(i)
             continue
-        key = None if run_dir.holds_run(spec.model_dir) else stack_key(spec, config)
+        key = None if spec.run_dir.holds_run() else stack_key(spec, config)
         if key is None:
             alone.append([i])
         else:
@@ -171,7 +171,7 @@ def stackable(runs: Sequence[tuple[RunSpec, TrainConfig]]) -> bool:
         and len(keys) == 1
         and None not in keys
         and len({s.model_dir for s, _ in runs}) == len(runs)
-        and not any(run_dir.holds_run(s.model_dir) for s, _ in runs)
+        and not any(s.run_dir.holds_run() for s, _ in runs)
     )
 
 
@@ -194,15 +194,15 @@ def train_stack(
         check_run(spec, config, mesh)
     with contextlib.ExitStack() as held:
         for spec in specs:
-            held.enter_context(run_dir.lock(spec.model_dir))
-            run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
+            held.enter_context(spec.run_dir.lock())
+            spec.run_dir.check_config(config_text, overwrite=overwrite, resume=resume)
         runtime.barrier("model_dir checked")  # process 0 cleared them when told to
         network = network_of(specs[0], mesh)
-        fresh = [not run_dir.holds_run(spec.model_dir) for spec in specs]
+        fresh = [not spec.run_dir.holds_run() for spec in specs]
         for spec in specs:
-            run_dir.check_model(spec.model_dir, model_record(spec, network), create=True)
+            spec.run_dir.check_model(model_record(spec, network), create=True)
         try:
-            logs = [held.enter_context(run_dir.ProgressLog(s.model_dir, c.steps)) for s, c in runs]
+            logs = [held.enter_context(run_dir.ProgressLog(s.run_dir, c.steps)) for s, c in runs]
             starts = []
             for (spec, config), log in zip(runs, logs, strict=True):
                 warn_random_network(spec, log)
@@ -212,8 +212,8 @@ def train_stack(
             # Refused before its first checkpoint (a transfer source that does not fit, say):
             # a new run leaves nothing behind that a corrected launch would trip over.
             for spec, new in zip(specs, fresh, strict=True):
-                if new and not run_dir.holds_checkpoint(spec.model_dir):
-                    run_dir.clear_run(spec.model_dir)
+                if new and not spec.run_dir.holds_checkpoint():
+                    spec.run_dir.clear_run()
             raise
         summaries = [
             finish(spec, config, network, log, summary, final, config_text)
@@ -231,10 +231,10 @@ def train_two_phases(
     summary with phase 1's under "phase1"."""
     check_numbers(spec, config)
     check_run(spec, config, partitioning.make_mesh(spec.num_partitions))
-    with run_dir.lock(spec.model_dir):  # --overwrite clears both phases, a new config is refused
-        run_dir.check_model_dir(spec.model_dir, config_text, overwrite=overwrite, resume=resume)
+    with spec.run_dir.lock():  # --overwrite clears both phases, a new config is refused
+        spec.run_dir.check_config(config_text, overwrite=overwrite, resume=resume)
     runtime.barrier("two-phase model_dir checked")
-    boundary = run_dir.read_phases(spec.model_dir)
+    boundary = spec.run_dir.read_phases()
     first = None
     if boundary is None:
         [(first, final)] = train_stack(
@@ -242,7 +242,7 @@ def train_two_phases(
         )
         boundary = phases.write_boundary(spec, config, first, final)
     second_spec, second_config = phases.phase2_run(spec, config, boundary)
-    with run_dir.ProgressLog(spec.model_dir, second_config.steps) as log:
+    with run_dir.ProgressLog(spec.run_dir, second_config.steps) as log:
         log.info(
             f"phase 2: the network trains ({config.then_model.trainable!r}, learning rate "
             f"{config.then_model.learning_rate:g}) with phase 1's prompt "
@@ -283,7 +283,7 @@ def warn_random_network(spec: RunSpec, log) -> None:
 def finish(spec, config, network, log, summary: dict, final, config_text: str) -> dict:
     """The run's summary, its final prompt (wide form) added to LIBRARY_DIR when set."""
     if config.library_dir and isinstance(final, dict):  # a multi-task run: one per task
-        last = (run_dir.read_eval_history(spec.model_dir) or [{}])[-1]
+        last = (spec.run_dir.read_eval_history() or [{}])[-1]
         entries = {}
         for task, prompt in final.items():
             first = list(last.get("results", {}).get(task, {}).items())[:1]

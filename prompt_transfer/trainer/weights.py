@@ -169,7 +169,7 @@ def restore_trained(
     initial values when a command's TRAINABLE named the input prompt only)."""
     from prompt_transfer.trainer import run_record
 
-    directory = run_dir.subdir(model_dir, "best" if which == "best" else "")
+    directory = run_dir.RunDir(model_dir).file("best" if which == "best" else "")
     with saving.CheckpointStore(directory, keep=1_000_000, create=False) as store:
         if which.startswith("checkpoint_"):  # the step asked for, whole, or refused
             step = _saved_step(store, int(which.split("_")[1]), directory)
@@ -236,8 +236,9 @@ def run_prompt(model_dir: str, which: str = "latest") -> tuple[np.ndarray, np.nd
     from prompt_transfer.trainer import run_record
 
     run_record.refuse_unless_prompt_only(model_dir, run_record.read(model_dir))
-    root = run_dir.subdir(model_dir, "best" if which == "best" else "")
-    step = saving.newest_intact(root, run_dir.saved_steps(root), run_record.say)
+    folder = run_dir.RunDir(model_dir).below("best" if which == "best" else "")
+    root = folder.root
+    step = saving.newest_intact(root, folder.saved_steps(), run_record.say)
     if step is None:
         never = "it never evaluated; use --checkpoint latest" if which == "best" else "train it"
         raise TrainError(f"no {which} prompt in {model_dir} (no checkpoint in {root}): {never}")

@@ -67,7 +67,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_prompt(uninterrupted, tmp_pat
 
     final = np.load(model_dir / "prompts" / f"checkpoint_{STEPS}.npy")
     np.testing.assert_array_equal(final, uninterrupted)
-    history = run_dir.read_eval_history(model_dir)
+    history = run_dir.RunDir(model_dir).read_eval_history()
     assert [h["step"] for h in history] == [4, 8]
     assert all(json.loads(line) for line in (model_dir / "eval_history.jsonl").open())
     (entry,) = library.Library(lib).entries()  # one entry, whole, with the final prompt
