@@ -647,6 +647,47 @@ def test_rank_classification_with_labels_of_different_token_lengths(anchors, mon
     assert accuracy == pytest.approx(expected)
 
 
+def test_the_true_labels_likelihood_is_their_probability_among_the_labels(anchors, monkeypatch):
+    """The evaluator's likelihood is the mean log-probability of each example's true label among
+    the labels (a softmax over the candidates' scores); sharper scores that pick the same labels
+    keep the accuracy and change it, which is what a race's rung needs to tell runs apart."""
+    from synthetic_tasks import keyword_examples
+
+    from prompt_transfer.model import seqio_eval
+
+    labels = ("yes", "no")
+    name = register_keyword_task(T5_VOCAB, "test_keyword_likelihood", labels=labels)
+    config = gin_files.read_model_config("tiny")
+    module, _, network = weights.frozen_network(
+        config, str(TINY_CHECKPOINT), partitioning.make_mesh(1), 0
+    )
+    evaluator = seqio_eval.TaskEvaluator(
+        EncoderDecoderModel(module), name, "validation", {"inputs": 12, "targets": 6}, 32
+    )
+    targets = keyword_examples(32, 1, labels)["targets"]
+    truth = np.array([labels.index(t) for t in targets])
+
+    def scored(margin):  # even examples favour 'yes' by `margin` nats, odd ones 'no'
+        favoured = np.arange(32) % 2
+        table = np.where(np.arange(2)[None] == favoured[:, None], margin, 0.0)
+        return lambda params, tokens, candidates, prompt: jnp.asarray(
+            table[: tokens.shape[0]], jnp.float32
+        )
+
+    found = {}
+    for margin in (1.0, 3.0):
+        monkeypatch.setattr(seqio_eval, "_jitted", lambda model, m=margin: (scored(m), None))
+        accuracy = evaluator.evaluate(network)[name]["accuracy"]
+        found[margin] = (accuracy, evaluator.likelihoods()[name])
+        right = truth == np.arange(32) % 2
+        p_right = np.exp(margin) / (np.exp(margin) + 1)
+        expected = np.mean(np.where(right, np.log(p_right), np.log(1 - p_right)))
+        assert found[margin][1] == pytest.approx(expected)
+        assert evaluator.labels[name] == {label: int(np.sum(truth == i)) for i, label in
+                                          enumerate(labels)}  # fmt: skip
+    assert found[1.0][0] == found[3.0][0] and found[1.0][1] != found[3.0][1]
+
+
 def test_a_resume_restores_the_data_iterator_and_matches_a_straight_run(task, tmp_path):
     def run(model_dir, steps):
         args = tiny_run_args(

@@ -289,11 +289,8 @@ def test_compose_starts_from_the_prompts_two_subtask_runs_trained(anchors, tmp_p
         np.testing.assert_allclose(start, _summed(expected, parts), rtol=1e-6)
 
 
-def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, tmp_path):
-    """Three sources race: rung 1 trains all three in one stacked step, rung 2 the better two
-    from their checkpoints, and the survivor's run goes on as the target run from the race's
-    last step (its checkpoint adopted) to TRAIN_STEPS; each rung's scores are what its runs'
-    evaluations logged."""
+def _three_sources(lib, tmp_path):
+    """The library with a third source, source_c."""
     root = tmp_path / "library"
     shutil.copytree(lib[0], root)
     register_keyword_task(T5_VOCAB, name="source_c")
@@ -305,6 +302,15 @@ def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, 
         model="tiny",
         model_fingerprint=known.model_fingerprint,
     )
+    return root
+
+
+def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, tmp_path):
+    """Three sources race: rung 1 trains all three in one stacked step, rung 2 the better two
+    from their checkpoints, and the survivor's run goes on as the target run from the race's
+    last step (its checkpoint adopted) to TRAIN_STEPS; each rung's scores are what its runs'
+    evaluations logged."""
+    root = _three_sources(lib, tmp_path)
     run = tmp_path / "run"
     args = ("--gin.RACE_STEPS=2", "--gin.EVAL_PERIOD=2")
     with pytest.raises(UserError, match="trains its winner 4 steps .* as many as the run's 2"):
@@ -348,6 +354,39 @@ def test_race_halves_the_sources_in_stacked_rungs_and_the_survivor_goes_on(lib, 
     np.testing.assert_array_equal(again.prompt, initial)
     assert race_lib._read_back(folder, dict(asked, seed=1)) is None
     assert race_lib._read_back(folder, dict(asked, prompts="0" * 16)) is None  # retrained
+
+
+def test_a_race_decided_by_the_true_labels_likelihood(lib, tmp_path, monkeypatch):
+    """RACE_SCORE='likelihood': each rung's scores are the log-probabilities of the true labels
+    that its runs' evaluations logged, the survivor is the best of them, and the race is not
+    the one decided by the main metric (neither is read back for the other). A target without
+    labels is refused before anything trains."""
+    root = _three_sources(lib, tmp_path)
+    run = tmp_path / "run"
+    args = ("--gin.RACE_STEPS=2", "--gin.EVAL_PERIOD=2", "--gin.TRAIN_STEPS=6")
+    _run(run, (root, lib[1]), "race", *args, "--gin.RACE_SCORE='likelihood'")
+    race = _report(run)[0]["race"]
+    folder = run / "transfer" / "race"
+    for rung in race["rungs"]:
+        for name, score in rung["scores"].items():
+            history = run_dir.RunDir(folder / name / "seed_0").read_eval_history()
+            logged = {h["step"]: h["label_log_likelihood"]["test_keyword"] for h in history}
+            assert score == pytest.approx(logged[rung["step"]]) and score < 0
+        assert (
+            rung["kept"]
+            == sorted(rung["scores"], key=rung["scores"].get, reverse=True)[: len(rung["kept"])]
+        )
+    asked = json.loads((folder / race_lib.RACE_FILE).read_text())["asked"]
+    assert asked["score"] == "likelihood"
+    assert race_lib._read_back(folder, asked) is not None
+    by_metric = {k: v for k, v in asked.items() if k != "score"}  # how a metric race asks
+    assert race_lib._read_back(folder, by_metric) is None
+    monkeypatch.setattr(race_lib.registry, "mixture_labels", lambda name: {name: ()})
+    with pytest.raises(UserError, match="RACE_SCORE='likelihood' needs a classification"):
+        _run(
+            tmp_path / "generative", (root, lib[1]), "race", *args, "--gin.RACE_SCORE='likelihood'"
+        )
+    assert not (tmp_path / "generative" / "transfer" / "race").exists()
 
 
 def test_race_keeps_the_best_half_and_breaks_ties_by_retrieval():

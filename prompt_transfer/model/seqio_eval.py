@@ -30,7 +30,9 @@ class TaskEvaluator:
     For classification tasks it also counts, per evaluation, which label each example was given
     (`predictions`) and which it carries (`labels`, read off the same batches): a run whose
     accuracy equals one class's share and whose predictions are all that class is a constant
-    predictor, and a report should say so.
+    predictor, and a report should say so. And it measures how much probability the model puts
+    on each example's true label among the labels (`likelihoods`: the mean log of it, in nats),
+    a score that moves with every step where accuracy moves by whole examples.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class TaskEvaluator:
         self.evaluators, self.candidates, self.label_names = {}, {}, {}
         self.predictions: dict[str, dict[str, int]] = {}
         self.labels: dict[str, dict[str, int]] = {}
+        self._likelihood: dict[str, list[float]] = {}  # task: [sum of log p(true label), count]
         for task_name, labels in registry.mixture_labels(name).items():
             task = seqio.get_mixture_or_task(task_name)
             if split not in task.splits:
@@ -81,6 +84,7 @@ class TaskEvaluator:
         labels = self.label_names.get(task_name, [])  # in the candidates' order
         counts = self.predictions[task_name] = dict.fromkeys(labels, 0)
         truth = self.labels[task_name] = dict.fromkeys(labels, 0)
+        likelihood = self._likelihood[task_name] = [0.0, 0]
         by_ids = {tuple(c): label for c, label in zip(candidates or [], labels, strict=True)}
         eos = model.eos_id
         place, replicate, rules = input_placers(params, self.batch_size)
@@ -98,16 +102,20 @@ class TaskEvaluator:
                 if candidate_ids is not None:
                     with rules():
                         scores = rank(params, tokens, candidate_ids, prompt)
-                    best = partitioning.host_array(jnp.argmax(scores, -1))[real]
+                    scores = partitioning.host_array(scores)[real]
+                    best = np.argmax(scores, -1)
                     # Equal-length rows: SeqIO stacks predictions into one array (as T5X's
                     # padded decodes are); the pad id decodes to nothing.
                     rows = [padded[b].tolist() for b in best]
                     for b in best:
                         counts[labels[b]] += 1
-                    for row in targets[real]:
+                    given = _log_softmax(scores)
+                    for i, row in enumerate(targets[real]):
                         label = by_ids.get(tuple(t for t in row.tolist() if t not in (0, eos)))
                         if label is not None:
                             truth[label] += 1
+                            likelihood[0] += float(given[i, labels.index(label)])
+                            likelihood[1] += 1
                 elif self.how is not None and self.how.method != "greedy":
                     with rules():
                         decoded = model.decode(
@@ -173,6 +181,11 @@ class TaskEvaluator:
             return np.zeros((rows, length), np.int32)
         return encoder_decoder.pad_batch(features[name], rows)
 
+    def likelihoods(self) -> dict[str, float]:
+        """{task: the mean log-probability of the true label among the task's labels} of the
+        last evaluation, for the classification tasks whose examples carry a label."""
+        return {task: total / n for task, (total, n) in self._likelihood.items() if n}
+
     def evaluate(self, params, step: int | None = None) -> dict[str, dict[str, float]]:
         """{task name: {metric: value}} for `params` (network + prompt)."""
         results = {}
@@ -237,6 +250,13 @@ def _jitted(model: encoder_decoder.EncoderDecoderModel):
     """Rank classification and decoding, jitted once per model: every evaluator of a flow's runs
     shares the compiled functions."""
     return jax.jit(model.rank_classify), jax.jit(model.predict, static_argnames=("max_length",))
+
+
+def _log_softmax(scores: np.ndarray) -> np.ndarray:
+    """[B, C] log-likelihoods -> the log-probability of each label among the C (float64)."""
+    scores = np.asarray(scores, np.float64)
+    top = scores.max(-1, keepdims=True)
+    return scores - top - np.log(np.exp(scores - top).sum(-1, keepdims=True))
 
 
 def majority_share(counts: Mapping[str, int]) -> tuple[str, float]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from prompt_transfer.base import paths
 from prompt_transfer.base.settings import setting
 from prompt_transfer.trainer.train_state import OptimizerConfig
-from prompt_transfer.transfer import similarity, views
+from prompt_transfer.transfer import initial, similarity, views
 
 BASELINES = (
     "random_uniform",
@@ -119,11 +119,12 @@ class FlowConfig:
     multitask_rank: int = setting(1, least=1, macro="MULTITASK_RANK")
     # CANDIDATE_STEPS: best_of_top_k's trial run per candidate
     candidate_steps: int = setting(50, least=1, macro="CANDIDATE_STEPS")
-    # RACE_SOURCES, RACE_STEPS, RACE_SEEDS: the race row's sources (the first by
-    # RETRIEVAL_METRIC; 0: all), each rung's steps, and the runs per source that decide
+    # RACE_SOURCES, RACE_STEPS, RACE_SEEDS, RACE_SCORE: the race row's sources (the first by
+    # RETRIEVAL_METRIC; 0: all), each rung's steps, the runs per source that decide, and by what
     race_sources: int = setting(0, least=0, macro="RACE_SOURCES")
     race_steps: int = setting(20, least=1, macro="RACE_STEPS")
     race_seeds: int = setting(1, least=1, macro="RACE_SEEDS")
+    race_score: str = setting("metric", one_of=initial.RACE_SCORES, macro="RACE_SCORE")
     # Model tuning trains every weight, with T5X's fine-tuning recipe rather than the prompt
     # runs' optimizer (MODEL_TUNING_LEARNING_RATE, model_tuning/train_state.OptimizerConfig).
     model_tuning_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3)

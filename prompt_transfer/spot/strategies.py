@@ -120,5 +120,8 @@ def _race(flow: FlowConfig) -> dict:
     """The race row's settings (the other rows keep TransferInit's defaults, so that a run
     recorded before the race existed is still the same run)."""
     return dict(
-        race_sources=flow.race_sources, race_steps=flow.race_steps, race_seeds=flow.race_seeds
+        race_sources=flow.race_sources,
+        race_steps=flow.race_steps,
+        race_seeds=flow.race_seeds,
+        race_score=flow.race_score,
     )

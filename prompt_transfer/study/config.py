@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from prompt_transfer.base import paths
 from prompt_transfer.base.settings import setting
 from prompt_transfer.trainer import race
-from prompt_transfer.transfer import similarity, views
+from prompt_transfer.transfer import initial, similarity, views
 
 # Source prompts are compared with the target's task embedding by these; `zero_shot` (each
 # source used as is on the target) is always measured and ranked too.
@@ -60,9 +60,10 @@ class StudyConfig:
     seeds_per_run: int = setting(3, least=1, most=RACE_SEED_OFFSET - 1, macro="SEEDS_PER_RUN")
     stack_runs: int = setting(3, least=1, macro="STACK_RUNS")  # prompt runs in one step
     # the race of the sources on each target (a predictor, and what it costs): each rung's
-    # steps and the runs per source that decide
+    # steps, the runs per source that decide, and by what
     race_steps: int = setting(20, least=1, macro="RACE_STEPS")
     race_seeds: int = setting(1, least=1, macro="RACE_SEEDS")
+    race_score: str = setting("metric", one_of=initial.RACE_SCORES, macro="RACE_SCORE")
 
     def seeds(self, first: int) -> list[int]:
         return [first + i for i in range(self.seeds_per_run)]

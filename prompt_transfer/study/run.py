@@ -225,7 +225,7 @@ def _races(study: StudyConfig, runs: Runs, network, found, progress) -> dict:
         say = lambda line, target=target: _log(f"{target}: {line}")  # noqa: E731
         found_race = race.race(
             spec, config, network, mesh, candidates, study.race_steps, study.race_seeds,
-            folder, say,
+            folder, say, study.race_score,
         )  # fmt: skip
         spent.append(found_race.steps)
         first_steps.append(study.race_rungs(target)[0] * study.race_steps * study.race_seeds)

@@ -265,7 +265,10 @@ def run_hooks(spec, config, model, fixed, store, best, log, stream) -> loop.Hook
     def evaluate(state, step: int) -> bool:
         results = evaluator.evaluate(merge(fixed, state.trainable), step)
         name, value = seqio_eval.main_metric(results)
-        log.eval_metrics(step, results, name, value, evaluator.predictions, evaluator.labels)
+        log.eval_metrics(
+            step, results, name, value, evaluator.predictions, evaluator.labels,
+            evaluator.likelihoods(),
+        )  # fmt: skip
         if best.update(step, name, value):
             store.save_best(state, weights.input_prompt(state, fixed), best)
         patience = config.early_stopping_patience

@@ -4,11 +4,14 @@ Each candidate prompt (a library source, fitted to the run) is a short run on th
 MODEL_DIR/transfer/race/<name>/seed_<j>; all of a rung's runs train in one stacked step
 (fit.py), RACE_STEPS more steps each, and are evaluated on the whole validation split. The
 better half by their mean score over RACE_SEEDS seeds goes on from its checkpoint (successive
-halving; a tie keeps the retrieval order), until one source is left. The survivor's run then
-becomes the target run (`adopt`): MODEL_DIR takes over its checkpoint, optimizer state and data
-position included, and goes on from the race's last step to TRAIN_STEPS, so the steps it raced
-count in the run's budget. What racing costs is every runner's steps in every rung; with the
-rest of the survivor's run, the race row trains that plus TRAIN_STEPS minus the raced steps.
+halving; a tie keeps the retrieval order), until one source is left. The score (RACE_SCORE) is
+the main metric, or the mean log-probability of the true label among the labels
+(`likelihood`), which tells apart runs whose accuracy is the same handful of examples. The
+survivor's run then becomes the target run (`adopt`): MODEL_DIR takes over its checkpoint,
+optimizer state and data position included, and goes on from the race's last step to
+TRAIN_STEPS, so the steps it raced count in the run's budget. What racing costs is every
+runner's steps in every rung; with the rest of the survivor's run, the race row trains that
+plus TRAIN_STEPS minus the raced steps.
 
 The order in which sources leave is a ranking of all of them (the survivor first); the study
 scores it as a predictor of transfer beside the similarities (study/run.py). A finished race
@@ -29,11 +32,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from prompt_transfer.base import files, paths, runtime
+from prompt_transfer.data import registry
 from prompt_transfer.model import seqio_eval
 from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import run_dir
 from prompt_transfer.trainer.config import RunSpec, TrainConfig, resolved
 from prompt_transfer.trainer.fit import fit
+from prompt_transfer.transfer import initial
 
 RACE_FILE = "race.json"
 PROMPT_FILE = "survivor_prompt.npy"
@@ -79,13 +84,14 @@ class Race:
         )
 
 
+SCORED_BY = {"metric": "the main metric", "likelihood": "the true label's log-probability"}
 REPORTED = tuple(f.name for f in dataclasses.fields(Race) if f.name != "prompt")
 
 
 class Runner(typing.NamedTuple):
     """What one run of a rung ended with."""
 
-    score: float  # its main metric at the rung's last step
+    score: float  # its RACE_SCORE at the rung's last step
     prompt: np.ndarray  # its prompt there (wide form)
     examples: int  # validation examples it was scored on (0: a task without labels)
 
@@ -127,20 +133,29 @@ def race(
     seeds: int,
     folder,
     say=print,
+    score: str = "metric",
 ) -> Race:
     """Race `candidates` ((source name, its prompt in the run's wide form), in retrieval's
     order) on `spec.task`, RACE_STEPS `steps` a rung, `seeds` runs per source from
-    `spec.seed`, under `folder`; a race.json there of the same race is read back instead."""
+    `spec.seed`, each rung decided by `score` (RACE_SCORE), under `folder`; a race.json there
+    of the same race is read back instead."""
     folder = paths.path(folder)
     names = [name for name, _ in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"race candidates must have distinct names: {names}")
+    if score == "likelihood" and not all(registry.mixture_labels(spec.task).values()):
+        raise initial.TransferError(
+            f"RACE_SCORE='likelihood' needs a classification target, and {spec.task!r} has no "
+            "labels to score; use RACE_SCORE='metric'"
+        )
     asked = {
         "candidates": names,
         "prompts": _fingerprint([prompt for _, prompt in candidates]),
         "steps_per_rung": steps,
         "seeds": seeds,
         "seed": spec.seed,
+        # a race decided by the main metric reads back the races written before RACE_SCORE
+        **({"score": score} if score != "metric" else {}),
     }
     done = _read_back(folder, asked)
     if done is not None:
@@ -152,7 +167,7 @@ def race(
     while len(alive) > 1:
         runners = [(name, j) for name in alive for j in range(seeds)]
         reached = steps * (len(rungs) + 1)
-        results = _rung(spec, config, network, mesh, folder, runners, reached, steps, starts)
+        results = _rung(spec, config, network, mesh, folder, runners, reached, steps, starts, score)
         spent += steps * len(runners)
         scores = {
             name: float(np.mean([results[(name, j)].score for j in range(seeds)])) for name in alive
@@ -162,7 +177,8 @@ def race(
         rungs.append({"step": reached, "scores": scores, "kept": kept, "examples": examples})
         say(
             f"race rung {len(rungs)} (steps {reached - steps + 1}-{reached}, "
-            f"{len(runners)} runs in one stacked step, {examples} validation examples each): "
+            f"{len(runners)} runs in one stacked step, {examples} validation examples each, "
+            f"by {SCORED_BY[score]}): "
             + ", ".join(f"{n} {scores[n]:.2f}{'' if n in kept else ' (out)'}" for n in scores)
         )
         alive = kept
@@ -238,10 +254,10 @@ def _read_back(folder, asked: dict) -> Race | None:
     return Race(prompt=prompt, **{f: record[f] for f in REPORTED})
 
 
-def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts) -> dict:
+def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts, score) -> dict:
     """{(source, seed index): its `Runner`}: each trained up to step `reached` (from its
     source's prompt on the first rung, from its checkpoint after), all in one stacked step,
-    evaluated at the end."""
+    evaluated at the end and scored by `score`."""
     first = reached == steps
     sub = config.nested(reached, eval_period=steps, save_period=steps)
     specs = [
@@ -264,5 +280,13 @@ def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts) 
     for runner, s, (_, final) in zip(runners, specs, results, strict=True):
         last = s.run_dir.read_eval_history()[-1]
         examples = sum(((last.get("labels") or {}).get(s.task) or {}).values())
-        out[runner] = Runner(seqio_eval.main_metric(last["results"])[1], final, examples)
+        out[runner] = Runner(_score(last, score), final, examples)
     return out
+
+
+def _score(evaluation: dict, score: str) -> float:
+    """A runner's score from its evaluation (a line of eval_history.jsonl): the main metric, or
+    the mean over the target's tasks of the log-probability of the true label."""
+    if score == "likelihood":
+        return float(np.mean(list(evaluation["label_log_likelihood"].values())))
+    return seqio_eval.main_metric(evaluation["results"])[1]

@@ -428,9 +428,11 @@ class ProgressLog:
         value: float,
         predictions: Mapping[str, Mapping[str, int]] | None = None,
         labels: Mapping[str, Mapping[str, int]] | None = None,
+        likelihoods: Mapping[str, float] | None = None,
     ) -> None:
         """One evaluation: TensorBoard, the console, and a line of eval_history.jsonl with the
-        per-task results, the predicted-label counts and the split's true-label counts."""
+        per-task results, the predicted-label counts, the split's true-label counts and the
+        mean log-probability of the true label (`label_log_likelihood`)."""
         flat = {f"{task}/{k}": v for task, metrics in results.items() for k, v in metrics.items()}
         self._writer("eval").write_scalars(step, dict(flat, **{name: value}))
         shown = "  ".join(f"{k} {v:.2f}" for k, v in flat.items())
@@ -441,6 +443,8 @@ class ProgressLog:
         record = {"step": step, "metric": name, "value": value, "results": results}
         if predictions:
             record.update(predictions=predictions, labels=labels or {})
+        if likelihoods:
+            record.update(label_log_likelihood=dict(likelihoods))
         if not self.chief:
             return
         history = self.model_dir / EVAL_HISTORY

@@ -184,7 +184,10 @@ def _transfer_prompt(spec, config, network, mesh, log) -> tuple[np.ndarray, tupl
                 f"(RACE_STEPS={steps} a rung), as many as the run's {config.steps - start}: "
                 "lower RACE_STEPS or RACE_SOURCES, or train longer"
             )
-        found = race.race(spec, config, network, mesh, candidates, steps, seeds, folder, log.info)
+        found = race.race(
+            spec, config, network, mesh, candidates, steps, seeds, folder, log.info,
+            init.race_score,
+        )  # fmt: skip
         race.adopt(found, spec.run_dir, start)  # the winner's run goes on as this one
         log.info(found.cost_line(config.steps - start))
         return found.prompt, found.report()

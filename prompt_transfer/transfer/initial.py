@@ -37,6 +37,10 @@ STRATEGIES = (
     "multitask",
 )
 COMPOSE_HOW = ("concat", "weighted_sum", "attention")
+# What decides a race's rung: each runner's main metric (accuracy), or the mean log-probability
+# of the true label among the labels on the same validation examples (classification only),
+# which moves with every step where accuracy moves by whole examples.
+RACE_SCORES = ("metric", "likelihood")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +84,11 @@ class TransferInit:
     candidate_steps: int = setting(100, least=1)  # best_of_top_k: steps of each short run
     mixture_steps: int = setting(1000, least=1)  # top_k_mixture: steps on the sources' mixture
     # race: how many sources race (the first by `metric`; 0: every eligible one), the steps of
-    # each rung, and the runs per source whose mean score decides
+    # each rung, the runs per source whose mean score decides, and what that score is
     race_sources: int = setting(0, least=0, macro="RACE_SOURCES")
     race_steps: int = setting(20, least=1, macro="RACE_STEPS")
     race_seeds: int = setting(1, least=1, macro="RACE_SEEDS")
+    race_score: str = setting("metric", one_of=RACE_SCORES, macro="RACE_SCORE")
     # attention (ATTEMPT): the module's down-projection width, and the softmax temperature
     # (0: the paper's e x the model width); its sources are the top k retrieved
     attention_hidden: int = setting(64, least=1, macro="ATTENTION_HIDDEN")
