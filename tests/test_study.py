@@ -44,6 +44,7 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
         "zero_shot_loss",  # the target's training loss under each source, before any step
         "race",  # the sources' race on the target: its order of elimination
         "first_rung",  # and its first rung's scores
+        "race_and_overlap",  # the race's ranks and activation overlap's, averaged
     }
     assert study["default_metric"] == "trained_blocks_cosine_avg_tokens"
     assert study["steps"] == [2, 4]
@@ -55,6 +56,13 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
     assert race["asked"]["seed"] == 1000 and sorted(race["ranking"]) == sorted(SOURCES)
     order = study["similarity"]["race"][0]
     assert [study["sources"][i] for i in np.argsort(order)[::-1]] == race["ranking"]
+    overlap = np.asarray(study["similarity"]["activation_overlap"][0])
+    by_overlap = np.argsort(np.argsort(-overlap)) + 1  # 1: the closest (no ties here)
+    by_race = np.argsort(np.argsort(-np.asarray(order))) + 1
+    np.testing.assert_allclose(
+        study["similarity"]["race_and_overlap"][0], -(by_overlap + by_race) / 2
+    )
+    assert study["cost"]["predictor_steps"]["race_and_overlap"] == 10  # the race's
     for pair in study["pairs"]:
         assert set(pair["gain_at"]) == {"2", "4"} and pair["gain"] == pair["gain_at"]["4"]
         assert 0 <= pair["zero_shot"] <= 100
@@ -80,6 +88,21 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
     balanced = json.loads((work / "study.json").read_text())
     assert balanced["seeds"] == 2 and balanced["measure"] == "balanced_accuracy"
     assert balanced["chance"][TARGET] == 100 / 3  # negative, neutral, positive
+
+
+def test_two_predictors_join_by_their_mean_rank():
+    """Each source's ranks by the two predictors, averaged (ties share their mean rank), where
+    both rank it; the target itself (NaN) stays out."""
+    from prompt_transfer.study.run import joint_rank
+
+    race = np.array([[3.0, np.nan, 1.0, 2.0], [1.0, 2.0, 3.0, 4.0]])
+    overlap = np.array([[0.2, 0.9, 0.8, 0.8], [0.5, 0.5, 0.1, 0.9]])
+    joined = joint_rank(race, overlap)
+    # target 0: race ranks 1, -, 3, 2; overlap ranks (0.9 is the target's own, left out) 3,
+    # -, 1.5, 1.5
+    np.testing.assert_allclose(joined[0], [-2.0, np.nan, -2.25, -1.75])
+    # target 1: race ranks 4, 3, 2, 1; overlap 2.5, 2.5, 4, 1
+    np.testing.assert_allclose(joined[1], [-3.25, -2.75, -3.0, -1.0])
 
 
 def test_the_views_weigh_the_input_prompt_and_each_key_and_value_block_alike():

@@ -176,8 +176,9 @@ def _metrics_table(study: dict) -> list[str]:
         f"{analysis.TOP_K}. Regret: the oracle's gain minus the first-ranked source's, mean "
         "over targets, in points. Ties in a metric count at their expected value. Training: "
         "the prompt steps a predictor trains per target before it ranks (`race`: the race of "
-        "the sources; `first_rung`: its first rung), against one transfer run's; the others "
-        "train nothing (zero-shot and activation overlap evaluate the frozen model).",
+        "the sources; `first_rung`: its first rung; `race_and_overlap`: the race, its ranks "
+        "averaged with activation overlap's), against one transfer run's; the others train "
+        "nothing (zero-shot and activation overlap evaluate the frozen model).",
         "",
         "| metric | Spearman [95% CI] | Pearson | targets | best of top-1 | best of top-3 "
         "| top-1 is the oracle | oracle in top-3 | regret | training |",

@@ -11,7 +11,9 @@ what is missing):
 4. A race of the sources on each target (trainer/race.py), with a seed none of the judged runs
    has: its order of elimination (`race`) and its first rung's scores (`first_rung`) are
    predictors beside the similarities, and what they cost is said; so is each source's loss on
-   the target's first training batches before any step (`zero_shot_loss`, nothing trained).
+   the target's first training batches before any step (`zero_shot_loss`, nothing trained),
+   and, where activation overlap is measured, the race and it together (`race_and_overlap`:
+   the mean of a source's two ranks).
 5. The zero-shot matrix, then study.json, study.md and the figures (study/report.py).
 """
 
@@ -55,6 +57,10 @@ def run(study: StudyConfig, spec: RunSpec, config: TrainConfig, *, config_text: 
     steps, transfer, baseline = _transfer(study, runs, lib, entries, progress)
     raced = _races(study, runs, network, found, progress)
     found.similarities.update(raced.pop("predictors"))
+    overlap = found.similarities.get("activation_overlap")
+    if overlap is not None:  # the race's order and the frozen model's view of the prompts
+        found.similarities[RACE_AND_OVERLAP] = joint_rank(found.similarities[RACE], overlap)
+        raced["predictor_steps"][RACE_AND_OVERLAP] = raced["predictor_steps"][RACE]
     found.similarities[ZERO_SHOT_LOSS] = -retrieval.zero_shot_loss_matrix(
         EncoderDecoderModel(network.module),
         network.params,
@@ -196,6 +202,28 @@ RACE = "race"  # the race's order of elimination, the survivor first
 # minus the target's loss on its first training batches under each source, before any step
 ZERO_SHOT_LOSS = "zero_shot_loss"
 FIRST_RUNG = "first_rung"  # each source's score after the race's first rung
+RACE_AND_OVERLAP = "race_and_overlap"  # the mean of a source's ranks by the two
+
+
+def joint_rank(*scores: np.ndarray) -> np.ndarray:
+    """[T, S] predictors (higher: more promising; NaN: not ranked, the target itself) as one:
+    minus the mean of each source's ranks among the target's ranked sources (1: the best; tied
+    values share the mean of their ranks), so a source both rank high comes first. Nothing is
+    fitted: two predictors count alike on every target."""
+    known = np.all([np.isfinite(s) for s in scores], axis=0)
+    out = np.full(scores[0].shape, np.nan)
+    for t in range(out.shape[0]):
+        ranks = [_ranks(s[t, known[t]]) for s in scores]
+        out[t, known[t]] = -np.mean(ranks, axis=0)
+    return out
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1 for the highest of `values`, 2 for the next, ...; equal values share their mean rank."""
+    order = np.argsort(-values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    return np.array([ranks[values == v].mean() for v in values])
 
 
 def _races(study: StudyConfig, runs: Runs, network, found, progress) -> dict:
