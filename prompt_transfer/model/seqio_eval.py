@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import special
 
 from prompt_transfer.base.tf_import import import_seqio
 from prompt_transfer.data import batches, registry, seqio_cache
@@ -85,7 +86,7 @@ class TaskEvaluator:
         counts = self.predictions[task_name] = dict.fromkeys(labels, 0)
         truth = self.labels[task_name] = dict.fromkeys(labels, 0)
         likelihood = self._likelihood[task_name] = [0.0, 0]
-        by_ids = {tuple(c): label for c, label in zip(candidates or [], labels, strict=True)}
+        column = {tuple(c): i for i, c in enumerate(candidates or [])}  # a label's ids: its column
         eos = model.eos_id
         place, replicate, rules = input_placers(params, self.batch_size)
         candidate_ids = (
@@ -109,12 +110,13 @@ class TaskEvaluator:
                     rows = [padded[b].tolist() for b in best]
                     for b in best:
                         counts[labels[b]] += 1
-                    given = _log_softmax(scores)
+                    # the log-probability of each label among the labels
+                    given = special.log_softmax(scores.astype(np.float64), axis=-1)
                     for i, row in enumerate(targets[real]):
-                        label = by_ids.get(tuple(t for t in row.tolist() if t not in (0, eos)))
-                        if label is not None:
-                            truth[label] += 1
-                            likelihood[0] += float(given[i, labels.index(label)])
+                        c = column.get(tuple(t for t in row.tolist() if t not in (0, eos)))
+                        if c is not None:
+                            truth[labels[c]] += 1
+                            likelihood[0] += float(given[i, c])
                             likelihood[1] += 1
                 elif self.how is not None and self.how.method != "greedy":
                     with rules():
@@ -250,13 +252,6 @@ def _jitted(model: encoder_decoder.EncoderDecoderModel):
     """Rank classification and decoding, jitted once per model: every evaluator of a flow's runs
     shares the compiled functions."""
     return jax.jit(model.rank_classify), jax.jit(model.predict, static_argnames=("max_length",))
-
-
-def _log_softmax(scores: np.ndarray) -> np.ndarray:
-    """[B, C] log-likelihoods -> the log-probability of each label among the C (float64)."""
-    scores = np.asarray(scores, np.float64)
-    top = scores.max(-1, keepdims=True)
-    return scores - top - np.log(np.exp(scores - top).sum(-1, keepdims=True))
 
 
 def majority_share(counts: Mapping[str, int]) -> tuple[str, float]:

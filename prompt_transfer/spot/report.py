@@ -14,7 +14,7 @@ from prompt_transfer.model import seqio_eval
 from prompt_transfer.spot.config import BASELINES, RANDOM_INIT, changes_network
 from prompt_transfer.stages import figures
 from prompt_transfer.stages.figures import significant
-from prompt_transfer.trainer import forget
+from prompt_transfer.trainer import forget, race
 
 
 def _random_init(names) -> str | None:
@@ -259,12 +259,11 @@ def _races(races: dict, target_steps: int) -> list[str]:
         counted = {p: picks.count(p) for p in dict.fromkeys(picks)}
         picked = ", ".join(f"{p} ({n} of {len(picks)} seeds)" for p, n in counted.items())
         rungs = seeds[0]["rungs"]
-        raced = rungs[-1]["step"] if rungs else 0
         lines.append(
             f"{task}: the race ({name}) picked {picked} among {len(seeds[0]['ranking'])} "
             f"sources in {len(rungs)} rung(s); it cost {steps:,.0f} prompt steps "
             f"a seed ({steps / target_steps:.2f}x one target run of {target_steps:,} steps), "
-            f"{seconds:.0f} s, and the winner's run went on from its step {raced:,}"
+            f"{seconds:.0f} s, and the winner's run went on from its step {race.reached(rungs):,}"
         )
     return lines
 

@@ -24,6 +24,7 @@ import sys
 import time
 
 import numpy as np
+from scipy import stats
 
 from prompt_transfer.base import errors, paths
 from prompt_transfer.configure import gin_utils
@@ -213,17 +214,9 @@ def joint_rank(*scores: np.ndarray) -> np.ndarray:
     known = np.all([np.isfinite(s) for s in scores], axis=0)
     out = np.full(scores[0].shape, np.nan)
     for t in range(out.shape[0]):
-        ranks = [_ranks(s[t, known[t]]) for s in scores]
+        ranks = [stats.rankdata(-s[t, known[t]]) for s in scores]
         out[t, known[t]] = -np.mean(ranks, axis=0)
     return out
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """1 for the highest of `values`, 2 for the next, ...; equal values share their mean rank."""
-    order = np.argsort(-values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    return np.array([ranks[values == v].mean() for v in values])
 
 
 def _races(study: StudyConfig, runs: Runs, network, found, progress) -> dict:

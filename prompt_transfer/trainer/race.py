@@ -71,8 +71,7 @@ class Race:
 
     @property
     def reached(self) -> int:
-        """The steps the survivor trained in the race (0: no race, one candidate)."""
-        return self.rungs[-1]["step"] if self.rungs else 0
+        return reached(self.rungs)
 
     def cost_line(self, run_steps: int) -> str:
         """`race: offline_x won ...; cost 100 steps (0.33x one run of 300), 12 s; ...`."""
@@ -84,7 +83,6 @@ class Race:
         )
 
 
-SCORED_BY = {"metric": "the main metric", "likelihood": "the true label's log-probability"}
 REPORTED = tuple(f.name for f in dataclasses.fields(Race) if f.name != "prompt")
 
 
@@ -94,6 +92,12 @@ class Runner(typing.NamedTuple):
     score: float  # its RACE_SCORE at the rung's last step
     prompt: np.ndarray  # its prompt there (wide form)
     examples: int  # validation examples it was scored on (0: a task without labels)
+
+
+def reached(rungs: Sequence[dict]) -> int:
+    """The steps a race's survivor trained in it, from its rungs (a Race's, or report.json's):
+    0 when there was no race (one candidate)."""
+    return rungs[-1]["step"] if rungs else 0
 
 
 def rung_sizes(candidates: int) -> list[int]:
@@ -178,7 +182,7 @@ def race(
         say(
             f"race rung {len(rungs)} (steps {reached - steps + 1}-{reached}, "
             f"{len(runners)} runs in one stacked step, {examples} validation examples each, "
-            f"by {SCORED_BY[score]}): "
+            f"by RACE_SCORE={score!r}): "
             + ", ".join(f"{n} {scores[n]:.2f}{'' if n in kept else ' (out)'}" for n in scores)
         )
         alive = kept

@@ -68,9 +68,7 @@ class RunDir:
     folder (`RunSpec.run_dir`, or `RunDir(path)` for a folder a command is given); every question
     about the run's files is asked of it. Local and gs:// alike."""
 
-    def __init__(self, model_dir: paths.PathLike | RunDir):
-        if isinstance(model_dir, RunDir):
-            model_dir = model_dir.given
+    def __init__(self, model_dir: paths.PathLike):
         self.given = os.fspath(model_dir)  # as the user wrote it: messages, remote or not
         self.root = paths.path(model_dir)
 
