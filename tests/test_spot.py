@@ -538,25 +538,29 @@ def test_the_race_row_races_with_its_own_settings_and_the_others_keep_theirs(tmp
 
 def test_the_report_says_what_each_race_picked_and_cost(tmp_path):
     """One line per race row: each seed's pick, among how many sources, the cost against one
-    target run, and the step the winner's run went on from; the Markdown has it too."""
+    target run, and the steps the picked sources' runs went on from (a race_and_overlap row
+    may pick a source that left at the first rung); the Markdown has it too."""
     results = _results(
         {
             ("t", "random_uniform"): [([2, 4], [50.0, 60.0])],
-            ("t", "race"): [([2, 4], [55.0, 66.0])],
+            ("t", "race_and_overlap"): [([2, 4], [55.0, 66.0])],
         },
         sources=["s1", "s2", "s3"],
         similarities={"cosine_avg_tokens": np.array([[0.1, 0.2, 0.3]])},
         zero_shot=np.array([[30.0], [40.0], [35.0]]),
     )
-    rungs = [{"step": 1, "scores": {}, "kept": []}, {"step": 2, "scores": {}, "kept": []}]
-    results.runs.races[("t", "race")] = [
-        {"chosen": c, "ranking": ["s1", "s2", "s3"], "rungs": rungs, "steps": 5, "seconds": 3.0}
-        for c in ("s2", "s1", "s2")
+    rungs = [
+        {"step": 1, "scores": {"s1": 5.0, "s2": 6.0, "s3": 4.0}, "kept": ["s2", "s1"]},
+        {"step": 2, "scores": {"s2": 7.0, "s1": 6.0}, "kept": ["s2"]},
+    ]
+    results.runs.races[("t", "race_and_overlap")] = [
+        {"chosen": c, "ranking": ["s2", "s1", "s3"], "rungs": rungs, "steps": 5, "seconds": 3.0}
+        for c in ("s2", "s3", "s2")
     ]
     written = report.write_report(tmp_path, results)
     assert written["races"] == [
-        "t: the race (race) picked s2 (2 of 3 seeds), s1 (1 of 3 seeds) among 3 sources in 2 "
-        "rung(s); it cost 5 prompt steps a seed (1.25x one target run of 4 steps), 3 s, and the "
-        "winner's run went on from its step 2"
+        "t: the race (race_and_overlap) picked s2 (2 of 3 seeds), s3 (1 of 3 seeds) among 3 "
+        "sources in 2 rung(s); it cost 5 prompt steps a seed (1.25x one target run of 4 steps), "
+        "3 s, and the picked source's run went on from its step 2 or 1"
     ]
     assert f"- {written['races'][0]}" in (tmp_path / "report.md").read_text()

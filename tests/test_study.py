@@ -59,9 +59,9 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
     overlap = np.asarray(study["similarity"]["activation_overlap"][0])
     by_overlap = np.argsort(np.argsort(-overlap)) + 1  # 1: the closest (no ties here)
     by_race = np.argsort(np.argsort(-np.asarray(order))) + 1
-    np.testing.assert_allclose(
-        study["similarity"]["race_and_overlap"][0], -(by_overlap + by_race) / 2
-    )
+    joined = np.asarray(study["similarity"]["race_and_overlap"][0])
+    mean = (by_overlap + by_race) / 2  # the lower, the better; a tie goes to the race's order
+    assert list(np.argsort(-joined)) == list(np.lexsort((by_race, mean)))
     assert study["cost"]["predictor_steps"]["race_and_overlap"] == 10  # the race's
     for pair in study["pairs"]:
         assert set(pair["gain_at"]) == {"2", "4"} and pair["gain"] == pair["gain_at"]["4"]
@@ -91,18 +91,24 @@ def test_a_cut_down_study_measures_every_pair_and_a_rerun_with_more_seeds_adds_o
 
 
 def test_two_predictors_join_by_their_mean_rank():
-    """Each source's ranks by the two predictors, averaged (ties share their mean rank), where
-    both rank it; the target itself (NaN) stays out."""
+    """Each source's ranks by the two predictors, averaged (tied values share their mean rank),
+    where both rank it; the target itself (NaN) stays out; a tie in the mean goes to the first
+    predictor's (the race's) order, as the race_and_overlap strategy picks."""
     from prompt_transfer.study.run import joint_rank
+    from prompt_transfer.trainer import race as race_lib
 
-    race = np.array([[3.0, np.nan, 1.0, 2.0], [1.0, 2.0, 3.0, 4.0]])
-    overlap = np.array([[0.2, 0.9, 0.8, 0.8], [0.5, 0.5, 0.1, 0.9]])
+    race = np.array([[3.0, np.nan, 1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
+    overlap = np.array([[0.2, 0.9, 0.8, 0.8], [0.5, 0.5, 0.1, 0.9], [0.1, 0.3, 0.4, 0.2]])
     joined = joint_rank(race, overlap)
     # target 0: race ranks 1, -, 3, 2; overlap ranks (0.9 is the target's own, left out) 3,
-    # -, 1.5, 1.5
-    np.testing.assert_allclose(joined[0], [-2.0, np.nan, -2.25, -1.75])
-    # target 1: race ranks 4, 3, 2, 1; overlap 2.5, 2.5, 4, 1
-    np.testing.assert_allclose(joined[1], [-3.25, -2.75, -3.0, -1.0])
+    # -, 1.5, 1.5: means 2, -, 2.25, 1.75, no tie
+    assert np.isnan(joined[0, 1]) and list(np.argsort(-joined[0])[:3]) == [3, 0, 2]
+    # target 1: race ranks 4, 3, 2, 1; overlap 2.5, 2.5, 4, 1: means 3.25, 2.75, 3, 1
+    assert list(np.argsort(-joined[1])) == [3, 1, 2, 0]
+    # target 2: race ranks 1, 2, 3, 4; overlap 4, 2, 1, 3: means 2.5, 2, 2, 3.5; the race
+    # ranks the second above the third
+    assert list(np.argsort(-joined[2])) == [1, 2, 0, 3]
+    assert race_lib.pick(["a", "b", "c", "d"], dict(zip("abcd", overlap[2], strict=True))) == "b"
 
 
 def test_the_views_weigh_the_input_prompt_and_each_key_and_value_block_alike():

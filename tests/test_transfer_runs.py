@@ -289,19 +289,20 @@ def test_compose_starts_from_the_prompts_two_subtask_runs_trained(anchors, tmp_p
         np.testing.assert_allclose(start, _summed(expected, parts), rtol=1e-6)
 
 
-def _three_sources(lib, tmp_path):
-    """The library with a third source, source_c."""
+def _three_sources(lib, tmp_path, more=("source_c",)):
+    """The library with a third source, source_c (and any other of `more`)."""
     root = tmp_path / "library"
     shutil.copytree(lib[0], root)
-    register_keyword_task(T5_VOCAB, name="source_c")
     store = library.Library(root)
     known = store.entries(task="source_a")[0]
-    store.add(
-        np.random.default_rng(1).normal(size=(5, 4)),
-        task="source_c",
-        model="tiny",
-        model_fingerprint=known.model_fingerprint,
-    )
+    for seed, name in enumerate(more, 1):
+        register_keyword_task(T5_VOCAB, name=name)
+        store.add(
+            np.random.default_rng(seed).normal(size=(5, 4)),
+            task=name,
+            model="tiny",
+            model_fingerprint=known.model_fingerprint,
+        )
     return root
 
 
@@ -387,6 +388,71 @@ def test_a_race_decided_by_the_true_labels_likelihood(lib, tmp_path, monkeypatch
             tmp_path / "generative", (root, lib[1]), "race", *args, "--gin.RACE_SCORE='likelihood'"
         )
     assert not (tmp_path / "generative" / "transfer" / "race").exists()
+
+
+def test_race_and_overlap_picks_by_mean_rank_and_its_run_goes_on_from_where_it_left(
+    lib, tmp_path, monkeypatch
+):
+    """race_and_overlap races as `race` does and scores every source by activation overlap with
+    the target embedding (the report keeps those scores); the pick is the source whose two
+    ranks average best. A source that left the race at its first rung can be that pick: the
+    target run then adopts that source's run at step 2 and trains steps 3-6."""
+    root = _three_sources(lib, tmp_path, more=("source_c", "source_d"))
+    args = ("--gin.RACE_STEPS=2", "--gin.EVAL_PERIOD=2", "--gin.TRAIN_STEPS=6")
+    real, measured = retrieval.retrieve, {}
+
+    def spy(lib_, target, entries, metric, *rest):
+        found = real(lib_, target, entries, metric, *rest)
+        if metric == "activation_overlap":
+            measured.update({r.entry.task: r.score for r in found})
+        return found
+
+    monkeypatch.setattr(retrieval, "retrieve", spy)
+    _run(tmp_path / "measured", (root, lib[1]), "race_and_overlap", *args)
+    race = _report(tmp_path / "measured")[0]["race"]
+    assert race["prior"] == pytest.approx(measured) and len(measured) == 4
+    assert race["chosen"] == race_lib.pick(race["ranking"], race["prior"])
+    assert [len(r["scores"]) for r in race["rungs"]] == [4, 2]
+
+    # Overlap put in this order, third and fourth of the race first: the mean ranks are the
+    # survivor's (1 + 4) / 2, the runner-up's (2 + 3) / 2, the third's (3 + 1) / 2 and the
+    # fourth's (4 + 2) / 2, so the third, out after rung 1, is picked.
+    ranking = race["ranking"]
+    order = [ranking[2], ranking[3], ranking[1], ranking[0]]
+    overlap = dict(zip(order, [0.9, 0.8, 0.7, 0.6], strict=True))
+
+    def forced(lib_, target, entries, metric, *rest):
+        if metric != "activation_overlap":
+            return real(lib_, target, entries, metric, *rest)
+        return [retrieval.Ranked(e, overlap[e.task]) for e in entries]
+
+    monkeypatch.setattr(retrieval, "retrieve", forced)
+    run = tmp_path / "forced"
+    _run(run, (root, lib[1]), "race_and_overlap", *args)
+    report, initial = _report(run)
+    assert report["race"]["ranking"] == ranking  # the same race: same seed, same steps
+    assert report["chosen"] == report["race"]["chosen"] == ranking[2]
+    picked = run / "transfer" / "race" / ranking[2] / "seed_0"
+    assert report["race"]["folder"] == str(picked) and not (picked / "checkpoint_4").exists()
+    np.testing.assert_array_equal(initial, np.load(picked / "prompts" / "checkpoint_2.npy"))
+    assert "resumed from checkpoint_2" in (run / "log.txt").read_text()
+    history = run_dir.RunDir(run).read_eval_history()
+    assert [h["step"] for h in history] == [2, 4, 6]
+    assert history[:1] == run_dir.RunDir(picked).read_eval_history()
+    assert (
+        "picked by its mean rank in the race and by activation overlap"
+        in (run / "log.txt").read_text()
+    )
+
+
+def test_the_pick_by_mean_rank_breaks_ties_by_the_race():
+    order = ["a", "b", "c", "d"]  # the race's ranking, its survivor first
+    assert race_lib.pick(order, {"a": 0.1, "b": 0.2, "c": 0.4, "d": 0.3}) == "c"
+    # b and c both average 2 (2 + 2, 3 + 1): b raced longer; a keeps its place on a flat prior
+    assert race_lib.pick(order, {"a": 0.1, "b": 0.3, "c": 0.4, "d": 0.2}) == "b"
+    assert race_lib.pick(order, dict.fromkeys(order, 0.5)) == "a"
+    joint = race_lib.mean_rank(np.array([4.0, 3.0, 2.0, 1.0]), np.array([0.1, 0.3, 0.4, 0.2]))
+    assert list(np.argsort(-joint)) == [1, 2, 0, 3]  # b, c (tie, by the first), a, d
 
 
 def test_race_keeps_the_best_half_and_breaks_ties_by_retrieval():

@@ -46,6 +46,7 @@ THEN_MODEL_FROM = (
     "best_of_top_k",
     "top_k_mixture",
     "race",
+    "race_and_overlap",
     "compose_concat",
     "compose_weighted_sum",
 )
@@ -56,6 +57,7 @@ STRATEGIES = (
     "best_of_top_k",
     "top_k_mixture",
     "race",
+    "race_and_overlap",
     "attention",
     *COMPOSE_STRATEGIES,
     *MULTITASK_STRATEGIES,
@@ -119,7 +121,7 @@ class FlowConfig:
     multitask_rank: int = setting(1, least=1, macro="MULTITASK_RANK")
     # CANDIDATE_STEPS: best_of_top_k's trial run per candidate
     candidate_steps: int = setting(50, least=1, macro="CANDIDATE_STEPS")
-    # RACE_SOURCES, RACE_STEPS, RACE_SEEDS, RACE_SCORE: the race row's sources (the first by
+    # RACE_SOURCES, RACE_STEPS, RACE_SEEDS, RACE_SCORE: the race rows' sources (the first by
     # RETRIEVAL_METRIC; 0: all), each rung's steps, the runs per source that decide, and by what
     race_sources: int = setting(0, least=0, macro="RACE_SOURCES")
     race_steps: int = setting(20, least=1, macro="RACE_STEPS")

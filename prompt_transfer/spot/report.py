@@ -249,8 +249,8 @@ def _verdict(rows: list[dict], targets, target_steps: int, majority=None) -> lis
 
 def _races(races: dict, target_steps: int) -> list[str]:
     """One line per race row and target: the source each seed's race picked, over how many,
-    what racing cost against one target run, and where the winner's run went on from (its
-    raced steps count in the row's TARGET_STEPS)."""
+    what racing cost against one target run, and where the picked source's run went on from
+    (its raced steps count in the row's TARGET_STEPS)."""
     lines = []
     for (task, name), seeds in races.items():
         picks = [r["chosen"] for r in seeds]
@@ -259,11 +259,13 @@ def _races(races: dict, target_steps: int) -> list[str]:
         counted = {p: picks.count(p) for p in dict.fromkeys(picks)}
         picked = ", ".join(f"{p} ({n} of {len(picks)} seeds)" for p, n in counted.items())
         rungs = seeds[0]["rungs"]
+        went_on = sorted({race.reached(r["rungs"], r["chosen"]) for r in seeds}, reverse=True)
         lines.append(
             f"{task}: the race ({name}) picked {picked} among {len(seeds[0]['ranking'])} "
             f"sources in {len(rungs)} rung(s); it cost {steps:,.0f} prompt steps "
             f"a seed ({steps / target_steps:.2f}x one target run of {target_steps:,} steps), "
-            f"{seconds:.0f} s, and the winner's run went on from its step {race.reached(rungs):,}"
+            f"{seconds:.0f} s, and the picked source's run went on from its step "
+            + " or ".join(f"{step:,}" for step in went_on)
         )
     return lines
 

@@ -104,7 +104,7 @@ def _strategy_init(
             metric=flow.retrieval_metric,
             top_k=flow.top_k,
             candidate_steps=flow.candidate_steps,
-            **_race(flow) if strategy == "race" else {},
+            **_race(flow) if strategy in initial.RACES else {},
             mixture_steps=flow.source_steps,
             start=str(paths.path(flow.work_dir) / SHARED_START)
             if views.needs_start(flow.retrieval_metric)

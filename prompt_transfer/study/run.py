@@ -24,7 +24,6 @@ import sys
 import time
 
 import numpy as np
-from scipy import stats
 
 from prompt_transfer.base import errors, paths
 from prompt_transfer.configure import gin_utils
@@ -207,15 +206,14 @@ RACE_AND_OVERLAP = "race_and_overlap"  # the mean of a source's ranks by the two
 
 
 def joint_rank(*scores: np.ndarray) -> np.ndarray:
-    """[T, S] predictors (higher: more promising; NaN: not ranked, the target itself) as one:
-    minus the mean of each source's ranks among the target's ranked sources (1: the best; tied
-    values share the mean of their ranks), so a source both rank high comes first. Nothing is
-    fitted: two predictors count alike on every target."""
+    """[T, S] predictors (higher: more promising; NaN: not ranked, the target itself) as one,
+    target by target (race.mean_rank): minus the mean of each source's ranks among the target's
+    ranked sources, a tie going to the first predictor's order, as the race_and_overlap
+    strategy picks. Nothing is fitted: two predictors count alike on every target."""
     known = np.all([np.isfinite(s) for s in scores], axis=0)
     out = np.full(scores[0].shape, np.nan)
     for t in range(out.shape[0]):
-        ranks = [stats.rankdata(-s[t, known[t]]) for s in scores]
-        out[t, known[t]] = -np.mean(ranks, axis=0)
+        out[t, known[t]] = race.mean_rank(*(s[t, known[t]] for s in scores))
     return out
 
 

@@ -14,8 +14,14 @@ runner's steps in every rung; with the rest of the survivor's run, the race row 
 plus TRAIN_STEPS minus the raced steps.
 
 The order in which sources leave is a ranking of all of them (the survivor first); the study
-scores it as a predictor of transfer beside the similarities (study/run.py). A finished race
-is written to race.json beside its runs and read back when the same race is asked again.
+scores it as a predictor of transfer beside the similarities (study/run.py). With a second
+predictor's scores (`prior`: the race_and_overlap strategy passes each source's activation
+overlap with the target), the race picks the source whose two ranks average best, ties going
+to the one that raced longer (the study's race_and_overlap predictor, study/run.py); a
+source that left the race early is picked with the run it had then (its best seed's checkpoint
+at the rung it left), which goes on to TRAIN_STEPS, so picking it costs no step more than the
+survivor. A finished race is written to race.json beside its runs and read back when the same
+race is asked again.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import typing
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 from prompt_transfer.base import files, paths, runtime
 from prompt_transfer.data import registry
@@ -42,7 +49,7 @@ from prompt_transfer.transfer import initial
 
 RACE_FILE = "race.json"
 PROMPT_FILE = "survivor_prompt.npy"
-# What the survivor's run folder hands on to the target run (`adopt`): its checkpoint with the
+# What the picked source's run folder hands on to the target run (`adopt`): its checkpoint with the
 # optimizer's state, the data iterator's state, the exported prompts, its evaluations and its
 # record (which says the steps count on from the initial checkpoint's).
 ADOPTED = ("checkpoint_{step}", "checksums/checkpoint_{step}.json", "data_state",
@@ -53,9 +60,9 @@ ADOPTED = ("checkpoint_{step}", "checksums/checkpoint_{step}.json", "data_state"
 class Race:
     """What a race found, and what it cost."""
 
-    chosen: str  # the surviving source
-    prompt: np.ndarray  # its prompt at the end of the race (wide form)
-    folder: str  # the survivor's run folder (its best seed's), which the target run adopts
+    chosen: str  # the source picked: the survivor, or the best by mean rank with `prior`
+    prompt: np.ndarray  # its prompt where it left the race (wide form)
+    folder: str  # the picked source's run folder (its best seed's), which the target run adopts
     ranking: list[str]  # every candidate, best first: by the rung each left at, then its score
     # per rung: {"step", "scores": {source: mean score}, "kept": [...], "examples": the
     # validation examples each runner was scored on (0: a task without labels)}
@@ -63,6 +70,8 @@ class Race:
     steps: int  # prompt-training steps of every runner in every rung
     seconds: float
     seeds: int  # runs per source in each rung
+    # {source: its score by a second predictor} when the pick weighs one ({}: the survivor)
+    prior: dict = dataclasses.field(default_factory=dict)
 
     def report(self) -> dict:
         """Every field but the prompt (race.json keeps that beside it, PROMPT_FILE)."""
@@ -71,12 +80,18 @@ class Race:
 
     @property
     def reached(self) -> int:
-        return reached(self.rungs)
+        return reached(self.rungs, self.chosen)
 
     def cost_line(self, run_steps: int) -> str:
         """`race: offline_x won ...; cost 100 steps (0.33x one run of 300), 12 s; ...`."""
+        won = f"{self.chosen} won"
+        if self.prior:
+            won = (
+                f"{self.chosen} picked by its mean rank in the race and by activation overlap "
+                f"(the survivor: {self.ranking[0]})"
+            )
         return (
-            f"race: {self.chosen} won over {len(self.ranking) - 1} other source(s) in "
+            f"race: {won} over {len(self.ranking) - 1} other source(s) in "
             f"{len(self.rungs)} rung(s); cost {self.steps:,} prompt steps "
             f"({self.steps / run_steps:.2f}x one run of {run_steps:,}), {self.seconds:.0f} s; "
             f"its run goes on from its step {self.reached:,} to the run's last"
@@ -84,6 +99,8 @@ class Race:
 
 
 REPORTED = tuple(f.name for f in dataclasses.fields(Race) if f.name != "prompt")
+# what a race.json must hold to be read back (`prior` came later: an older race had none)
+REQUIRED = tuple(f.name for f in dataclasses.fields(Race) if f.name not in ("prompt", "prior"))
 
 
 class Runner(typing.NamedTuple):
@@ -94,10 +111,10 @@ class Runner(typing.NamedTuple):
     examples: int  # validation examples it was scored on (0: a task without labels)
 
 
-def reached(rungs: Sequence[dict]) -> int:
-    """The steps a race's survivor trained in it, from its rungs (a Race's, or report.json's):
-    0 when there was no race (one candidate)."""
-    return rungs[-1]["step"] if rungs else 0
+def reached(rungs: Sequence[dict], chosen: str) -> int:
+    """The steps the `chosen` source trained in a race, from its rungs (a Race's, or
+    report.json's): the last rung it ran in; 0 when there was no race (one candidate)."""
+    return max((rung["step"] for rung in rungs if chosen in rung["scores"]), default=0)
 
 
 def rung_sizes(candidates: int) -> list[int]:
@@ -127,6 +144,25 @@ def ranking(rungs: Sequence[dict], order: Sequence[str]) -> list[str]:
     return sorted(order, key=lambda n: (-left_at[n][0], -left_at[n][1], list(order).index(n)))
 
 
+def mean_rank(first: np.ndarray, *others: np.ndarray) -> np.ndarray:
+    """Predictors' scores of the same sources (higher: more promising) as one: minus the mean of
+    each source's ranks (1: the best; tied values share the mean of their ranks), and where two
+    sources' means tie, the one `first` ranks higher comes first. Nothing is fitted: the
+    predictors count alike."""
+    ranks = [stats.rankdata(-np.asarray(s, np.float64)) for s in (first, *others)]
+    mean = np.mean(ranks, axis=0)
+    # a tie in the mean goes to `first`'s order: less than the smallest step between two means
+    return -(mean + ranks[0] / (len(ranks) * (len(mean) + 1)))
+
+
+def pick(ranking_: Sequence[str], prior: dict[str, float]) -> str:
+    """The source whose ranks in the race (`ranking_`, best first) and by `prior` average best;
+    a tie goes to the one that raced longer."""
+    by_race = -np.arange(len(ranking_), dtype=np.float64)
+    joint = mean_rank(by_race, np.asarray([prior[name] for name in ranking_]))
+    return ranking_[int(np.argmax(joint))]
+
+
 def race(
     spec: RunSpec,
     config: TrainConfig,
@@ -138,40 +174,28 @@ def race(
     folder,
     say=print,
     score: str = "metric",
+    prior: dict[str, float] | None = None,
 ) -> Race:
     """Race `candidates` ((source name, its prompt in the run's wide form), in retrieval's
     order) on `spec.task`, RACE_STEPS `steps` a rung, `seeds` runs per source from
-    `spec.seed`, each rung decided by `score` (RACE_SCORE), under `folder`; a race.json there
-    of the same race is read back instead."""
+    `spec.seed`, each rung decided by `score` (RACE_SCORE), under `folder`; the pick is the
+    survivor, or with `prior` ({source: score}) the best by mean rank (`pick`). A race.json
+    there of the same race is read back instead."""
     folder = paths.path(folder)
     names = [name for name, _ in candidates]
-    if len(set(names)) != len(names):
-        raise ValueError(f"race candidates must have distinct names: {names}")
-    if score == "likelihood" and not all(registry.mixture_labels(spec.task).values()):
-        raise initial.TransferError(
-            f"RACE_SCORE='likelihood' needs a classification target, and {spec.task!r} has no "
-            "labels to score; use RACE_SCORE='metric'"
-        )
-    asked = {
-        "candidates": names,
-        "prompts": _fingerprint([prompt for _, prompt in candidates]),
-        "steps_per_rung": steps,
-        "seeds": seeds,
-        "seed": spec.seed,
-        # a race decided by the main metric reads back the races written before RACE_SCORE
-        **({"score": score} if score != "metric" else {}),
-    }
+    asked = _asked(spec, candidates, steps, seeds, score, prior)
     done = _read_back(folder, asked)
     if done is not None:
         say(f"race: read back from {folder / RACE_FILE}")
         return done
     started = time.monotonic()
-    alive, rungs, results, spent = names, [], {}, 0
+    alive, rungs, last, spent = names, [], {}, 0
     starts = {(name, j): prompt for name, prompt in candidates for j in range(seeds)}
     while len(alive) > 1:
         runners = [(name, j) for name in alive for j in range(seeds)]
         reached = steps * (len(rungs) + 1)
         results = _rung(spec, config, network, mesh, folder, runners, reached, steps, starts, score)
+        last.update(results)  # each runner's latest: where it stands if it leaves here
         spent += steps * len(runners)
         scores = {
             name: float(np.mean([results[(name, j)].score for j in range(seeds)])) for name in alive
@@ -186,21 +210,23 @@ def race(
             + ", ".join(f"{n} {scores[n]:.2f}{'' if n in kept else ' (out)'}" for n in scores)
         )
         alive = kept
-    chosen, best = alive[0], 0
-    if rungs:  # its best seed's prompt where the race ended (the last rung's results)
-        best = max(range(seeds), key=lambda j: results[(chosen, j)].score)
-        prompt = results[(chosen, best)].prompt
+    ranked = ranking(rungs, names)
+    chosen, best = (pick(ranked, prior) if prior else alive[0]), 0
+    if rungs:  # its best seed's prompt where it left the race
+        best = max(range(seeds), key=lambda j: last[(chosen, j)].score)
+        prompt = last[(chosen, best)].prompt
     else:  # one candidate: nothing to race
         prompt = dict(candidates)[chosen]
     found = Race(
         chosen,
         np.asarray(prompt, np.float32),
         str(folder / chosen / f"seed_{best}"),
-        ranking(rungs, names),
+        ranked,
         rungs,
         spent,
         time.monotonic() - started,
         seeds,
+        dict(prior or {}),
     )
     files.save_npy(folder / PROMPT_FILE, found.prompt)
     record = dict(found.report(), asked=asked)
@@ -208,22 +234,46 @@ def race(
     return found
 
 
+def _asked(spec, candidates, steps, seeds, score, prior) -> dict:
+    """What identifies a race (race.json's `asked`), once its arguments are checked."""
+    names = [name for name, _ in candidates]
+    if len(set(names)) != len(names):
+        raise ValueError(f"race candidates must have distinct names: {names}")
+    if prior is not None and set(prior) != set(names):
+        raise ValueError(f"a race's prior must score every candidate: {names}, not {list(prior)}")
+    if score == "likelihood" and not all(registry.mixture_labels(spec.task).values()):
+        raise initial.TransferError(
+            f"RACE_SCORE='likelihood' needs a classification target, and {spec.task!r} has no "
+            "labels to score; use RACE_SCORE='metric'"
+        )
+    return {
+        "candidates": names,
+        "prompts": _fingerprint([prompt for _, prompt in candidates]),
+        "steps_per_rung": steps,
+        "seeds": seeds,
+        "seed": spec.seed,
+        # a race decided by the main metric reads back the races written before RACE_SCORE
+        **({"score": score} if score != "metric" else {}),
+        **({"prior": {name: float(prior[name]) for name in names}} if prior else {}),
+    }
+
+
 def adopt(found: Race, target: run_dir.RunDir, start: int) -> None:
-    """Make the survivor's run the target run's own (`target`: its MODEL_DIR) up to the
-    race's end (`ADOPTED`; `start`: the initial checkpoint's step, from which the steps count),
-    so that the target run resumes from it, optimizer state and data position included,
+    """Make the picked source's run the target run's own (`target`: its MODEL_DIR) up to where
+    it left the race (`ADOPTED`; `start`: the initial checkpoint's step, from which the steps
+    count), so that the target run resumes from it, optimizer state and data position included,
     instead of starting over. Process 0 copies; the others wait for it."""
     if not found.rungs:
         return
-    step, survivor = start + found.reached, run_dir.RunDir(found.folder)
+    step, picked = start + found.reached, run_dir.RunDir(found.folder)
 
     def copy() -> None:
         for name in ADOPTED:
-            _copy(survivor.file(name.format(step=step)), target.file(name.format(step=step)))
+            _copy(picked.file(name.format(step=step)), target.file(name.format(step=step)))
 
     if files.is_chief():
         copy()
-    runtime.barrier("the race's survivor adopted")
+    runtime.barrier("the race's pick adopted")
 
 
 def _copy(source, target) -> None:
@@ -252,10 +302,10 @@ def _read_back(folder, asked: dict) -> Race | None:
     if not (record_file.exists() and prompt_file.exists()):
         return None
     record = files.read_json(record_file)
-    if record.get("asked") != asked or not set(REPORTED) <= record.keys():
+    if record.get("asked") != asked or not set(REQUIRED) <= record.keys():
         return None  # another race, or one recorded before a field existed: race again
     prompt = files.load_npy(prompt_file, fix="delete the race folder to race again")
-    return Race(prompt=prompt, **{f: record[f] for f in REPORTED})
+    return Race(prompt=prompt, **{f: record[f] for f in REPORTED if f in record})
 
 
 def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts, score) -> dict:

@@ -173,7 +173,7 @@ def _transfer_prompt(spec, config, network, mesh, log) -> tuple[np.ndarray, tupl
         start = initial_prompt(on_mixture, sampled, network, mesh, log)
         return short_run("mixture", mixture, init.mixture_steps, start, 0)[1]
 
-    def run_race(candidates):
+    def run_race(candidates, prior=None):
         folder = spec.run_dir.file("transfer", "race")
         steps, seeds = init.race_steps, init.race_seeds
         start = checkpoints.initial_step(spec.initial_checkpoint)
@@ -186,9 +186,9 @@ def _transfer_prompt(spec, config, network, mesh, log) -> tuple[np.ndarray, tupl
             )
         found = race.race(
             spec, config, network, mesh, candidates, steps, seeds, folder, log.info,
-            init.race_score,
+            init.race_score, prior,
         )  # fmt: skip
-        race.adopt(found, spec.run_dir, start)  # the winner's run goes on as this one
+        race.adopt(found, spec.run_dir, start)  # the picked source's run goes on as this one
         log.info(found.cost_line(config.steps - start))
         return found.prompt, found.report()
 

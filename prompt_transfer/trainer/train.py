@@ -30,6 +30,7 @@ from prompt_transfer.trainer.config import RunSpec, TrainConfig, check_numbers, 
 from prompt_transfer.trainer.fit import fit
 from prompt_transfer.trainer.start import starting_prompt
 from prompt_transfer.transfer import library
+from prompt_transfer.transfer.initial import RACES
 
 
 def train(
@@ -145,7 +146,7 @@ def stack_key(spec: RunSpec, config: TrainConfig) -> str | None:
         f"{prompts.PROMPT_PATH}|{prompts.DEEP_REGEX}",
     )
     transfer = config.prompt_init.transfer
-    raced = config.prompt_init.method == "transfer" and transfer.strategy == "race"
+    raced = config.prompt_init.method == "transfer" and transfer.strategy in RACES
     if (
         not prompt_only
         or not spec.prompt_length

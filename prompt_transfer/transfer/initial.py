@@ -2,9 +2,11 @@
 
 single_source (one named prompt), top_1 (the most similar source), top_k_average (their
 similarity-weighted average), best_of_top_k (a short run from each of the top k, keep the best
-on validation), top_k_mixture (one prompt trained on the top-k sources' mixture) and race (every
+on validation), top_k_mixture (one prompt trained on the top-k sources' mixture), race (every
 eligible source, or the RACE_SOURCES first, trained at once with the worse half dropped after
-each rung until one is left: trainer/race.py). Prompts of
+each rung until one is left: trainer/race.py) and race_and_overlap (the same race, whose pick
+is the source with the best mean of its ranks in the race and by activation overlap with the
+target embedding: the study's best predictor out of sample). Prompts of
 another length are fitted explicitly (truncate, pad, interpolate); prompts of another model
 width only through a trained projector (projector.py). The short runs are the caller's: this
 module receives them as functions, so it never imports the trainer.
@@ -32,10 +34,12 @@ STRATEGIES = (
     "best_of_top_k",
     "top_k_mixture",
     "race",
+    "race_and_overlap",
     "attention",
     "compose",
     "multitask",
 )
+RACES = ("race", "race_and_overlap")  # the strategies that race the sources (trainer/race.py)
 COMPOSE_HOW = ("concat", "weighted_sum", "attention")
 # What decides a race's rung: each runner's main metric (accuracy), or the mean log-probability
 # of the true label among the labels on the same validation examples (classification only),
@@ -53,7 +57,9 @@ class TransferInit:
       top_k_mixture (one prompt trained on the top-k sources' mixture starts the target);
       race (the RACE_SOURCES most similar sources, 0: all, race on the target by successive
       halving, RACE_STEPS a rung, RACE_SEEDS runs each; the winner's run goes on as the
-      target run: trainer/race.py);
+      target run: trainer/race.py); race_and_overlap (the same race; the source picked is the
+      one whose ranks in it and by activation overlap with the target average best, ties to
+      the one that raced longer, and its run goes on from where it left the race);
       attention (the top k stay frozen beside the target, which starts from the first, and a
       trained module mixes them per input: prompt/attention.py); compose (the prompts of the
       target's sub-tasks, `compose_sources`, joined along the sequence, summed with weights, or
@@ -255,7 +261,8 @@ def _ranked_sources(
     deep_width: int = 0,
     model_config=None,
 ):
-    """(library, ranked top-k sources) for a target, from its task embedding."""
+    """(library, ranked top-k sources, prior) for a target, from its task embedding; `prior`
+    is each ranked source's activation overlap with it for race_and_overlap, else None."""
     if not init.library:
         raise TransferError(f"strategy {init.strategy} retrieves from a library; set LIBRARY")
     if not init.target_embedding:
@@ -271,10 +278,16 @@ def _ranked_sources(
         raise TransferError(f"no eligible source prompt in {lib.root} (only task embeddings)")
     viewer = _viewer(init, model_config)
     top_k = init.top_k
-    if init.strategy == "race":
+    if init.strategy in RACES:
         top_k = init.race_sources or len(entries)
     found = retrieval.retrieve(lib, target, entries, init.metric, top_k, model_scores, viewer)
-    return lib, found
+    prior = None
+    if init.strategy == "race_and_overlap":
+        overlap = retrieval.retrieve(
+            lib, target, [r.entry for r in found], "activation_overlap", 0, model_scores
+        )
+        prior = {r.entry.id: r.score for r in overlap}
+    return lib, found, prior
 
 
 def initial_prompt(
@@ -344,7 +357,7 @@ def _by_strategy(init, length, fit, ranked_sources, deep, runners, find):
             init.multitask_run, init.multitask_init, init.multitask_task
         )
         return fit(prompt), report
-    lib, ranked = ranked_sources()
+    lib, ranked, prior = ranked_sources()
     report = {
         "sources": [r.entry.task for r in ranked],
         "similarities": [r.score for r in ranked],
@@ -363,11 +376,13 @@ def _by_strategy(init, length, fit, ranked_sources, deep, runners, find):
         return candidates[best], dict(
             report, candidate_scores=scores, chosen=ranked[best].entry.task
         )
-    if init.strategy == "race":
+    if init.strategy in RACES:
         names = [r.entry.task for r in ranked]
         if len(set(names)) < len(names):  # two prompts of one task: tell them apart
             names = [f"{r.entry.task}_{r.entry.id}" for r in ranked]
-        prompt, race = run_race(list(zip(names, candidates, strict=True)))
+        if prior is not None:
+            prior = {name: prior[r.entry.id] for name, r in zip(names, ranked, strict=True)}
+        prompt, race = run_race(list(zip(names, candidates, strict=True)), prior)
         return prompt, dict(report, chosen=race["chosen"], race=race)
     mixture_prompt = run_mixture([r.entry.task for r in ranked])
     return fit(mixture_prompt), report
