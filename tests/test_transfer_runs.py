@@ -11,6 +11,7 @@ from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, tiny_run_args
 from prompt_transfer.base.errors import UserError
 from prompt_transfer.cli.jobs import train_main
 from prompt_transfer.configure import gin_files
+from prompt_transfer.data import metrics
 from prompt_transfer.network import checkpoints, t5
 from prompt_transfer.prompt import attention
 from prompt_transfer.trainer import race as race_lib
@@ -388,6 +389,36 @@ def test_a_race_decided_by_the_true_labels_likelihood(lib, tmp_path, monkeypatch
             tmp_path / "generative", (root, lib[1]), "race", *args, "--gin.RACE_SCORE='likelihood'"
         )
     assert not (tmp_path / "generative" / "transfer" / "race").exists()
+
+
+def test_a_race_decided_by_balanced_accuracy(lib, tmp_path):
+    """RACE_SCORE='balanced_accuracy': each rung's scores are the balanced accuracies its runs'
+    evaluations logged (the mean recall over the classes: a run answering one class for every
+    input scores 50 on two, whatever the majority's share). A target whose tasks do not report
+    it is refused before anything trains."""
+    root = _three_sources(lib, tmp_path)
+    task = register_keyword_task(
+        T5_VOCAB, name="test_balanced", metric_fns=[metrics.accuracy, metrics.balanced_accuracy]
+    )
+    run = tmp_path / "run"
+    args = ("--gin.RACE_STEPS=2", "--gin.EVAL_PERIOD=2", "--gin.TRAIN_STEPS=6")
+    score = "--gin.RACE_SCORE='balanced_accuracy'"
+    _run(run, (root, lib[1]), "race", *args, score, f"--gin.MIXTURE_OR_TASK_NAME='{task}'")
+    race = _report(run)[0]["race"]
+    folder = run / "transfer" / "race"
+    for rung in race["rungs"]:
+        for name, value in rung["scores"].items():
+            history = run_dir.RunDir(folder / name / "seed_0").read_eval_history()
+            logged = {h["step"]: h["results"][task] for h in history}[rung["step"]]
+            assert value == pytest.approx(logged["balanced_accuracy"])
+        best = max(rung["scores"].values())
+        assert all(rung["scores"][name] == best for name in rung["kept"][:1])
+    assert json.loads((folder / race_lib.RACE_FILE).read_text())["asked"]["score"] == (
+        "balanced_accuracy"
+    )
+    with pytest.raises(UserError, match="RACE_SCORE='balanced_accuracy' needs a target whose"):
+        _run(tmp_path / "plain", (root, lib[1]), "race", *args, score)  # test_keyword: accuracy
+    assert not (tmp_path / "plain" / "transfer" / "race").exists()
 
 
 def test_race_and_overlap_picks_by_mean_rank_and_its_run_goes_on_from_where_it_left(

@@ -108,3 +108,10 @@ def mixture_labels(name: str) -> dict[str, tuple[str, ...] | None]:
     """Label strings per sub-task of a task or mixture."""
     tasks = subtasks(import_seqio().get_mixture_or_task(name))
     return {t.name: class_labels(t.name) for t in tasks}
+
+
+def reports(name: str, metric: Callable) -> bool:
+    """Whether every sub-task of a task or mixture has `metric` among its metric functions."""
+    named = lambda fn: getattr(getattr(fn, "func", fn), "__name__", "")  # noqa: E731
+    tasks = subtasks(import_seqio().get_mixture_or_task(name))
+    return all(metric.__name__ in {named(fn) for fn in t.metric_fns} for t in tasks)

@@ -6,7 +6,10 @@ MODEL_DIR/transfer/race/<name>/seed_<j>; all of a rung's runs train in one stack
 better half by their mean score over RACE_SEEDS seeds goes on from its checkpoint (successive
 halving; a tie keeps the retrieval order), until one source is left. The score (RACE_SCORE) is
 the main metric, or the mean log-probability of the true label among the labels
-(`likelihood`), which tells apart runs whose accuracy is the same handful of examples. The
+(`likelihood`), which tells apart runs whose accuracy is the same handful of examples, or
+balanced accuracy (`balanced_accuracy`), under which a run that answers the majority class for
+every input, as many do after a rung's few steps, scores 100 / classes rather than the
+majority's share and so does not outrun one that has begun to tell the classes apart. The
 survivor's run then becomes the target run (`adopt`): MODEL_DIR takes over its checkpoint,
 optimizer state and data position included, and goes on from the race's last step to
 TRAIN_STEPS, so the steps it raced count in the run's budget. What racing costs is every
@@ -39,7 +42,7 @@ import numpy as np
 from scipy import stats
 
 from prompt_transfer.base import files, paths, runtime
-from prompt_transfer.data import registry
+from prompt_transfer.data import metrics, registry
 from prompt_transfer.model import seqio_eval
 from prompt_transfer.prompt import prompts
 from prompt_transfer.trainer import run_dir
@@ -48,6 +51,7 @@ from prompt_transfer.trainer.fit import fit
 from prompt_transfer.transfer import initial
 
 RACE_FILE = "race.json"
+BALANCED = "balanced_accuracy"  # a RACE_SCORE: the mean recall over the classes
 PROMPT_FILE = "survivor_prompt.npy"
 # What the picked source's run folder hands on to the target run (`adopt`): its checkpoint with the
 # optimizer's state, the data iterator's state, the exported prompts, its evaluations and its
@@ -86,10 +90,9 @@ class Race:
         """`race: offline_x won ...; cost 100 steps (0.33x one run of 300), 12 s; ...`."""
         won = f"{self.chosen} won"
         if self.prior:
-            won = (
-                f"{self.chosen} picked by its mean rank in the race and by activation overlap "
-                f"(the survivor: {self.ranking[0]})"
-            )
+            survivor = self.ranking[0]
+            won = f"{self.chosen} picked by its mean rank in the race and by activation overlap"
+            won += "" if self.chosen == survivor else f" (the race's survivor: {survivor})"
         return (
             f"race: {won} over {len(self.ranking) - 1} other source(s) in "
             f"{len(self.rungs)} rung(s); cost {self.steps:,} prompt steps "
@@ -246,6 +249,12 @@ def _asked(spec, candidates, steps, seeds, score, prior) -> dict:
             f"RACE_SCORE='likelihood' needs a classification target, and {spec.task!r} has no "
             "labels to score; use RACE_SCORE='metric'"
         )
+    if score == BALANCED and not registry.reports(spec.task, metrics.balanced_accuracy):
+        raise initial.TransferError(
+            f"RACE_SCORE='balanced_accuracy' needs a target whose tasks report it, and "
+            f"{spec.task!r} does not (add data.metrics.balanced_accuracy to its metric_fns); "
+            "use RACE_SCORE='metric'"
+        )
     return {
         "candidates": names,
         "prompts": _fingerprint([prompt for _, prompt in candidates]),
@@ -340,7 +349,10 @@ def _rung(spec, config, network, mesh, folder, runners, reached, steps, starts, 
 
 def _score(evaluation: dict, score: str) -> float:
     """A runner's score from its evaluation (a line of eval_history.jsonl): the main metric, or
-    the mean over the target's tasks of the log-probability of the true label."""
+    the mean over the target's tasks of the log-probability of the true label, or of their
+    balanced accuracy."""
     if score == "likelihood":
         return float(np.mean(list(evaluation["label_log_likelihood"].values())))
+    if score == BALANCED:
+        return float(np.mean([task[BALANCED] for task in evaluation["results"].values()]))
     return seqio_eval.main_metric(evaluation["results"])[1]

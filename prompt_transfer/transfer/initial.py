@@ -6,7 +6,7 @@ on validation), top_k_mixture (one prompt trained on the top-k sources' mixture)
 eligible source, or the RACE_SOURCES first, trained at once with the worse half dropped after
 each rung until one is left: trainer/race.py) and race_and_overlap (the same race, whose pick
 is the source with the best mean of its ranks in the race and by activation overlap with the
-target embedding: the study's best predictor out of sample). Prompts of
+target embedding). Prompts of
 another length are fitted explicitly (truncate, pad, interpolate); prompts of another model
 width only through a trained projector (projector.py). The short runs are the caller's: this
 module receives them as functions, so it never imports the trainer.
@@ -41,10 +41,12 @@ STRATEGIES = (
 )
 RACES = ("race", "race_and_overlap")  # the strategies that race the sources (trainer/race.py)
 COMPOSE_HOW = ("concat", "weighted_sum", "attention")
-# What decides a race's rung: each runner's main metric (accuracy), or the mean log-probability
-# of the true label among the labels on the same validation examples (classification only),
-# which moves with every step where accuracy moves by whole examples.
-RACE_SCORES = ("metric", "likelihood")
+# What decides a race's rung: each runner's main metric (accuracy); the mean log-probability of
+# the true label among the labels on the same validation examples (classification only), which
+# moves with every step where accuracy moves by whole examples; or balanced accuracy (the mean
+# recall over the classes, for tasks that report it), where a run that answers one class for
+# every input scores 100 / classes instead of the majority class's share.
+RACE_SCORES = ("metric", "likelihood", "balanced_accuracy")
 
 
 @dataclasses.dataclass(frozen=True)
