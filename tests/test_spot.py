@@ -410,6 +410,40 @@ def test_a_macro_the_flow_sets_per_run_is_refused_in_one_line(macro, instead, tm
     assert len(err) == 1 and not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [
+        ("spot", ["--gin_file=experiments/spot_tiny", "--gin.STRATEGIES=['top_1', 'race']"]),
+        ("study", ["--gin_file=experiments/study_tiny"]),
+    ],
+)
+def test_a_target_the_race_cannot_score_is_refused_before_any_run(command, extra, tmp_path, capfd):
+    """RACE_SCORE='balanced_accuracy' on a target whose task reports only accuracy: the flow
+    with a race row, and the study (which always races), refuse in one line naming the target
+    and the fix before any source trains."""
+    from synthetic_tasks import register_keyword_task
+
+    from conftest import T5_VOCAB
+
+    for name in ("source_a", "test_keyword"):
+        register_keyword_task(T5_VOCAB, name=name)
+    work = tmp_path / "work"
+    argv = [
+        command,
+        *extra,
+        f"--gin.WORK_DIR='{work}'",
+        "--gin.SOURCES=['source_a']",
+        "--gin.TARGETS=['test_keyword']",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{TINY_CHECKPOINT}'",
+        "--gin.RACE_SCORE='balanced_accuracy'",
+    ]
+    code = cli.main(argv)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "TARGETS=['test_keyword']" in err[0] and "add data.metrics.balanced_accuracy" in err[0]
+    assert not work.exists()  # nothing written
+
+
 def test_a_run_recorded_before_a_setting_existed_is_reused_only_at_its_default(
     tmp_path, monkeypatch
 ):

@@ -162,6 +162,11 @@ class FlowConfig:
         return len(self.sources) + self.multitask_runs + len(self.targets) * per_target
 
     @property
+    def races(self) -> bool:
+        """Whether a row races the sources (race, race_and_overlap, or their _then_model)."""
+        return any(s.removesuffix(THEN_MODEL) in initial.RACES for s in self.strategies)
+
+    @property
     def multitask_runs(self) -> int:
         """1 when a multitask_ row needs the multi-task run over the sources, else 0."""
         return int(any(s in MULTITASK_STRATEGIES for s in self.strategies))

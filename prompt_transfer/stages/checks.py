@@ -8,6 +8,7 @@ from prompt_transfer.configure import gin_utils
 from prompt_transfer.data import batches
 from prompt_transfer.stages.plan import Plan
 from prompt_transfer.stages.runs import FlowError
+from prompt_transfer.trainer import race
 from prompt_transfer.trainer.config import RunSpec
 
 
@@ -34,7 +35,8 @@ def checked(plan: Plan, spec: RunSpec, more: dict) -> dict:
 
 def check_tasks(plan: Plan, spec: RunSpec) -> None:
     """Refuse, before any work, a source or target (of the flow's or a study's `plan`)
-    that is not a registered task, and a task named twice."""
+    that is not a registered task, a task named twice, and a target its races cannot score by
+    RACE_SCORE."""
     spec.register_tasks()
     for macro, tasks in (("SOURCES", plan.sources), ("TARGETS", plan.targets)):
         for task in tasks:
@@ -45,6 +47,11 @@ def check_tasks(plan: Plan, spec: RunSpec) -> None:
         twice = sorted({t for t in tasks if list(tasks).count(t) > 1})
         if twice:
             raise FlowError(f"{macro}={list(tasks)!r} names {', '.join(twice)} twice")
+    for task in plan.targets if plan.races else ():
+        try:
+            race.check_score(task, plan.race_score)
+        except errors.UserError as e:
+            raise FlowError(f"TARGETS={list(plan.targets)!r}: {errors.one_line(e)}") from e
 
 
 # prompt_tuning.gin's macros that the flow sets for each of its runs, and what to set instead.

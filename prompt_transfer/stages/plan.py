@@ -20,8 +20,12 @@ class Plan(Protocol):
     retrieval_metric: str  # the one retrieval ranks by
     seeds_per_run: int
     stack_runs: int  # prompt runs trained together in one stacked step
+    race_score: str  # what decides a race's rung (RACE_SCORE)
 
     def seeds(self, first: int) -> list[int]: ...
+
+    @property
+    def races(self) -> bool: ...  # whether the sources race on each target
 
     @property
     def total_runs(self) -> int: ...

@@ -93,6 +93,11 @@ class StudyConfig:
         )
 
     @property
+    def races(self) -> bool:
+        """Always: a race of the sources on each target is one of the study's predictors."""
+        return True
+
+    @property
     def total_runs(self) -> int:
         """Runs the study trains (or reuses), one race per target counted as one."""
         per_seed = len(self.pairs()) + len(self.targets)

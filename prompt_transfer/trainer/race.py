@@ -237,6 +237,22 @@ def race(
     return found
 
 
+def check_score(task: str, score: str) -> None:
+    """Refuse a RACE_SCORE that `task` cannot be scored by (the flow and the study ask this of
+    every target before any run trains)."""
+    if score == "likelihood" and not all(registry.mixture_labels(task).values()):
+        raise initial.TransferError(
+            f"RACE_SCORE='likelihood' needs a classification target, and {task!r} has no "
+            "labels to score; use RACE_SCORE='metric'"
+        )
+    if score == BALANCED and not registry.reports(task, metrics.balanced_accuracy):
+        raise initial.TransferError(
+            f"RACE_SCORE='balanced_accuracy' needs a target whose tasks report it, and "
+            f"{task!r} does not (add data.metrics.balanced_accuracy to its metric_fns); "
+            "use RACE_SCORE='metric'"
+        )
+
+
 def _asked(spec, candidates, steps, seeds, score, prior) -> dict:
     """What identifies a race (race.json's `asked`), once its arguments are checked."""
     names = [name for name, _ in candidates]
@@ -244,17 +260,7 @@ def _asked(spec, candidates, steps, seeds, score, prior) -> dict:
         raise ValueError(f"race candidates must have distinct names: {names}")
     if prior is not None and set(prior) != set(names):
         raise ValueError(f"a race's prior must score every candidate: {names}, not {list(prior)}")
-    if score == "likelihood" and not all(registry.mixture_labels(spec.task).values()):
-        raise initial.TransferError(
-            f"RACE_SCORE='likelihood' needs a classification target, and {spec.task!r} has no "
-            "labels to score; use RACE_SCORE='metric'"
-        )
-    if score == BALANCED and not registry.reports(spec.task, metrics.balanced_accuracy):
-        raise initial.TransferError(
-            f"RACE_SCORE='balanced_accuracy' needs a target whose tasks report it, and "
-            f"{spec.task!r} does not (add data.metrics.balanced_accuracy to its metric_fns); "
-            "use RACE_SCORE='metric'"
-        )
+    check_score(spec.task, score)
     return {
         "candidates": names,
         "prompts": _fingerprint([prompt for _, prompt in candidates]),
