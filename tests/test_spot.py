@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 from read_back import eval_equals_log, infer_equals_log, last_logged
+from synthetic_tasks import register_keyword_task
 
-from conftest import CUT_DOWN_FLOW, TINY_CHECKPOINT
+from conftest import CUT_DOWN_FLOW, T5_VOCAB, TINY_CHECKPOINT
 from prompt_transfer import cli
 from prompt_transfer.data import offline_data
 from prompt_transfer.prompt import multitask
@@ -421,10 +422,6 @@ def test_a_target_the_race_cannot_score_is_refused_before_any_run(command, extra
     """RACE_SCORE='balanced_accuracy' on a target whose task reports only accuracy: the flow
     with a race row, and the study (which always races), refuse in one line naming the target
     and the fix before any source trains."""
-    from synthetic_tasks import register_keyword_task
-
-    from conftest import T5_VOCAB
-
     for name in ("source_a", "test_keyword"):
         register_keyword_task(T5_VOCAB, name=name)
     work = tmp_path / "work"

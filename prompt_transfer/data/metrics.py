@@ -27,6 +27,9 @@ def accuracy(targets: Sequence, predictions: Sequence) -> dict[str, float]:
     return {"accuracy": 100.0 * float(np.mean(hits)) if hits else 0.0}
 
 
+BALANCED_ACCURACY = "balanced_accuracy"  # the key `balanced_accuracy` reports its value under
+
+
 def balanced_accuracy(targets: Sequence, predictions: Sequence) -> dict[str, float]:
     """Mean recall over the classes the targets hold: 100/C for any constant answer, however
     imbalanced the split (where accuracy gives a constant answer the majority class's share)."""
@@ -36,7 +39,7 @@ def balanced_accuracy(targets: Sequence, predictions: Sequence) -> dict[str, flo
         np.mean([p == c for t, p in zip(targets, predictions, strict=True) if t == c])
         for c in classes
     ]
-    return {"balanced_accuracy": 100.0 * float(np.mean(recalls)) if recalls else 0.0}
+    return {BALANCED_ACCURACY: 100.0 * float(np.mean(recalls)) if recalls else 0.0}
 
 
 def _binary_f1(targets, predictions, positive) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from prompt_transfer.base import errors, files
-from prompt_transfer.data import batches, registry
+from prompt_transfer.data import batches, metrics, registry
 from prompt_transfer.model import seqio_eval
 from prompt_transfer.network import partitioning
 from prompt_transfer.prompt import prompts
@@ -71,7 +71,7 @@ def other_tasks(
     return [newest[t] for t in sorted(newest)]
 
 
-BALANCED = "balanced_accuracy"  # reported beside the main metric where a task has it
+BALANCED = metrics.BALANCED_ACCURACY  # reported beside the main metric where a task has it
 
 
 def forget(

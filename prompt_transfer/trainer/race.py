@@ -51,8 +51,8 @@ from prompt_transfer.trainer.fit import fit
 from prompt_transfer.transfer import initial
 
 RACE_FILE = "race.json"
-BALANCED = "balanced_accuracy"  # a RACE_SCORE: the mean recall over the classes
-PROMPT_FILE = "survivor_prompt.npy"
+BALANCED = metrics.BALANCED_ACCURACY  # a RACE_SCORE: the mean recall over the classes
+PROMPT_FILE = "survivor_prompt.npy"  # the picked source's prompt (named when only survivors were)
 # What the picked source's run folder hands on to the target run (`adopt`): its checkpoint with the
 # optimizer's state, the data iterator's state, the exported prompts, its evaluations and its
 # record (which says the steps count on from the initial checkpoint's).
