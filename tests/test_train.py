@@ -725,3 +725,34 @@ def test_a_saved_iterator_that_does_not_fit_falls_back_to_replay(task, tmp_path)
     assert not resumed.restored
     for key, value in next(resumed).items():
         np.testing.assert_array_equal(value, expected[key])
+
+
+def test_infer_scores_its_batches_with_one_compiled_program(anchors, tmp_path):
+    """`infer`'s rank classification is jitted as evaluation's is: each call compiles one
+    program for all its batches (run op by op, the network compiled one program per operation,
+    about 150 on the tiny T5, and dispatched them one by one for every batch)."""
+    from prompt_transfer.model import inference
+
+    name = register_keyword_task(T5_VOCAB, "test_keyword_infer_compiles")
+    config = gin_files.read_model_config("tiny")
+    module, _, network = weights.frozen_network(
+        config, str(TINY_CHECKPOINT), partitioning.make_mesh(1), 0
+    )
+    model = EncoderDecoderModel(module)
+    compiled = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **_: (
+            compiled.append(event)
+            if event == "/jax/core/compile/backend_compile_duration"
+            else None
+        )
+    )
+    counts = []
+    for words in ("apple lemon mango", "river ocean desert"):
+        (tmp_path / "inputs.txt").write_text("\n".join([f"topic: {words}"] * 5) + "\n")
+        task, rows = inference.rows_from_file(name, str(tmp_path / "inputs.txt"), TINY_LENGTHS)
+        before = len(compiled)
+        records = inference.predict(model, network, task, rows, TINY_LENGTHS, 2)
+        counts.append(len(compiled) - before)
+        assert len(records) == 5 and all(set(r["scores"]) == {"yes", "no"} for r in records)
+    assert all(1 <= n <= 3 for n in counts), counts

@@ -78,6 +78,7 @@ def predict(
         else None
     )
     length, length_out = feature_lengths["inputs"], feature_lengths["targets"]
+    rank = jax.jit(model.rank_classify)  # one program for every batch, as in evaluation
     records = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -86,7 +87,7 @@ def predict(
             tokens[i, : min(len(ids), length)] = ids[:length]
         if candidates is not None:
             with rules():
-                scores = host_array(model.rank_classify(params, place(tokens), candidates))
+                scores = host_array(rank(params, place(tokens), candidates))
             for (text, _, target), row in zip(chunk, scores, strict=False):
                 records.append(
                     {
