@@ -24,6 +24,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
 from prompt_transfer.configure import gin_files
 from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
@@ -40,8 +41,11 @@ def build(
     prompt_length: int,
     dtype: str,
     opt: train_state.OptimizerConfig | None = None,
+    zeros: bool = False,
 ) -> dict:
-    """The trainer's jitted step on a random network and one synthetic batch on the device.
+    """The trainer's jitted step on a random network (`zeros`: a network of zeros, for what
+    needs its shapes alone, such as XLA's cost analysis: the random init of `small` takes ~50 s
+    on 2 CPU cores at the tests' XLA flags) and one synthetic batch on the device.
 
     Returns the step, its arguments (`state`, `frozen`, `batch`, `rng`), the model and its
     config."""
@@ -49,7 +53,12 @@ def build(
     # side runs without it.
     config = dataclasses.replace(gin_files.read_model_config(size), dtype=dtype, dropout_rate=0.0)
     mesh = partitioning.make_mesh(1)
-    module, abstract, network = weights.frozen_network(config, None, mesh, seed=0)
+    if zeros:
+        module = t5.T5(config)
+        abstract = t5.abstract_params(module)
+        network = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), nn.unbox(abstract))
+    else:
+        module, abstract, network = weights.frozen_network(config, None, mesh, seed=0)
     params = network
     if prompt_length:
         abstract = prompts.with_prompt(

@@ -73,12 +73,11 @@ def _macros(command: str) -> dict[str, settings.Bound]:
         for bound in settings.bound_settings(cls):
             if bound.macro is not None:
                 found.setdefault(bound.macro, bound)
-    if command in ("transfer", "attention", "compose"):
-        found = {m: b for m, b in found.items() if m not in _macros("train")}
-    if command in ("attention", "compose"):  # their own macros only
-        found = {m: b for m, b in found.items() if m not in _macros("transfer")}
-    if command == "compose":
-        found = {m: b for m, b in found.items() if m not in _macros("attention")}
+    under = {"transfer": ["train"], "attention": ["train", "transfer"]}  # their own macros only
+    under["compose"] = [*under["attention"], "attention"]
+    for other in under.get(command, []):
+        known = _macros(other)  # once: in the comprehension's test it ran once per macro
+        found = {m: b for m, b in found.items() if m not in known}
     return found
 
 
