@@ -366,9 +366,10 @@ def test_runs_trained_together_end_where_each_alone_does(task, tmp_path):
         assert summary["step"] == 6 and (mine / "checkpoint_6").is_dir()
         for name in ("prompts/checkpoint_3.npy", "prompts/checkpoint_6.npy", "best/prompt.npy"):
             # Float rounding of the vmapped sums: 1.05e-5 at most seen (one entry, step 6, on
-            # this project's 2-core machine); the seeds' prompts differ by over 1e-3.
+            # this project's 2-core machine), 6.9e-5 with the tests' XLA flags (conftest.py);
+            # the seeds' prompts differ by over 1e-3.
             np.testing.assert_allclose(
-                np.load(mine / name), np.load(theirs / name), atol=5e-5, err_msg=name
+                np.load(mine / name), np.load(theirs / name), atol=2e-4, err_msg=name
             )
         histories = [
             [(h["step"], h["value"]) for h in run_dir.RunDir(d).read_eval_history()]
