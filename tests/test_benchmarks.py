@@ -25,7 +25,9 @@ def test_the_counted_flops_agree_with_xla_on_the_compiled_step(size):
     the trainer's compiled prompt-tuning step (which adds elementwise work: within 15%). The
     count reads shapes alone: the network is zeros."""
     opt = train_state.OptimizerConfig()
-    built = train_step.build(size, 8, (16, 4), "encoder/prompt/prompt", 8, "float32", opt, True)
+    built = train_step.build(
+        size, 8, (16, 4), "encoder/prompt/prompt", 8, "float32", opt, zeros=True
+    )
     args = (built["state"], built["frozen"], built["batch"], built["rng"])
     xla = train_step.xla_flops(built["step"], *args) * jax.device_count()  # XLA counts one shard
     counted = peers.model_flops(gin_files.read_model_config(size), 8, 8 + 16, 4, full=False)

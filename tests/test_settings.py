@@ -63,6 +63,14 @@ READS = {
 }
 
 
+# The commands whose macros a command's own exclude: each builds on the ones before it.
+BELOW = {
+    "transfer": ("train",),
+    "attention": ("train", "transfer"),
+    "compose": ("train", "transfer", "attention"),
+}
+
+
 def _macros(command: str) -> dict[str, settings.Bound]:
     """{macro: how it is bound} for every macro the command's settings read (for "transfer",
     those a plain train does not; for "attention", those a transfer does not)."""
@@ -73,9 +81,7 @@ def _macros(command: str) -> dict[str, settings.Bound]:
         for bound in settings.bound_settings(cls):
             if bound.macro is not None:
                 found.setdefault(bound.macro, bound)
-    under = {"transfer": ["train"], "attention": ["train", "transfer"]}  # their own macros only
-    under["compose"] = [*under["attention"], "attention"]
-    for other in under.get(command, []):
+    for other in BELOW.get(command, ()):
         known = _macros(other)  # once: in the comprehension's test it ran once per macro
         found = {m: b for m, b in found.items() if m not in known}
     return found
