@@ -79,6 +79,9 @@ TINY_CHECKPOINT = _at_step_zero(ANCHOR_TINY_CHECKPOINT)  # the anchor's weights 
 
 # What the tiny runs read: 12 input and 4 target tokens hold the keyword task and its labels.
 TINY_LENGTHS = {"inputs": 12, "targets": 4}
+# models/tiny.gin trains without dropout; a test whose proof needs dropout's keys (a resume, runs
+# stacked or split over processes ending where one run does) turns it on.
+WITH_DROPOUT = "--gin.DROPOUT_RATE=0.1"
 
 
 def tiny_run_args(

@@ -14,7 +14,7 @@ import numpy as np
 from fake_gcs import FakeGcs
 from synthetic_tasks import keyword_examples
 
-from conftest import T5_VOCAB, tiny_run_args
+from conftest import T5_VOCAB, WITH_DROPOUT, tiny_run_args
 
 STEPS = 24
 
@@ -52,6 +52,7 @@ def argv(task_files, model_dir):
         "--gin.EVAL_BATCH_SIZE=8",
         "--gin.LOG_PERIOD=1",
         f"--gin.LIBRARY_DIR='{model_dir}-library'",
+        WITH_DROPOUT,  # each process draws its rows' bits as the single process does
         task=None,  # file_task.gin names it: FILE_TASK_NAME
     )
     return ["train", *run]

@@ -10,7 +10,7 @@ import pytest
 from flax import traverse_util
 from synthetic_tasks import register_keyword_task
 
-from conftest import T5_VOCAB, killed_at_batch, tiny_run_args
+from conftest import T5_VOCAB, WITH_DROPOUT, killed_at_batch, tiny_run_args
 from prompt_transfer import cli
 from prompt_transfer.cli.jobs import evaluate_main, train_main
 from prompt_transfer.prompt import prompts
@@ -119,8 +119,8 @@ def test_a_kill_on_either_side_of_the_boundary_resumes_in_its_phase_bit_for_bit(
     """Killed after phase 1's last checkpoint but before the boundary is written, the run
     resumes in phase 1 (which only writes the boundary); killed after the boundary, before
     phase 2's first checkpoint, it starts phase 2 from the boundary's prompt. Both end with the
-    uninterrupted run's parameters and evaluations, bit for bit."""
-    train_main(two_phase_args(tmp_path / "straight"))
+    uninterrupted run's parameters and evaluations, bit for bit (dropout on in both phases)."""
+    train_main(two_phase_args(tmp_path / "straight", WITH_DROPOUT))
     straight, _ = _restored(tmp_path / "straight")
 
     # Before the boundary: phase 1 finished, no phases.json, nothing of phase 2.
@@ -132,7 +132,7 @@ def test_a_kill_on_either_side_of_the_boundary_resumes_in_its_phase_bit_for_bit(
 
     monkeypatch.setattr(phases, "write_boundary", killed)
     with pytest.raises(KeyboardInterrupt):
-        train_main(two_phase_args(before))
+        train_main(two_phase_args(before, WITH_DROPOUT))
     monkeypatch.setattr(phases, "write_boundary", real_write)
     assert (before / "phase1" / "checkpoint_6").exists()
     assert not (before / "phases.json").exists() and not list(before.glob("checkpoint_*"))
@@ -144,11 +144,11 @@ def test_a_kill_on_either_side_of_the_boundary_resumes_in_its_phase_bit_for_bit(
 
     # After the boundary: phase 2 dies at its second batch (data position 7), unsaved.
     after = tmp_path / "after"
-    killed_at_batch(monkeypatch, 7, lambda: train_main(two_phase_args(after)))
+    killed_at_batch(monkeypatch, 7, lambda: train_main(two_phase_args(after, WITH_DROPOUT)))
     assert (after / "phases.json").exists() and not list(after.glob("checkpoint_*"))
 
     for run in (before, after):
-        train_main(two_phase_args(run))
+        train_main(two_phase_args(run, WITH_DROPOUT))
         resumed, _ = _restored(run)
         assert sorted(resumed) == sorted(straight)
         for path, value in straight.items():

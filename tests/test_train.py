@@ -12,7 +12,14 @@ import pytest
 from flax import traverse_util
 from synthetic_tasks import keyword_examples, register_keyword_task
 
-from conftest import T5_VOCAB, TINY_CHECKPOINT, TINY_LENGTHS, killed_at_batch, tiny_run_args
+from conftest import (
+    T5_VOCAB,
+    TINY_CHECKPOINT,
+    TINY_LENGTHS,
+    WITH_DROPOUT,
+    killed_at_batch,
+    tiny_run_args,
+)
 from prompt_transfer import cli
 from prompt_transfer.base import errors
 from prompt_transfer.cli.jobs import train_main
@@ -295,7 +302,8 @@ def test_runs_in_one_process_share_the_network_and_compile_their_step_once(
 def test_k_prompts_in_one_step_end_where_k_separate_runs_do(task):
     """Three prompts, each with its own start, data order, dropout key and optimizer state,
     trained for four steps in one stacked step and in three separate runs."""
-    config, mesh = gin_files.read_model_config("tiny"), partitioning.make_mesh(1)
+    config = dataclasses.replace(gin_files.read_model_config("tiny"), dropout_rate=0.1)
+    mesh = partitioning.make_mesh(1)
     network = weights.frozen_network(config, str(TINY_CHECKPOINT), mesh, seed=0)
     embedding = np.asarray(network.params["token_embedder"]["embedding"])
     opt = train_state.OptimizerConfig(name="adam", learning_rate=0.1)
@@ -340,9 +348,8 @@ def test_k_prompts_in_one_step_end_where_k_separate_runs_do(task):
 def test_runs_trained_together_end_where_each_alone_does(task, tmp_path):
     """Three seeds in one stacked step (dropout on, so each run's key matters) against the same
     three runs trained one at a time: the same checkpoints, evaluations and best steps."""
-    launch = gin_utils.parse_command_line(
-        tiny_run_args(tmp_path, "--gin.TRAIN_STEPS=6", "--gin.EVAL_PERIOD=3", "--gin.SAVE_PERIOD=3")
-    )
+    periods = ("--gin.TRAIN_STEPS=6", "--gin.EVAL_PERIOD=3", "--gin.SAVE_PERIOD=3")
+    launch = gin_utils.parse_command_line(tiny_run_args(tmp_path, *periods, WITH_DROPOUT))
     text = gin_utils.configure(launch.files, launch.bindings)
     spec, config = gin_utils.build(run_config.RunSpec), gin_utils.build(run_config.TrainConfig)
     assert spec.model_config.dropout_rate > 0
@@ -387,6 +394,7 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_prompt(task, tmp_pat
         "--gin.SAVE_PERIOD=10",
         "--gin.LOG_PERIOD=10",
         "--gin.EVAL_PERIOD=0",
+        WITH_DROPOUT,  # the resumed steps draw the keys the straight run's did
     ]
     train_main(tiny_run_args(tmp_path / "straight", *steps))
 
