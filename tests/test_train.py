@@ -765,3 +765,44 @@ def test_infer_scores_its_batches_with_one_compiled_program(anchors, tmp_path):
         counts.append(len(compiled) - before)
         assert len(records) == 5 and all(set(r["scores"]) == {"yes", "no"} for r in records)
     assert all(1 <= n <= 3 for n in counts), counts
+
+
+def test_an_evaluation_set_is_read_once_per_task_and_again_when_registered_again(
+    anchors, tmp_path, monkeypatch
+):
+    """Every run of a process that evaluates on a task's split shares one read of it (another
+    run's evaluator, with its own log folder, reads no tf.data); a task registered again under
+    the same name is a new set, read anew."""
+    from prompt_transfer.base.tf_import import import_tensorflow
+    from prompt_transfer.model import seqio_eval
+
+    labels = ("yes", "no")
+    name = register_keyword_task(T5_VOCAB, "test_keyword_read_once", labels=labels)
+    config = gin_files.read_model_config("tiny")
+    module, _, network = weights.frozen_network(
+        config, str(TINY_CHECKPOINT), partitioning.make_mesh(1), 0
+    )
+    model = EncoderDecoderModel(module)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()  # two runs' folders
+    first = lambda: seqio_eval.TaskEvaluator(
+        model, name, "validation", {"inputs": 12, "targets": 6}, 8, log_dir=str(tmp_path / "a")
+    )
+    picks_yes = lambda params, tokens, candidates, prompt: jnp.stack(
+        [jnp.ones(tokens.shape[0]), jnp.zeros(tokens.shape[0])], -1
+    )
+    monkeypatch.setattr(seqio_eval, "_jitted", lambda model: (picks_yes, None))
+    evaluator = first()
+    accuracy = evaluator.evaluate(network)[name]["accuracy"]
+    assert sum(evaluator.labels[name].values()) == 32
+
+    other = seqio_eval.TaskEvaluator(
+        model, name, "validation", {"inputs": 12, "targets": 6}, 8, log_dir=str(tmp_path / "b")
+    )
+    with monkeypatch.context() as m:
+        m.setattr(import_tensorflow().data.Dataset, "batch", lambda *a, **k: 1 / 0)
+        assert other.evaluate(network)[name]["accuracy"] == accuracy
+
+    register_keyword_task(T5_VOCAB, name, n_validation=12, labels=labels)
+    again = first()
+    again.evaluate(network)
+    assert sum(again.labels[name].values()) == 12
