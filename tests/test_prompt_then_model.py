@@ -120,7 +120,8 @@ def test_a_kill_on_either_side_of_the_boundary_resumes_in_its_phase_bit_for_bit(
     resumes in phase 1 (which only writes the boundary); killed after the boundary, before
     phase 2's first checkpoint, it starts phase 2 from the boundary's prompt. Both end with the
     uninterrupted run's parameters and evaluations, bit for bit (dropout on in both phases)."""
-    train_main(two_phase_args(tmp_path / "straight", WITH_DROPOUT))
+    args = lambda model_dir: two_phase_args(model_dir, WITH_DROPOUT)
+    train_main(args(tmp_path / "straight"))
     straight, _ = _restored(tmp_path / "straight")
 
     # Before the boundary: phase 1 finished, no phases.json, nothing of phase 2.
@@ -132,7 +133,7 @@ def test_a_kill_on_either_side_of_the_boundary_resumes_in_its_phase_bit_for_bit(
 
     monkeypatch.setattr(phases, "write_boundary", killed)
     with pytest.raises(KeyboardInterrupt):
-        train_main(two_phase_args(before, WITH_DROPOUT))
+        train_main(args(before))
     monkeypatch.setattr(phases, "write_boundary", real_write)
     assert (before / "phase1" / "checkpoint_6").exists()
     assert not (before / "phases.json").exists() and not list(before.glob("checkpoint_*"))
@@ -144,11 +145,11 @@ def test_a_kill_on_either_side_of_the_boundary_resumes_in_its_phase_bit_for_bit(
 
     # After the boundary: phase 2 dies at its second batch (data position 7), unsaved.
     after = tmp_path / "after"
-    killed_at_batch(monkeypatch, 7, lambda: train_main(two_phase_args(after, WITH_DROPOUT)))
+    killed_at_batch(monkeypatch, 7, lambda: train_main(args(after)))
     assert (after / "phases.json").exists() and not list(after.glob("checkpoint_*"))
 
     for run in (before, after):
-        train_main(two_phase_args(run, WITH_DROPOUT))
+        train_main(args(run))
         resumed, _ = _restored(run)
         assert sorted(resumed) == sorted(straight)
         for path, value in straight.items():

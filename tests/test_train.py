@@ -783,26 +783,27 @@ def test_an_evaluation_set_is_read_once_per_task_and_again_when_registered_again
         config, str(TINY_CHECKPOINT), partitioning.make_mesh(1), 0
     )
     model = EncoderDecoderModel(module)
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()  # two runs' folders
-    first = lambda: seqio_eval.TaskEvaluator(
-        model, name, "validation", {"inputs": 12, "targets": 6}, 8, log_dir=str(tmp_path / "a")
-    )
+
+    def evaluator_in(run: str):  # a run's evaluator, logging to the run's folder
+        (tmp_path / run).mkdir(exist_ok=True)
+        return seqio_eval.TaskEvaluator(
+            model, name, "validation", {"inputs": 12, "targets": 6}, 8, str(tmp_path / run)
+        )
+
     picks_yes = lambda params, tokens, candidates, prompt: jnp.stack(
         [jnp.ones(tokens.shape[0]), jnp.zeros(tokens.shape[0])], -1
     )
     monkeypatch.setattr(seqio_eval, "_jitted", lambda model: (picks_yes, None))
-    evaluator = first()
+    evaluator = evaluator_in("a")
     accuracy = evaluator.evaluate(network)[name]["accuracy"]
     assert sum(evaluator.labels[name].values()) == 32
 
-    other = seqio_eval.TaskEvaluator(
-        model, name, "validation", {"inputs": 12, "targets": 6}, 8, log_dir=str(tmp_path / "b")
-    )
+    other = evaluator_in("b")
     with monkeypatch.context() as m:
         m.setattr(import_tensorflow().data.Dataset, "batch", lambda *a, **k: 1 / 0)
         assert other.evaluate(network)[name]["accuracy"] == accuracy
 
     register_keyword_task(T5_VOCAB, name, n_validation=12, labels=labels)
-    again = first()
+    again = evaluator_in("a")
     again.evaluate(network)
     assert sum(again.labels[name].values()) == 12
