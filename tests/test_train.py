@@ -771,8 +771,9 @@ def test_an_evaluation_set_is_read_once_per_task_and_again_when_registered_again
     anchors, tmp_path, monkeypatch
 ):
     """Every run of a process that evaluates on a task's split shares one read of it (another
-    run's evaluator, with its own log folder, reads no tf.data); a task registered again under
-    the same name is a new set, read anew."""
+    run's evaluator, with its own log folder, reads no tf.data: its batches, and the examples
+    SeqIO's metrics walk beside the predictions, come from memory); a task registered again
+    under the same name is a new set, read anew."""
     from prompt_transfer.base.tf_import import import_tensorflow
     from prompt_transfer.model import seqio_eval
 
@@ -799,9 +800,11 @@ def test_an_evaluation_set_is_read_once_per_task_and_again_when_registered_again
     assert sum(evaluator.labels[name].values()) == 32
 
     other = evaluator_in("b")
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m:  # no tf.data dataset is batched or iterated
         m.setattr(import_tensorflow().data.Dataset, "batch", lambda *a, **k: 1 / 0)
+        m.setattr(import_tensorflow().data.Dataset, "__iter__", lambda *a, **k: 1 / 0)
         assert other.evaluate(network)[name]["accuracy"] == accuracy
+        assert other.labels == evaluator.labels and other.predictions == evaluator.predictions
 
     register_keyword_task(T5_VOCAB, name, n_validation=12, labels=labels)
     again = evaluator_in("a")

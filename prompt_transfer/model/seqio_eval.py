@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from prompt_transfer.base.tf_import import import_seqio
+from prompt_transfer.base.tf_import import import_seqio, import_tensorflow
 from prompt_transfer.data import batches, registry, seqio_cache
 from prompt_transfer.model import encoder_decoder
 from prompt_transfer.model.encoder_decoder import EncoderDecoderModel
@@ -260,7 +260,7 @@ def _seqio_evaluator(
     again is a new object, so it is read again)."""
     seqio = import_seqio()
     loggers = (seqio.JSONLogger, seqio.TensorBoardLogger) if log_dir else ()
-    return seqio.Evaluator(
+    evaluator = seqio.Evaluator(
         task.name,
         batches.feature_converter(),
         eval_split=split,
@@ -269,6 +269,42 @@ def _seqio_evaluator(
         log_dir=log_dir,
         use_cached=cached,
     )
+    examples = evaluator.cached_task_datasets  # SeqIO's own dict: what its metrics read
+    for name, ds in examples.items():
+        examples[name] = _in_memory(ds)
+    return evaluator
+
+
+@functools.cache
+def _examples_in_memory():
+    """The class of `_in_memory`'s datasets (made once TensorFlow is imported)."""
+
+    class ExamplesInMemory(import_tensorflow().data.Dataset):
+        def __init__(self, ds):
+            self._ds = ds
+            self._examples = list(ds)
+            super().__init__(ds._variant_tensor)
+
+        def _inputs(self):
+            return [self._ds]
+
+        @property
+        def element_spec(self):
+            return self._ds.element_spec
+
+        def __iter__(self):
+            return iter(self._examples)
+
+    return ExamplesInMemory
+
+
+def _in_memory(ds):
+    """A task's evaluation examples as SeqIO cached them (`ds`), whose Python iteration replays
+    them from a list. SeqIO's metrics walk the examples beside the predictions at every
+    evaluation (`tfds.as_numpy`, one eager iterator step per example); from the list the walk
+    yields the same tensors without running the dataset. As a dataset (batched, mapped,
+    counted) it is `ds`, unchanged."""
+    return _examples_in_memory()(ds)
 
 
 @functools.lru_cache(maxsize=4)
