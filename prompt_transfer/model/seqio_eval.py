@@ -257,7 +257,8 @@ def _seqio_evaluator(
     """One SeqIO Evaluator per task object, split, lengths, log folder and source (`cached`:
     SeqIO's cache, else the task's source): it reads and caches
     the split once, and every run of a flow that evaluates on it shares that (a task registered
-    again is a new object, so it is read again)."""
+    again is a new object, so it is read again). The examples its metrics walk are kept in
+    memory (`_in_memory`)."""
     seqio = import_seqio()
     loggers = (seqio.JSONLogger, seqio.TensorBoardLogger) if log_dir else ()
     evaluator = seqio.Evaluator(
