@@ -258,7 +258,7 @@ def _seqio_evaluator(
     SeqIO's cache, else the task's source): it reads and caches
     the split once, and every run of a flow that evaluates on it shares that (a task registered
     again is a new object, so it is read again). The examples its metrics walk are kept in
-    memory (`_in_memory`)."""
+    memory (`_examples_in_memory`)."""
     seqio = import_seqio()
     loggers = (seqio.JSONLogger, seqio.TensorBoardLogger) if log_dir else ()
     evaluator = seqio.Evaluator(
@@ -270,17 +270,24 @@ def _seqio_evaluator(
         log_dir=log_dir,
         use_cached=cached,
     )
-    examples = evaluator.cached_task_datasets  # SeqIO's own dict: what its metrics read
-    for name, ds in examples.items():
-        examples[name] = _in_memory(ds)
+    examples, in_memory = evaluator.cached_task_datasets, _examples_in_memory()
+    for name, ds in examples.items():  # SeqIO's own dict: what its metrics read
+        examples[name] = in_memory(ds)
     return evaluator
 
 
 @functools.cache
 def _examples_in_memory():
-    """The class of `_in_memory`'s datasets (made once TensorFlow is imported)."""
+    """The class of a task's evaluation examples kept in memory (made once TensorFlow is
+    imported; a module that defined it would import TensorFlow with `seqio_eval`)."""
 
     class ExamplesInMemory(import_tensorflow().data.Dataset):
+        """A task's evaluation examples as SeqIO cached them (`ds`), whose Python iteration
+        replays them from a list. SeqIO's metrics walk the examples beside the predictions at
+        every evaluation (`tfds.as_numpy`, one eager iterator step per example); from the list
+        the walk yields the same tensors without running the dataset. As a dataset (batched,
+        mapped, counted) it is `ds`, unchanged."""
+
         def __init__(self, ds):
             self._ds = ds
             self._examples = list(ds)
@@ -297,15 +304,6 @@ def _examples_in_memory():
             return iter(self._examples)
 
     return ExamplesInMemory
-
-
-def _in_memory(ds):
-    """A task's evaluation examples as SeqIO cached them (`ds`), whose Python iteration replays
-    them from a list. SeqIO's metrics walk the examples beside the predictions at every
-    evaluation (`tfds.as_numpy`, one eager iterator step per example); from the list the walk
-    yields the same tensors without running the dataset. As a dataset (batched, mapped,
-    counted) it is `ds`, unchanged."""
-    return _examples_in_memory()(ds)
 
 
 @functools.lru_cache(maxsize=4)
