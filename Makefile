@@ -37,7 +37,7 @@ offline-data: install-test
 # TCMalloc for the runs (launch/fast_malloc.sh: the shipped model's steps a third faster on
 # CPU); without it (no root, no apt) they use glibc's malloc.
 fast-malloc:
-	@ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4 >/dev/null 2>&1 \
+	@launch/fast_malloc.sh \
 	  || (apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1)) \
 	  || echo "libtcmalloc-minimal4 not installed: runs use glibc's malloc (slower on CPU)"

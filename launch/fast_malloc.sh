@@ -2,6 +2,7 @@
 # Run a command with TCMalloc in place of glibc's malloc where it is installed (Debian, Ubuntu:
 # apt-get install libtcmalloc-minimal4), as Cloud TPU VM images do; elsewhere run it as it is.
 #   launch/fast_malloc.sh .venv/bin/prompt-transfer train --gin_file=...
+#   launch/fast_malloc.sh    (no command: exits 0 when TCMalloc is found, 1 when not)
 # XLA's CPU runtime allocates and frees its buffers at every step, and glibc hands the large
 # ones back to the kernel, which zeroes fresh pages for the next step. Measured on 2 CPU cores
 # (the deep prompt's 400-step run on the shipped model that tests/test_deep_prompts.py runs):
@@ -17,5 +18,9 @@ if [[ ${LD_PRELOAD:-} != *tcmalloc* ]]; then
       break
     fi
   done
+fi
+if (($# == 0)); then
+  [[ ${LD_PRELOAD:-} == *tcmalloc* ]]
+  exit
 fi
 exec "$@"
