@@ -264,10 +264,14 @@ def test_model_tuning_loss_falls_and_accuracy_rises(anchors, tmp_path):
 def test_runs_in_one_process_share_the_network_and_compile_their_step_once(
     task, tmp_path, monkeypatch
 ):
-    """A flow's runs restore the frozen network once and trace an equal step once; model tuning
-    on the shared network leaves it as the checkpoint has it."""
-    restores, traces = [], []
+    """A flow's runs restore the frozen network once and trace an equal step and initial state
+    once; model tuning on the shared network leaves it as the checkpoint has it."""
+    restores, traces, inits = [], [], []
     real_restore, real_step = checkpoints.restore_params, train_state.train_step
+    real_init = train_state.init_state
+    monkeypatch.setattr(
+        train_state, "init_state", lambda tr, opt: inits.append(tr.keys()) or real_init(tr, opt)
+    )
     monkeypatch.setattr(
         checkpoints,
         "restore_params",
@@ -279,6 +283,7 @@ def test_runs_in_one_process_share_the_network_and_compile_their_step_once(
     # As a fresh process: no network or compiled step kept from earlier tests.
     monkeypatch.setattr(weights, "_NETWORKS", collections.OrderedDict())
     train_state._jitted_step.cache_clear()
+    train_state._jitted_init.cache_clear()
     short = ("--gin.TRAIN_STEPS=3", "--gin.EVAL_PERIOD=3", "--gin.SAVE_PERIOD=3")
     model_tuning = ("--gin.TRAINABLE='.*'", "--gin.PROMPT_LENGTH=0")
     tuned = tiny_run_args(tmp_path / "model", *short, *model_tuning)
@@ -287,6 +292,7 @@ def test_runs_in_one_process_share_the_network_and_compile_their_step_once(
     second = train_main(tiny_run_args(tmp_path / "p2", *short))
     assert len(restores) == 1
     assert len(traces) == 2  # model tuning's step, then one prompt step for both prompt runs
+    assert len(inits) == 2  # and their initial states: each traced once
     assert first["step"] == second["step"] == 3
     np.testing.assert_array_equal(
         np.load(tmp_path / "p1" / "best" / "prompt.npy"),

@@ -140,11 +140,18 @@ def create_state(
 ) -> TrainState:
     """The initial state on `mesh`: optimizer slots follow their parameters' shardings (jit
     propagates them); scalars and anything left on one device are replicated."""
-    state = jax.jit(lambda tr: init_state(tr, optimizer))(trainable)
+    state = _jitted_init(optimizer)(trainable)
     on_mesh = lambda x: len(x.sharding.device_set) == mesh.size
     return jax.tree.map(
         lambda x: x if on_mesh(x) else jax.device_put(x, partitioning.replicated(mesh)), state
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(optimizer: optax.GradientTransformation):
+    """`init_state` jitted once per optimizer (`make_optimizer` gives equal configs one), so
+    runs of equal settings trace and compile their initial state once, not once a run."""
+    return jax.jit(lambda trainable: init_state(trainable, optimizer))
 
 
 # ---------------------------------------------------------------------------------------------
