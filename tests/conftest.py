@@ -216,13 +216,18 @@ def fake_gcs(tmp_path):
 
 
 def pytest_configure(config):
-    """One compilation cache for the session: the many short runs share compiled steps."""
+    """One compilation cache for the session, made by the main pytest process and shared through
+    $PROMPT_TRANSFER_JAX_CACHE with its xdist workers and every process a test starts (unless
+    the test names its own): the many short runs share compiled steps across processes, and
+    nothing is written to the user's cache (~/.cache/prompt_transfer/jax)."""
     import tempfile
 
     from prompt_transfer.base import runtime
 
-    config._jax_cache = tempfile.mkdtemp(prefix="prompt-transfer-jax-")
-    runtime.enable_compilation_cache(config._jax_cache)
+    if not hasattr(config, "workerinput"):  # the main process (xdist's workers have it)
+        config._jax_cache = tempfile.mkdtemp(prefix="prompt-transfer-jax-")
+        os.environ["PROMPT_TRANSFER_JAX_CACHE"] = config._jax_cache
+    runtime.enable_compilation_cache(os.environ["PROMPT_TRANSFER_JAX_CACHE"])
 
 
 # Seconds each file took in a whole run on 2 cores (`--durations=0`, summed per file; files
@@ -267,7 +272,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_unconfigure(config):
-    """The session's compilation cache goes with it."""
+    """The session's compilation cache goes with it (the main process's, after its workers)."""
     import shutil
 
     shutil.rmtree(getattr(config, "_jax_cache", ""), ignore_errors=True)
