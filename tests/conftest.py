@@ -227,7 +227,7 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the main process (xdist's workers have it)
         config._jax_cache = tempfile.mkdtemp(prefix="prompt-transfer-jax-")
         os.environ["PROMPT_TRANSFER_JAX_CACHE"] = config._jax_cache
-    runtime.enable_compilation_cache(os.environ["PROMPT_TRANSFER_JAX_CACHE"])
+    runtime.enable_compilation_cache()  # reads $PROMPT_TRANSFER_JAX_CACHE, as every process does
 
 
 # Seconds each file took in a whole run on 2 cores (`--durations=0`, summed per file; files
