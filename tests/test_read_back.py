@@ -224,3 +224,19 @@ def test_a_saved_step_is_read_by_its_name(runs, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CHECKPOINT='checkpoint_3'" in err[0], err
     assert "keeps checkpoint_4" in err[0]
+
+
+def test_eval_reads_the_checkpoints_metadata_once(runs, monkeypatch, capsys):
+    """orbax's metadata opens every array's store (model tuning's ~100 for the tiny model):
+    eval asks it which arrays the checkpoint holds and whether they fit, from one read."""
+    import orbax.checkpoint as ocp
+
+    read = []
+    real = ocp.PyTreeCheckpointHandler.metadata
+    monkeypatch.setattr(
+        ocp.PyTreeCheckpointHandler,
+        "metadata",
+        lambda self, directory: read.append(str(directory)) or real(self, directory),
+    )
+    eval_equals_log(runs / "model_tuning", capsys=capsys)
+    assert read == [str(runs / "model_tuning" / "checkpoint_4" / "state")]
