@@ -28,7 +28,7 @@ def infer_equals_log(model_dir: Path, *gin_args: str, capsys) -> None:
     capsys.readouterr()
     assert cli.main(["infer", *gin_args, f"--gin.MODEL_DIR='{model_dir}'"]) == 0
     written = capsys.readouterr().out.strip().split()[-1]
-    records = [json.loads(line) for line in open(written)]
+    records = [json.loads(line) for line in Path(written).read_text().splitlines()]
     want = last_logged(model_dir)
     [(task, counts)] = want["predictions"].items()
     got = collections.Counter(r["prediction"] for r in records)

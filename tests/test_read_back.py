@@ -240,3 +240,24 @@ def test_eval_reads_the_checkpoints_metadata_once(runs, monkeypatch, capsys):
     )
     eval_equals_log(runs / "model_tuning", capsys=capsys)
     assert read == [str(runs / "model_tuning" / "checkpoint_4" / "state")]
+
+
+def test_a_best_checkpoint_at_a_saved_step_is_written_once(runs):
+    """Model tuning's evaluation at step 4 is its best, and step 4 is saved: checkpoint_4's
+    state is best/checkpoint_4's files (hard links, written once), with its own data position,
+    and its checksums hold; eval read it above as the run logged."""
+    import os
+
+    from prompt_transfer.trainer import saving
+
+    run = runs / "model_tuning"
+    best = run / "best" / "checkpoint_4" / "state"
+    arrays = [p for p in best.rglob("*") if p.is_file()]
+    assert arrays and all(
+        os.path.samefile(p, run / "checkpoint_4" / "state" / p.relative_to(best)) for p in arrays
+    )
+    assert json.loads((run / "checkpoint_4" / "data" / "metadata").read_text()) == {
+        "position": 4,
+        "step": 4,
+    }
+    assert saving.damage(run, 4) is None and saving.damage(run / "best", 4) is None

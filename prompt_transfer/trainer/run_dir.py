@@ -3,11 +3,12 @@
 MODEL_DIR layout (T5X's, plus prompt exports):
   config.gin                  the operative gin config of the run
   checkpoint_N/               orbax: trainable parameters, optimizer state, step, data position
-                              (checkpointing.py writes and reads these, best/ and prompts/)
+                              (saving.py writes and reads these, best/ and prompts/)
   prompts/checkpoint_N.npy    the prompt at each save, float32 [P, E]
   numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt
                               the same, where T5X prompt tuning writes it (SPoT's PROMPT_FILE)
   best/                       the best checkpoint by the task's main metric, best.json, prompt.npy
+                              (at a step also saved, checkpoint_N's files are hard links to it)
   train/ eval/                TensorBoard summaries
   log.txt                     the console progress, also on disk
   eval_history.jsonl          every evaluation: step, main metric and per-task results

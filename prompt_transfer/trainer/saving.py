@@ -127,6 +127,7 @@ class CheckpointStore:
             read_only=not create,
         )
         self.manager = ocp.CheckpointManager(self.model_dir, options=options)
+        self._keep = keep
         self._best = None
         self._warned_data_state = False
         self._metadata: dict[int, dict] = {}  # step: orbax's metadata tree of its state
@@ -194,7 +195,7 @@ class CheckpointStore:
         """A checkpoint of `state` at data `position`, the prompt's export beside it, and the
         data iterator's own state (`stream`, a data.BatchStream) for a fast resume."""
         step = int(state.step)
-        if self.manager.latest_step() != step:
+        if self.manager.latest_step() != step and not self._linked_to_best(step, position):
             self._save(self.manager, step, state, position)
         if prompt is not None:
             files.save_npy(self.model_dir / "prompts" / f"checkpoint_{step}.npy", prompt)
@@ -203,6 +204,40 @@ class CheckpointStore:
             files.save_npy(numpy_dir / prompts.T5X_PROMPT_FILE, prompt)
         if stream is not None:
             self._save_data_state(stream, step)
+
+    def _linked_to_best(self, step: int, position: int) -> bool:
+        """checkpoint_`step` as hard links to best/checkpoint_`step`, when this step's evaluation
+        has just saved the same state there (the loop evaluates before it saves), with its own
+        data position: the state is written once, not twice (a model-tuning run's whole
+        network). Local folders of one process only; False leaves the save to orbax."""
+        if (
+            self._best is None
+            or self._best.latest_step() != step
+            or paths.is_remote(self.model_dir)
+            or jax.process_count() > 1
+            or damage(self.model_dir / "best", step)  # an earlier attempt's, cut short
+        ):
+            return False
+        best = Path(paths.native(self.model_dir)) / "best" / f"checkpoint_{step}"
+        data = json.dumps({"position": int(position), "step": step})
+        try:
+            with files.atomic_directory(self.model_dir / f"checkpoint_{step}") as tmp:
+                for file in (f for f in best.rglob("*") if f.is_file()):
+                    name = file.relative_to(best)
+                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                    if name.as_posix() == "data/metadata":  # what ocp.args.JsonSave writes
+                        (tmp / name).write_text(data)
+                    else:
+                        os.link(file, tmp / name)
+        except OSError:  # a filesystem without hard links: orbax writes it
+            return False
+        self.manager.reload()
+        self._metadata.pop(step, None)
+        steps = sorted(self.manager.all_steps())
+        for old in steps[: -self._keep] if self._keep else []:  # what max_to_keep removes
+            self.manager.delete(old)
+        write_checksums(self.model_dir, step, list(self.manager.all_steps()))
+        return True
 
     def data_state(self, step: int) -> str:
         """Where this process keeps the data iterator's state saved with checkpoint `step`."""
