@@ -218,7 +218,10 @@ class CheckpointStore:
             or damage(self.model_dir / "best", step)  # an earlier attempt's, cut short
         ):
             return False
-        best = Path(paths.native(self.model_dir)) / "best" / f"checkpoint_{step}"
+        root = Path(paths.native(self.model_dir))
+        for killed in root.glob(".checkpoint_*.tmp-*"):  # a link cut short by a kill
+            shutil.rmtree(killed, ignore_errors=True)
+        best = root / "best" / f"checkpoint_{step}"
         data = json.dumps({"position": int(position), "step": step})
         try:
             with files.atomic_directory(self.model_dir / f"checkpoint_{step}") as tmp:

@@ -5,7 +5,8 @@
 POINT names where the process dies, at the N-th time it gets there (1-based):
   step        before a training step runs
   write       inside an atomic file write: the temporary file is complete, not yet renamed
-  checkpoint  right after orbax finished a checkpoint, before the prompt export beside it
+  checkpoint  right after orbax finished a checkpoint (or one was linked to best/'s), before
+              the prompt export beside it
   eval        half-way through appending an evaluation to eval_history.jsonl
   library     inside a library write: the entry's temporary folder is complete, not renamed
 """
@@ -66,7 +67,16 @@ def main(point: str, n: int, argv: list[str]) -> int:
             if due():
                 die()
 
+        real_link = saving.CheckpointStore._linked_to_best
+
+        def link(self, *args):
+            linked = real_link(self, *args)
+            if linked and due():
+                die()
+            return linked
+
         saving.CheckpointStore._save = save
+        saving.CheckpointStore._linked_to_best = link
     elif point == "eval":
         real_open = run_dir.ProgressLog.eval_metrics
 
