@@ -42,12 +42,15 @@ def _files(folder: Path) -> dict[str, list]:
     return out
 
 
-def write_checksums(root: paths.PathLike, step: int, kept: list[int]) -> None:
-    """Record checkpoint `step` under `root` as written; drop the records of removed steps."""
+def write_checksums(
+    root: paths.PathLike, step: int, kept: list[int], record: dict | None = None
+) -> None:
+    """Record checkpoint `step` under `root` as written (`record`: what it holds, when known
+    without reading it); drop the records of removed steps."""
     if paths.is_remote(root) or not files.is_chief():
         return
     root = Path(paths.native(root))
-    record = _files(root / f"checkpoint_{step}")
+    record = _files(root / f"checkpoint_{step}") if record is None else record
     files.atomic_write_text(root / CHECKSUMS / f"checkpoint_{step}.json", json.dumps(record))
     for old in (root / CHECKSUMS).glob("checkpoint_*.json"):
         if old.stem.split("_")[1].isdigit() and int(old.stem.split("_")[1]) not in kept:
@@ -215,21 +218,28 @@ class CheckpointStore:
             or self._best.latest_step() != step
             or paths.is_remote(self.model_dir)
             or jax.process_count() > 1
-            or damage(self.model_dir / "best", step)  # an earlier attempt's, cut short
         ):
             return False
         root = Path(paths.native(self.model_dir))
+        # best/'s record of its files (taken when orbax wrote them) becomes this checkpoint's:
+        # a best/ file damaged since is then named here too, and nothing is read to link.
+        recorded = root / "best" / CHECKSUMS / f"checkpoint_{step}.json"
+        try:
+            record = json.loads(recorded.read_text())
+        except (OSError, ValueError):  # none, or garbled: orbax writes this one
+            return False
+        data = json.dumps({"position": int(position), "step": step}).encode()
+        record["data/metadata"] = [len(data), hashlib.sha256(data).hexdigest()]
         for killed in root.glob(".checkpoint_*.tmp-*"):  # a link cut short by a kill
             shutil.rmtree(killed, ignore_errors=True)
         best = root / "best" / f"checkpoint_{step}"
-        data = json.dumps({"position": int(position), "step": step})
         try:
             with files.atomic_directory(self.model_dir / f"checkpoint_{step}") as tmp:
                 for file in (f for f in best.rglob("*") if f.is_file()):
                     name = file.relative_to(best)
                     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                     if name.as_posix() == "data/metadata":  # what ocp.args.JsonSave writes
-                        (tmp / name).write_text(data)
+                        (tmp / name).write_bytes(data)
                     else:
                         os.link(file, tmp / name)
         except OSError:  # a filesystem without hard links: orbax writes it
@@ -239,7 +249,7 @@ class CheckpointStore:
         steps = sorted(self.manager.all_steps())
         for old in steps[: -self._keep] if self._keep else []:  # what max_to_keep removes
             self.manager.delete(old)
-        write_checksums(self.model_dir, step, list(self.manager.all_steps()))
+        write_checksums(self.model_dir, step, list(self.manager.all_steps()), record)
         return True
 
     def data_state(self, step: int) -> str:
