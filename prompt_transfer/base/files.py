@@ -172,6 +172,19 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
+def _temporary_prefix(final: Path) -> str:
+    return f".{final.name}.tmp-"
+
+
+def remove_killed_temporaries(final: PathLike) -> None:
+    """Remove what an `atomic_directory(final)` killed before its rename left beside `final`
+    (a kill skips its cleanup). Only where no other process may be writing `final` now (a
+    locked run directory): a live writer's temporary looks the same."""
+    final = Path(native(final))
+    for killed in final.parent.glob(f"{_temporary_prefix(final)}*"):
+        shutil.rmtree(killed, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(final: PathLike, replace: bool = False) -> Iterator[Path]:
     """Build a directory in a temporary sibling; it appears at `final` only when the block ends
@@ -181,7 +194,7 @@ def atomic_directory(final: PathLike, replace: bool = False) -> Iterator[Path]:
         raise ValueError(f"{final}: atomic directories are local; write the files one by one")
     final = Path(native(final))
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(final), dir=final.parent))
     try:
         yield tmp
         _fsync_tree(tmp)

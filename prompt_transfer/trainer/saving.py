@@ -109,6 +109,11 @@ def _scan(root: paths.PathLike, steps: list[int]) -> tuple[int | None, dict[int,
     )
 
 
+def _data_item(step: int, position: int) -> dict:
+    """A checkpoint's `data` item: the data position it was saved at, and its step."""
+    return {"position": int(position), "step": int(step)}
+
+
 class CheckpointStore:
     """Orbax checkpoints of the trainable state (never the frozen model), plus prompt exports.
 
@@ -185,7 +190,7 @@ class CheckpointStore:
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(_state_dict(state)),
-                data=ocp.args.JsonSave({"position": int(position), "step": int(step)}),
+                data=ocp.args.JsonSave(_data_item(step, position)),
             ),
             force=True,
         )
@@ -228,13 +233,12 @@ class CheckpointStore:
             record = json.loads(recorded.read_text())
         except (OSError, ValueError):  # none, or garbled: orbax writes this one
             return False
-        data = json.dumps({"position": int(position), "step": step}).encode()
+        data = json.dumps(_data_item(step, position)).encode()
         record["data/metadata"] = [len(data), hashlib.sha256(data).hexdigest()]
-        for killed in root.glob(".checkpoint_*.tmp-*"):  # a link cut short by a kill
-            shutil.rmtree(killed, ignore_errors=True)
-        best = root / "best" / f"checkpoint_{step}"
+        final, best = root / f"checkpoint_{step}", root / "best" / f"checkpoint_{step}"
+        files.remove_killed_temporaries(final)  # a link to this step cut short (a locked run)
         try:
-            with files.atomic_directory(self.model_dir / f"checkpoint_{step}") as tmp:
+            with files.atomic_directory(final) as tmp:
                 for file in (f for f in best.rglob("*") if f.is_file()):
                     name = file.relative_to(best)
                     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
