@@ -33,12 +33,17 @@ DAMAGED = "damaged"  # where a resume sets a damaged checkpoint aside (kept, not
 _HASHED_BELOW = 64 * 2**20
 
 
+def _entry(data: bytes) -> list:
+    """A file's entry in a checksum record: [size, sha256]."""
+    return [len(data), hashlib.sha256(data).hexdigest()]
+
+
 def _files(folder: Path) -> dict[str, list]:
     out = {}
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         size = file.stat().st_size
-        digest = hashlib.sha256(file.read_bytes()).hexdigest() if size < _HASHED_BELOW else None
-        out[file.relative_to(folder).as_posix()] = [size, digest]
+        entry = _entry(file.read_bytes()) if size < _HASHED_BELOW else [size, None]
+        out[file.relative_to(folder).as_posix()] = entry
     return out
 
 
@@ -234,7 +239,7 @@ class CheckpointStore:
         except (OSError, ValueError):  # none, or garbled: orbax writes this one
             return False
         data = json.dumps(_data_item(step, position)).encode()
-        record["data/metadata"] = [len(data), hashlib.sha256(data).hexdigest()]
+        record["data/metadata"] = _entry(data)
         final, best = root / f"checkpoint_{step}", root / "best" / f"checkpoint_{step}"
         files.remove_killed_temporaries(final)  # a link to this step cut short (a locked run)
         try:
