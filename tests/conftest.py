@@ -233,7 +233,7 @@ def pytest_configure(config):
 # Seconds each file took in a whole run on 2 cores (`--durations=0`, summed per file; files
 # under 15 s count 0). pytest-xdist hands out whole files (--dist loadfile) in collection order
 # (pyproject: --no-loadscope-reorder; its default order is by test count, so the one-test demo
-# came last): the longest first keeps the workers from ending far apart.
+# came last): the longest first keeps the two workers from ending far apart.
 FILE_SECONDS = {
     "test_spot.py": 180,
     "test_multihost.py": 146,
