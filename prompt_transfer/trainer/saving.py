@@ -33,9 +33,13 @@ DAMAGED = "damaged"  # where a resume sets a damaged checkpoint aside (kept, not
 _HASHED_BELOW = 64 * 2**20
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _entry(data: bytes) -> list:
     """A file's entry in a checksum record: [size, sha256]."""
-    return [len(data), hashlib.sha256(data).hexdigest()]
+    return [len(data), _digest(data)]
 
 
 def _files(folder: Path) -> dict[str, list]:
@@ -82,7 +86,7 @@ def damage(root: paths.PathLike, step: int) -> str | None:
         found = file.stat().st_size
         if found != size:
             return f"{name}: {found} of {size} bytes"
-        if digest and hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+        if digest and _digest(file.read_bytes()) != digest:
             return f"{name}: its bytes changed since it was written (sha256)"
     return None
 
